@@ -1,0 +1,435 @@
+//! Node configuration (YAML): the node, its datapath settings and its pods.
+//!
+//! Parsing rejects unknown fields and wrong types with the field path (`pods[1].mac`); the
+//! semantic check ([`Config::validate`]) then reports every problem it finds, each with its
+//! field. Nothing is attached or written before a config has passed both. Facts that need
+//! the running system (does `lxc-web` exist? how many rx queues?) are checked by the daemon,
+//! still before anything is attached.
+//!
+//! The reference is `docs/config.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::maps::MacAddr;
+
+/// The embedded default: the demo node served when `fastpath run` gets no `--config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default-node.yaml");
+/// The name used for the embedded default in error messages.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
+
+/// Linux IFNAMSIZ - 1.
+const MAX_IFNAME: usize = 15;
+/// Cilium's endpoint ID range.
+pub const MAX_ENDPOINT_ID: u16 = 4095;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub datapath: DatapathConfig,
+    #[serde(default)]
+    pub pods: Vec<PodConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name: names the control socket and the bpffs pin directory.
+    pub name: String,
+    /// Network namespace to run in (fastpath enters it); none = the current one.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// The pods' gateway address (Cilium's `cilium_host` IP). ARP for it is answered with the
+    /// lxc MAC; traffic to it goes to the kernel.
+    pub router_ip: Ipv4Addr,
+    /// Further addresses of this node: `(localhost)` entries in `cilium_lxc`.
+    #[serde(default)]
+    pub host_ips: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver (native) mode; fail if the driver cannot do it.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+    /// Native where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+            XdpMode::Auto => "auto",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Spin on the rings; when idle for a while, sleep in poll(2) until a frame arrives.
+    #[default]
+    Adaptive,
+    /// Spin forever (lowest latency, a full core even when idle).
+    Busy,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatapathConfig {
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// Number of rx queues served, one pinned worker each (`--queues`).
+    #[serde(default = "one")]
+    pub queues: u32,
+    /// Cores to pin worker i to (`--cores`); default 0..queues.
+    #[serde(default)]
+    pub cores: Vec<usize>,
+    #[serde(default)]
+    pub poll: PollMode,
+    /// Frames per RX poll and per TX burst.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// AF_XDP ring size (fill, completion, rx, tx), a power of two.
+    #[serde(default = "default_ring")]
+    pub ring_size: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_batch() -> u32 {
+    32
+}
+fn default_ring() -> u32 {
+    2048
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        DatapathConfig {
+            xdp_mode: XdpMode::Auto,
+            queues: 1,
+            cores: Vec::new(),
+            poll: PollMode::Adaptive,
+            batch_size: default_batch(),
+            ring_size: default_ring(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodConfig {
+    pub name: String,
+    /// Kubernetes namespace (used in labels, like Cilium's `k8s:io.kubernetes.pod.namespace`).
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+    /// MAC of the pod's eth0.
+    pub mac: MacAddr,
+    /// Host-side veth (`lxc…`) of the pod.
+    pub lxc: String,
+    /// Endpoint ID; allocated (lowest free from 1) when absent.
+    #[serde(default)]
+    pub id: Option<u16>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Network namespace of the pod, for `fastpath lab`; the datapath does not use it.
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+fn default_ns() -> String {
+    "default".into()
+}
+
+/// A rejected config: which file, which field, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {field}: {msg}")]
+    Parse {
+        file: String,
+        field: String,
+        msg: String,
+    },
+    #[error("{file}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid { file: String, problems: Vec<Problem> },
+}
+
+/// One semantic problem in a config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub msg: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.msg)
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// The embedded default config.
+    pub fn default_node() -> Config {
+        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME).expect("embedded default config is valid")
+    }
+
+    /// Parse and validate YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let at = inner
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            let msg = strip_location(&inner.to_string());
+            // serde_yaml prefixes its messages with the enclosing path; we print the full one.
+            let msg = msg.split_once(": ").filter(|(p, _)| path.starts_with(p)).map_or(msg.as_str(), |(_, m)| m).to_string();
+            ConfigError::Parse {
+                file: file.into(),
+                field: if path == "." { "(top level)".into() } else { path },
+                msg: format!("{msg}{at}"),
+            }
+        })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                problems,
+            })
+        }
+    }
+
+    /// Every semantic problem, each with its field path. Empty means valid.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |field: String, msg: String| p.push(Problem { field, msg });
+
+        let n = &self.node;
+        if n.name.is_empty()
+            || n.name.len() > 63
+            || !n.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            bad(
+                "node.name".into(),
+                format!("`{}` must be 1-63 characters of a-z, 0-9 and '-' (it names the control socket)", n.name),
+            );
+        }
+        if let Some(ns) = &n.netns {
+            if ns.is_empty() || ns.contains('/') {
+                bad("node.netns".into(), format!("`{ns}` is not a network namespace name"));
+            }
+        }
+        if !usable_unicast(n.router_ip) {
+            bad("node.router_ip".into(), format!("{} is not a usable unicast address", n.router_ip));
+        }
+        for (i, ip) in n.host_ips.iter().enumerate() {
+            if !usable_unicast(*ip) {
+                bad(format!("node.host_ips[{i}]"), format!("{ip} is not a usable unicast address"));
+            }
+        }
+
+        let d = &self.datapath;
+        if d.queues == 0 || d.queues > 64 {
+            bad("datapath.queues".into(), format!("{} must be between 1 and 64", d.queues));
+        }
+        if !d.cores.is_empty() && d.cores.len() != d.queues as usize {
+            bad(
+                "datapath.cores".into(),
+                format!("{} cores listed for {} queues; give one core per queue", d.cores.len(), d.queues),
+            );
+        }
+        if d.batch_size == 0 || d.batch_size > 64 {
+            bad("datapath.batch_size".into(), format!("{} must be between 1 and 64", d.batch_size));
+        }
+        if !d.ring_size.is_power_of_two() || !(64..=16384).contains(&d.ring_size) {
+            bad("datapath.ring_size".into(), format!("{} must be a power of two in 64..=16384", d.ring_size));
+        }
+
+        let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
+        ips.insert(n.router_ip, "node.router_ip".into());
+        for (i, ip) in n.host_ips.iter().enumerate() {
+            ips.entry(*ip).or_insert_with(|| format!("node.host_ips[{i}]"));
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut macs: HashMap<MacAddr, usize> = HashMap::new();
+        let mut lxcs: HashMap<&str, usize> = HashMap::new();
+        let mut ids: HashMap<u16, usize> = HashMap::new();
+        for (i, pod) in self.pods.iter().enumerate() {
+            let f = |s: &str| format!("pods[{i}].{s}");
+            if pod.name.is_empty() {
+                bad(f("name"), "must not be empty".into());
+            } else if let Some(j) = names.insert(&pod.name, i) {
+                bad(f("name"), format!("`{}` is already used by pods[{j}]", pod.name));
+            }
+            if !usable_unicast(pod.ip) {
+                bad(f("ip"), format!("{} is not a usable unicast address", pod.ip));
+            } else if let Some(other) = ips.get(&pod.ip) {
+                bad(f("ip"), format!("{} is already used by {other}", pod.ip));
+            } else {
+                ips.insert(pod.ip, f("ip"));
+            }
+            if pod.mac.is_multicast() || pod.mac.is_zero() {
+                bad(f("mac"), format!("{} is not a unicast MAC", pod.mac));
+            } else if let Some(j) = macs.insert(pod.mac, i) {
+                bad(f("mac"), format!("{} is already used by pods[{j}]", pod.mac));
+            }
+            if pod.lxc.is_empty() || pod.lxc.len() > MAX_IFNAME || pod.lxc.contains(['/', ' ', ':']) {
+                bad(f("lxc"), format!("`{}` is not a valid interface name (1-15 characters, no '/', ':' or space)", pod.lxc));
+            } else if let Some(j) = lxcs.insert(&pod.lxc, i) {
+                bad(f("lxc"), format!("`{}` is already used by pods[{j}]", pod.lxc));
+            }
+            if let Some(id) = pod.id {
+                if id == 0 || id > MAX_ENDPOINT_ID {
+                    bad(f("id"), format!("{id} must be between 1 and {MAX_ENDPOINT_ID}"));
+                } else if let Some(j) = ids.insert(id, i) {
+                    bad(f("id"), format!("{id} is already used by pods[{j}]"));
+                }
+            }
+            for k in pod.labels.keys() {
+                if k.is_empty() || k.contains(char::is_whitespace) {
+                    bad(f("labels"), format!("label key `{k}` must be non-empty without spaces"));
+                }
+            }
+        }
+        p
+    }
+
+    /// Endpoint IDs for the pods, in pod order: the configured one, or the lowest free ID.
+    pub fn endpoint_ids(&self) -> Vec<u16> {
+        let taken: std::collections::HashSet<u16> = self.pods.iter().filter_map(|p| p.id).collect();
+        let mut next = 1u16;
+        self.pods
+            .iter()
+            .map(|p| {
+                p.id.unwrap_or_else(|| {
+                    while taken.contains(&next) {
+                        next += 1;
+                    }
+                    next += 1;
+                    next - 1
+                })
+            })
+            .collect()
+    }
+
+    /// Cores to pin worker i to: `datapath.cores`, else 0..queues wrapped over the online CPUs.
+    pub fn worker_cores(&self, online: usize) -> Vec<usize> {
+        if !self.datapath.cores.is_empty() {
+            return self.datapath.cores.clone();
+        }
+        (0..self.datapath.queues as usize).map(|q| q % online.max(1)).collect()
+    }
+}
+
+fn usable_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+}
+
+/// serde_yaml appends " at line X column Y"; we print the location ourselves.
+fn strip_location(s: &str) -> String {
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node: { name: n1, router_ip: 10.1.0.1 }
+pods:
+  - { name: a, ip: 10.1.1.2, mac: "0a:00:00:00:00:02", lxc: lxc-a }
+  - { name: b, ip: 10.1.1.3, mac: "0a:00:00:00:00:03", lxc: lxc-b, id: 1 }
+"#;
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = Config::default_node();
+        assert_eq!(c.node.name, "demo");
+        assert_eq!(c.pods.len(), 3);
+        assert_eq!(c.datapath.queues, 1);
+    }
+
+    #[test]
+    fn ids_allocated_around_explicit_ones() {
+        let c = Config::parse(GOOD, "t.yaml").unwrap();
+        assert_eq!(c.endpoint_ids(), vec![2, 1]);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "bad.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parse_errors_name_file_and_field() {
+        let e = err(&GOOD.replace("10.1.1.3", "10.1.1.300"));
+        assert!(e.starts_with("bad.yaml: pods[1].ip: "), "{e}");
+        let e = err(&GOOD.replace("\"0a:00:00:00:00:02\"", "\"0a:00:00:00:02\""));
+        assert!(e.starts_with("bad.yaml: pods[0].mac: invalid MAC address"), "{e}");
+        let e = err(&GOOD.replace("lxc: lxc-b", "lxc: lxc-b, colour: red"));
+        assert!(e.contains("pods[1]") && e.contains("unknown field `colour`"), "{e}");
+        let e = err("node: { name: n1 }\n");
+        assert!(e.contains("missing field `router_ip`"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let text = GOOD
+            .replace("10.1.1.3", "10.1.1.2")
+            .replace("0a:00:00:00:00:03", "01:00:00:00:00:03")
+            .replace("lxc: lxc-b", "lxc: lxc-a")
+            .replace("id: 1", "id: 5000");
+        let e = err(&text);
+        assert!(e.contains("pods[1].ip: 10.1.1.2 is already used by pods[0].ip"), "{e}");
+        assert!(e.contains("pods[1].mac: 01:00:00:00:00:03 is not a unicast MAC"), "{e}");
+        assert!(e.contains("pods[1].lxc: `lxc-a` is already used by pods[0]"), "{e}");
+        assert!(e.contains("pods[1].id: 5000 must be between 1 and 4095"), "{e}");
+    }
+
+    #[test]
+    fn datapath_limits() {
+        let t = format!("{GOOD}datapath: {{ queues: 2, cores: [0], ring_size: 1000 }}\n");
+        let e = err(&t);
+        assert!(e.contains("datapath.cores: 1 cores listed for 2 queues"), "{e}");
+        assert!(e.contains("datapath.ring_size: 1000 must be a power of two"), "{e}");
+        let e = err(&GOOD.replace("10.1.0.1", "10.1.1.2"));
+        assert!(e.contains("pods[0].ip: 10.1.1.2 is already used by node.router_ip"), "{e}");
+        let e = err(&GOOD.replace("name: n1", "name: N_1"));
+        assert!(e.contains("node.name: `N_1` must be"), "{e}");
+    }
+}

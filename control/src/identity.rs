@@ -1,0 +1,83 @@
+//! Security identities.
+//!
+//! Reserved identities use Cilium's numbers. Endpoint identities are derived from the
+//! security-relevant labels deterministically, so the same label set gets the same identity on
+//! every node without an allocator service: FNV-1a over the sorted `source:key=value` list,
+//! folded into the cluster-local range 256..=65535. Collisions inside one node's config are
+//! resolved by linear probing in label order and reported by [`allocate`]'s caller in the
+//! endpoint list. (Identity-based policy arrives with the policy work; this module gives
+//! endpoints their `sec_id` now.)
+
+use std::collections::BTreeMap;
+
+pub const RESERVED_UNKNOWN: u32 = 0;
+pub const RESERVED_HOST: u32 = 1;
+pub const RESERVED_WORLD: u32 = 2;
+pub const RESERVED_UNMANAGED: u32 = 3;
+pub const RESERVED_HEALTH: u32 = 4;
+pub const RESERVED_INIT: u32 = 5;
+pub const RESERVED_REMOTE_NODE: u32 = 6;
+pub const RESERVED_KUBE_APISERVER: u32 = 7;
+pub const RESERVED_INGRESS: u32 = 8;
+
+/// First identity of the cluster-allocated range (cluster ID 0).
+pub const MIN_ALLOCATED: u32 = 256;
+pub const MAX_ALLOCATED: u32 = 65535;
+
+/// The label strings Cilium would show for a pod: `k8s:key=value` plus the namespace label.
+pub fn pod_labels(namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out: Vec<String> = labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
+    out.push(format!("k8s:io.kubernetes.pod.namespace={namespace}"));
+    out.sort();
+    out
+}
+
+/// The deterministic identity of a label set (before collision probing).
+pub fn identity_of(labels: &[String]) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for l in labels {
+        for b in l.bytes().chain(std::iter::once(0)) {
+            h ^= b as u32;
+            h = h.wrapping_mul(0x01000193);
+        }
+    }
+    MIN_ALLOCATED + h % (MAX_ALLOCATED - MIN_ALLOCATED + 1)
+}
+
+/// Identities for several label sets; equal sets share one, different sets never collide.
+pub fn allocate(sets: &[Vec<String>]) -> Vec<u32> {
+    let mut by_set: BTreeMap<&[String], u32> = BTreeMap::new();
+    let mut used: BTreeMap<u32, &[String]> = BTreeMap::new();
+    sets.iter()
+        .map(|s| {
+            if let Some(id) = by_set.get(s.as_slice()) {
+                return *id;
+            }
+            let mut id = identity_of(s);
+            while used.contains_key(&id) {
+                id = if id == MAX_ALLOCATED { MIN_ALLOCATED } else { id + 1 };
+            }
+            used.insert(id, s);
+            by_set.insert(s, id);
+            id
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_labels_same_identity_everywhere() {
+        let a = pod_labels("default", &BTreeMap::from([("app".into(), "web".into())]));
+        let b = pod_labels("default", &BTreeMap::from([("app".into(), "web".into())]));
+        let c = pod_labels("prod", &BTreeMap::from([("app".into(), "web".into())]));
+        assert_eq!(identity_of(&a), identity_of(&b));
+        assert_ne!(identity_of(&a), identity_of(&c));
+        let ids = allocate(&[a.clone(), c.clone(), b]);
+        assert_eq!(ids[0], ids[2]);
+        assert_ne!(ids[0], ids[1]);
+        assert!(ids.iter().all(|&i| (MIN_ALLOCATED..=MAX_ALLOCATED).contains(&i)));
+    }
+}

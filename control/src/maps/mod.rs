@@ -1,0 +1,12 @@
+//! Cilium 1.19 map layouts (see `docs/maps.md` and `../shared/reference/cilium-maps.md`).
+//!
+//! Every struct that crosses the kernel boundary is `#[repr(C)]` with explicit padding, a
+//! compile-time size assert and a layout test, so the same bytes can be written into the
+//! pinned eBPF maps and read by `bpftool map dump` or the tc fallback program.
+
+pub mod drop;
+pub mod lxc;
+mod pod;
+
+pub use drop::{DropReason, MetricDir};
+pub use lxc::{EndpointInfo, EndpointKey, MacAddr};

@@ -1,0 +1,16 @@
+//! `aya::Pod` marker impls: the only `unsafe` in this crate.
+//!
+//! `Pod` promises aya that any byte pattern of the type's size is a valid value and that the
+//! type has no uninitialised padding. Each type below is `#[repr(C)]`, built only from
+//! integers and byte arrays, and spells out its padding as named zero fields (checked by the
+//! size asserts beside each definition), so both promises hold.
+#![allow(unsafe_code)]
+
+use super::lxc::{EndpointInfo, EndpointKey};
+
+// SAFETY: repr(C), fields are u8/u16 and [u8; N] only, 20 bytes with no implicit padding
+// (asserted in lxc.rs); every bit pattern is a valid value.
+unsafe impl aya::Pod for EndpointKey {}
+// SAFETY: repr(C), fields are u16/u32 and [u8; N]/[u32; N] only, 48 bytes with the C
+// struct's implicit padding written out as `pad0`/`pad` (asserted in lxc.rs).
+unsafe impl aya::Pod for EndpointInfo {}

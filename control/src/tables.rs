@@ -1,0 +1,299 @@
+//! The tables the workers read, and how a new version reaches them.
+//!
+//! # Rules (read-copy-update with quiescent points, as OVS `ovs-rcu.h`)
+//! - One writer ([`TableWriter`], owned by the control thread); many readers ([`TableReader`],
+//!   one per worker). Readers only ever get `&Tables`.
+//! - The writer builds a complete new [`Tables`] off to the side and publishes it with one
+//!   pointer swap plus a generation bump (Release). It never blocks a reader.
+//! - A reader checks the generation (one Acquire load) at its quiescent point — the top of its
+//!   poll loop, between batches — and only there switches to the new version. A batch therefore
+//!   sees one consistent version from start to end.
+//! - The old version is handed back to the writer over a channel and freed on the control
+//!   thread once every reader has let go (Arc count), never on a worker. Freeing a large
+//!   table on a worker would be a stall.
+//! - [`TableWriter::wait_applied`] tells the control plane when every reader runs a given
+//!   generation (used to report how long a change takes to reach the datapath).
+//!
+//! The per-update cost on a reader is an Acquire load per loop, a short mutex hold (pointer
+//! copy) only when the generation moved, and a channel send.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use hashbrown::HashMap;
+
+use crate::maps::{EndpointInfo, EndpointKey, MacAddr};
+
+/// Index of a device in every worker's port array (same order in all workers).
+pub type PortId = u16;
+
+/// One device a worker has a socket on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub ifname: String,
+    pub ifindex: u32,
+    /// The device's own MAC (for an lxc: the gateway MAC the pod talks to).
+    pub mac: MacAddr,
+    /// The endpoint behind this lxc device: its IPv4 and endpoint ID.
+    pub endpoint_ip: Ipv4Addr,
+    pub endpoint_id: u16,
+}
+
+/// A `cilium_lxc` entry plus what the workers derive from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointEntry {
+    /// The Cilium value, byte-for-byte what the kernel map holds.
+    pub info: EndpointInfo,
+    /// The local port of the endpoint's lxc device; `None` for host entries.
+    pub port: Option<PortId>,
+}
+
+/// One immutable version of everything the pipeline reads.
+#[derive(Debug, Clone, Default)]
+pub struct Tables {
+    pub generation: u64,
+    /// `cilium_lxc`.
+    pub endpoints: HashMap<EndpointKey, EndpointEntry>,
+    /// Devices, indexed by [`PortId`].
+    pub ports: Vec<Port>,
+}
+
+impl Tables {
+    /// `cilium_lxc` lookup by IPv4 address (wire bytes).
+    #[inline]
+    pub fn endpoint_v4(&self, ip: [u8; 4]) -> Option<&EndpointEntry> {
+        self.endpoints.get(&EndpointKey::v4(ip))
+    }
+
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&Port> {
+        self.ports.get(id as usize)
+    }
+}
+
+struct Cell {
+    generation: AtomicU64,
+    current: Mutex<Arc<Tables>>,
+    /// Generation each reader runs, by reader index.
+    seen: Vec<AtomicU64>,
+}
+
+/// The control thread's handle: publishes versions and frees retired ones.
+#[derive(Debug)]
+pub struct TableWriter {
+    cell: Arc<Cell>,
+    retired: Receiver<Arc<Tables>>,
+    retire_tx: Sender<Arc<Tables>>,
+    next_reader: usize,
+}
+
+impl std::fmt::Debug for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cell")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker's handle: `get()` is free; `quiesce()` at the top of each loop.
+#[derive(Debug)]
+pub struct TableReader {
+    cell: Arc<Cell>,
+    cur: Arc<Tables>,
+    seen: u64,
+    index: usize,
+    retire: Sender<Arc<Tables>>,
+}
+
+impl TableWriter {
+    /// A writer for up to `readers` readers, starting with `initial`.
+    pub fn new(mut initial: Tables, readers: usize) -> Self {
+        initial.generation = 1;
+        let (retire_tx, retired) = crossbeam_channel::unbounded();
+        TableWriter {
+            cell: Arc::new(Cell {
+                generation: AtomicU64::new(1),
+                current: Mutex::new(Arc::new(initial)),
+                seen: (0..readers).map(|_| AtomicU64::new(1)).collect(),
+            }),
+            retired,
+            retire_tx,
+            next_reader: 0,
+        }
+    }
+
+    /// A reader for one worker. Panics if more readers are asked for than were sized.
+    pub fn reader(&mut self) -> TableReader {
+        let index = self.next_reader;
+        assert!(index < self.cell.seen.len(), "more table readers than workers");
+        self.next_reader += 1;
+        let cur = self.current();
+        TableReader {
+            seen: cur.generation,
+            cur,
+            cell: self.cell.clone(),
+            index,
+            retire: self.retire_tx.clone(),
+        }
+    }
+
+    /// The version readers will pick up next.
+    pub fn current(&self) -> Arc<Tables> {
+        self.cell.current.lock().expect("table lock").clone()
+    }
+
+    /// Publish a new version; returns its generation. Never waits for readers.
+    pub fn publish(&mut self, mut t: Tables) -> u64 {
+        let generation = self.cell.generation.load(Ordering::Relaxed) + 1;
+        t.generation = generation;
+        let old = std::mem::replace(&mut *self.cell.current.lock().expect("table lock"), Arc::new(t));
+        // Release pairs with the reader's Acquire load in `quiesce`: a reader that sees the new
+        // generation also sees the new pointer (and the tables it points to).
+        self.cell.generation.store(generation, Ordering::Release);
+        drop(old); // the writer's reference; readers still holding it return theirs later
+        self.reclaim();
+        generation
+    }
+
+    /// Free versions readers have let go of.
+    pub fn reclaim(&mut self) {
+        while let Ok(old) = self.retired.try_recv() {
+            drop(old);
+        }
+    }
+
+    /// Wait until every reader runs `generation` or newer; false on timeout.
+    pub fn wait_applied(&mut self, generation: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.reclaim();
+            let all = self.cell.seen[..self.next_reader]
+                .iter()
+                .all(|s| s.load(Ordering::Acquire) >= generation);
+            if all {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+impl TableReader {
+    /// The version this reader runs. Stable until the next `quiesce()`.
+    #[inline]
+    pub fn get(&self) -> &Tables {
+        &self.cur
+    }
+
+    /// Quiescent point: switch to the newest version if there is one. Returns true if it did.
+    #[inline]
+    pub fn quiesce(&mut self) -> bool {
+        // Acquire pairs with the writer's Release store in `publish`.
+        let g = self.cell.generation.load(Ordering::Acquire);
+        if g == self.seen {
+            return false;
+        }
+        self.switch(g);
+        true
+    }
+
+    #[cold]
+    fn switch(&mut self, g: u64) {
+        let new = self.cell.current.lock().expect("table lock").clone();
+        let old = std::mem::replace(&mut self.cur, new);
+        self.seen = g.max(self.cur.generation);
+        // If the channel is gone the writer has exited and dropping here is fine.
+        let _ = self.retire.send(old);
+        self.cell.seen[self.index].store(self.seen, Ordering::Release);
+    }
+
+    /// Tell the writer this reader is idle at its quiescent point (so `wait_applied` does not
+    /// wait for a worker that sleeps in poll(2)); the next `quiesce` still switches.
+    pub fn idle(&mut self) {
+        self.quiesce();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_endpoint(ip: [u8; 4], id: u16) -> Tables {
+        let mut t = Tables::default();
+        t.endpoints.insert(
+            EndpointKey::v4(ip),
+            EndpointEntry {
+                info: EndpointInfo { lxc_id: id, ..Default::default() },
+                port: Some(0),
+            },
+        );
+        t
+    }
+
+    #[test]
+    fn readers_switch_only_at_quiescent_points() {
+        let mut w = TableWriter::new(with_endpoint([10, 0, 0, 1], 1), 2);
+        let mut r1 = w.reader();
+        let mut r2 = w.reader();
+        let g = w.publish(with_endpoint([10, 0, 0, 2], 2));
+        // Not yet: readers keep their version until they quiesce.
+        assert!(r1.get().endpoint_v4([10, 0, 0, 1]).is_some());
+        assert!(!w.wait_applied(g, Duration::from_millis(1)));
+        assert!(r1.quiesce());
+        assert!(r1.get().endpoint_v4([10, 0, 0, 2]).is_some());
+        assert!(r1.get().endpoint_v4([10, 0, 0, 1]).is_none());
+        assert!(!r1.quiesce());
+        assert!(r2.quiesce());
+        assert!(w.wait_applied(g, Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn old_versions_are_freed_on_the_writer() {
+        let mut w = TableWriter::new(Tables::default(), 1);
+        let mut r = w.reader();
+        let first = Arc::downgrade(&w.current());
+        w.publish(Tables::default());
+        assert!(first.upgrade().is_some(), "reader still holds the first version");
+        r.quiesce();
+        w.reclaim();
+        assert!(first.upgrade().is_none(), "retired version freed by the writer");
+    }
+
+    #[test]
+    fn concurrent_reader_sees_whole_versions() {
+        // A reader thread checks that every version it sees is internally consistent
+        // (two endpoints with the same ID) while the writer publishes 2000 versions.
+        let mut w = TableWriter::new(Tables::default(), 1);
+        let mut r = w.reader();
+        let h = std::thread::spawn(move || {
+            let mut switches = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if r.quiesce() {
+                    switches += 1;
+                    let t = r.get();
+                    let a = t.endpoint_v4([10, 0, 0, 1]).map(|e| e.info.lxc_id);
+                    let b = t.endpoint_v4([10, 0, 0, 2]).map(|e| e.info.lxc_id);
+                    assert_eq!(a, b, "torn version");
+                    if a == Some(2000) {
+                        return switches;
+                    }
+                }
+            }
+            panic!("reader never saw the last version");
+        });
+        for id in 1..=2000u16 {
+            let mut t = with_endpoint([10, 0, 0, 1], id);
+            t.endpoints.extend(with_endpoint([10, 0, 0, 2], id).endpoints);
+            w.publish(t);
+        }
+        let switches = h.join().unwrap();
+        assert!(switches >= 1);
+    }
+}

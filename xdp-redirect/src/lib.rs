@@ -1,0 +1,375 @@
+//! fastpath's XDP steering program and its loader.
+//!
+//! The program (`src/bpf/fp_xdp.c`, built by `build.rs` with clang `-target bpf`, BTF
+//! included) is embedded in this crate. [`Steering`] loads it once per fastpath process, attaches
+//! it to every owned device (native where the driver can, generic otherwise, as asked), holds
+//! the `fp_xsks` XSKMAP that sends frames to the worker sockets, and is the kernel side of
+//! `cilium_lxc` (it implements [`control::datapath::KernelMaps`]).
+//!
+//! Links are bpf_links: they detach when the [`Steering`] is dropped or the process dies, so a
+//! crashed fastpath never leaves devices black-holing traffic.
+#![deny(unsafe_code)]
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
+use aya::{Ebpf, EbpfLoader};
+use control::config::XdpMode;
+use control::datapath::{KernelMaps, MapWriteError};
+use control::maps::{EndpointInfo, EndpointKey};
+
+/// The compiled program object.
+pub static FP_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fp_xdp.o"));
+
+/// Must match `FP_MAX_QUEUES` / `FP_MAX_DEVS` in fp_xdp.c.
+pub const MAX_QUEUES: u32 = 64;
+pub const MAX_DEVS: u32 = 256;
+
+/// Device roles (`struct fp_dev.role`).
+pub const ROLE_LXC: u32 = 1;
+pub const ROLE_UNDERLAY: u32 = 2;
+
+/// Counter slots of `fp_xdp_stats`, with the names `fastpath status` prints.
+pub const XDP_STAT_NAMES: [&str; 5] = [
+    "steered",
+    "passed_not_endpoint",
+    "passed_arp",
+    "passed_other_l3",
+    "passed_unknown_device",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SteeringError {
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("XDP program {prog}: {source}")]
+    Program {
+        prog: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching XDP to {dev} in {mode} mode: {source}")]
+    Attach {
+        dev: String,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pinning {map} at {path}: {source}")]
+    Pin {
+        map: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// The mode a device actually got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl AttachedMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        }
+    }
+}
+
+/// One attached device.
+#[derive(Debug, Clone)]
+pub struct AttachedDevice {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub slot: u32,
+    pub mode: AttachedMode,
+    /// Why native was not used, when `auto` fell back to generic.
+    pub fallback_reason: Option<String>,
+}
+
+/// The loaded steering program with its maps and links.
+#[derive(Debug)]
+pub struct Steering {
+    ebpf: Ebpf,
+    devices: Vec<AttachedDevice>,
+    links: Vec<XdpLinkId>,
+    pins: Vec<PathBuf>,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FpDev {
+    slot: u32,
+    role: u32,
+}
+
+// `FpDev` is this crate's own map value, so its Pod marker lives here.
+#[allow(unsafe_code)]
+mod pod {
+    // SAFETY: repr(C), two u32 fields, 8 bytes, no padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::FpDev {}
+}
+const _: () = assert!(size_of::<FpDev>() == 8);
+
+impl Steering {
+    /// Load the steering program and create its maps (not attached anywhere yet).
+    pub fn load() -> Result<Self, SteeringError> {
+        let mut ebpf = EbpfLoader::new().load(FP_XDP_OBJ)?;
+        let prog: &mut Xdp = program(&mut ebpf, "fp_steer")?;
+        prog.load().map_err(|source| SteeringError::Program { prog: "fp_steer", source })?;
+        Ok(Steering {
+            ebpf,
+            devices: Vec::new(),
+            links: Vec::new(),
+            pins: Vec::new(),
+        })
+    }
+
+    /// Attach to `ifname` (which has `ifindex`) in the requested mode and register it in
+    /// `fp_devs` with an XSKMAP slot and role. With [`XdpMode::Auto`], native is tried first
+    /// and the reason for falling back to generic is recorded.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32, role: u32, mode: XdpMode) -> Result<&AttachedDevice, SteeringError> {
+        let slot = self.devices.len() as u32;
+        if slot >= MAX_DEVS {
+            return Err(SteeringError::Limit(format!("at most {MAX_DEVS} devices can be attached")));
+        }
+        let prog: &mut Xdp = program(&mut self.ebpf, "fp_steer")?;
+        let (link, mode, fallback_reason) = match mode {
+            XdpMode::Native => (attach_one(prog, ifname, ifindex, AttachedMode::Native)?, AttachedMode::Native, None),
+            XdpMode::Generic => (attach_one(prog, ifname, ifindex, AttachedMode::Generic)?, AttachedMode::Generic, None),
+            XdpMode::Auto => match attach_one(prog, ifname, ifindex, AttachedMode::Native) {
+                Ok(l) => (l, AttachedMode::Native, None),
+                Err(e) => {
+                    let why = error_chain(&e);
+                    (attach_one(prog, ifname, ifindex, AttachedMode::Generic)?, AttachedMode::Generic, Some(why))
+                }
+            },
+        };
+        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.ebpf, "fp_devs")?;
+        devs.insert(ifindex, FpDev { slot, role }, 0)
+            .map_err(|source| SteeringError::Map { map: "fp_devs", source })?;
+        self.devices.push(AttachedDevice {
+            ifname: ifname.into(),
+            ifindex,
+            slot,
+            mode,
+            fallback_reason,
+        });
+        self.links.push(link);
+        Ok(self.devices.last().expect("just pushed"))
+    }
+
+    pub fn devices(&self) -> &[AttachedDevice] {
+        &self.devices
+    }
+
+    /// Register a bound AF_XDP socket for (device slot, rx queue).
+    pub fn register_xsk(&mut self, slot: u32, queue: u32, fd: &impl AsRawFd) -> Result<(), SteeringError> {
+        if queue >= MAX_QUEUES {
+            return Err(SteeringError::Limit(format!("rx queue {queue} is beyond the {MAX_QUEUES} queues a device can have")));
+        }
+        let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, "fp_xsks")?;
+        xsks.set(slot * MAX_QUEUES + queue, fd.as_raw_fd(), 0)
+            .map_err(|source| SteeringError::Map { map: "fp_xsks", source })
+    }
+
+    /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.
+    pub fn stats(&self) -> Result<[u64; 5], SteeringError> {
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf.map("fp_xdp_stats").ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
+        )
+        .map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
+        let mut out = [0u64; 5];
+        for (i, o) in out.iter_mut().enumerate() {
+            let v = arr.get(&(i as u32), 0).map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
+            *o = v.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Pin `cilium_lxc` (and fastpath's own maps) under `dir` (e.g.
+    /// `/sys/fs/bpf/fastpath/<node>/tc/globals`), so `bpftool map dump pinned …` shows them.
+    /// The pins are removed when this `Steering` is dropped.
+    pub fn pin_maps(&mut self, dir: &Path) -> Result<(), SteeringError> {
+        std::fs::create_dir_all(dir).map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
+        for name in ["cilium_lxc", "fp_devs", "fp_xsks", "fp_xdp_stats"] {
+            let path = dir.join(name);
+            let _ = std::fs::remove_file(&path); // a stale pin from a crashed run
+            let m = self.ebpf.map(name).ok_or(SteeringError::Limit(format!("map {name} missing")))?;
+            m.pin(&path).map_err(|source| SteeringError::Pin { map: "cilium_lxc", path: path.clone(), source })?;
+            self.pins.push(path);
+        }
+        Ok(())
+    }
+
+    /// Detach from every device now (also happens on drop).
+    pub fn detach_all(&mut self) {
+        if let Ok(prog) = program(&mut self.ebpf, "fp_steer") {
+            for link in self.links.drain(..) {
+                let _ = prog.detach(link);
+            }
+            self.devices.clear();
+        }
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        self.detach_all();
+        for p in &self.pins {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl KernelMaps for Steering {
+    fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError> {
+        let mut m: BpfHashMap<&mut MapData, EndpointKey, EndpointInfo> =
+            map(&mut self.ebpf, "cilium_lxc").map_err(|e| write_err("update", k, e.to_string()))?;
+        m.insert(*k, *v, 0).map_err(|e| write_err("update", k, error_chain(&e)))
+    }
+
+    fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<(), MapWriteError> {
+        let mut m: BpfHashMap<&mut MapData, EndpointKey, EndpointInfo> =
+            map(&mut self.ebpf, "cilium_lxc").map_err(|e| write_err("delete", k, e.to_string()))?;
+        m.remove(k).map_err(|e| write_err("delete", k, error_chain(&e)))
+    }
+}
+
+impl Steering {
+    /// Read `cilium_lxc` back from the kernel (what `bpftool map dump` would show).
+    pub fn kernel_endpoints(&self) -> Result<Vec<(EndpointKey, EndpointInfo)>, SteeringError> {
+        let m: BpfHashMap<&MapData, EndpointKey, EndpointInfo> = BpfHashMap::try_from(
+            self.ebpf.map("cilium_lxc").ok_or(SteeringError::Limit("map cilium_lxc missing".into()))?,
+        )
+        .map_err(|source| SteeringError::Map { map: "cilium_lxc", source })?;
+        m.iter()
+            .map(|r| r.map_err(|source| SteeringError::Map { map: "cilium_lxc", source }))
+            .collect()
+    }
+}
+
+fn write_err(op: &'static str, k: &EndpointKey, msg: String) -> MapWriteError {
+    MapWriteError { map: "cilium_lxc", op, key: k.to_string(), msg }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, SteeringError> {
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| SteeringError::Limit(format!("program {name} missing from the object")))?;
+    p.try_into().map_err(|source| SteeringError::Program { prog: name, source })
+}
+
+fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, SteeringError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf
+        .map_mut(name)
+        .ok_or_else(|| SteeringError::Limit(format!("map {name} missing from the object")))?;
+    T::try_from(m).map_err(|source| SteeringError::Map { map: name, source })
+}
+
+fn attach_one(prog: &mut Xdp, ifname: &str, ifindex: u32, mode: AttachedMode) -> Result<XdpLinkId, SteeringError> {
+    let flags = match mode {
+        AttachedMode::Native => AyaXdpMode::Driver,
+        AttachedMode::Generic => AyaXdpMode::Skb,
+    };
+    prog.attach_to_if_index(ifindex, flags).map_err(|source| SteeringError::Attach {
+        dev: ifname.into(),
+        mode: mode.name(),
+        source,
+    })
+}
+
+/// An error with its sources, one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The bench sink program (counts and drops everything), loaded separately by bench/.
+#[derive(Debug)]
+pub struct Sink {
+    ebpf: Ebpf,
+}
+
+impl Sink {
+    /// Load `fp_sink` and attach it natively to `ifname` (generic if native fails).
+    pub fn attach(ifname: &str) -> Result<Self, SteeringError> {
+        let mut ebpf = EbpfLoader::new().load(FP_XDP_OBJ)?;
+        let prog: &mut Xdp = program(&mut ebpf, "fp_sink")?;
+        prog.load().map_err(|source| SteeringError::Program { prog: "fp_sink", source })?;
+        let ifindex = if_index(ifname).ok_or_else(|| SteeringError::Limit(format!("no device {ifname}")))?;
+        if attach_one(prog, ifname, ifindex, AttachedMode::Native).is_err() {
+            attach_one(prog, ifname, ifindex, AttachedMode::Generic)?;
+        }
+        Ok(Sink { ebpf })
+    }
+
+    /// Frames dropped so far (all CPUs).
+    pub fn count(&self) -> Result<u64, SteeringError> {
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf.map("fp_xdp_stats").ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
+        )
+        .map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
+        let v = arr.get(&0, 0).map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
+        Ok(v.iter().sum())
+    }
+}
+
+/// `if_nametoindex(3)` in the calling thread's network namespace.
+fn if_index(ifname: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(ifname).ok()?;
+    #[allow(unsafe_code)]
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn object_has_btf_and_programs() {
+        let obj = aya_obj_sections(super::FP_XDP_OBJ);
+        assert!(obj.contains(&".BTF".to_string()), "{obj:?}");
+        assert!(obj.contains(&"xdp".to_string()), "{obj:?}");
+    }
+
+    /// Section names of an ELF object (just enough parsing for the check above).
+    fn aya_obj_sections(b: &[u8]) -> Vec<String> {
+        let shoff = u64::from_le_bytes(b[0x28..0x30].try_into().unwrap()) as usize;
+        let shentsize = u16::from_le_bytes(b[0x3a..0x3c].try_into().unwrap()) as usize;
+        let shnum = u16::from_le_bytes(b[0x3c..0x3e].try_into().unwrap()) as usize;
+        let shstrndx = u16::from_le_bytes(b[0x3e..0x40].try_into().unwrap()) as usize;
+        let sh = |i: usize| &b[shoff + i * shentsize..shoff + (i + 1) * shentsize];
+        let stroff = u64::from_le_bytes(sh(shstrndx)[0x18..0x20].try_into().unwrap()) as usize;
+        (0..shnum)
+            .map(|i| {
+                let name = u32::from_le_bytes(sh(i)[0..4].try_into().unwrap()) as usize;
+                let s = &b[stroff + name..];
+                String::from_utf8_lossy(&s[..s.iter().position(|&c| c == 0).unwrap()]).into_owned()
+            })
+            .collect()
+    }
+}
