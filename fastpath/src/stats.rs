@@ -1,0 +1,143 @@
+//! Per-worker counters.
+//!
+//! Each counter has exactly one writer (its worker), so an increment is a Relaxed load and
+//! store — a plain `mov` on x86, no locked instruction — and readers (the control thread)
+//! see a value at most a few nanoseconds old. Layout follows `cilium_metrics`: (reason,
+//! direction) → packets, bytes; reason 0 is "forwarded".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use control::maps::{DropReason, MetricDir};
+
+/// A single-writer counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add `n`. Only the owning worker calls this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one device as seen by one worker (one rx queue).
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    /// Frames dropped because the device's TX ring was full.
+    pub tx_ring_full: Counter,
+    /// TX kicks (sendto) issued.
+    pub tx_kicks: Counter,
+}
+
+const REASONS: usize = 256;
+const DIRS: usize = 3;
+
+/// All counters of one worker.
+#[derive(Debug)]
+pub struct WorkerCounters {
+    pub ports: Vec<PortCounters>,
+    /// `[reason][dir]` packets and bytes; reason 0 = forwarded.
+    metrics_pkts: Box<[Counter]>,
+    metrics_bytes: Box<[Counter]>,
+    pub arp_replies: Counter,
+    /// Loop iterations, and how many of them received nothing.
+    pub loops: Counter,
+    pub idle_loops: Counter,
+    /// Times the worker slept in poll(2).
+    pub sleeps: Counter,
+    /// RX batch sizes, log2 buckets: [1], [2-3], [4-7], [8-15], [16-31], [32-63], [64+].
+    pub batch_hist: [Counter; 7],
+    /// Descriptors the kernel gave us that failed the bounds check.
+    pub invalid_descs: Counter,
+    /// Table versions this worker switched to.
+    pub table_switches: Counter,
+}
+
+impl WorkerCounters {
+    pub fn new(ports: usize) -> Self {
+        WorkerCounters {
+            ports: (0..ports).map(|_| PortCounters::default()).collect(),
+            metrics_pkts: (0..REASONS * DIRS).map(|_| Counter::default()).collect(),
+            metrics_bytes: (0..REASONS * DIRS).map(|_| Counter::default()).collect(),
+            arp_replies: Counter::default(),
+            loops: Counter::default(),
+            idle_loops: Counter::default(),
+            sleeps: Counter::default(),
+            batch_hist: Default::default(),
+            invalid_descs: Counter::default(),
+            table_switches: Counter::default(),
+        }
+    }
+
+    #[inline]
+    fn idx(reason: u8, dir: MetricDir) -> usize {
+        reason as usize * DIRS + dir.index()
+    }
+
+    #[inline]
+    pub fn forwarded(&self, dir: MetricDir, bytes: usize) {
+        self.metrics_pkts[Self::idx(0, dir)].add(1);
+        self.metrics_bytes[Self::idx(0, dir)].add(bytes as u64);
+    }
+
+    #[inline]
+    pub fn dropped(&self, reason: DropReason, dir: MetricDir, bytes: usize) {
+        self.metrics_pkts[Self::idx(reason.code(), dir)].add(1);
+        self.metrics_bytes[Self::idx(reason.code(), dir)].add(bytes as u64);
+    }
+
+    #[inline]
+    pub fn batch(&self, n: usize) {
+        if n > 0 {
+            let b = (usize::BITS - 1 - n.leading_zeros()).min(6) as usize;
+            self.batch_hist[b].add(1);
+        }
+    }
+
+    /// (reason code, dir, packets, bytes) for every non-zero metric; reason 0 = forwarded.
+    pub fn metrics(&self) -> Vec<(u8, MetricDir, u64, u64)> {
+        let mut out = Vec::new();
+        for r in 0..REASONS {
+            for d in MetricDir::ALL {
+                let i = Self::idx(r as u8, d);
+                let p = self.metrics_pkts[i].get();
+                if p > 0 {
+                    out.push((r as u8, d, p, self.metrics_bytes[i].get()));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn drop_count(&self, reason: DropReason, dir: MetricDir) -> u64 {
+        self.metrics_pkts[Self::idx(reason.code(), dir)].get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_and_hist() {
+        let c = WorkerCounters::new(1);
+        c.forwarded(MetricDir::Egress, 60);
+        c.dropped(DropReason::Invalid, MetricDir::Egress, 20);
+        c.dropped(DropReason::Invalid, MetricDir::Egress, 20);
+        assert_eq!(c.metrics(), vec![(0, MetricDir::Egress, 1, 60), (134, MetricDir::Egress, 2, 40)]);
+        c.batch(1);
+        c.batch(32);
+        c.batch(33);
+        assert_eq!(c.batch_hist[0].get(), 1);
+        assert_eq!(c.batch_hist[5].get(), 2);
+    }
+}
