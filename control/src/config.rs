@@ -170,7 +170,10 @@ pub enum ConfigError {
         msg: String,
     },
     #[error("{file}: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
-    Invalid { file: String, problems: Vec<Problem> },
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
 }
 
 /// One semantic problem in a config.
@@ -199,7 +202,8 @@ impl Config {
 
     /// The embedded default config.
     pub fn default_node() -> Config {
-        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME).expect("embedded default config is valid")
+        Config::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+            .expect("embedded default config is valid")
     }
 
     /// Parse and validate YAML text; `file` names it in errors.
@@ -214,10 +218,18 @@ impl Config {
                 .unwrap_or_default();
             let msg = strip_location(&inner.to_string());
             // serde_yaml prefixes its messages with the enclosing path; we print the full one.
-            let msg = msg.split_once(": ").filter(|(p, _)| path.starts_with(p)).map_or(msg.as_str(), |(_, m)| m).to_string();
+            let msg = msg
+                .split_once(": ")
+                .filter(|(p, _)| path.starts_with(p))
+                .map_or(msg.as_str(), |(_, m)| m)
+                .to_string();
             ConfigError::Parse {
                 file: file.into(),
-                field: if path == "." { "(top level)".into() } else { path },
+                field: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
                 msg: format!("{msg}{at}"),
             }
         })?;
@@ -240,48 +252,77 @@ impl Config {
         let n = &self.node;
         if n.name.is_empty()
             || n.name.len() > 63
-            || !n.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !n
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             bad(
                 "node.name".into(),
-                format!("`{}` must be 1-63 characters of a-z, 0-9 and '-' (it names the control socket)", n.name),
+                format!(
+                    "`{}` must be 1-63 characters of a-z, 0-9 and '-' (it names the control socket)",
+                    n.name
+                ),
             );
         }
         if let Some(ns) = &n.netns {
             if ns.is_empty() || ns.contains('/') {
-                bad("node.netns".into(), format!("`{ns}` is not a network namespace name"));
+                bad(
+                    "node.netns".into(),
+                    format!("`{ns}` is not a network namespace name"),
+                );
             }
         }
         if !usable_unicast(n.router_ip) {
-            bad("node.router_ip".into(), format!("{} is not a usable unicast address", n.router_ip));
+            bad(
+                "node.router_ip".into(),
+                format!("{} is not a usable unicast address", n.router_ip),
+            );
         }
         for (i, ip) in n.host_ips.iter().enumerate() {
             if !usable_unicast(*ip) {
-                bad(format!("node.host_ips[{i}]"), format!("{ip} is not a usable unicast address"));
+                bad(
+                    format!("node.host_ips[{i}]"),
+                    format!("{ip} is not a usable unicast address"),
+                );
             }
         }
 
         let d = &self.datapath;
         if d.queues == 0 || d.queues > 64 {
-            bad("datapath.queues".into(), format!("{} must be between 1 and 64", d.queues));
+            bad(
+                "datapath.queues".into(),
+                format!("{} must be between 1 and 64", d.queues),
+            );
         }
         if !d.cores.is_empty() && d.cores.len() != d.queues as usize {
             bad(
                 "datapath.cores".into(),
-                format!("{} cores listed for {} queues; give one core per queue", d.cores.len(), d.queues),
+                format!(
+                    "{} cores listed for {} queues; give one core per queue",
+                    d.cores.len(),
+                    d.queues
+                ),
             );
         }
         if d.batch_size == 0 || d.batch_size > 64 {
-            bad("datapath.batch_size".into(), format!("{} must be between 1 and 64", d.batch_size));
+            bad(
+                "datapath.batch_size".into(),
+                format!("{} must be between 1 and 64", d.batch_size),
+            );
         }
         if !d.ring_size.is_power_of_two() || !(64..=16384).contains(&d.ring_size) {
-            bad("datapath.ring_size".into(), format!("{} must be a power of two in 64..=16384", d.ring_size));
+            bad(
+                "datapath.ring_size".into(),
+                format!("{} must be a power of two in 64..=16384", d.ring_size),
+            );
         }
 
         let mut ips: HashMap<Ipv4Addr, String> = HashMap::new();
         ips.insert(n.router_ip, "node.router_ip".into());
         for (i, ip) in n.host_ips.iter().enumerate() {
-            ips.entry(*ip).or_insert_with(|| format!("node.host_ips[{i}]"));
+            ips.entry(*ip)
+                .or_insert_with(|| format!("node.host_ips[{i}]"));
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut macs: HashMap<MacAddr, usize> = HashMap::new();
@@ -292,10 +333,16 @@ impl Config {
             if pod.name.is_empty() {
                 bad(f("name"), "must not be empty".into());
             } else if let Some(j) = names.insert(&pod.name, i) {
-                bad(f("name"), format!("`{}` is already used by pods[{j}]", pod.name));
+                bad(
+                    f("name"),
+                    format!("`{}` is already used by pods[{j}]", pod.name),
+                );
             }
             if !usable_unicast(pod.ip) {
-                bad(f("ip"), format!("{} is not a usable unicast address", pod.ip));
+                bad(
+                    f("ip"),
+                    format!("{} is not a usable unicast address", pod.ip),
+                );
             } else if let Some(other) = ips.get(&pod.ip) {
                 bad(f("ip"), format!("{} is already used by {other}", pod.ip));
             } else {
@@ -304,23 +351,42 @@ impl Config {
             if pod.mac.is_multicast() || pod.mac.is_zero() {
                 bad(f("mac"), format!("{} is not a unicast MAC", pod.mac));
             } else if let Some(j) = macs.insert(pod.mac, i) {
-                bad(f("mac"), format!("{} is already used by pods[{j}]", pod.mac));
+                bad(
+                    f("mac"),
+                    format!("{} is already used by pods[{j}]", pod.mac),
+                );
             }
-            if pod.lxc.is_empty() || pod.lxc.len() > MAX_IFNAME || pod.lxc.contains(['/', ' ', ':']) {
-                bad(f("lxc"), format!("`{}` is not a valid interface name (1-15 characters, no '/', ':' or space)", pod.lxc));
+            if pod.lxc.is_empty() || pod.lxc.len() > MAX_IFNAME || pod.lxc.contains(['/', ' ', ':'])
+            {
+                bad(
+                    f("lxc"),
+                    format!(
+                        "`{}` is not a valid interface name (1-15 characters, no '/', ':' or space)",
+                        pod.lxc
+                    ),
+                );
             } else if let Some(j) = lxcs.insert(&pod.lxc, i) {
-                bad(f("lxc"), format!("`{}` is already used by pods[{j}]", pod.lxc));
+                bad(
+                    f("lxc"),
+                    format!("`{}` is already used by pods[{j}]", pod.lxc),
+                );
             }
             if let Some(id) = pod.id {
                 if id == 0 || id > MAX_ENDPOINT_ID {
-                    bad(f("id"), format!("{id} must be between 1 and {MAX_ENDPOINT_ID}"));
+                    bad(
+                        f("id"),
+                        format!("{id} must be between 1 and {MAX_ENDPOINT_ID}"),
+                    );
                 } else if let Some(j) = ids.insert(id, i) {
                     bad(f("id"), format!("{id} is already used by pods[{j}]"));
                 }
             }
             for k in pod.labels.keys() {
                 if k.is_empty() || k.contains(char::is_whitespace) {
-                    bad(f("labels"), format!("label key `{k}` must be non-empty without spaces"));
+                    bad(
+                        f("labels"),
+                        format!("label key `{k}` must be non-empty without spaces"),
+                    );
                 }
             }
         }
@@ -350,7 +416,9 @@ impl Config {
         if !self.datapath.cores.is_empty() {
             return self.datapath.cores.clone();
         }
-        (0..self.datapath.queues as usize).map(|q| q % online.max(1)).collect()
+        (0..self.datapath.queues as usize)
+            .map(|q| q % online.max(1))
+            .collect()
     }
 }
 
@@ -400,9 +468,15 @@ pods:
         let e = err(&GOOD.replace("10.1.1.3", "10.1.1.300"));
         assert!(e.starts_with("bad.yaml: pods[1].ip: "), "{e}");
         let e = err(&GOOD.replace("\"0a:00:00:00:00:02\"", "\"0a:00:00:00:02\""));
-        assert!(e.starts_with("bad.yaml: pods[0].mac: invalid MAC address"), "{e}");
+        assert!(
+            e.starts_with("bad.yaml: pods[0].mac: invalid MAC address"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("lxc: lxc-b", "lxc: lxc-b, colour: red"));
-        assert!(e.contains("pods[1]") && e.contains("unknown field `colour`"), "{e}");
+        assert!(
+            e.contains("pods[1]") && e.contains("unknown field `colour`"),
+            "{e}"
+        );
         let e = err("node: { name: n1 }\n");
         assert!(e.contains("missing field `router_ip`"), "{e}");
     }
@@ -415,20 +489,41 @@ pods:
             .replace("lxc: lxc-b", "lxc: lxc-a")
             .replace("id: 1", "id: 5000");
         let e = err(&text);
-        assert!(e.contains("pods[1].ip: 10.1.1.2 is already used by pods[0].ip"), "{e}");
-        assert!(e.contains("pods[1].mac: 01:00:00:00:00:03 is not a unicast MAC"), "{e}");
-        assert!(e.contains("pods[1].lxc: `lxc-a` is already used by pods[0]"), "{e}");
-        assert!(e.contains("pods[1].id: 5000 must be between 1 and 4095"), "{e}");
+        assert!(
+            e.contains("pods[1].ip: 10.1.1.2 is already used by pods[0].ip"),
+            "{e}"
+        );
+        assert!(
+            e.contains("pods[1].mac: 01:00:00:00:00:03 is not a unicast MAC"),
+            "{e}"
+        );
+        assert!(
+            e.contains("pods[1].lxc: `lxc-a` is already used by pods[0]"),
+            "{e}"
+        );
+        assert!(
+            e.contains("pods[1].id: 5000 must be between 1 and 4095"),
+            "{e}"
+        );
     }
 
     #[test]
     fn datapath_limits() {
         let t = format!("{GOOD}datapath: {{ queues: 2, cores: [0], ring_size: 1000 }}\n");
         let e = err(&t);
-        assert!(e.contains("datapath.cores: 1 cores listed for 2 queues"), "{e}");
-        assert!(e.contains("datapath.ring_size: 1000 must be a power of two"), "{e}");
+        assert!(
+            e.contains("datapath.cores: 1 cores listed for 2 queues"),
+            "{e}"
+        );
+        assert!(
+            e.contains("datapath.ring_size: 1000 must be a power of two"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("10.1.0.1", "10.1.1.2"));
-        assert!(e.contains("pods[0].ip: 10.1.1.2 is already used by node.router_ip"), "{e}");
+        assert!(
+            e.contains("pods[0].ip: 10.1.1.2 is already used by node.router_ip"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("name: n1", "name: N_1"));
         assert!(e.contains("node.name: `N_1` must be"), "{e}");
     }

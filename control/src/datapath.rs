@@ -88,8 +88,15 @@ impl<K: KernelMaps> Datapath<K> {
         &mut self.kernel
     }
 
+    pub fn kernel_ref(&self) -> &K {
+        &self.kernel
+    }
+
     /// Add or replace endpoints, all or nothing. Returns the published generation.
-    pub fn upsert_endpoints(&mut self, batch: &[(EndpointKey, EndpointEntry)]) -> Result<u64, DatapathError> {
+    pub fn upsert_endpoints(
+        &mut self,
+        batch: &[(EndpointKey, EndpointEntry)],
+    ) -> Result<u64, DatapathError> {
         let cur = self.writer.current();
         for (k, e) in batch {
             validate_endpoint(&cur, k, e)?;
@@ -133,7 +140,10 @@ impl<K: KernelMaps> Datapath<K> {
 }
 
 fn validate_endpoint(t: &Tables, k: &EndpointKey, e: &EndpointEntry) -> Result<(), DatapathError> {
-    let bad = |msg: String| DatapathError::InvalidEndpoint { key: k.to_string(), msg };
+    let bad = |msg: String| DatapathError::InvalidEndpoint {
+        key: k.to_string(),
+        msg,
+    };
     if k.family != ENDPOINT_KEY_IPV4 {
         return Err(bad("only IPv4 endpoints are served so far".into()));
     }
@@ -214,7 +224,11 @@ mod tests {
         (
             EndpointKey::v4(ip),
             EndpointEntry {
-                info: EndpointInfo { ifindex, lxc_id: 1, ..Default::default() },
+                info: EndpointInfo {
+                    ifindex,
+                    lxc_id: 1,
+                    ..Default::default()
+                },
                 port,
             },
         )
@@ -228,10 +242,19 @@ mod tests {
         map: std::collections::HashMap<EndpointKey, EndpointInfo>,
     }
     impl KernelMaps for Flaky {
-        fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError> {
+        fn upsert_endpoint(
+            &mut self,
+            k: &EndpointKey,
+            v: &EndpointInfo,
+        ) -> Result<(), MapWriteError> {
             self.writes += 1;
             if self.writes == self.fail_at {
-                return Err(MapWriteError { map: "cilium_lxc", op: "update", key: k.to_string(), msg: "E2BIG".into() });
+                return Err(MapWriteError {
+                    map: "cilium_lxc",
+                    op: "update",
+                    key: k.to_string(),
+                    msg: "E2BIG".into(),
+                });
             }
             self.map.insert(*k, *v);
             Ok(())
@@ -245,8 +268,13 @@ mod tests {
     #[test]
     fn invalid_endpoint_rejected_before_any_write() {
         let mut dp = Datapath::new(ports(), 1, Flaky::default());
-        let e = dp.upsert_endpoints(&[ep([10, 1, 1, 2], 7, Some(0)), ep([10, 1, 1, 3], 9, Some(0))]);
-        assert!(e.unwrap_err().to_string().contains("ifindex 9 does not match port 0 (lxc-a ifindex 7)"));
+        let e =
+            dp.upsert_endpoints(&[ep([10, 1, 1, 2], 7, Some(0)), ep([10, 1, 1, 3], 9, Some(0))]);
+        assert!(
+            e.unwrap_err()
+                .to_string()
+                .contains("ifindex 9 does not match port 0 (lxc-a ifindex 7)")
+        );
         assert_eq!(dp.kernel().writes, 0);
         assert!(dp.tables().endpoints.is_empty());
         let e = dp.upsert_endpoints(&[ep([10, 1, 1, 3], 7, Some(4))]);
@@ -255,8 +283,17 @@ mod tests {
 
     #[test]
     fn kernel_failure_leaves_old_state_everywhere() {
-        let mut dp = Datapath::new(ports(), 1, Flaky { fail_at: 3, ..Default::default() });
-        let g1 = dp.upsert_endpoints(&[ep([10, 1, 1, 2], 7, Some(0))]).unwrap();
+        let mut dp = Datapath::new(
+            ports(),
+            1,
+            Flaky {
+                fail_at: 3,
+                ..Default::default()
+            },
+        );
+        let g1 = dp
+            .upsert_endpoints(&[ep([10, 1, 1, 2], 7, Some(0))])
+            .unwrap();
         let before = dp.kernel().map.clone();
         let mut host = ep([10, 1, 0, 1], 0, None);
         host.1.info = EndpointInfo::host();
@@ -266,7 +303,10 @@ mod tests {
         assert!(err.to_string().contains("E2BIG"));
         assert_eq!(dp.kernel().map, before, "kernel map restored");
         assert_eq!(dp.tables().generation, g1, "nothing published");
-        assert_eq!(dp.tables().endpoint_v4([10, 1, 1, 2]).unwrap().info.lxc_id, 1);
+        assert_eq!(
+            dp.tables().endpoint_v4([10, 1, 1, 2]).unwrap().info.lxc_id,
+            1
+        );
     }
 
     #[test]

@@ -55,7 +55,11 @@ pub fn allocate(sets: &[Vec<String>]) -> Vec<u32> {
             }
             let mut id = identity_of(s);
             while used.contains_key(&id) {
-                id = if id == MAX_ALLOCATED { MIN_ALLOCATED } else { id + 1 };
+                id = if id == MAX_ALLOCATED {
+                    MIN_ALLOCATED
+                } else {
+                    id + 1
+                };
             }
             used.insert(id, s);
             by_set.insert(s, id);
@@ -78,6 +82,9 @@ mod tests {
         let ids = allocate(&[a.clone(), c.clone(), b]);
         assert_eq!(ids[0], ids[2]);
         assert_ne!(ids[0], ids[1]);
-        assert!(ids.iter().all(|&i| (MIN_ALLOCATED..=MAX_ALLOCATED).contains(&i)));
+        assert!(
+            ids.iter()
+                .all(|&i| (MIN_ALLOCATED..=MAX_ALLOCATED).contains(&i))
+        );
     }
 }

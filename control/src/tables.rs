@@ -128,7 +128,10 @@ impl TableWriter {
     /// A reader for one worker. Panics if more readers are asked for than were sized.
     pub fn reader(&mut self) -> TableReader {
         let index = self.next_reader;
-        assert!(index < self.cell.seen.len(), "more table readers than workers");
+        assert!(
+            index < self.cell.seen.len(),
+            "more table readers than workers"
+        );
         self.next_reader += 1;
         let cur = self.current();
         TableReader {
@@ -149,7 +152,10 @@ impl TableWriter {
     pub fn publish(&mut self, mut t: Tables) -> u64 {
         let generation = self.cell.generation.load(Ordering::Relaxed) + 1;
         t.generation = generation;
-        let old = std::mem::replace(&mut *self.cell.current.lock().expect("table lock"), Arc::new(t));
+        let old = std::mem::replace(
+            &mut *self.cell.current.lock().expect("table lock"),
+            Arc::new(t),
+        );
         // Release pairs with the reader's Acquire load in `quiesce`: a reader that sees the new
         // generation also sees the new pointer (and the tables it points to).
         self.cell.generation.store(generation, Ordering::Release);
@@ -229,7 +235,10 @@ mod tests {
         t.endpoints.insert(
             EndpointKey::v4(ip),
             EndpointEntry {
-                info: EndpointInfo { lxc_id: id, ..Default::default() },
+                info: EndpointInfo {
+                    lxc_id: id,
+                    ..Default::default()
+                },
                 port: Some(0),
             },
         );
@@ -259,10 +268,16 @@ mod tests {
         let mut r = w.reader();
         let first = Arc::downgrade(&w.current());
         w.publish(Tables::default());
-        assert!(first.upgrade().is_some(), "reader still holds the first version");
+        assert!(
+            first.upgrade().is_some(),
+            "reader still holds the first version"
+        );
         r.quiesce();
         w.reclaim();
-        assert!(first.upgrade().is_none(), "retired version freed by the writer");
+        assert!(
+            first.upgrade().is_none(),
+            "retired version freed by the writer"
+        );
     }
 
     #[test]
@@ -290,7 +305,8 @@ mod tests {
         });
         for id in 1..=2000u16 {
             let mut t = with_endpoint([10, 0, 0, 1], id);
-            t.endpoints.extend(with_endpoint([10, 0, 0, 2], id).endpoints);
+            t.endpoints
+                .extend(with_endpoint([10, 0, 0, 2], id).endpoints);
             w.publish(t);
         }
         let switches = h.join().unwrap();

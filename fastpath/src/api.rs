@@ -1,0 +1,383 @@
+//! The control socket: a root-only unix socket at `/run/fastpath/<node>.sock` speaking one
+//! JSON request per line and one JSON response per line. The CLI (`fastpath status`,
+//! `fastpath bpf endpoint list`) is a client of it; so can any operator tool be.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a node's control socket lives.
+pub fn socket_path(node: &str) -> PathBuf {
+    PathBuf::from(format!("/run/fastpath/{node}.sock"))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    EndpointList,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<Status>),
+    /// `cilium-dbg bpf endpoint list -o json` shape: key → list of value strings.
+    EndpointList {
+        entries: Vec<(String, String)>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub node: String,
+    pub netns: Option<String>,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub xdp_mode_requested: String,
+    pub poll: String,
+    pub bare: bool,
+    pub devices: Vec<DeviceStatus>,
+    pub workers: Vec<WorkerStatus>,
+    /// The XDP program's counters (all devices, all CPUs).
+    pub xdp: Vec<(String, u64)>,
+    pub table_generation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub xdp_mode: String,
+    pub fallback_reason: Option<String>,
+    pub socket_mode: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub ports: Vec<PortStatus>,
+    pub metrics: Vec<Metric>,
+    pub arp_replies: u64,
+    pub loops: u64,
+    pub idle_loops: u64,
+    pub sleeps: u64,
+    pub batch_hist: Vec<u64>,
+    pub table_switches: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PortStatus {
+    pub ifname: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_ring_full: u64,
+    pub tx_kicks: u64,
+    pub xsk: crate::xsk::XskStats,
+}
+
+/// One `cilium_metrics`-style row: reason 0 is "forwarded".
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Metric {
+    pub reason_code: u8,
+    pub reason: String,
+    pub direction: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl WorkerStatus {
+    /// Pipeline drops of this worker (all reasons, all directions).
+    pub fn drops(&self) -> u64 {
+        self.metrics
+            .iter()
+            .filter(|m| m.reason_code != 0)
+            .map(|m| m.packets)
+            .sum()
+    }
+    pub fn forwarded(&self, direction: &str) -> u64 {
+        self.metrics
+            .iter()
+            .filter(|m| m.reason_code == 0 && m.direction == direction)
+            .map(|m| m.packets)
+            .sum()
+    }
+}
+
+impl Status {
+    /// Packets dropped with `code` over all workers and directions.
+    pub fn drops_with(&self, code: u8) -> u64 {
+        self.workers
+            .iter()
+            .flat_map(|w| &w.metrics)
+            .filter(|m| m.reason_code == code)
+            .map(|m| m.packets)
+            .sum()
+    }
+    pub fn forwarded(&self) -> u64 {
+        self.workers.iter().map(|w| w.forwarded("egress")).sum()
+    }
+    pub fn arp_replies(&self) -> u64 {
+        self.workers.iter().map(|w| w.arp_replies).sum()
+    }
+    pub fn xdp_counter(&self, name: &str) -> u64 {
+        self.xdp
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// Human-readable status (`fastpath status`).
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let ns = self
+            .netns
+            .as_deref()
+            .map(|n| format!(" (netns {n})"))
+            .unwrap_or_default();
+        s += &format!(
+            "Node:      {}{ns}, pid {}, up {}s\n",
+            self.node, self.pid, self.uptime_secs
+        );
+        s += &format!(
+            "Workers:   {} (poll {}{}), tables generation {}\n",
+            self.workers.len(),
+            self.poll,
+            if self.bare {
+                ", BARE forwarding: pipeline skipped"
+            } else {
+                ""
+            },
+            self.table_generation
+        );
+        s += &format!("XDP:       requested {}\n", self.xdp_mode_requested);
+        for d in &self.devices {
+            s += &format!(
+                "  {:<15} ifindex {:<4} xdp {:<8} af_xdp {}",
+                d.ifname, d.ifindex, d.xdp_mode, d.socket_mode
+            );
+            if let Some(r) = &d.fallback_reason {
+                s += &format!("  (native failed: {r})");
+            }
+            s.push('\n');
+        }
+        s += "XDP program: ";
+        s += &self
+            .xdp
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        s += "\n\n";
+        s += &format!(
+            "{:<6}{:<6}{:<16}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
+            "QUEUE",
+            "CORE",
+            "DEVICE",
+            "RX_PKTS",
+            "RX_BYTES",
+            "TX_PKTS",
+            "TX_BYTES",
+            "TX_FULL",
+            "XSK_RXDROP"
+        );
+        for w in &self.workers {
+            let core = w.core.map_or("-".into(), |c| c.to_string());
+            for p in &w.ports {
+                s += &format!(
+                    "{:<6}{:<6}{:<16}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
+                    w.queue,
+                    core,
+                    p.ifname,
+                    p.rx_packets,
+                    p.rx_bytes,
+                    p.tx_packets,
+                    p.tx_bytes,
+                    p.tx_ring_full,
+                    p.xsk.rx_dropped + p.xsk.rx_ring_full
+                );
+            }
+        }
+        s += &format!(
+            "\n{:<6}{:>12}{:>12}{:>12}{:>8}{:>12}{:>10}  {}\n",
+            "QUEUE",
+            "FWD_EGRESS",
+            "FWD_INGRESS",
+            "DROPS",
+            "ARP",
+            "LOOPS",
+            "SLEEPS",
+            "RX BATCH (1,2-3,4-7,..,64+)"
+        );
+        for w in &self.workers {
+            s += &format!(
+                "{:<6}{:>12}{:>12}{:>12}{:>8}{:>12}{:>10}  {:?}\n",
+                w.queue,
+                w.forwarded("egress"),
+                w.forwarded("ingress"),
+                w.drops(),
+                w.arp_replies,
+                w.loops,
+                w.sleeps,
+                w.batch_hist
+            );
+        }
+        let drops: Vec<(&WorkerStatus, &Metric)> = self
+            .workers
+            .iter()
+            .flat_map(|w| {
+                w.metrics
+                    .iter()
+                    .filter(|m| m.reason_code != 0)
+                    .map(move |m| (w, m))
+            })
+            .collect();
+        if !drops.is_empty() {
+            s += &format!(
+                "\n{:<6}{:<9}{:<6}{:<45}{:>10}{:>12}\n",
+                "QUEUE", "DIR", "CODE", "DROP REASON", "PACKETS", "BYTES"
+            );
+            for (w, m) in drops {
+                s += &format!(
+                    "{:<6}{:<9}{:<6}{:<45}{:>10}{:>12}\n",
+                    w.queue, m.direction, m.reason_code, m.reason, m.packets, m.bytes
+                );
+            }
+        }
+        s
+    }
+}
+
+/// `cilium-dbg bpf endpoint list` text: a two-column tab-aligned table.
+pub fn render_endpoint_list(entries: &[(String, String)]) -> String {
+    let w = entries
+        .iter()
+        .map(|(k, _)| k.len())
+        .max()
+        .unwrap_or(0)
+        .max("IP ADDRESS".len())
+        + 3;
+    let mut s = format!("{:<w$}{}\n", "IP ADDRESS", "LOCAL ENDPOINT INFO");
+    for (k, v) in entries {
+        s += &format!("{k:<w$}{v}\n");
+    }
+    s
+}
+
+/// `-o json` for the endpoint list: Cilium prints `map[string][]string`.
+pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in entries {
+        m.insert(k.clone(), serde_json::json!([v]));
+    }
+    serde_json::Value::Object(m)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach fastpath at {path}: {source} (is `fastpath run` serving this node? are you root?)"
+    )]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fastpath answered with something that is not a response: {0}")]
+    Protocol(String),
+    #[error("fastpath: {0}")]
+    Remote(String),
+}
+
+/// Send one request and read one response.
+pub fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
+    let io = |source| ClientError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        path: path.into(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    let mut line = serde_json::to_string(req).expect("requests serialize");
+    line.push('\n');
+    s.write_all(line.as_bytes()).map_err(io)?;
+    let mut resp = String::new();
+    BufReader::new(&s).read_line(&mut resp).map_err(io)?;
+    let r: Response = serde_json::from_str(&resp)
+        .map_err(|e| ClientError::Protocol(format!("{e}: {resp:.200}")))?;
+    if let Response::Error { message } = r {
+        return Err(ClientError::Remote(message));
+    }
+    Ok(r)
+}
+
+/// Fetch a node's status.
+pub fn status(path: &Path) -> Result<Status, ClientError> {
+    match call(path, &Request::Status)? {
+        Response::Status(s) => Ok(*s),
+        other => Err(ClientError::Protocol(format!(
+            "expected status, got {other:?}"
+        ))),
+    }
+}
+
+/// Fetch a node's endpoint list.
+pub fn endpoint_list(path: &Path) -> Result<Vec<(String, String)>, ClientError> {
+    match call(path, &Request::EndpointList)? {
+        Response::EndpointList { entries } => Ok(entries),
+        other => Err(ClientError::Protocol(format!(
+            "expected endpoint list, got {other:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"endpoint_list"}"#).unwrap(),
+            Request::EndpointList
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn endpoint_list_rendering() {
+        let e = vec![
+            ("10.200.1.11:0".to_string(), "id=1     sec_id=300   flags=0x0000 ifindex=5   mac=0A:58:0A:C8:01:0B nodemac=3E:00:00:00:00:01 parent_ifindex=0".to_string()),
+            ("10.200.0.1:0".to_string(), "(localhost)".to_string()),
+        ];
+        let t = render_endpoint_list(&e);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "IP ADDRESS      LOCAL ENDPOINT INFO");
+        assert!(lines[1].starts_with("10.200.1.11:0   id=1 "));
+        assert_eq!(lines[2], "10.200.0.1:0    (localhost)");
+        let j = endpoint_list_json(&e);
+        assert_eq!(j["10.200.0.1:0"][0], "(localhost)");
+    }
+}

@@ -1,0 +1,530 @@
+//! `fastpath run`: bring a node up, serve it, tear it down.
+//!
+//! Order, so that nothing is touched before the config is known to be good:
+//! 1. validate the config (with command-line overrides applied);
+//! 2. enter the node's network namespace (before any thread exists, so all inherit it);
+//! 3. check every device: exists, enough rx/tx queues, MTU fits a UMEM frame;
+//! 4. claim the control socket (refuse if another fastpath serves this node);
+//! 5. load the XDP program, create the maps, write `cilium_lxc`, create the AF_XDP sockets and
+//!    register them in the XSKMAP, then attach XDP to the devices;
+//! 6. start the pinned workers, serve the control socket until SIGINT/SIGTERM;
+//! 7. stop workers, detach XDP (bpf_link drop), remove socket and pins.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use control::config::{Config, XdpMode};
+use control::datapath::{Datapath, node_endpoints};
+use control::maps::{DropReason, MacAddr};
+use control::tables::Port;
+use xdp_redirect::{ROLE_LXC, Steering, XDP_STAT_NAMES};
+
+use crate::api::{self, DeviceStatus, Metric, PortStatus, Request, Response, Status, WorkerStatus};
+use crate::stats::WorkerCounters;
+use crate::worker::{Worker, WorkerConfig};
+use crate::xsk;
+
+/// What `fastpath run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: Config,
+    /// Override `datapath.queues`.
+    pub queues: Option<u32>,
+    /// Override `datapath.cores`.
+    pub cores: Option<Vec<usize>>,
+    /// Override `datapath.xdp_mode`.
+    pub xdp_mode: Option<XdpMode>,
+    /// Skip the pipeline (port i → port i^1): the bench's bare AF_XDP ceiling.
+    pub bare: bool,
+    /// Control socket path (default `/run/fastpath/<node>.sock`).
+    pub socket: Option<PathBuf>,
+    /// Pin maps under this bpffs directory (default `/sys/fs/bpf/fastpath/<node>`; none if
+    /// bpffs is not mounted).
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// A device as the kernel reports it.
+#[derive(Debug, Clone)]
+pub struct LinkInfo {
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    pub rx_queues: u32,
+    pub tx_queues: u32,
+}
+
+/// Look a device up in the current network namespace (`ip -j -d link show`).
+pub fn link_info(name: &str) -> anyhow::Result<LinkInfo> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", name])
+        .output()
+        .context("running `ip` (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "device `{name}` not found ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing `ip -j link` output")?;
+    let l = &v[0];
+    let num = |k: &str| l[k].as_u64().map(|x| x as u32);
+    Ok(LinkInfo {
+        ifindex: num("ifindex").context("no ifindex")?,
+        mac: l["address"]
+            .as_str()
+            .unwrap_or("")
+            .parse()
+            .with_context(|| format!("device `{name}` has no Ethernet address"))?,
+        mtu: num("mtu").unwrap_or(1500),
+        rx_queues: num("num_rx_queues").unwrap_or(1),
+        tx_queues: num("num_tx_queues").unwrap_or(1),
+    })
+}
+
+/// UMEM frame size for an MTU: the kernel puts 256 bytes of XDP headroom in front of the frame.
+fn frame_size_for(mtu: u32) -> Option<u32> {
+    let need = mtu + 14 + 256;
+    [2048u32, 4096].into_iter().find(|&f| need <= f)
+}
+
+struct WorkerHandle {
+    queue: u32,
+    core: Option<usize>,
+    counters: Arc<WorkerCounters>,
+    fds: Vec<i32>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Run a node until SIGINT/SIGTERM.
+pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
+    let cfg = &mut opts.config;
+    if let Some(q) = opts.queues {
+        cfg.datapath.queues = q;
+        if opts.cores.is_none() && cfg.datapath.cores.len() != q as usize {
+            cfg.datapath.cores.clear();
+        }
+    }
+    if let Some(c) = opts.cores.clone() {
+        cfg.datapath.cores = c;
+    }
+    if let Some(m) = opts.xdp_mode {
+        cfg.datapath.xdp_mode = m;
+    }
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        bail!(
+            "invalid settings: {}",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    let cfg = opts.config.clone();
+    if xsk::sys::euid() != 0 {
+        bail!("fastpath run needs root (CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW, CAP_IPC_LOCK)");
+    }
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cfg.worker_cores(online);
+    if let Some(bad) = cores.iter().find(|&&c| c >= online) {
+        bail!(
+            "core {bad} does not exist: this machine has cores 0..{}",
+            online - 1
+        );
+    }
+    if let Some(ns) = &cfg.node.netns {
+        xsk::sys::enter_netns(ns)
+            .with_context(|| format!("node.netns: entering network namespace `{ns}`"))?;
+    }
+
+    // 3. Devices.
+    let queues = cfg.datapath.queues;
+    let mut ports = Vec::new();
+    let mut max_mtu = 0;
+    for (i, pod) in cfg.pods.iter().enumerate() {
+        let li = link_info(&pod.lxc).with_context(|| {
+            format!(
+                "pods[{i}].lxc: in netns {}",
+                cfg.node.netns.as_deref().unwrap_or("(current)")
+            )
+        })?;
+        if li.rx_queues < queues || li.tx_queues < queues {
+            bail!(
+                "pods[{i}].lxc: device `{}` has {} rx / {} tx queues; --queues {queues} needs at least {queues} \
+                 (create the veth with numrxqueues/numtxqueues {queues})",
+                pod.lxc,
+                li.rx_queues,
+                li.tx_queues
+            );
+        }
+        max_mtu = max_mtu.max(li.mtu);
+        ports.push(Port {
+            ifname: pod.lxc.clone(),
+            ifindex: li.ifindex,
+            mac: li.mac,
+            endpoint_ip: pod.ip,
+            endpoint_id: 0,
+        });
+    }
+    let frame_size = frame_size_for(max_mtu).with_context(|| {
+        format!(
+            "MTU {max_mtu} is too large: frames up to 4096 bytes minus 270 of headroom and header"
+        )
+    })?;
+    let ids = cfg.endpoint_ids();
+    for (p, id) in ports.iter_mut().zip(&ids) {
+        p.endpoint_id = *id;
+    }
+
+    // 4. Control socket.
+    let sock_path = opts
+        .socket
+        .clone()
+        .unwrap_or_else(|| api::socket_path(&cfg.node.name));
+    if let Some(dir) = sock_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if std::os::unix::net::UnixStream::connect(&sock_path).is_ok() {
+        bail!(
+            "another fastpath already serves node `{}` ({})",
+            cfg.node.name,
+            sock_path.display()
+        );
+    }
+    let _ = std::fs::remove_file(&sock_path);
+    let listener = UnixListener::bind(&sock_path)
+        .with_context(|| format!("binding {}", sock_path.display()))?;
+    std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
+    let _sock_guard = RemoveOnDrop(sock_path.clone());
+
+    // 5. XDP program, maps, sockets, attach.
+    let mut steering = Steering::load().context("loading the XDP steering program")?;
+    let pin_dir = opts.pin_dir.clone().or_else(|| {
+        bpffs_mounted()
+            .then(|| PathBuf::from(format!("/sys/fs/bpf/fastpath/{}/tc/globals", cfg.node.name)))
+    });
+    if let Some(dir) = &pin_dir {
+        steering
+            .pin_maps(dir)
+            .with_context(|| format!("pinning maps under {}", dir.display()))?;
+    }
+    let mut dp = Datapath::new(ports.clone(), queues as usize, steering);
+    dp.upsert_endpoints(&node_endpoints(&cfg, &ports))
+        .context("writing cilium_lxc")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    let devs: Vec<(String, u32)> = ports
+        .iter()
+        .map(|p| (p.ifname.clone(), p.ifindex))
+        .collect();
+    for q in 0..queues {
+        let wc = WorkerConfig {
+            queue: q,
+            core: Some(cores[q as usize]),
+            batch_size: cfg.datapath.batch_size,
+            ring_size: cfg.datapath.ring_size,
+            frame_size,
+            poll: cfg.datapath.poll,
+            bare: opts.bare,
+        };
+        let w = Worker::new(wc, &devs, dp.reader(), stop.clone())?;
+        for (port, fd) in w.socket_fds() {
+            dp.kernel()
+                .register_xsk(port as u32, q, &RawFdRef(fd))
+                .context("registering the socket in fp_xsks")?;
+        }
+        workers.push(w);
+    }
+    let socket_mode = workers
+        .first()
+        .map_or("none", |w| w.socket_mode())
+        .to_string();
+    for p in &ports {
+        let d = dp
+            .kernel()
+            .attach(&p.ifname, p.ifindex, ROLE_LXC, cfg.datapath.xdp_mode)?;
+        let how = d
+            .fallback_reason
+            .as_ref()
+            .map(|r| format!(" (native failed: {r})"))
+            .unwrap_or_default();
+        eprintln!(
+            "fastpath: {} ifindex {} xdp {}{how}, af_xdp {socket_mode}",
+            p.ifname,
+            p.ifindex,
+            d.mode.name()
+        );
+    }
+
+    // 6. Workers.
+    let mut handles = Vec::new();
+    for (q, w) in workers.into_iter().enumerate() {
+        let counters = w.counters();
+        let fds = w.socket_fds().into_iter().map(|(_, fd)| fd).collect();
+        let thread = std::thread::Builder::new()
+            .name(format!("fp-worker-{q}"))
+            .spawn(move || w.run())?;
+        handles.push(WorkerHandle {
+            queue: q as u32,
+            core: Some(cores[q]),
+            counters,
+            fds,
+            thread,
+        });
+    }
+    eprintln!(
+        "fastpath: node {} serving {} pods with {} worker(s) on cores {:?}; control socket {}",
+        cfg.node.name,
+        cfg.pods.len(),
+        queues,
+        cores,
+        sock_path.display()
+    );
+
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+
+    let started = Instant::now();
+    let mut poll = mio::Poll::new()?;
+    listener.set_nonblocking(true)?;
+    let mut mio_listener = mio::net::UnixListener::from_std(listener);
+    poll.registry()
+        .register(&mut mio_listener, mio::Token(0), mio::Interest::READABLE)?;
+    let mut events = mio::Events::with_capacity(16);
+    while !term.load(Ordering::Relaxed) {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e.into());
+            }
+        }
+        dp.writer().reclaim();
+        if handles.iter().any(|h| h.thread.is_finished()) {
+            eprintln!("fastpath: a worker exited unexpectedly; shutting down");
+            break;
+        }
+        loop {
+            match mio_listener.accept() {
+                Ok((stream, _)) => {
+                    let std_stream =
+                        std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
+                    let _ = std_stream.set_nonblocking(false);
+                    let _ = std_stream.set_read_timeout(Some(Duration::from_secs(2)));
+                    serve_one(
+                        std_stream,
+                        &cfg,
+                        &dp,
+                        &handles,
+                        &ports,
+                        &socket_mode,
+                        &opts,
+                        started,
+                    );
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    // 7. Teardown.
+    eprintln!("fastpath: stopping");
+    stop.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.thread.join();
+    }
+    drop(dp); // detaches XDP (bpf_link), removes pins
+    Ok(())
+}
+
+struct RawFdRef(i32);
+impl std::os::fd::AsRawFd for RawFdRef {
+    fn as_raw_fd(&self) -> i32 {
+        self.0
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn bpffs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+        })
+        .unwrap_or(false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_one(
+    stream: std::os::unix::net::UnixStream,
+    cfg: &Config,
+    dp: &Datapath<Steering>,
+    handles: &[WorkerHandle],
+    ports: &[Port],
+    socket_mode: &str,
+    opts: &RunOptions,
+    started: Instant,
+) {
+    // Root only: the socket file is 0600, and we check the peer as well.
+    let resp = match xsk::sys::peer_uid(&stream) {
+        Ok(0) => {
+            let mut line = String::new();
+            match BufReader::new(&stream).read_line(&mut line) {
+                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                    Ok(Request::Status) => Response::Status(Box::new(status(
+                        cfg,
+                        dp,
+                        handles,
+                        ports,
+                        socket_mode,
+                        opts,
+                        started,
+                    ))),
+                    Ok(Request::EndpointList) => Response::EndpointList {
+                        entries: endpoint_entries(dp),
+                    },
+                    Err(e) => Response::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                },
+                Err(e) => Response::Error {
+                    message: format!("reading request: {e}"),
+                },
+            }
+        }
+        Ok(uid) => Response::Error {
+            message: format!("uid {uid} may not use the control socket (root only)"),
+        },
+        Err(e) => Response::Error {
+            message: format!("SO_PEERCRED: {e}"),
+        },
+    };
+    let mut out = serde_json::to_string(&resp).expect("responses serialize");
+    out.push('\n');
+    let _ = (&stream).write_all(out.as_bytes());
+}
+
+/// `cilium_lxc` as the kernel holds it, formatted like `cilium-dbg bpf endpoint list`.
+fn endpoint_entries(dp: &Datapath<Steering>) -> Vec<(String, String)> {
+    let mut rows = match dp.kernel_ref().kernel_endpoints() {
+        Ok(v) => v,
+        Err(_) => dp
+            .tables()
+            .endpoints
+            .iter()
+            .map(|(k, e)| (*k, e.info))
+            .collect(),
+    };
+    rows.sort_by_key(|(k, _)| k.ip);
+    rows.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn status(
+    cfg: &Config,
+    dp: &Datapath<Steering>,
+    handles: &[WorkerHandle],
+    ports: &[Port],
+    socket_mode: &str,
+    opts: &RunOptions,
+    started: Instant,
+) -> Status {
+    let steering = dp.kernel_ref();
+    let devices = steering
+        .devices()
+        .iter()
+        .map(|d| DeviceStatus {
+            ifname: d.ifname.clone(),
+            ifindex: d.ifindex,
+            xdp_mode: d.mode.name().into(),
+            fallback_reason: d.fallback_reason.clone(),
+            socket_mode: socket_mode.into(),
+        })
+        .collect();
+    let xdp = steering
+        .stats()
+        .map(|s| {
+            XDP_STAT_NAMES
+                .iter()
+                .zip(s)
+                .map(|(n, v)| (n.to_string(), v))
+                .collect()
+        })
+        .unwrap_or_default();
+    let workers = handles
+        .iter()
+        .map(|h| {
+            let c = &h.counters;
+            WorkerStatus {
+                queue: h.queue,
+                core: h.core,
+                ports: ports
+                    .iter()
+                    .zip(&c.ports)
+                    .zip(&h.fds)
+                    .map(|((p, pc), fd)| PortStatus {
+                        ifname: p.ifname.clone(),
+                        rx_packets: pc.rx_packets.get(),
+                        rx_bytes: pc.rx_bytes.get(),
+                        tx_packets: pc.tx_packets.get(),
+                        tx_bytes: pc.tx_bytes.get(),
+                        tx_ring_full: pc.tx_ring_full.get(),
+                        tx_kicks: pc.tx_kicks.get(),
+                        xsk: xsk::stats_of(*fd).unwrap_or_default(),
+                    })
+                    .collect(),
+                metrics: c
+                    .metrics()
+                    .into_iter()
+                    .map(|(code, dir, packets, bytes)| Metric {
+                        reason_code: code,
+                        reason: if code == 0 {
+                            "Forwarded".into()
+                        } else {
+                            DropReason::from_code(code)
+                                .map_or(format!("unknown ({code})"), |r| r.name().into())
+                        },
+                        direction: dir.name().into(),
+                        packets,
+                        bytes,
+                    })
+                    .collect(),
+                arp_replies: c.arp_replies.get(),
+                loops: c.loops.get(),
+                idle_loops: c.idle_loops.get(),
+                sleeps: c.sleeps.get(),
+                batch_hist: c.batch_hist.iter().map(|b| b.get()).collect(),
+                table_switches: c.table_switches.get(),
+            }
+        })
+        .collect();
+    Status {
+        node: cfg.node.name.clone(),
+        netns: cfg.node.netns.clone(),
+        pid: std::process::id(),
+        uptime_secs: started.elapsed().as_secs(),
+        xdp_mode_requested: cfg.datapath.xdp_mode.to_string(),
+        poll: format!("{:?}", cfg.datapath.poll).to_lowercase(),
+        bare: opts.bare,
+        devices,
+        workers,
+        xdp,
+        table_generation: dp.tables().generation,
+    }
+}

@@ -17,7 +17,10 @@ impl Counter {
     /// Add `n`. Only the owning worker calls this.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     #[inline]
     pub fn get(&self) -> u64 {
@@ -133,7 +136,13 @@ mod tests {
         c.forwarded(MetricDir::Egress, 60);
         c.dropped(DropReason::Invalid, MetricDir::Egress, 20);
         c.dropped(DropReason::Invalid, MetricDir::Egress, 20);
-        assert_eq!(c.metrics(), vec![(0, MetricDir::Egress, 1, 60), (134, MetricDir::Egress, 2, 40)]);
+        assert_eq!(
+            c.metrics(),
+            vec![
+                (0, MetricDir::Egress, 1, 60),
+                (134, MetricDir::Egress, 2, 40)
+            ]
+        );
         c.batch(1);
         c.batch(32);
         c.batch(33);

@@ -1,0 +1,241 @@
+//! A pinned worker: one rx queue of every owned device, one UMEM shared by their sockets.
+//!
+//! Loop (OVS `pmd_thread_main` shape): poll each socket's RX ring → pipeline → queue on the
+//! destination socket's TX ring (moving the descriptor; no copy) → flush/kick TX → reap
+//! completions → refill fill rings. Every [`HOUSEKEEPING_EVERY`] loops it passes a quiescent
+//! point (picks up a new table version) and checks the stop flag. When idle in adaptive mode
+//! it sleeps in poll(2) on its RX sockets instead of burning the core.
+//!
+//! The loop allocates nothing: the RX batch vector is sized once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use control::config::PollMode;
+use control::maps::MetricDir;
+use control::tables::{PortId, TableReader};
+
+use crate::stage::{self, Verdict};
+use crate::stats::WorkerCounters;
+use crate::xsk::{Frame, Socket, Umem};
+
+/// Loops between quiescent points / stop checks.
+pub const HOUSEKEEPING_EVERY: u64 = 64;
+/// Empty loops before an adaptive worker sleeps.
+const SPIN_BEFORE_SLEEP: u32 = 256;
+/// Longest sleep: bounds how late a stop request or a table change is noticed.
+const SLEEP_MS: i32 = 10;
+
+/// Settings of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub queue: u32,
+    pub core: Option<usize>,
+    pub batch_size: u32,
+    pub ring_size: u32,
+    pub frame_size: u32,
+    pub poll: PollMode,
+    /// Skip the pipeline: forward everything from port i to port i^1 (the bench ceiling).
+    pub bare: bool,
+}
+
+/// A worker before it runs: its UMEM and sockets exist, so failures show up at start.
+#[derive(Debug)]
+pub struct Worker {
+    cfg: WorkerConfig,
+    umem: Umem,
+    socks: Vec<Socket>,
+    tables: TableReader,
+    counters: Arc<WorkerCounters>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Create the UMEM and one socket per device (`ifindexes`, in port order) on `cfg.queue`.
+    ///
+    /// # Errors
+    /// Socket creation or bind failures, naming the device.
+    pub fn new(
+        cfg: WorkerConfig,
+        ifindexes: &[(String, u32)],
+        tables: TableReader,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Worker> {
+        use anyhow::Context;
+        let frames =
+            (ifindexes.len() as u32 * cfg.ring_size * 2 + 4 * cfg.batch_size).next_power_of_two();
+        let mut umem = Umem::new(frames, cfg.frame_size).context("allocating UMEM")?;
+        let mut socks: Vec<Socket> = Vec::with_capacity(ifindexes.len());
+        for (name, ifindex) in ifindexes {
+            let s = bind_retry(|| {
+                Socket::new(&umem, *ifindex, cfg.queue, cfg.ring_size, socks.first())
+            })
+            .with_context(|| format!("AF_XDP socket on {name} queue {}", cfg.queue))?;
+            socks.push(s);
+        }
+        for s in &mut socks {
+            s.fill(&mut umem, cfg.ring_size);
+        }
+        Ok(Worker {
+            counters: Arc::new(WorkerCounters::new(socks.len())),
+            cfg,
+            umem,
+            socks,
+            tables,
+            stop,
+        })
+    }
+
+    /// (port, fd) of every socket, for the XSKMAP and for statistics.
+    pub fn socket_fds(&self) -> Vec<(PortId, i32)> {
+        self.socks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as PortId, s.fd()))
+            .collect()
+    }
+
+    pub fn socket_mode(&self) -> &'static str {
+        self.socks.first().map_or("none", |s| s.mode().name())
+    }
+
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        self.counters.clone()
+    }
+
+    /// Run until the stop flag is set. Pins itself to `cfg.core` first.
+    pub fn run(mut self) {
+        if let Some(core) = self.cfg.core {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        }
+        let batch = self.cfg.batch_size;
+        let nports = self.socks.len();
+        let mut rx: Vec<Frame> = Vec::with_capacity(batch as usize);
+        let mut pending = vec![false; nports];
+        let mut pollfds: Vec<libc::pollfd> = self
+            .socks
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let mut idle_streak = 0u32;
+        let mut loops = 0u64;
+        let c = self.counters.clone();
+        loop {
+            loops += 1;
+            if loops % HOUSEKEEPING_EVERY == 0 {
+                if self.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if self.tables.quiesce() {
+                    c.table_switches.add(1);
+                }
+            }
+            c.loops.add(1);
+            let mut got = 0u32;
+            for p in 0..nports {
+                let n = self.socks[p].recv(&mut self.umem, &mut rx, batch);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                c.batch(n as usize);
+                let pc = &c.ports[p];
+                pc.rx_packets.add(n as u64);
+                let t = self.tables.get();
+                for f in rx.drain(..) {
+                    let len = f.len();
+                    pc.rx_bytes.add(len as u64);
+                    let v = if self.cfg.bare {
+                        Verdict::Deliver {
+                            port: (p ^ 1).min(nports - 1) as PortId,
+                        }
+                    } else {
+                        stage::from_container(self.umem.data_mut(&f), p as PortId, t)
+                    };
+                    let out = match v {
+                        Verdict::Deliver { port } => {
+                            c.forwarded(MetricDir::Egress, len);
+                            c.forwarded(MetricDir::Ingress, len);
+                            port as usize
+                        }
+                        Verdict::ArpReply { port } => {
+                            c.arp_replies.add(1);
+                            port as usize
+                        }
+                        Verdict::Drop { reason, dir } => {
+                            c.dropped(reason, dir, len);
+                            self.umem.release(f);
+                            continue;
+                        }
+                    };
+                    match self.socks[out].send(f) {
+                        Ok(()) => {
+                            c.ports[out].tx_packets.add(1);
+                            c.ports[out].tx_bytes.add(len as u64);
+                            pending[out] = true;
+                        }
+                        Err(f) => {
+                            c.ports[out].tx_ring_full.add(1);
+                            self.umem.release(f);
+                        }
+                    }
+                }
+            }
+            let mut tx_busy = false;
+            for p in 0..nports {
+                if pending[p] {
+                    if self.socks[p].flush() {
+                        c.ports[p].tx_kicks.add(1);
+                    }
+                    // Copy-mode TX sends at most 32 frames per kick: keep kicking until drained.
+                    pending[p] = self.socks[p].tx_outstanding() > 0;
+                    tx_busy |= pending[p];
+                }
+                self.socks[p].complete(&mut self.umem, self.cfg.ring_size);
+            }
+            for s in &mut self.socks {
+                if s.fill(&mut self.umem, self.cfg.ring_size) > 0 && s.fill_needs_wakeup() {
+                    s.wake_rx();
+                }
+            }
+            if got == 0 {
+                c.idle_loops.add(1);
+                idle_streak += 1;
+                if self.cfg.poll == PollMode::Adaptive
+                    && idle_streak > SPIN_BEFORE_SLEEP
+                    && !tx_busy
+                {
+                    self.tables.idle();
+                    c.sleeps.add(1);
+                    crate::xsk::poll_readable(&mut pollfds, SLEEP_MS);
+                    idle_streak = 0;
+                }
+            } else {
+                idle_streak = 0;
+            }
+        }
+        let invalid: u64 = self.socks.iter().map(|s| s.invalid_descs).sum();
+        c.invalid_descs.add(invalid);
+    }
+}
+
+/// Binding right after a previous socket on the same queue closed can fail with EBUSY for a
+/// moment while the kernel tears the old one down (lab report §3): retry for up to 2 s.
+fn bind_retry(mut f: impl FnMut() -> std::io::Result<Socket>) -> std::io::Result<Socket> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match f() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.to_string().contains("busy") => {
+                if std::time::Instant::now() > deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}

@@ -130,7 +130,10 @@ impl Steering {
     pub fn load() -> Result<Self, SteeringError> {
         let mut ebpf = EbpfLoader::new().load(FP_XDP_OBJ)?;
         let prog: &mut Xdp = program(&mut ebpf, "fp_steer")?;
-        prog.load().map_err(|source| SteeringError::Program { prog: "fp_steer", source })?;
+        prog.load().map_err(|source| SteeringError::Program {
+            prog: "fp_steer",
+            source,
+        })?;
         Ok(Steering {
             ebpf,
             devices: Vec::new(),
@@ -142,26 +145,49 @@ impl Steering {
     /// Attach to `ifname` (which has `ifindex`) in the requested mode and register it in
     /// `fp_devs` with an XSKMAP slot and role. With [`XdpMode::Auto`], native is tried first
     /// and the reason for falling back to generic is recorded.
-    pub fn attach(&mut self, ifname: &str, ifindex: u32, role: u32, mode: XdpMode) -> Result<&AttachedDevice, SteeringError> {
+    pub fn attach(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        role: u32,
+        mode: XdpMode,
+    ) -> Result<&AttachedDevice, SteeringError> {
         let slot = self.devices.len() as u32;
         if slot >= MAX_DEVS {
-            return Err(SteeringError::Limit(format!("at most {MAX_DEVS} devices can be attached")));
+            return Err(SteeringError::Limit(format!(
+                "at most {MAX_DEVS} devices can be attached"
+            )));
         }
         let prog: &mut Xdp = program(&mut self.ebpf, "fp_steer")?;
         let (link, mode, fallback_reason) = match mode {
-            XdpMode::Native => (attach_one(prog, ifname, ifindex, AttachedMode::Native)?, AttachedMode::Native, None),
-            XdpMode::Generic => (attach_one(prog, ifname, ifindex, AttachedMode::Generic)?, AttachedMode::Generic, None),
+            XdpMode::Native => (
+                attach_one(prog, ifname, ifindex, AttachedMode::Native)?,
+                AttachedMode::Native,
+                None,
+            ),
+            XdpMode::Generic => (
+                attach_one(prog, ifname, ifindex, AttachedMode::Generic)?,
+                AttachedMode::Generic,
+                None,
+            ),
             XdpMode::Auto => match attach_one(prog, ifname, ifindex, AttachedMode::Native) {
                 Ok(l) => (l, AttachedMode::Native, None),
                 Err(e) => {
                     let why = error_chain(&e);
-                    (attach_one(prog, ifname, ifindex, AttachedMode::Generic)?, AttachedMode::Generic, Some(why))
+                    (
+                        attach_one(prog, ifname, ifindex, AttachedMode::Generic)?,
+                        AttachedMode::Generic,
+                        Some(why),
+                    )
                 }
             },
         };
         let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.ebpf, "fp_devs")?;
         devs.insert(ifindex, FpDev { slot, role }, 0)
-            .map_err(|source| SteeringError::Map { map: "fp_devs", source })?;
+            .map_err(|source| SteeringError::Map {
+                map: "fp_devs",
+                source,
+            })?;
         self.devices.push(AttachedDevice {
             ifname: ifname.into(),
             ifindex,
@@ -178,24 +204,44 @@ impl Steering {
     }
 
     /// Register a bound AF_XDP socket for (device slot, rx queue).
-    pub fn register_xsk(&mut self, slot: u32, queue: u32, fd: &impl AsRawFd) -> Result<(), SteeringError> {
+    pub fn register_xsk(
+        &mut self,
+        slot: u32,
+        queue: u32,
+        fd: &impl AsRawFd,
+    ) -> Result<(), SteeringError> {
         if queue >= MAX_QUEUES {
-            return Err(SteeringError::Limit(format!("rx queue {queue} is beyond the {MAX_QUEUES} queues a device can have")));
+            return Err(SteeringError::Limit(format!(
+                "rx queue {queue} is beyond the {MAX_QUEUES} queues a device can have"
+            )));
         }
         let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, "fp_xsks")?;
         xsks.set(slot * MAX_QUEUES + queue, fd.as_raw_fd(), 0)
-            .map_err(|source| SteeringError::Map { map: "fp_xsks", source })
+            .map_err(|source| SteeringError::Map {
+                map: "fp_xsks",
+                source,
+            })
     }
 
     /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.
     pub fn stats(&self) -> Result<[u64; 5], SteeringError> {
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf.map("fp_xdp_stats").ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
+            self.ebpf
+                .map("fp_xdp_stats")
+                .ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
         )
-        .map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
+        .map_err(|source| SteeringError::Map {
+            map: "fp_xdp_stats",
+            source,
+        })?;
         let mut out = [0u64; 5];
         for (i, o) in out.iter_mut().enumerate() {
-            let v = arr.get(&(i as u32), 0).map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
+            let v = arr
+                .get(&(i as u32), 0)
+                .map_err(|source| SteeringError::Map {
+                    map: "fp_xdp_stats",
+                    source,
+                })?;
             *o = v.iter().sum();
         }
         Ok(out)
@@ -205,12 +251,20 @@ impl Steering {
     /// `/sys/fs/bpf/fastpath/<node>/tc/globals`), so `bpftool map dump pinned …` shows them.
     /// The pins are removed when this `Steering` is dropped.
     pub fn pin_maps(&mut self, dir: &Path) -> Result<(), SteeringError> {
-        std::fs::create_dir_all(dir).map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
         for name in ["cilium_lxc", "fp_devs", "fp_xsks", "fp_xdp_stats"] {
             let path = dir.join(name);
             let _ = std::fs::remove_file(&path); // a stale pin from a crashed run
-            let m = self.ebpf.map(name).ok_or(SteeringError::Limit(format!("map {name} missing")))?;
-            m.pin(&path).map_err(|source| SteeringError::Pin { map: "cilium_lxc", path: path.clone(), source })?;
+            let m = self
+                .ebpf
+                .map(name)
+                .ok_or(SteeringError::Limit(format!("map {name} missing")))?;
+            m.pin(&path).map_err(|source| SteeringError::Pin {
+                map: "cilium_lxc",
+                path: path.clone(),
+                source,
+            })?;
             self.pins.push(path);
         }
         Ok(())
@@ -240,13 +294,15 @@ impl KernelMaps for Steering {
     fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError> {
         let mut m: BpfHashMap<&mut MapData, EndpointKey, EndpointInfo> =
             map(&mut self.ebpf, "cilium_lxc").map_err(|e| write_err("update", k, e.to_string()))?;
-        m.insert(*k, *v, 0).map_err(|e| write_err("update", k, error_chain(&e)))
+        m.insert(*k, *v, 0)
+            .map_err(|e| write_err("update", k, error_chain(&e)))
     }
 
     fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<(), MapWriteError> {
         let mut m: BpfHashMap<&mut MapData, EndpointKey, EndpointInfo> =
             map(&mut self.ebpf, "cilium_lxc").map_err(|e| write_err("delete", k, e.to_string()))?;
-        m.remove(k).map_err(|e| write_err("delete", k, error_chain(&e)))
+        m.remove(k)
+            .map_err(|e| write_err("delete", k, error_chain(&e)))
     }
 }
 
@@ -254,24 +310,40 @@ impl Steering {
     /// Read `cilium_lxc` back from the kernel (what `bpftool map dump` would show).
     pub fn kernel_endpoints(&self) -> Result<Vec<(EndpointKey, EndpointInfo)>, SteeringError> {
         let m: BpfHashMap<&MapData, EndpointKey, EndpointInfo> = BpfHashMap::try_from(
-            self.ebpf.map("cilium_lxc").ok_or(SteeringError::Limit("map cilium_lxc missing".into()))?,
+            self.ebpf
+                .map("cilium_lxc")
+                .ok_or(SteeringError::Limit("map cilium_lxc missing".into()))?,
         )
-        .map_err(|source| SteeringError::Map { map: "cilium_lxc", source })?;
+        .map_err(|source| SteeringError::Map {
+            map: "cilium_lxc",
+            source,
+        })?;
         m.iter()
-            .map(|r| r.map_err(|source| SteeringError::Map { map: "cilium_lxc", source }))
+            .map(|r| {
+                r.map_err(|source| SteeringError::Map {
+                    map: "cilium_lxc",
+                    source,
+                })
+            })
             .collect()
     }
 }
 
 fn write_err(op: &'static str, k: &EndpointKey, msg: String) -> MapWriteError {
-    MapWriteError { map: "cilium_lxc", op, key: k.to_string(), msg }
+    MapWriteError {
+        map: "cilium_lxc",
+        op,
+        key: k.to_string(),
+        msg,
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, SteeringError> {
     let p = ebpf
         .program_mut(name)
         .ok_or_else(|| SteeringError::Limit(format!("program {name} missing from the object")))?;
-    p.try_into().map_err(|source| SteeringError::Program { prog: name, source })
+    p.try_into()
+        .map_err(|source| SteeringError::Program { prog: name, source })
 }
 
 fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, SteeringError>
@@ -284,16 +356,22 @@ where
     T::try_from(m).map_err(|source| SteeringError::Map { map: name, source })
 }
 
-fn attach_one(prog: &mut Xdp, ifname: &str, ifindex: u32, mode: AttachedMode) -> Result<XdpLinkId, SteeringError> {
+fn attach_one(
+    prog: &mut Xdp,
+    ifname: &str,
+    ifindex: u32,
+    mode: AttachedMode,
+) -> Result<XdpLinkId, SteeringError> {
     let flags = match mode {
         AttachedMode::Native => AyaXdpMode::Driver,
         AttachedMode::Generic => AyaXdpMode::Skb,
     };
-    prog.attach_to_if_index(ifindex, flags).map_err(|source| SteeringError::Attach {
-        dev: ifname.into(),
-        mode: mode.name(),
-        source,
-    })
+    prog.attach_to_if_index(ifindex, flags)
+        .map_err(|source| SteeringError::Attach {
+            dev: ifname.into(),
+            mode: mode.name(),
+            source,
+        })
 }
 
 /// An error with its sources, one line.
@@ -319,8 +397,12 @@ impl Sink {
     pub fn attach(ifname: &str) -> Result<Self, SteeringError> {
         let mut ebpf = EbpfLoader::new().load(FP_XDP_OBJ)?;
         let prog: &mut Xdp = program(&mut ebpf, "fp_sink")?;
-        prog.load().map_err(|source| SteeringError::Program { prog: "fp_sink", source })?;
-        let ifindex = if_index(ifname).ok_or_else(|| SteeringError::Limit(format!("no device {ifname}")))?;
+        prog.load().map_err(|source| SteeringError::Program {
+            prog: "fp_sink",
+            source,
+        })?;
+        let ifindex =
+            if_index(ifname).ok_or_else(|| SteeringError::Limit(format!("no device {ifname}")))?;
         if attach_one(prog, ifname, ifindex, AttachedMode::Native).is_err() {
             attach_one(prog, ifname, ifindex, AttachedMode::Generic)?;
         }
@@ -330,10 +412,18 @@ impl Sink {
     /// Frames dropped so far (all CPUs).
     pub fn count(&self) -> Result<u64, SteeringError> {
         let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf.map("fp_xdp_stats").ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
+            self.ebpf
+                .map("fp_xdp_stats")
+                .ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
         )
-        .map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
-        let v = arr.get(&0, 0).map_err(|source| SteeringError::Map { map: "fp_xdp_stats", source })?;
+        .map_err(|source| SteeringError::Map {
+            map: "fp_xdp_stats",
+            source,
+        })?;
+        let v = arr.get(&0, 0).map_err(|source| SteeringError::Map {
+            map: "fp_xdp_stats",
+            source,
+        })?;
         Ok(v.iter().sum())
     }
 }

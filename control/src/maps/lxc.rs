@@ -58,7 +58,9 @@ impl fmt::Debug for MacAddr {
 
 /// Why a string is not a MAC address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address `{0}`: expected six hex octets separated by `:` (e.g. 0a:58:0a:c8:01:0b)")]
+#[error(
+    "invalid MAC address `{0}`: expected six hex octets separated by `:` (e.g. 0a:58:0a:c8:01:0b)"
+)]
 pub struct MacParseError(pub String);
 
 impl FromStr for MacAddr {
@@ -143,7 +145,11 @@ impl fmt::Display for EndpointKey {
     /// `10.0.1.57:0` / `[fd00::1]:0`, with `@N` after the address for a non-zero cluster.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.family {
-            ENDPOINT_KEY_IPV4 => write!(f, "{}", Ipv4Addr::new(self.ip[0], self.ip[1], self.ip[2], self.ip[3]))?,
+            ENDPOINT_KEY_IPV4 => write!(
+                f,
+                "{}",
+                Ipv4Addr::new(self.ip[0], self.ip[1], self.ip[2], self.ip[3])
+            )?,
             _ => write!(f, "[{}]", std::net::Ipv6Addr::from(self.ip))?,
         }
         if self.cluster_id != 0 {

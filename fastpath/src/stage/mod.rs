@@ -13,7 +13,9 @@
 use control::maps::{DropReason, MetricDir};
 use control::tables::{PortId, Tables};
 
-use crate::wire::{self, ArpPacket, EtherType, EthernetFrame, Ipv4Packet, WireError, arp, ethernet};
+use crate::wire::{
+    self, ArpPacket, EtherType, EthernetFrame, Ipv4Packet, WireError, arp, ethernet,
+};
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,10 @@ pub enum Verdict {
 
 #[inline]
 fn drop_egress(reason: DropReason) -> Verdict {
-    Verdict::Drop { reason, dir: MetricDir::Egress }
+    Verdict::Drop {
+        reason,
+        dir: MetricDir::Egress,
+    }
 }
 
 /// Run a frame that arrived from the pod behind `in_port` through the pipeline.
@@ -77,7 +82,9 @@ fn arp_respond(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict {
 fn ipv4_from_container(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict {
     let mut ip = match Ipv4Packet::new_checked(&mut frame[ethernet::HEADER_LEN..]) {
         Ok(ip) => ip,
-        Err(WireError::Truncated | WireError::Malformed) => return drop_egress(DropReason::Invalid),
+        Err(WireError::Truncated | WireError::Malformed) => {
+            return drop_egress(DropReason::Invalid);
+        }
     };
     // Anti-spoofing: a pod may only send from its own address.
     match t.port(in_port) {
@@ -99,7 +106,10 @@ fn ipv4_from_container(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict
     };
     // to-container / local delivery.
     if ip.ttl() <= 1 {
-        return Verdict::Drop { reason: DropReason::TtlExceeded, dir: MetricDir::Ingress };
+        return Verdict::Drop {
+            reason: DropReason::TtlExceeded,
+            dir: MetricDir::Ingress,
+        };
     }
     ip.decrement_ttl();
     let mut eth = EthernetFrame::new_checked(&mut frame[..]).expect("checked above");

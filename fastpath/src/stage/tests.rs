@@ -50,7 +50,12 @@ struct Pkt {
 
 impl Pkt {
     fn eth(dst: MacAddr, src: MacAddr) -> Self {
-        Pkt { dst, src, ethertype: 0x0800, l3: Vec::new() }
+        Pkt {
+            dst,
+            src,
+            ethertype: 0x0800,
+            l3: Vec::new(),
+        }
     }
     fn ipv4(mut self, src: [u8; 4], dst: [u8; 4], proto: u8, ttl: u8, l4: &[u8]) -> Self {
         let mut b = vec![0u8; 20 + l4.len()];
@@ -78,7 +83,9 @@ impl Pkt {
         self
     }
     fn fix_csum(mut self) -> Self {
-        Ipv4Packet::new_checked(&mut self.l3[..]).unwrap().fill_checksum();
+        Ipv4Packet::new_checked(&mut self.l3[..])
+            .unwrap()
+            .fill_checksum();
         self
     }
     fn truncate_l3(mut self, len: usize) -> Self {
@@ -110,7 +117,10 @@ struct Case {
 }
 
 fn drop(reason: DropReason) -> Verdict {
-    Verdict::Drop { reason, dir: MetricDir::Egress }
+    Verdict::Drop {
+        reason,
+        dir: MetricDir::Egress,
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -118,11 +128,15 @@ fn cases() -> Vec<Case> {
     // Reference output: built independently with TTL 63 and a full checksum.
     let ping_out = Pkt::eth(ECHO_MAC, LXC_ECHO_MAC).icmp_echo(CLIENT_IP, ECHO_IP, 63);
     let udp = {
-        let payload = [0x30, 0x39, 0x00, 0x07, 0x00, 0x0c, 0, 0, b'h', b'i', b'!', b'\n'];
+        let payload = [
+            0x30, 0x39, 0x00, 0x07, 0x00, 0x0c, 0, 0, b'h', b'i', b'!', b'\n',
+        ];
         from_client().ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_UDP, 64, &payload)
     };
     let udp_out = {
-        let payload = [0x30, 0x39, 0x00, 0x07, 0x00, 0x0c, 0, 0, b'h', b'i', b'!', b'\n'];
+        let payload = [
+            0x30, 0x39, 0x00, 0x07, 0x00, 0x0c, 0, 0, b'h', b'i', b'!', b'\n',
+        ];
         Pkt::eth(ECHO_MAC, LXC_ECHO_MAC).ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_UDP, 63, &payload)
     };
     let arp_req = Pkt::eth(MacAddr::BROADCAST, CLIENT_MAC).arp_request(CLIENT_IP, ROUTER_IP);
@@ -139,28 +153,153 @@ fn cases() -> Vec<Case> {
     };
     let arp_other_pod = Pkt::eth(MacAddr::BROADCAST, CLIENT_MAC).arp_request(CLIENT_IP, ECHO_IP);
     vec![
-        Case { name: "ping to a local pod is delivered", input: ping.bytes(), verdict: Verdict::Deliver { port: ECHO_PORT }, output: Some(ping_out.bytes()) },
-        Case { name: "udp to a local pod is delivered", input: udp.bytes(), verdict: Verdict::Deliver { port: ECHO_PORT }, output: Some(udp_out.bytes()) },
-        Case { name: "arp for the gateway answered with the lxc mac", input: arp_req.bytes(), verdict: Verdict::ArpReply { port: CLIENT_PORT }, output: Some(arp_reply) },
-        Case { name: "arp for another pod answered too", input: arp_other_pod.bytes(), verdict: Verdict::ArpReply { port: CLIENT_PORT }, output: None },
-        Case { name: "arp for the pod's own ip is not answered", input: Pkt::eth(MacAddr::BROADCAST, CLIENT_MAC).arp_request([0; 4], CLIENT_IP).bytes(), verdict: drop(DropReason::UnknownTarget), output: None },
-        Case { name: "arp reply from a pod", input: arp_req.clone().patch(7, &[2]).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "arp truncated", input: arp_req.clone().truncate_l3(20).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "ttl 1 is not forwarded", input: from_client().icmp_echo(CLIENT_IP, ECHO_IP, 1).bytes(), verdict: Verdict::Drop { reason: DropReason::TtlExceeded, dir: MetricDir::Ingress }, output: None },
-        Case { name: "spoofed source address", input: from_client().icmp_echo(ECHO_IP, ECHO_IP, 64).bytes(), verdict: drop(DropReason::InvalidSip), output: None },
-        Case { name: "unknown destination", input: from_client().icmp_echo(CLIENT_IP, [10, 200, 9, 9], 64).bytes(), verdict: drop(DropReason::Unroutable), output: None },
-        Case { name: "host destination raced the steering", input: from_client().icmp_echo(CLIENT_IP, ROUTER_IP, 64).bytes(), verdict: drop(DropReason::HostUnreachable), output: None },
-        Case { name: "truncated ethernet", input: ping.bytes()[..13].to_vec(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "truncated ipv4", input: ping.clone().truncate_l3(10).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "bad ihl (4)", input: ping.clone().patch(0, &[0x44]).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "ihl beyond the frame", input: ping.clone().patch(0, &[0x4f]).truncate_l3(40).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "total length beyond the frame", input: ping.clone().patch(2, &[0x05, 0xdc]).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "total length shorter than the header", input: ping.clone().patch(2, &[0, 12]).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "ip version 6 in an ipv4 ethertype", input: ping.clone().patch(0, &[0x65]).bytes(), verdict: drop(DropReason::Invalid), output: None },
-        Case { name: "truncated udp header", input: from_client().ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_UDP, 64, &[0x30, 0x39, 0, 7]).bytes(), verdict: drop(DropReason::CtInvalidHdr), output: None },
-        Case { name: "tcp data offset below 5", input: from_client().ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_TCP, 64, &[0u8; 20]).bytes(), verdict: drop(DropReason::CtInvalidHdr), output: None },
-        Case { name: "later fragment without l4 header is forwarded", input: from_client().ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_UDP, 64, &[1, 2, 3]).patch(6, &[0x00, 0x10]).fix_csum().bytes(), verdict: Verdict::Deliver { port: ECHO_PORT }, output: None },
-        Case { name: "ipv6 ethertype", input: ping.clone().ethertype(0x86dd).bytes(), verdict: drop(DropReason::UnknownL3), output: None },
+        Case {
+            name: "ping to a local pod is delivered",
+            input: ping.bytes(),
+            verdict: Verdict::Deliver { port: ECHO_PORT },
+            output: Some(ping_out.bytes()),
+        },
+        Case {
+            name: "udp to a local pod is delivered",
+            input: udp.bytes(),
+            verdict: Verdict::Deliver { port: ECHO_PORT },
+            output: Some(udp_out.bytes()),
+        },
+        Case {
+            name: "arp for the gateway answered with the lxc mac",
+            input: arp_req.bytes(),
+            verdict: Verdict::ArpReply { port: CLIENT_PORT },
+            output: Some(arp_reply),
+        },
+        Case {
+            name: "arp for another pod answered too",
+            input: arp_other_pod.bytes(),
+            verdict: Verdict::ArpReply { port: CLIENT_PORT },
+            output: None,
+        },
+        Case {
+            name: "arp for the pod's own ip is not answered",
+            input: Pkt::eth(MacAddr::BROADCAST, CLIENT_MAC)
+                .arp_request([0; 4], CLIENT_IP)
+                .bytes(),
+            verdict: drop(DropReason::UnknownTarget),
+            output: None,
+        },
+        Case {
+            name: "arp reply from a pod",
+            input: arp_req.clone().patch(7, &[2]).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "arp truncated",
+            input: arp_req.clone().truncate_l3(20).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "ttl 1 is not forwarded",
+            input: from_client().icmp_echo(CLIENT_IP, ECHO_IP, 1).bytes(),
+            verdict: Verdict::Drop {
+                reason: DropReason::TtlExceeded,
+                dir: MetricDir::Ingress,
+            },
+            output: None,
+        },
+        Case {
+            name: "spoofed source address",
+            input: from_client().icmp_echo(ECHO_IP, ECHO_IP, 64).bytes(),
+            verdict: drop(DropReason::InvalidSip),
+            output: None,
+        },
+        Case {
+            name: "unknown destination",
+            input: from_client()
+                .icmp_echo(CLIENT_IP, [10, 200, 9, 9], 64)
+                .bytes(),
+            verdict: drop(DropReason::Unroutable),
+            output: None,
+        },
+        Case {
+            name: "host destination raced the steering",
+            input: from_client().icmp_echo(CLIENT_IP, ROUTER_IP, 64).bytes(),
+            verdict: drop(DropReason::HostUnreachable),
+            output: None,
+        },
+        Case {
+            name: "truncated ethernet",
+            input: ping.bytes()[..13].to_vec(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "truncated ipv4",
+            input: ping.clone().truncate_l3(10).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "bad ihl (4)",
+            input: ping.clone().patch(0, &[0x44]).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "ihl beyond the frame",
+            input: ping.clone().patch(0, &[0x4f]).truncate_l3(40).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "total length beyond the frame",
+            input: ping.clone().patch(2, &[0x05, 0xdc]).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "total length shorter than the header",
+            input: ping.clone().patch(2, &[0, 12]).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "ip version 6 in an ipv4 ethertype",
+            input: ping.clone().patch(0, &[0x65]).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "truncated udp header",
+            input: from_client()
+                .ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_UDP, 64, &[0x30, 0x39, 0, 7])
+                .bytes(),
+            verdict: drop(DropReason::CtInvalidHdr),
+            output: None,
+        },
+        Case {
+            name: "tcp data offset below 5",
+            input: from_client()
+                .ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_TCP, 64, &[0u8; 20])
+                .bytes(),
+            verdict: drop(DropReason::CtInvalidHdr),
+            output: None,
+        },
+        Case {
+            name: "later fragment without l4 header is forwarded",
+            input: from_client()
+                .ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_UDP, 64, &[1, 2, 3])
+                .patch(6, &[0x00, 0x10])
+                .fix_csum()
+                .bytes(),
+            verdict: Verdict::Deliver { port: ECHO_PORT },
+            output: None,
+        },
+        Case {
+            name: "ipv6 ethertype",
+            input: ping.clone().ethertype(0x86dd).bytes(),
+            verdict: drop(DropReason::UnknownL3),
+            output: None,
+        },
     ]
 }
 
@@ -176,10 +315,18 @@ fn fixtures() {
         }
         if matches!(v, Verdict::Deliver { .. }) {
             let ip = Ipv4Packet::new_checked(&buf[14..]).unwrap();
-            assert!(ip.verify_checksum(), "case `{}`: ip checksum after ttl", c.name);
+            assert!(
+                ip.verify_checksum(),
+                "case `{}`: ip checksum after ttl",
+                c.name
+            );
         }
         if matches!(v, Verdict::Drop { .. }) {
-            assert_eq!(buf, c.input, "case `{}`: dropped frames are not modified", c.name);
+            assert_eq!(
+                buf, c.input,
+                "case `{}`: dropped frames are not modified",
+                c.name
+            );
         }
     }
 }
@@ -191,8 +338,20 @@ fn l4_of_delivered_tcp_is_untouched() {
     tcp[0..4].copy_from_slice(&[0x9c, 0x40, 0x00, 0x07]);
     tcp[12] = 0x50;
     tcp[13] = 0x02;
-    let mut buf = from_client().ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_TCP, 64, &tcp).bytes();
-    assert_eq!(from_container(&mut buf, CLIENT_PORT, &t), Verdict::Deliver { port: ECHO_PORT });
-    assert_eq!(l4::parse(6, &buf[34..]).unwrap(), l4::L4::Tcp { sport: 40000, dport: 7, flags: 2 });
+    let mut buf = from_client()
+        .ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_TCP, 64, &tcp)
+        .bytes();
+    assert_eq!(
+        from_container(&mut buf, CLIENT_PORT, &t),
+        Verdict::Deliver { port: ECHO_PORT }
+    );
+    assert_eq!(
+        l4::parse(6, &buf[34..]).unwrap(),
+        l4::L4::Tcp {
+            sport: 40000,
+            dport: 7,
+            flags: 2
+        }
+    );
     assert_eq!(&buf[34..], &tcp);
 }

@@ -33,7 +33,11 @@ impl<B: AsRef<[u8]>> ArpPacket<B> {
         if b.len() < HEADER_LEN {
             return Err(WireError::Truncated);
         }
-        if b[field::HTYPE] != [0, 1] || b[field::PTYPE] != [0x08, 0x00] || b[field::HLEN] != 6 || b[field::PLEN] != 4 {
+        if b[field::HTYPE] != [0, 1]
+            || b[field::PTYPE] != [0x08, 0x00]
+            || b[field::HLEN] != 6
+            || b[field::PLEN] != 4
+        {
             return Err(WireError::Malformed);
         }
         Ok(ArpPacket { buf })
@@ -105,7 +109,12 @@ mod tests {
         assert_eq!(p.sender_ip(), [10, 200, 1, 11]);
         assert_eq!(p.target_ip(), [10, 200, 0, 1]);
         let mut b = [0xffu8; 28];
-        emit_request(&mut b, MacAddr([0x0a, 0x58, 0x0a, 0xc8, 1, 0x0b]), [10, 200, 1, 11], [10, 200, 0, 1]);
+        emit_request(
+            &mut b,
+            MacAddr([0x0a, 0x58, 0x0a, 0xc8, 1, 0x0b]),
+            [10, 200, 1, 11],
+            [10, 200, 0, 1],
+        );
         assert_eq!(b, REQUEST);
     }
 
@@ -124,9 +133,15 @@ mod tests {
 
     #[test]
     fn rejects_non_ethernet_ipv4() {
-        assert_eq!(ArpPacket::new_checked(&REQUEST[..27]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            ArpPacket::new_checked(&REQUEST[..27]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut b = REQUEST;
         b[5] = 16; // plen of IPv6
-        assert_eq!(ArpPacket::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            ArpPacket::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

@@ -124,17 +124,33 @@ mod tests {
     #[test]
     fn construct() {
         let mut b = [0u8; 16];
-        emit(&mut b, MacAddr([0x0a, 0x58, 0x0a, 0xc8, 1, 0x0c]), MacAddr([2, 0, 0, 0, 0, 1]), EtherType::Arp);
+        emit(
+            &mut b,
+            MacAddr([0x0a, 0x58, 0x0a, 0xc8, 1, 0x0c]),
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            EtherType::Arp,
+        );
         b[14..].copy_from_slice(&[0xaa, 0xbb]);
         assert_eq!(b, FRAME);
     }
 
     #[test]
     fn truncated() {
-        assert_eq!(EthernetFrame::new_checked(&FRAME[..13]).unwrap_err(), WireError::Truncated);
-        assert_eq!(EthernetFrame::new_checked(&FRAME[..14]).unwrap().ethertype(), EtherType::Arp);
+        assert_eq!(
+            EthernetFrame::new_checked(&FRAME[..13]).unwrap_err(),
+            WireError::Truncated
+        );
+        assert_eq!(
+            EthernetFrame::new_checked(&FRAME[..14])
+                .unwrap()
+                .ethertype(),
+            EtherType::Arp
+        );
         let mut b = FRAME;
         b[12..14].copy_from_slice(&[0x88, 0xcc]);
-        assert_eq!(EthernetFrame::new_checked(&b[..]).unwrap().ethertype(), EtherType::Unknown(0x88cc));
+        assert_eq!(
+            EthernetFrame::new_checked(&b[..]).unwrap().ethertype(),
+            EtherType::Unknown(0x88cc)
+        );
     }
 }

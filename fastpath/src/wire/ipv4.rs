@@ -153,7 +153,8 @@ mod tests {
 
     // 10.200.1.11 -> 10.200.1.12, ICMP, TTL 64, total 28 (as captured from `ping -s 0`).
     static PACKET: [u8; 28] = [
-        0x45, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0x00, 0x00, 10, 200, 1, 11, 10, 200, 1, 12, //
+        0x45, 0x00, 0x00, 0x1c, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0x00, 0x00, 10, 200, 1, 11, 10,
+        200, 1, 12, //
         0x08, 0x00, 0xf7, 0xff, 0x00, 0x00, 0x00, 0x00,
     ];
 
@@ -182,7 +183,14 @@ mod tests {
     #[test]
     fn emit_matches_fixture() {
         let mut b = [0u8; 28];
-        emit(&mut b, [10, 200, 1, 11], [10, 200, 1, 12], PROTO_ICMP, 64, 8);
+        emit(
+            &mut b,
+            [10, 200, 1, 11],
+            [10, 200, 1, 12],
+            PROTO_ICMP,
+            64,
+            8,
+        );
         assert_eq!(&b[..4], &[0x45, 0, 0, 0x1c]);
         assert!(Ipv4Packet::new_checked(&b[..]).unwrap().verify_checksum());
     }
@@ -205,25 +213,49 @@ mod tests {
     #[test]
     fn checked_rejects_bad_headers() {
         let b = packet();
-        assert_eq!(Ipv4Packet::new_checked(&b[..19]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..19]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut bad_ihl = b;
         bad_ihl[0] = 0x44;
-        assert_eq!(Ipv4Packet::new_checked(&bad_ihl[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad_ihl[..]).unwrap_err(),
+            WireError::Malformed
+        );
         let mut long_ihl = b;
         long_ihl[0] = 0x4f; // 60-byte header in a 28-byte buffer
-        assert_eq!(Ipv4Packet::new_checked(&long_ihl[..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Ipv4Packet::new_checked(&long_ihl[..]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut v6 = b;
         v6[0] = 0x65;
-        assert_eq!(Ipv4Packet::new_checked(&v6[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&v6[..]).unwrap_err(),
+            WireError::Malformed
+        );
         let mut too_long = b;
         too_long[3] = 29;
-        assert_eq!(Ipv4Packet::new_checked(&too_long[..]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Ipv4Packet::new_checked(&too_long[..]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut too_short = b;
         too_short[3] = 19;
-        assert_eq!(Ipv4Packet::new_checked(&too_short[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Ipv4Packet::new_checked(&too_short[..]).unwrap_err(),
+            WireError::Malformed
+        );
         // Ethernet padding after the datagram is fine and excluded from the payload.
         let mut padded = [0u8; 46];
         padded[..28].copy_from_slice(&b);
-        assert_eq!(Ipv4Packet::new_checked(&padded[..]).unwrap().payload().len(), 8);
+        assert_eq!(
+            Ipv4Packet::new_checked(&padded[..])
+                .unwrap()
+                .payload()
+                .len(),
+            8
+        );
     }
 }

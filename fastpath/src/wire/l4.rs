@@ -11,10 +11,21 @@ pub const ICMP_HEADER_LEN: usize = 8;
 /// The fields of an L4 header the datapath keys on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP: the echo identifier stands in for ports (0 for other types).
-    Icmp { ty: u8, code: u8, id: u16 },
+    Icmp {
+        ty: u8,
+        code: u8,
+        id: u16,
+    },
     /// Another protocol: nothing to parse.
     Other(u8),
 }
@@ -34,13 +45,20 @@ pub fn parse(proto: u8, b: &[u8]) -> Result<L4, WireError> {
             if doff > b.len() {
                 return Err(WireError::Truncated);
             }
-            Ok(L4::Tcp { sport: be16(0), dport: be16(2), flags: b[13] })
+            Ok(L4::Tcp {
+                sport: be16(0),
+                dport: be16(2),
+                flags: b[13],
+            })
         }
         PROTO_UDP => {
             if b.len() < UDP_HEADER_LEN {
                 return Err(WireError::Truncated);
             }
-            Ok(L4::Udp { sport: be16(0), dport: be16(2) })
+            Ok(L4::Udp {
+                sport: be16(0),
+                dport: be16(2),
+            })
         }
         PROTO_ICMP => {
             if b.len() < ICMP_HEADER_LEN {
@@ -60,20 +78,45 @@ mod tests {
 
     #[test]
     fn parses_and_bounds() {
-        let udp = [0x30, 0x39, 0x00, 0x07, 0x00, 0x0c, 0, 0, b'h', b'i', b'!', b'\n'];
-        assert_eq!(parse(PROTO_UDP, &udp).unwrap(), L4::Udp { sport: 12345, dport: 7 });
-        assert_eq!(parse(PROTO_UDP, &udp[..7]).unwrap_err(), WireError::Truncated);
+        let udp = [
+            0x30, 0x39, 0x00, 0x07, 0x00, 0x0c, 0, 0, b'h', b'i', b'!', b'\n',
+        ];
+        assert_eq!(
+            parse(PROTO_UDP, &udp).unwrap(),
+            L4::Udp {
+                sport: 12345,
+                dport: 7
+            }
+        );
+        assert_eq!(
+            parse(PROTO_UDP, &udp[..7]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut tcp = [0u8; 20];
         tcp[0..4].copy_from_slice(&[0x9c, 0x40, 0x00, 0x07]);
         tcp[12] = 0x50;
         tcp[13] = 0x02; // SYN
-        assert_eq!(parse(PROTO_TCP, &tcp).unwrap(), L4::Tcp { sport: 40000, dport: 7, flags: 2 });
+        assert_eq!(
+            parse(PROTO_TCP, &tcp).unwrap(),
+            L4::Tcp {
+                sport: 40000,
+                dport: 7,
+                flags: 2
+            }
+        );
         tcp[12] = 0x40;
         assert_eq!(parse(PROTO_TCP, &tcp).unwrap_err(), WireError::Malformed);
         tcp[12] = 0x60;
         assert_eq!(parse(PROTO_TCP, &tcp).unwrap_err(), WireError::Truncated);
         let echo = [8, 0, 0, 0, 0x12, 0x34, 0, 1];
-        assert_eq!(parse(PROTO_ICMP, &echo).unwrap(), L4::Icmp { ty: 8, code: 0, id: 0x1234 });
+        assert_eq!(
+            parse(PROTO_ICMP, &echo).unwrap(),
+            L4::Icmp {
+                ty: 8,
+                code: 0,
+                id: 0x1234
+            }
+        );
         assert_eq!(parse(47, &[]).unwrap(), L4::Other(47));
     }
 }

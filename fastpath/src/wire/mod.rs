@@ -94,7 +94,10 @@ mod tests {
             words[11] = 0;
             let full = checksum(&words);
             // 0x0000 and 0xffff are the same value in one's complement.
-            assert!(inc == full || (inc ^ full) == 0xffff && (inc == 0 || full == 0), "{inc:#x} vs {full:#x}");
+            assert!(
+                inc == full || (inc ^ full) == 0xffff && (inc == 0 || full == 0),
+                "{inc:#x} vs {full:#x}"
+            );
         }
     }
 }

@@ -99,12 +99,16 @@ impl Umem {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        let ptr =
+            NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
         Ok(Umem {
             area: Arc::new(Area { ptr, len }),
             frame_size,
             frames,
-            free: (0..frames as u64).rev().map(|i| i * frame_size as u64).collect(),
+            free: (0..frames as u64)
+                .rev()
+                .map(|i| i * frame_size as u64)
+                .collect(),
         })
     }
 
@@ -140,7 +144,8 @@ impl Umem {
     #[inline]
     fn valid(&self, addr: u64, len: u32) -> bool {
         let end = addr + len as u64;
-        end <= self.area.len as u64 && self.chunk_of(addr) == self.chunk_of(end.saturating_sub(1).max(addr))
+        end <= self.area.len as u64
+            && self.chunk_of(addr) == self.chunk_of(end.saturating_sub(1).max(addr))
     }
 
     /// The packet bytes of a frame we own.
@@ -150,7 +155,12 @@ impl Umem {
         // SAFETY: `f` is a token for a chunk we own (it came from `alloc` or an RX/completion
         // ring and was validated there), addr+len lies inside that one chunk of the mapping,
         // and `&mut self` guarantees no other slice of the UMEM is alive.
-        unsafe { std::slice::from_raw_parts_mut(self.area.ptr.as_ptr().add(f.addr as usize), f.len as usize) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.area.ptr.as_ptr().add(f.addr as usize),
+                f.len as usize,
+            )
+        }
     }
 
     /// Write `bytes` into a frame we own (from its chunk start) and set its length.
@@ -188,7 +198,12 @@ impl<D: Copy> Ring<D> {
     /// # Safety
     /// `fd` is an AF_XDP socket whose ring at `pgoff` was sized with `size` entries, and `off`
     /// are the offsets the kernel reported for that ring.
-    unsafe fn map(fd: RawFd, pgoff: u64, size: u32, off: &libc::xdp_ring_offset) -> io::Result<Self> {
+    unsafe fn map(
+        fd: RawFd,
+        pgoff: u64,
+        size: u32,
+        off: &libc::xdp_ring_offset,
+    ) -> io::Result<Self> {
         let map_len = off.desc as usize + size as usize * size_of::<D>();
         // SAFETY: mapping a kernel ring of the given fd; result checked.
         let p = unsafe {
@@ -242,13 +257,23 @@ impl<D: Copy> Ring<D> {
     fn write(&mut self, idx: u32, d: D) {
         // SAFETY: idx & mask < size, inside the descriptor array; the slot is ours (between
         // the kernel's consumer and our producer it is free).
-        unsafe { self.descs.as_ptr().add((idx & self.mask) as usize).write_volatile(d) }
+        unsafe {
+            self.descs
+                .as_ptr()
+                .add((idx & self.mask) as usize)
+                .write_volatile(d)
+        }
     }
     #[inline]
     fn read(&self, idx: u32) -> D {
         // SAFETY: idx & mask < size; the slot was published by the kernel (between our
         // consumer and its producer, made visible by the Acquire load of the producer).
-        unsafe { self.descs.as_ptr().add((idx & self.mask) as usize).read_volatile() }
+        unsafe {
+            self.descs
+                .as_ptr()
+                .add((idx & self.mask) as usize)
+                .read_volatile()
+        }
     }
 
     // --- producer side (fill, tx) ---
@@ -316,7 +341,7 @@ impl BindMode {
 }
 
 /// Kernel statistics of one socket (`XDP_STATISTICS`).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct XskStats {
     pub rx_dropped: u64,
     pub rx_invalid_descs: u64,
@@ -350,7 +375,15 @@ fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
 
 fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T, what: &str) -> io::Result<()> {
     // SAFETY: `v` is a valid T for the duration of the call and its size is passed.
-    let r = unsafe { libc::setsockopt(fd, libc::SOL_XDP, opt, (v as *const T).cast(), size_of::<T>() as libc::socklen_t) };
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_XDP,
+            opt,
+            (v as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
     check(r, what)
 }
 
@@ -361,7 +394,13 @@ impl Socket {
     ///
     /// # Errors
     /// Any failing syscall, with its name (e.g. `bind: Device or resource busy`).
-    pub fn new(umem: &Umem, ifindex: u32, queue: u32, ring_size: u32, shared_with: Option<&Socket>) -> io::Result<Socket> {
+    pub fn new(
+        umem: &Umem,
+        ifindex: u32,
+        queue: u32,
+        ring_size: u32,
+        shared_with: Option<&Socket>,
+    ) -> io::Result<Socket> {
         assert!(ring_size.is_power_of_two());
         // SAFETY: plain socket(2) call; the fd is owned right below.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -378,8 +417,18 @@ impl Socket {
             reg.headroom = 0;
             setsockopt(f, libc::XDP_UMEM_REG, &reg, "XDP_UMEM_REG")?;
         }
-        setsockopt(f, libc::XDP_UMEM_FILL_RING, &ring_size, "XDP_UMEM_FILL_RING")?;
-        setsockopt(f, libc::XDP_UMEM_COMPLETION_RING, &ring_size, "XDP_UMEM_COMPLETION_RING")?;
+        setsockopt(
+            f,
+            libc::XDP_UMEM_FILL_RING,
+            &ring_size,
+            "XDP_UMEM_FILL_RING",
+        )?;
+        setsockopt(
+            f,
+            libc::XDP_UMEM_COMPLETION_RING,
+            &ring_size,
+            "XDP_UMEM_COMPLETION_RING",
+        )?;
         setsockopt(f, libc::XDP_RX_RING, &ring_size, "XDP_RX_RING")?;
         setsockopt(f, libc::XDP_TX_RING, &ring_size, "XDP_TX_RING")?;
 
@@ -387,7 +436,15 @@ impl Socket {
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
         let mut optlen = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
         // SAFETY: off/optlen are valid for writes of the given size.
-        let r = unsafe { libc::getsockopt(f, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS, (&mut off as *mut libc::xdp_mmap_offsets).cast(), &mut optlen) };
+        let r = unsafe {
+            libc::getsockopt(
+                f,
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                (&mut off as *mut libc::xdp_mmap_offsets).cast(),
+                &mut optlen,
+            )
+        };
         check(r, "XDP_MMAP_OFFSETS")?;
 
         // SAFETY: each ring was sized with ring_size above and `off` is what the kernel reported.
@@ -415,15 +472,33 @@ impl Socket {
             None => sa.sxdp_flags = libc::XDP_USE_NEED_WAKEUP,
         }
         // SAFETY: sa is a valid sockaddr_xdp of the size passed.
-        let r = unsafe { libc::bind(f, (&sa as *const libc::sockaddr_xdp).cast(), size_of::<libc::sockaddr_xdp>() as libc::socklen_t) };
+        let r = unsafe {
+            libc::bind(
+                f,
+                (&sa as *const libc::sockaddr_xdp).cast(),
+                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        };
         check(r, "bind")?;
 
         let mut opts = libc::xdp_options { flags: 0 };
         let mut optlen = size_of::<libc::xdp_options>() as libc::socklen_t;
         // SAFETY: opts/optlen valid for writes.
-        let r = unsafe { libc::getsockopt(f, libc::SOL_XDP, libc::XDP_OPTIONS, (&mut opts as *mut libc::xdp_options).cast(), &mut optlen) };
+        let r = unsafe {
+            libc::getsockopt(
+                f,
+                libc::SOL_XDP,
+                libc::XDP_OPTIONS,
+                (&mut opts as *mut libc::xdp_options).cast(),
+                &mut optlen,
+            )
+        };
         check(r, "XDP_OPTIONS")?;
-        let mode = if opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 { BindMode::ZeroCopy } else { BindMode::Copy };
+        let mode = if opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0 {
+            BindMode::ZeroCopy
+        } else {
+            BindMode::Copy
+        };
 
         Ok(Socket {
             fd,
@@ -447,7 +522,11 @@ impl Socket {
     /// Hand up to `max` chunks from the pool to the kernel for receiving. Returns how many.
     #[inline]
     pub fn fill(&mut self, umem: &mut Umem, max: u32) -> u32 {
-        let n = self.fill.prod_free(max).min(max).min(umem.free.len() as u32);
+        let n = self
+            .fill
+            .prod_free(max)
+            .min(max)
+            .min(umem.free.len() as u32);
         for _ in 0..n {
             let f = umem.alloc().expect("counted above");
             let idx = self.fill.local;
@@ -474,12 +553,18 @@ impl Socket {
             let d = self.rx.read(self.rx.local);
             self.rx.local = self.rx.local.wrapping_add(1);
             if umem.valid(d.addr, d.len) && d.len > 0 {
-                out.push(Frame { addr: d.addr, len: d.len });
+                out.push(Frame {
+                    addr: d.addr,
+                    len: d.len,
+                });
                 got += 1;
             } else {
                 self.invalid_descs += 1;
                 if d.addr < umem.area.len as u64 {
-                    umem.release(Frame { addr: d.addr, len: 0 });
+                    umem.release(Frame {
+                        addr: d.addr,
+                        len: 0,
+                    });
                 }
             }
         }
@@ -497,7 +582,14 @@ impl Socket {
             return Err(f);
         }
         let idx = self.tx.local;
-        self.tx.write(idx, libc::xdp_desc { addr: f.addr, len: f.len, options: 0 });
+        self.tx.write(
+            idx,
+            libc::xdp_desc {
+                addr: f.addr,
+                len: f.len,
+                options: 0,
+            },
+        );
         self.tx.local = idx.wrapping_add(1);
         Ok(())
     }
@@ -512,7 +604,16 @@ impl Socket {
         }
         if self.mode == BindMode::Copy || self.tx.needs_wakeup() {
             // SAFETY: sendto with no buffer is the documented AF_XDP TX kick.
-            let r = unsafe { libc::sendto(self.fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+            let r = unsafe {
+                libc::sendto(
+                    self.fd(),
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
+            };
             // EAGAIN/EBUSY/ENOBUFS mean "try again later"; frames stay queued and are retried
             // on the next flush. Other errors surface in the kernel's tx statistics.
             let _ = r;
@@ -553,7 +654,16 @@ impl Socket {
     /// Wake the kernel's RX side (only needed when `fill_needs_wakeup`).
     pub fn wake_rx(&self) {
         // SAFETY: zero-length recvfrom is the documented AF_XDP RX wakeup.
-        unsafe { libc::recvfrom(self.fd(), std::ptr::null_mut(), 0, libc::MSG_DONTWAIT, std::ptr::null_mut(), std::ptr::null_mut()) };
+        unsafe {
+            libc::recvfrom(
+                self.fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
     }
 
     /// Kernel statistics for this socket.
@@ -568,7 +678,15 @@ pub fn stats_of(fd: RawFd) -> io::Result<XskStats> {
     let mut s: libc::xdp_statistics = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
     // SAFETY: s/len valid for writes of the given size.
-    let r = unsafe { libc::getsockopt(fd, libc::SOL_XDP, libc::XDP_STATISTICS, (&mut s as *mut libc::xdp_statistics).cast(), &mut len) };
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            (&mut s as *mut libc::xdp_statistics).cast(),
+            &mut len,
+        )
+    };
     check(r, "XDP_STATISTICS")?;
     Ok(XskStats {
         rx_dropped: s.rx_dropped,

@@ -11,7 +11,8 @@ use std::os::fd::AsRawFd;
 /// The namespace does not exist, or setns(2) fails.
 pub fn enter_netns(name: &str) -> io::Result<()> {
     let path = format!("/run/netns/{name}");
-    let f = std::fs::File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    let f =
+        std::fs::File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
     // SAFETY: `f` is an open namespace fd for the duration of the call.
     let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if r < 0 {
@@ -36,7 +37,13 @@ pub fn peer_uid(fd: &impl AsRawFd) -> io::Result<u32> {
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: cred/len valid for writes of the given size.
     let r = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());

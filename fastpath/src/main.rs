@@ -1,0 +1,250 @@
+//! The `fastpath` command: run a node, inspect it, build lab topologies.
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use control::config::{Config, DEFAULT_CONFIG, XdpMode};
+use fastpath::{api, daemon, lab};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fastpath",
+    version,
+    about = "Cilium's pod datapath in userspace on AF_XDP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// Node whose control socket to use (/run/fastpath/<node>.sock).
+    #[arg(long)]
+    node: Option<String>,
+    /// Control socket path (overrides --node).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Serve a node: attach XDP, start pinned workers, serve the control socket.
+    Run {
+        /// Node config (YAML); the embedded demo config when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Rx queues to serve, one pinned worker each (overrides datapath.queues).
+        #[arg(long)]
+        queues: Option<u32>,
+        /// Cores for the workers, e.g. 0,1 (overrides datapath.cores).
+        #[arg(long, value_delimiter = ',')]
+        cores: Option<Vec<usize>>,
+        /// XDP attach mode (overrides datapath.xdp_mode).
+        #[arg(long, value_enum)]
+        xdp_mode: Option<ModeArg>,
+        /// Skip the pipeline and forward port i to port i^1 (the bare AF_XDP ceiling for bench).
+        #[arg(long)]
+        bare: bool,
+        /// Control socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Per-queue counters, XDP modes, cores and drop reasons of a running node.
+    Status(Target),
+    /// Cilium-style map dumps.
+    Bpf {
+        #[command(subcommand)]
+        what: BpfCmd,
+    },
+    /// Print or check configs.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
+    /// Build or remove the namespaces and veths a config describes (demo, tests, bench).
+    Lab {
+        #[command(subcommand)]
+        what: LabCmd,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModeArg {
+    Native,
+    Generic,
+    Auto,
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfCmd {
+    /// `cilium_lxc`, as `cilium-dbg bpf endpoint list` prints it.
+    Endpoint {
+        #[command(subcommand)]
+        what: ListCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ListCmd {
+    List(Target),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Print the embedded default config.
+    Default,
+    /// Parse and validate a config without touching anything.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum LabCmd {
+    /// Create the node and pod namespaces with their veths.
+    Up {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        queues: u32,
+    },
+    /// Delete them.
+    Down {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(config: &Option<PathBuf>) -> anyhow::Result<Config> {
+    Ok(match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default_node(),
+    })
+}
+
+fn socket_of(t: &Target) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &t.socket {
+        return Ok(s.clone());
+    }
+    if let Some(n) = &t.node {
+        return Ok(api::socket_path(n));
+    }
+    let socks: Vec<PathBuf> = std::fs::read_dir("/run/fastpath")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match socks.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "no fastpath is running (no socket in /run/fastpath); start one with `fastpath run`"
+        ),
+        many => bail!(
+            "several nodes are running ({}); choose one with --node",
+            many.iter()
+                .filter_map(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            config,
+            queues,
+            cores,
+            xdp_mode,
+            bare,
+            socket,
+        } => {
+            let cfg = load(&config)?;
+            daemon::run(daemon::RunOptions {
+                config: cfg,
+                queues,
+                cores,
+                xdp_mode: xdp_mode.map(|m| match m {
+                    ModeArg::Native => XdpMode::Native,
+                    ModeArg::Generic => XdpMode::Generic,
+                    ModeArg::Auto => XdpMode::Auto,
+                }),
+                bare,
+                socket,
+                pin_dir: None,
+            })
+        }
+        Cmd::Status(t) => {
+            let s = api::status(&socket_of(&t)?)?;
+            match t.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Output::Text => print!("{}", s.render()),
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            what: BpfCmd::Endpoint {
+                what: ListCmd::List(t),
+            },
+        } => {
+            let e = api::endpoint_list(&socket_of(&t)?)?;
+            match t.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&api::endpoint_list_json(&e))?
+                ),
+                Output::Text => print!("{}", api::render_endpoint_list(&e)),
+            }
+            Ok(())
+        }
+        Cmd::Config {
+            what: ConfigCmd::Default,
+        } => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(())
+        }
+        Cmd::Config {
+            what: ConfigCmd::Check { file },
+        } => {
+            let c = Config::load(&file)?;
+            println!(
+                "{}: ok (node {}, {} pods)",
+                file.display(),
+                c.node.name,
+                c.pods.len()
+            );
+            Ok(())
+        }
+        Cmd::Lab {
+            what: LabCmd::Up { config, queues },
+        } => {
+            let cfg = load(&config)?;
+            lab::Lab::up(&cfg, queues)
+                .context("building the lab topology")?
+                .keep();
+            println!(
+                "lab up: node netns {}",
+                cfg.node.netns.as_deref().unwrap_or("-")
+            );
+            Ok(())
+        }
+        Cmd::Lab {
+            what: LabCmd::Down { config },
+        } => {
+            lab::down(&load(&config)?);
+            Ok(())
+        }
+    }
+}
