@@ -265,13 +265,15 @@ impl Config {
                 ),
             );
         }
-        if let Some(ns) = &n.netns {
-            if ns.is_empty() || ns.contains('/') {
-                bad(
-                    "node.netns".into(),
-                    format!("`{ns}` is not a network namespace name"),
-                );
-            }
+        if let Some(ns) = n
+            .netns
+            .as_ref()
+            .filter(|ns| ns.is_empty() || ns.contains('/'))
+        {
+            bad(
+                "node.netns".into(),
+                format!("`{ns}` is not a network namespace name"),
+            );
         }
         if !usable_unicast(n.router_ip) {
             bad(

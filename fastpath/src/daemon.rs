@@ -61,7 +61,17 @@ pub struct LinkInfo {
 
 /// Look a device up in the current network namespace (`ip -j -d link show`).
 pub fn link_info(name: &str) -> anyhow::Result<LinkInfo> {
+    link_info_args(name, &[])
+}
+
+/// Look a device up in network namespace `ns`.
+pub fn link_info_in(ns: &str, name: &str) -> anyhow::Result<LinkInfo> {
+    link_info_args(name, &["-n", ns])
+}
+
+fn link_info_args(name: &str, pre: &[&str]) -> anyhow::Result<LinkInfo> {
     let out = std::process::Command::new("ip")
+        .args(pre)
         .args(["-j", "-d", "link", "show", "dev", name])
         .output()
         .context("running `ip` (iproute2)")?;
@@ -302,10 +312,10 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         .register(&mut mio_listener, mio::Token(0), mio::Interest::READABLE)?;
     let mut events = mio::Events::with_capacity(16);
     while !term.load(Ordering::Relaxed) {
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100))) {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e.into());
-            }
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100)))
+            && e.kind() != std::io::ErrorKind::Interrupted
+        {
+            return Err(e.into());
         }
         dp.writer().reclaim();
         if handles.iter().any(|h| h.thread.is_finished()) {

@@ -126,7 +126,7 @@ impl Worker {
         let c = self.counters.clone();
         loop {
             loops += 1;
-            if loops % HOUSEKEEPING_EVERY == 0 {
+            if loops.is_multiple_of(HOUSEKEEPING_EVERY) {
                 if self.stop.load(Ordering::Acquire) {
                     break;
                 }
@@ -186,16 +186,16 @@ impl Worker {
                 }
             }
             let mut tx_busy = false;
-            for p in 0..nports {
-                if pending[p] {
-                    if self.socks[p].flush() {
-                        c.ports[p].tx_kicks.add(1);
+            for ((sock, pend), pc) in self.socks.iter_mut().zip(pending.iter_mut()).zip(&c.ports) {
+                if *pend {
+                    if sock.flush() {
+                        pc.tx_kicks.add(1);
                     }
                     // Copy-mode TX sends at most 32 frames per kick: keep kicking until drained.
-                    pending[p] = self.socks[p].tx_outstanding() > 0;
-                    tx_busy |= pending[p];
+                    *pend = sock.tx_outstanding() > 0;
+                    tx_busy |= *pend;
                 }
-                self.socks[p].complete(&mut self.umem, self.cfg.ring_size);
+                sock.complete(&mut self.umem, self.cfg.ring_size);
             }
             for s in &mut self.socks {
                 if s.fill(&mut self.umem, self.cfg.ring_size) > 0 && s.fill_needs_wakeup() {

@@ -1,1 +1,316 @@
-//! test harness
+//! Scenario-test harness: real namespaces, a real `fastpath run` process, real clients.
+//!
+//! - [`TestNode::start`] builds a node topology with unique namespace names (via
+//!   `fastpath::lab`), writes its config to a temp file and starts the `fastpath` binary on it.
+//!   Dropping the node stops fastpath (SIGTERM, then SIGKILL) and deletes the namespaces.
+//! - [`require_root`] skips a test with a message when not root (AF_XDP, XDP and netns need it).
+//! - Clients are the real tools: `ping`, `socat` (TCP/UDP echo), `python3` raw sockets for
+//!   malformed frames.
+//!
+//! The `fastpath` binary must be built first (`cargo build --bins`, which `scripts/test.sh`
+//! does); [`fastpath_bin`] says so if it is missing.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use control::config::Config;
+use fastpath::api::{self, Status};
+use fastpath::lab::{Lab, in_ns};
+
+/// True (and a message) when the test cannot run here.
+pub fn require_root() -> bool {
+    if fastpath::xsk::sys::euid() != 0 {
+        eprintln!("SKIPPED: needs root for namespaces, XDP and AF_XDP");
+        return false;
+    }
+    true
+}
+
+/// The built `fastpath` binary next to this test executable.
+pub fn fastpath_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = dir.join("fastpath");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short prefix for namespace and node names.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "fpt{}{}{}",
+        tag,
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The YAML of a node with `pods` pods (10.<net>.1.<11+i>), queues and options.
+pub fn node_yaml(name: &str, pods: usize, queues: u32, extra_datapath: &str) -> String {
+    let net = 100 + (SEQ.fetch_add(1, Ordering::Relaxed) % 100);
+    let mut y = format!(
+        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.{net}.0.1\ndatapath:\n  queues: {queues}\n{extra_datapath}pods:\n"
+    );
+    for i in 0..pods {
+        y += &format!(
+            "  - name: p{i}\n    ip: 10.{net}.1.{}\n    mac: 0a:58:0a:{net:02x}:01:{:02x}\n    lxc: lxc-p{i}\n    netns: {name}-p{i}\n    labels: {{ app: p{i} }}\n",
+            11 + i,
+            11 + i
+        );
+    }
+    y
+}
+
+/// A node topology with fastpath running on it.
+#[derive(Debug)]
+pub struct TestNode {
+    pub cfg: Config,
+    pub config_path: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    _lab: Lab,
+}
+
+impl TestNode {
+    /// Build the topology for `yaml` and start fastpath with `args`.
+    pub fn start(yaml: &str, queues: u32, args: &[&str]) -> TestNode {
+        let cfg = Config::parse(yaml, "test").expect("test config");
+        let lab = Lab::up(&cfg, queues).expect("lab topology");
+        let config_path = std::env::temp_dir().join(format!("{}.yaml", cfg.node.name));
+        std::fs::write(&config_path, yaml).unwrap();
+        let socket = api::socket_path(&cfg.node.name);
+        let mut n = TestNode {
+            cfg,
+            config_path,
+            socket,
+            child: None,
+            _lab: lab,
+        };
+        n.launch(args);
+        n
+    }
+
+    /// Start (or restart) the fastpath process and wait for its control socket.
+    pub fn launch(&mut self, args: &[&str]) {
+        assert!(self.child.is_none());
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("{}.log", self.cfg.node.name)))
+                .unwrap();
+        let child = Command::new(fastpath_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn fastpath");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if api::status(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("fastpath exited early ({st}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fastpath did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(std::env::temp_dir().join(format!("{}.log", self.cfg.node.name)))
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM fastpath and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("fastpath did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        api::status(&self.socket).expect("status")
+    }
+
+    pub fn node_ns(&self) -> &str {
+        self.cfg.node.netns.as_deref().unwrap()
+    }
+
+    pub fn pod_ns(&self, i: usize) -> &str {
+        self.cfg.pods[i].netns.as_deref().unwrap()
+    }
+
+    pub fn pod_ip(&self, i: usize) -> String {
+        self.cfg.pods[i].ip.to_string()
+    }
+
+    /// `ping -c count` from pod `from` to `ip`; true if every reply arrived.
+    pub fn ping(&self, from: usize, ip: &str, count: u32) -> bool {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.pod_ns(from),
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                ip,
+            ])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+
+    /// Start a socat echo server (TCP and UDP on `port`) in pod `i`; killed on drop of the
+    /// returned guard.
+    pub fn echo_server(&self, i: usize, port: u16) -> Servers {
+        let ns = self.pod_ns(i).to_string();
+        let spawn = |spec: String| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "socat", "-T", "3", &spec, "PIPE"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let s = Servers(vec![
+            spawn(format!("TCP-LISTEN:{port},fork,reuseaddr")),
+            spawn(format!("UDP-LISTEN:{port},fork,reuseaddr")),
+        ]);
+        std::thread::sleep(Duration::from_millis(300));
+        s
+    }
+
+    /// Send `msg` to an echo server over TCP or UDP from pod `from`; returns what came back.
+    pub fn echo(&self, from: usize, proto: &str, ip: &str, port: u16, msg: &str) -> String {
+        let target = format!("{proto}:{ip}:{port}");
+        let mut c = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.pod_ns(from),
+                "timeout",
+                "5",
+                "socat",
+                "-t",
+                "1",
+                "-",
+                &target,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(msg.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Send raw Ethernet frames (hex) out of pod `i`'s eth0 with an AF_PACKET socket.
+    pub fn send_raw(&self, i: usize, frames_hex: &[String]) {
+        let script = format!(
+            "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('eth0',0))\nfor f in {:?}:\n    s.send(bytes.fromhex(f))\n",
+            frames_hex
+        );
+        in_ns(self.pod_ns(i), &["python3", "-c", &script]).expect("raw send");
+    }
+
+    /// The lxc device's MAC of pod `i` (the gateway MAC the pod uses).
+    pub fn lxc_mac(&self, i: usize) -> String {
+        // Not /sys/class/net: sysfs shows the namespace it was mounted in; ask ip.
+        let out = in_ns(
+            self.node_ns(),
+            &["ip", "-j", "link", "show", "dev", &self.cfg.pods[i].lxc],
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["address"].as_str().unwrap().to_string()
+    }
+
+    /// Run the fastpath CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(fastpath_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap()
+    }
+
+    /// Does `dev` in the node namespace have an XDP program attached?
+    pub fn xdp_attached(&self, dev: &str) -> bool {
+        let out = in_ns(self.node_ns(), &["ip", "-d", "link", "show", "dev", dev]).unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM first so fastpath removes its socket and pins, then make sure.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Background servers, killed on drop.
+#[derive(Debug)]
+pub struct Servers(Vec<Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

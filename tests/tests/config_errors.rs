@@ -1,0 +1,80 @@
+//! Bad config is rejected with file, field and reason, before anything is attached.
+
+use fastpath_tests::{fastpath_bin, node_yaml, require_root, unique};
+use std::process::Command;
+
+fn run_with(yaml: &str, extra: &[&str]) -> (bool, String) {
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique("cfg")));
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(fastpath_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .args(extra)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn parse_and_semantic_errors_name_the_field() {
+    let name = unique("f");
+    let y = node_yaml(&name, 2, 1, "");
+    let path = std::env::temp_dir().join(format!("{name}.yaml"));
+    let (ok, err) = run_with(&y.replace("mac: 0a:58", "mac: 0a:zz"), &[]);
+    assert!(!ok);
+    assert!(err.contains("pods[0].mac: invalid MAC address"), "{err}");
+    let (ok, err) = run_with(&y.replacen("lxc: lxc-p1", "lxc: lxc-p0", 1), &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("pods[1].lxc: `lxc-p0` is already used by pods[0]"),
+        "{err}"
+    );
+    let (ok, err) = run_with(&y, &["--queues", "2", "--cores", "0"]);
+    assert!(!ok);
+    assert!(
+        err.contains("datapath.cores: 1 cores listed for 2 queues"),
+        "{err}"
+    );
+    let _ = path;
+}
+
+/// A device the config names does not exist: rejected, and the devices that do exist are
+/// left without XDP.
+#[test]
+fn missing_device_rejected_before_attach() {
+    if !require_root() {
+        return;
+    }
+    let name = unique("g");
+    let y = node_yaml(&name, 2, 1, "");
+    let cfg = control::config::Config::parse(&y, "t").unwrap();
+    let lab = fastpath::lab::Lab::up(&cfg, 1).unwrap();
+    let (ok, err) = run_with(&y.replace("lxc: lxc-p1", "lxc: lxc-nope"), &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("pods[1].lxc") && err.contains("lxc-nope"),
+        "{err}"
+    );
+    let out = fastpath::lab::in_ns(
+        cfg.node.netns.as_deref().unwrap(),
+        &["ip", "-d", "link", "show", "dev", "lxc-p0"],
+    )
+    .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("prog/xdp"),
+        "nothing attached"
+    );
+    // Too few queues for --queues 2.
+    let (ok, err) = run_with(&y, &["--queues", "2"]);
+    assert!(!ok);
+    assert!(
+        err.contains("has 1 rx / 1 tx queues; --queues 2 needs at least 2"),
+        "{err}"
+    );
+    drop(lab);
+}
