@@ -225,24 +225,9 @@ impl Steering {
 
     /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.
     pub fn stats(&self) -> Result<[u64; 5], SteeringError> {
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("fp_xdp_stats")
-                .ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
-        )
-        .map_err(|source| SteeringError::Map {
-            map: "fp_xdp_stats",
-            source,
-        })?;
         let mut out = [0u64; 5];
         for (i, o) in out.iter_mut().enumerate() {
-            let v = arr
-                .get(&(i as u32), 0)
-                .map_err(|source| SteeringError::Map {
-                    map: "fp_xdp_stats",
-                    source,
-                })?;
-            *o = v.iter().sum();
+            *o = percpu_counter(&self.ebpf, i as u32)?;
         }
         Ok(out)
     }
@@ -309,15 +294,7 @@ impl KernelMaps for Steering {
 impl Steering {
     /// Read `cilium_lxc` back from the kernel (what `bpftool map dump` would show).
     pub fn kernel_endpoints(&self) -> Result<Vec<(EndpointKey, EndpointInfo)>, SteeringError> {
-        let m: BpfHashMap<&MapData, EndpointKey, EndpointInfo> = BpfHashMap::try_from(
-            self.ebpf
-                .map("cilium_lxc")
-                .ok_or(SteeringError::Limit("map cilium_lxc missing".into()))?,
-        )
-        .map_err(|source| SteeringError::Map {
-            map: "cilium_lxc",
-            source,
-        })?;
+        let m: BpfHashMap<&MapData, EndpointKey, EndpointInfo> = map_ref(&self.ebpf, "cilium_lxc")?;
         m.iter()
             .map(|r| {
                 r.map_err(|source| SteeringError::Map {
@@ -336,6 +313,27 @@ fn write_err(op: &'static str, k: &EndpointKey, msg: String) -> MapWriteError {
         key: k.to_string(),
         msg,
     }
+}
+
+/// A read-only typed view of map `name`.
+fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, SteeringError>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf
+        .map(name)
+        .ok_or_else(|| SteeringError::Limit(format!("map {name} missing from the object")))?;
+    T::try_from(m).map_err(|source| SteeringError::Map { map: name, source })
+}
+
+/// Slot `i` of `fp_xdp_stats`, summed over CPUs.
+fn percpu_counter(ebpf: &Ebpf, i: u32) -> Result<u64, SteeringError> {
+    let arr: PerCpuArray<&MapData, u64> = map_ref(ebpf, "fp_xdp_stats")?;
+    let v = arr.get(&i, 0).map_err(|source| SteeringError::Map {
+        map: "fp_xdp_stats",
+        source,
+    })?;
+    Ok(v.iter().sum())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, SteeringError> {
@@ -411,20 +409,7 @@ impl Sink {
 
     /// Frames dropped so far (all CPUs).
     pub fn count(&self) -> Result<u64, SteeringError> {
-        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map("fp_xdp_stats")
-                .ok_or(SteeringError::Limit("map fp_xdp_stats missing".into()))?,
-        )
-        .map_err(|source| SteeringError::Map {
-            map: "fp_xdp_stats",
-            source,
-        })?;
-        let v = arr.get(&0, 0).map_err(|source| SteeringError::Map {
-            map: "fp_xdp_stats",
-            source,
-        })?;
-        Ok(v.iter().sum())
+        percpu_counter(&self.ebpf, 0)
     }
 }
 
