@@ -24,7 +24,6 @@ fn run_with(yaml: &str, extra: &[&str]) -> (bool, String) {
 fn parse_and_semantic_errors_name_the_field() {
     let name = unique("f");
     let y = node_yaml(&name, 2, 1, "");
-    let path = std::env::temp_dir().join(format!("{name}.yaml"));
     let (ok, err) = run_with(&y.replace("mac: 0a:58", "mac: 0a:zz"), &[]);
     assert!(!ok);
     assert!(err.contains("pods[0].mac: invalid MAC address"), "{err}");
@@ -40,7 +39,6 @@ fn parse_and_semantic_errors_name_the_field() {
         err.contains("datapath.cores: 1 cores listed for 2 queues"),
         "{err}"
     );
-    let _ = path;
 }
 
 /// A device the config names does not exist: rejected, and the devices that do exist are
