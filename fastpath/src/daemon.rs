@@ -329,16 +329,16 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                         std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
                     let _ = std_stream.set_nonblocking(false);
                     let _ = std_stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    serve_one(
-                        std_stream,
-                        &cfg,
-                        &dp,
-                        &handles,
-                        &ports,
-                        &socket_mode,
-                        &opts,
+                    let view = NodeView {
+                        cfg: &cfg,
+                        dp: &dp,
+                        handles: &handles,
+                        ports: &ports,
+                        socket_mode: &socket_mode,
+                        opts: &opts,
                         started,
-                    );
+                    };
+                    serve_one(std_stream, &view);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
@@ -379,34 +379,27 @@ fn bpffs_mounted() -> bool {
         .unwrap_or(false)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn serve_one(
-    stream: std::os::unix::net::UnixStream,
-    cfg: &Config,
-    dp: &Datapath<Steering>,
-    handles: &[WorkerHandle],
-    ports: &[Port],
-    socket_mode: &str,
-    opts: &RunOptions,
+/// What the control socket reports on: the running node's parts, borrowed.
+struct NodeView<'a> {
+    cfg: &'a Config,
+    dp: &'a Datapath<Steering>,
+    handles: &'a [WorkerHandle],
+    ports: &'a [Port],
+    socket_mode: &'a str,
+    opts: &'a RunOptions,
     started: Instant,
-) {
+}
+
+fn serve_one(stream: std::os::unix::net::UnixStream, v: &NodeView<'_>) {
     // Root only: the socket file is 0600, and we check the peer as well.
     let resp = match xsk::sys::peer_uid(&stream) {
         Ok(0) => {
             let mut line = String::new();
             match BufReader::new(&stream).read_line(&mut line) {
                 Ok(_) => match serde_json::from_str::<Request>(&line) {
-                    Ok(Request::Status) => Response::Status(Box::new(status(
-                        cfg,
-                        dp,
-                        handles,
-                        ports,
-                        socket_mode,
-                        opts,
-                        started,
-                    ))),
+                    Ok(Request::Status) => Response::Status(Box::new(status(v))),
                     Ok(Request::EndpointList) => Response::EndpointList {
-                        entries: endpoint_entries(dp),
+                        entries: endpoint_entries(v.dp),
                     },
                     Err(e) => Response::Error {
                         message: format!("bad request: {e}"),
@@ -446,15 +439,16 @@ fn endpoint_entries(dp: &Datapath<Steering>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn status(
-    cfg: &Config,
-    dp: &Datapath<Steering>,
-    handles: &[WorkerHandle],
-    ports: &[Port],
-    socket_mode: &str,
-    opts: &RunOptions,
-    started: Instant,
-) -> Status {
+fn status(v: &NodeView<'_>) -> Status {
+    let NodeView {
+        cfg,
+        dp,
+        handles,
+        ports,
+        socket_mode,
+        opts,
+        started,
+    } = *v;
     let steering = dp.kernel_ref();
     let devices = steering
         .devices()
