@@ -14,7 +14,9 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity;
 use crate::maps::MacAddr;
+use crate::net::Ipv4Cidr;
 
 /// The embedded default: the demo node served when `fastpath run` gets no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-node.yaml");
@@ -34,6 +36,81 @@ pub struct Config {
     pub datapath: DatapathConfig,
     #[serde(default)]
     pub pods: Vec<PodConfig>,
+    /// The other nodes of the cluster and their pods: what Cilium's agent learns from the
+    /// kvstore / CiliumNode objects. Fills `cilium_ipcache_v2`.
+    #[serde(default)]
+    pub remote_nodes: Vec<RemoteNodeConfig>,
+}
+
+/// Another node: where its pods live and how to reach it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteNodeConfig {
+    pub name: String,
+    /// The node's underlay address: tunnel endpoint (tunnel mode) or next hop for its pod CIDR
+    /// (native routing).
+    pub ip: Ipv4Addr,
+    /// The node's pod CIDR (Cilium's CiliumNode `spec.ipam.podCIDRs`).
+    pub pod_cidr: Ipv4Cidr,
+    /// Inner destination MAC for frames encapsulated to this node. Needed only when the peer
+    /// is a Linux VXLAN device (it drops frames not addressed to its MAC); fastpath and Cilium
+    /// peers ignore the inner MACs.
+    #[serde(default)]
+    pub overlay_mac: Option<MacAddr>,
+    #[serde(default)]
+    pub pods: Vec<RemotePodConfig>,
+}
+
+/// A pod on another node: its address and labels (its identity follows from the labels).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemotePodConfig {
+    pub name: String,
+    #[serde(default = "default_ns")]
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The device that reaches the other nodes (the node NIC).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnderlayConfig {
+    /// Device name in the node's network namespace.
+    pub device: String,
+    /// The node's address on it, with its prefix length (`192.168.50.1/24`): the source of
+    /// encapsulated frames and the address other nodes tunnel to.
+    pub address: Ipv4Cidr,
+    /// For `fastpath lab` only: the network namespace holding the bridge the nodes' underlay
+    /// devices plug into (the "top-of-rack switch").
+    #[serde(default)]
+    pub fabric_netns: Option<String>,
+    /// For `fastpath lab --kernel-vxlan` only: the MAC of this node's Linux VXLAN device
+    /// (other nodes list it as their `remote_nodes[].overlay_mac`).
+    #[serde(default)]
+    pub overlay_mac: Option<MacAddr>,
+}
+
+/// How traffic to pods on other nodes leaves this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RoutingMode {
+    /// VXLAN to the node that owns the destination (ipcache tunnel endpoint), VNI = source
+    /// security identity.
+    #[default]
+    Tunnel,
+    /// No encapsulation: forward to the owning node's underlay address as next hop.
+    Native,
+}
+
+impl fmt::Display for RoutingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RoutingMode::Tunnel => "tunnel",
+            RoutingMode::Native => "native",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -50,6 +127,12 @@ pub struct NodeConfig {
     /// Further addresses of this node: `(localhost)` entries in `cilium_lxc`.
     #[serde(default)]
     pub host_ips: Vec<Ipv4Addr>,
+    /// This node's pod CIDR; local pods must be inside it. Optional for a single node.
+    #[serde(default)]
+    pub pod_cidr: Option<Ipv4Cidr>,
+    /// The node NIC towards the other nodes; required when `remote_nodes` is not empty.
+    #[serde(default)]
+    pub underlay: Option<UnderlayConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -103,6 +186,16 @@ pub struct DatapathConfig {
     /// AF_XDP ring size (fill, completion, rx, tx), a power of two.
     #[serde(default = "default_ring")]
     pub ring_size: u32,
+    /// Cross-node forwarding: `tunnel` (VXLAN) or `native`.
+    #[serde(default)]
+    pub routing: RoutingMode,
+    /// VXLAN UDP port (Cilium's `tunnel-port`; 8472 is the Linux and Cilium default).
+    #[serde(default = "default_tunnel_port")]
+    pub tunnel_port: u16,
+    /// Native routing: the range routed without encapsulation (Cilium's
+    /// `ipv4-native-routing-cidr`); every remote pod CIDR must be inside it.
+    #[serde(default)]
+    pub native_routing_cidr: Option<Ipv4Cidr>,
 }
 
 fn one() -> u32 {
@@ -114,6 +207,9 @@ fn default_batch() -> u32 {
 fn default_ring() -> u32 {
     2048
 }
+fn default_tunnel_port() -> u16 {
+    8472
+}
 
 impl Default for DatapathConfig {
     fn default() -> Self {
@@ -124,6 +220,9 @@ impl Default for DatapathConfig {
             poll: PollMode::Adaptive,
             batch_size: default_batch(),
             ring_size: default_ring(),
+            routing: RoutingMode::Tunnel,
+            tunnel_port: default_tunnel_port(),
+            native_routing_cidr: None,
         }
     }
 }
@@ -358,8 +457,7 @@ impl Config {
                     format!("{} is already used by pods[{j}]", pod.mac),
                 );
             }
-            if pod.lxc.is_empty() || pod.lxc.len() > MAX_IFNAME || pod.lxc.contains(['/', ' ', ':'])
-            {
+            if !valid_ifname(&pod.lxc) {
                 bad(
                     f("lxc"),
                     format!(
@@ -391,8 +489,180 @@ impl Config {
                     );
                 }
             }
+            if let Some(c) = n.pod_cidr
+                && !c.contains(pod.ip)
+            {
+                bad(f("ip"), format!("{} is outside node.pod_cidr {c}", pod.ip));
+            }
+        }
+
+        if let Some(c) = n.pod_cidr
+            && !c.is_network()
+        {
+            bad(
+                "node.pod_cidr".into(),
+                format!("{c} has host bits set (did you mean {}?)", c.network()),
+            );
+        }
+        if let Some(u) = &n.underlay {
+            if !valid_ifname(&u.device) {
+                bad(
+                    "node.underlay.device".into(),
+                    format!("`{}` is not a valid interface name", u.device),
+                );
+            }
+            if !usable_unicast(u.address.addr) || u.address.len == 32 || u.address.len < 8 {
+                bad(
+                    "node.underlay.address".into(),
+                    format!(
+                        "{} must be a unicast address with a prefix length of 8-31",
+                        u.address
+                    ),
+                );
+            } else if let Some(other) = ips.get(&u.address.addr) {
+                bad(
+                    "node.underlay.address".into(),
+                    format!("{} is already used by {other}", u.address.addr),
+                );
+            } else {
+                ips.insert(u.address.addr, "node.underlay.address".into());
+            }
+        }
+        if d.tunnel_port == 0 {
+            bad("datapath.tunnel_port".into(), "must not be 0".into());
+        }
+        match (d.routing, d.native_routing_cidr) {
+            (RoutingMode::Native, None) => bad(
+                "datapath.native_routing_cidr".into(),
+                "required with routing: native (the range forwarded without encapsulation)".into(),
+            ),
+            (_, Some(c)) if !c.is_network() => bad(
+                "datapath.native_routing_cidr".into(),
+                format!("{c} has host bits set (did you mean {}?)", c.network()),
+            ),
+            _ => {}
+        }
+        if !self.remote_nodes.is_empty() && n.underlay.is_none() {
+            bad(
+                "node.underlay".into(),
+                "required when remote_nodes are listed (the device that reaches them)".into(),
+            );
+        }
+        let mut node_names: HashMap<&str, usize> = HashMap::new();
+        let mut cidrs: Vec<(Ipv4Cidr, String)> = n
+            .pod_cidr
+            .map(|c| (c, "node.pod_cidr".to_string()))
+            .into_iter()
+            .collect();
+        for (i, r) in self.remote_nodes.iter().enumerate() {
+            let f = |s: &str| format!("remote_nodes[{i}].{s}");
+            if r.name.is_empty() || r.name == n.name {
+                bad(
+                    f("name"),
+                    format!("`{}` must be non-empty and not this node's name", r.name),
+                );
+            } else if let Some(j) = node_names.insert(&r.name, i) {
+                bad(
+                    f("name"),
+                    format!("`{}` is already used by remote_nodes[{j}]", r.name),
+                );
+            }
+            if !usable_unicast(r.ip) {
+                bad(f("ip"), format!("{} is not a usable unicast address", r.ip));
+            } else if let Some(other) = ips.get(&r.ip) {
+                bad(f("ip"), format!("{} is already used by {other}", r.ip));
+            } else {
+                ips.insert(r.ip, f("ip"));
+            }
+            if !r.pod_cidr.is_network() {
+                bad(
+                    f("pod_cidr"),
+                    format!(
+                        "{} has host bits set (did you mean {}?)",
+                        r.pod_cidr,
+                        r.pod_cidr.network()
+                    ),
+                );
+            } else if let Some((c, who)) = cidrs.iter().find(|(c, _)| c.overlaps(&r.pod_cidr)) {
+                bad(
+                    f("pod_cidr"),
+                    format!("{} overlaps {c} of {who}", r.pod_cidr),
+                );
+            } else {
+                cidrs.push((r.pod_cidr, f("pod_cidr")));
+            }
+            if let Some(nc) = d.native_routing_cidr
+                && d.routing == RoutingMode::Native
+                && !(nc.contains(r.pod_cidr.addr) && nc.len <= r.pod_cidr.len)
+            {
+                bad(
+                    f("pod_cidr"),
+                    format!(
+                        "{} is outside datapath.native_routing_cidr {nc}",
+                        r.pod_cidr
+                    ),
+                );
+            }
+            if let Some(m) = r.overlay_mac
+                && (m.is_multicast() || m.is_zero())
+            {
+                bad(f("overlay_mac"), format!("{m} is not a unicast MAC"));
+            }
+            for (j, pod) in r.pods.iter().enumerate() {
+                let f = |s: &str| format!("remote_nodes[{i}].pods[{j}].{s}");
+                if !r.pod_cidr.contains(pod.ip) {
+                    bad(
+                        f("ip"),
+                        format!("{} is outside the node's pod_cidr {}", pod.ip, r.pod_cidr),
+                    );
+                } else if let Some(other) = ips.get(&pod.ip) {
+                    bad(f("ip"), format!("{} is already used by {other}", pod.ip));
+                } else {
+                    ips.insert(pod.ip, f("ip"));
+                }
+            }
         }
         p
+    }
+
+    /// Security identities for every pod of the cluster this config knows: `(local, remote)`,
+    /// local in pod order, remote per node in pod order. Computed over the whole cluster so
+    /// that every node, given the same cluster description, derives the same numbers.
+    pub fn identities(&self) -> (Vec<u32>, Vec<Vec<u32>>) {
+        let local: Vec<Vec<String>> = self
+            .pods
+            .iter()
+            .map(|p| identity::pod_labels(&p.namespace, &p.labels))
+            .collect();
+        let remote: Vec<Vec<Vec<String>>> = self
+            .remote_nodes
+            .iter()
+            .map(|r| {
+                r.pods
+                    .iter()
+                    .map(|p| identity::pod_labels(&p.namespace, &p.labels))
+                    .collect()
+            })
+            .collect();
+        let all: Vec<Vec<String>> = local
+            .iter()
+            .chain(remote.iter().flatten())
+            .cloned()
+            .collect();
+        let ids = identity::allocate(&all);
+        let (l, mut rest) = ids.split_at(local.len());
+        let mut out = Vec::new();
+        for r in &remote {
+            let (a, b) = rest.split_at(r.len());
+            out.push(a.to_vec());
+            rest = b;
+        }
+        (l.to_vec(), out)
+    }
+
+    /// This node's underlay address, if it has an underlay.
+    pub fn node_ip(&self) -> Option<Ipv4Addr> {
+        self.node.underlay.as_ref().map(|u| u.address.addr)
     }
 
     /// Endpoint IDs for the pods, in pod order: the configured one, or the lowest free ID.
@@ -422,6 +692,10 @@ impl Config {
             .map(|q| q % online.max(1))
             .collect()
     }
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !(s.is_empty() || s.len() > MAX_IFNAME || s.contains(['/', ' ', ':']))
 }
 
 fn usable_unicast(ip: Ipv4Addr) -> bool {

@@ -6,11 +6,15 @@
 //! force on both sides. [`NoKernel`] runs the same logic without any BPF map (unit tests, and
 //! `fastpath replay`-style uses).
 
-use crate::config::Config;
+use std::sync::Arc;
+
+use crate::config::{Config, RoutingMode};
 use crate::identity;
+use crate::lpm::Lpm4;
 use crate::maps::lxc::ENDPOINT_KEY_IPV4;
-use crate::maps::{EndpointInfo, EndpointKey};
-use crate::tables::{EndpointEntry, Port, TableReader, TableWriter, Tables};
+use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
+use crate::net::Ipv4Cidr;
+use crate::tables::{EndpointEntry, NextHop, Overlay, Port, TableReader, TableWriter, Tables};
 
 /// A failed write to a kernel map.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,19 @@ pub struct MapWriteError {
 pub trait KernelMaps {
     fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError>;
     fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<(), MapWriteError>;
+    fn upsert_ipcache(
+        &mut self,
+        k: &IpcacheKey,
+        v: &RemoteEndpointInfo,
+    ) -> Result<(), MapWriteError>;
+    fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError>;
+    /// The node-wide settings the steering program needs (routing mode, tunnel port, native
+    /// routing CIDR).
+    fn set_overlay(
+        &mut self,
+        o: &Overlay,
+        native_cidr: Option<Ipv4Cidr>,
+    ) -> Result<(), MapWriteError>;
 }
 
 /// No kernel maps: the testing mode.
@@ -39,6 +56,19 @@ impl KernelMaps for NoKernel {
     fn remove_endpoint(&mut self, _: &EndpointKey) -> Result<(), MapWriteError> {
         Ok(())
     }
+    fn upsert_ipcache(
+        &mut self,
+        _: &IpcacheKey,
+        _: &RemoteEndpointInfo,
+    ) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_ipcache(&mut self, _: &IpcacheKey) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn set_overlay(&mut self, _: &Overlay, _: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +77,10 @@ pub enum DatapathError {
     InvalidEndpoint { key: String, msg: String },
     #[error("endpoint {0} does not exist")]
     NoSuchEndpoint(String),
+    #[error("ipcache {prefix}: {msg}")]
+    InvalidIpcache { prefix: String, msg: String },
+    #[error("ipcache entry {0} does not exist")]
+    NoSuchIpcache(String),
     #[error(transparent)]
     Kernel(#[from] MapWriteError),
 }
@@ -128,6 +162,110 @@ impl<K: KernelMaps> Datapath<K> {
         Ok(self.writer.publish(next))
     }
 
+    /// Add or replace `cilium_ipcache_v2` entries, all or nothing (kernel map first, rolled
+    /// back on failure; then one publish to the workers).
+    pub fn upsert_ipcache(
+        &mut self,
+        batch: &[(Ipv4Cidr, RemoteEndpointInfo)],
+    ) -> Result<u64, DatapathError> {
+        for (p, v) in batch {
+            let bad = |msg: &str| DatapathError::InvalidIpcache {
+                prefix: p.to_string(),
+                msg: msg.into(),
+            };
+            if !p.is_network() {
+                return Err(bad("host bits set beyond the prefix length"));
+            }
+            if v.sec_identity == identity::RESERVED_UNKNOWN {
+                return Err(bad("identity 0 (unknown) cannot be assigned"));
+            }
+            if v.flags & crate::maps::ipcache::FLAG_HAS_TUNNEL_EP != 0
+                && v.tunnel_endpoint_v4().is_unspecified()
+            {
+                return Err(bad("has_tunnel_ep set with tunnel endpoint 0.0.0.0"));
+            }
+        }
+        let cur = self.writer.current();
+        let mut done: Vec<(Ipv4Cidr, Option<RemoteEndpointInfo>)> = Vec::new();
+        for (p, v) in batch {
+            if let Err(err) = self.kernel.upsert_ipcache(&IpcacheKey::v4(*p), v) {
+                for (p, old) in done.iter().rev() {
+                    let k = IpcacheKey::v4(*p);
+                    let _ = match old {
+                        Some(o) => self.kernel.upsert_ipcache(&k, o),
+                        None => self.kernel.remove_ipcache(&k),
+                    };
+                }
+                return Err(err.into());
+            }
+            done.push((*p, cur.ipcache.get(*p).copied()));
+        }
+        let mut next = (*cur).clone();
+        let mut ic: Lpm4<RemoteEndpointInfo> = (*cur.ipcache).clone();
+        for (p, v) in batch {
+            ic.insert(*p, *v);
+        }
+        next.ipcache = Arc::new(ic);
+        Ok(self.writer.publish(next))
+    }
+
+    /// Remove one `cilium_ipcache_v2` prefix (kernel first, then workers).
+    pub fn remove_ipcache(&mut self, prefix: Ipv4Cidr) -> Result<u64, DatapathError> {
+        let cur = self.writer.current();
+        if cur.ipcache.get(prefix).is_none() {
+            return Err(DatapathError::NoSuchIpcache(prefix.to_string()));
+        }
+        self.kernel.remove_ipcache(&IpcacheKey::v4(prefix))?;
+        let mut next = (*cur).clone();
+        let mut ic = (*cur.ipcache).clone();
+        ic.remove(prefix);
+        next.ipcache = Arc::new(ic);
+        Ok(self.writer.publish(next))
+    }
+
+    /// Set the node-wide forwarding settings, the native routes, and the identities accepted
+    /// from the overlay (worker tables; the settings also go to the steering program).
+    pub fn set_overlay(
+        &mut self,
+        overlay: Overlay,
+        native_cidr: Option<Ipv4Cidr>,
+        routes: &[(Ipv4Cidr, std::net::Ipv4Addr)],
+        identities: impl IntoIterator<Item = u32>,
+    ) -> Result<u64, DatapathError> {
+        self.kernel.set_overlay(&overlay, native_cidr)?;
+        let cur = self.writer.current();
+        let mut next = (*cur).clone();
+        next.overlay = overlay;
+        let mut r = Lpm4::new();
+        for (p, gw) in routes {
+            r.insert(*p, gw.octets());
+        }
+        next.routes = Arc::new(r);
+        next.identities = identities.into_iter().collect();
+        Ok(self.writer.publish(next))
+    }
+
+    /// Install, replace (`Some`) or forget (`None`) the next hop for a tunnel endpoint or
+    /// gateway. Publishes only if something changed; returns whether it did.
+    pub fn set_nexthops(&mut self, changes: &[([u8; 4], Option<NextHop>)]) -> bool {
+        let cur = self.writer.current();
+        if changes
+            .iter()
+            .all(|(ip, nh)| cur.nexthops.get(ip) == nh.as_ref())
+        {
+            return false;
+        }
+        let mut next = (*cur).clone();
+        for (ip, nh) in changes {
+            match nh {
+                Some(n) => next.nexthops.insert(*ip, *n),
+                None => next.nexthops.remove(ip),
+            };
+        }
+        self.writer.publish(next);
+        true
+    }
+
     fn roll_back(&mut self, done: &[(EndpointKey, Option<EndpointEntry>)]) {
         for (k, old) in done.iter().rev() {
             // Best effort: the map accepted these keys a moment ago.
@@ -169,12 +307,7 @@ fn validate_endpoint(t: &Tables, k: &EndpointKey, e: &EndpointEntry) -> Result<(
 /// order): one per pod, plus `(localhost)` entries for the router IP and the host IPs.
 pub fn node_endpoints(cfg: &Config, ports: &[Port]) -> Vec<(EndpointKey, EndpointEntry)> {
     let ids = cfg.endpoint_ids();
-    let label_sets: Vec<Vec<String>> = cfg
-        .pods
-        .iter()
-        .map(|p| identity::pod_labels(&p.namespace, &p.labels))
-        .collect();
-    let sec_ids = identity::allocate(&label_sets);
+    let (sec_ids, _) = cfg.identities();
     let mut out = Vec::new();
     for (i, pod) in cfg.pods.iter().enumerate() {
         let port = &ports[i];
@@ -193,7 +326,10 @@ pub fn node_endpoints(cfg: &Config, ports: &[Port]) -> Vec<(EndpointKey, Endpoin
             },
         ));
     }
-    for ip in std::iter::once(&cfg.node.router_ip).chain(&cfg.node.host_ips) {
+    for ip in std::iter::once(&cfg.node.router_ip)
+        .chain(&cfg.node.host_ips)
+        .chain(cfg.node.underlay.as_ref().map(|u| &u.address.addr))
+    {
         out.push((
             EndpointKey::v4(ip.octets()),
             EndpointEntry {
@@ -203,6 +339,85 @@ pub fn node_endpoints(cfg: &Config, ports: &[Port]) -> Vec<(EndpointKey, Endpoin
         ));
     }
     out
+}
+
+/// The `cilium_ipcache_v2` entries a config describes, as Cilium's agent would write them:
+/// - `0.0.0.0/0` → world;
+/// - local pods → their identity, no tunnel; this node's addresses → host;
+/// - each remote node's address → remote-node, no tunnel (reached directly on the underlay);
+/// - each remote pod → its identity, tunnel endpoint = its node (tunnel mode);
+/// - each remote pod CIDR → world with the tunnel endpoint, so pods not (yet) known
+///   individually still reach their node (what replaced `cilium_tunnel_map` in 1.18).
+///
+/// In native routing mode the remote entries carry no tunnel endpoint.
+pub fn node_ipcache(cfg: &Config) -> Vec<(Ipv4Cidr, RemoteEndpointInfo)> {
+    let (local, remote) = cfg.identities();
+    let tunnel = cfg.datapath.routing == RoutingMode::Tunnel;
+    let remote_info = |id: u32, node: std::net::Ipv4Addr| {
+        if tunnel {
+            RemoteEndpointInfo::tunnelled(id, node)
+        } else {
+            RemoteEndpointInfo::local(id)
+        }
+    };
+    let mut out = vec![(
+        Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+        RemoteEndpointInfo::local(identity::RESERVED_WORLD),
+    )];
+    for (pod, id) in cfg.pods.iter().zip(&local) {
+        out.push((Ipv4Cidr::host(pod.ip), RemoteEndpointInfo::local(*id)));
+    }
+    for ip in std::iter::once(&cfg.node.router_ip)
+        .chain(&cfg.node.host_ips)
+        .chain(cfg.node.underlay.as_ref().map(|u| &u.address.addr))
+    {
+        out.push((
+            Ipv4Cidr::host(*ip),
+            RemoteEndpointInfo::local(identity::RESERVED_HOST),
+        ));
+    }
+    for (node, ids) in cfg.remote_nodes.iter().zip(&remote) {
+        out.push((
+            Ipv4Cidr::host(node.ip),
+            RemoteEndpointInfo::local(identity::RESERVED_REMOTE_NODE),
+        ));
+        out.push((
+            node.pod_cidr,
+            remote_info(identity::RESERVED_WORLD, node.ip),
+        ));
+        for (pod, id) in node.pods.iter().zip(ids) {
+            out.push((Ipv4Cidr::host(pod.ip), remote_info(*id, node.ip)));
+        }
+    }
+    out
+}
+
+/// Identities a node accepts as the source of tunnelled traffic: every pod identity of the
+/// cluster, plus world and remote-node. Not host (1) and not unknown (0): Cilium drops a VNI
+/// claiming the host identity.
+pub fn accepted_identities(cfg: &Config) -> Vec<u32> {
+    let (local, remote) = cfg.identities();
+    let mut v: Vec<u32> = local
+        .into_iter()
+        .chain(remote.into_iter().flatten())
+        .collect();
+    v.extend([
+        identity::RESERVED_WORLD,
+        identity::RESERVED_REMOTE_NODE,
+        identity::RESERVED_KUBE_APISERVER,
+        identity::RESERVED_HEALTH,
+    ]);
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Native routing: each remote node's pod CIDR via the node's address.
+pub fn node_routes(cfg: &Config) -> Vec<(Ipv4Cidr, std::net::Ipv4Addr)> {
+    cfg.remote_nodes
+        .iter()
+        .map(|n| (n.pod_cidr, n.ip))
+        .collect()
 }
 
 #[cfg(test)]
@@ -217,6 +432,8 @@ mod tests {
             mac: MacAddr([2, 0, 0, 0, 0, 7]),
             endpoint_ip: "10.1.1.2".parse().unwrap(),
             endpoint_id: 1,
+            role: Default::default(),
+            mtu: 1500,
         }]
     }
 
@@ -240,6 +457,7 @@ mod tests {
         fail_at: usize,
         writes: usize,
         map: std::collections::HashMap<EndpointKey, EndpointInfo>,
+        ipcache: std::collections::HashMap<IpcacheKey, RemoteEndpointInfo>,
     }
     impl KernelMaps for Flaky {
         fn upsert_endpoint(
@@ -263,6 +481,161 @@ mod tests {
             self.map.remove(k);
             Ok(())
         }
+        fn upsert_ipcache(
+            &mut self,
+            k: &IpcacheKey,
+            v: &RemoteEndpointInfo,
+        ) -> Result<(), MapWriteError> {
+            self.writes += 1;
+            if self.writes == self.fail_at {
+                return Err(MapWriteError {
+                    map: "cilium_ipcache_v2",
+                    op: "update",
+                    key: k.to_string(),
+                    msg: "ENOSPC".into(),
+                });
+            }
+            self.ipcache.insert(*k, *v);
+            Ok(())
+        }
+        fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError> {
+            self.ipcache.remove(k);
+            Ok(())
+        }
+        fn set_overlay(&mut self, _: &Overlay, _: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+    }
+
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipcache_batch_is_all_or_nothing() {
+        let mut dp = Datapath::new(
+            ports(),
+            1,
+            Flaky {
+                fail_at: 4,
+                ..Default::default()
+            },
+        );
+        let node2 = "192.168.50.2".parse().unwrap();
+        let g = dp
+            .upsert_ipcache(&[
+                (cidr("10.2.0.0/24"), RemoteEndpointInfo::tunnelled(2, node2)),
+                (
+                    cidr("10.2.0.5/32"),
+                    RemoteEndpointInfo::tunnelled(300, node2),
+                ),
+            ])
+            .unwrap();
+        assert_eq!(
+            dp.tables().ipcache_v4([10, 2, 0, 5]).unwrap().sec_identity,
+            300
+        );
+        assert_eq!(
+            dp.tables().ipcache_v4([10, 2, 0, 6]).unwrap().sec_identity,
+            2
+        );
+        let before = dp.kernel().ipcache.clone();
+        let err = dp
+            .upsert_ipcache(&[
+                (
+                    cidr("10.2.0.5/32"),
+                    RemoteEndpointInfo::tunnelled(301, node2),
+                ),
+                (
+                    cidr("10.2.0.6/32"),
+                    RemoteEndpointInfo::tunnelled(302, node2),
+                ),
+            ])
+            .unwrap_err();
+        assert!(err.to_string().contains("ENOSPC"), "{err}");
+        assert_eq!(dp.kernel().ipcache, before, "kernel map restored");
+        assert_eq!(dp.tables().generation, g, "nothing published");
+        assert_eq!(
+            dp.tables().ipcache_v4([10, 2, 0, 5]).unwrap().sec_identity,
+            300
+        );
+        // Invalid entries are refused before any write.
+        let writes = dp.kernel().writes;
+        let e = dp
+            .upsert_ipcache(&[(cidr("10.2.0.1/24"), RemoteEndpointInfo::local(5))])
+            .unwrap_err();
+        assert!(e.to_string().contains("host bits"), "{e}");
+        let e = dp
+            .upsert_ipcache(&[(cidr("10.3.0.0/24"), RemoteEndpointInfo::local(0))])
+            .unwrap_err();
+        assert!(e.to_string().contains("identity 0"), "{e}");
+        assert_eq!(dp.kernel().writes, writes);
+        assert!(dp.remove_ipcache(cidr("10.9.0.0/16")).is_err());
+        dp.remove_ipcache(cidr("10.2.0.5/32")).unwrap();
+        assert_eq!(
+            dp.tables().ipcache_v4([10, 2, 0, 5]).unwrap().sec_identity,
+            2
+        );
+    }
+
+    #[test]
+    fn cluster_ipcache_and_identities_agree_across_nodes() {
+        let n1 = Config::parse(
+            r#"
+node: { name: n1, router_ip: 10.1.0.1, pod_cidr: 10.1.0.0/24,
+        underlay: { device: eth1, address: 192.168.50.1/24 } }
+pods:
+  - { name: a, ip: 10.1.0.11, mac: "0a:00:00:00:00:0b", lxc: lxc-a, labels: { app: a } }
+remote_nodes:
+  - name: n2
+    ip: 192.168.50.2
+    pod_cidr: 10.2.0.0/24
+    pods: [ { name: b, ip: 10.2.0.11, labels: { app: b } } ]
+"#,
+            "n1.yaml",
+        )
+        .unwrap();
+        let n2 = Config::parse(
+            r#"
+node: { name: n2, router_ip: 10.2.0.1, pod_cidr: 10.2.0.0/24,
+        underlay: { device: eth1, address: 192.168.50.2/24 } }
+pods:
+  - { name: b, ip: 10.2.0.11, mac: "0a:00:00:00:00:0c", lxc: lxc-b, labels: { app: b } }
+remote_nodes:
+  - name: n1
+    ip: 192.168.50.1
+    pod_cidr: 10.1.0.0/24
+    pods: [ { name: a, ip: 10.1.0.11, labels: { app: a } } ]
+"#,
+            "n2.yaml",
+        )
+        .unwrap();
+        let (a_on_n1, _) = n1.identities();
+        let (b_on_n2, _) = n2.identities();
+        let ic1: Lpm4<RemoteEndpointInfo> = {
+            let mut t = Lpm4::new();
+            for (p, v) in node_ipcache(&n1) {
+                t.insert(p, v);
+            }
+            t
+        };
+        let b = ic1.lookup([10, 2, 0, 11]).unwrap();
+        assert_eq!(b.sec_identity, b_on_n2[0], "n1 knows b by n2's number");
+        assert_eq!(b.tunnel_v4(), Some([192, 168, 50, 2]));
+        let other = ic1.lookup([10, 2, 0, 99]).unwrap();
+        assert_eq!(
+            (other.sec_identity, other.tunnel_v4()),
+            (identity::RESERVED_WORLD, Some([192, 168, 50, 2])),
+            "unknown pods of n2 still tunnel to n2"
+        );
+        assert_eq!(ic1.lookup([192, 168, 50, 2]).unwrap().sec_identity, 6);
+        assert_eq!(ic1.lookup([192, 168, 50, 1]).unwrap().sec_identity, 1);
+        assert_eq!(ic1.lookup([10, 1, 0, 11]).unwrap().sec_identity, a_on_n1[0]);
+        assert_eq!(ic1.lookup([10, 1, 0, 11]).unwrap().tunnel_v4(), None);
+        assert_eq!(ic1.lookup([8, 8, 8, 8]).unwrap().sec_identity, 2);
+        let acc = accepted_identities(&n1);
+        assert!(acc.contains(&b_on_n2[0]) && acc.contains(&a_on_n1[0]));
+        assert!(!acc.contains(&identity::RESERVED_HOST));
     }
 
     #[test]
@@ -322,6 +695,8 @@ mod tests {
                 mac: MacAddr([2, 0, 0, 0, 0, i as u8]),
                 endpoint_ip: p.ip,
                 endpoint_id: 0,
+                role: Default::default(),
+                mtu: 1500,
             })
             .collect();
         let eps = node_endpoints(&cfg, &ports);

@@ -45,27 +45,25 @@ pub fn identity_of(labels: &[String]) -> u32 {
 }
 
 /// Identities for several label sets; equal sets share one, different sets never collide.
+/// The result does not depend on the order of `sets` (collisions are probed in label-set
+/// order), so nodes that know the same set of pods agree on every number.
 pub fn allocate(sets: &[Vec<String>]) -> Vec<u32> {
+    let unique: std::collections::BTreeSet<&[String]> = sets.iter().map(|s| s.as_slice()).collect();
     let mut by_set: BTreeMap<&[String], u32> = BTreeMap::new();
-    let mut used: BTreeMap<u32, &[String]> = BTreeMap::new();
-    sets.iter()
-        .map(|s| {
-            if let Some(id) = by_set.get(s.as_slice()) {
-                return *id;
-            }
-            let mut id = identity_of(s);
-            while used.contains_key(&id) {
-                id = if id == MAX_ALLOCATED {
-                    MIN_ALLOCATED
-                } else {
-                    id + 1
-                };
-            }
-            used.insert(id, s);
-            by_set.insert(s, id);
-            id
-        })
-        .collect()
+    let mut used: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    for s in unique {
+        let mut id = identity_of(s);
+        while used.contains(&id) {
+            id = if id == MAX_ALLOCATED {
+                MIN_ALLOCATED
+            } else {
+                id + 1
+            };
+        }
+        used.insert(id);
+        by_set.insert(s, id);
+    }
+    sets.iter().map(|s| by_set[s.as_slice()]).collect()
 }
 
 #[cfg(test)]
@@ -79,8 +77,10 @@ mod tests {
         let c = pod_labels("prod", &BTreeMap::from([("app".into(), "web".into())]));
         assert_eq!(identity_of(&a), identity_of(&b));
         assert_ne!(identity_of(&a), identity_of(&c));
-        let ids = allocate(&[a.clone(), c.clone(), b]);
+        let ids = allocate(&[a.clone(), c.clone(), b.clone()]);
         assert_eq!(ids[0], ids[2]);
+        let rev = allocate(&[c.clone(), b, a.clone()]);
+        assert_eq!((rev[0], rev[2]), (ids[1], ids[0]), "order-independent");
         assert_ne!(ids[0], ids[1]);
         assert!(
             ids.iter()

@@ -13,5 +13,7 @@
 pub mod config;
 pub mod datapath;
 pub mod identity;
+pub mod lpm;
 pub mod maps;
+pub mod net;
 pub mod tables;

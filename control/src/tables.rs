@@ -25,10 +25,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use hashbrown::HashMap;
 
-use crate::maps::{EndpointInfo, EndpointKey, MacAddr};
+use crate::config::RoutingMode;
+use crate::lpm::Lpm4;
+use crate::maps::{EndpointInfo, EndpointKey, MacAddr, RemoteEndpointInfo};
 
 /// Index of a device in every worker's port array (same order in all workers).
 pub type PortId = u16;
+
+/// What a device is to the pipeline: where a frame that arrives on it enters the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortRole {
+    /// A pod's host-side veth: frames enter at `from-container`.
+    #[default]
+    Lxc,
+    /// The node NIC towards the other nodes: frames enter at `from-overlay` (VXLAN) or
+    /// `from-netdev` (native routing).
+    Underlay,
+}
 
 /// One device a worker has a socket on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +50,53 @@ pub struct Port {
     pub ifindex: u32,
     /// The device's own MAC (for an lxc: the gateway MAC the pod talks to).
     pub mac: MacAddr,
-    /// The endpoint behind this lxc device: its IPv4 and endpoint ID.
+    /// For an lxc, the endpoint behind it (its IPv4 and endpoint ID); for the underlay, the
+    /// node's address on it and 0.
     pub endpoint_ip: Ipv4Addr,
     pub endpoint_id: u16,
+    pub role: PortRole,
+    pub mtu: u32,
+}
+
+/// The layer-2 next hop towards a tunnel endpoint or native-routing gateway, resolved from
+/// the kernel's neighbour table by the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    /// Device to transmit on.
+    pub port: PortId,
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    /// Inner destination MAC for frames encapsulated to this node (`overlay_mac`); `None`
+    /// keeps the inner frame's own addresses, as Cilium does.
+    pub inner_dst_mac: Option<MacAddr>,
+}
+
+/// Node-wide forwarding settings the pipeline reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overlay {
+    pub mode: RoutingMode,
+    /// VXLAN UDP port, host order.
+    pub tunnel_port: u16,
+    /// This node's underlay address (source of encapsulated frames), wire order.
+    pub node_ip: [u8; 4],
+    /// The pods' gateway address: source of ICMP errors the node sends to pods.
+    pub router_ip: [u8; 4],
+    /// The underlay port and its MTU; `None` on a node without one.
+    pub underlay: Option<PortId>,
+    pub underlay_mtu: u32,
+}
+
+impl Default for Overlay {
+    fn default() -> Self {
+        Overlay {
+            mode: RoutingMode::Tunnel,
+            tunnel_port: 8472,
+            node_ip: [0; 4],
+            router_ip: [0; 4],
+            underlay: None,
+            underlay_mtu: 1500,
+        }
+    }
 }
 
 /// A `cilium_lxc` entry plus what the workers derive from it.
@@ -59,6 +116,16 @@ pub struct Tables {
     pub endpoints: HashMap<EndpointKey, EndpointEntry>,
     /// Devices, indexed by [`PortId`].
     pub ports: Vec<Port>,
+    /// `cilium_ipcache_v2` (IPv4 part). Behind an `Arc` so that publishing a change to
+    /// another table does not copy it.
+    pub ipcache: Arc<Lpm4<RemoteEndpointInfo>>,
+    /// Native routing: remote pod CIDR → gateway (the owning node's address), wire order.
+    pub routes: Arc<Lpm4<[u8; 4]>>,
+    /// Tunnel endpoint / gateway address (wire order) → layer-2 next hop.
+    pub nexthops: HashMap<[u8; 4], NextHop>,
+    /// Security identities this node accepts as a VXLAN source (VNI).
+    pub identities: hashbrown::HashSet<u32>,
+    pub overlay: Overlay,
 }
 
 impl Tables {
@@ -71,6 +138,12 @@ impl Tables {
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&Port> {
         self.ports.get(id as usize)
+    }
+
+    /// `cilium_ipcache_v2` longest-prefix lookup by IPv4 address (wire bytes).
+    #[inline]
+    pub fn ipcache_v4(&self, ip: [u8; 4]) -> Option<&RemoteEndpointInfo> {
+        self.ipcache.lookup(ip)
     }
 }
 

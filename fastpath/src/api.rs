@@ -19,6 +19,8 @@ pub fn socket_path(node: &str) -> PathBuf {
 pub enum Request {
     Status,
     EndpointList,
+    IpcacheList,
+    TunnelList,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,6 +29,14 @@ pub enum Response {
     Status(Box<Status>),
     /// `cilium-dbg bpf endpoint list -o json` shape: key → list of value strings.
     EndpointList {
+        entries: Vec<(String, String)>,
+    },
+    /// `cilium_ipcache_v2` rows: prefix → `identity=… tunnelendpoint=…`.
+    IpcacheList {
+        entries: Vec<(String, String)>,
+    },
+    /// Pod CIDRs with their tunnel endpoint, the way `cilium_tunnel_map` showed them.
+    TunnelList {
         entries: Vec<(String, String)>,
     },
     Error {
@@ -48,6 +58,31 @@ pub struct Status {
     /// The XDP program's counters (all devices, all CPUs).
     pub xdp: Vec<(String, u64)>,
     pub table_generation: u64,
+    /// Cross-node forwarding, when the node has an underlay.
+    #[serde(default)]
+    pub overlay: Option<OverlayStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OverlayStatus {
+    /// `tunnel` or `native`.
+    pub mode: String,
+    pub underlay: String,
+    pub node_ip: String,
+    pub mtu: u32,
+    pub tunnel_port: u16,
+    pub ipcache_entries: usize,
+    pub nexthops: Vec<NextHopStatus>,
+}
+
+/// A tunnel endpoint / gateway and what the kernel neighbour table says about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NextHopStatus {
+    pub ip: String,
+    /// The address the neighbour entry is for (a router, or `ip` itself when on-link).
+    pub via: String,
+    pub mac: Option<String>,
+    pub state: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +106,14 @@ pub struct WorkerStatus {
     pub sleeps: u64,
     pub batch_hist: Vec<u64>,
     pub table_switches: u64,
+    #[serde(default)]
+    pub encapsulated: u64,
+    #[serde(default)]
+    pub decapsulated: u64,
+    #[serde(default)]
+    pub routed: u64,
+    #[serde(default)]
+    pub icmp_errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +172,18 @@ impl Status {
     pub fn arp_replies(&self) -> u64 {
         self.workers.iter().map(|w| w.arp_replies).sum()
     }
+    pub fn encapsulated(&self) -> u64 {
+        self.workers.iter().map(|w| w.encapsulated).sum()
+    }
+    pub fn decapsulated(&self) -> u64 {
+        self.workers.iter().map(|w| w.decapsulated).sum()
+    }
+    pub fn routed(&self) -> u64 {
+        self.workers.iter().map(|w| w.routed).sum()
+    }
+    pub fn icmp_errors(&self) -> u64 {
+        self.workers.iter().map(|w| w.icmp_errors).sum()
+    }
     pub fn xdp_counter(&self, name: &str) -> u64 {
         self.xdp
             .iter()
@@ -170,6 +225,21 @@ impl Status {
             }
             s.push('\n');
         }
+        if let Some(o) = &self.overlay {
+            s += &format!(
+                "Overlay:   {} via {} ({}, mtu {}), tunnel port {}, {} ipcache entries\n",
+                o.mode, o.underlay, o.node_ip, o.mtu, o.tunnel_port, o.ipcache_entries
+            );
+            for n in &o.nexthops {
+                s += &format!(
+                    "  next hop {:<15} via {:<15} {} ({})\n",
+                    n.ip,
+                    n.via,
+                    n.mac.as_deref().unwrap_or("-"),
+                    n.state
+                );
+            }
+        }
         s += "XDP program: ";
         s += &self
             .xdp
@@ -208,10 +278,14 @@ impl Status {
             }
         }
         s += &format!(
-            "\n{:<6}{:>12}{:>12}{:>12}{:>8}{:>12}{:>10}  {}\n",
+            "\n{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}  {}\n",
             "QUEUE",
             "FWD_EGRESS",
             "FWD_INGRESS",
+            "ENCAP",
+            "DECAP",
+            "ROUTED",
+            "ICMP_ERR",
             "DROPS",
             "ARP",
             "LOOPS",
@@ -220,10 +294,14 @@ impl Status {
         );
         for w in &self.workers {
             s += &format!(
-                "{:<6}{:>12}{:>12}{:>12}{:>8}{:>12}{:>10}  {:?}\n",
+                "{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}  {:?}\n",
                 w.queue,
                 w.forwarded("egress"),
                 w.forwarded("ingress"),
+                w.encapsulated,
+                w.decapsulated,
+                w.routed,
+                w.icmp_errors,
                 w.drops(),
                 w.arp_replies,
                 w.loops,
@@ -267,6 +345,23 @@ pub fn render_endpoint_list(entries: &[(String, String)]) -> String {
         .max("IP ADDRESS".len())
         + 3;
     let mut s = format!("{:<w$}{}\n", "IP ADDRESS", "LOCAL ENDPOINT INFO");
+    for (k, v) in entries {
+        s += &format!("{k:<w$}{v}\n");
+    }
+    s
+}
+
+/// A two-column table with Cilium's headers: `bpf ipcache list` is
+/// `IP PREFIX/ADDRESS   IDENTITY`, `bpf tunnel list` is `TUNNEL   VALUE`.
+pub fn render_table(h1: &str, h2: &str, entries: &[(String, String)]) -> String {
+    let w = entries
+        .iter()
+        .map(|(k, _)| k.len())
+        .max()
+        .unwrap_or(0)
+        .max(h1.len())
+        + 3;
+    let mut s = format!("{h1:<w$}{h2}\n");
     for (k, v) in entries {
         s += &format!("{k:<w$}{v}\n");
     }
@@ -335,6 +430,18 @@ pub fn status(path: &Path) -> Result<Status, ClientError> {
         Response::Status(s) => Ok(*s),
         other => Err(ClientError::Protocol(format!(
             "expected status, got {other:?}"
+        ))),
+    }
+}
+
+/// Fetch one of the map listings (`EndpointList`, `IpcacheList`, `TunnelList`).
+pub fn list(path: &Path, req: Request) -> Result<Vec<(String, String)>, ClientError> {
+    match call(path, &req)? {
+        Response::EndpointList { entries }
+        | Response::IpcacheList { entries }
+        | Response::TunnelList { entries } => Ok(entries),
+        other => Err(ClientError::Protocol(format!(
+            "expected a map listing, got {other:?}"
         ))),
     }
 }

@@ -19,13 +19,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use control::config::{Config, XdpMode};
-use control::datapath::{Datapath, node_endpoints};
-use control::maps::{DropReason, MacAddr};
-use control::tables::Port;
-use xdp_redirect::{ROLE_LXC, Steering, XDP_STAT_NAMES};
+use control::config::{Config, RoutingMode, XdpMode};
+use control::datapath::{Datapath, accepted_identities, node_endpoints, node_ipcache, node_routes};
+use control::maps::{DropReason, IpcacheKey, MacAddr};
+use control::tables::{NextHop, Overlay, Port, PortId, PortRole};
+use xdp_redirect::{ROLE_LXC, ROLE_UNDERLAY, Steering, XDP_STAT_NAMES};
 
-use crate::api::{self, DeviceStatus, Metric, PortStatus, Request, Response, Status, WorkerStatus};
+use crate::api::{
+    self, DeviceStatus, Metric, NextHopStatus, OverlayStatus, PortStatus, Request, Response,
+    Status, WorkerStatus,
+};
+use crate::neigh;
 use crate::stats::WorkerCounters;
 use crate::worker::{Worker, WorkerConfig};
 use crate::xsk;
@@ -182,7 +186,68 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             mac: li.mac,
             endpoint_ip: pod.ip,
             endpoint_id: 0,
+            role: PortRole::Lxc,
+            mtu: li.mtu,
         });
+    }
+    let mut underlay_port: Option<PortId> = None;
+    if let Some(u) = &cfg.node.underlay {
+        let li = link_info(&u.device).with_context(|| {
+            format!(
+                "node.underlay.device: in netns {}",
+                cfg.node.netns.as_deref().unwrap_or("(current)")
+            )
+        })?;
+        if li.rx_queues < queues || li.tx_queues < queues {
+            bail!(
+                "node.underlay.device: `{}` has {} rx / {} tx queues; --queues {queues} needs at least {queues}",
+                u.device,
+                li.rx_queues,
+                li.tx_queues
+            );
+        }
+        if !has_address(&u.device, u.address.addr)? {
+            bail!(
+                "node.underlay.address: {} is not configured on `{}` (ip addr add {} dev {})",
+                u.address.addr,
+                u.device,
+                u.address,
+                u.device
+            );
+        }
+        max_mtu = max_mtu.max(li.mtu);
+        underlay_port = Some(ports.len() as PortId);
+        ports.push(Port {
+            ifname: u.device.clone(),
+            ifindex: li.ifindex,
+            mac: li.mac,
+            endpoint_ip: u.address.addr,
+            endpoint_id: 0,
+            role: PortRole::Underlay,
+            mtu: li.mtu,
+        });
+    }
+    // Every remote node must be reached through the underlay: check before touching anything.
+    let mut nexthop_targets = Vec::new();
+    if let (Some(up), Some(u)) = (underlay_port, &cfg.node.underlay) {
+        for (i, r) in cfg.remote_nodes.iter().enumerate() {
+            let route = neigh::route_get(r.ip)
+                .with_context(|| format!("remote_nodes[{i}].ip: {}", r.ip))?;
+            if route.dev != u.device {
+                bail!(
+                    "remote_nodes[{i}].ip: {} is routed via `{}`, not the underlay `{}`",
+                    r.ip,
+                    route.dev,
+                    u.device
+                );
+            }
+            nexthop_targets.push(NextHopTarget {
+                ip: r.ip,
+                via: route.neighbour(r.ip),
+                port: up,
+                inner_dst_mac: r.overlay_mac,
+            });
+        }
     }
     let frame_size = frame_size_for(max_mtu).with_context(|| {
         format!(
@@ -229,6 +294,36 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let mut dp = Datapath::new(ports.clone(), queues as usize, steering);
     dp.upsert_endpoints(&node_endpoints(&cfg, &ports))
         .context("writing cilium_lxc")?;
+    let overlay = Overlay {
+        mode: cfg.datapath.routing,
+        tunnel_port: cfg.datapath.tunnel_port,
+        node_ip: cfg.node_ip().map_or([0; 4], |ip| ip.octets()),
+        router_ip: cfg.node.router_ip.octets(),
+        underlay: underlay_port,
+        underlay_mtu: underlay_port.map_or(1500, |p| ports[p as usize].mtu),
+    };
+    let routes = if cfg.datapath.routing == RoutingMode::Native {
+        node_routes(&cfg)
+    } else {
+        Vec::new()
+    };
+    dp.set_overlay(
+        overlay,
+        cfg.datapath.native_routing_cidr,
+        &routes,
+        accepted_identities(&cfg),
+    )
+    .context("writing fp_config")?;
+    dp.upsert_ipcache(&node_ipcache(&cfg))
+        .context("writing cilium_ipcache_v2")?;
+    // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
+    // host-originated traffic to remote pods takes the same path.
+    let _routes_guard = KernelRoutes::install(
+        &routes,
+        cfg.node.underlay.as_ref().map(|u| u.device.as_str()),
+    )?;
+    let mut nexthops = NextHops::new(nexthop_targets);
+    nexthops.start(&mut dp)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -259,9 +354,13 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         .map_or("none", |w| w.socket_mode())
         .to_string();
     for p in &ports {
+        let role = match p.role {
+            PortRole::Lxc => ROLE_LXC,
+            PortRole::Underlay => ROLE_UNDERLAY,
+        };
         let d = dp
             .kernel()
-            .attach(&p.ifname, p.ifindex, ROLE_LXC, cfg.datapath.xdp_mode)?;
+            .attach(&p.ifname, p.ifindex, role, cfg.datapath.xdp_mode)?;
         let how = d
             .fallback_reason
             .as_ref()
@@ -318,6 +417,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             return Err(e.into());
         }
         dp.writer().reclaim();
+        nexthops.tick(&mut dp);
         if handles.iter().any(|h| h.thread.is_finished()) {
             eprintln!("fastpath: a worker exited unexpectedly; shutting down");
             break;
@@ -334,6 +434,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                         dp: &dp,
                         handles: &handles,
                         ports: &ports,
+                        nexthops: &nexthops,
                         socket_mode: &socket_mode,
                         opts: &opts,
                         started,
@@ -385,6 +486,7 @@ struct NodeView<'a> {
     dp: &'a Datapath<Steering>,
     handles: &'a [WorkerHandle],
     ports: &'a [Port],
+    nexthops: &'a NextHops,
     socket_mode: &'a str,
     opts: &'a RunOptions,
     started: Instant,
@@ -400,6 +502,26 @@ fn serve_one(stream: std::os::unix::net::UnixStream, v: &NodeView<'_>) {
                     Ok(Request::Status) => Response::Status(Box::new(status(v))),
                     Ok(Request::EndpointList) => Response::EndpointList {
                         entries: endpoint_entries(v.dp),
+                    },
+                    Ok(Request::IpcacheList) => Response::IpcacheList {
+                        entries: ipcache_entries(v.dp)
+                            .into_iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    },
+                    Ok(Request::TunnelList) => Response::TunnelList {
+                        entries: ipcache_entries(v.dp)
+                            .into_iter()
+                            .filter_map(|(k, v)| {
+                                let p = k.prefix_v4()?;
+                                (p.len < 32 && v.tunnel_v4().is_some()).then(|| {
+                                    (
+                                        format!("{}:0", p.addr),
+                                        format!("{}:0", v.tunnel_endpoint_v4()),
+                                    )
+                                })
+                            })
+                            .collect(),
                     },
                     Err(e) => Response::Error {
                         message: format!("bad request: {e}"),
@@ -439,12 +561,31 @@ fn endpoint_entries(dp: &Datapath<Steering>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `cilium_ipcache_v2` as the kernel holds it (the workers' copy if the map cannot be read),
+/// sorted by address then prefix length.
+fn ipcache_entries(
+    dp: &Datapath<Steering>,
+) -> Vec<(IpcacheKey, control::maps::RemoteEndpointInfo)> {
+    let mut rows = match dp.kernel_ref().kernel_ipcache() {
+        Ok(v) => v,
+        Err(_) => dp
+            .tables()
+            .ipcache
+            .iter()
+            .map(|(p, v)| (IpcacheKey::v4(p), *v))
+            .collect(),
+    };
+    rows.sort_by_key(|(k, _)| (k.family, k.ip, k.prefixlen));
+    rows
+}
+
 fn status(v: &NodeView<'_>) -> Status {
     let NodeView {
         cfg,
         dp,
         handles,
         ports,
+        nexthops,
         socket_mode,
         opts,
         started,
@@ -515,6 +656,10 @@ fn status(v: &NodeView<'_>) -> Status {
                 sleeps: c.sleeps.get(),
                 batch_hist: c.batch_hist.iter().map(|b| b.get()).collect(),
                 table_switches: c.table_switches.get(),
+                encapsulated: c.encapsulated.get(),
+                decapsulated: c.decapsulated.get(),
+                routed: c.routed.get(),
+                icmp_errors: c.icmp_errors.get(),
             }
         })
         .collect();
@@ -530,5 +675,213 @@ fn status(v: &NodeView<'_>) -> Status {
         workers,
         xdp,
         table_generation: dp.tables().generation,
+        overlay: cfg.node.underlay.as_ref().map(|u| {
+            let t = dp.tables();
+            OverlayStatus {
+                mode: cfg.datapath.routing.to_string(),
+                underlay: u.device.clone(),
+                node_ip: u.address.to_string(),
+                mtu: t.overlay.underlay_mtu,
+                tunnel_port: cfg.datapath.tunnel_port,
+                ipcache_entries: t.ipcache.len(),
+                nexthops: nexthops.status(),
+            }
+        }),
+    }
+}
+
+/// Is `ip` one of the device's addresses?
+fn has_address(dev: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<bool> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr", "show", "dev", dev])
+        .output()
+        .context("running `ip addr`")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let want = ip.to_string();
+    Ok(v.as_array().into_iter().flatten().any(|l| {
+        l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["local"].as_str() == Some(&want))
+    }))
+}
+
+/// Kernel routes fastpath installed (native routing), removed again on exit.
+struct KernelRoutes(Vec<String>);
+
+impl KernelRoutes {
+    fn install(
+        routes: &[(control::net::Ipv4Cidr, std::net::Ipv4Addr)],
+        dev: Option<&str>,
+    ) -> anyhow::Result<KernelRoutes> {
+        let mut done = KernelRoutes(Vec::new());
+        let Some(dev) = dev else {
+            return Ok(done);
+        };
+        for (p, gw) in routes {
+            crate::lab::sh(&[
+                "ip",
+                "route",
+                "replace",
+                &p.to_string(),
+                "via",
+                &gw.to_string(),
+                "dev",
+                dev,
+            ])
+            .with_context(|| format!("installing the kernel route {p} via {gw}"))?;
+            done.0.push(p.to_string());
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for KernelRoutes {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["route", "del", p])
+                .output();
+        }
+    }
+}
+
+/// A node address the workers forward to, and how it is reached.
+#[derive(Debug, Clone)]
+struct NextHopTarget {
+    ip: std::net::Ipv4Addr,
+    /// Whose MAC the frames need (a router, or `ip` itself).
+    via: std::net::Ipv4Addr,
+    port: PortId,
+    inner_dst_mac: Option<MacAddr>,
+}
+
+/// Keeps the workers' next-hop table in step with the kernel's neighbour table.
+struct NextHops {
+    targets: Vec<NextHopTarget>,
+    /// Last state seen per target (for status), in target order.
+    seen: Vec<neigh::Neighbour>,
+    last: Instant,
+}
+
+/// How often the neighbour table is re-read.
+const NEIGH_REFRESH: Duration = Duration::from_secs(1);
+
+impl NextHops {
+    fn new(targets: Vec<NextHopTarget>) -> Self {
+        let seen = targets
+            .iter()
+            .map(|_| neigh::Neighbour {
+                mac: None,
+                state: "unknown".into(),
+            })
+            .collect();
+        NextHops {
+            targets,
+            seen,
+            last: Instant::now(),
+        }
+    }
+
+    fn dev_of<'a>(&self, ports: &'a [Port], t: &NextHopTarget) -> &'a str {
+        &ports[t.port as usize].ifname
+    }
+
+    /// Ask the kernel to resolve every next hop and wait up to 2 s for them; publish what
+    /// resolved. An unresolved one is not fatal (that node may be down): its frames are
+    /// dropped with "FIB lookup failed" until it resolves.
+    fn start(&mut self, dp: &mut Datapath<Steering>) -> anyhow::Result<()> {
+        let ports = dp.tables().ports.clone();
+        for t in &self.targets {
+            neigh::ensure_managed(t.via, self.dev_of(&ports, t))?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            self.refresh(dp);
+            if self.seen.iter().all(|n| n.usable().is_some()) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for (t, n) in self.targets.iter().zip(&self.seen) {
+            if n.usable().is_none() {
+                eprintln!(
+                    "fastpath: next hop {} (for {}) is not resolved yet ({}); frames to it are dropped until it is",
+                    t.via, t.ip, n.state
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-read the neighbour table if it is time.
+    fn tick(&mut self, dp: &mut Datapath<Steering>) {
+        if self.targets.is_empty() || self.last.elapsed() < NEIGH_REFRESH {
+            return;
+        }
+        self.refresh(dp);
+    }
+
+    fn refresh(&mut self, dp: &mut Datapath<Steering>) {
+        self.last = Instant::now();
+        let tables = dp.tables();
+        let mut by_dev: std::collections::HashMap<
+            &str,
+            Vec<(std::net::Ipv4Addr, neigh::Neighbour)>,
+        > = std::collections::HashMap::new();
+        let mut changes = Vec::with_capacity(self.targets.len());
+        for (i, t) in self.targets.iter().enumerate() {
+            let port = &tables.ports[t.port as usize];
+            let dev = port.ifname.as_str();
+            if !by_dev.contains_key(dev) {
+                by_dev.insert(dev, neigh::neighbours(dev).unwrap_or_default());
+            }
+            let found = by_dev[dev]
+                .iter()
+                .find(|(ip, _)| *ip == t.via)
+                .map(|(_, n)| n.clone());
+            let n = match found {
+                Some(n) => {
+                    if n.state.contains("FAILED") {
+                        // The peer did not answer (down, or not up yet): probe again.
+                        let _ = neigh::reprobe(t.via, dev);
+                    }
+                    n
+                }
+                None => {
+                    // Flushed or garbage-collected: ask again.
+                    let _ = neigh::ensure_managed(t.via, dev);
+                    neigh::Neighbour {
+                        mac: None,
+                        state: "none".into(),
+                    }
+                }
+            };
+            changes.push((
+                t.ip.octets(),
+                n.usable().map(|mac| NextHop {
+                    port: t.port,
+                    src_mac: port.mac,
+                    dst_mac: mac,
+                    inner_dst_mac: t.inner_dst_mac,
+                }),
+            ));
+            self.seen[i] = n;
+        }
+        dp.set_nexthops(&changes);
+    }
+
+    fn status(&self) -> Vec<NextHopStatus> {
+        self.targets
+            .iter()
+            .zip(&self.seen)
+            .map(|(t, n)| NextHopStatus {
+                ip: t.ip.to_string(),
+                via: t.via.to_string(),
+                mac: n.mac.map(|m| m.to_string()),
+                state: n.state.clone(),
+            })
+            .collect()
     }
 }

@@ -9,6 +9,17 @@
 //!   ends, TX checksum offload off on `eth0` (AF_XDP frames carry the bytes as they are; a
 //!   CHECKSUM_PARTIAL skb from the pod would arrive with an unfinished checksum), IPv6 off.
 //!
+//! With `node.underlay` the node also gets its NIC: a veth (`underlay.device`, `queues`
+//! queues, the node address on it) whose peer is a port of bridge `br0` in the fabric
+//! namespace `underlay.fabric_netns` (the "top-of-rack switch", created by the first node that
+//! needs it). Pods then get the overlay MTU (underlay MTU − 50) in tunnel mode, as Cilium
+//! sets it.
+//!
+//! [`Lab::up_kernel_vxlan`] builds the same node but forwarding with the Linux kernel instead
+//! of fastpath: IPv4 forwarding on, an `external` (collect-metadata) VXLAN device on the
+//! tunnel port, and per-pod policy routes whose lightweight-tunnel encap puts the *pod's*
+//! security identity in the VNI — the interop peer for fastpath's tunnel mode.
+//!
 //! [`Lab`] removes every namespace it created when dropped (RAII; not `Send`, so it is dropped
 //! on the thread that made it).
 
@@ -16,12 +27,23 @@ use std::marker::PhantomData;
 use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
-use control::config::Config;
+use control::config::{Config, RoutingMode};
+
+/// The bridge in the fabric namespace.
+const FABRIC_BRIDGE: &str = "br0";
+/// VXLAN overhead: outer Ethernet + IPv4 + UDP + VXLAN.
+const VXLAN_OVERHEAD: u32 = 50;
+/// MTU of the lab's underlay links.
+pub const UNDERLAY_MTU: u32 = 1500;
+/// Name of the kernel node's VXLAN device.
+pub const KERNEL_VXLAN_DEV: &str = "vxlan0";
 
 /// The namespaces of a running topology; deleted on drop.
 #[derive(Debug)]
 pub struct Lab {
     namespaces: Vec<String>,
+    /// The fabric namespace, if this lab created it (deleted last).
+    fabric: Option<String>,
     keep: bool,
     _not_send: PhantomData<*const ()>,
 }
@@ -55,6 +77,15 @@ impl Lab {
     /// # Errors
     /// A missing `netns` field, an existing namespace of the same name, or a failing `ip`.
     pub fn up(cfg: &Config, queues: u32) -> anyhow::Result<Lab> {
+        Lab::build(cfg, queues, false)
+    }
+
+    /// Build the node with the kernel's VXLAN device and routes (the interop peer).
+    pub fn up_kernel_vxlan(cfg: &Config) -> anyhow::Result<Lab> {
+        Lab::build(cfg, 1, true)
+    }
+
+    fn build(cfg: &Config, queues: u32, kernel: bool) -> anyhow::Result<Lab> {
         let node = cfg
             .node
             .netns
@@ -68,14 +99,36 @@ impl Lab {
                 );
             }
         }
+        if kernel && cfg.node.underlay.is_none() {
+            bail!("node.underlay: a kernel-VXLAN node needs an underlay");
+        }
+        let pod_mtu = if cfg.node.underlay.is_some() && cfg.datapath.routing == RoutingMode::Tunnel
+        {
+            UNDERLAY_MTU - VXLAN_OVERHEAD
+        } else {
+            UNDERLAY_MTU
+        }
+        .to_string();
         let mut lab = Lab {
             namespaces: Vec::new(),
+            fabric: None,
             keep: false,
             _not_send: PhantomData,
         };
         let q = queues.to_string();
         lab.add_ns(&node)?;
-        in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+        in_ns(
+            &node,
+            &[
+                "sysctl",
+                "-qw",
+                if kernel {
+                    "net.ipv4.ip_forward=1"
+                } else {
+                    "net.ipv4.ip_forward=0"
+                },
+            ],
+        )?;
         in_ns(
             &node,
             &[
@@ -136,6 +189,8 @@ impl Lab {
                 &["ip", "addr", "add", &format!("{}/32", p.ip), "dev", "eth0"],
             )?;
             in_ns(&pns, &["ethtool", "-K", "eth0", "tx", "off"])?;
+            in_ns(&pns, &["ip", "link", "set", "eth0", "mtu", &pod_mtu])?;
+            in_ns(&node, &["ip", "link", "set", &p.lxc, "mtu", &pod_mtu])?;
             in_ns(&pns, &["ip", "link", "set", "eth0", "up"])?;
             in_ns(
                 &pns,
@@ -169,7 +224,77 @@ impl Lab {
                 &["ip", "route", "add", &format!("{}/32", p.ip), "dev", &p.lxc],
             )?;
         }
+        if cfg.node.underlay.is_some() {
+            lab.underlay(cfg, &node, queues)?;
+        }
+        if kernel {
+            kernel_vxlan(cfg, &node)?;
+        }
         Ok(lab)
+    }
+
+    /// The node's NIC, plugged into the fabric bridge.
+    fn underlay(&mut self, cfg: &Config, node: &str, queues: u32) -> anyhow::Result<()> {
+        let u = cfg.node.underlay.as_ref().expect("checked");
+        let fabric = u
+            .fabric_netns
+            .clone()
+            .context("node.underlay.fabric_netns: the lab needs the fabric namespace name")?;
+        if !std::path::Path::new(&format!("/run/netns/{fabric}")).exists() {
+            sh(&["ip", "netns", "add", &fabric])?;
+            self.fabric = Some(fabric.clone());
+            in_ns(&fabric, &["ip", "link", "set", "lo", "up"])?;
+            in_ns(
+                &fabric,
+                &["ip", "link", "add", FABRIC_BRIDGE, "type", "bridge"],
+            )?;
+            in_ns(&fabric, &["ip", "link", "set", FABRIC_BRIDGE, "up"])?;
+        }
+        let q = queues.to_string();
+        let port = fabric_port(&cfg.node.name);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &u.device,
+            "netns",
+            node,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &fabric,
+            "numtxqueues",
+            &q,
+            "numrxqueues",
+            &q,
+        ])?;
+        // Checksums finished in software before frames reach an AF_XDP socket (see module doc).
+        in_ns(&fabric, &["ethtool", "-K", &port, "tx", "off"])?;
+        in_ns(
+            &fabric,
+            &["ip", "link", "set", &port, "master", FABRIC_BRIDGE, "up"],
+        )?;
+        in_ns(node, &["ethtool", "-K", &u.device, "tx", "off"])?;
+        in_ns(
+            node,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &u.address.to_string(),
+                "dev",
+                &u.device,
+            ],
+        )?;
+        in_ns(node, &["ip", "link", "set", &u.device, "up"])?;
+        Ok(())
     }
 
     fn add_ns(&mut self, name: &str) -> anyhow::Result<()> {
@@ -199,10 +324,151 @@ impl Drop for Lab {
         if self.keep {
             return;
         }
-        for ns in self.namespaces.iter().rev() {
+        for ns in self.namespaces.iter().rev().chain(self.fabric.as_ref()) {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
+}
+
+/// The node's port on the fabric bridge: `p-` and the last 13 characters of the node name
+/// (the tail is what tells generated names apart).
+pub fn fabric_port(node: &str) -> String {
+    let tail: String = node
+        .chars()
+        .rev()
+        .take(13)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("p-{tail}")
+}
+
+/// The kernel's way to be a Cilium tunnel-mode node: an `external` VXLAN device, a permanent
+/// neighbour per remote node (so nothing ARPs through the tunnel), and per-pod policy routes
+/// whose encap carries the pod's identity as the VNI; host-originated traffic goes out as
+/// remote-node (6), as Cilium's sender rule says.
+fn kernel_vxlan(cfg: &Config, node: &str) -> anyhow::Result<()> {
+    let u = cfg.node.underlay.as_ref().expect("checked");
+    let port = cfg.datapath.tunnel_port.to_string();
+    let mtu = (UNDERLAY_MTU - VXLAN_OVERHEAD).to_string();
+    for sysctl in [
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        in_ns(node, &["sysctl", "-qw", sysctl])?;
+    }
+    in_ns(
+        node,
+        &[
+            "ip",
+            "link",
+            "add",
+            KERNEL_VXLAN_DEV,
+            "type",
+            "vxlan",
+            "external",
+            "dstport",
+            &port,
+            "nolearning",
+        ],
+    )?;
+    if let Some(m) = u.overlay_mac {
+        in_ns(
+            node,
+            &[
+                "ip",
+                "link",
+                "set",
+                KERNEL_VXLAN_DEV,
+                "address",
+                &m.to_string().to_lowercase(),
+            ],
+        )?;
+    }
+    in_ns(
+        node,
+        &["ip", "link", "set", KERNEL_VXLAN_DEV, "mtu", &mtu, "up"],
+    )?;
+    in_ns(
+        node,
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{KERNEL_VXLAN_DEV}.rp_filter=0"),
+        ],
+    )?;
+    let (local_ids, _) = cfg.identities();
+    for (k, r) in cfg.remote_nodes.iter().enumerate() {
+        let gw = format!("169.254.42.{}", k + 1);
+        let mac = r
+            .overlay_mac
+            .map(|m| m.to_string().to_lowercase())
+            .unwrap_or_else(|| format!("02:00:00:00:42:{:02x}", k + 1));
+        in_ns(
+            node,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                &mac,
+                "dev",
+                KERNEL_VXLAN_DEV,
+                "nud",
+                "permanent",
+            ],
+        )?;
+        let route = |table: &str, id: u32| -> anyhow::Result<()> {
+            in_ns(
+                node,
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    &r.pod_cidr.to_string(),
+                    "encap",
+                    "ip",
+                    "id",
+                    &id.to_string(),
+                    "dst",
+                    &r.ip.to_string(),
+                    "ttl",
+                    "64",
+                    "via",
+                    &gw,
+                    "dev",
+                    KERNEL_VXLAN_DEV,
+                    "onlink",
+                    "table",
+                    table,
+                ],
+            )?;
+            Ok(())
+        };
+        route("main", control::identity::RESERVED_REMOTE_NODE)?;
+        for (i, id) in local_ids.iter().enumerate() {
+            route(&(100 + i).to_string(), *id)?;
+        }
+    }
+    for (i, p) in cfg.pods.iter().enumerate() {
+        in_ns(
+            node,
+            &[
+                "ip",
+                "rule",
+                "add",
+                "from",
+                &p.ip.to_string(),
+                "lookup",
+                &(100 + i).to_string(),
+                "pref",
+                "100",
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// Remove the namespaces a config names (the counterpart of `up` + `keep`).
@@ -214,5 +480,24 @@ pub fn down(cfg: &Config) {
         .chain(cfg.node.netns.clone());
     for ns in names {
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+    }
+    // The fabric goes with its last node.
+    if let Some(f) = cfg
+        .node
+        .underlay
+        .as_ref()
+        .and_then(|u| u.fabric_netns.clone())
+    {
+        let ports = Command::new("ip")
+            .args(["-n", &f, "-j", "link", "show", "master", FABRIC_BRIDGE])
+            .output();
+        if let Ok(o) = ports
+            && o.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .map(|v| v.as_array().is_none_or(|a| a.is_empty()))
+                .unwrap_or(true)
+        {
+            let _ = Command::new("ip").args(["netns", "del", &f]).output();
+        }
     }
 }

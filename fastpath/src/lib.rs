@@ -11,6 +11,7 @@
 pub mod api;
 pub mod daemon;
 pub mod lab;
+pub mod neigh;
 pub mod stage;
 pub mod stats;
 pub mod wire;

@@ -92,6 +92,17 @@ enum BpfCmd {
         #[command(subcommand)]
         what: ListCmd,
     },
+    /// `cilium_ipcache_v2`, as `cilium-dbg bpf ipcache list` prints it.
+    Ipcache {
+        #[command(subcommand)]
+        what: ListCmd,
+    },
+    /// Pod CIDRs and their tunnel endpoints (derived from the ipcache), as the
+    /// `cilium_tunnel_map` of Cilium ≤1.17 showed them.
+    Tunnel {
+        #[command(subcommand)]
+        what: ListCmd,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +126,10 @@ enum LabCmd {
         config: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         queues: u32,
+        /// Build the node with the Linux kernel's own VXLAN device and routes instead of
+        /// leaving it for fastpath (the interop peer).
+        #[arg(long)]
+        kernel_vxlan: bool,
     },
     /// Delete them.
     Down {
@@ -194,18 +209,35 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bpf {
-            what: BpfCmd::Endpoint {
-                what: ListCmd::List(t),
-            },
-        } => {
-            let e = api::endpoint_list(&socket_of(&t)?)?;
+        Cmd::Bpf { what } => {
+            let (req, h1, h2, t) = match what {
+                BpfCmd::Endpoint {
+                    what: ListCmd::List(t),
+                } => (
+                    api::Request::EndpointList,
+                    "IP ADDRESS",
+                    "LOCAL ENDPOINT INFO",
+                    t,
+                ),
+                BpfCmd::Ipcache {
+                    what: ListCmd::List(t),
+                } => (
+                    api::Request::IpcacheList,
+                    "IP PREFIX/ADDRESS",
+                    "IDENTITY",
+                    t,
+                ),
+                BpfCmd::Tunnel {
+                    what: ListCmd::List(t),
+                } => (api::Request::TunnelList, "TUNNEL", "VALUE", t),
+            };
+            let e = api::list(&socket_of(&t)?, req)?;
             match t.output {
                 Output::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&api::endpoint_list_json(&e))?
                 ),
-                Output::Text => print!("{}", api::render_endpoint_list(&e)),
+                Output::Text => print!("{}", api::render_table(h1, h2, &e)),
             }
             Ok(())
         }
@@ -228,12 +260,20 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Lab {
-            what: LabCmd::Up { config, queues },
+            what:
+                LabCmd::Up {
+                    config,
+                    queues,
+                    kernel_vxlan,
+                },
         } => {
             let cfg = load(&config)?;
-            lab::Lab::up(&cfg, queues)
-                .context("building the lab topology")?
-                .keep();
+            let l = if kernel_vxlan {
+                lab::Lab::up_kernel_vxlan(&cfg)
+            } else {
+                lab::Lab::up(&cfg, queues)
+            };
+            l.context("building the lab topology")?.keep();
             println!(
                 "lab up: node netns {}",
                 cfg.node.netns.as_deref().unwrap_or("-")

@@ -52,6 +52,12 @@ pub struct WorkerCounters {
     metrics_pkts: Box<[Counter]>,
     metrics_bytes: Box<[Counter]>,
     pub arp_replies: Counter,
+    /// ICMP errors sent back to pods (fragmentation needed).
+    pub icmp_errors: Counter,
+    /// Frames encapsulated towards / decapsulated from other nodes, and natively routed.
+    pub encapsulated: Counter,
+    pub decapsulated: Counter,
+    pub routed: Counter,
     /// Loop iterations, and how many of them received nothing.
     pub loops: Counter,
     pub idle_loops: Counter,
@@ -72,6 +78,10 @@ impl WorkerCounters {
             metrics_pkts: (0..REASONS * DIRS).map(|_| Counter::default()).collect(),
             metrics_bytes: (0..REASONS * DIRS).map(|_| Counter::default()).collect(),
             arp_replies: Counter::default(),
+            icmp_errors: Counter::default(),
+            encapsulated: Counter::default(),
+            decapsulated: Counter::default(),
+            routed: Counter::default(),
             loops: Counter::default(),
             idle_loops: Counter::default(),
             sleeps: Counter::default(),

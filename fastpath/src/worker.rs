@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use control::config::PollMode;
 use control::maps::MetricDir;
-use control::tables::{PortId, TableReader};
+use control::tables::{PortId, PortRole, TableReader};
 
-use crate::stage::{self, Verdict};
+use crate::stage::{self, Scratch, Verdict};
 use crate::stats::WorkerCounters;
+use crate::wire::Buf;
 use crate::xsk::{Frame, Socket, Umem};
 
 /// Loops between quiescent points / stop checks.
@@ -122,6 +123,7 @@ impl Worker {
             })
             .collect();
         let mut idle_streak = 0u32;
+        let mut scratch = Scratch::default();
         let mut loops = 0u64;
         let c = self.counters.clone();
         loop {
@@ -146,7 +148,8 @@ impl Worker {
                 let pc = &c.ports[p];
                 pc.rx_packets.add(n as u64);
                 let t = self.tables.get();
-                for f in rx.drain(..) {
+                let from_underlay = t.port(p as PortId).map(|x| x.role) == Some(PortRole::Underlay);
+                for mut f in rx.drain(..) {
                     let len = f.len();
                     pc.rx_bytes.add(len as u64);
                     let v = if self.cfg.bare {
@@ -154,16 +157,40 @@ impl Worker {
                             port: (p ^ 1).min(nports - 1) as PortId,
                         }
                     } else {
-                        stage::from_container(self.umem.data_mut(&f), p as PortId, t)
+                        let (chunk, head) = self.umem.chunk_mut(&f);
+                        let mut b = Buf::new(chunk, head, len);
+                        let v = stage::process(&mut b, p as PortId, t, &mut scratch);
+                        let (h, l) = (b.head(), b.len());
+                        self.umem.set_span(&mut f, h, l);
+                        v
                     };
                     let out = match v {
                         Verdict::Deliver { port } => {
-                            c.forwarded(MetricDir::Egress, len);
+                            if from_underlay {
+                                c.decapsulated.add(1);
+                            } else {
+                                c.forwarded(MetricDir::Egress, len);
+                            }
                             c.forwarded(MetricDir::Ingress, len);
+                            port as usize
+                        }
+                        Verdict::Encap { port } => {
+                            c.encapsulated.add(1);
+                            c.forwarded(MetricDir::Egress, len);
+                            port as usize
+                        }
+                        Verdict::Route { port } => {
+                            c.routed.add(1);
+                            c.forwarded(MetricDir::Egress, len);
                             port as usize
                         }
                         Verdict::ArpReply { port } => {
                             c.arp_replies.add(1);
+                            port as usize
+                        }
+                        Verdict::IcmpReply { port, reason } => {
+                            c.icmp_errors.add(1);
+                            c.dropped(reason, MetricDir::Egress, len);
                             port as usize
                         }
                         Verdict::Drop { reason, dir } => {
@@ -172,6 +199,7 @@ impl Worker {
                             continue;
                         }
                     };
+                    let len = f.len();
                     match self.socks[out].send(f) {
                         Ok(()) => {
                             c.ports[out].tx_packets.add(1);

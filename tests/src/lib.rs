@@ -72,6 +72,96 @@ pub fn node_yaml(name: &str, pods: usize, queues: u32, extra_datapath: &str) -> 
     y
 }
 
+/// What runs a node of a test cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Fastpath,
+    /// The Linux kernel with its own VXLAN device (the interop peer).
+    Kernel,
+}
+
+/// Configs for a cluster whose nodes all know each other: node k has pod CIDR
+/// 10.<net>.<k+1>.0/24, pods .11, .12, … labelled `app: n<k>p<i>`, and underlay address
+/// 192.168.<net>.<k+1>/24 on `eth1`, plugged into the fabric namespace `<tag>f`.
+/// `datapath_extra` is appended to each fastpath node's `datapath:` section.
+pub fn cluster_yaml(tag: &str, kinds: &[Kind], pods: usize, datapath_extra: &str) -> Vec<String> {
+    let net = 100 + (SEQ.fetch_add(1, Ordering::Relaxed) % 100);
+    let name = |k: usize| format!("{tag}n{k}");
+    let overlay_mac = |k: usize| format!("02:fa:00:00:{net:02x}:{k:02x}");
+    let pod_lines = |k: usize, remote: bool| {
+        let mut y = String::new();
+        for i in 0..pods {
+            let ip = format!("10.{net}.{}.{}", k + 1, 11 + i);
+            if remote {
+                y += &format!(
+                    "      - {{ name: n{k}p{i}, ip: {ip}, labels: {{ app: n{k}p{i} }} }}\n"
+                );
+            } else {
+                y += &format!(
+                    "  - {{ name: n{k}p{i}, ip: {ip}, mac: \"0a:58:0a:{net:02x}:{:02x}:{:02x}\", lxc: lxc-p{i}, netns: {}p{i}, labels: {{ app: n{k}p{i} }} }}\n",
+                    k + 1,
+                    11 + i,
+                    name(k)
+                );
+            }
+        }
+        y
+    };
+    (0..kinds.len())
+        .map(|k| {
+            let mut y = format!(
+                "node:\n  name: {n}\n  netns: {n}\n  router_ip: 10.{net}.{c}.1\n  pod_cidr: 10.{net}.{c}.0/24\n  underlay: {{ device: eth1, address: 192.168.{net}.{c}/24, fabric_netns: {tag}f{om} }}\n",
+                n = name(k),
+                c = k + 1,
+                om = if kinds[k] == Kind::Kernel {
+                    format!(", overlay_mac: \"{}\"", overlay_mac(k))
+                } else {
+                    String::new()
+                }
+            );
+            y += &format!("datapath:\n  queues: 1\n{datapath_extra}");
+            y += "pods:\n";
+            y += &pod_lines(k, false);
+            y += "remote_nodes:\n";
+            for r in (0..kinds.len()).filter(|&r| r != k) {
+                y += &format!(
+                    "  - name: {}\n    ip: 192.168.{net}.{}\n    pod_cidr: 10.{net}.{}.0/24\n",
+                    name(r),
+                    r + 1,
+                    r + 1
+                );
+                if kinds[r] == Kind::Kernel {
+                    y += &format!("    overlay_mac: \"{}\"\n", overlay_mac(r));
+                }
+                y += "    pods:\n";
+                y += &pod_lines(r, true);
+            }
+            y
+        })
+        .collect()
+}
+
+/// A node run by the Linux kernel (VXLAN device, routes): the interop peer.
+#[derive(Debug)]
+pub struct KernelNode {
+    pub cfg: Config,
+    _lab: Lab,
+}
+
+impl KernelNode {
+    pub fn start(yaml: &str) -> KernelNode {
+        let cfg = Config::parse(yaml, "kernel-node").expect("kernel node config");
+        let lab = Lab::up_kernel_vxlan(&cfg).expect("kernel-VXLAN node");
+        KernelNode { cfg, _lab: lab }
+    }
+}
+
+impl Pods for KernelNode {
+    fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+}
+
 /// A node topology with fastpath running on it.
 #[derive(Debug)]
 pub struct TestNode {
@@ -162,95 +252,23 @@ impl TestNode {
         api::status(&self.socket).expect("status")
     }
 
-    pub fn node_ns(&self) -> &str {
-        self.cfg.node.netns.as_deref().unwrap()
-    }
-
-    pub fn pod_ns(&self, i: usize) -> &str {
-        self.cfg.pods[i].netns.as_deref().unwrap()
-    }
-
-    pub fn pod_ip(&self, i: usize) -> String {
-        self.cfg.pods[i].ip.to_string()
-    }
-
-    /// `ping -c count` from pod `from` to `ip`; true if every reply arrived.
-    pub fn ping(&self, from: usize, ip: &str, count: u32) -> bool {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.pod_ns(from),
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                ip,
-            ])
-            .output()
-            .unwrap();
-        out.status.success()
-    }
-
-    /// Start a socat echo server (TCP and UDP on `port`) in pod `i`; killed on drop of the
-    /// returned guard.
-    pub fn echo_server(&self, i: usize, port: u16) -> Servers {
-        let ns = self.pod_ns(i).to_string();
-        let spawn = |spec: String| {
-            Command::new("ip")
-                .args(["netns", "exec", &ns, "socat", "-T", "3", &spec, "PIPE"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        };
-        let s = Servers(vec![
-            spawn(format!("TCP-LISTEN:{port},fork,reuseaddr")),
-            spawn(format!("UDP-LISTEN:{port},fork,reuseaddr")),
-        ]);
-        std::thread::sleep(Duration::from_millis(300));
-        s
-    }
-
-    /// Send `msg` to an echo server over TCP or UDP from pod `from`; returns what came back.
-    pub fn echo(&self, from: usize, proto: &str, ip: &str, port: u16, msg: &str) -> String {
-        let target = format!("{proto}:{ip}:{port}");
-        let mut c = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.pod_ns(from),
-                "timeout",
-                "5",
-                "socat",
-                "-t",
-                "1",
-                "-",
-                &target,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        c.stdin.take().unwrap().write_all(msg.as_bytes()).unwrap();
-        let out = c.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Send raw Ethernet frames (hex) out of pod `i`'s eth0 with an AF_PACKET socket.
-    pub fn send_raw(&self, i: usize, frames_hex: &[String]) {
-        let script = format!(
-            "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('eth0',0))\nfor f in {:?}:\n    s.send(bytes.fromhex(f))\n",
-            frames_hex
-        );
-        in_ns(self.pod_ns(i), &["python3", "-c", &script]).expect("raw send");
+    /// Wait (up to 10 s) until every next hop to another node has a MAC: the moment the
+    /// overlay can carry traffic, as an operator would check with `fastpath status`.
+    pub fn wait_overlay_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.status();
+            let o = s.overlay.as_ref().expect("node has an overlay");
+            if o.nexthops.iter().all(|n| n.mac.is_some()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "next hops never resolved: {:?}",
+                o.nexthops
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The lxc device's MAC of pod `i` (the gateway MAC the pod uses).
@@ -299,6 +317,129 @@ impl Drop for TestNode {
         }
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+/// Pod-level helpers for any node of a test cluster (fastpath or kernel).
+pub trait Pods {
+    fn cfg(&self) -> &Config;
+
+    fn node_ns(&self) -> &str {
+        self.cfg().node.netns.as_deref().unwrap()
+    }
+
+    fn pod_ns(&self, i: usize) -> &str {
+        self.cfg().pods[i].netns.as_deref().unwrap()
+    }
+
+    fn pod_ip(&self, i: usize) -> String {
+        self.cfg().pods[i].ip.to_string()
+    }
+
+    /// `ping -c count` from pod `from` to `ip`; true if every reply arrived.
+    fn ping(&self, from: usize, ip: &str, count: u32) -> bool {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.pod_ns(from),
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                ip,
+            ])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+
+    /// Start a socat echo server (TCP and UDP on `port`) in pod `i`; killed on drop of the
+    /// returned guard.
+    fn echo_server(&self, i: usize, port: u16) -> Servers {
+        let ns = self.pod_ns(i).to_string();
+        let spawn = |spec: String| {
+            Command::new("ip")
+                .args(["netns", "exec", &ns, "socat", "-T", "3", &spec, "PIPE"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let s = Servers(vec![
+            spawn(format!("TCP-LISTEN:{port},fork,reuseaddr")),
+            spawn(format!("UDP-LISTEN:{port},fork,reuseaddr")),
+        ]);
+        std::thread::sleep(Duration::from_millis(300));
+        s
+    }
+
+    /// Send `msg` to an echo server over TCP or UDP from pod `from`; returns what came back.
+    fn echo(&self, from: usize, proto: &str, ip: &str, port: u16, msg: &str) -> String {
+        let target = format!("{proto}:{ip}:{port}");
+        let mut c = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.pod_ns(from),
+                "timeout",
+                "5",
+                "socat",
+                "-t",
+                "1",
+                "-",
+                &target,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin.take().unwrap().write_all(msg.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Send raw Ethernet frames (hex) out of pod `i`'s eth0 with an AF_PACKET socket.
+    fn send_raw(&self, i: usize, frames_hex: &[String]) {
+        let script = format!(
+            "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('eth0',0))\nfor f in {:?}:\n    s.send(bytes.fromhex(f))\n",
+            frames_hex
+        );
+        in_ns(self.pod_ns(i), &["python3", "-c", &script]).expect("raw send");
+    }
+
+    /// Start a background command in pod `i` (killed on drop of the guard).
+    fn spawn_in_pod(&self, i: usize, args: &[&str]) -> Servers {
+        let c = Command::new("ip")
+            .args(["netns", "exec", self.pod_ns(i)])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Servers(vec![c])
+    }
+
+    /// Run a command in pod `i`; its output whatever the exit status.
+    fn pod_cmd(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.pod_ns(i)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Pods for TestNode {
+    fn cfg(&self) -> &Config {
+        &self.cfg
     }
 }
 

@@ -1,7 +1,7 @@
 //! Same-node pod↔pod through fastpath: real namespaces, real XDP + AF_XDP, real clients.
 
 use control::maps::DropReason;
-use fastpath_tests::{TestNode, node_yaml, require_root, unique};
+use fastpath_tests::{Pods, TestNode, node_yaml, require_root, unique};
 
 /// ping, TCP echo and UDP echo between two pods, with fastpath's counters to prove the path;
 /// pod→host still works through the kernel; endpoint list shows cilium_lxc.

@@ -13,12 +13,16 @@
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
+use control::config::RoutingMode;
 use control::config::XdpMode;
 use control::datapath::{KernelMaps, MapWriteError};
-use control::maps::{EndpointInfo, EndpointKey};
+use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
+use control::net::Ipv4Cidr;
+use control::tables::Overlay;
 
 /// The compiled program object.
 pub static FP_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fp_xdp.o"));
@@ -32,12 +36,15 @@ pub const ROLE_LXC: u32 = 1;
 pub const ROLE_UNDERLAY: u32 = 2;
 
 /// Counter slots of `fp_xdp_stats`, with the names `fastpath status` prints.
-pub const XDP_STAT_NAMES: [&str; 5] = [
+pub const XDP_STAT_NAMES: [&str; 8] = [
     "steered",
     "passed_not_endpoint",
     "passed_arp",
     "passed_other_l3",
     "passed_unknown_device",
+    "steered_remote_pod",
+    "steered_overlay",
+    "passed_underlay",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +131,51 @@ mod pod {
     unsafe impl aya::Pod for super::FpDev {}
 }
 const _: () = assert!(size_of::<FpDev>() == 8);
+
+/// `struct fp_config` of fp_xdp.c: node-wide settings for the steering decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FpConfig {
+    /// 0 = tunnel, 1 = native.
+    mode: u32,
+    /// Network order.
+    tunnel_port: [u8; 2],
+    pad: u16,
+    /// Network order.
+    native_net: [u8; 4],
+    native_mask: [u8; 4],
+}
+const _: () = assert!(size_of::<FpConfig>() == 16);
+
+#[allow(unsafe_code)]
+mod pod_cfg {
+    // SAFETY: repr(C), u32, [u8; 2], u16, [u8; 4] x2: 16 bytes, no implicit padding; every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for super::FpConfig {}
+}
+
+/// The LPM key of `cilium_ipcache_v2` as aya wants it: prefix length, then the 20 bytes.
+fn lpm_key(k: &IpcacheKey) -> LpmKey<[u8; 20]> {
+    let mut d = [0u8; 20];
+    d[0..2].copy_from_slice(&k.cluster_id.to_ne_bytes());
+    d[2] = k.pad1;
+    d[3] = k.family;
+    d[4..].copy_from_slice(&k.ip);
+    LpmKey::new(k.prefixlen, d)
+}
+
+fn from_lpm_key(k: &LpmKey<[u8; 20]>) -> IpcacheKey {
+    let d = k.data();
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&d[4..]);
+    IpcacheKey {
+        prefixlen: k.prefix_len(),
+        cluster_id: u16::from_ne_bytes([d[0], d[1]]),
+        pad1: d[2],
+        family: d[3],
+        ip,
+    }
+}
 
 impl Steering {
     /// Load the steering program and create its maps (not attached anywhere yet).
@@ -224,8 +276,8 @@ impl Steering {
     }
 
     /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.
-    pub fn stats(&self) -> Result<[u64; 5], SteeringError> {
-        let mut out = [0u64; 5];
+    pub fn stats(&self) -> Result<[u64; 8], SteeringError> {
+        let mut out = [0u64; 8];
         for (i, o) in out.iter_mut().enumerate() {
             *o = percpu_counter(&self.ebpf, i as u32)?;
         }
@@ -238,7 +290,14 @@ impl Steering {
     pub fn pin_maps(&mut self, dir: &Path) -> Result<(), SteeringError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
-        for name in ["cilium_lxc", "fp_devs", "fp_xsks", "fp_xdp_stats"] {
+        for name in [
+            "cilium_lxc",
+            "cilium_ipcache_v2",
+            "fp_config",
+            "fp_devs",
+            "fp_xsks",
+            "fp_xdp_stats",
+        ] {
             let path = dir.join(name);
             let _ = std::fs::remove_file(&path); // a stale pin from a crashed run
             let m = self
@@ -246,7 +305,7 @@ impl Steering {
                 .map(name)
                 .ok_or(SteeringError::Limit(format!("map {name} missing")))?;
             m.pin(&path).map_err(|source| SteeringError::Pin {
-                map: "cilium_lxc",
+                map: name,
                 path: path.clone(),
                 source,
             })?;
@@ -289,6 +348,60 @@ impl KernelMaps for Steering {
         m.remove(k)
             .map_err(|e| write_err("delete", k, error_chain(&e)))
     }
+
+    fn upsert_ipcache(
+        &mut self,
+        k: &IpcacheKey,
+        v: &RemoteEndpointInfo,
+    ) -> Result<(), MapWriteError> {
+        let err = |e: String| MapWriteError {
+            map: "cilium_ipcache_v2",
+            op: "update",
+            key: k.to_string(),
+            msg: e,
+        };
+        let mut m: LpmTrie<&mut MapData, [u8; 20], RemoteEndpointInfo> =
+            map(&mut self.ebpf, "cilium_ipcache_v2").map_err(|e| err(e.to_string()))?;
+        m.insert(&lpm_key(k), *v, 0)
+            .map_err(|e| err(error_chain(&e)))
+    }
+
+    fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError> {
+        let err = |e: String| MapWriteError {
+            map: "cilium_ipcache_v2",
+            op: "delete",
+            key: k.to_string(),
+            msg: e,
+        };
+        let mut m: LpmTrie<&mut MapData, [u8; 20], RemoteEndpointInfo> =
+            map(&mut self.ebpf, "cilium_ipcache_v2").map_err(|e| err(e.to_string()))?;
+        m.remove(&lpm_key(k)).map_err(|e| err(error_chain(&e)))
+    }
+
+    fn set_overlay(&mut self, o: &Overlay, native: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
+        let err = |e: String| MapWriteError {
+            map: "fp_config",
+            op: "update",
+            key: "0".into(),
+            msg: e,
+        };
+        let (net, mask) = native.map_or(([0; 4], [0; 4]), |c| {
+            (c.network().addr.octets(), c.mask().to_be_bytes())
+        });
+        let cfg = FpConfig {
+            mode: match o.mode {
+                RoutingMode::Tunnel => 0,
+                RoutingMode::Native => 1,
+            },
+            tunnel_port: o.tunnel_port.to_be_bytes(),
+            pad: 0,
+            native_net: net,
+            native_mask: mask,
+        };
+        let mut m: Array<&mut MapData, FpConfig> =
+            map(&mut self.ebpf, "fp_config").map_err(|e| err(e.to_string()))?;
+        m.set(0, cfg, 0).map_err(|e| err(error_chain(&e)))
+    }
 }
 
 impl Steering {
@@ -301,6 +414,23 @@ impl Steering {
                     map: "cilium_lxc",
                     source,
                 })
+            })
+            .collect()
+    }
+}
+
+impl Steering {
+    /// Read `cilium_ipcache_v2` back from the kernel.
+    pub fn kernel_ipcache(&self) -> Result<Vec<(IpcacheKey, RemoteEndpointInfo)>, SteeringError> {
+        let m: LpmTrie<&MapData, [u8; 20], RemoteEndpointInfo> =
+            map_ref(&self.ebpf, "cilium_ipcache_v2")?;
+        m.iter()
+            .map(|r| {
+                r.map(|(k, v)| (from_lpm_key(&k), v))
+                    .map_err(|source| SteeringError::Map {
+                        map: "cilium_ipcache_v2",
+                        source,
+                    })
             })
             .collect()
     }

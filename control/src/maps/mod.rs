@@ -5,8 +5,10 @@
 //! pinned eBPF maps and read by `bpftool map dump` or the tc fallback program.
 
 pub mod drop;
+pub mod ipcache;
 pub mod lxc;
 mod pod;
 
 pub use drop::{DropReason, MetricDir};
+pub use ipcache::{IpcacheKey, RemoteEndpointInfo};
 pub use lxc::{EndpointInfo, EndpointKey, MacAddr};

@@ -6,6 +6,7 @@
 //! size asserts beside each definition), so both promises hold.
 #![allow(unsafe_code)]
 
+use super::ipcache::{IpcacheKey, RemoteEndpointInfo};
 use super::lxc::{EndpointInfo, EndpointKey};
 
 // SAFETY: repr(C), fields are u8/u16 and [u8; N] only, 20 bytes with no implicit padding
@@ -14,3 +15,9 @@ unsafe impl aya::Pod for EndpointKey {}
 // SAFETY: repr(C), fields are u16/u32 and [u8; N]/[u32; N] only, 48 bytes with the C
 // struct's implicit padding written out as `pad0`/`pad` (asserted in lxc.rs).
 unsafe impl aya::Pod for EndpointInfo {}
+// SAFETY: repr(C), u32/u16/u8 and [u8; 16] only, 24 bytes with no implicit padding (asserted
+// in ipcache.rs); every bit pattern is a valid value.
+unsafe impl aya::Pod for IpcacheKey {}
+// SAFETY: repr(C), u32, [u8; 16], u16, u8, u8: 24 bytes, no implicit padding (asserted in
+// ipcache.rs); every bit pattern is a valid value.
+unsafe impl aya::Pod for RemoteEndpointInfo {}

@@ -1,31 +1,57 @@
 //! The pipeline, over byte buffers, in Cilium's stage order.
 //!
-//! `from-container` (bpf_lxc `cil_from_container`): validate L2 → ARP responder or IPv4 →
-//! validate L3 (and L4 headers, which conntrack will key on) → source-address check →
-//! endpoint lookup in `cilium_lxc` → local delivery (`ipv4_local_delivery`: TTL−1, MACs).
-//! Later stages (ipcache, conntrack, service DNAT, policy, encap) slot in between the lookup
-//! and delivery in that order.
+//! Entry points by the role of the port a frame arrived on ([`process`]):
+//! - **lxc** → `from-container` (bpf_lxc `cil_from_container`): validate L2 → ARP responder or
+//!   IPv4 → validate L3 (and L4 headers, which conntrack will key on) → source-address check →
+//!   `cilium_lxc` lookup of the destination: a local pod gets local delivery; otherwise the
+//!   `cilium_ipcache_v2` lookup decides: encapsulate to the tunnel endpoint (tunnel mode) or
+//!   route to the owning node (native routing).
+//! - **underlay** → `from-overlay` (bpf_overlay `cil_from_overlay`) for VXLAN: validate the
+//!   outer headers and the VXLAN header, take the source identity from the VNI, refuse the
+//!   host identity and unknown identities, decapsulate, `cilium_lxc` lookup, local delivery;
+//!   or `from-netdev` (bpf_host) for natively routed frames to a local pod.
+//! - local delivery (`ipv4_local_delivery`, the `to-container` step): TTL−1, MACs.
 //!
-//! A stage reads tables, rewrites headers in place and returns a [`Verdict`]; it never sends
-//! or frees a frame. The worker acts on verdicts in one place, where drops are counted
-//! (Cilium's single `out:` exit). Nothing here allocates, locks or logs.
+//! Later stages (conntrack, service DNAT, policy) slot in after the lookups, in that order.
+//!
+//! A stage reads tables, rewrites headers in place (growing or shrinking the frame at the
+//! front inside its headroom) and returns a [`Verdict`]; it never sends or frees a frame. The
+//! worker acts on verdicts in one place, where drops are counted (Cilium's single `out:`
+//! exit). Nothing here allocates, locks or logs.
 
+use control::config::RoutingMode;
+use control::identity;
 use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, Tables};
+use control::tables::{EndpointEntry, PortId, PortRole, Tables};
 
 use crate::wire::{
-    self, ArpPacket, EtherType, EthernetFrame, Ipv4Packet, WireError, arp, ethernet,
+    ArpPacket, Buf, EtherType, EthernetFrame, Ipv4Packet, WireError, arp, ethernet, icmp, ipv4, l4,
+    vxlan,
 };
 
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Forward to a pod: transmit on `port` (the frame was rewritten in place).
+    /// Local delivery to a pod: transmit on `port` (the frame was rewritten in place).
     Deliver { port: PortId },
+    /// Encapsulated (VXLAN) towards another node: transmit on the underlay `port`.
+    Encap { port: PortId },
+    /// Natively routed towards another node: transmit on the underlay `port`.
+    Route { port: PortId },
     /// An ARP reply built in place: transmit back on the port it came from.
     ArpReply { port: PortId },
+    /// An ICMP error built in place from the frame (fragmentation needed): transmit back on
+    /// `port`; the original counts as dropped for `reason`.
+    IcmpReply { port: PortId, reason: DropReason },
     /// Drop, counted under Cilium's reason and metrics direction.
     Drop { reason: DropReason, dir: MetricDir },
+}
+
+/// Per-worker mutable state the pipeline needs (no sharing, no atomics).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// IPv4 identification for outer headers.
+    pub ip_id: u16,
 }
 
 #[inline]
@@ -36,15 +62,33 @@ fn drop_egress(reason: DropReason) -> Verdict {
     }
 }
 
-/// Run a frame that arrived from the pod behind `in_port` through the pipeline.
 #[inline]
-pub fn from_container(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict {
-    let Ok(eth) = EthernetFrame::new_checked(&mut *frame) else {
+fn drop_ingress(reason: DropReason) -> Verdict {
+    Verdict::Drop {
+        reason,
+        dir: MetricDir::Ingress,
+    }
+}
+
+/// Run a frame that arrived on `in_port` through the pipeline.
+#[inline]
+pub fn process(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch) -> Verdict {
+    match t.port(in_port).map(|p| p.role) {
+        Some(PortRole::Lxc) => from_container(b, in_port, t, s),
+        Some(PortRole::Underlay) => from_netdev(b, t),
+        None => drop_egress(DropReason::UnknownSender),
+    }
+}
+
+/// `from-container`: a frame sent by the pod behind `in_port`.
+#[inline]
+pub fn from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch) -> Verdict {
+    let Ok(eth) = EthernetFrame::new_checked(b.data()) else {
         return drop_egress(DropReason::Invalid);
     };
     match eth.ethertype() {
-        EtherType::Ipv4 => ipv4_from_container(frame, in_port, t),
-        EtherType::Arp => arp_respond(frame, in_port, t),
+        EtherType::Ipv4 => ipv4_from_container(b, in_port, t, s),
+        EtherType::Arp => arp_respond(b.data_mut(), in_port, t),
         // The XDP program passes everything else to the kernel; seeing it here means the
         // steering and the pipeline disagree, so say which L3 it was.
         _ => drop_egress(DropReason::UnknownL3),
@@ -78,44 +122,303 @@ fn arp_respond(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict {
     Verdict::ArpReply { port: in_port }
 }
 
+/// The fields of a checked IPv4 packet the later steps need (the view borrows the frame).
+struct Ip {
+    src: [u8; 4],
+    dst: [u8; 4],
+    total_len: usize,
+    dont_frag: bool,
+    proto: u8,
+    /// Ports (TCP/UDP) or ICMP identifier, for the flow hash.
+    ports: u32,
+}
+
+/// Validate an IPv4 packet at `off` in the frame, including its L4 header when it has one.
 #[inline]
-fn ipv4_from_container(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict {
-    let mut ip = match Ipv4Packet::new_checked(&mut frame[ethernet::HEADER_LEN..]) {
+fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
+    let ip = match Ipv4Packet::new_checked(&frame[off..]) {
         Ok(ip) => ip,
-        Err(WireError::Truncated | WireError::Malformed) => {
-            return drop_egress(DropReason::Invalid);
+        Err(WireError::Truncated | WireError::Malformed) => return Err(DropReason::Invalid),
+    };
+    // L4 headers must be complete (conntrack keys on them); later fragments carry none.
+    let ports = if ip.frag_offset() == 0 {
+        match l4::parse(ip.protocol(), ip.payload()) {
+            Ok(l4::L4::Tcp { sport, dport, .. } | l4::L4::Udp { sport, dport }) => {
+                (sport as u32) << 16 | dport as u32
+            }
+            Ok(l4::L4::Icmp { id, .. }) => id as u32,
+            Ok(l4::L4::Other(_)) => 0,
+            Err(_) => return Err(DropReason::CtInvalidHdr),
         }
+    } else {
+        0
+    };
+    Ok(Ip {
+        src: ip.src(),
+        dst: ip.dst(),
+        total_len: ip.total_len(),
+        dont_frag: ip.dont_frag(),
+        proto: ip.protocol(),
+        ports,
+    })
+}
+
+#[inline]
+fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch) -> Verdict {
+    let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
+        Ok(ip) => ip,
+        Err(r) => return drop_egress(r),
     };
     // Anti-spoofing: a pod may only send from its own address.
     match t.port(in_port) {
-        Some(p) if p.endpoint_ip.octets() == ip.src() => {}
+        Some(p) if p.endpoint_ip.octets() == ip.src => {}
         Some(_) => return drop_egress(DropReason::InvalidSip),
         None => return drop_egress(DropReason::UnknownSender),
     }
-    // L4 headers must be complete (conntrack keys on them); later fragments carry none.
-    if ip.frag_offset() == 0 && wire::l4::parse(ip.protocol(), ip.payload()).is_err() {
-        return drop_egress(DropReason::CtInvalidHdr);
+    if let Some(ep) = t.endpoint_v4(ip.dst) {
+        return local_delivery(b.data_mut(), ep, MetricDir::Egress);
     }
-    let Some(ep) = t.endpoint_v4(ip.dst()) else {
-        return drop_egress(DropReason::Unroutable);
-    };
+    // Not local: the ipcache names the destination's identity and, in tunnel mode, its node.
+    let info = t.ipcache_v4(ip.dst);
+    match t.overlay.mode {
+        RoutingMode::Tunnel => match info.and_then(|i| i.tunnel_v4()) {
+            Some(tunnel_ep) => encap(b, in_port, &ip, tunnel_ep, t, s),
+            None => drop_egress(DropReason::Unroutable),
+        },
+        RoutingMode::Native => match t.routes.lookup(ip.dst) {
+            Some(gw) => route_native(b, in_port, &ip, *gw, t),
+            None => drop_egress(DropReason::Unroutable),
+        },
+    }
+}
+
+/// Local delivery (`ipv4_local_delivery`): TTL−1 and the pod's MACs.
+#[inline]
+fn local_delivery(frame: &mut [u8], ep: &EndpointEntry, dir: MetricDir) -> Verdict {
     let Some(out) = ep.port else {
         // A host address: the XDP program hands those to the kernel; this frame raced a
-        // table change.
-        return drop_egress(DropReason::HostUnreachable);
-    };
-    // to-container / local delivery.
-    if ip.ttl() <= 1 {
+        // table change (or arrived through the overlay, which has no path to the host).
         return Verdict::Drop {
-            reason: DropReason::TtlExceeded,
-            dir: MetricDir::Ingress,
+            reason: DropReason::HostUnreachable,
+            dir,
         };
+    };
+    let mut ip = Ipv4Packet::new_checked(&mut frame[ethernet::HEADER_LEN..]).expect("checked");
+    if ip.ttl() <= 1 {
+        return drop_ingress(DropReason::TtlExceeded);
     }
     ip.decrement_ttl();
-    let mut eth = EthernetFrame::new_checked(&mut frame[..]).expect("checked above");
+    let mut eth = EthernetFrame::new_checked(frame).expect("checked");
     eth.set_dst(ep.info.pod_mac());
     eth.set_src(ep.info.lxc_mac());
     Verdict::Deliver { port: out }
+}
+
+/// Too big for the underlay: ICMP fragmentation-needed back to the pod when it set DF (the
+/// pod lowers its path MTU), else a counted drop — never silent loss.
+#[cold]
+fn too_big(b: &mut Buf<'_>, in_port: PortId, ip: &Ip, mtu: usize, t: &Tables) -> Verdict {
+    if !ip.dont_frag {
+        return drop_egress(DropReason::FragNeeded);
+    }
+    let Some(port) = t.port(in_port) else {
+        return drop_egress(DropReason::UnknownSender);
+    };
+    let frame = b.data_mut();
+    let n = icmp::make_error(
+        &mut frame[ethernet::HEADER_LEN..],
+        ip.total_len,
+        t.overlay.router_ip,
+        icmp::TYPE_DEST_UNREACH,
+        icmp::CODE_FRAG_NEEDED,
+        mtu as u32,
+    );
+    let mut eth = EthernetFrame::new_checked(&mut frame[..]).expect("checked");
+    let pod = eth.src();
+    eth.set_dst(pod);
+    eth.set_src(port.mac);
+    b.set_len(ethernet::HEADER_LEN + n);
+    Verdict::IcmpReply {
+        port: in_port,
+        reason: DropReason::FragNeeded,
+    }
+}
+
+/// Tunnel mode: wrap the frame in Ethernet/IPv4/UDP/VXLAN to `tunnel_ep`, VNI = the source
+/// pod's security identity.
+#[inline]
+fn encap(
+    b: &mut Buf<'_>,
+    in_port: PortId,
+    ip: &Ip,
+    tunnel_ep: [u8; 4],
+    t: &Tables,
+    s: &mut Scratch,
+) -> Verdict {
+    let o = &t.overlay;
+    let Some(nh) = t.nexthops.get(&tunnel_ep) else {
+        // The control plane has not resolved the endpoint's MAC (yet).
+        return drop_egress(DropReason::NoFib);
+    };
+    let mtu = o.underlay_mtu as usize - vxlan::OVERHEAD;
+    if ip.total_len > mtu {
+        return too_big(b, in_port, ip, mtu, t);
+    }
+    let src_identity = match t.endpoint_v4(ip.src) {
+        // Sender rule: the host identity goes out as remote-node.
+        Some(e) if e.info.sec_id == identity::RESERVED_HOST => identity::RESERVED_REMOTE_NODE,
+        Some(e) => e.info.sec_id,
+        None => return drop_egress(DropReason::UnknownSender),
+    };
+    // Strip Ethernet padding: the inner frame is exactly header + IP packet.
+    let inner_len = ethernet::HEADER_LEN + ip.total_len;
+    b.set_len(inner_len);
+    if let Some(inner_dst) = nh.inner_dst_mac {
+        let lxc = t.port(in_port).map(|p| p.mac).unwrap_or_default();
+        let mut eth = EthernetFrame::new_checked(b.data_mut()).expect("checked");
+        eth.set_dst(inner_dst);
+        eth.set_src(lxc);
+    }
+    if !b.push_head(vxlan::ENCAP_LEN) {
+        return drop_egress(DropReason::WriteError);
+    }
+    s.ip_id = s.ip_id.wrapping_add(1);
+    let hash = vxlan::flow_hash(ip.src, ip.dst, ip.proto, ip.ports);
+    vxlan::emit(
+        b.data_mut(),
+        &vxlan::Outer {
+            dst_mac: nh.dst_mac,
+            src_mac: nh.src_mac,
+            src_ip: o.node_ip,
+            dst_ip: tunnel_ep,
+            ip_id: s.ip_id,
+            sport: vxlan::flow_src_port(hash),
+            dport: o.tunnel_port,
+            vni: src_identity & vxlan::MAX_VNI,
+        },
+        inner_len,
+    );
+    Verdict::Encap { port: nh.port }
+}
+
+/// Native routing: forward unencapsulated to the owning node (`gw`), TTL−1.
+#[inline]
+fn route_native(b: &mut Buf<'_>, in_port: PortId, ip: &Ip, gw: [u8; 4], t: &Tables) -> Verdict {
+    let Some(nh) = t.nexthops.get(&gw) else {
+        return drop_egress(DropReason::NoFib);
+    };
+    let mtu = t.overlay.underlay_mtu as usize;
+    if ip.total_len > mtu {
+        return too_big(b, in_port, ip, mtu, t);
+    }
+    let frame = b.data_mut();
+    let mut p = Ipv4Packet::new_checked(&mut frame[ethernet::HEADER_LEN..]).expect("checked");
+    if p.ttl() <= 1 {
+        return drop_egress(DropReason::TtlExceeded);
+    }
+    p.decrement_ttl();
+    let mut eth = EthernetFrame::new_checked(frame).expect("checked");
+    eth.set_dst(nh.dst_mac);
+    eth.set_src(nh.src_mac);
+    Verdict::Route { port: nh.port }
+}
+
+/// A frame from the node NIC: VXLAN to `from-overlay`, anything else is native-routed
+/// traffic for a local pod (`from-netdev`).
+#[inline]
+pub fn from_netdev(b: &mut Buf<'_>, t: &Tables) -> Verdict {
+    let Ok(eth) = EthernetFrame::new_checked(b.data()) else {
+        return drop_ingress(DropReason::Invalid);
+    };
+    if eth.ethertype() != EtherType::Ipv4 {
+        return drop_ingress(DropReason::UnknownL3);
+    }
+    let frame = b.data();
+    let (proto, dst, first_frag, udp_dport, hl) =
+        match Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]) {
+            Ok(ip) => {
+                let p = ip.payload();
+                let dport = (p.len() >= 4).then(|| u16::from_be_bytes([p[2], p[3]]));
+                (
+                    ip.protocol(),
+                    ip.dst(),
+                    ip.frag_offset() == 0,
+                    dport,
+                    ip.header_len(),
+                )
+            }
+            Err(_) => return drop_ingress(DropReason::Invalid),
+        };
+    if proto == ipv4::PROTO_UDP && first_frag && udp_dport == Some(t.overlay.tunnel_port) {
+        return from_overlay(b, hl, dst, t);
+    }
+    // Native routing ingress: a local pod, source identity from the ipcache.
+    let ip = match check_ipv4(frame, ethernet::HEADER_LEN) {
+        Ok(ip) => ip,
+        Err(r) => return drop_ingress(r),
+    };
+    match t.endpoint_v4(ip.dst) {
+        Some(ep) => local_delivery(b.data_mut(), ep, MetricDir::Ingress),
+        None => drop_ingress(DropReason::Unroutable),
+    }
+}
+
+/// `from-overlay`: validate and strip the outer headers, identity from the VNI, deliver.
+#[inline]
+fn from_overlay(b: &mut Buf<'_>, ip_hl: usize, outer_dst: [u8; 4], t: &Tables) -> Verdict {
+    let (vni, outer_total) = {
+        let outer = Ipv4Packet::new_checked(&b.data()[ethernet::HEADER_LEN..]).expect("checked");
+        if outer.is_fragment() {
+            // Reassembling the underlay is not ours to do.
+            return drop_ingress(DropReason::FragNosupport);
+        }
+        if outer_dst != t.overlay.node_ip {
+            return drop_ingress(DropReason::UnknownTarget);
+        }
+        let udp = outer.payload();
+        if udp.len() < l4::UDP_HEADER_LEN {
+            return drop_ingress(DropReason::Invalid);
+        }
+        match vxlan::parse(&udp[l4::UDP_HEADER_LEN..]) {
+            Ok(h) => (h.vni, outer.total_len()),
+            Err(WireError::Truncated) => return drop_ingress(DropReason::Invalid),
+            Err(WireError::Malformed) => return drop_ingress(DropReason::NoTunnelKey),
+        }
+    };
+    // Receiver rules: the VNI is the source identity; nobody may claim to be this host, and
+    // an identity the cluster does not know is refused too.
+    if vni == identity::RESERVED_HOST || vni == identity::RESERVED_UNKNOWN {
+        return drop_ingress(DropReason::InvalidIdentity);
+    }
+    if !t.identities.contains(&vni) {
+        return drop_ingress(DropReason::InvalidVni);
+    }
+    let outer_len = ethernet::HEADER_LEN + ip_hl + l4::UDP_HEADER_LEN + vxlan::HEADER_LEN;
+    // Outer Ethernet padding is not part of the inner frame.
+    b.set_len(ethernet::HEADER_LEN + outer_total);
+    b.pull_head(outer_len);
+    let Ok(eth) = EthernetFrame::new_checked(b.data()) else {
+        return drop_ingress(DropReason::Invalid);
+    };
+    if eth.ethertype() != EtherType::Ipv4 {
+        return drop_ingress(DropReason::UnknownL3);
+    }
+    let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
+        Ok(ip) => ip,
+        Err(r) => return drop_ingress(r),
+    };
+    match t.endpoint_v4(ip.dst) {
+        Some(ep) => local_delivery(b.data_mut(), ep, MetricDir::Ingress),
+        None => drop_ingress(DropReason::Unroutable),
+    }
+}
+
+/// The identity a frame's source address has in the ipcache (world when unknown); what
+/// native-routed ingress uses for policy.
+#[inline]
+pub fn source_identity(t: &Tables, src: [u8; 4]) -> u32 {
+    t.ipcache_v4(src)
+        .map_or(identity::RESERVED_WORLD, |i| i.sec_identity)
 }
 
 #[cfg(test)]

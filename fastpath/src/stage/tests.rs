@@ -2,10 +2,23 @@
 //! over plain Vec buffers (no AF_XDP). Named addresses, as cilium's `bpf/tests/pktgen.h`.
 
 use super::*;
-use crate::wire::{ipv4, l4};
+use crate::wire::{self, ipv4, l4};
 use control::datapath::{Datapath, NoKernel, node_endpoints};
 use control::maps::MacAddr;
 use control::tables::Port;
+
+/// Headroom the kernel leaves in front of a received frame (XDP_PACKET_HEADROOM).
+const HEADROOM: usize = 256;
+
+/// Run `input` through the pipeline as if it arrived on `port`, in a 2 KiB chunk with the
+/// kernel's headroom; returns the verdict and the frame afterwards.
+fn run(input: &[u8], port: PortId, t: &Tables) -> (Verdict, Vec<u8>) {
+    let mut chunk = vec![0u8; 2048];
+    chunk[HEADROOM..HEADROOM + input.len()].copy_from_slice(input);
+    let mut b = Buf::new(&mut chunk, HEADROOM, input.len());
+    let v = process(&mut b, port, t, &mut Scratch::default());
+    (v, b.data().to_vec())
+}
 
 const CLIENT_IP: [u8; 4] = [10, 200, 1, 11];
 const ECHO_IP: [u8; 4] = [10, 200, 1, 12];
@@ -31,6 +44,8 @@ fn tables() -> std::sync::Arc<Tables> {
             mac: macs[i],
             endpoint_ip: p.ip,
             endpoint_id: i as u16 + 1,
+            role: PortRole::Lxc,
+            mtu: 1500,
         })
         .collect();
     let eps = node_endpoints(&cfg, &ports);
@@ -307,8 +322,7 @@ fn cases() -> Vec<Case> {
 fn fixtures() {
     let t = tables();
     for c in cases() {
-        let mut buf = c.input.clone();
-        let v = from_container(&mut buf, CLIENT_PORT, &t);
+        let (v, buf) = run(&c.input, CLIENT_PORT, &t);
         assert_eq!(v, c.verdict, "case `{}`", c.name);
         if let Some(out) = &c.output {
             assert_eq!(&buf, out, "case `{}`: output bytes", c.name);
@@ -338,13 +352,11 @@ fn l4_of_delivered_tcp_is_untouched() {
     tcp[0..4].copy_from_slice(&[0x9c, 0x40, 0x00, 0x07]);
     tcp[12] = 0x50;
     tcp[13] = 0x02;
-    let mut buf = from_client()
+    let input = from_client()
         .ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_TCP, 64, &tcp)
         .bytes();
-    assert_eq!(
-        from_container(&mut buf, CLIENT_PORT, &t),
-        Verdict::Deliver { port: ECHO_PORT }
-    );
+    let (v, buf) = run(&input, CLIENT_PORT, &t);
+    assert_eq!(v, Verdict::Deliver { port: ECHO_PORT });
     assert_eq!(
         l4::parse(6, &buf[34..]).unwrap(),
         l4::L4::Tcp {
@@ -354,4 +366,462 @@ fn l4_of_delivered_tcp_is_untouched() {
         }
     );
     assert_eq!(&buf[34..], &tcp);
+}
+
+/// Cross-node fixtures: node n1 (pods a, b; underlay 192.168.50.1) and node n2 (pod c;
+/// 192.168.50.2), as their two configs describe them.
+mod overlay {
+    use super::*;
+    use control::config::Config;
+    use control::datapath::{accepted_identities, node_ipcache, node_routes};
+    use control::tables::{NextHop, Overlay};
+
+    const A_IP: [u8; 4] = [10, 1, 0, 11];
+    const B_IP: [u8; 4] = [10, 1, 0, 12];
+    const C_IP: [u8; 4] = [10, 2, 0, 11];
+    const N1: [u8; 4] = [192, 168, 50, 1];
+    const N2: [u8; 4] = [192, 168, 50, 2];
+    const A_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 1, 11]);
+    const B_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 1, 12]);
+    const C_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 2, 11]);
+    const LXC: [MacAddr; 2] = [
+        MacAddr([0x3e, 1, 0, 0, 0, 1]),
+        MacAddr([0x3e, 1, 0, 0, 0, 2]),
+    ];
+    const N1_MAC: MacAddr = MacAddr([0x02, 0x50, 0, 0, 0, 1]);
+    const N2_MAC: MacAddr = MacAddr([0x02, 0x50, 0, 0, 0, 2]);
+    const A_PORT: PortId = 0;
+    const B_PORT: PortId = 1;
+    const UL: PortId = 2;
+
+    fn n1_cfg(native: bool, overlay_mac: bool) -> Config {
+        let mut y = String::from(
+            r#"
+node: { name: n1, router_ip: 10.1.0.1, pod_cidr: 10.1.0.0/24,
+        underlay: { device: eth1, address: 192.168.50.1/24 } }
+pods:
+  - { name: a, ip: 10.1.0.11, mac: "0a:00:00:00:01:0b", lxc: lxc-a, labels: { app: a } }
+  - { name: b, ip: 10.1.0.12, mac: "0a:00:00:00:01:0c", lxc: lxc-b, labels: { app: b } }
+remote_nodes:
+  - name: n2
+    ip: 192.168.50.2
+    pod_cidr: 10.2.0.0/24
+    pods: [ { name: c, ip: 10.2.0.11, labels: { app: c } } ]
+"#,
+        );
+        if overlay_mac {
+            y = y.replace(
+                "pod_cidr: 10.2.0.0/24",
+                "pod_cidr: 10.2.0.0/24\n    overlay_mac: \"02:aa:00:00:00:02\"",
+            );
+        }
+        if native {
+            y += "datapath: { routing: native, native_routing_cidr: 10.0.0.0/8 }\n";
+        }
+        Config::parse(&y, "n1.yaml").unwrap()
+    }
+
+    fn n2_cfg() -> Config {
+        Config::parse(
+            r#"
+node: { name: n2, router_ip: 10.2.0.1, pod_cidr: 10.2.0.0/24,
+        underlay: { device: eth1, address: 192.168.50.2/24 } }
+pods:
+  - { name: c, ip: 10.2.0.11, mac: "0a:00:00:00:02:0b", lxc: lxc-c, labels: { app: c } }
+remote_nodes:
+  - name: n1
+    ip: 192.168.50.1
+    pod_cidr: 10.1.0.0/24
+    pods:
+      - { name: a, ip: 10.1.0.11, labels: { app: a } }
+      - { name: b, ip: 10.1.0.12, labels: { app: b } }
+"#,
+            "n2.yaml",
+        )
+        .unwrap()
+    }
+
+    /// A node's tables as the daemon builds them, with the peer's MAC resolved.
+    fn node(
+        cfg: &Config,
+        own_mac: MacAddr,
+        peer: [u8; 4],
+        peer_mac: MacAddr,
+    ) -> std::sync::Arc<Tables> {
+        let mut ports: Vec<Port> = cfg
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Port {
+                ifname: p.lxc.clone(),
+                ifindex: 20 + i as u32,
+                mac: LXC[i],
+                endpoint_ip: p.ip,
+                endpoint_id: i as u16 + 1,
+                role: PortRole::Lxc,
+                mtu: 1450,
+            })
+            .collect();
+        let ul = ports.len() as PortId;
+        ports.push(Port {
+            ifname: "eth1".into(),
+            ifindex: 30,
+            mac: own_mac,
+            endpoint_ip: cfg.node_ip().unwrap(),
+            endpoint_id: 0,
+            role: PortRole::Underlay,
+            mtu: 1500,
+        });
+        let eps = node_endpoints(cfg, &ports);
+        let mut dp = Datapath::new(ports, 1, NoKernel);
+        dp.upsert_endpoints(&eps).unwrap();
+        dp.set_overlay(
+            Overlay {
+                mode: cfg.datapath.routing,
+                tunnel_port: 8472,
+                node_ip: cfg.node_ip().unwrap().octets(),
+                router_ip: cfg.node.router_ip.octets(),
+                underlay: Some(ul),
+                underlay_mtu: 1500,
+            },
+            cfg.datapath.native_routing_cidr,
+            &node_routes(cfg),
+            accepted_identities(cfg),
+        )
+        .unwrap();
+        dp.upsert_ipcache(&node_ipcache(cfg)).unwrap();
+        dp.set_nexthops(&[(
+            peer,
+            Some(NextHop {
+                port: ul,
+                src_mac: own_mac,
+                dst_mac: peer_mac,
+                inner_dst_mac: cfg.remote_nodes[0].overlay_mac,
+            }),
+        )]);
+        dp.tables()
+    }
+
+    fn n1() -> std::sync::Arc<Tables> {
+        node(&n1_cfg(false, false), N1_MAC, N2, N2_MAC)
+    }
+
+    fn identity(cfg: &Config, pod: usize) -> u32 {
+        cfg.identities().0[pod]
+    }
+
+    fn a_to_c_udp(len: usize) -> Vec<u8> {
+        let mut udp = vec![0u8; 8 + len];
+        udp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&7u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+        Pkt::eth(LXC[0], A_MAC)
+            .ipv4(A_IP, C_IP, ipv4::PROTO_UDP, 64, &udp)
+            .bytes()
+    }
+
+    /// An encapsulated frame as a peer would send it.
+    fn vxlan_frame(
+        src: [u8; 4],
+        dst: [u8; 4],
+        dport: u16,
+        vni_bytes: [u8; 8],
+        inner: &[u8],
+    ) -> Vec<u8> {
+        let mut out = vec![0u8; vxlan::ENCAP_LEN];
+        vxlan::emit(
+            &mut out,
+            &vxlan::Outer {
+                dst_mac: N1_MAC,
+                src_mac: N2_MAC,
+                src_ip: src,
+                dst_ip: dst,
+                ip_id: 1,
+                sport: 50000,
+                dport,
+                vni: 0,
+            },
+            inner.len(),
+        );
+        out[42..50].copy_from_slice(&vni_bytes);
+        out.extend_from_slice(inner);
+        out
+    }
+
+    fn vni(id: u32) -> [u8; 8] {
+        let b = id.to_be_bytes();
+        [0x08, 0, 0, 0, b[1], b[2], b[3], 0]
+    }
+
+    #[test]
+    fn encap_to_remote_pod() {
+        let t = n1();
+        let input = a_to_c_udp(20);
+        let (v, out) = run(&input, A_PORT, &t);
+        assert_eq!(v, Verdict::Encap { port: UL });
+        assert_eq!(out.len(), input.len() + 50);
+        let eth = EthernetFrame::new_checked(&out[..]).unwrap();
+        assert_eq!((eth.dst(), eth.src()), (N2_MAC, N1_MAC));
+        let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+        assert!(ip.verify_checksum(), "outer IPv4 checksum");
+        assert_eq!((ip.src(), ip.dst(), ip.ttl()), (N1, N2, 64));
+        assert_eq!(ip.total_len(), input.len() + 36);
+        let sport = u16::from_be_bytes([out[34], out[35]]);
+        assert!((32768..61000).contains(&sport));
+        assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8472);
+        let vx = vxlan::parse(&out[42..]).unwrap();
+        assert_eq!(
+            vx.vni,
+            identity(&n1_cfg(false, false), 0),
+            "VNI = source identity"
+        );
+        assert_eq!(
+            &out[50..],
+            &input[..],
+            "inner frame untouched (Cilium keeps its MACs)"
+        );
+        // Same flow, same source port; another flow may differ.
+        let (_, again) = run(&input, A_PORT, &t);
+        assert_eq!(again[34..36], out[34..36]);
+    }
+
+    #[test]
+    fn encap_sets_inner_mac_for_a_kernel_peer() {
+        let cfg = n1_cfg(false, true);
+        let t = node(&cfg, N1_MAC, N2, N2_MAC);
+        let input = a_to_c_udp(4);
+        let (v, out) = run(&input, A_PORT, &t);
+        assert_eq!(v, Verdict::Encap { port: UL });
+        let inner = EthernetFrame::new_checked(&out[50..]).unwrap();
+        assert_eq!(inner.dst(), "02:aa:00:00:00:02".parse().unwrap());
+        assert_eq!(inner.src(), LXC[0]);
+        assert_eq!(&out[64..], &input[14..], "inner IP packet untouched");
+    }
+
+    #[test]
+    fn unknown_pod_in_remote_cidr_still_tunnels_to_its_node() {
+        let t = n1();
+        let input = Pkt::eth(LXC[0], A_MAC)
+            .icmp_echo(A_IP, [10, 2, 0, 99], 64)
+            .bytes();
+        let (v, out) = run(&input, A_PORT, &t);
+        assert_eq!(v, Verdict::Encap { port: UL });
+        assert_eq!(&out[30..34], &N2);
+    }
+
+    #[test]
+    fn encap_without_next_hop_is_a_counted_drop() {
+        let cfg = n1_cfg(false, false);
+        let t = node(&cfg, N1_MAC, [192, 168, 50, 9], N2_MAC);
+        let (v, _) = run(&a_to_c_udp(4), A_PORT, &t);
+        assert_eq!(v, drop(DropReason::NoFib));
+    }
+
+    #[test]
+    fn too_big_for_the_overlay() {
+        let t = n1();
+        // 1451-byte IP packet: one over the overlay MTU (1500 - 50).
+        let input = a_to_c_udp(1451 - 28);
+        let (v, out) = run(&input, A_PORT, &t);
+        assert_eq!(
+            v,
+            Verdict::IcmpReply {
+                port: A_PORT,
+                reason: DropReason::FragNeeded
+            }
+        );
+        let eth = EthernetFrame::new_checked(&out[..]).unwrap();
+        assert_eq!((eth.dst(), eth.src()), (A_MAC, LXC[0]));
+        let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.src(), ip.dst()), ([10, 1, 0, 1], A_IP));
+        let icmp = ip.payload();
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1450, "next-hop MTU");
+        assert_eq!(wire::checksum(icmp), 0);
+        assert_eq!(&icmp[8..28], &input[14..34], "quotes the original header");
+        // Exactly the overlay MTU still goes.
+        let (v, _) = run(&a_to_c_udp(1450 - 28), A_PORT, &t);
+        assert_eq!(v, Verdict::Encap { port: UL });
+        // Without DF: a counted drop.
+        let mut no_df = a_to_c_udp(1451 - 28);
+        no_df[20] = 0;
+        let no_df = {
+            let mut p = no_df;
+            Ipv4Packet::new_checked(&mut p[14..])
+                .unwrap()
+                .fill_checksum();
+            p
+        };
+        let (v, _) = run(&no_df, A_PORT, &t);
+        assert_eq!(v, drop(DropReason::FragNeeded));
+    }
+
+    #[test]
+    fn decap_delivers_with_identity_from_the_vni() {
+        let t = n1();
+        let c_id = n2_cfg().identities().0[0];
+        let inner = Pkt::eth(MacAddr([0x3e, 2, 0, 0, 0, 1]), C_MAC)
+            .icmp_echo(C_IP, B_IP, 64)
+            .bytes();
+        let (v, out) = run(&vxlan_frame(N2, N1, 8472, vni(c_id), &inner), UL, &t);
+        assert_eq!(v, Verdict::Deliver { port: B_PORT });
+        let want = Pkt::eth(B_MAC, LXC[1]).icmp_echo(C_IP, B_IP, 63).bytes();
+        assert_eq!(out, want, "outer headers gone, TTL-1, pod MACs");
+    }
+
+    #[test]
+    fn encap_then_decap_round_trip() {
+        let n2 = node(&n2_cfg(), N2_MAC, N1, N1_MAC);
+        // c on n2 → a on n1.
+        let input = Pkt::eth(LXC[0], C_MAC).icmp_echo(C_IP, A_IP, 64).bytes();
+        let (v, wire_frame) = run(&input, 0, &n2);
+        assert_eq!(v, Verdict::Encap { port: 1 });
+        let (v, out) = run(&wire_frame, UL, &n1());
+        assert_eq!(v, Verdict::Deliver { port: A_PORT });
+        assert_eq!(
+            out,
+            Pkt::eth(A_MAC, LXC[0]).icmp_echo(C_IP, A_IP, 63).bytes()
+        );
+    }
+
+    #[test]
+    fn bad_overlay_frames_are_dropped_with_reasons() {
+        let t = n1();
+        let c_id = n2_cfg().identities().0[0];
+        let inner = Pkt::eth(LXC[0], C_MAC).icmp_echo(C_IP, B_IP, 64).bytes();
+        let ingress = |reason| Verdict::Drop {
+            reason,
+            dir: MetricDir::Ingress,
+        };
+        let cases: Vec<(&str, Vec<u8>, DropReason)> = vec![
+            (
+                "host identity in the VNI",
+                vxlan_frame(N2, N1, 8472, vni(1), &inner),
+                DropReason::InvalidIdentity,
+            ),
+            (
+                "identity 0",
+                vxlan_frame(N2, N1, 8472, vni(0), &inner),
+                DropReason::InvalidIdentity,
+            ),
+            (
+                "identity nobody has",
+                vxlan_frame(N2, N1, 8472, vni(54321), &inner),
+                DropReason::InvalidVni,
+            ),
+            (
+                "I flag missing",
+                vxlan_frame(N2, N1, 8472, [0, 0, 0, 0, 0, 1, 0, 0], &inner),
+                DropReason::NoTunnelKey,
+            ),
+            (
+                "reserved bits set",
+                vxlan_frame(N2, N1, 8472, [0x08, 0, 0, 0, 0, 1, 0, 0xff], &inner),
+                DropReason::NoTunnelKey,
+            ),
+            (
+                "VXLAN header cut short",
+                {
+                    let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &[]);
+                    f.truncate(46);
+                    let ip_len = (f.len() - 14) as u16;
+                    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+                    Ipv4Packet::new_checked(&mut f[14..])
+                        .unwrap()
+                        .fill_checksum();
+                    f
+                },
+                DropReason::Invalid,
+            ),
+            (
+                "not addressed to this node",
+                vxlan_frame(N2, [192, 168, 50, 7], 8472, vni(c_id), &inner),
+                DropReason::UnknownTarget,
+            ),
+            (
+                "inner destination not local",
+                vxlan_frame(
+                    N2,
+                    N1,
+                    8472,
+                    vni(c_id),
+                    &Pkt::eth(LXC[0], C_MAC)
+                        .icmp_echo(C_IP, [10, 1, 0, 77], 64)
+                        .bytes(),
+                ),
+                DropReason::Unroutable,
+            ),
+            (
+                "inner ARP",
+                vxlan_frame(
+                    N2,
+                    N1,
+                    8472,
+                    vni(c_id),
+                    &Pkt::eth(MacAddr::BROADCAST, C_MAC)
+                        .arp_request(C_IP, B_IP)
+                        .bytes(),
+                ),
+                DropReason::UnknownL3,
+            ),
+            (
+                "inner IPv4 truncated",
+                vxlan_frame(N2, N1, 8472, vni(c_id), &inner[..30]),
+                DropReason::Invalid,
+            ),
+            (
+                "outer first fragment",
+                {
+                    let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+                    f[20] = 0x20; // MF
+                    Ipv4Packet::new_checked(&mut f[14..])
+                        .unwrap()
+                        .fill_checksum();
+                    f
+                },
+                DropReason::FragNosupport,
+            ),
+        ];
+        for (name, frame, reason) in cases {
+            let (v, out) = run(&frame, UL, &t);
+            assert_eq!(v, ingress(reason), "case `{name}`");
+            let _ = out;
+        }
+    }
+
+    #[test]
+    fn native_routing_forwards_without_encap() {
+        let cfg = n1_cfg(true, false);
+        let t = node(&cfg, N1_MAC, N2, N2_MAC);
+        let input = a_to_c_udp(10);
+        let (v, out) = run(&input, A_PORT, &t);
+        assert_eq!(v, Verdict::Route { port: UL });
+        assert_eq!(out.len(), input.len(), "no encapsulation");
+        let eth = EthernetFrame::new_checked(&out[..]).unwrap();
+        assert_eq!((eth.dst(), eth.src()), (N2_MAC, N1_MAC));
+        let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+        assert_eq!(ip.ttl(), 63);
+        assert!(ip.verify_checksum());
+        // The ipcache still names c's identity (for policy), without a tunnel.
+        let c_id = n2_cfg().identities().0[0];
+        assert_eq!(source_identity(&t, C_IP), c_id);
+        // Native ingress: from the underlay straight to a local pod.
+        let from_n2 = Pkt::eth(N1_MAC, N2_MAC).icmp_echo(C_IP, B_IP, 63).bytes();
+        let (v, out) = run(&from_n2, UL, &t);
+        assert_eq!(v, Verdict::Deliver { port: B_PORT });
+        assert_eq!(
+            out,
+            Pkt::eth(B_MAC, LXC[1]).icmp_echo(C_IP, B_IP, 62).bytes()
+        );
+        // A destination outside every remote pod CIDR is not ours to route.
+        let (v, _) = run(
+            &Pkt::eth(LXC[0], A_MAC)
+                .icmp_echo(A_IP, [10, 9, 0, 1], 64)
+                .bytes(),
+            A_PORT,
+            &t,
+        );
+        assert_eq!(v, drop(DropReason::Unroutable));
+    }
 }

@@ -67,6 +67,10 @@ impl<B: AsRef<[u8]>> Ipv4Packet<B> {
         u16::from_be_bytes([b[0], b[1]])
     }
     /// More-fragments flag.
+    /// The DF (don't fragment) flag.
+    pub fn dont_frag(&self) -> bool {
+        self.b()[field::FLG_OFF.start] & 0x40 != 0
+    }
     pub fn more_frags(&self) -> bool {
         self.b()[field::FLG_OFF.start] & 0x20 != 0
     }

@@ -7,11 +7,15 @@
 //! Checksums are patched incrementally (RFC 1624) when one field changes.
 
 pub mod arp;
+pub mod buf;
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
 pub mod l4;
+pub mod vxlan;
 
 pub use arp::ArpPacket;
+pub use buf::Buf;
 pub use ethernet::{EtherType, EthernetFrame};
 pub use ipv4::Ipv4Packet;
 

@@ -163,6 +163,34 @@ impl Umem {
         }
     }
 
+    /// The whole chunk of a frame we own, and the offset of its packet in it: what the
+    /// pipeline needs to grow the packet into the headroom (the kernel leaves 256 bytes,
+    /// `XDP_PACKET_HEADROOM`, in front of every received packet) or to shrink it.
+    #[inline]
+    pub fn chunk_mut(&mut self, f: &Frame) -> (&mut [u8], usize) {
+        debug_assert!(self.valid(f.addr, f.len));
+        let start = self.chunk_of(f.addr);
+        // SAFETY: as in `data_mut`: the token stands for this whole chunk, which lies inside
+        // the mapping (`valid` held when the token was made), and `&mut self` excludes any
+        // other slice of the UMEM.
+        let chunk = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.area.ptr.as_ptr().add(start as usize),
+                self.frame_size as usize,
+            )
+        };
+        (chunk, (f.addr - start) as usize)
+    }
+
+    /// Move a frame's packet to `head..head + len` of its chunk (after encap/decap).
+    /// Panics if that leaves the chunk: the pipeline's `Buf` never lets it.
+    #[inline]
+    pub fn set_span(&self, f: &mut Frame, head: usize, len: usize) {
+        assert!(head + len <= self.frame_size as usize);
+        f.addr = self.chunk_of(f.addr) + head as u64;
+        f.len = len as u32;
+    }
+
     /// Write `bytes` into a frame we own (from its chunk start) and set its length.
     /// Used by generators and tests. Panics if `bytes` does not fit the chunk.
     pub fn write(&mut self, f: &mut Frame, bytes: &[u8]) {

@@ -13,8 +13,18 @@
  *     entry);
  *   - frames it cannot parse (truncated Ethernet/IPv4): the worker counts them
  *     as drops with a reason instead of the kernel dropping them silently.
+ *   - IPv4 to another node's pod: in tunnel mode when cilium_ipcache_v2 gives
+ *     the destination a tunnel endpoint, in native routing mode when the
+ *     destination is inside the native routing CIDR (fp_config).
  * Everything else (pod->host, pod->world, ARP replies, IPv6, other ethertypes)
  * goes to the kernel untouched.
+ *
+ * On the underlay device (the node NIC) it steers:
+ *   - UDP to the tunnel port (VXLAN, 8472) -- first fragments too, so the
+ *     worker counts them;
+ *   - IPv4 whose destination is a local endpoint (native routing ingress).
+ * Everything else -- SSH, ARP, the host's own traffic, anything unparseable --
+ * goes to the kernel: the node must stay reachable whatever fastpath does.
  *
  * The XSKMAP is indexed by (device slot * FP_MAX_QUEUES + rx queue), so one
  * loaded program serves all devices. An empty slot falls back to XDP_PASS
@@ -25,7 +35,9 @@
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -36,6 +48,16 @@
 #define ENDPOINT_KEY_IPV4 1
 
 #define FP_ROLE_LXC 1
+#define FP_ROLE_UNDERLAY 2
+
+#define FP_MODE_TUNNEL 0
+#define FP_MODE_NATIVE 1
+
+#define IPCACHE_FIXED_BITS 32
+#define IPCACHE_FAMILY_IPV4 1
+#define IPCACHE_F_SKIP_TUNNEL (1 << 0)
+#define IPCACHE_F_HAS_TUNNEL_EP (1 << 1)
+#define IPCACHE_F_IPV6_TUNNEL_EP (1 << 2)
 
 /* Counter slots of fp_xdp_stats; keep in sync with xdp-redirect/src/lib.rs. */
 enum {
@@ -44,6 +66,9 @@ enum {
 	FP_STAT_PASS_ARP = 2,
 	FP_STAT_PASS_OTHER_L3 = 3,
 	FP_STAT_PASS_UNKNOWN_DEV = 4,
+	FP_STAT_STEERED_REMOTE = 5,
+	FP_STAT_STEERED_OVERLAY = 6,
+	FP_STAT_PASS_UNDERLAY = 7,
 	FP_STAT_MAX = 8,
 };
 
@@ -70,6 +95,34 @@ struct endpoint_info {
 	__u32 pad[2];
 };
 
+/* cilium_ipcache_v2 key: struct ipcache_key (24 bytes, LPM). */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u16 cluster_id;
+	__u8 pad1;
+	__u8 family;
+	__u32 ip4;
+	__u32 ip6_rest[3];
+};
+
+/* cilium_ipcache_v2 value: struct remote_endpoint_info (24 bytes). */
+struct remote_endpoint_info {
+	__u32 sec_identity;
+	__u32 tunnel_endpoint[4];
+	__u16 pad;
+	__u8 key;
+	__u8 flags;
+};
+
+/* fastpath's node-wide settings (one entry, written by the control plane). */
+struct fp_config {
+	__u32 mode;
+	__be16 tunnel_port;
+	__u16 pad;
+	__be32 native_net;
+	__be32 native_mask;
+};
+
 /* fastpath's own device table: which devices it owns and their XSKMAP slot. */
 struct fp_dev {
 	__u32 slot;
@@ -83,6 +136,21 @@ struct {
 	__type(key, struct endpoint_key);
 	__type(value, struct endpoint_info);
 } cilium_lxc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 512000);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_RDONLY_PROG);
+	__type(key, struct ipcache_key);
+	__type(value, struct remote_endpoint_info);
+} cilium_ipcache_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_config);
+} fp_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -131,6 +199,68 @@ static __always_inline int pass(__u32 slot)
 	return XDP_PASS;
 }
 
+static __always_inline int local_endpoint(__be32 daddr)
+{
+	struct endpoint_key k = {};
+	struct endpoint_info *ep;
+
+	k.ip4 = daddr;
+	k.family = ENDPOINT_KEY_IPV4;
+	ep = bpf_map_lookup_elem(&cilium_lxc, &k);
+	return ep && !(ep->flags & ENDPOINT_F_HOST);
+}
+
+/* Is daddr a pod on another node that the workers forward (tunnel or native)? */
+static __always_inline int remote_pod(__be32 daddr, const struct fp_config *cfg)
+{
+	struct ipcache_key k = {};
+	struct remote_endpoint_info *info;
+
+	if (cfg->mode == FP_MODE_NATIVE)
+		return cfg->native_mask && (daddr & cfg->native_mask) == cfg->native_net;
+	k.prefixlen = IPCACHE_FIXED_BITS + 32;
+	k.family = IPCACHE_FAMILY_IPV4;
+	k.ip4 = daddr;
+	info = bpf_map_lookup_elem(&cilium_ipcache_v2, &k);
+	return info &&
+	       (info->flags & (IPCACHE_F_HAS_TUNNEL_EP | IPCACHE_F_SKIP_TUNNEL |
+			       IPCACHE_F_IPV6_TUNNEL_EP)) == IPCACHE_F_HAS_TUNNEL_EP;
+}
+
+static __always_inline int redirect(struct xdp_md *ctx, const struct fp_dev *dev, __u32 stat)
+{
+	__u32 key = dev->slot * FP_MAX_QUEUES + ctx->rx_queue_index;
+
+	count(stat);
+	return bpf_redirect_map(&fp_xsks, key, XDP_PASS);
+}
+
+/* The node NIC: only tunnel traffic and native-routed traffic for local pods. */
+static __always_inline int steer_underlay(struct xdp_md *ctx, const struct fp_dev *dev,
+					  const struct fp_config *cfg)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return pass(FP_STAT_PASS_UNDERLAY);
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return pass(FP_STAT_PASS_UNDERLAY);
+	/* Non-first fragments carry no UDP header: nothing to match, kernel's. */
+	if (ip->protocol == IPPROTO_UDP && !(ip->frag_off & bpf_htons(0x1fff))) {
+		struct udphdr *udp = (void *)ip + ip->ihl * 4;
+
+		if ((void *)(udp + 1) <= end && udp->dest == cfg->tunnel_port)
+			return redirect(ctx, dev, FP_STAT_STEERED_OVERLAY);
+	}
+	if (local_endpoint(ip->daddr))
+		return redirect(ctx, dev, FP_STAT_STEERED);
+	return pass(FP_STAT_PASS_UNDERLAY);
+}
+
 SEC("xdp")
 int fp_steer(struct xdp_md *ctx)
 {
@@ -139,10 +269,16 @@ int fp_steer(struct xdp_md *ctx)
 	__u32 ifindex = ctx->ingress_ifindex;
 	struct fp_dev *dev = bpf_map_lookup_elem(&fp_devs, &ifindex);
 	struct ethhdr *eth = data;
-	__u32 key;
+	struct fp_config *cfg;
+	__u32 zero = 0;
 
 	if (!dev)
 		return pass(FP_STAT_PASS_UNKNOWN_DEV);
+	cfg = bpf_map_lookup_elem(&fp_config, &zero);
+	if (!cfg)
+		return pass(FP_STAT_PASS_UNKNOWN_DEV);
+	if (dev->role == FP_ROLE_UNDERLAY)
+		return steer_underlay(ctx, dev, cfg);
 	if (dev->role != FP_ROLE_LXC)
 		return pass(FP_STAT_PASS_OTHER_L3);
 	if ((void *)(eth + 1) > end)
@@ -161,25 +297,20 @@ int fp_steer(struct xdp_md *ctx)
 
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
-		struct endpoint_key k = {};
-		struct endpoint_info *ep;
 
 		if ((void *)(ip + 1) > end)
 			goto steer;
-		k.ip4 = ip->daddr;
-		k.family = ENDPOINT_KEY_IPV4;
-		ep = bpf_map_lookup_elem(&cilium_lxc, &k);
-		if (ep && !(ep->flags & ENDPOINT_F_HOST))
+		if (local_endpoint(ip->daddr))
 			goto steer;
+		if (remote_pod(ip->daddr, cfg))
+			return redirect(ctx, dev, FP_STAT_STEERED_REMOTE);
 		return pass(FP_STAT_PASS_NOT_ENDPOINT);
 	}
 
 	return pass(FP_STAT_PASS_OTHER_L3);
 
 steer:
-	count(FP_STAT_STEERED);
-	key = dev->slot * FP_MAX_QUEUES + ctx->rx_queue_index;
-	return bpf_redirect_map(&fp_xsks, key, XDP_PASS);
+	return redirect(ctx, dev, FP_STAT_STEERED);
 }
 
 /* Bench sink: counts and drops every frame (the receiver in bench/). */

@@ -1,0 +1,135 @@
+//! IPv4 prefixes (`10.0.1.0/24`) as the config and the LPM tables use them.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An IPv4 address with a prefix length. As a *prefix* (routes, ipcache, pod CIDRs) the host
+/// bits must be zero ([`Ipv4Cidr::is_network`]); as an *interface address* (`192.168.50.1/24`)
+/// they carry the address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Cidr {
+    /// A prefix; panics if `len > 32` (use `parse` for untrusted input).
+    pub const fn new(addr: Ipv4Addr, len: u8) -> Ipv4Cidr {
+        assert!(len <= 32);
+        Ipv4Cidr { addr, len }
+    }
+
+    /// The host route for one address.
+    pub const fn host(addr: Ipv4Addr) -> Ipv4Cidr {
+        Ipv4Cidr { addr, len: 32 }
+    }
+
+    /// The netmask as a host-order integer.
+    #[inline]
+    pub const fn mask(&self) -> u32 {
+        mask(self.len)
+    }
+
+    /// The prefix with the host bits cleared.
+    pub fn network(&self) -> Ipv4Cidr {
+        Ipv4Cidr {
+            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
+            len: self.len,
+        }
+    }
+
+    /// Are the host bits zero?
+    pub fn is_network(&self) -> bool {
+        u32::from(self.addr) & !self.mask() == 0
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) ^ u32::from(self.addr)) & self.mask() == 0
+    }
+
+    /// Do the two prefixes share any address?
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        let m = mask(self.len.min(other.len));
+        (u32::from(self.addr) ^ u32::from(other.addr)) & m == 0
+    }
+}
+
+/// Netmask of a prefix length, host order.
+#[inline]
+pub const fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl fmt::Debug for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid IPv4 prefix `{0}`: expected ADDRESS/LENGTH with LENGTH 0-32 (e.g. 10.0.1.0/24)")]
+pub struct CidrParseError(pub String);
+
+impl FromStr for Ipv4Cidr {
+    type Err = CidrParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || CidrParseError(s.into());
+        let (a, l) = s.split_once('/').ok_or_else(err)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| err())?;
+        let len: u8 = l.parse().map_err(|_| err())?;
+        if len > 32 {
+            return Err(err());
+        }
+        Ok(Ipv4Cidr { addr, len })
+    }
+}
+
+impl Serialize for Ipv4Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_contain() {
+        let c: Ipv4Cidr = "10.1.2.0/24".parse().unwrap();
+        assert!(c.is_network());
+        assert!(c.contains("10.1.2.200".parse().unwrap()));
+        assert!(!c.contains("10.1.3.1".parse().unwrap()));
+        let a: Ipv4Cidr = "192.168.50.1/24".parse().unwrap();
+        assert!(!a.is_network());
+        assert_eq!(a.network().to_string(), "192.168.50.0/24");
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Ipv4Cidr>()
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0/8", "x/1"] {
+            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
+        }
+        let b: Ipv4Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(b.overlaps(&c) && c.overlaps(&b));
+        assert!(!c.overlaps(&"10.1.3.0/24".parse().unwrap()));
+    }
+}
