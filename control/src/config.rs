@@ -803,4 +803,78 @@ pods:
         let e = err(&GOOD.replace("name: n1", "name: N_1"));
         assert!(e.contains("node.name: `N_1` must be"), "{e}");
     }
+
+    const CLUSTER: &str = r#"
+node:
+  name: n1
+  router_ip: 10.1.0.1
+  pod_cidr: 10.1.0.0/24
+  underlay: { device: eth1, address: 192.168.50.1/24 }
+pods:
+  - { name: a, ip: 10.1.0.11, mac: "0a:00:00:00:00:02", lxc: lxc-a }
+remote_nodes:
+  - name: n2
+    ip: 192.168.50.2
+    pod_cidr: 10.2.0.0/24
+    pods: [ { name: b, ip: 10.2.0.11 } ]
+"#;
+
+    #[test]
+    fn cluster_config_is_checked() {
+        let c = Config::parse(CLUSTER, "c.yaml").unwrap();
+        assert_eq!(c.datapath.routing, RoutingMode::Tunnel);
+        assert_eq!(c.datapath.tunnel_port, 8472);
+        assert_eq!(c.node_ip(), Some("192.168.50.1".parse().unwrap()));
+        let e = err(&CLUSTER.replace("10.2.0.0/24", "10.1.0.0/16"));
+        assert!(
+            e.contains(
+                "remote_nodes[0].pod_cidr: 10.1.0.0/16 overlaps 10.1.0.0/24 of node.pod_cidr"
+            ),
+            "{e}"
+        );
+        let e = err(&CLUSTER.replace("ip: 10.2.0.11", "ip: 10.3.0.11"));
+        assert!(
+            e.contains(
+                "remote_nodes[0].pods[0].ip: 10.3.0.11 is outside the node's pod_cidr 10.2.0.0/24"
+            ),
+            "{e}"
+        );
+        let e = err(&CLUSTER.replace("ip: 192.168.50.2", "ip: 192.168.50.1"));
+        assert!(
+            e.contains("remote_nodes[0].ip: 192.168.50.1 is already used by node.underlay.address"),
+            "{e}"
+        );
+        let e = err(&CLUSTER.replace(
+            "  underlay: { device: eth1, address: 192.168.50.1/24 }\n",
+            "",
+        ));
+        assert!(
+            e.contains("node.underlay: required when remote_nodes are listed"),
+            "{e}"
+        );
+        let e = err(&format!("{CLUSTER}datapath: {{ routing: native }}\n"));
+        assert!(
+            e.contains("datapath.native_routing_cidr: required with routing: native"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{CLUSTER}datapath: {{ routing: native, native_routing_cidr: 10.1.0.0/16 }}\n"
+        ));
+        assert!(e.contains("remote_nodes[0].pod_cidr: 10.2.0.0/24 is outside datapath.native_routing_cidr 10.1.0.0/16"), "{e}");
+        let e = err(&CLUSTER.replace("pod_cidr: 10.2.0.0/24", "pod_cidr: 10.2.0.1/24"));
+        assert!(
+            e.contains("has host bits set (did you mean 10.2.0.0/24?)"),
+            "{e}"
+        );
+        let e = err(&CLUSTER.replace("10.2.0.0/24", "10.2.0.0/33"));
+        assert!(
+            e.contains("remote_nodes[0].pod_cidr: invalid IPv4 prefix"),
+            "{e}"
+        );
+        let e = err(&CLUSTER.replace("ip: 10.1.0.11", "ip: 10.1.9.11"));
+        assert!(
+            e.contains("pods[0].ip: 10.1.9.11 is outside node.pod_cidr 10.1.0.0/24"),
+            "{e}"
+        );
+    }
 }

@@ -283,6 +283,22 @@ impl TestNode {
         v[0]["address"].as_str().unwrap().to_string()
     }
 
+    /// MAC of device `dev` in the node namespace.
+    pub fn dev_mac(&self, dev: &str) -> String {
+        let out = in_ns(self.node_ns(), &["ip", "-j", "link", "show", "dev", dev]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["address"].as_str().unwrap().to_string()
+    }
+
+    /// Send raw Ethernet frames (hex) out of `dev` in the node namespace (AF_PACKET).
+    pub fn send_raw_on(&self, dev: &str, frames_hex: &[String]) {
+        let script = format!(
+            "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(({dev:?},0))\nfor f in {:?}:\n    s.send(bytes.fromhex(f))\n",
+            frames_hex
+        );
+        in_ns(self.node_ns(), &["python3", "-c", &script]).expect("raw send");
+    }
+
     /// Run the fastpath CLI against this node.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(fastpath_bin())

@@ -101,3 +101,435 @@ fn tunnel_ping_tcp_udp_iperf_between_nodes() {
     eprintln!("iperf3 cross-node tunnel: {:.0} Mbit/s", bps / 1e6);
     assert!(bps > 1e6, "iperf3 moved {bps} bit/s");
 }
+
+/// Capture UDP on the fabric bridge while `f` runs; tshark decodes it as VXLAN on 8472.
+/// Returns (VNI, inner source, inner destination) per frame.
+fn capture_vxlan(fabric: &str, f: impl FnOnce()) -> Vec<(u32, String, String)> {
+    let pcap = std::env::temp_dir().join(format!("{fabric}.pcap"));
+    let mut dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            fabric,
+            "tcpdump",
+            "-i",
+            "br0",
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-w",
+        ])
+        .arg(&pcap)
+        .args(["udp", "port", "8472"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    f();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(dump.id().to_string())
+        .status();
+    let _ = dump.wait();
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args([
+            "-d",
+            "udp.port==8472,vxlan",
+            "-T",
+            "fields",
+            "-e",
+            "vxlan.vni",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-E",
+            "occurrence=l",
+        ])
+        .output()
+        .expect("tshark");
+    let _ = std::fs::remove_file(&pcap);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            Some((
+                f.first()?.parse().ok()?,
+                f.get(1)?.to_string(),
+                f.get(2)?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// A third node runs the Linux kernel's VXLAN device on 8472. Its pods and fastpath's pods
+/// ping and talk TCP both ways; on the wire tshark decodes VXLAN with VNI = the sending pod's
+/// identity in both directions.
+#[test]
+fn kernel_vxlan_node_interoperates_both_ways() {
+    if !require_root() {
+        return;
+    }
+    let tag = unique("k");
+    let y = cluster_yaml(&tag, &[Kind::Fastpath, Kind::Fastpath, Kind::Kernel], 2, "");
+    let n0 = TestNode::start(&y[0], 1, &["--cores", "0"]);
+    let n1 = TestNode::start(&y[1], 1, &["--cores", "1"]);
+    let k = KernelNode::start(&y[2]);
+    n0.wait_overlay_ready();
+    n1.wait_overlay_ready();
+    let (n0_ids, _) = n0.cfg.identities();
+    let (k_ids, _) = k.cfg.identities();
+
+    let flows = capture_vxlan(&format!("{tag}f"), || {
+        for i in 0..2 {
+            assert!(
+                n0.ping(i, &k.pod_ip(i), 3),
+                "fastpath n0p{i} -> kernel pod\n{}",
+                n0.log()
+            );
+            assert!(
+                k.ping(i, &n1.pod_ip(i), 3),
+                "kernel pod -> fastpath n1p{i}\n{}",
+                n1.log()
+            );
+        }
+    });
+    for i in 0..2 {
+        assert!(
+            flows.contains(&(n0_ids[i], n0.pod_ip(i), k.pod_ip(i))),
+            "fastpath -> kernel frame with VNI {} for n0p{i}: {flows:?}",
+            n0_ids[i]
+        );
+        assert!(
+            flows.contains(&(k_ids[i], k.pod_ip(i), n0.pod_ip(i))),
+            "kernel -> fastpath reply with VNI {} (kernel pod {i}): {flows:?}",
+            k_ids[i]
+        );
+        assert!(
+            flows.contains(&(k_ids[i], k.pod_ip(i), n1.pod_ip(i))),
+            "kernel -> fastpath request with VNI {}: {flows:?}",
+            k_ids[i]
+        );
+    }
+
+    // TCP both ways.
+    let _a = n0.echo_server(1, 7100);
+    let _b = k.echo_server(0, 7101);
+    assert_eq!(
+        k.echo(1, "TCP", &n0.pod_ip(1), 7100, "kernel to fastpath\n"),
+        "kernel to fastpath\n"
+    );
+    assert_eq!(
+        n1.echo(0, "TCP", &k.pod_ip(0), 7101, "fastpath to kernel\n"),
+        "fastpath to kernel\n"
+    );
+    let s = n0.status();
+    assert!(
+        s.decapsulated() > 0 && s.encapsulated() > 0,
+        "{}",
+        s.render()
+    );
+    assert_eq!(
+        s.drops_with(DropReason::InvalidVni.code()),
+        0,
+        "{}",
+        s.render()
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn mac(s: &str) -> control::maps::MacAddr {
+    s.parse().unwrap()
+}
+
+/// A VXLAN frame from `from`'s underlay to `to`'s, carrying a ping from `from` pod 0 to `to`
+/// pod 0, with the 8 VXLAN header bytes given.
+fn raw_vxlan(from: &TestNode, to: &TestNode, vx: [u8; 8]) -> Vec<u8> {
+    use fastpath::wire::{ethernet, ipv4, vxlan};
+    let ip = |n: &TestNode| n.cfg.node_ip().unwrap().octets();
+    let mut inner = vec![0u8; 14 + 20 + 8];
+    ethernet::emit(
+        &mut inner,
+        mac(&to.dev_mac("eth1")),
+        mac(&from.dev_mac("eth1")),
+        ethernet::EtherType::Ipv4,
+    );
+    ipv4::emit(
+        &mut inner[14..],
+        from.cfg.pods[0].ip.octets(),
+        to.cfg.pods[0].ip.octets(),
+        ipv4::PROTO_ICMP,
+        64,
+        8,
+    );
+    inner[34..42].copy_from_slice(&[8, 0, 0xf7, 0xff, 0, 0, 0, 0]);
+    let mut f = vec![0u8; vxlan::ENCAP_LEN];
+    vxlan::emit(
+        &mut f,
+        &vxlan::Outer {
+            dst_mac: mac(&to.dev_mac("eth1")),
+            src_mac: mac(&from.dev_mac("eth1")),
+            src_ip: ip(from),
+            dst_ip: ip(to),
+            ip_id: 9,
+            sport: 40000,
+            dport: 8472,
+            vni: 0,
+        },
+        inner.len(),
+    );
+    f[42..50].copy_from_slice(&vx);
+    f.extend_from_slice(&inner);
+    f
+}
+
+/// Frames that claim the host identity, an identity nobody has, or carry a broken VXLAN
+/// header are dropped by the receiving node with Cilium's reasons; a good one is delivered.
+#[test]
+fn spoofed_and_malformed_vxlan_dropped_with_reasons() {
+    if !require_root() {
+        return;
+    }
+    let (n0, n1) = two_nodes("v", "");
+    let (_, remote) = n0.cfg.identities();
+    let good_id = remote[0][0].to_be_bytes();
+    let vni = |b: [u8; 4]| [0x08, 0, 0, 0, b[1], b[2], b[3], 0];
+    let before = n0.status();
+    let frames = [
+        raw_vxlan(&n1, &n0, vni(1u32.to_be_bytes())), // host identity
+        raw_vxlan(&n1, &n0, vni(0xabcdeu32.to_be_bytes())), // unknown identity
+        raw_vxlan(&n1, &n0, [0x00, 0, 0, 0, 0, 1, 0, 0]), // I flag missing
+        raw_vxlan(
+            &n1,
+            &n0,
+            [0x08, 0, 0, 0, good_id[1], good_id[2], good_id[3], 0x5a],
+        ), // reserved
+        {
+            let mut f = raw_vxlan(&n1, &n0, vni(good_id));
+            f.truncate(46); // VXLAN header cut in half; lengths say so
+            f[16..18].copy_from_slice(&32u16.to_be_bytes());
+            fastpath::wire::Ipv4Packet::new_checked(&mut f[14..])
+                .unwrap()
+                .fill_checksum();
+            f
+        },
+        raw_vxlan(&n1, &n0, vni(good_id)), // well-formed: delivered
+    ];
+    n1.send_raw_on("eth1", &frames.iter().map(|f| hex(f)).collect::<Vec<_>>());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = n0.status();
+    let delta = |r: DropReason| after.drops_with(r.code()) - before.drops_with(r.code());
+    assert_eq!(delta(DropReason::InvalidIdentity), 1, "{}", after.render());
+    assert_eq!(delta(DropReason::InvalidVni), 1, "{}", after.render());
+    assert_eq!(delta(DropReason::NoTunnelKey), 2, "{}", after.render());
+    assert_eq!(delta(DropReason::Invalid), 1, "{}", after.render());
+    assert_eq!(after.decapsulated() - before.decapsulated(), 1);
+    // The text status names them the way Cilium does.
+    let text = String::from_utf8_lossy(&n0.cli(&["status"]).stdout).into_owned();
+    for name in [
+        "Invalid identity",
+        "Incorrect VNI from VTEP",
+        "Error retrieving tunnel key",
+    ] {
+        assert!(text.contains(name), "{name} in\n{text}");
+    }
+}
+
+/// Pods get the overlay MTU; a bigger DF packet gets ICMP fragmentation-needed from the
+/// router address (ping shows it), and the pod's path MTU then works.
+#[test]
+fn too_big_for_the_tunnel_gets_icmp_frag_needed() {
+    if !require_root() {
+        return;
+    }
+    let (n0, n1) = two_nodes("m", "");
+    let link = n0.pod_cmd(0, &["ip", "-j", "link", "show", "dev", "eth0"]);
+    let v: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
+    assert_eq!(v[0]["mtu"], 1450, "pod MTU set for the overlay");
+    // A pod whose MTU ignores the overlay (both veth ends at 1500) sends a full-size frame.
+    n0.pod_cmd(0, &["ip", "link", "set", "eth0", "mtu", "1500"]);
+    in_ns(
+        n0.node_ns(),
+        &["ip", "link", "set", "lxc-p0", "mtu", "1500"],
+    )
+    .unwrap();
+    let before = n0.status().icmp_errors();
+    let out = n0.pod_cmd(
+        0,
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "1472",
+            &n1.pod_ip(0),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("Frag needed") && text.contains("mtu = 1450"),
+        "ping output: {text}"
+    );
+    assert!(
+        text.contains(&format!("From {}", n0.cfg.node.router_ip)),
+        "{text}"
+    );
+    let s = n0.status();
+    assert!(s.icmp_errors() > before);
+    assert!(s.drops_with(DropReason::FragNeeded.code()) > 0);
+    // A full-size packet at the overlay MTU passes.
+    assert!(
+        n0.pod_cmd(
+            0,
+            &[
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-M",
+                "do",
+                "-s",
+                "1422",
+                &n1.pod_ip(0)
+            ]
+        )
+        .status
+        .success()
+    );
+}
+
+/// `fastpath bpf ipcache list` / `bpf tunnel list`, text and JSON.
+#[test]
+fn ipcache_and_tunnel_lists() {
+    if !require_root() {
+        return;
+    }
+    let (n0, n1) = two_nodes("c", "");
+    let (_, remote) = n0.cfg.identities();
+    let n1_ip = n1.cfg.node_ip().unwrap().to_string();
+    let out = n0.cli(&["bpf", "ipcache", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("IP PREFIX/ADDRESS"), "{text}");
+    let want = format!("{}/32", n1.pod_ip(1));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&want))
+        .unwrap_or_else(|| panic!("{want} in {text}"));
+    assert!(
+        line.ends_with(&format!(
+            "identity={} encryptkey=0 tunnelendpoint={n1_ip} flags=hastunnel",
+            remote[0][1]
+        )),
+        "{line}"
+    );
+    assert!(text.contains("0.0.0.0/0"), "world entry: {text}");
+    let j: serde_json::Value =
+        serde_json::from_slice(&n0.cli(&["bpf", "ipcache", "list", "-o", "json"]).stdout).unwrap();
+    assert!(j[&want][0].as_str().unwrap().contains("hastunnel"));
+    let t = String::from_utf8_lossy(&n0.cli(&["bpf", "tunnel", "list"]).stdout).into_owned();
+    let cidr = n1.cfg.node.pod_cidr.unwrap();
+    assert!(t.starts_with("TUNNEL"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with(&format!("{}:0", cidr.addr))
+                && l.ends_with(&format!("{n1_ip}:0"))),
+        "{t}"
+    );
+    assert_eq!(t.lines().count(), 2, "one remote pod CIDR: {t}");
+}
+
+/// Native routing: same scenario without encapsulation; the wire carries plain pod IPs.
+#[test]
+fn native_routing_between_nodes() {
+    if !require_root() {
+        return;
+    }
+    let tag = unique("n");
+    let y = cluster_yaml(
+        &tag,
+        &[Kind::Fastpath, Kind::Fastpath],
+        2,
+        "  routing: native\n  native_routing_cidr: 10.0.0.0/8\n",
+    );
+    let n0 = TestNode::start(&y[0], 1, &["--cores", "0"]);
+    let n1 = TestNode::start(&y[1], 1, &["--cores", "1"]);
+    n0.wait_overlay_ready();
+    n1.wait_overlay_ready();
+    let link = n0.pod_cmd(0, &["ip", "-j", "link", "show", "dev", "eth0"]);
+    let v: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
+    assert_eq!(v[0]["mtu"], 1500, "no encapsulation overhead");
+    let vx = capture_vxlan(&format!("{tag}f"), || {
+        for i in 0..2 {
+            assert!(n0.ping(i, &n1.pod_ip(1 - i), 3), "n0p{i}\n{}", n0.log());
+        }
+    });
+    assert!(vx.is_empty(), "no VXLAN on the wire: {vx:?}");
+    let _srv = n1.echo_server(0, 7200);
+    assert_eq!(
+        n0.echo(1, "TCP", &n1.pod_ip(0), 7200, "native tcp\n"),
+        "native tcp\n"
+    );
+    assert_eq!(
+        n0.echo(0, "UDP", &n1.pod_ip(0), 7200, "native udp\n"),
+        "native udp\n"
+    );
+    let _iperf = n1.spawn_in_pod(1, &["iperf3", "-s", "-1", "-p", "5202"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = n0.pod_cmd(
+        1,
+        &[
+            "timeout",
+            "20",
+            "iperf3",
+            "-c",
+            &n1.pod_ip(1),
+            "-p",
+            "5202",
+            "-t",
+            "2",
+            "-J",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "iperf3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bps = j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    eprintln!("iperf3 cross-node native: {:.0} Mbit/s", bps / 1e6);
+    let s0 = n0.status();
+    assert!(s0.routed() > 0, "{}", s0.render());
+    assert_eq!(s0.encapsulated(), 0);
+    assert_eq!(s0.overlay.as_ref().unwrap().mode, "native");
+    // The kernel got the same routes (auto-direct-node-routes) for host traffic.
+    let r = in_ns(
+        n0.node_ns(),
+        &[
+            "ip",
+            "route",
+            "show",
+            &n1.cfg.node.pod_cidr.unwrap().to_string(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains(&format!("via {}", n1.cfg.node_ip().unwrap()))
+    );
+}
