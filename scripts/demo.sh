@@ -1,38 +1,80 @@
 #!/usr/bin/env bash
 # One command demo on a fresh machine (as root): install, build, bring up the embedded demo
-# node (3 pods in namespaces, veths, XDP + AF_XDP workers), send real traffic through
-# fastpath (ping, a TCP echo, a UDP echo), show the counters and the endpoint map, tear down.
+# cluster and send real traffic through fastpath, then tear everything down.
+#   node demo        (fastpath, the embedded default config): pods client, echo, web
+#   node demo2       (fastpath):                              pods db, cache
+#   node demo-kernel (the Linux kernel's own VXLAN device):   pod legacy
+# joined by a bridge (the fabric). Same-node traffic is forwarded by fastpath in userspace;
+# cross-node traffic is VXLAN on UDP 8472 with the source pod's security identity as the VNI,
+# which the kernel node understands both ways (tshark decodes it below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --release --bins
 FP=target/release/fastpath
 x() { echo "+ $*"; "$@"; }
+TMP=$(mktemp -d)
+$FP config default --node demo2 > "$TMP/demo2.yaml"
+$FP config default --node demo-kernel > "$TMP/kernel.yaml"
 cleanup() {
-  [[ -n "${FP_PID:-}" ]] && kill "$FP_PID" 2>/dev/null && wait "$FP_PID" 2>/dev/null || true
-  [[ -n "${ECHO_PIDS:-}" ]] && kill $ECHO_PIDS 2>/dev/null || true
-  $FP lab down
+  for p in ${FP_PID:-} ${FP2_PID:-}; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+  [[ -n "${BG_PIDS:-}" ]] && kill $BG_PIDS 2>/dev/null || true
+  $FP lab down --config "$TMP/kernel.yaml"; $FP lab down --config "$TMP/demo2.yaml"; $FP lab down
+  rm -rf "$TMP"
 }
 trap cleanup EXIT
-$FP lab down                     # leftovers of an interrupted run
-x $FP lab up                     # namespaces fp-demo-node, fp-demo-{client,echo,web}
-$FP run & FP_PID=$!              # the embedded default config (`fastpath config default`)
-for _ in $(seq 50); do $FP status >/dev/null 2>&1 && break; sleep 0.1; done
-echo; echo "== client -> echo: ping (ARP for the gateway is answered by fastpath)"
+$FP lab down; $FP lab down --config "$TMP/demo2.yaml"; $FP lab down --config "$TMP/kernel.yaml"
+x $FP lab up                                          # demo: fp-demo-node + 3 pod namespaces
+x $FP lab up --config "$TMP/demo2.yaml"               # demo2
+x $FP lab up --config "$TMP/kernel.yaml" --kernel-vxlan   # demo-kernel: vxlan0 external, dstport 8472
+$FP run --cores 0 & FP_PID=$!                         # the embedded default config
+$FP run --config "$TMP/demo2.yaml" --cores 1 & FP2_PID=$!
+for _ in $(seq 100); do
+  $FP status --node demo -o json 2>/dev/null | grep -q '"mac": "' && \
+  $FP status --node demo2 -o json 2>/dev/null | grep -q '"mac": "' && break
+  sleep 0.1
+done
+
+echo; echo "== same node: client -> echo (ARP for the gateway is answered by fastpath)"
 x ip netns exec fp-demo-client ping -c 3 -i 0.2 10.200.1.12
-ip netns exec fp-demo-echo socat -T 3 TCP-LISTEN:7,fork,reuseaddr PIPE & ECHO_PIDS="$!"
-ip netns exec fp-demo-echo socat -T 3 UDP-LISTEN:7,fork,reuseaddr PIPE & ECHO_PIDS="$ECHO_PIDS $!"
+ip netns exec fp-demo-echo socat -T 3 TCP-LISTEN:7,fork,reuseaddr PIPE & BG_PIDS="$!"
+ip netns exec fp-demo-echo socat -T 3 UDP-LISTEN:7,fork,reuseaddr PIPE & BG_PIDS="$BG_PIDS $!"
 sleep 0.3
-echo; echo "== client -> echo: TCP and UDP echo"
 echo "hello over TCP through fastpath" | x ip netns exec fp-demo-client socat -t 1 - TCP:10.200.1.12:7
 echo "hello over UDP through fastpath" | x ip netns exec fp-demo-client socat -t 1 - UDP:10.200.1.12:7
-echo; echo "== web -> client: ping"
-x ip netns exec fp-demo-web ping -c 2 -i 0.2 10.200.1.11
-echo; echo "== fastpath status"
-x $FP status
-echo; echo "== fastpath bpf endpoint list"
-x $FP bpf endpoint list
-echo; echo "== stop fastpath: the kernel does not forward between pods"
+
+echo; echo "== pod MTU is 1450 (1500 of the underlay minus 50 of VXLAN)"
+x ip netns exec fp-demo-client ip -o link show eth0
+
+echo; echo "== cross node, captured on the fabric and decoded by tshark as VXLAN"
+ip netns exec fp-demo-fabric tcpdump -i br0 --immediate-mode -U -n -w "$TMP/wire.pcap" udp port 8472 2>/dev/null & DUMP=$!
+sleep 1
+x ip netns exec fp-demo-client ping -c 2 -i 0.2 10.201.1.11      # demo -> demo2 (fastpath both ends)
+x ip netns exec fp-demo-web ping -c 2 -i 0.2 10.202.1.11         # demo -> kernel VXLAN node
+x ip netns exec fp-demo-legacy ping -c 2 -i 0.2 10.201.1.12      # kernel VXLAN node -> demo2
+ip netns exec fp-demo2-db socat -T 3 TCP-LISTEN:7,fork,reuseaddr PIPE & BG_PIDS="$BG_PIDS $!"
+sleep 0.3
+echo "TCP from the kernel node's pod to a fastpath pod" | x ip netns exec fp-demo-legacy socat -t 1 - TCP:10.201.1.11:7
+sleep 1; kill -INT $DUMP; wait $DUMP 2>/dev/null || true
+echo "VNI = the sending pod's security identity:"
+x tshark -r "$TMP/wire.pcap" -d udp.port==8472,vxlan -T fields -E header=y \
+  -e ip.src -e ip.dst -e udp.srcport -e vxlan.vni -e _ws.col.Protocol -E occurrence=l 2>/dev/null | head -16
+
+echo; echo "== iperf3 across nodes (2 s)"
+ip netns exec fp-demo2-cache iperf3 -s -1 >/dev/null & BG_PIDS="$BG_PIDS $!"
+sleep 0.5
+x ip netns exec fp-demo-echo iperf3 -c 10.201.1.12 -t 2 | tail -4
+
+echo; echo "== fastpath status (node demo)"
+x $FP status --node demo
+echo; echo "== fastpath bpf ipcache list (node demo)"
+x $FP bpf ipcache list --node demo
+echo; echo "== fastpath bpf tunnel list (node demo)"
+x $FP bpf tunnel list --node demo
+echo; echo "== fastpath bpf endpoint list (node demo)"
+x $FP bpf endpoint list --node demo
+
+echo; echo "== stop fastpath on demo: the kernel does not forward between its pods"
 kill "$FP_PID"; wait "$FP_PID" || true; FP_PID=
 if ip netns exec fp-demo-client ping -c 2 -W 1 10.200.1.12 >/dev/null; then
   echo "unexpected: pods reach each other without fastpath"; exit 1

@@ -20,6 +20,12 @@ use crate::net::Ipv4Cidr;
 
 /// The embedded default: the demo node served when `fastpath run` gets no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-node.yaml");
+/// The other nodes of the embedded demo cluster, by name (`fastpath config default --node`).
+pub const DEMO_CLUSTER: [(&str, &str); 3] = [
+    ("demo", DEFAULT_CONFIG),
+    ("demo2", include_str!("default-node2.yaml")),
+    ("demo-kernel", include_str!("default-kernel.yaml")),
+];
 /// The name used for the embedded default in error messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
 
@@ -727,6 +733,29 @@ pods:
         assert_eq!(c.node.name, "demo");
         assert_eq!(c.pods.len(), 3);
         assert_eq!(c.datapath.queues, 1);
+    }
+
+    /// Every node of the demo cluster parses, and they agree on every pod's identity.
+    #[test]
+    fn demo_cluster_is_consistent() {
+        let nodes: Vec<Config> = DEMO_CLUSTER
+            .iter()
+            .map(|(n, y)| Config::parse(y, n).unwrap())
+            .collect();
+        let mut ids: HashMap<Ipv4Addr, u32> = HashMap::new();
+        for c in &nodes {
+            let (local, remote) = c.identities();
+            let pods = c.pods.iter().map(|p| p.ip).zip(local);
+            let rpods = c
+                .remote_nodes
+                .iter()
+                .zip(remote)
+                .flat_map(|(r, ids)| r.pods.iter().map(|p| p.ip).zip(ids).collect::<Vec<_>>());
+            for (ip, id) in pods.chain(rpods) {
+                assert_eq!(*ids.entry(ip).or_insert(id), id, "{ip} in {}", c.node.name);
+            }
+        }
+        assert_eq!(ids.len(), 6);
     }
 
     #[test]

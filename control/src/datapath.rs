@@ -700,7 +700,7 @@ remote_nodes:
             })
             .collect();
         let eps = node_endpoints(&cfg, &ports);
-        assert_eq!(eps.len(), 4);
+        assert_eq!(eps.len(), 5, "3 pods, router IP, underlay address");
         let mut dp = Datapath::new(ports, 1, NoKernel);
         dp.upsert_endpoints(&eps).unwrap();
         let t = dp.tables();

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use control::config::{Config, DEFAULT_CONFIG, XdpMode};
+use control::config::{Config, DEMO_CLUSTER, XdpMode};
 use fastpath::{api, daemon, lab};
 
 #[derive(Parser, Debug)]
@@ -112,8 +112,12 @@ enum ListCmd {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCmd {
-    /// Print the embedded default config.
-    Default,
+    /// Print the embedded default config (node `demo`), or another node of the demo cluster.
+    Default {
+        /// demo | demo2 | demo-kernel
+        #[arg(long, default_value = "demo")]
+        node: String,
+    },
     /// Parse and validate a config without touching anything.
     Check { file: PathBuf },
 }
@@ -242,9 +246,15 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Config {
-            what: ConfigCmd::Default,
+            what: ConfigCmd::Default { node },
         } => {
-            print!("{DEFAULT_CONFIG}");
+            let Some((_, y)) = DEMO_CLUSTER.iter().find(|(n, _)| *n == node) else {
+                bail!(
+                    "no demo node `{node}`; the demo cluster has {}",
+                    DEMO_CLUSTER.map(|(n, _)| n).join(", ")
+                );
+            };
+            print!("{y}");
             Ok(())
         }
         Cmd::Config {
