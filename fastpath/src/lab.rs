@@ -473,6 +473,18 @@ fn kernel_vxlan(cfg: &Config, node: &str) -> anyhow::Result<()> {
 
 /// Remove the namespaces a config names (the counterpart of `up` + `keep`).
 pub fn down(cfg: &Config) {
+    // Unplug the node from the fabric first: deleting a namespace destroys its veths only
+    // asynchronously, and the fabric check below must not see the port still there.
+    if let Some(f) = cfg
+        .node
+        .underlay
+        .as_ref()
+        .and_then(|u| u.fabric_netns.clone())
+    {
+        let _ = Command::new("ip")
+            .args(["-n", &f, "link", "del", &fabric_port(&cfg.node.name)])
+            .output();
+    }
     let names = cfg
         .pods
         .iter()
