@@ -71,19 +71,26 @@ fn tunnel_ping_tcp_udp_iperf_between_nodes() {
         o.nexthops
     );
 
-    // iperf3 TCP, bounded: 2 s.
-    let _iperf = n1.spawn_in_pod(0, &["iperf3", "-s", "-1", "-p", "5201"]);
+    let bps = iperf(&n0, 0, &n1, 0, 5201);
+    eprintln!("iperf3 cross-node tunnel: {:.0} Mbit/s", bps / 1e6);
+}
+
+/// iperf3 TCP for 2 s from `from` pod `i` to `to` pod `j` (server started and bounded here);
+/// asserts it moved data and returns the received bit rate.
+fn iperf(from: &TestNode, i: usize, to: &TestNode, j: usize, port: u16) -> f64 {
+    let p = port.to_string();
+    let _server = to.spawn_in_pod(j, &["iperf3", "-s", "-1", "-p", &p]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = n0.pod_cmd(
-        0,
+    let out = from.pod_cmd(
+        i,
         &[
             "timeout",
             "20",
             "iperf3",
             "-c",
-            &n1.pod_ip(0),
+            &to.pod_ip(j),
             "-p",
-            "5201",
+            &p,
             "-t",
             "2",
             "-J",
@@ -94,12 +101,12 @@ fn tunnel_ping_tcp_udp_iperf_between_nodes() {
         "iperf3: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let bps = j["end"]["sum_received"]["bits_per_second"]
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap();
-    eprintln!("iperf3 cross-node tunnel: {:.0} Mbit/s", bps / 1e6);
     assert!(bps > 1e6, "iperf3 moved {bps} bit/s");
+    bps
 }
 
 /// Capture UDP on the fabric bridge while `f` runs; tshark decodes it as VXLAN on 8472.
@@ -487,32 +494,7 @@ fn native_routing_between_nodes() {
         n0.echo(0, "UDP", &n1.pod_ip(0), 7200, "native udp\n"),
         "native udp\n"
     );
-    let _iperf = n1.spawn_in_pod(1, &["iperf3", "-s", "-1", "-p", "5202"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let out = n0.pod_cmd(
-        1,
-        &[
-            "timeout",
-            "20",
-            "iperf3",
-            "-c",
-            &n1.pod_ip(1),
-            "-p",
-            "5202",
-            "-t",
-            "2",
-            "-J",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let bps = j["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap();
+    let bps = iperf(&n0, 1, &n1, 1, 5202);
     eprintln!("iperf3 cross-node native: {:.0} Mbit/s", bps / 1e6);
     let s0 = n0.status();
     assert!(s0.routed() > 0, "{}", s0.render());

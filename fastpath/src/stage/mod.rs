@@ -352,8 +352,15 @@ pub fn from_netdev(b: &mut Buf<'_>, t: &Tables) -> Verdict {
     if proto == ipv4::PROTO_UDP && first_frag && udp_dport == Some(t.overlay.tunnel_port) {
         return from_overlay(b, hl, dst, t);
     }
-    // Native routing ingress: a local pod, source identity from the ipcache.
-    let ip = match check_ipv4(frame, ethernet::HEADER_LEN) {
+    // Native routing ingress: a local pod (source identity from the ipcache, for policy).
+    to_local_pod(b, t)
+}
+
+/// The IPv4 frame in `b` came from another node (decapsulated or natively routed): validate
+/// it and deliver it to its local pod.
+#[inline]
+fn to_local_pod(b: &mut Buf<'_>, t: &Tables) -> Verdict {
+    let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
         Ok(ip) => ip,
         Err(r) => return drop_ingress(r),
     };
@@ -403,14 +410,7 @@ fn from_overlay(b: &mut Buf<'_>, ip_hl: usize, outer_dst: [u8; 4], t: &Tables) -
     if eth.ethertype() != EtherType::Ipv4 {
         return drop_ingress(DropReason::UnknownL3);
     }
-    let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
-        Ok(ip) => ip,
-        Err(r) => return drop_ingress(r),
-    };
-    match t.endpoint_v4(ip.dst) {
-        Some(ep) => local_delivery(b.data_mut(), ep, MetricDir::Ingress),
-        None => drop_ingress(DropReason::Unroutable),
-    }
+    to_local_pod(b, t)
 }
 
 /// The identity a frame's source address has in the ipcache (world when unknown); what
