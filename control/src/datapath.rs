@@ -245,6 +245,22 @@ impl<K: KernelMaps> Datapath<K> {
         Ok(self.writer.publish(next))
     }
 
+    /// Everything a node config puts in the tables and kernel maps, in the order the
+    /// daemon needs: `cilium_lxc`, the forwarding settings (with native routes and the
+    /// accepted identities), then `cilium_ipcache_v2`. The ports (lxc devices in pod order,
+    /// then the underlay) are the ones this `Datapath` was created with.
+    pub fn load_node(&mut self, cfg: &Config) -> Result<u64, DatapathError> {
+        let ports = self.tables().ports.clone();
+        self.upsert_endpoints(&node_endpoints(cfg, &ports))?;
+        self.set_overlay(
+            node_overlay(cfg, &ports),
+            cfg.datapath.native_routing_cidr,
+            &node_routes(cfg),
+            accepted_identities(cfg),
+        )?;
+        self.upsert_ipcache(&node_ipcache(cfg))
+    }
+
     /// Install, replace (`Some`) or forget (`None`) the next hop for a tunnel endpoint or
     /// gateway. Publishes only if something changed; returns whether it did.
     pub fn set_nexthops(&mut self, changes: &[([u8; 4], Option<NextHop>)]) -> bool {
@@ -412,12 +428,30 @@ pub fn accepted_identities(cfg: &Config) -> Vec<u32> {
     v
 }
 
-/// Native routing: each remote node's pod CIDR via the node's address.
+/// Native routing: each remote node's pod CIDR via the node's address (none in tunnel mode).
 pub fn node_routes(cfg: &Config) -> Vec<(Ipv4Cidr, std::net::Ipv4Addr)> {
+    if cfg.datapath.routing != RoutingMode::Native {
+        return Vec::new();
+    }
     cfg.remote_nodes
         .iter()
         .map(|n| (n.pod_cidr, n.ip))
         .collect()
+}
+
+/// The node-wide forwarding settings of a config, given its resolved ports (the underlay
+/// port, if any, gives the MTU).
+pub fn node_overlay(cfg: &Config, ports: &[Port]) -> Overlay {
+    Overlay {
+        mode: cfg.datapath.routing,
+        tunnel_port: cfg.datapath.tunnel_port,
+        node_ip: cfg.node_ip().map_or([0; 4], |ip| ip.octets()),
+        router_ip: cfg.node.router_ip.octets(),
+        underlay_mtu: ports
+            .iter()
+            .find(|p| p.role == crate::tables::PortRole::Underlay)
+            .map_or(1500, |p| p.mtu),
+    }
 }
 
 #[cfg(test)]
@@ -426,15 +460,14 @@ mod tests {
     use crate::maps::MacAddr;
 
     fn ports() -> Vec<Port> {
-        vec![Port {
-            ifname: "lxc-a".into(),
-            ifindex: 7,
-            mac: MacAddr([2, 0, 0, 0, 0, 7]),
-            endpoint_ip: "10.1.1.2".parse().unwrap(),
-            endpoint_id: 1,
-            role: Default::default(),
-            mtu: 1500,
-        }]
+        vec![Port::lxc(
+            "lxc-a",
+            7,
+            MacAddr([2, 0, 0, 0, 0, 7]),
+            "10.1.1.2".parse().unwrap(),
+            1,
+            1500,
+        )]
     }
 
     fn ep(ip: [u8; 4], ifindex: u32, port: Option<u16>) -> (EndpointKey, EndpointEntry) {
@@ -689,14 +722,15 @@ remote_nodes:
             .pods
             .iter()
             .enumerate()
-            .map(|(i, p)| Port {
-                ifname: p.lxc.clone(),
-                ifindex: 10 + i as u32,
-                mac: MacAddr([2, 0, 0, 0, 0, i as u8]),
-                endpoint_ip: p.ip,
-                endpoint_id: 0,
-                role: Default::default(),
-                mtu: 1500,
+            .map(|(i, p)| {
+                Port::lxc(
+                    &p.lxc,
+                    10 + i as u32,
+                    MacAddr([2, 0, 0, 0, 0, i as u8]),
+                    p.ip,
+                    0,
+                    1500,
+                )
             })
             .collect();
         let eps = node_endpoints(&cfg, &ports);

@@ -58,6 +58,34 @@ pub struct Port {
     pub mtu: u32,
 }
 
+impl Port {
+    /// A pod's lxc device: the endpoint behind it is `ip` with endpoint ID `id`.
+    pub fn lxc(ifname: &str, ifindex: u32, mac: MacAddr, ip: Ipv4Addr, id: u16, mtu: u32) -> Port {
+        Port {
+            ifname: ifname.into(),
+            ifindex,
+            mac,
+            endpoint_ip: ip,
+            endpoint_id: id,
+            role: PortRole::Lxc,
+            mtu,
+        }
+    }
+
+    /// The node NIC, carrying the node's address `ip`.
+    pub fn underlay(ifname: &str, ifindex: u32, mac: MacAddr, ip: Ipv4Addr, mtu: u32) -> Port {
+        Port {
+            ifname: ifname.into(),
+            ifindex,
+            mac,
+            endpoint_ip: ip,
+            endpoint_id: 0,
+            role: PortRole::Underlay,
+            mtu,
+        }
+    }
+}
+
 /// The layer-2 next hop towards a tunnel endpoint or native-routing gateway, resolved from
 /// the kernel's neighbour table by the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +109,7 @@ pub struct Overlay {
     pub node_ip: [u8; 4],
     /// The pods' gateway address: source of ICMP errors the node sends to pods.
     pub router_ip: [u8; 4],
-    /// The underlay port and its MTU; `None` on a node without one.
-    pub underlay: Option<PortId>,
+    /// MTU of the underlay device (1500 on a node without one).
     pub underlay_mtu: u32,
 }
 
@@ -93,7 +120,6 @@ impl Default for Overlay {
             tunnel_port: 8472,
             node_ip: [0; 4],
             router_ip: [0; 4],
-            underlay: None,
             underlay_mtu: 1500,
         }
     }

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use control::config::{Config, RoutingMode, XdpMode};
-use control::datapath::{Datapath, accepted_identities, node_endpoints, node_ipcache, node_routes};
+use control::config::{Config, XdpMode};
+use control::datapath::{Datapath, node_routes};
 use control::maps::{DropReason, IpcacheKey, MacAddr};
-use control::tables::{NextHop, Overlay, Port, PortId, PortRole};
+use control::tables::{NextHop, Port, PortId, PortRole};
 use xdp_redirect::{ROLE_LXC, ROLE_UNDERLAY, Steering, XDP_STAT_NAMES};
 
 use crate::api::{
@@ -180,15 +180,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             );
         }
         max_mtu = max_mtu.max(li.mtu);
-        ports.push(Port {
-            ifname: pod.lxc.clone(),
-            ifindex: li.ifindex,
-            mac: li.mac,
-            endpoint_ip: pod.ip,
-            endpoint_id: 0,
-            role: PortRole::Lxc,
-            mtu: li.mtu,
-        });
+        ports.push(Port::lxc(&pod.lxc, li.ifindex, li.mac, pod.ip, 0, li.mtu));
     }
     let mut underlay_port: Option<PortId> = None;
     if let Some(u) = &cfg.node.underlay {
@@ -217,15 +209,13 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         }
         max_mtu = max_mtu.max(li.mtu);
         underlay_port = Some(ports.len() as PortId);
-        ports.push(Port {
-            ifname: u.device.clone(),
-            ifindex: li.ifindex,
-            mac: li.mac,
-            endpoint_ip: u.address.addr,
-            endpoint_id: 0,
-            role: PortRole::Underlay,
-            mtu: li.mtu,
-        });
+        ports.push(Port::underlay(
+            &u.device,
+            li.ifindex,
+            li.mac,
+            u.address.addr,
+            li.mtu,
+        ));
     }
     // Every remote node must be reached through the underlay: check before touching anything.
     let mut nexthop_targets = Vec::new();
@@ -292,34 +282,12 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("pinning maps under {}", dir.display()))?;
     }
     let mut dp = Datapath::new(ports.clone(), queues as usize, steering);
-    dp.upsert_endpoints(&node_endpoints(&cfg, &ports))
-        .context("writing cilium_lxc")?;
-    let overlay = Overlay {
-        mode: cfg.datapath.routing,
-        tunnel_port: cfg.datapath.tunnel_port,
-        node_ip: cfg.node_ip().map_or([0; 4], |ip| ip.octets()),
-        router_ip: cfg.node.router_ip.octets(),
-        underlay: underlay_port,
-        underlay_mtu: underlay_port.map_or(1500, |p| ports[p as usize].mtu),
-    };
-    let routes = if cfg.datapath.routing == RoutingMode::Native {
-        node_routes(&cfg)
-    } else {
-        Vec::new()
-    };
-    dp.set_overlay(
-        overlay,
-        cfg.datapath.native_routing_cidr,
-        &routes,
-        accepted_identities(&cfg),
-    )
-    .context("writing fp_config")?;
-    dp.upsert_ipcache(&node_ipcache(&cfg))
-        .context("writing cilium_ipcache_v2")?;
+    dp.load_node(&cfg)
+        .context("writing cilium_lxc, fp_config and cilium_ipcache_v2")?;
     // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
     // host-originated traffic to remote pods takes the same path.
     let _routes_guard = KernelRoutes::install(
-        &routes,
+        &node_routes(&cfg),
         cfg.node.underlay.as_ref().map(|u| u.device.as_str()),
     )?;
     let mut nexthops = NextHops::new(nexthop_targets);

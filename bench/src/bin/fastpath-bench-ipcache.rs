@@ -10,12 +10,12 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use clap::Parser;
-use control::config::{Config, RoutingMode};
-use control::datapath::{Datapath, NoKernel, accepted_identities, node_endpoints, node_ipcache};
+use control::config::Config;
+use control::datapath::{Datapath, NoKernel};
 use control::lpm::Lpm4;
 use control::maps::{MacAddr, RemoteEndpointInfo};
 use control::net::Ipv4Cidr;
-use control::tables::{NextHop, Overlay, Port, PortRole, Tables};
+use control::tables::{NextHop, Port, Tables};
 use fastpath::stage::{self, Scratch, Verdict};
 use fastpath::wire::{Buf, ethernet, ipv4};
 
@@ -130,44 +130,28 @@ remote_nodes:
     )
     .unwrap();
     let ports = vec![
-        Port {
-            ifname: "lxc-a".into(),
-            ifindex: 2,
-            mac: MacAddr([0x3e, 0, 0, 0, 0, 1]),
-            endpoint_ip: cfg.pods[0].ip,
-            endpoint_id: 1,
-            role: PortRole::Lxc,
-            mtu: 1450,
-        },
-        Port {
-            ifname: "eth1".into(),
-            ifindex: 3,
-            mac: MacAddr([2, 0, 0, 0, 0, 1]),
-            endpoint_ip: cfg.node_ip().unwrap(),
-            endpoint_id: 0,
-            role: PortRole::Underlay,
-            mtu: 1500,
-        },
+        Port::lxc(
+            "lxc-a",
+            2,
+            MacAddr([0x3e, 0, 0, 0, 0, 1]),
+            cfg.pods[0].ip,
+            1,
+            1450,
+        ),
+        Port::underlay(
+            "eth1",
+            3,
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            cfg.node_ip().unwrap(),
+            1500,
+        ),
     ];
-    let eps = node_endpoints(&cfg, &ports);
     let mut dp = Datapath::new(ports, 1, NoKernel);
-    dp.upsert_endpoints(&eps).unwrap();
-    dp.set_overlay(
-        Overlay {
-            mode: RoutingMode::Tunnel,
-            tunnel_port: 8472,
-            node_ip: [192, 168, 50, 1],
-            router_ip: [10, 1, 0, 1],
-            underlay: Some(1),
-            underlay_mtu: 1500,
-        },
-        None,
-        &[],
-        accepted_identities(&cfg),
-    )
-    .unwrap();
+    dp.load_node(&cfg).unwrap();
+    // The big table, then the config's own entries again so they win where the synthetic
+    // prefixes overlap them (10.1.0.0/24 and 10.2.0.0/24 are among the 4096 node CIDRs).
     let mut batch: Vec<_> = extra.iter().map(|(p, v)| (p, *v)).collect();
-    batch.extend(node_ipcache(&cfg));
+    batch.extend(control::datapath::node_ipcache(&cfg));
     dp.upsert_ipcache(&batch).unwrap();
     dp.set_nexthops(&[(
         [192, 168, 50, 2],

@@ -34,24 +34,20 @@ const ECHO_PORT: PortId = 1;
 fn tables() -> std::sync::Arc<Tables> {
     let cfg = control::config::Config::default_node();
     let macs = [LXC_CLIENT_MAC, LXC_ECHO_MAC, MacAddr([0x3e, 0, 0, 0, 0, 3])];
-    let ports: Vec<Port> = cfg
-        .pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Port {
-            ifname: p.lxc.clone(),
-            ifindex: 20 + i as u32,
-            mac: macs[i],
-            endpoint_ip: p.ip,
-            endpoint_id: i as u16 + 1,
-            role: PortRole::Lxc,
-            mtu: 1500,
-        })
-        .collect();
+    let ports = lxc_ports(&cfg, &macs, 1500);
     let eps = node_endpoints(&cfg, &ports);
     let mut dp = Datapath::new(ports, 1, NoKernel);
     dp.upsert_endpoints(&eps).unwrap();
     dp.tables()
+}
+
+/// The lxc ports of a config's pods (ifindex 20 + i, endpoint ID i + 1, the given MACs).
+fn lxc_ports(cfg: &control::config::Config, macs: &[MacAddr], mtu: u32) -> Vec<Port> {
+    cfg.pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Port::lxc(&p.lxc, 20 + i as u32, macs[i], p.ip, i as u16 + 1, mtu))
+        .collect()
 }
 
 /// A chained packet builder (katran's PacketBuilder shape).
@@ -373,8 +369,7 @@ fn l4_of_delivered_tcp_is_untouched() {
 mod overlay {
     use super::*;
     use control::config::Config;
-    use control::datapath::{accepted_identities, node_ipcache, node_routes};
-    use control::tables::{NextHop, Overlay};
+    use control::tables::NextHop;
 
     const A_IP: [u8; 4] = [10, 1, 0, 11];
     const B_IP: [u8; 4] = [10, 1, 0, 12];
@@ -448,48 +443,17 @@ remote_nodes:
         peer: [u8; 4],
         peer_mac: MacAddr,
     ) -> std::sync::Arc<Tables> {
-        let mut ports: Vec<Port> = cfg
-            .pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Port {
-                ifname: p.lxc.clone(),
-                ifindex: 20 + i as u32,
-                mac: LXC[i],
-                endpoint_ip: p.ip,
-                endpoint_id: i as u16 + 1,
-                role: PortRole::Lxc,
-                mtu: 1450,
-            })
-            .collect();
+        let mut ports = lxc_ports(cfg, &LXC, 1450);
         let ul = ports.len() as PortId;
-        ports.push(Port {
-            ifname: "eth1".into(),
-            ifindex: 30,
-            mac: own_mac,
-            endpoint_ip: cfg.node_ip().unwrap(),
-            endpoint_id: 0,
-            role: PortRole::Underlay,
-            mtu: 1500,
-        });
-        let eps = node_endpoints(cfg, &ports);
+        ports.push(Port::underlay(
+            "eth1",
+            30,
+            own_mac,
+            cfg.node_ip().unwrap(),
+            1500,
+        ));
         let mut dp = Datapath::new(ports, 1, NoKernel);
-        dp.upsert_endpoints(&eps).unwrap();
-        dp.set_overlay(
-            Overlay {
-                mode: cfg.datapath.routing,
-                tunnel_port: 8472,
-                node_ip: cfg.node_ip().unwrap().octets(),
-                router_ip: cfg.node.router_ip.octets(),
-                underlay: Some(ul),
-                underlay_mtu: 1500,
-            },
-            cfg.datapath.native_routing_cidr,
-            &node_routes(cfg),
-            accepted_identities(cfg),
-        )
-        .unwrap();
-        dp.upsert_ipcache(&node_ipcache(cfg)).unwrap();
+        dp.load_node(cfg).unwrap();
         dp.set_nexthops(&[(
             peer,
             Some(NextHop {
