@@ -169,6 +169,10 @@ impl Status {
     pub fn forwarded(&self) -> u64 {
         self.workers.iter().map(|w| w.forwarded("egress")).sum()
     }
+    /// Frames delivered to local pods (from this node's pods or from other nodes).
+    pub fn forwarded_ingress(&self) -> u64 {
+        self.workers.iter().map(|w| w.forwarded("ingress")).sum()
+    }
     pub fn arp_replies(&self) -> u64 {
         self.workers.iter().map(|w| w.arp_replies).sum()
     }

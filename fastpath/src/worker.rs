@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use control::config::PollMode;
 use control::maps::MetricDir;
-use control::tables::{PortId, PortRole, TableReader};
+use control::tables::{PortId, TableReader};
 
 use crate::stage::{self, Scratch, Verdict};
 use crate::stats::WorkerCounters;
@@ -148,7 +148,6 @@ impl Worker {
                 let pc = &c.ports[p];
                 pc.rx_packets.add(n as u64);
                 let t = self.tables.get();
-                let from_underlay = t.port(p as PortId).map(|x| x.role) == Some(PortRole::Underlay);
                 for mut f in rx.drain(..) {
                     let len = f.len();
                     pc.rx_bytes.add(len as u64);
@@ -166,11 +165,16 @@ impl Worker {
                     };
                     let out = match v {
                         Verdict::Deliver { port } => {
-                            if from_underlay {
-                                c.decapsulated.add(1);
-                            } else {
-                                c.forwarded(MetricDir::Egress, len);
-                            }
+                            c.forwarded(MetricDir::Egress, len);
+                            c.forwarded(MetricDir::Ingress, len);
+                            port as usize
+                        }
+                        Verdict::Decap { port } => {
+                            c.decapsulated.add(1);
+                            c.forwarded(MetricDir::Ingress, len);
+                            port as usize
+                        }
+                        Verdict::RoutedIn { port } => {
                             c.forwarded(MetricDir::Ingress, len);
                             port as usize
                         }

@@ -499,6 +499,9 @@ fn native_routing_between_nodes() {
     let s0 = n0.status();
     assert!(s0.routed() > 0, "{}", s0.render());
     assert_eq!(s0.encapsulated(), 0);
+    let s1 = n1.status();
+    assert_eq!(s1.decapsulated(), 0, "native ingress is not decapsulation");
+    assert!(s1.forwarded_ingress() > 0, "{}", s1.render());
     assert_eq!(s0.overlay.as_ref().unwrap().mode, "native");
     // The kernel got the same routes (auto-direct-node-routes) for host traffic.
     let r = in_ns(

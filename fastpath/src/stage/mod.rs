@@ -32,8 +32,13 @@ use crate::wire::{
 /// What to do with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Local delivery to a pod: transmit on `port` (the frame was rewritten in place).
+    /// Local delivery from a pod to a pod of this node: transmit on `port` (the frame was
+    /// rewritten in place).
     Deliver { port: PortId },
+    /// Decapsulated (VXLAN from another node) and delivered to the pod behind `port`.
+    Decap { port: PortId },
+    /// Natively routed from another node and delivered to the pod behind `port`.
+    RoutedIn { port: PortId },
     /// Encapsulated (VXLAN) towards another node: transmit on the underlay `port`.
     Encap { port: PortId },
     /// Natively routed towards another node: transmit on the underlay `port`.
@@ -178,10 +183,9 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
     if let Some(ep) = t.endpoint_v4(ip.dst) {
         return local_delivery(b.data_mut(), ep, MetricDir::Egress);
     }
-    // Not local: the ipcache names the destination's identity and, in tunnel mode, its node.
-    let info = t.ipcache_v4(ip.dst);
+    // Not local: in tunnel mode the ipcache names the destination's node.
     match t.overlay.mode {
-        RoutingMode::Tunnel => match info.and_then(|i| i.tunnel_v4()) {
+        RoutingMode::Tunnel => match t.ipcache_v4(ip.dst).and_then(|i| i.tunnel_v4()) {
             Some(tunnel_ep) => encap(b, in_port, &ip, tunnel_ep, t, s),
             None => drop_egress(DropReason::Unroutable),
         },
@@ -333,64 +337,49 @@ pub fn from_netdev(b: &mut Buf<'_>, t: &Tables) -> Verdict {
     if eth.ethertype() != EtherType::Ipv4 {
         return drop_ingress(DropReason::UnknownL3);
     }
-    let frame = b.data();
-    let (proto, dst, first_frag, udp_dport, hl) =
-        match Ipv4Packet::new_checked(&frame[ethernet::HEADER_LEN..]) {
-            Ok(ip) => {
-                let p = ip.payload();
-                let dport = (p.len() >= 4).then(|| u16::from_be_bytes([p[2], p[3]]));
-                (
-                    ip.protocol(),
-                    ip.dst(),
-                    ip.frag_offset() == 0,
-                    dport,
-                    ip.header_len(),
-                )
-            }
+    // One look at the outer IPv4 header: is it VXLAN for us, and where does its header sit?
+    let vxlan_at = {
+        let ip = match Ipv4Packet::new_checked(&b.data()[ethernet::HEADER_LEN..]) {
+            Ok(ip) => ip,
             Err(_) => return drop_ingress(DropReason::Invalid),
         };
-    if proto == ipv4::PROTO_UDP && first_frag && udp_dport == Some(t.overlay.tunnel_port) {
-        return from_overlay(b, hl, dst, t);
-    }
-    // Native routing ingress: a local pod (source identity from the ipcache, for policy).
-    to_local_pod(b, t)
-}
-
-/// The IPv4 frame in `b` came from another node (decapsulated or natively routed): validate
-/// it and deliver it to its local pod.
-#[inline]
-fn to_local_pod(b: &mut Buf<'_>, t: &Tables) -> Verdict {
-    let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
-        Ok(ip) => ip,
-        Err(r) => return drop_ingress(r),
+        let udp = ip.payload();
+        let to_tunnel_port = ip.protocol() == ipv4::PROTO_UDP
+            && ip.frag_offset() == 0
+            && udp.len() >= 4
+            && u16::from_be_bytes([udp[2], udp[3]]) == t.overlay.tunnel_port;
+        if to_tunnel_port {
+            if ip.is_fragment() {
+                // Reassembling the underlay is not ours to do.
+                return drop_ingress(DropReason::FragNosupport);
+            }
+            if ip.dst() != t.overlay.node_ip {
+                return drop_ingress(DropReason::UnknownTarget);
+            }
+            if udp.len() < l4::UDP_HEADER_LEN {
+                return drop_ingress(DropReason::Invalid);
+            }
+            let vxlan_off = ethernet::HEADER_LEN + ip.header_len() + l4::UDP_HEADER_LEN;
+            Some((vxlan_off, ethernet::HEADER_LEN + ip.total_len()))
+        } else {
+            None
+        }
     };
-    match t.endpoint_v4(ip.dst) {
-        Some(ep) => local_delivery(b.data_mut(), ep, MetricDir::Ingress),
-        None => drop_ingress(DropReason::Unroutable),
+    match vxlan_at {
+        Some((vxlan_off, end)) => from_overlay(b, vxlan_off, end, t),
+        // Native routing ingress: a local pod.
+        None => to_local_pod(b, t, |port| Verdict::RoutedIn { port }),
     }
 }
 
-/// `from-overlay`: validate and strip the outer headers, identity from the VNI, deliver.
+/// `from-overlay`: the VXLAN header at `vxlan_off` (the outer IPv4 packet ends at `end`):
+/// identity from the VNI, strip the outer headers, deliver.
 #[inline]
-fn from_overlay(b: &mut Buf<'_>, ip_hl: usize, outer_dst: [u8; 4], t: &Tables) -> Verdict {
-    let (vni, outer_total) = {
-        let outer = Ipv4Packet::new_checked(&b.data()[ethernet::HEADER_LEN..]).expect("checked");
-        if outer.is_fragment() {
-            // Reassembling the underlay is not ours to do.
-            return drop_ingress(DropReason::FragNosupport);
-        }
-        if outer_dst != t.overlay.node_ip {
-            return drop_ingress(DropReason::UnknownTarget);
-        }
-        let udp = outer.payload();
-        if udp.len() < l4::UDP_HEADER_LEN {
-            return drop_ingress(DropReason::Invalid);
-        }
-        match vxlan::parse(&udp[l4::UDP_HEADER_LEN..]) {
-            Ok(h) => (h.vni, outer.total_len()),
-            Err(WireError::Truncated) => return drop_ingress(DropReason::Invalid),
-            Err(WireError::Malformed) => return drop_ingress(DropReason::NoTunnelKey),
-        }
+fn from_overlay(b: &mut Buf<'_>, vxlan_off: usize, end: usize, t: &Tables) -> Verdict {
+    let vni = match vxlan::parse(&b.data()[vxlan_off..end]) {
+        Ok(h) => h.vni,
+        Err(WireError::Truncated) => return drop_ingress(DropReason::Invalid),
+        Err(WireError::Malformed) => return drop_ingress(DropReason::NoTunnelKey),
     };
     // Receiver rules: the VNI is the source identity; nobody may claim to be this host, and
     // an identity the cluster does not know is refused too.
@@ -400,25 +389,33 @@ fn from_overlay(b: &mut Buf<'_>, ip_hl: usize, outer_dst: [u8; 4], t: &Tables) -
     if !t.identities.contains(&vni) {
         return drop_ingress(DropReason::InvalidVni);
     }
-    let outer_len = ethernet::HEADER_LEN + ip_hl + l4::UDP_HEADER_LEN + vxlan::HEADER_LEN;
     // Outer Ethernet padding is not part of the inner frame.
-    b.set_len(ethernet::HEADER_LEN + outer_total);
-    b.pull_head(outer_len);
+    b.set_len(end);
+    b.pull_head(vxlan_off + vxlan::HEADER_LEN);
     let Ok(eth) = EthernetFrame::new_checked(b.data()) else {
         return drop_ingress(DropReason::Invalid);
     };
     if eth.ethertype() != EtherType::Ipv4 {
         return drop_ingress(DropReason::UnknownL3);
     }
-    to_local_pod(b, t)
+    to_local_pod(b, t, |port| Verdict::Decap { port })
 }
 
-/// The identity a frame's source address has in the ipcache (world when unknown); what
-/// native-routed ingress uses for policy.
+/// The IPv4 frame in `b` came from another node (decapsulated or natively routed): validate
+/// it and deliver it to its local pod; `arrived` names how it came.
 #[inline]
-pub fn source_identity(t: &Tables, src: [u8; 4]) -> u32 {
-    t.ipcache_v4(src)
-        .map_or(identity::RESERVED_WORLD, |i| i.sec_identity)
+fn to_local_pod(b: &mut Buf<'_>, t: &Tables, arrived: fn(PortId) -> Verdict) -> Verdict {
+    let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
+        Ok(ip) => ip,
+        Err(r) => return drop_ingress(r),
+    };
+    match t.endpoint_v4(ip.dst) {
+        Some(ep) => match local_delivery(b.data_mut(), ep, MetricDir::Ingress) {
+            Verdict::Deliver { port } => arrived(port),
+            v => v,
+        },
+        None => drop_ingress(DropReason::Unroutable),
+    }
 }
 
 #[cfg(test)]

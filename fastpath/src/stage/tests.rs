@@ -629,7 +629,7 @@ remote_nodes:
             .icmp_echo(C_IP, B_IP, 64)
             .bytes();
         let (v, out) = run(&vxlan_frame(N2, N1, 8472, vni(c_id), &inner), UL, &t);
-        assert_eq!(v, Verdict::Deliver { port: B_PORT });
+        assert_eq!(v, Verdict::Decap { port: B_PORT });
         let want = Pkt::eth(B_MAC, LXC[1]).icmp_echo(C_IP, B_IP, 63).bytes();
         assert_eq!(out, want, "outer headers gone, TTL-1, pod MACs");
     }
@@ -642,7 +642,7 @@ remote_nodes:
         let (v, wire_frame) = run(&input, 0, &n2);
         assert_eq!(v, Verdict::Encap { port: 1 });
         let (v, out) = run(&wire_frame, UL, &n1());
-        assert_eq!(v, Verdict::Deliver { port: A_PORT });
+        assert_eq!(v, Verdict::Decap { port: A_PORT });
         assert_eq!(
             out,
             Pkt::eth(A_MAC, LXC[0]).icmp_echo(C_IP, A_IP, 63).bytes()
@@ -769,11 +769,11 @@ remote_nodes:
         assert!(ip.verify_checksum());
         // The ipcache still names c's identity (for policy), without a tunnel.
         let c_id = n2_cfg().identities().0[0];
-        assert_eq!(source_identity(&t, C_IP), c_id);
+        assert_eq!(t.ipcache_v4(C_IP).unwrap().sec_identity, c_id);
         // Native ingress: from the underlay straight to a local pod.
         let from_n2 = Pkt::eth(N1_MAC, N2_MAC).icmp_echo(C_IP, B_IP, 63).bytes();
         let (v, out) = run(&from_n2, UL, &t);
-        assert_eq!(v, Verdict::Deliver { port: B_PORT });
+        assert_eq!(v, Verdict::RoutedIn { port: B_PORT });
         assert_eq!(
             out,
             Pkt::eth(B_MAC, LXC[1]).icmp_echo(C_IP, B_IP, 62).bytes()
