@@ -198,7 +198,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 li.tx_queues
             );
         }
-        if !has_address(&u.device, u.address.addr)? {
+        if !neigh::has_address(&u.device, u.address.addr)? {
             bail!(
                 "node.underlay.address: {} is not configured on `{}` (ip addr add {} dev {})",
                 u.address.addr,
@@ -218,8 +218,8 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
     // Every remote node must be reached through the underlay: check before touching anything.
-    let mut nexthop_targets = Vec::new();
-    if let (Some(up), Some(u)) = (underlay_port, &cfg.node.underlay) {
+    let mut nexthops = NextHops::new(underlay_port.map(|p| (p, &ports[p as usize])));
+    if let Some(u) = &cfg.node.underlay {
         for (i, r) in cfg.remote_nodes.iter().enumerate() {
             let route = neigh::route_get(r.ip)
                 .with_context(|| format!("remote_nodes[{i}].ip: {}", r.ip))?;
@@ -231,12 +231,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                     u.device
                 );
             }
-            nexthop_targets.push(NextHopTarget {
-                ip: r.ip,
-                via: route.neighbour(r.ip),
-                port: up,
-                inner_dst_mac: r.overlay_mac,
-            });
+            nexthops.add(r.ip, route.neighbour(r.ip), r.overlay_mac);
         }
     }
     let frame_size = frame_size_for(max_mtu).with_context(|| {
@@ -290,7 +285,6 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         &node_routes(&cfg),
         cfg.node.underlay.as_ref().map(|u| u.device.as_str()),
     )?;
-    let mut nexthops = NextHops::new(nexthop_targets);
     nexthops.start(&mut dp)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -658,23 +652,6 @@ fn status(v: &NodeView<'_>) -> Status {
     }
 }
 
-/// Is `ip` one of the device's addresses?
-fn has_address(dev: &str, ip: std::net::Ipv4Addr) -> anyhow::Result<bool> {
-    let out = std::process::Command::new("ip")
-        .args(["-j", "-4", "addr", "show", "dev", dev])
-        .output()
-        .context("running `ip addr`")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let want = ip.to_string();
-    Ok(v.as_array().into_iter().flatten().any(|l| {
-        l["addr_info"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["local"].as_str() == Some(&want))
-    }))
-}
-
 /// Kernel routes fastpath installed (native routing), removed again on exit.
 struct KernelRoutes(Vec<String>);
 
@@ -721,12 +698,19 @@ struct NextHopTarget {
     ip: std::net::Ipv4Addr,
     /// Whose MAC the frames need (a router, or `ip` itself).
     via: std::net::Ipv4Addr,
-    port: PortId,
     inner_dst_mac: Option<MacAddr>,
+}
+
+/// The device every next hop is reached through.
+struct Underlay {
+    port: PortId,
+    dev: String,
+    mac: MacAddr,
 }
 
 /// Keeps the workers' next-hop table in step with the kernel's neighbour table.
 struct NextHops {
+    underlay: Option<Underlay>,
     targets: Vec<NextHopTarget>,
     /// Last state seen per target (for status), in target order.
     seen: Vec<neigh::Neighbour>,
@@ -737,32 +721,41 @@ struct NextHops {
 const NEIGH_REFRESH: Duration = Duration::from_secs(1);
 
 impl NextHops {
-    fn new(targets: Vec<NextHopTarget>) -> Self {
-        let seen = targets
-            .iter()
-            .map(|_| neigh::Neighbour {
-                mac: None,
-                state: "unknown".into(),
-            })
-            .collect();
+    /// Next hops through the underlay port (none without an underlay).
+    fn new(underlay: Option<(PortId, &Port)>) -> Self {
         NextHops {
-            targets,
-            seen,
+            underlay: underlay.map(|(id, p)| Underlay {
+                port: id,
+                dev: p.ifname.clone(),
+                mac: p.mac,
+            }),
+            targets: Vec::new(),
+            seen: Vec::new(),
             last: Instant::now(),
         }
     }
 
-    fn dev_of<'a>(&self, ports: &'a [Port], t: &NextHopTarget) -> &'a str {
-        &ports[t.port as usize].ifname
+    fn add(&mut self, ip: std::net::Ipv4Addr, via: std::net::Ipv4Addr, inner: Option<MacAddr>) {
+        self.targets.push(NextHopTarget {
+            ip,
+            via,
+            inner_dst_mac: inner,
+        });
+        self.seen.push(neigh::Neighbour {
+            mac: None,
+            state: "unknown".into(),
+        });
     }
 
     /// Ask the kernel to resolve every next hop and wait up to 2 s for them; publish what
     /// resolved. An unresolved one is not fatal (that node may be down): its frames are
     /// dropped with "FIB lookup failed" until it resolves.
     fn start(&mut self, dp: &mut Datapath<Steering>) -> anyhow::Result<()> {
-        let ports = dp.tables().ports.clone();
+        let Some(u) = &self.underlay else {
+            return Ok(());
+        };
         for t in &self.targets {
-            neigh::ensure_managed(t.via, self.dev_of(&ports, t))?;
+            neigh::ensure_managed(t.via, &u.dev)?;
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
@@ -791,35 +784,26 @@ impl NextHops {
         self.refresh(dp);
     }
 
+    /// One read of the underlay's neighbour table; publish what changed.
     fn refresh(&mut self, dp: &mut Datapath<Steering>) {
         self.last = Instant::now();
-        let tables = dp.tables();
-        let mut by_dev: std::collections::HashMap<
-            &str,
-            Vec<(std::net::Ipv4Addr, neigh::Neighbour)>,
-        > = std::collections::HashMap::new();
+        let Some(u) = &self.underlay else {
+            return;
+        };
+        let table = neigh::neighbours(&u.dev).unwrap_or_default();
         let mut changes = Vec::with_capacity(self.targets.len());
-        for (i, t) in self.targets.iter().enumerate() {
-            let port = &tables.ports[t.port as usize];
-            let dev = port.ifname.as_str();
-            if !by_dev.contains_key(dev) {
-                by_dev.insert(dev, neigh::neighbours(dev).unwrap_or_default());
-            }
-            let found = by_dev[dev]
-                .iter()
-                .find(|(ip, _)| *ip == t.via)
-                .map(|(_, n)| n.clone());
-            let n = match found {
-                Some(n) => {
+        for (t, seen) in self.targets.iter().zip(&mut self.seen) {
+            let n = match table.iter().find(|(ip, _)| *ip == t.via) {
+                Some((_, n)) => {
                     if n.state.contains("FAILED") {
                         // The peer did not answer (down, or not up yet): probe again.
-                        let _ = neigh::reprobe(t.via, dev);
+                        let _ = neigh::reprobe(t.via, &u.dev);
                     }
-                    n
+                    n.clone()
                 }
                 None => {
                     // Flushed or garbage-collected: ask again.
-                    let _ = neigh::ensure_managed(t.via, dev);
+                    let _ = neigh::ensure_managed(t.via, &u.dev);
                     neigh::Neighbour {
                         mac: None,
                         state: "none".into(),
@@ -829,13 +813,13 @@ impl NextHops {
             changes.push((
                 t.ip.octets(),
                 n.usable().map(|mac| NextHop {
-                    port: t.port,
-                    src_mac: port.mac,
+                    port: u.port,
+                    src_mac: u.mac,
                     dst_mac: mac,
                     inner_dst_mac: t.inner_dst_mac,
                 }),
             ));
-            self.seen[i] = n;
+            *seen = n;
         }
         dp.set_nexthops(&changes);
     }

@@ -6,7 +6,7 @@
 //! reads the MAC back. The control thread re-reads every entry periodically and publishes
 //! changes (a MAC move, a failover) to the workers.
 //!
-//! This uses iproute2's JSON output; it runs on the control thread only, never per packet.
+//! This (and the underlay address check) uses iproute2's JSON output; it runs on the control thread only, never per packet.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -62,6 +62,19 @@ fn ip_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
         return Ok(serde_json::Value::Array(Vec::new()));
     }
     serde_json::from_slice(&out.stdout).context("parsing `ip -j` output")
+}
+
+/// Is `ip` one of the addresses of `dev`?
+pub fn has_address(dev: &str, ip: Ipv4Addr) -> anyhow::Result<bool> {
+    let v = ip_json(&["-4", "addr", "show", "dev", dev])?;
+    let want = ip.to_string();
+    Ok(v.as_array().into_iter().flatten().any(|l| {
+        l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["local"].as_str() == Some(&want))
+    }))
 }
 
 /// `ip route get DST`.
