@@ -115,7 +115,6 @@ impl Lab {
             keep: false,
             _not_send: PhantomData,
         };
-        let q = queues.to_string();
         lab.add_ns(&node)?;
         in_ns(
             &node,
@@ -150,29 +149,7 @@ impl Lab {
             let pns = p.netns.clone().expect("checked");
             lab.add_ns(&pns)?;
             in_ns(&pns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-            sh(&[
-                "ip",
-                "link",
-                "add",
-                &p.lxc,
-                "netns",
-                &node,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &pns,
-                "numtxqueues",
-                &q,
-                "numrxqueues",
-                &q,
-            ])?;
+            veth_pair((&p.lxc, &node), ("eth0", &pns), queues)?;
             in_ns(
                 &pns,
                 &[
@@ -250,31 +227,8 @@ impl Lab {
             )?;
             in_ns(&fabric, &["ip", "link", "set", FABRIC_BRIDGE, "up"])?;
         }
-        let q = queues.to_string();
         let port = fabric_port(&cfg.node.name);
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &u.device,
-            "netns",
-            node,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &fabric,
-            "numtxqueues",
-            &q,
-            "numrxqueues",
-            &q,
-        ])?;
+        veth_pair((&u.device, node), (&port, &fabric), queues)?;
         // Checksums finished in software before frames reach an AF_XDP socket (see module doc).
         in_ns(&fabric, &["ethtool", "-K", &port, "tx", "off"])?;
         in_ns(
@@ -328,6 +282,35 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
+}
+
+/// A veth pair with `queues` rx/tx queues on both ends, each end created in its namespace.
+fn veth_pair(a: (&str, &str), b: (&str, &str), queues: u32) -> anyhow::Result<()> {
+    let q = queues.to_string();
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        a.0,
+        "netns",
+        a.1,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b.0,
+        "netns",
+        b.1,
+        "numtxqueues",
+        &q,
+        "numrxqueues",
+        &q,
+    ])?;
+    Ok(())
 }
 
 /// The node's port on the fabric bridge: `p-` and the last 13 characters of the node name

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use control::config::Config;
+use control::maps::MacAddr;
 use fastpath::api::{self, Status};
+use fastpath::daemon::link_info_in;
 use fastpath::lab::{Lab, in_ns};
 
 /// True (and a message) when the test cannot run here.
@@ -272,31 +274,18 @@ impl TestNode {
     }
 
     /// The lxc device's MAC of pod `i` (the gateway MAC the pod uses).
-    pub fn lxc_mac(&self, i: usize) -> String {
-        // Not /sys/class/net: sysfs shows the namespace it was mounted in; ask ip.
-        let out = in_ns(
-            self.node_ns(),
-            &["ip", "-j", "link", "show", "dev", &self.cfg.pods[i].lxc],
-        )
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v[0]["address"].as_str().unwrap().to_string()
+    pub fn lxc_mac(&self, i: usize) -> MacAddr {
+        self.dev_mac(&self.cfg.pods[i].lxc)
     }
 
     /// MAC of device `dev` in the node namespace.
-    pub fn dev_mac(&self, dev: &str) -> String {
-        let out = in_ns(self.node_ns(), &["ip", "-j", "link", "show", "dev", dev]).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v[0]["address"].as_str().unwrap().to_string()
+    pub fn dev_mac(&self, dev: &str) -> MacAddr {
+        link_info_in(self.node_ns(), dev).expect("device").mac
     }
 
     /// Send raw Ethernet frames (hex) out of `dev` in the node namespace (AF_PACKET).
     pub fn send_raw_on(&self, dev: &str, frames_hex: &[String]) {
-        let script = format!(
-            "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(({dev:?},0))\nfor f in {:?}:\n    s.send(bytes.fromhex(f))\n",
-            frames_hex
-        );
-        in_ns(self.node_ns(), &["python3", "-c", &script]).expect("raw send");
+        raw_send(self.node_ns(), dev, frames_hex);
     }
 
     /// Run the fastpath CLI against this node.
@@ -424,11 +413,12 @@ pub trait Pods {
 
     /// Send raw Ethernet frames (hex) out of pod `i`'s eth0 with an AF_PACKET socket.
     fn send_raw(&self, i: usize, frames_hex: &[String]) {
-        let script = format!(
-            "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('eth0',0))\nfor f in {:?}:\n    s.send(bytes.fromhex(f))\n",
-            frames_hex
-        );
-        in_ns(self.pod_ns(i), &["python3", "-c", &script]).expect("raw send");
+        raw_send(self.pod_ns(i), "eth0", frames_hex);
+    }
+
+    /// MTU of pod `i`'s eth0.
+    fn pod_mtu(&self, i: usize) -> u32 {
+        link_info_in(self.pod_ns(i), "eth0").expect("pod eth0").mtu
     }
 
     /// Start a background command in pod `i` (killed on drop of the guard).
@@ -457,6 +447,14 @@ impl Pods for TestNode {
     fn cfg(&self) -> &Config {
         &self.cfg
     }
+}
+
+/// Send raw Ethernet frames (hex) out of `dev` in namespace `ns` with an AF_PACKET socket.
+fn raw_send(ns: &str, dev: &str, frames_hex: &[String]) {
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(({dev:?},0))\nfor f in {frames_hex:?}:\n    s.send(bytes.fromhex(f))\n"
+    );
+    in_ns(ns, &["python3", "-c", &script]).expect("raw send");
 }
 
 /// Background servers, killed on drop.

@@ -8,14 +8,32 @@ use control::maps::DropReason;
 use fastpath::lab::in_ns;
 use fastpath_tests::{KernelNode, Kind, Pods, TestNode, cluster_yaml, require_root, unique};
 
-/// Two fastpath nodes × two pods, tunnel mode.
-fn two_nodes(tag: &str, extra: &str) -> (TestNode, TestNode) {
-    let y = cluster_yaml(&unique(tag), &[Kind::Fastpath, Kind::Fastpath], 2, extra);
-    let a = TestNode::start(&y[0], 1, &["--cores", "0"]);
-    let b = TestNode::start(&y[1], 1, &["--cores", "1"]);
+/// Start fastpath on two cluster configs (cores 0 and 1) and wait until their next hops
+/// resolve.
+fn start_pair(y0: &str, y1: &str) -> (TestNode, TestNode) {
+    let a = TestNode::start(y0, 1, &["--cores", "0"]);
+    let b = TestNode::start(y1, 1, &["--cores", "1"]);
     a.wait_overlay_ready();
     b.wait_overlay_ready();
     (a, b)
+}
+
+/// Two fastpath nodes × two pods; `extra` goes into their `datapath:` section.
+fn two_nodes(tag: &str, extra: &str) -> (TestNode, TestNode) {
+    let y = cluster_yaml(&unique(tag), &[Kind::Fastpath, Kind::Fastpath], 2, extra);
+    start_pair(&y[0], &y[1])
+}
+
+/// The fabric namespace a node is plugged into.
+fn fabric(n: &TestNode) -> String {
+    n.cfg
+        .node
+        .underlay
+        .as_ref()
+        .unwrap()
+        .fabric_netns
+        .clone()
+        .unwrap()
 }
 
 #[test]
@@ -183,11 +201,8 @@ fn kernel_vxlan_node_interoperates_both_ways() {
     }
     let tag = unique("k");
     let y = cluster_yaml(&tag, &[Kind::Fastpath, Kind::Fastpath, Kind::Kernel], 2, "");
-    let n0 = TestNode::start(&y[0], 1, &["--cores", "0"]);
-    let n1 = TestNode::start(&y[1], 1, &["--cores", "1"]);
     let k = KernelNode::start(&y[2]);
-    n0.wait_overlay_ready();
-    n1.wait_overlay_ready();
+    let (n0, n1) = start_pair(&y[0], &y[1]);
     let (n0_ids, _) = n0.cfg.identities();
     let (k_ids, _) = k.cfg.identities();
 
@@ -252,10 +267,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn mac(s: &str) -> control::maps::MacAddr {
-    s.parse().unwrap()
-}
-
 /// A VXLAN frame from `from`'s underlay to `to`'s, carrying a ping from `from` pod 0 to `to`
 /// pod 0, with the 8 VXLAN header bytes given.
 fn raw_vxlan(from: &TestNode, to: &TestNode, vx: [u8; 8]) -> Vec<u8> {
@@ -264,8 +275,8 @@ fn raw_vxlan(from: &TestNode, to: &TestNode, vx: [u8; 8]) -> Vec<u8> {
     let mut inner = vec![0u8; 14 + 20 + 8];
     ethernet::emit(
         &mut inner,
-        mac(&to.dev_mac("eth1")),
-        mac(&from.dev_mac("eth1")),
+        to.dev_mac("eth1"),
+        from.dev_mac("eth1"),
         ethernet::EtherType::Ipv4,
     );
     ipv4::emit(
@@ -281,8 +292,8 @@ fn raw_vxlan(from: &TestNode, to: &TestNode, vx: [u8; 8]) -> Vec<u8> {
     vxlan::emit(
         &mut f,
         &vxlan::Outer {
-            dst_mac: mac(&to.dev_mac("eth1")),
-            src_mac: mac(&from.dev_mac("eth1")),
+            dst_mac: to.dev_mac("eth1"),
+            src_mac: from.dev_mac("eth1"),
             src_ip: ip(from),
             dst_ip: ip(to),
             ip_id: 9,
@@ -357,9 +368,7 @@ fn too_big_for_the_tunnel_gets_icmp_frag_needed() {
         return;
     }
     let (n0, n1) = two_nodes("m", "");
-    let link = n0.pod_cmd(0, &["ip", "-j", "link", "show", "dev", "eth0"]);
-    let v: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
-    assert_eq!(v[0]["mtu"], 1450, "pod MTU set for the overlay");
+    assert_eq!(n0.pod_mtu(0), 1450, "pod MTU set for the overlay");
     // A pod whose MTU ignores the overlay (both veth ends at 1500) sends a full-size frame.
     n0.pod_cmd(0, &["ip", "link", "set", "eth0", "mtu", "1500"]);
     in_ns(
@@ -465,21 +474,12 @@ fn native_routing_between_nodes() {
     if !require_root() {
         return;
     }
-    let tag = unique("n");
-    let y = cluster_yaml(
-        &tag,
-        &[Kind::Fastpath, Kind::Fastpath],
-        2,
+    let (n0, n1) = two_nodes(
+        "n",
         "  routing: native\n  native_routing_cidr: 10.0.0.0/8\n",
     );
-    let n0 = TestNode::start(&y[0], 1, &["--cores", "0"]);
-    let n1 = TestNode::start(&y[1], 1, &["--cores", "1"]);
-    n0.wait_overlay_ready();
-    n1.wait_overlay_ready();
-    let link = n0.pod_cmd(0, &["ip", "-j", "link", "show", "dev", "eth0"]);
-    let v: serde_json::Value = serde_json::from_slice(&link.stdout).unwrap();
-    assert_eq!(v[0]["mtu"], 1500, "no encapsulation overhead");
-    let vx = capture_vxlan(&format!("{tag}f"), || {
+    assert_eq!(n0.pod_mtu(0), 1500, "no encapsulation overhead");
+    let vx = capture_vxlan(&fabric(&n0), || {
         for i in 0..2 {
             assert!(n0.ping(i, &n1.pod_ip(1 - i), 3), "n0p{i}\n{}", n0.log());
         }

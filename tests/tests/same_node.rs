@@ -123,11 +123,7 @@ fn malformed_frames_are_counted_drops_and_worker_survives() {
     }
     let name = unique("c");
     let node = TestNode::start(&node_yaml(&name, 2, 1, ""), 1, &[]);
-    let gw: Vec<u8> = node
-        .lxc_mac(0)
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16).unwrap())
-        .collect();
+    let gw = node.lxc_mac(0).0;
     let me = node.cfg.pods[0].mac.0;
     let src = node.cfg.pods[0].ip.octets();
     let dst = node.cfg.pods[1].ip.octets();
