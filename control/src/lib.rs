@@ -11,9 +11,12 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod ct;
 pub mod datapath;
 pub mod identity;
 pub mod lpm;
+pub mod maglev;
 pub mod maps;
 pub mod net;
+pub mod shared_table;
 pub mod tables;

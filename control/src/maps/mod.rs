@@ -4,8 +4,10 @@
 //! compile-time size assert and a layout test, so the same bytes can be written into the
 //! pinned eBPF maps and read by `bpftool map dump` or the tc fallback program.
 
+pub mod ct;
 pub mod drop;
 pub mod ipcache;
+pub mod lb;
 pub mod lxc;
 mod pod;
 

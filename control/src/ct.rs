@@ -1,0 +1,411 @@
+//! Connection tracking: `cilium_ct4_global` (TCP) and `cilium_ct_any4_global` (the rest),
+//! written by the workers, swept by the control plane.
+//!
+//! # Design (docs/services.md, "Conntrack")
+//! - **One table for all workers.** Both maps are [`SharedTable`]s that every worker reads
+//!   and writes without locks, so a reply that RSS puts on another queue — or that comes back
+//!   through another device (the underlay instead of an lxc) — finds the entry its request
+//!   created. Per-worker tables would need symmetric steering of both directions, which
+//!   neither veth RSS nor DNAT (the reply's tuple differs from the request's) can give.
+//! - **One entry per connection and node role**, keyed in Cilium's orientation: the request
+//!   direction looks up the key as built from its packet; the reply direction builds the
+//!   reversed key. OUT entries are created by `from-container`/NodePort (this node sent or
+//!   forwarded the first packet), IN entries by local delivery (`to-container`), SVC entries
+//!   by the load balancer (they pin the backend).
+//! - **Lifetimes** are absolute seconds of CLOCK_MONOTONIC (Cilium's "bpf mono"), pushed
+//!   forward by every packet, with Cilium's defaults per state ([`crate::maps::ct`]).
+//! - **GC**: the control thread calls [`Conntrack::sweep`] every few seconds; workers never
+//!   delete. An expired entry that is not yet swept is treated as absent.
+//!
+//! Value words of an entry (fastpath's in-memory form of `ct_entry`; [`CtState::to_entry`]
+//! gives the 56-byte Cilium value for dumps):
+//! - w0: backend ID (u32) | source identity (u32) << 32
+//! - w1: NAT address (wire bytes) | NAT port (host) << 32 | rev_nat index (host) << 48
+//! - w2: flags (u16) | tx_flags_seen << 16 | rx_flags_seen << 24 | reply port + 1 << 32
+//! - w3: the MAC a NodePort request came from (reply next hop; Cilium keeps it in
+//!   `cilium_nodeport_neigh4`)
+
+use std::sync::atomic::Ordering;
+
+use crate::maps::ct::*;
+use crate::maps::lb::RevNat;
+use crate::maps::{MacAddr, ct::CtEntry};
+use crate::shared_table::{SharedTable, SlotRef, expired};
+
+const W: usize = 4;
+
+/// TCP header flag bits (the low byte of the flags field).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// The decoded value of a conntrack entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtState {
+    /// Service entries: the backend serving the flow.
+    pub backend_id: u32,
+    pub src_sec_id: u32,
+    /// OUT entries of SNATed flows: the original (pre-SNAT) client address and port.
+    pub nat_addr: [u8; 4],
+    pub nat_port: u16,
+    pub rev_nat: RevNat,
+    pub flags: u16,
+    pub tx_flags_seen: u8,
+    pub rx_flags_seen: u8,
+    /// NodePort flows: the device (port ID) replies leave on, and the MAC they go to.
+    pub reply_port: Option<u16>,
+    pub reply_mac: MacAddr,
+}
+
+impl CtState {
+    fn encode(&self) -> [u64; W] {
+        [
+            self.backend_id as u64 | (self.src_sec_id as u64) << 32,
+            u32::from_le_bytes(self.nat_addr) as u64
+                | (self.nat_port as u64) << 32
+                | (self.rev_nat.0 as u64) << 48,
+            self.flags as u64
+                | (self.tx_flags_seen as u64) << 16
+                | (self.rx_flags_seen as u64) << 24
+                | (self.reply_port.map_or(0, |p| p as u64 + 1)) << 32,
+            mac_to_u64(self.reply_mac),
+        ]
+    }
+
+    fn decode(w: [u64; W]) -> CtState {
+        let rp = (w[2] >> 32) as u16;
+        CtState {
+            backend_id: w[0] as u32,
+            src_sec_id: (w[0] >> 32) as u32,
+            nat_addr: (w[1] as u32).to_le_bytes(),
+            nat_port: (w[1] >> 32) as u16,
+            rev_nat: RevNat((w[1] >> 48) as u16),
+            flags: w[2] as u16,
+            tx_flags_seen: (w[2] >> 16) as u8,
+            rx_flags_seen: (w[2] >> 24) as u8,
+            reply_port: (rp != 0).then(|| rp - 1),
+            reply_mac: u64_to_mac(w[3]),
+        }
+    }
+
+    /// The 56-byte Cilium value (accounting off: packets and bytes read 0, as in 1.19's
+    /// default).
+    pub fn to_entry(&self, service: bool, lifetime: u32) -> CtEntry {
+        let mut nat_addr_lo = [0u8; 8];
+        if !service {
+            nat_addr_lo[..4].copy_from_slice(&self.nat_addr);
+        }
+        CtEntry {
+            nat_addr_lo,
+            backend_id: if service { self.backend_id as u64 } else { 0 },
+            lifetime,
+            flags: self.flags,
+            rev_nat_index: self.rev_nat.be(),
+            nat_port: if service { 0 } else { self.nat_port.to_be() },
+            tx_flags_seen: self.tx_flags_seen,
+            rx_flags_seen: self.rx_flags_seen,
+            src_sec_id: self.src_sec_id,
+            ..Default::default()
+        }
+    }
+
+    pub fn closing(&self) -> bool {
+        self.flags & (CT_RX_CLOSING | CT_TX_CLOSING) == CT_RX_CLOSING | CT_TX_CLOSING
+    }
+}
+
+fn mac_to_u64(m: MacAddr) -> u64 {
+    let mut b = [0u8; 8];
+    b[..6].copy_from_slice(&m.0);
+    u64::from_le_bytes(b)
+}
+
+fn u64_to_mac(v: u64) -> MacAddr {
+    let b = v.to_le_bytes();
+    MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// A found entry: where it is, which map, and its value at lookup time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtHit {
+    slot: SlotRef,
+    tcp: bool,
+    pub state: CtState,
+    pub lifetime: u32,
+}
+
+/// Sizes of the two maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtSizes {
+    pub tcp: usize,
+    pub any: usize,
+}
+
+impl Default for CtSizes {
+    fn default() -> Self {
+        CtSizes {
+            tcp: CT_TCP_MAX as usize,
+            any: CT_ANY_MAX as usize,
+        }
+    }
+}
+
+/// Both conntrack maps.
+#[derive(Debug)]
+pub struct Conntrack {
+    pub tcp: SharedTable<W>,
+    pub any: SharedTable<W>,
+}
+
+impl Conntrack {
+    pub fn new(sizes: CtSizes) -> Conntrack {
+        Conntrack {
+            tcp: SharedTable::new(sizes.tcp),
+            any: SharedTable::new(sizes.any),
+        }
+    }
+
+    #[inline]
+    fn map(&self, tcp: bool) -> &SharedTable<W> {
+        if tcp { &self.tcp } else { &self.any }
+    }
+
+    /// Look `key` up; an entry whose lifetime passed is absent.
+    #[inline]
+    pub fn lookup(&self, key: &CtTuple4, now: u32) -> Option<CtHit> {
+        let tcp = key.nexthdr == crate::maps::ct::PROTO_TCP;
+        let m = self.map(tcp);
+        let slot = m.lookup(&key.words())?;
+        let (w, lifetime) = m.read(slot)?;
+        if expired(lifetime, now) {
+            return None;
+        }
+        Some(CtHit {
+            slot,
+            tcp,
+            state: CtState::decode(w),
+            lifetime,
+        })
+    }
+
+    /// Create (or replace) `key` with `state`; `None` only if the map could not take it.
+    pub fn create(
+        &self,
+        key: &CtTuple4,
+        state: &CtState,
+        lifetime: u32,
+        now: u32,
+    ) -> Option<CtHit> {
+        let tcp = key.nexthdr == crate::maps::ct::PROTO_TCP;
+        let slot = self
+            .map(tcp)
+            .insert(key.words(), state.encode(), lifetime, now)?;
+        Some(CtHit {
+            slot,
+            tcp,
+            state: *state,
+            lifetime,
+        })
+    }
+
+    /// A packet of the connection passed: update TCP state (`reply` = the packet goes in the
+    /// reply direction, `tcp_flags` its flag byte; 0 for non-TCP) and push the lifetime.
+    /// Returns the entry's flags after the update.
+    #[inline]
+    pub fn touch(&self, hit: &CtHit, reply: bool, tcp_flags: u8, now: u32, service: bool) -> u16 {
+        let m = self.map(hit.tcp);
+        if !hit.tcp {
+            let life = if service {
+                LIFETIME_SVC_NONTCP
+            } else {
+                LIFETIME_NONTCP
+            };
+            m.set_lifetime(hit.slot, now.wrapping_add(life));
+            return hit.state.flags;
+        }
+        let w = m.word(hit.slot, 2);
+        let cur = w.load(Ordering::Relaxed);
+        let mut flags = cur as u16;
+        let (seen_shift, closing_bit) = if reply {
+            (24, CT_RX_CLOSING)
+        } else {
+            (16, CT_TX_CLOSING)
+        };
+        let mut add: u64 = (tcp_flags as u64) << seen_shift;
+        if tcp_flags & TCP_RST != 0 {
+            // An RST before the handshake completed closes both directions.
+            flags |= if flags & CT_SEEN_NON_SYN == 0 {
+                CT_RX_CLOSING | CT_TX_CLOSING
+            } else {
+                closing_bit
+            };
+        } else if tcp_flags & TCP_FIN != 0 {
+            flags |= closing_bit;
+        }
+        if tcp_flags & TCP_SYN == 0 {
+            flags |= CT_SEEN_NON_SYN;
+        }
+        add |= flags as u64;
+        if cur & add != add {
+            w.fetch_or(add, Ordering::Relaxed);
+        }
+        let closing = flags & (CT_RX_CLOSING | CT_TX_CLOSING) == CT_RX_CLOSING | CT_TX_CLOSING;
+        let life = if closing {
+            LIFETIME_TCP_CLOSE
+        } else if flags & CT_SEEN_NON_SYN == 0 {
+            LIFETIME_TCP_SYN
+        } else if service {
+            LIFETIME_SVC_TCP
+        } else {
+            LIFETIME_TCP
+        };
+        m.set_lifetime(hit.slot, now.wrapping_add(life));
+        flags
+    }
+
+    /// Delete a found entry.
+    pub fn remove(&self, hit: &CtHit) -> bool {
+        self.map(hit.tcp).remove(hit.slot)
+    }
+
+    /// GC: delete every expired entry of both maps; returns (tcp, any) counts.
+    pub fn sweep(&self, now: u32) -> (usize, usize) {
+        (self.tcp.sweep(now), self.any.sweep(now))
+    }
+
+    /// Every live entry of one map (`tcp`), as Cilium key and 56-byte value.
+    pub fn entries(&self, tcp: bool, now: u32) -> Vec<(CtTuple4, CtEntry)> {
+        let mut out = Vec::new();
+        self.map(tcp).for_each(|k, v, l| {
+            if expired(l, now) {
+                return;
+            }
+            let key = CtTuple4::from_words(k);
+            let service = key.flags & TUPLE_F_SERVICE != 0;
+            out.push((key, CtState::decode(v).to_entry(service, l)));
+        });
+        out
+    }
+
+    /// Backend IDs that live service entries point at (the control plane keeps those
+    /// backends in `cilium_lb4_backends_v3` while connections use them).
+    pub fn backends_in_use(&self, now: u32) -> hashbrown::HashSet<u32> {
+        let mut ids = hashbrown::HashSet::new();
+        for m in [&self.tcp, &self.any] {
+            m.for_each(|k, v, l| {
+                if !expired(l, now) && CtTuple4::from_words(k).flags & TUPLE_F_SERVICE != 0 {
+                    ids.insert(v[0] as u32);
+                }
+            });
+        }
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Conntrack {
+        Conntrack::new(CtSizes {
+            tcp: 1024,
+            any: 1024,
+        })
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let s = CtState {
+            backend_id: 7,
+            src_sec_id: 48213,
+            nat_addr: [192, 168, 7, 2],
+            nat_port: 40000,
+            rev_nat: RevNat(4),
+            flags: CT_NODE_PORT,
+            tx_flags_seen: 0x12,
+            rx_flags_seen: 0x02,
+            reply_port: Some(0),
+            reply_mac: MacAddr([2, 0, 0, 0, 0, 9]),
+        };
+        assert_eq!(CtState::decode(s.encode()), s);
+        let e = s.to_entry(false, 99);
+        assert_eq!(e.rev_nat_index, 4u16.to_be());
+        assert_eq!(e.nat_port, 40000u16.to_be());
+        assert_eq!(&e.nat_addr_lo[..4], &[192, 168, 7, 2]);
+        assert_eq!(s.to_entry(true, 99).backend_id, 7);
+    }
+
+    #[test]
+    fn tcp_lifetimes_follow_the_handshake_and_close() {
+        let ct = small();
+        let k = CtTuple4::connection([10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, 6, TUPLE_F_OUT);
+        let now = 1000;
+        let hit = ct
+            .create(&k, &CtState::default(), now + LIFETIME_TCP_SYN, now)
+            .unwrap();
+        ct.touch(&hit, false, TCP_SYN, now, false);
+        assert_eq!(ct.lookup(&k, now).unwrap().lifetime, now + LIFETIME_TCP_SYN);
+        ct.touch(&hit, true, TCP_SYN | TCP_ACK, now, false);
+        ct.touch(&hit, false, TCP_ACK, now + 1, false);
+        let h = ct.lookup(&k, now + 1).unwrap();
+        assert_eq!(h.lifetime, now + 1 + LIFETIME_TCP);
+        assert_ne!(h.state.flags & CT_SEEN_NON_SYN, 0);
+        assert_eq!(h.state.tx_flags_seen, TCP_SYN | TCP_ACK);
+        assert_eq!(h.state.rx_flags_seen, TCP_SYN | TCP_ACK);
+        // FIN one way: still open; FIN the other way: closing lifetime.
+        ct.touch(&h, false, TCP_FIN | TCP_ACK, now + 2, false);
+        assert_eq!(
+            ct.lookup(&k, now + 2).unwrap().lifetime,
+            now + 2 + LIFETIME_TCP
+        );
+        ct.touch(&h, true, TCP_FIN | TCP_ACK, now + 3, false);
+        let h = ct.lookup(&k, now + 3).unwrap();
+        assert!(h.state.closing());
+        assert_eq!(h.lifetime, now + 3 + LIFETIME_TCP_CLOSE);
+        // Expired entries are absent, then swept.
+        assert!(ct.lookup(&k, now + 3 + LIFETIME_TCP_CLOSE + 1).is_none());
+        assert_eq!(ct.sweep(now + 3 + LIFETIME_TCP_CLOSE + 1), (1, 0));
+    }
+
+    #[test]
+    fn rst_before_handshake_closes_both_ways_and_udp_uses_any_map() {
+        let ct = small();
+        let k = CtTuple4::connection([10, 0, 0, 1], [10, 0, 0, 2], 40001, 81, 6, TUPLE_F_OUT);
+        let hit = ct.create(&k, &CtState::default(), 60, 0).unwrap();
+        ct.touch(&hit, true, TCP_RST | TCP_ACK, 0, false);
+        assert!(ct.lookup(&k, 0).unwrap().state.closing());
+        let u = CtTuple4::connection([10, 0, 0, 1], [10, 0, 0, 2], 5000, 53, 17, TUPLE_F_OUT);
+        let hu = ct.create(&u, &CtState::default(), 60, 0).unwrap();
+        ct.touch(&hu, true, 0, 30, false);
+        assert_eq!(ct.lookup(&u, 30).unwrap().lifetime, 30 + LIFETIME_NONTCP);
+        assert_eq!(ct.entries(false, 30).len(), 1);
+        assert_eq!(ct.entries(true, 5).len(), 1, "closing lifetime is 10 s");
+        assert!(ct.entries(true, 30).is_empty());
+    }
+
+    #[test]
+    fn backends_in_use_come_from_service_entries() {
+        let ct = small();
+        let s = CtTuple4::service([10, 0, 0, 1], [10, 96, 0, 1], 40000, 80, 6);
+        let st = CtState {
+            backend_id: 42,
+            ..Default::default()
+        };
+        ct.create(&s, &st, 100, 0).unwrap();
+        let o = CtTuple4::connection([10, 0, 0, 1], [10, 0, 0, 9], 40000, 80, 6, TUPLE_F_OUT);
+        ct.create(
+            &o,
+            &CtState {
+                backend_id: 43,
+                ..Default::default()
+            },
+            100,
+            0,
+        )
+        .unwrap();
+        let ids = ct.backends_in_use(50);
+        assert!(ids.contains(&42) && !ids.contains(&43));
+        assert!(ct.backends_in_use(200).is_empty());
+    }
+}

@@ -1,0 +1,418 @@
+//! A fixed-size hash table that every worker reads *and writes* without locks: the home of
+//! the datapath-written maps (conntrack, session affinity), which — unlike the RCU tables —
+//! change per connection, not per control-plane update.
+//!
+//! # Design
+//! - Set-associative: a key hashes to one bucket of [`WAYS`] slots and lives in one of them;
+//!   a lookup reads the bucket's tag words (one cache line), then the key of a slot whose
+//!   16-bit fingerprint matches. No chains, no tombstones: deleting empties the slot.
+//! - Each slot's tag word is a seqlock: `state (2 bits) | generation (30) | fingerprint (16)`.
+//!   A writer claims a slot by CAS to BUSY with the next generation, writes key and value
+//!   words, and publishes VALID with a Release store. A reader loads the tag (Acquire), reads
+//!   the key, fences, and re-reads the tag: the same VALID tag twice means the key it read is
+//!   the one published. The generation makes a slot that was emptied and refilled meanwhile
+//!   look different (no ABA).
+//! - Value words are atomics that a holder of a slot handle updates in place (lifetime,
+//!   TCP flags); one flow's fields may be updated by two workers at once (the request on one
+//!   queue, the reply on another) and each update is a single atomic operation.
+//! - Capacity is fixed, like a BPF LRU hash's `max_entries`: a full bucket evicts the entry
+//!   closest to expiry (an expired one first), so creation never fails for lack of room.
+//! - Expired entries are deleted by [`SharedTable::sweep`], called from the control thread
+//!   (the GC), never from a worker; a worker that meets an expired entry treats it as absent.
+//!
+//! Memory ordering and the lock order: there are no locks. Per slot, writes happen only
+//! between a successful CAS to BUSY and the Release store of VALID; in-place value updates
+//! touch only value words of a VALID slot.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+
+/// Slots per bucket: eight 8-byte tags fill one cache line.
+pub const WAYS: usize = 8;
+
+const ST_EMPTY: u64 = 0;
+const ST_BUSY: u64 = 1;
+const ST_VALID: u64 = 2;
+const ST_MASK: u64 = 3;
+const GEN_MASK: u64 = 0x3fff_ffff;
+
+#[inline]
+fn state(tag: u64) -> u64 {
+    tag & ST_MASK
+}
+#[inline]
+fn generation(tag: u64) -> u64 {
+    (tag >> 2) & GEN_MASK
+}
+#[inline]
+fn fingerprint(tag: u64) -> u16 {
+    (tag >> 32) as u16
+}
+#[inline]
+fn make_tag(st: u64, generation: u64, fp: u16) -> u64 {
+    st | (generation & GEN_MASK) << 2 | (fp as u64) << 32
+}
+
+/// Has `lifetime` passed at `now` (seconds, wrapping)?
+#[inline]
+pub fn expired(lifetime: u32, now: u32) -> bool {
+    (now.wrapping_sub(lifetime) as i32) > 0
+}
+
+/// A handle on one published slot: its index and the tag it had when found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotRef {
+    idx: usize,
+    tag: u64,
+}
+
+/// Counters of the table's rare events.
+#[derive(Debug, Default)]
+pub struct TableStats {
+    pub inserts: AtomicU64,
+    pub evictions: AtomicU64,
+    /// A creation gave up because every slot of its bucket was being written concurrently.
+    pub insert_failures: AtomicU64,
+    pub swept: AtomicU64,
+}
+
+/// The table: `W` value words per entry plus a lifetime (seconds of CLOCK_MONOTONIC).
+#[derive(Debug)]
+pub struct SharedTable<const W: usize> {
+    tags: Box<[AtomicU64]>,
+    keys: Box<[[AtomicU64; 2]]>,
+    vals: Box<[[AtomicU64; W]]>,
+    life: Box<[AtomicU32]>,
+    bucket_mask: usize,
+    len: AtomicUsize,
+    pub stats: TableStats,
+}
+
+impl<const W: usize> SharedTable<W> {
+    /// A table for at least `max_entries` entries (rounded up to a power-of-two number of
+    /// buckets).
+    pub fn new(max_entries: usize) -> Self {
+        let buckets = max_entries.div_ceil(WAYS).next_power_of_two().max(1);
+        let n = buckets * WAYS;
+        SharedTable {
+            tags: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            keys: (0..n).map(|_| Default::default()).collect(),
+            vals: (0..n)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+            life: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            bucket_mask: buckets - 1,
+            len: AtomicUsize::new(0),
+            stats: TableStats::default(),
+        }
+    }
+
+    /// Number of slots (the effective `max_entries`).
+    pub fn capacity(&self) -> usize {
+        self.tags.len()
+    }
+
+    /// Entries currently published (expired ones included until swept).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    fn hash(key: &[u64; 2]) -> u64 {
+        // Two rounds of multiply-xorshift (a fast, well-mixing 128→64 bit hash).
+        let mut h = key[0].wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key[1];
+        h ^= h >> 32;
+        h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+        h ^= h >> 32;
+        h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+        h ^ (h >> 29)
+    }
+
+    #[inline]
+    fn bucket_fp(&self, key: &[u64; 2]) -> (usize, u16) {
+        let h = Self::hash(key);
+        (((h as usize) & self.bucket_mask) * WAYS, (h >> 48) as u16)
+    }
+
+    /// Find `key`; `None` if absent.
+    #[inline]
+    pub fn lookup(&self, key: &[u64; 2]) -> Option<SlotRef> {
+        let (base, fp) = self.bucket_fp(key);
+        for idx in base..base + WAYS {
+            let t1 = self.tags[idx].load(Ordering::Acquire);
+            if state(t1) != ST_VALID || fingerprint(t1) != fp {
+                continue;
+            }
+            let k0 = self.keys[idx][0].load(Ordering::Relaxed);
+            let k1 = self.keys[idx][1].load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            let t2 = self.tags[idx].load(Ordering::Relaxed);
+            if t1 == t2 && k0 == key[0] && k1 == key[1] {
+                return Some(SlotRef { idx, tag: t1 });
+            }
+        }
+        None
+    }
+
+    /// The value words and lifetime of a found slot, or `None` if the slot changed hands
+    /// since it was found.
+    #[inline]
+    pub fn read(&self, s: SlotRef) -> Option<([u64; W], u32)> {
+        let v: [u64; W] = std::array::from_fn(|i| self.vals[s.idx][i].load(Ordering::Relaxed));
+        let l = self.life[s.idx].load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (self.tags[s.idx].load(Ordering::Relaxed) == s.tag).then_some((v, l))
+    }
+
+    /// Value word `i` of a slot, for in-place atomic updates.
+    #[inline]
+    pub fn word(&self, s: SlotRef, i: usize) -> &AtomicU64 {
+        &self.vals[s.idx][i]
+    }
+
+    /// Push a slot's lifetime to `lifetime` (a store only when it changes, so a flow's
+    /// cache line is written about once a second, not per packet).
+    #[inline]
+    pub fn set_lifetime(&self, s: SlotRef, lifetime: u32) {
+        let l = &self.life[s.idx];
+        if l.load(Ordering::Relaxed) != lifetime {
+            l.store(lifetime, Ordering::Relaxed);
+        }
+    }
+
+    /// Create `key` (or replace its entry if present). Evicts the entry of the bucket closest
+    /// to expiry when the bucket is full. `None` only when every slot of the bucket is being
+    /// written by other threads at this instant.
+    pub fn insert(
+        &self,
+        key: [u64; 2],
+        vals: [u64; W],
+        lifetime: u32,
+        now: u32,
+    ) -> Option<SlotRef> {
+        if let Some(s) = self.lookup(&key) {
+            // Replace in place: value words one by one, then the lifetime.
+            for (i, v) in vals.iter().enumerate() {
+                self.vals[s.idx][i].store(*v, Ordering::Relaxed);
+            }
+            self.life[s.idx].store(lifetime, Ordering::Relaxed);
+            return Some(s);
+        }
+        let (base, fp) = self.bucket_fp(&key);
+        for _attempt in 0..4 {
+            // Prefer an empty slot, then an expired one, then the one expiring first.
+            let mut pick: Option<(usize, u64, u8, u32)> = None; // idx, tag, class, lifetime
+            for idx in base..base + WAYS {
+                let t = self.tags[idx].load(Ordering::Acquire);
+                let (class, l) = match state(t) {
+                    ST_EMPTY => (0u8, 0u32),
+                    ST_VALID => {
+                        let l = self.life[idx].load(Ordering::Relaxed);
+                        (if expired(l, now) { 1 } else { 2 }, l)
+                    }
+                    _ => continue,
+                };
+                let better = match pick {
+                    None => true,
+                    Some((_, _, pc, pl)) => {
+                        class < pc || (class == pc && class == 2 && (l.wrapping_sub(pl) as i32) < 0)
+                    }
+                };
+                if better {
+                    pick = Some((idx, t, class, l));
+                }
+                if class == 0 {
+                    break;
+                }
+            }
+            let Some((idx, t, class, _)) = pick else {
+                continue;
+            };
+            let busy = make_tag(ST_BUSY, generation(t) + 1, 0);
+            if self.tags[idx]
+                .compare_exchange(t, busy, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // Readers that saw the old tag must not pair it with the new words.
+            fence(Ordering::Release);
+            self.keys[idx][0].store(key[0], Ordering::Relaxed);
+            self.keys[idx][1].store(key[1], Ordering::Relaxed);
+            for (i, v) in vals.iter().enumerate() {
+                self.vals[idx][i].store(*v, Ordering::Relaxed);
+            }
+            self.life[idx].store(lifetime, Ordering::Relaxed);
+            let tag = make_tag(ST_VALID, generation(t) + 1, fp);
+            self.tags[idx].store(tag, Ordering::Release);
+            self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+            if class == 0 {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats
+                    .evictions
+                    .fetch_add(u64::from(class == 2), Ordering::Relaxed);
+            }
+            return Some(SlotRef { idx, tag });
+        }
+        self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Delete a found slot (if it still holds what was found).
+    pub fn remove(&self, s: SlotRef) -> bool {
+        let empty = make_tag(ST_EMPTY, generation(s.tag) + 1, 0);
+        let ok = self.tags[s.idx]
+            .compare_exchange(s.tag, empty, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if ok {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Delete `key` if present.
+    pub fn remove_key(&self, key: &[u64; 2]) -> bool {
+        self.lookup(key).is_some_and(|s| self.remove(s))
+    }
+
+    /// GC: delete every entry whose lifetime has passed at `now`; returns how many. Runs on
+    /// the control thread; workers keep going while it does.
+    pub fn sweep(&self, now: u32) -> usize {
+        let mut n = 0;
+        for idx in 0..self.tags.len() {
+            let t = self.tags[idx].load(Ordering::Acquire);
+            if state(t) != ST_VALID || !expired(self.life[idx].load(Ordering::Relaxed), now) {
+                continue;
+            }
+            if self.remove(SlotRef { idx, tag: t }) {
+                n += 1;
+            }
+        }
+        self.stats.swept.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Visit a consistent snapshot of every published entry: `(key, values, lifetime)`.
+    pub fn for_each(&self, mut f: impl FnMut([u64; 2], [u64; W], u32)) {
+        for idx in 0..self.tags.len() {
+            let t = self.tags[idx].load(Ordering::Acquire);
+            if state(t) != ST_VALID {
+                continue;
+            }
+            let k = [
+                self.keys[idx][0].load(Ordering::Relaxed),
+                self.keys[idx][1].load(Ordering::Relaxed),
+            ];
+            if let Some((v, l)) = self.read(SlotRef { idx, tag: t }) {
+                f(k, v, l);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn insert_lookup_remove() {
+        let t: SharedTable<2> = SharedTable::new(64);
+        assert_eq!(t.capacity(), 64);
+        let s = t.insert([1, 2], [10, 20], 100, 0).expect("room");
+        assert_eq!(t.lookup(&[1, 2]), Some(s));
+        assert_eq!(t.read(s), Some(([10, 20], 100)));
+        assert_eq!(t.lookup(&[2, 1]), None);
+        // Replace keeps one entry.
+        t.insert([1, 2], [11, 21], 200, 0).expect("room");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.read(t.lookup(&[1, 2]).unwrap()).unwrap().0, [11, 21]);
+        assert!(t.remove_key(&[1, 2]));
+        assert_eq!(t.lookup(&[1, 2]), None);
+        // A stale handle reads nothing.
+        assert_eq!(t.read(s), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn full_bucket_evicts_the_soonest_to_expire() {
+        let t: SharedTable<1> = SharedTable::new(WAYS); // one bucket
+        for i in 0..WAYS as u64 {
+            t.insert([i, 0], [i], 1000 + i as u32, 0).unwrap();
+        }
+        t.insert([99, 0], [99], 5000, 0).unwrap();
+        assert_eq!(t.lookup(&[0, 0]), None, "lifetime 1000 was the soonest");
+        assert!(t.lookup(&[1, 0]).is_some());
+        assert!(t.lookup(&[99, 0]).is_some());
+        assert_eq!(t.stats.evictions.load(Ordering::Relaxed), 1);
+        assert_eq!(t.len(), WAYS);
+    }
+
+    #[test]
+    fn sweep_deletes_only_expired() {
+        let t: SharedTable<1> = SharedTable::new(1024);
+        for i in 0..100u64 {
+            t.insert([i, 7], [i], if i % 2 == 0 { 50 } else { 500 }, 0)
+                .unwrap();
+        }
+        assert!(
+            t.lookup(&[0, 7]).is_some(),
+            "expired entries stay until swept"
+        );
+        assert_eq!(t.sweep(100), 50);
+        assert_eq!(t.len(), 50);
+        let mut seen = 0;
+        t.for_each(|k, v, l| {
+            assert_eq!(k[0], v[0]);
+            assert_eq!(l, 500);
+            seen += 1;
+        });
+        assert_eq!(seen, 50);
+    }
+
+    #[test]
+    fn concurrent_writers_and_readers_never_see_torn_entries() {
+        let t: Arc<SharedTable<2>> = Arc::new(SharedTable::new(4096));
+        let mut hs = Vec::new();
+        for w in 0..4u64 {
+            let t = t.clone();
+            hs.push(std::thread::spawn(move || {
+                for round in 0..20_000u64 {
+                    let k = [round % 3000, w];
+                    // Every entry's values are derived from its key: a torn read would show.
+                    t.insert(k, [k[0] * 3, k[1] * 5], round as u32, 0);
+                    if let Some(s) = t.lookup(&[(round * 7) % 3000, (w + 1) % 4])
+                        && let Some((v, _)) = t.read(s)
+                    {
+                        assert_eq!(v, [((round * 7) % 3000) * 3, ((w + 1) % 4) * 5]);
+                    }
+                    if round % 5 == 0 {
+                        t.remove_key(&[(round / 2) % 3000, w]);
+                    }
+                }
+            }));
+        }
+        let sweeper = {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for now in 0..200u32 {
+                    t.sweep(now * 100);
+                }
+            })
+        };
+        for h in hs {
+            h.join().unwrap();
+        }
+        sweeper.join().unwrap();
+        let mut n = 0;
+        t.for_each(|k, v, _| {
+            assert_eq!(v, [k[0] * 3, k[1] * 5]);
+            n += 1;
+        });
+        assert_eq!(n, t.len());
+    }
+}
