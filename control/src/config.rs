@@ -46,6 +46,11 @@ pub struct Config {
     /// kvstore / CiliumNode objects. Fills `cilium_ipcache_v2`.
     #[serde(default)]
     pub remote_nodes: Vec<RemoteNodeConfig>,
+    /// Kubernetes Services with their endpoints (see `docs/services.md`): compiled into
+    /// `cilium_lb4_services_v2` and friends. Also changeable at run time over the control
+    /// socket (`fastpath service apply`).
+    #[serde(default)]
+    pub services: Vec<crate::lb::ServiceConfig>,
 }
 
 /// Another node: where its pods live and how to reach it.
@@ -202,6 +207,20 @@ pub struct DatapathConfig {
     /// `ipv4-native-routing-cidr`); every remote pod CIDR must be inside it.
     #[serde(default)]
     pub native_routing_cidr: Option<Ipv4Cidr>,
+    /// Backend selection for services that do not choose (Cilium's `bpf-lb-algorithm`).
+    #[serde(default)]
+    pub lb_algorithm: crate::lb::LbAlgorithm,
+    /// Maglev lookup table size M, a prime Cilium accepts (`bpf-lb-maglev-table-size`).
+    #[serde(default = "default_maglev_m")]
+    pub maglev_table_size: usize,
+    /// Base64 of 12 bytes (`bpf-lb-maglev-hash-seed`); nodes must agree on it.
+    #[serde(default = "default_seed")]
+    pub maglev_hash_seed: String,
+    /// `bpf-ct-global-tcp-max` / `bpf-ct-global-any-max`.
+    #[serde(default = "default_ct_tcp")]
+    pub ct_tcp_max: u32,
+    #[serde(default = "default_ct_any")]
+    pub ct_any_max: u32,
 }
 
 fn one() -> u32 {
@@ -216,6 +235,18 @@ fn default_ring() -> u32 {
 fn default_tunnel_port() -> u16 {
     8472
 }
+fn default_maglev_m() -> usize {
+    crate::maps::lb::MAGLEV_TABLE_SIZE
+}
+fn default_seed() -> String {
+    crate::maglev::DEFAULT_HASH_SEED.into()
+}
+fn default_ct_tcp() -> u32 {
+    crate::maps::ct::CT_TCP_MAX
+}
+fn default_ct_any() -> u32 {
+    crate::maps::ct::CT_ANY_MAX
+}
 
 impl Default for DatapathConfig {
     fn default() -> Self {
@@ -229,6 +260,11 @@ impl Default for DatapathConfig {
             routing: RoutingMode::Tunnel,
             tunnel_port: default_tunnel_port(),
             native_routing_cidr: None,
+            lb_algorithm: Default::default(),
+            maglev_table_size: default_maglev_m(),
+            maglev_hash_seed: default_seed(),
+            ct_tcp_max: default_ct_tcp(),
+            ct_any_max: default_ct_any(),
         }
     }
 }
@@ -628,6 +664,44 @@ impl Config {
                 }
             }
         }
+        if !crate::lb::MAGLEV_SIZES.contains(&d.maglev_table_size) {
+            bad(
+                "datapath.maglev_table_size".into(),
+                format!(
+                    "{} is not one of Cilium's Maglev sizes {:?}",
+                    d.maglev_table_size,
+                    crate::lb::MAGLEV_SIZES
+                ),
+            );
+        }
+        if let Err(e) = crate::maglev::Seeds::parse(&d.maglev_hash_seed) {
+            bad("datapath.maglev_hash_seed".into(), e);
+        }
+        for (f, v) in [("ct_tcp_max", d.ct_tcp_max), ("ct_any_max", d.ct_any_max)] {
+            if !(1024..=16 << 20).contains(&v) {
+                bad(
+                    format!("datapath.{f}"),
+                    format!("{v} must be between 1024 and {}", 16 << 20),
+                );
+            }
+        }
+        for problem in crate::lb::validate(&self.services, "services") {
+            bad(problem.field, problem.msg);
+        }
+        for (i, svc) in self.services.iter().enumerate() {
+            if svc.kind == crate::lb::ServiceType::NodePort && n.underlay.is_none() {
+                bad(
+                    format!("services[{i}].type"),
+                    "NodePort needs node.underlay (the address NodePort listens on)".into(),
+                );
+            }
+            if let Some(other) = ips.get(&svc.cluster_ip) {
+                bad(
+                    format!("services[{i}].cluster_ip"),
+                    format!("{} is already used by {other}", svc.cluster_ip),
+                );
+            }
+        }
         p
     }
 
@@ -664,6 +738,16 @@ impl Config {
             rest = b;
         }
         (l.to_vec(), out)
+    }
+
+    /// The load-balancer settings of this node.
+    pub fn lb_settings(&self) -> crate::lb::LbSettings {
+        crate::lb::LbSettings {
+            node_ip: self.node_ip(),
+            algorithm: self.datapath.lb_algorithm,
+            maglev_m: self.datapath.maglev_table_size,
+            seeds: crate::maglev::Seeds::parse(&self.datapath.maglev_hash_seed).unwrap_or_default(),
+        }
     }
 
     /// This node's underlay address, if it has an underlay.

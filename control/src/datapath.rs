@@ -9,11 +9,15 @@
 use std::sync::Arc;
 
 use crate::config::{Config, RoutingMode};
+use crate::ct::{Conntrack, CtSizes};
 use crate::identity;
+use crate::lb::{LbError, LbSettings, LbState, LbTables, ServiceConfig};
 use crate::lpm::Lpm4;
+use crate::maps::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value};
 use crate::maps::lxc::ENDPOINT_KEY_IPV4;
 use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 use crate::net::Ipv4Cidr;
+use crate::shared_table::SharedTable;
 use crate::tables::{EndpointEntry, NextHop, Overlay, Port, TableReader, TableWriter, Tables};
 
 /// A failed write to a kernel map.
@@ -43,6 +47,31 @@ pub trait KernelMaps {
         o: &Overlay,
         native_cidr: Option<Ipv4Cidr>,
     ) -> Result<(), MapWriteError>;
+    /// `cilium_lb4_services_v2` (master entries and slots).
+    fn upsert_service(&mut self, _k: &Lb4Key, _v: &Lb4Service) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_service(&mut self, _k: &Lb4Key) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    /// `cilium_lb4_backends_v3`.
+    fn upsert_backend(&mut self, _id: u32, _v: &Lb4Backend) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_backend(&mut self, _id: u32, _v: &Lb4Backend) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    /// `cilium_lb4_reverse_nat` (key: the host-order service ID; stored network order).
+    fn upsert_revnat(&mut self, _id: RevNat, _v: &RevNat4Value) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_revnat(&mut self, _id: RevNat) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    /// `cilium_lb4_maglev`: a service's lookup table (empty slice: remove).
+    fn set_maglev(&mut self, _id: RevNat, _table: &[u32]) -> Result<(), MapWriteError> {
+        Ok(())
+    }
 }
 
 /// No kernel maps: the testing mode.
@@ -82,7 +111,19 @@ pub enum DatapathError {
     #[error("ipcache entry {0} does not exist")]
     NoSuchIpcache(String),
     #[error(transparent)]
+    Service(#[from] LbError),
+    #[error(transparent)]
     Kernel(#[from] MapWriteError),
+}
+
+/// What one garbage-collection pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub ct_tcp: usize,
+    pub ct_any: usize,
+    pub affinity: usize,
+    /// Terminating backends released because no connection used them any more.
+    pub backends_released: bool,
 }
 
 /// The single writer of the worker tables and the kernel maps.
@@ -90,6 +131,8 @@ pub enum DatapathError {
 pub struct Datapath<K: KernelMaps> {
     writer: TableWriter,
     kernel: K,
+    lb: LbState,
+    lb_settings: LbSettings,
 }
 
 impl<K: KernelMaps> Datapath<K> {
@@ -102,7 +145,93 @@ impl<K: KernelMaps> Datapath<K> {
         Datapath {
             writer: TableWriter::new(t, workers),
             kernel,
+            lb: LbState::default(),
+            lb_settings: LbSettings::default(),
         }
+    }
+
+    /// Size the conntrack and affinity maps. Only before workers run: the old maps (and any
+    /// entries) are dropped.
+    pub fn size_datapath_maps(&mut self, ct: CtSizes, affinity: usize) -> u64 {
+        let mut next = (*self.writer.current()).clone();
+        next.ct = Arc::new(Conntrack::new(ct));
+        next.affinity = Arc::new(SharedTable::new(affinity));
+        self.writer.publish(next)
+    }
+
+    /// The services as the control plane holds them.
+    pub fn services(&self) -> Vec<ServiceConfig> {
+        self.lb.services.values().cloned().collect()
+    }
+
+    /// Backends kept (terminating) for established connections only.
+    pub fn retained_backends(&self) -> Vec<u32> {
+        self.lb.retained_backends()
+    }
+
+    /// Replace every service (config load). All or nothing.
+    pub fn set_services(
+        &mut self,
+        services: &[ServiceConfig],
+        settings: &LbSettings,
+    ) -> Result<u64, DatapathError> {
+        let next = self.lb.with_services(services, settings)?;
+        self.lb_settings = settings.clone();
+        self.apply_lb(next)
+    }
+
+    /// Add or replace one service (by namespace/name). All or nothing.
+    pub fn upsert_service(&mut self, svc: &ServiceConfig) -> Result<u64, DatapathError> {
+        let next = self.lb.with_upsert(svc, &self.lb_settings)?;
+        self.apply_lb(next)
+    }
+
+    /// Delete one service (`namespace/name`).
+    pub fn delete_service(&mut self, id: &str) -> Result<u64, DatapathError> {
+        let next = self.lb.with_delete(id, &self.lb_settings)?;
+        self.apply_lb(next)
+    }
+
+    /// Write a new LB state to the kernel maps in Cilium's order (backends, slots, masters,
+    /// reverse NAT and Maglev; then deletions of what is gone) and publish it. On a kernel
+    /// failure everything written is restored and the old state stays in force.
+    fn apply_lb(&mut self, mut next: LbState) -> Result<u64, DatapathError> {
+        let cur = self.writer.current();
+        let old: Arc<LbTables> = cur.lb.clone();
+        let new = next.compile(&self.lb_settings);
+        if let Err(e) = write_lb_diff(&mut self.kernel, &old, &new) {
+            // Put back the old contents (best effort: these writes succeeded before).
+            let _ = write_lb_diff(&mut self.kernel, &new, &old);
+            return Err(e.into());
+        }
+        self.lb = next;
+        let mut t = (*cur).clone();
+        t.lb = Arc::new(new);
+        Ok(self.writer.publish(t))
+    }
+
+    /// One garbage-collection pass at `now` (seconds of CLOCK_MONOTONIC): sweep expired
+    /// conntrack and affinity entries, then release terminating backends that no service
+    /// entry points at any more. Runs on the control thread; workers are never blocked.
+    pub fn gc(&mut self, now: u32) -> Result<GcReport, DatapathError> {
+        let t = self.writer.current();
+        let (ct_tcp, ct_any) = t.ct.sweep(now);
+        let affinity = t.affinity.sweep(now);
+        let mut report = GcReport {
+            ct_tcp,
+            ct_any,
+            affinity,
+            backends_released: false,
+        };
+        if !self.lb.retained_backends().is_empty() {
+            let in_use = t.ct.backends_in_use(now);
+            let mut next = self.lb.clone();
+            if next.release_unused(&in_use) {
+                self.apply_lb(next)?;
+                report.backends_released = true;
+            }
+        }
+        Ok(report)
     }
 
     /// A table reader for one worker.
@@ -258,7 +387,8 @@ impl<K: KernelMaps> Datapath<K> {
             &node_routes(cfg),
             accepted_identities(cfg),
         )?;
-        self.upsert_ipcache(&node_ipcache(cfg))
+        self.upsert_ipcache(&node_ipcache(cfg))?;
+        self.set_services(&cfg.services, &cfg.lb_settings())
     }
 
     /// Install, replace (`Some`) or forget (`None`) the next hop for a tunnel endpoint or
@@ -291,6 +421,70 @@ impl<K: KernelMaps> Datapath<K> {
             };
         }
     }
+}
+
+/// Make the kernel's LB maps go from `old` to `new`: additions and changes first (backends,
+/// slots, masters, reverse NAT, Maglev), removals after, so a reader never meets a slot whose
+/// backend is missing or a master counting slots that are not there yet.
+fn write_lb_diff<K: KernelMaps>(
+    k: &mut K,
+    old: &LbTables,
+    new: &LbTables,
+) -> Result<(), MapWriteError> {
+    for (id, b) in &new.backends {
+        if old.backends.get(id) != Some(b) {
+            k.upsert_backend(*id, b)?;
+        }
+    }
+    let mut keys: Vec<(&Lb4Key, &Lb4Service)> = new
+        .services
+        .iter()
+        .filter(|(key, v)| old.services.get(*key) != Some(*v))
+        .collect();
+    // Slots before masters.
+    keys.sort_by_key(|(key, _)| std::cmp::Reverse(key.backend_slot));
+    for (key, v) in keys {
+        k.upsert_service(key, v)?;
+    }
+    for (id, v) in &new.revnat {
+        if old.revnat.get(id) != Some(v) {
+            k.upsert_revnat(RevNat(*id), v)?;
+        }
+    }
+    for (id, table) in &new.maglev {
+        if old
+            .maglev
+            .get(id)
+            .is_none_or(|t| !Arc::ptr_eq(t, table) && t[..] != table[..])
+        {
+            k.set_maglev(RevNat(*id), table)?;
+        }
+    }
+    for id in old.maglev.keys() {
+        if !new.maglev.contains_key(id) {
+            k.set_maglev(RevNat(*id), &[])?;
+        }
+    }
+    let mut gone: Vec<&Lb4Key> = old
+        .services
+        .keys()
+        .filter(|key| !new.services.contains_key(*key))
+        .collect();
+    gone.sort_by_key(|key| key.backend_slot);
+    for key in gone {
+        k.remove_service(key)?;
+    }
+    for id in old.revnat.keys() {
+        if !new.revnat.contains_key(id) {
+            k.remove_revnat(RevNat(*id))?;
+        }
+    }
+    for (id, b) in &old.backends {
+        if !new.backends.contains_key(id) {
+            k.remove_backend(*id, b)?;
+        }
+    }
+    Ok(())
 }
 
 fn validate_endpoint(t: &Tables, k: &EndpointKey, e: &EndpointEntry) -> Result<(), DatapathError> {
@@ -360,7 +554,8 @@ pub fn node_endpoints(cfg: &Config, ports: &[Port]) -> Vec<(EndpointKey, Endpoin
 /// The `cilium_ipcache_v2` entries a config describes, as Cilium's agent would write them:
 /// - `0.0.0.0/0` → world;
 /// - local pods → their identity, no tunnel; this node's addresses → host;
-/// - each remote node's address → remote-node, no tunnel (reached directly on the underlay);
+/// - each remote node's address → remote-node with itself as tunnel endpoint (Cilium
+///   tunnels pod → remote-node traffic; NodePort replies from backends rely on it);
 /// - each remote pod → its identity, tunnel endpoint = its node (tunnel mode);
 /// - each remote pod CIDR → world with the tunnel endpoint, so pods not (yet) known
 ///   individually still reach their node (what replaced `cilium_tunnel_map` in 1.18).
@@ -395,7 +590,7 @@ pub fn node_ipcache(cfg: &Config) -> Vec<(Ipv4Cidr, RemoteEndpointInfo)> {
     for (node, ids) in cfg.remote_nodes.iter().zip(&remote) {
         out.push((
             Ipv4Cidr::host(node.ip),
-            RemoteEndpointInfo::local(identity::RESERVED_REMOTE_NODE),
+            remote_info(identity::RESERVED_REMOTE_NODE, node.ip),
         ));
         out.push((
             node.pod_cidr,

@@ -10,10 +10,12 @@
 //! Only this crate writes tables; workers get `&Tables` through a [`tables::TableReader`].
 #![deny(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod ct;
 pub mod datapath;
 pub mod identity;
+pub mod lb;
 pub mod lpm;
 pub mod maglev;
 pub mod maps;

@@ -26,8 +26,11 @@ use crossbeam_channel::{Receiver, Sender};
 use hashbrown::HashMap;
 
 use crate::config::RoutingMode;
+use crate::ct::{Conntrack, CtSizes};
+use crate::lb::LbTables;
 use crate::lpm::Lpm4;
 use crate::maps::{EndpointInfo, EndpointKey, MacAddr, RemoteEndpointInfo};
+use crate::shared_table::SharedTable;
 
 /// Index of a device in every worker's port array (same order in all workers).
 pub type PortId = u16;
@@ -134,8 +137,16 @@ pub struct EndpointEntry {
     pub port: Option<PortId>,
 }
 
-/// One immutable version of everything the pipeline reads.
-#[derive(Debug, Clone, Default)]
+/// `cilium_lb4_affinity`: (client, service) → backend ID, lifetime = last use + timeout.
+pub type AffinityMap = SharedTable<1>;
+
+/// Default size of the affinity map (`bpf-lb-map-max`).
+pub const AFFINITY_MAX: usize = 65536;
+
+/// One immutable version of everything the pipeline reads, plus handles on the two
+/// datapath-written maps (conntrack, affinity), which are shared by every version: workers
+/// write them in place ([`crate::shared_table`]).
+#[derive(Debug, Clone)]
 pub struct Tables {
     pub generation: u64,
     /// `cilium_lxc`.
@@ -152,6 +163,33 @@ pub struct Tables {
     /// Security identities this node accepts as a VXLAN source (VNI).
     pub identities: hashbrown::HashSet<u32>,
     pub overlay: Overlay,
+    /// Services, backends, reverse NAT, Maglev tables.
+    pub lb: Arc<LbTables>,
+    /// `cilium_ct4_global` + `cilium_ct_any4_global`.
+    pub ct: Arc<Conntrack>,
+    pub affinity: Arc<AffinityMap>,
+}
+
+impl Default for Tables {
+    /// Empty tables with small datapath maps (the daemon sizes them from the config).
+    fn default() -> Self {
+        Tables {
+            generation: 0,
+            endpoints: HashMap::new(),
+            ports: Vec::new(),
+            ipcache: Arc::default(),
+            routes: Arc::default(),
+            nexthops: HashMap::new(),
+            identities: hashbrown::HashSet::new(),
+            overlay: Overlay::default(),
+            lb: Arc::default(),
+            ct: Arc::new(Conntrack::new(CtSizes {
+                tcp: 4096,
+                any: 4096,
+            })),
+            affinity: Arc::new(SharedTable::new(4096)),
+        }
+    }
 }
 
 impl Tables {

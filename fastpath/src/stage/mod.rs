@@ -10,17 +10,30 @@
 //!   outer headers and the VXLAN header, take the source identity from the VNI, refuse the
 //!   host identity and unknown identities, decapsulate, `cilium_lxc` lookup, local delivery;
 //!   or `from-netdev` (bpf_host) for natively routed frames to a local pod.
-//! - local delivery (`ipv4_local_delivery`, the `to-container` step): TTL−1, MACs.
+//! - local delivery (`ipv4_local_delivery`, the `to-container` step): conntrack (ingress),
+//!   reverse NAT of service replies, TTL−1, MACs.
 //!
-//! Later stages (conntrack, service DNAT, policy) slot in after the lookups, in that order.
+//! Services ([`lb`]) and conntrack sit where Cilium has them: on `from-container`, after the
+//! source check, the frontend lookup (`cilium_lb4_services_v2`) and DNAT (`lb4_local`), then
+//! the egress conntrack lookup, then the forwarding decision; on `from-netdev`, NodePort and
+//! ExternalIP frontends (`nodeport_lb4`) with SNAT to the node for remote backends; replies
+//! are reverse-translated where their conntrack entry says so. Policy slots in after
+//! conntrack.
 //!
 //! A stage reads tables, rewrites headers in place (growing or shrinking the frame at the
 //! front inside its headroom) and returns a [`Verdict`]; it never sends or frees a frame. The
 //! worker acts on verdicts in one place, where drops are counted (Cilium's single `out:`
 //! exit). Nothing here allocates, locks or logs.
 
+mod lb;
+
 use control::config::RoutingMode;
+use control::ct::CtState;
 use control::identity;
+use control::maps::ct::{
+    CT_NODE_PORT, CtTuple4, LIFETIME_NONTCP, LIFETIME_TCP_SYN, TUPLE_F_IN, TUPLE_F_OUT,
+};
+use control::maps::lb::RevNat;
 use control::maps::{DropReason, MetricDir};
 use control::tables::{EndpointEntry, PortId, PortRole, Tables};
 
@@ -53,10 +66,45 @@ pub enum Verdict {
 }
 
 /// Per-worker mutable state the pipeline needs (no sharing, no atomics).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Scratch {
     /// IPv4 identification for outer headers.
     pub ip_id: u16,
+    /// Seconds of CLOCK_MONOTONIC, read once per batch by the worker (conntrack lifetimes).
+    pub now: u32,
+    /// xorshift64* state for random backend selection.
+    pub rng: u64,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            ip_id: 0,
+            now: 1,
+            rng: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+impl Scratch {
+    /// A seeded scratch (one seed per worker so workers do not pick in lockstep).
+    pub fn seeded(seed: u64) -> Scratch {
+        Scratch {
+            rng: seed | 1,
+            ..Default::default()
+        }
+    }
+
+    /// The next pseudo-random number (xorshift64*).
+    #[inline]
+    pub fn random(&mut self) -> u32 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
 }
 
 #[inline]
@@ -80,7 +128,7 @@ fn drop_ingress(reason: DropReason) -> Verdict {
 pub fn process(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch) -> Verdict {
     match t.port(in_port).map(|p| p.role) {
         Some(PortRole::Lxc) => from_container(b, in_port, t, s),
-        Some(PortRole::Underlay) => from_netdev(b, t),
+        Some(PortRole::Underlay) => from_netdev(b, in_port, t, s),
         None => drop_egress(DropReason::UnknownSender),
     }
 }
@@ -128,6 +176,7 @@ fn arp_respond(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict {
 }
 
 /// The fields of a checked IPv4 packet the later steps need (the view borrows the frame).
+#[derive(Debug, Clone, Copy)]
 struct Ip {
     src: [u8; 4],
     dst: [u8; 4],
@@ -136,6 +185,21 @@ struct Ip {
     proto: u8,
     /// Ports (TCP/UDP) or ICMP identifier, for the flow hash.
     ports: u32,
+    /// Conntrack ports: TCP/UDP ports; for ICMP echo the identifier as the requester's
+    /// "source port" (request: sport = id; reply: dport = id).
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    /// Conntrack and services apply: TCP, UDP or ICMP echo, not a later fragment.
+    tracked: bool,
+}
+
+impl Ip {
+    /// Is this TCP or UDP (what services translate)?
+    #[inline]
+    fn has_ports(&self) -> bool {
+        self.tracked && (self.proto == ipv4::PROTO_TCP || self.proto == ipv4::PROTO_UDP)
+    }
 }
 
 /// Validate an IPv4 packet at `off` in the frame, including its L4 header when it has one.
@@ -145,32 +209,104 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
         Ok(ip) => ip,
         Err(WireError::Truncated | WireError::Malformed) => return Err(DropReason::Invalid),
     };
-    // L4 headers must be complete (conntrack keys on them); later fragments carry none.
-    let ports = if ip.frag_offset() == 0 {
-        match l4::parse(ip.protocol(), ip.payload()) {
-            Ok(l4::L4::Tcp { sport, dport, .. } | l4::L4::Udp { sport, dport }) => {
-                (sport as u32) << 16 | dport as u32
-            }
-            Ok(l4::L4::Icmp { id, .. }) => id as u32,
-            Ok(l4::L4::Other(_)) => 0,
-            Err(_) => return Err(DropReason::CtInvalidHdr),
-        }
-    } else {
-        0
-    };
-    Ok(Ip {
+    let mut out = Ip {
         src: ip.src(),
         dst: ip.dst(),
         total_len: ip.total_len(),
         dont_frag: ip.dont_frag(),
         proto: ip.protocol(),
-        ports,
-    })
+        ports: 0,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        tracked: false,
+    };
+    // L4 headers must be complete (conntrack keys on them); later fragments carry none.
+    if ip.frag_offset() == 0 {
+        match l4::parse(ip.protocol(), ip.payload()) {
+            Ok(l4::L4::Tcp {
+                sport,
+                dport,
+                flags,
+            }) => {
+                (out.sport, out.dport, out.tcp_flags, out.tracked) = (sport, dport, flags, true);
+                out.ports = (sport as u32) << 16 | dport as u32;
+            }
+            Ok(l4::L4::Udp { sport, dport }) => {
+                (out.sport, out.dport, out.tracked) = (sport, dport, true);
+                out.ports = (sport as u32) << 16 | dport as u32;
+            }
+            Ok(l4::L4::Icmp { ty, id, .. }) => {
+                out.ports = id as u32;
+                match ty {
+                    icmp::TYPE_ECHO_REQUEST => (out.sport, out.tracked) = (id, true),
+                    icmp::TYPE_ECHO_REPLY => (out.dport, out.tracked) = (id, true),
+                    _ => {}
+                }
+            }
+            Ok(l4::L4::Other(_)) => {}
+            Err(_) => return Err(DropReason::CtInvalidHdr),
+        }
+    }
+    Ok(out)
+}
+
+/// What the egress conntrack lookup found.
+enum Egress {
+    /// Nothing special: forward as usual.
+    Forward,
+    /// A reply of a NodePort/ExternalIP connection served by this pod: reverse-translate and
+    /// send back to the client.
+    NodePortReply(CtState),
+}
+
+/// Conntrack on `from-container` (`CT_EGRESS`): a reply to a connection the pod accepted
+/// (an IN entry), or the pod's own connection (an OUT entry, created if new, carrying the
+/// service ID when the packet was DNATed).
+#[inline]
+fn ct_egress(ip: &Ip, rev_nat: RevNat, src_id: u32, t: &Tables, s: &Scratch) -> Egress {
+    let reply = CtTuple4::connection(ip.dst, ip.src, ip.dport, ip.sport, ip.proto, TUPLE_F_IN);
+    if let Some(hit) = t.ct.lookup(&reply, s.now) {
+        t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
+        if hit.state.flags & CT_NODE_PORT != 0 {
+            return Egress::NodePortReply(hit.state);
+        }
+        return Egress::Forward;
+    }
+    let fwd = CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_OUT);
+    match t.ct.lookup(&fwd, s.now) {
+        Some(hit) => {
+            t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
+        }
+        None => {
+            let st = CtState {
+                rev_nat,
+                src_sec_id: src_id,
+                ..Default::default()
+            };
+            if let Some(hit) =
+                t.ct.create(&fwd, &st, s.now.wrapping_add(new_lifetime(ip)), s.now)
+            {
+                t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
+            }
+        }
+    }
+    Egress::Forward
+}
+
+/// The lifetime of a just-created entry before its first update.
+#[inline]
+fn new_lifetime(ip: &Ip) -> u32 {
+    if ip.proto == ipv4::PROTO_TCP {
+        LIFETIME_TCP_SYN
+    } else {
+        LIFETIME_NONTCP
+    }
 }
 
 #[inline]
 fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch) -> Verdict {
-    let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
+    let mut ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
         Ok(ip) => ip,
         Err(r) => return drop_egress(r),
     };
@@ -180,25 +316,56 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
         Some(_) => return drop_egress(DropReason::InvalidSip),
         None => return drop_egress(DropReason::UnknownSender),
     }
+    let src_id = match t.endpoint_v4(ip.src) {
+        Some(e) => e.info.sec_id,
+        None => return drop_egress(DropReason::UnknownSender),
+    };
+    // Services (lb4_local): a frontend is translated to a backend before anything else
+    // looks at the destination.
+    let mut rev_nat = RevNat(0);
+    if ip.has_ports()
+        && let Some((key, master)) = t.lb.frontend(ip.dst, ip.dport, ip.proto)
+    {
+        match lb::lb4_local(b, &mut ip, key, master, in_port, src_id, t, s) {
+            Ok(r) => rev_nat = r,
+            Err(v) => return v,
+        }
+    }
+    if ip.tracked
+        && let Egress::NodePortReply(st) = ct_egress(&ip, rev_nat, src_id, t, s)
+    {
+        return lb::nodeport_reply(b, &ip, &st, t);
+    }
     if let Some(ep) = t.endpoint_v4(ip.dst) {
-        return local_delivery(b.data_mut(), ep, MetricDir::Egress);
+        return local_delivery(b.data_mut(), &ip, src_id, ep, MetricDir::Egress, t, s);
     }
     // Not local: in tunnel mode the ipcache names the destination's node.
     match t.overlay.mode {
         RoutingMode::Tunnel => match t.ipcache_v4(ip.dst).and_then(|i| i.tunnel_v4()) {
-            Some(tunnel_ep) => encap(b, in_port, &ip, tunnel_ep, t, s),
+            Some(tunnel_ep) => encap(b, Some(in_port), &ip, tunnel_ep, src_id, t, s),
             None => drop_egress(DropReason::Unroutable),
         },
         RoutingMode::Native => match t.routes.lookup(ip.dst) {
-            Some(gw) => route_native(b, in_port, &ip, *gw, t),
+            Some(gw) => route_native(b, Some(in_port), &ip, *gw, t),
             None => drop_egress(DropReason::Unroutable),
         },
     }
 }
 
-/// Local delivery (`ipv4_local_delivery`): TTL−1 and the pod's MACs.
+/// Local delivery (`ipv4_local_delivery` + the `to-container` conntrack step): the packet
+/// `ip` from identity `src_id` goes to the pod `ep`. A reply to a connection the pod made
+/// through a service gets its source rewritten back to the service (reverse NAT); a new
+/// connection gets an IN entry. Then TTL−1 and the pod's MACs.
 #[inline]
-fn local_delivery(frame: &mut [u8], ep: &EndpointEntry, dir: MetricDir) -> Verdict {
+fn local_delivery(
+    frame: &mut [u8],
+    ip: &Ip,
+    src_id: u32,
+    ep: &EndpointEntry,
+    dir: MetricDir,
+    t: &Tables,
+    s: &Scratch,
+) -> Verdict {
     let Some(out) = ep.port else {
         // A host address: the XDP program hands those to the kernel; this frame raced a
         // table change (or arrived through the overlay, which has no path to the host).
@@ -207,11 +374,44 @@ fn local_delivery(frame: &mut [u8], ep: &EndpointEntry, dir: MetricDir) -> Verdi
             dir,
         };
     };
-    let mut ip = Ipv4Packet::new_checked(&mut frame[ethernet::HEADER_LEN..]).expect("checked");
-    if ip.ttl() <= 1 {
+    if ip.tracked {
+        let reply = CtTuple4::connection(ip.dst, ip.src, ip.dport, ip.sport, ip.proto, TUPLE_F_OUT);
+        match t.ct.lookup(&reply, s.now) {
+            Some(hit) => {
+                t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
+                if hit.state.rev_nat.0 != 0
+                    && let Some(fe) = t.lb.revnat.get(&hit.state.rev_nat.0)
+                {
+                    lb::rev_nat_src(&mut frame[ethernet::HEADER_LEN..], fe);
+                }
+            }
+            None => {
+                let fwd =
+                    CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_IN);
+                match t.ct.lookup(&fwd, s.now) {
+                    Some(hit) => {
+                        t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
+                    }
+                    None => {
+                        let st = CtState {
+                            src_sec_id: src_id,
+                            ..Default::default()
+                        };
+                        if let Some(hit) =
+                            t.ct.create(&fwd, &st, s.now.wrapping_add(new_lifetime(ip)), s.now)
+                        {
+                            t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut p = Ipv4Packet::new_checked(&mut frame[ethernet::HEADER_LEN..]).expect("checked");
+    if p.ttl() <= 1 {
         return drop_ingress(DropReason::TtlExceeded);
     }
-    ip.decrement_ttl();
+    p.decrement_ttl();
     let mut eth = EthernetFrame::new_checked(frame).expect("checked");
     eth.set_dst(ep.info.pod_mac());
     eth.set_src(ep.info.lxc_mac());
@@ -219,12 +419,13 @@ fn local_delivery(frame: &mut [u8], ep: &EndpointEntry, dir: MetricDir) -> Verdi
 }
 
 /// Too big for the underlay: ICMP fragmentation-needed back to the pod when it set DF (the
-/// pod lowers its path MTU), else a counted drop — never silent loss.
+/// pod lowers its path MTU), else a counted drop — never silent loss. Frames that did not
+/// come from a pod (`in_port` `None`: NodePort traffic) are dropped.
 #[cold]
-fn too_big(b: &mut Buf<'_>, in_port: PortId, ip: &Ip, mtu: usize, t: &Tables) -> Verdict {
-    if !ip.dont_frag {
+fn too_big(b: &mut Buf<'_>, in_port: Option<PortId>, ip: &Ip, mtu: usize, t: &Tables) -> Verdict {
+    let Some(in_port) = in_port.filter(|_| ip.dont_frag) else {
         return drop_egress(DropReason::FragNeeded);
-    }
+    };
     let Some(port) = t.port(in_port) else {
         return drop_egress(DropReason::UnknownSender);
     };
@@ -248,14 +449,15 @@ fn too_big(b: &mut Buf<'_>, in_port: PortId, ip: &Ip, mtu: usize, t: &Tables) ->
     }
 }
 
-/// Tunnel mode: wrap the frame in Ethernet/IPv4/UDP/VXLAN to `tunnel_ep`, VNI = the source
-/// pod's security identity.
+/// Tunnel mode: wrap the frame in Ethernet/IPv4/UDP/VXLAN to `tunnel_ep`, VNI = the source's
+/// security identity `src_id` (the host goes out as remote-node).
 #[inline]
 fn encap(
     b: &mut Buf<'_>,
-    in_port: PortId,
+    in_port: Option<PortId>,
     ip: &Ip,
     tunnel_ep: [u8; 4],
+    src_id: u32,
     t: &Tables,
     s: &mut Scratch,
 ) -> Verdict {
@@ -268,20 +470,23 @@ fn encap(
     if ip.total_len > mtu {
         return too_big(b, in_port, ip, mtu, t);
     }
-    let src_identity = match t.endpoint_v4(ip.src) {
-        // Sender rule: the host identity goes out as remote-node.
-        Some(e) if e.info.sec_id == identity::RESERVED_HOST => identity::RESERVED_REMOTE_NODE,
-        Some(e) => e.info.sec_id,
-        None => return drop_egress(DropReason::UnknownSender),
+    // Sender rule: the host identity goes out as remote-node.
+    let vni = if src_id == identity::RESERVED_HOST {
+        identity::RESERVED_REMOTE_NODE
+    } else {
+        src_id
     };
     // Strip Ethernet padding: the inner frame is exactly header + IP packet.
     let inner_len = ethernet::HEADER_LEN + ip.total_len;
     b.set_len(inner_len);
     if let Some(inner_dst) = nh.inner_dst_mac {
-        let lxc = t.port(in_port).map(|p| p.mac).unwrap_or_default();
+        let src_mac = in_port
+            .and_then(|p| t.port(p))
+            .map(|p| p.mac)
+            .unwrap_or(nh.src_mac);
         let mut eth = EthernetFrame::new_checked(b.data_mut()).expect("checked");
         eth.set_dst(inner_dst);
-        eth.set_src(lxc);
+        eth.set_src(src_mac);
     }
     if !b.push_head(vxlan::ENCAP_LEN) {
         return drop_egress(DropReason::WriteError);
@@ -298,7 +503,7 @@ fn encap(
             ip_id: s.ip_id,
             sport: vxlan::flow_src_port(hash),
             dport: o.tunnel_port,
-            vni: src_identity & vxlan::MAX_VNI,
+            vni: vni & vxlan::MAX_VNI,
         },
         inner_len,
     );
@@ -307,7 +512,13 @@ fn encap(
 
 /// Native routing: forward unencapsulated to the owning node (`gw`), TTL−1.
 #[inline]
-fn route_native(b: &mut Buf<'_>, in_port: PortId, ip: &Ip, gw: [u8; 4], t: &Tables) -> Verdict {
+fn route_native(
+    b: &mut Buf<'_>,
+    in_port: Option<PortId>,
+    ip: &Ip,
+    gw: [u8; 4],
+    t: &Tables,
+) -> Verdict {
     let Some(nh) = t.nexthops.get(&gw) else {
         return drop_egress(DropReason::NoFib);
     };
@@ -327,10 +538,11 @@ fn route_native(b: &mut Buf<'_>, in_port: PortId, ip: &Ip, gw: [u8; 4], t: &Tabl
     Verdict::Route { port: nh.port }
 }
 
-/// A frame from the node NIC: VXLAN to `from-overlay`, anything else is native-routed
-/// traffic for a local pod (`from-netdev`).
+/// A frame from the node NIC: VXLAN to `from-overlay`; anything else is native-routed
+/// traffic for a local pod, NodePort/ExternalIP traffic, or a reply of a SNATed NodePort
+/// connection (`from-netdev`).
 #[inline]
-pub fn from_netdev(b: &mut Buf<'_>, t: &Tables) -> Verdict {
+pub fn from_netdev(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch) -> Verdict {
     let Ok(eth) = EthernetFrame::new_checked(b.data()) else {
         return drop_ingress(DropReason::Invalid);
     };
@@ -366,16 +578,37 @@ pub fn from_netdev(b: &mut Buf<'_>, t: &Tables) -> Verdict {
         }
     };
     match vxlan_at {
-        Some((vxlan_off, end)) => from_overlay(b, vxlan_off, end, t),
-        // Native routing ingress: a local pod.
-        None => to_local_pod(b, t, |port| Verdict::RoutedIn { port }),
+        Some((vxlan_off, end)) => from_overlay(b, vxlan_off, end, t, s),
+        None => {
+            let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
+                Ok(ip) => ip,
+                Err(r) => return drop_ingress(r),
+            };
+            // NodePort / ExternalIP from outside the cluster (nodeport_lb4).
+            if ip.has_ports()
+                && let Some((key, master)) = t.lb.frontend(ip.dst, ip.dport, ip.proto)
+            {
+                return lb::nodeport_lb4(b, ip, key, master, in_port, t, s);
+            }
+            // Native routing ingress: the source's identity comes from the ipcache.
+            let src_id = t
+                .ipcache_v4(ip.src)
+                .map_or(identity::RESERVED_WORLD, |i| i.sec_identity);
+            to_local_pod(b, &ip, src_id, t, s, |port| Verdict::RoutedIn { port })
+        }
     }
 }
 
 /// `from-overlay`: the VXLAN header at `vxlan_off` (the outer IPv4 packet ends at `end`):
 /// identity from the VNI, strip the outer headers, deliver.
 #[inline]
-fn from_overlay(b: &mut Buf<'_>, vxlan_off: usize, end: usize, t: &Tables) -> Verdict {
+fn from_overlay(
+    b: &mut Buf<'_>,
+    vxlan_off: usize,
+    end: usize,
+    t: &Tables,
+    s: &mut Scratch,
+) -> Verdict {
     let vni = match vxlan::parse(&b.data()[vxlan_off..end]) {
         Ok(h) => h.vni,
         Err(WireError::Truncated) => return drop_ingress(DropReason::Invalid),
@@ -398,22 +631,35 @@ fn from_overlay(b: &mut Buf<'_>, vxlan_off: usize, end: usize, t: &Tables) -> Ve
     if eth.ethertype() != EtherType::Ipv4 {
         return drop_ingress(DropReason::UnknownL3);
     }
-    to_local_pod(b, t, |port| Verdict::Decap { port })
-}
-
-/// The IPv4 frame in `b` came from another node (decapsulated or natively routed): validate
-/// it and deliver it to its local pod; `arrived` names how it came.
-#[inline]
-fn to_local_pod(b: &mut Buf<'_>, t: &Tables, arrived: fn(PortId) -> Verdict) -> Verdict {
     let ip = match check_ipv4(b.data(), ethernet::HEADER_LEN) {
         Ok(ip) => ip,
         Err(r) => return drop_ingress(r),
     };
+    to_local_pod(b, &ip, vni, t, s, |port| Verdict::Decap { port })
+}
+
+/// The IPv4 frame in `b` came from another node (decapsulated or natively routed) with
+/// source identity `src_id`: deliver it to its local pod, or — addressed to this node —
+/// reverse-translate it if it is the reply of a SNATed NodePort connection. `arrived` names
+/// how it came.
+#[inline]
+fn to_local_pod(
+    b: &mut Buf<'_>,
+    ip: &Ip,
+    src_id: u32,
+    t: &Tables,
+    s: &mut Scratch,
+    arrived: fn(PortId) -> Verdict,
+) -> Verdict {
     match t.endpoint_v4(ip.dst) {
-        Some(ep) => match local_delivery(b.data_mut(), ep, MetricDir::Ingress) {
-            Verdict::Deliver { port } => arrived(port),
-            v => v,
-        },
+        Some(ep) if ep.port.is_some() => {
+            match local_delivery(b.data_mut(), ip, src_id, ep, MetricDir::Ingress, t, s) {
+                Verdict::Deliver { port } => arrived(port),
+                v => v,
+            }
+        }
+        Some(_) if ip.tracked => lb::nodeport_snat_reply(b, ip, t, s),
+        Some(_) => drop_ingress(DropReason::HostUnreachable),
         None => drop_ingress(DropReason::Unroutable),
     }
 }

@@ -2,7 +2,10 @@
 
 use super::{checksum, ipv4};
 
+pub const TYPE_ECHO_REPLY: u8 = 0;
 pub const TYPE_DEST_UNREACH: u8 = 3;
+pub const CODE_PORT_UNREACH: u8 = 3;
+pub const TYPE_ECHO_REQUEST: u8 = 8;
 pub const CODE_FRAG_NEEDED: u8 = 4;
 pub const TYPE_TIME_EXCEEDED: u8 = 11;
 /// RFC 1812 §4.3.2.3: an ICMP error should carry as much of the original as fits in 576 bytes.

@@ -12,6 +12,7 @@ pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
 pub mod l4;
+pub mod nat;
 pub mod vxlan;
 
 pub use arp::ArpPacket;
