@@ -6,7 +6,7 @@ PKGS=(
   clang llvm libbpf-dev gcc-multilib   # build the XDP program (clang -target bpf, BTF)
   bpftool                              # inspect loaded programs/maps (docs, troubleshooting)
   iproute2 ethtool                     # namespaces, veth, offload control
-  iputils-ping socat iperf3            # real clients/servers in the demo and tests
+  iputils-ping socat iperf3 curl       # real clients/servers in the demo and tests
   tcpdump tshark                       # captures and decodes in tests/docs
 )
 missing=()

@@ -21,6 +21,53 @@ pub enum Request {
     EndpointList,
     IpcacheList,
     TunnelList,
+    /// `cilium_lb4_*` listings (`bpf lb list [--frontends|--backends|--revnat]`).
+    LbList { view: LbView },
+    /// `cilium_ct4_global` + `cilium_ct_any4_global`.
+    CtList,
+    /// Add or replace services (by namespace/name), all or nothing.
+    ServiceApply {
+        services: Vec<control::lb::ServiceConfig>,
+    },
+    /// Delete a service (`namespace/name`).
+    ServiceDelete { id: String },
+}
+
+/// Which LB listing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LbView {
+    /// Services with their backends (the default `bpf lb list`).
+    #[default]
+    Services,
+    /// Raw `cilium_lb4_services_v2` values.
+    Frontends,
+    /// `cilium_lb4_backends_v3`.
+    Backends,
+    /// `cilium_lb4_reverse_nat`.
+    Revnat,
+    /// `cilium_lb4_maglev`: per service, how many slots each backend holds.
+    Maglev,
+}
+
+/// One conntrack entry: the `bpf ct list global` line and its main fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CtRow {
+    pub map: String,
+    pub line: String,
+    /// `OUT`, `IN` or `SVC`.
+    pub kind: String,
+    pub proto: u8,
+    /// The original sender and receiver, `addr:port`.
+    pub from: String,
+    pub to: String,
+    pub expires: u32,
+    pub flags: u16,
+    pub rev_nat: u16,
+    pub backend_id: u64,
+    pub src_sec_id: u32,
+    /// SNATed NodePort flows: the client behind the node's address.
+    pub nat: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +85,18 @@ pub enum Response {
     /// Pod CIDRs with their tunnel endpoint, the way `cilium_tunnel_map` showed them.
     TunnelList {
         entries: Vec<(String, String)>,
+    },
+    /// Rows of an LB listing; a key may repeat (several values, as Cilium prints them).
+    LbList {
+        entries: Vec<(String, String)>,
+    },
+    CtList {
+        entries: Vec<CtRow>,
+    },
+    /// A service change is in force from table generation `generation`.
+    Applied {
+        generation: u64,
+        services: usize,
     },
     Error {
         message: String,
@@ -372,13 +431,73 @@ pub fn render_table(h1: &str, h2: &str, entries: &[(String, String)]) -> String 
     s
 }
 
-/// `-o json` for the endpoint list: Cilium prints `map[string][]string`.
+/// `-o json` for the listings: Cilium prints `map[string][]string` (a key that repeats
+/// collects its values in order).
 pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (k, v) in entries {
-        m.insert(k.clone(), serde_json::json!([v]));
+        match m
+            .entry(k.clone())
+            .or_insert_with(|| serde_json::json!([]))
+        {
+            serde_json::Value::Array(a) => a.push(serde_json::json!(v)),
+            _ => unreachable!("only arrays are inserted"),
+        }
     }
     serde_json::Value::Object(m)
+}
+
+/// `bpf lb list` text: like [`render_table`], but a key's further values go on the following
+/// rows with an empty first column, as Cilium's tabwriter output does.
+pub fn render_grouped(h1: &str, h2: &str, entries: &[(String, String)]) -> String {
+    let w = entries
+        .iter()
+        .map(|(k, _)| k.len())
+        .max()
+        .unwrap_or(0)
+        .max(h1.len())
+        + 3;
+    let mut s = format!("{h1:<w$}{h2}\n");
+    let mut last: Option<&str> = None;
+    for (k, v) in entries {
+        let shown = if last == Some(k.as_str()) { "" } else { k.as_str() };
+        s += &format!("{shown:<w$}{v}\n");
+        last = Some(k);
+    }
+    s
+}
+
+/// Fetch the conntrack entries.
+pub fn ct_list(path: &Path) -> Result<Vec<CtRow>, ClientError> {
+    match call(path, &Request::CtList)? {
+        Response::CtList { entries } => Ok(entries),
+        other => Err(ClientError::Protocol(format!(
+            "expected a CT listing, got {other:?}"
+        ))),
+    }
+}
+
+/// Add or replace services; returns the generation that carries them.
+pub fn service_apply(
+    path: &Path,
+    services: Vec<control::lb::ServiceConfig>,
+) -> Result<u64, ClientError> {
+    match call(path, &Request::ServiceApply { services })? {
+        Response::Applied { generation, .. } => Ok(generation),
+        other => Err(ClientError::Protocol(format!(
+            "expected applied, got {other:?}"
+        ))),
+    }
+}
+
+/// Delete a service (`namespace/name`).
+pub fn service_delete(path: &Path, id: &str) -> Result<u64, ClientError> {
+    match call(path, &Request::ServiceDelete { id: id.into() })? {
+        Response::Applied { generation, .. } => Ok(generation),
+        other => Err(ClientError::Protocol(format!(
+            "expected applied, got {other:?}"
+        ))),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -443,7 +562,8 @@ pub fn list(path: &Path, req: Request) -> Result<Vec<(String, String)>, ClientEr
     match call(path, &req)? {
         Response::EndpointList { entries }
         | Response::IpcacheList { entries }
-        | Response::TunnelList { entries } => Ok(entries),
+        | Response::TunnelList { entries }
+        | Response::LbList { entries } => Ok(entries),
         other => Err(ClientError::Protocol(format!(
             "expected a map listing, got {other:?}"
         ))),

@@ -26,8 +26,8 @@ use control::tables::{NextHop, Port, PortId, PortRole};
 use xdp_redirect::{ROLE_LXC, ROLE_UNDERLAY, Steering, XDP_STAT_NAMES};
 
 use crate::api::{
-    self, DeviceStatus, Metric, NextHopStatus, OverlayStatus, PortStatus, Request, Response,
-    Status, WorkerStatus,
+    self, CtRow, DeviceStatus, LbView, Metric, NextHopStatus, OverlayStatus, PortStatus,
+    Request, Response, Status, WorkerStatus,
 };
 use crate::neigh;
 use crate::stats::WorkerCounters;
@@ -277,8 +277,15 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("pinning maps under {}", dir.display()))?;
     }
     let mut dp = Datapath::new(ports.clone(), queues as usize, steering);
+    dp.size_datapath_maps(
+        control::ct::CtSizes {
+            tcp: cfg.datapath.ct_tcp_max as usize,
+            any: cfg.datapath.ct_any_max as usize,
+        },
+        control::tables::AFFINITY_MAX,
+    );
     dp.load_node(&cfg)
-        .context("writing cilium_lxc, fp_config and cilium_ipcache_v2")?;
+        .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;
     // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
     // host-originated traffic to remote pods takes the same path.
     let _routes_guard = KernelRoutes::install(
@@ -366,6 +373,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
 
     let started = Instant::now();
+    let mut last_gc = Instant::now();
     let mut poll = mio::Poll::new()?;
     listener.set_nonblocking(true)?;
     let mut mio_listener = mio::net::UnixListener::from_std(listener);
@@ -380,6 +388,12 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         }
         dp.writer().reclaim();
         nexthops.tick(&mut dp);
+        if last_gc.elapsed() >= GC_INTERVAL {
+            last_gc = Instant::now();
+            if let Err(e) = dp.gc(control::clock::now()) {
+                eprintln!("fastpath: conntrack GC: {e}");
+            }
+        }
         if handles.iter().any(|h| h.thread.is_finished()) {
             eprintln!("fastpath: a worker exited unexpectedly; shutting down");
             break;
@@ -391,9 +405,9 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                         std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
                     let _ = std_stream.set_nonblocking(false);
                     let _ = std_stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    let view = NodeView {
+                    let mut view = NodeView {
                         cfg: &cfg,
-                        dp: &dp,
+                        dp: &mut dp,
                         handles: &handles,
                         ports: &ports,
                         nexthops: &nexthops,
@@ -401,7 +415,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                         opts: &opts,
                         started,
                     };
-                    serve_one(std_stream, &view);
+                    serve_one(std_stream, &mut view);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
@@ -445,7 +459,7 @@ fn bpffs_mounted() -> bool {
 /// What the control socket reports on: the running node's parts, borrowed.
 struct NodeView<'a> {
     cfg: &'a Config,
-    dp: &'a Datapath<Steering>,
+    dp: &'a mut Datapath<Steering>,
     handles: &'a [WorkerHandle],
     ports: &'a [Port],
     nexthops: &'a NextHops,
@@ -454,7 +468,7 @@ struct NodeView<'a> {
     started: Instant,
 }
 
-fn serve_one(stream: std::os::unix::net::UnixStream, v: &NodeView<'_>) {
+fn serve_one(stream: std::os::unix::net::UnixStream, v: &mut NodeView<'_>) {
     // Root only: the socket file is 0600, and we check the peer as well.
     let resp = match xsk::sys::peer_uid(&stream) {
         Ok(0) => {
@@ -485,6 +499,43 @@ fn serve_one(stream: std::os::unix::net::UnixStream, v: &NodeView<'_>) {
                             })
                             .collect(),
                     },
+                    Ok(Request::LbList { view }) => Response::LbList {
+                        entries: lb_entries(&v.dp.tables().lb, view),
+                    },
+                    Ok(Request::CtList) => Response::CtList {
+                        entries: ct_rows(&v.dp.tables().ct),
+                    },
+                    Ok(Request::ServiceApply { services }) => {
+                        let n = services.len();
+                        let mut last = Ok(0);
+                        // One at a time, stopping at the first refusal: each is all or
+                        // nothing, and the error names the service.
+                        for svc in &services {
+                            last = v
+                                .dp
+                                .upsert_service(svc)
+                                .map_err(|e| format!("service {}: {e}", svc.id()));
+                            if last.is_err() {
+                                break;
+                            }
+                        }
+                        match last {
+                            Ok(generation) => Response::Applied {
+                                generation,
+                                services: n,
+                            },
+                            Err(message) => Response::Error { message },
+                        }
+                    }
+                    Ok(Request::ServiceDelete { id }) => match v.dp.delete_service(&id) {
+                        Ok(generation) => Response::Applied {
+                            generation,
+                            services: 1,
+                        },
+                        Err(e) => Response::Error {
+                            message: e.to_string(),
+                        },
+                    },
                     Err(e) => Response::Error {
                         message: format!("bad request: {e}"),
                     },
@@ -504,6 +555,144 @@ fn serve_one(stream: std::os::unix::net::UnixStream, v: &NodeView<'_>) {
     let mut out = serde_json::to_string(&resp).expect("responses serialize");
     out.push('\n');
     let _ = (&stream).write_all(out.as_bytes());
+}
+
+/// The LB maps as `cilium-dbg bpf lb list` prints them, sorted by frontend then slot.
+fn lb_entries(lb: &control::lb::LbTables, view: LbView) -> Vec<(String, String)> {
+    use control::maps::lb::proto_name;
+    let mut keys: Vec<_> = lb.services.iter().collect();
+    keys.sort_by_key(|(k, _)| (k.address, k.port(), k.proto, k.backend_slot));
+    match view {
+        LbView::Services => keys
+            .into_iter()
+            .map(|(k, v)| {
+                let rev = v.rev_nat().0;
+                let val = if k.backend_slot == 0 {
+                    format!("0.0.0.0:0 ({rev}) (0) [{}]", v.type_string())
+                } else {
+                    match lb.backends.get(&v.backend_id()) {
+                        Some(b) => format!("{} ({rev}) ({})", b.name(), k.backend_slot),
+                        None => format!("<backend {} missing> ({rev}) ({})", v.backend_id(), k.backend_slot),
+                    }
+                };
+                let mut key = k.to_string();
+                if let Some(i) = key.rfind(" (") {
+                    key.truncate(i);
+                }
+                (format!("{key} ({})", k.backend_slot), val)
+            })
+            .collect(),
+        LbView::Frontends => keys
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    format!(
+                        "{} {}[{}] ({}) [{:#x} {:#x}]",
+                        v.word,
+                        v.count,
+                        v.qcount,
+                        v.rev_nat().0,
+                        v.flags,
+                        v.flags2
+                    ),
+                )
+            })
+            .collect(),
+        LbView::Backends => {
+            let mut b: Vec<_> = lb.backends.iter().collect();
+            b.sort_by_key(|(id, _)| **id);
+            b.into_iter()
+                .map(|(id, b)| {
+                    (
+                        id.to_string(),
+                        format!(
+                            "{}://{}:{} state={}",
+                            proto_name(b.proto),
+                            b.addr(),
+                            b.port(),
+                            b.state_name()
+                        ),
+                    )
+                })
+                .collect()
+        }
+        LbView::Revnat => {
+            let mut r: Vec<_> = lb.revnat.iter().collect();
+            r.sort_by_key(|(id, _)| **id);
+            r.into_iter().map(|(id, v)| (id.to_string(), v.to_string())).collect()
+        }
+        LbView::Maglev => {
+            let mut r: Vec<_> = lb.maglev.iter().collect();
+            r.sort_by_key(|(id, _)| **id);
+            r.into_iter()
+                .map(|(id, table)| {
+                    let mut counts: std::collections::BTreeMap<u32, usize> = Default::default();
+                    for b in table.iter() {
+                        *counts.entry(*b).or_default() += 1;
+                    }
+                    let parts: Vec<String> = counts
+                        .iter()
+                        .map(|(b, n)| {
+                            let name = lb.backends.get(b).map_or("?".into(), |x| x.name());
+                            format!("{name}={n}")
+                        })
+                        .collect();
+                    // A digest of the whole table: equal on every node with the same
+                    // backends and seed.
+                    let digest = table
+                        .iter()
+                        .zip(1u64..)
+                        .fold(0u64, |h, (id, i)| {
+                            let name = lb.backends.get(id).map_or(String::new(), |x| x.name());
+                            h.wrapping_mul(31).wrapping_add(
+                                control::maglev::murmur3_128(name.as_bytes(), i as u32).0,
+                            )
+                        });
+                    (
+                        id.to_string(),
+                        format!("M={} digest={digest:016x} {}", table.len(), parts.join(" ")),
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
+/// Every live conntrack entry, TCP map first, as `bpf ct list global` lines plus fields.
+fn ct_rows(ct: &control::ct::Conntrack) -> Vec<CtRow> {
+    use control::maps::ct::{CT_ANY_MAP, CT_TCP_MAP, TUPLE_F_SERVICE, format_line};
+    let now = control::clock::now();
+    let mut out = Vec::new();
+    for (tcp, name) in [(true, CT_TCP_MAP), (false, CT_ANY_MAP)] {
+        let mut e = ct.entries(tcp, now);
+        e.sort_by_key(|(k, _)| (k.daddr, k.saddr, k.sport, k.dport, k.flags));
+        for (k, v) in e {
+            let ((a, ap), (b, bp)) = k.endpoints();
+            let nat = std::net::Ipv4Addr::new(
+                v.nat_addr_lo[0],
+                v.nat_addr_lo[1],
+                v.nat_addr_lo[2],
+                v.nat_addr_lo[3],
+            );
+            out.push(CtRow {
+                map: name.into(),
+                line: format_line(&k, &v),
+                kind: k.kind().into(),
+                proto: k.nexthdr,
+                from: format!("{a}:{ap}"),
+                to: format!("{b}:{bp}"),
+                expires: v.lifetime,
+                flags: v.flags,
+                rev_nat: u16::from_be(v.rev_nat_index),
+                backend_id: v.backend_id,
+                src_sec_id: v.src_sec_id,
+                nat: (k.flags & TUPLE_F_SERVICE == 0 && !nat.is_unspecified())
+                    .then(|| format!("{nat}:{}", u16::from_be(v.nat_port))),
+            });
+        }
+    }
+    out
 }
 
 /// `cilium_lxc` as the kernel holds it, formatted like `cilium-dbg bpf endpoint list`.
@@ -551,7 +740,17 @@ fn status(v: &NodeView<'_>) -> Status {
         socket_mode,
         opts,
         started,
-    } = *v;
+    } = v;
+    let (dp, started, socket_mode, cfg, handles, ports, nexthops, opts): (
+        &Datapath<Steering>,
+        Instant,
+        &str,
+        &Config,
+        &[WorkerHandle],
+        &[Port],
+        &NextHops,
+        &RunOptions,
+    ) = (dp, *started, socket_mode, cfg, handles, ports, nexthops, opts);
     let steering = dp.kernel_ref();
     let devices = steering
         .devices()
@@ -719,6 +918,9 @@ struct NextHops {
 
 /// How often the neighbour table is re-read.
 const NEIGH_REFRESH: Duration = Duration::from_secs(1);
+/// Conntrack/affinity garbage collection period (Cilium adapts its interval; a fixed short
+/// one keeps terminating backends from lingering long after their last connection).
+const GC_INTERVAL: Duration = Duration::from_secs(2);
 
 impl NextHops {
     /// Next hops through the underlay port (none without an underlay).

@@ -66,6 +66,12 @@ enum Cmd {
         #[command(subcommand)]
         what: BpfCmd,
     },
+    /// Add, replace or delete services on a running node (the control socket's
+    /// ServiceApply / ServiceDelete).
+    Service {
+        #[command(subcommand)]
+        what: ServiceCmd,
+    },
     /// Print or check configs.
     Config {
         #[command(subcommand)]
@@ -102,6 +108,65 @@ enum BpfCmd {
     Tunnel {
         #[command(subcommand)]
         what: ListCmd,
+    },
+    /// The load-balancing maps, as `cilium-dbg bpf lb list` prints them.
+    Lb {
+        #[command(subcommand)]
+        what: LbCmd,
+    },
+    /// Connection tracking, as `cilium-dbg bpf ct list global` prints it.
+    Ct {
+        #[command(subcommand)]
+        what: CtCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LbCmd {
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// Raw `cilium_lb4_services_v2` values (backend ID, count[qcount], revnat, flags).
+        #[arg(long, group = "view")]
+        frontends: bool,
+        /// `cilium_lb4_backends_v3`.
+        #[arg(long, group = "view")]
+        backends: bool,
+        /// `cilium_lb4_reverse_nat`.
+        #[arg(long, group = "view")]
+        revnat: bool,
+        /// `cilium_lb4_maglev`: slots per backend and a digest of each table.
+        #[arg(long, group = "view")]
+        maglev: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CtCmd {
+    List {
+        /// Only `global` exists (Cilium's per-endpoint CT maps are not used).
+        #[arg(value_parser = ["global"])]
+        scope: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Add or replace the services of a YAML file (one service or a list).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a service.
+    Delete {
+        /// `namespace/name` (or `name` for the default namespace).
+        id: String,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -179,6 +244,17 @@ fn socket_of(t: &Target) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// One service or a list of them; unknown fields are refused with their path.
+fn parse_services(text: &str) -> anyhow::Result<Vec<control::lb::ServiceConfig>> {
+    let v: serde_yaml::Value = serde_yaml::from_str(text)?;
+    let list = if v.is_sequence() {
+        v
+    } else {
+        serde_yaml::Value::Sequence(vec![v])
+    };
+    serde_path_to_error::deserialize(list).map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -213,6 +289,85 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Bpf {
+            what:
+                BpfCmd::Lb {
+                    what:
+                        LbCmd::List {
+                            target,
+                            frontends,
+                            backends,
+                            revnat,
+                            maglev,
+                        },
+                },
+        } => {
+            let (view, h1, h2) = if frontends {
+                (api::LbView::Frontends, "SERVICE ADDRESS", "BACKEND ID")
+            } else if backends {
+                (api::LbView::Backends, "ID", "BACKEND ADDRESS")
+            } else if revnat {
+                (api::LbView::Revnat, "ID", "BACKEND ADDRESS")
+            } else if maglev {
+                (api::LbView::Maglev, "SVC ID", "LOOKUP TABLE")
+            } else {
+                (
+                    api::LbView::Services,
+                    "SERVICE ADDRESS",
+                    "BACKEND ADDRESS (REVNAT_ID) (SLOT)",
+                )
+            };
+            let e = api::list(&socket_of(&target)?, api::Request::LbList { view })?;
+            match target.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&api::endpoint_list_json(&e))?
+                ),
+                Output::Text => print!("{}", api::render_grouped(h1, h2, &e)),
+            }
+            Ok(())
+        }
+        Cmd::Bpf {
+            what:
+                BpfCmd::Ct {
+                    what: CtCmd::List { scope: _, target },
+                },
+        } => {
+            let rows = api::ct_list(&socket_of(&target)?)?;
+            match target.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Text => {
+                    for r in rows {
+                        println!("{}", r.line);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Service {
+            what: ServiceCmd::Apply { file, target },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let services = parse_services(&text)
+                .with_context(|| format!("{}: not a service or a list of services", file.display()))?;
+            let n = services.len();
+            let g = api::service_apply(&socket_of(&target)?, services)?;
+            println!("{n} service(s) applied (table generation {g})");
+            Ok(())
+        }
+        Cmd::Service {
+            what: ServiceCmd::Delete { id, target },
+        } => {
+            let id = if id.contains('/') {
+                id
+            } else {
+                format!("default/{id}")
+            };
+            let g = api::service_delete(&socket_of(&target)?, &id)?;
+            println!("service {id} deleted (table generation {g})");
+            Ok(())
+        }
         Cmd::Bpf { what } => {
             let (req, h1, h2, t) = match what {
                 BpfCmd::Endpoint {
@@ -234,6 +389,7 @@ fn main() -> anyhow::Result<()> {
                 BpfCmd::Tunnel {
                     what: ListCmd::List(t),
                 } => (api::Request::TunnelList, "TUNNEL", "VALUE", t),
+                BpfCmd::Lb { .. } | BpfCmd::Ct { .. } => unreachable!("matched above"),
             };
             let e = api::list(&socket_of(&t)?, req)?;
             match t.output {

@@ -21,6 +21,7 @@ use control::config::RoutingMode;
 use control::config::XdpMode;
 use control::datapath::{KernelMaps, MapWriteError};
 use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
+use control::maps::lb::{BACKENDS_MAP, Lb4Backend, Lb4Key, Lb4Service, REVNAT_MAP, RevNat, RevNat4Value, SERVICES_MAP};
 use control::net::Ipv4Cidr;
 use control::tables::Overlay;
 
@@ -36,7 +37,7 @@ pub const ROLE_LXC: u32 = 1;
 pub const ROLE_UNDERLAY: u32 = 2;
 
 /// Counter slots of `fp_xdp_stats`, with the names `fastpath status` prints.
-pub const XDP_STAT_NAMES: [&str; 8] = [
+pub const XDP_STAT_NAMES: [&str; 9] = [
     "steered",
     "passed_not_endpoint",
     "passed_arp",
@@ -45,6 +46,7 @@ pub const XDP_STAT_NAMES: [&str; 8] = [
     "steered_remote_pod",
     "steered_overlay",
     "passed_underlay",
+    "steered_service",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +154,33 @@ mod pod_cfg {
     // SAFETY: repr(C), u32, [u8; 2], u16, [u8; 4] x2: 16 bytes, no implicit padding; every bit
     // pattern is valid.
     unsafe impl aya::Pod for super::FpConfig {}
+}
+
+/// `struct fp_backend_addr`: a backend's address, port (network order) and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FpBackendAddr {
+    address: [u8; 4],
+    port: [u8; 2],
+    proto: u8,
+    pad: u8,
+}
+const _: () = assert!(size_of::<FpBackendAddr>() == 8);
+
+#[allow(unsafe_code)]
+mod pod_be {
+    // SAFETY: repr(C), [u8; 4], [u8; 2], u8, u8: 8 bytes, no padding; every bit pattern is
+    // valid.
+    unsafe impl aya::Pod for super::FpBackendAddr {}
+}
+
+fn backend_addr(v: &Lb4Backend) -> FpBackendAddr {
+    FpBackendAddr {
+        address: v.address,
+        port: v.port,
+        proto: v.proto,
+        pad: 0,
+    }
 }
 
 /// The LPM key of `cilium_ipcache_v2` as aya wants it: prefix length, then the 20 bytes.
@@ -276,8 +305,8 @@ impl Steering {
     }
 
     /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.
-    pub fn stats(&self) -> Result<[u64; 8], SteeringError> {
-        let mut out = [0u64; 8];
+    pub fn stats(&self) -> Result<[u64; 9], SteeringError> {
+        let mut out = [0u64; 9];
         for (i, o) in out.iter_mut().enumerate() {
             *o = percpu_counter(&self.ebpf, i as u32)?;
         }
@@ -293,6 +322,10 @@ impl Steering {
         for name in [
             "cilium_lxc",
             "cilium_ipcache_v2",
+            "cilium_lb4_services_v2",
+            "cilium_lb4_backends_v3",
+            "cilium_lb4_reverse_nat",
+            "fp_lb_backend_addrs",
             "fp_config",
             "fp_devs",
             "fp_xsks",
@@ -401,6 +434,81 @@ impl KernelMaps for Steering {
         let mut m: Array<&mut MapData, FpConfig> =
             map(&mut self.ebpf, "fp_config").map_err(|e| err(e.to_string()))?;
         m.set(0, cfg, 0).map_err(|e| err(error_chain(&e)))
+    }
+
+    fn upsert_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<(), MapWriteError> {
+        let err = lb_err(SERVICES_MAP, "update", k.to_string());
+        let mut m: BpfHashMap<&mut MapData, Lb4Key, Lb4Service> =
+            map(&mut self.ebpf, SERVICES_MAP).map_err(|e| err(e.to_string()))?;
+        m.insert(*k, *v, 0).map_err(|e| err(error_chain(&e)))
+    }
+
+    fn remove_service(&mut self, k: &Lb4Key) -> Result<(), MapWriteError> {
+        let err = lb_err(SERVICES_MAP, "delete", k.to_string());
+        let mut m: BpfHashMap<&mut MapData, Lb4Key, Lb4Service> =
+            map(&mut self.ebpf, SERVICES_MAP).map_err(|e| err(e.to_string()))?;
+        m.remove(k).map_err(|e| err(error_chain(&e)))
+    }
+
+    fn upsert_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
+        let err = lb_err(BACKENDS_MAP, "update", id.to_string());
+        let mut m: BpfHashMap<&mut MapData, u32, Lb4Backend> =
+            map(&mut self.ebpf, BACKENDS_MAP).map_err(|e| err(e.to_string()))?;
+        m.insert(id, *v, 0).map_err(|e| err(error_chain(&e)))?;
+        let err = lb_err("fp_lb_backend_addrs", "update", v.name());
+        let mut a: BpfHashMap<&mut MapData, FpBackendAddr, u32> =
+            map(&mut self.ebpf, "fp_lb_backend_addrs").map_err(|e| err(e.to_string()))?;
+        a.insert(backend_addr(v), id, 0)
+            .map_err(|e| err(error_chain(&e)))
+    }
+
+    fn remove_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
+        let err = lb_err(BACKENDS_MAP, "delete", id.to_string());
+        let mut m: BpfHashMap<&mut MapData, u32, Lb4Backend> =
+            map(&mut self.ebpf, BACKENDS_MAP).map_err(|e| err(e.to_string()))?;
+        m.remove(&id).map_err(|e| err(error_chain(&e)))?;
+        let err = lb_err("fp_lb_backend_addrs", "delete", v.name());
+        let mut a: BpfHashMap<&mut MapData, FpBackendAddr, u32> =
+            map(&mut self.ebpf, "fp_lb_backend_addrs").map_err(|e| err(e.to_string()))?;
+        a.remove(&backend_addr(v)).map_err(|e| err(error_chain(&e)))
+    }
+
+    fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError> {
+        let err = lb_err(REVNAT_MAP, "update", id.0.to_string());
+        let mut m: BpfHashMap<&mut MapData, u16, RevNat4Value> =
+            map(&mut self.ebpf, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
+        m.insert(id.be(), *v, 0).map_err(|e| err(error_chain(&e)))
+    }
+
+    fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
+        let err = lb_err(REVNAT_MAP, "delete", id.0.to_string());
+        let mut m: BpfHashMap<&mut MapData, u16, RevNat4Value> =
+            map(&mut self.ebpf, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
+        m.remove(&id.be()).map_err(|e| err(error_chain(&e)))
+    }
+}
+
+fn lb_err(map: &'static str, op: &'static str, key: String) -> impl Fn(String) -> MapWriteError {
+    move |msg| MapWriteError {
+        map,
+        op,
+        key: key.clone(),
+        msg,
+    }
+}
+
+impl Steering {
+    /// Read `cilium_lb4_services_v2` back from the kernel.
+    pub fn kernel_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, SteeringError> {
+        let m: BpfHashMap<&MapData, Lb4Key, Lb4Service> = map_ref(&self.ebpf, SERVICES_MAP)?;
+        m.iter()
+            .map(|r| {
+                r.map_err(|source| SteeringError::Map {
+                    map: SERVICES_MAP,
+                    source,
+                })
+            })
+            .collect()
     }
 }
 

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 use super::ipcache::{IpcacheKey, RemoteEndpointInfo};
+use super::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat4Value};
 use super::lxc::{EndpointInfo, EndpointKey};
 
 // SAFETY: repr(C), fields are u8/u16 and [u8; N] only, 20 bytes with no implicit padding
@@ -21,3 +22,15 @@ unsafe impl aya::Pod for IpcacheKey {}
 // SAFETY: repr(C), u32, [u8; 16], u16, u8, u8: 24 bytes, no implicit padding (asserted in
 // ipcache.rs); every bit pattern is a valid value.
 unsafe impl aya::Pod for RemoteEndpointInfo {}
+// SAFETY: repr(C), [u8; 4], [u8; 2], u16, u8, u8, [u8; 2]: 12 bytes, no implicit padding
+// (asserted in lb.rs); every bit pattern is a valid value.
+unsafe impl aya::Pod for Lb4Key {}
+// SAFETY: repr(C), u32, u16, u16, u8, u8, u16: 12 bytes, no implicit padding (asserted in
+// lb.rs); every bit pattern is a valid value.
+unsafe impl aya::Pod for Lb4Service {}
+// SAFETY: repr(C), [u8; 4], [u8; 2], u8, u8, u16, u8, u8: 12 bytes, no implicit padding
+// (asserted in lb.rs); every bit pattern is a valid value.
+unsafe impl aya::Pod for Lb4Backend {}
+// SAFETY: repr(C), [u8; 4] and [u8; 2]: 6 bytes, alignment 1, no padding (asserted in
+// lb.rs); every bit pattern is a valid value.
+unsafe impl aya::Pod for RevNat4Value {}

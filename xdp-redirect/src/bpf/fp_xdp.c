@@ -16,13 +16,23 @@
  *   - IPv4 to another node's pod: in tunnel mode when cilium_ipcache_v2 gives
  *     the destination a tunnel endpoint, in native routing mode when the
  *     destination is inside the native routing CIDR (fp_config).
+ *   - TCP/UDP to a service frontend (cilium_lb4_services_v2 master entry): the
+ *     worker translates it (lb4_local);
+ *   - TCP/UDP from a service backend's address and port (fp_lb_backend_addrs) to
+ *     anything but a host address: replies of NodePort/ExternalIP connections that
+ *     the worker must reverse-translate.
  * Everything else (pod->host, pod->world, ARP replies, IPv6, other ethertypes)
  * goes to the kernel untouched.
  *
  * On the underlay device (the node NIC) it steers:
  *   - UDP to the tunnel port (VXLAN, 8472) -- first fragments too, so the
  *     worker counts them;
- *   - IPv4 whose destination is a local endpoint (native routing ingress).
+ *   - IPv4 whose destination is a local endpoint (native routing ingress);
+ *   - TCP/UDP to a NodePort or ExternalIP frontend (exact cilium_lb4_services_v2
+ *     key, or the 0.0.0.0 NodePort surrogate when addressed to the node);
+ *   - TCP/UDP from a service backend (fp_lb_backend_addrs): in native routing
+ *     mode, replies of NodePort connections SNATed to this node arrive
+ *     unencapsulated, addressed to the node (in tunnel mode they come as VXLAN).
  * Everything else -- SSH, ARP, the host's own traffic, anything unparseable --
  * goes to the kernel: the node must stay reachable whatever fastpath does.
  *
@@ -50,6 +60,8 @@
 #define FP_ROLE_LXC 1
 #define FP_ROLE_UNDERLAY 2
 
+#define LB_MAP_MAX 65536
+
 #define FP_MODE_TUNNEL 0
 #define FP_MODE_NATIVE 1
 
@@ -69,7 +81,8 @@ enum {
 	FP_STAT_STEERED_REMOTE = 5,
 	FP_STAT_STEERED_OVERLAY = 6,
 	FP_STAT_PASS_UNDERLAY = 7,
-	FP_STAT_MAX = 8,
+	FP_STAT_STEERED_SERVICE = 8,
+	FP_STAT_MAX = 9,
 };
 
 /* cilium_lxc key: struct endpoint_key (20 bytes). */
@@ -114,6 +127,51 @@ struct remote_endpoint_info {
 	__u8 flags;
 };
 
+/* cilium_lb4_services_v2 key: struct lb4_key (12 bytes). */
+struct lb4_key {
+	__be32 address;
+	__be16 dport;
+	__u16 backend_slot;
+	__u8 proto;
+	__u8 scope;
+	__u8 pad[2];
+};
+
+/* cilium_lb4_services_v2 value: struct lb4_service (12 bytes). */
+struct lb4_service {
+	__u32 backend_id;
+	__u16 count;
+	__be16 rev_nat_index;
+	__u8 flags;
+	__u8 flags2;
+	__u16 qcount;
+};
+
+/* cilium_lb4_backends_v3 value: struct lb4_backend (12 bytes). */
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;
+	__u16 cluster_id;
+	__u8 zone;
+	__u8 pad;
+};
+
+/* cilium_lb4_reverse_nat value: struct lb4_reverse_nat (6 bytes, packed). */
+struct lb4_reverse_nat {
+	__be32 address;
+	__be16 port;
+} __attribute__((packed));
+
+/* fastpath: a backend's (address, port, protocol), to steer its replies. */
+struct fp_backend_addr {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
 /* fastpath's node-wide settings (one entry, written by the control plane). */
 struct fp_config {
 	__u32 mode;
@@ -144,6 +202,38 @@ struct {
 	__type(key, struct ipcache_key);
 	__type(value, struct remote_endpoint_info);
 } cilium_ipcache_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+} cilium_lb4_services_v2 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+} cilium_lb4_backends_v3 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u16);
+	__type(value, struct lb4_reverse_nat);
+} cilium_lb4_reverse_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_backend_addr);
+	__type(value, __u32);
+} fp_lb_backend_addrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -227,6 +317,64 @@ static __always_inline int remote_pod(__be32 daddr, const struct fp_config *cfg)
 			       IPCACHE_F_IPV6_TUNNEL_EP)) == IPCACHE_F_HAS_TUNNEL_EP;
 }
 
+/* The L4 ports of a TCP/UDP first fragment (0 if none). */
+static __always_inline int l4_ports(struct iphdr *ip, void *end, __be16 *sport, __be16 *dport)
+{
+	__be16 *p;
+
+	if ((ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
+	    (ip->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	p = (void *)ip + ip->ihl * 4;
+	if ((void *)(p + 2) > end)
+		return 0;
+	*sport = p[0];
+	*dport = p[1];
+	return 1;
+}
+
+/* Is daddr:dport/proto a service frontend (master entry)? With `surrogate`, the
+ * NodePort 0.0.0.0 entry matches too (traffic addressed to the node). When
+ * `routable_only`, ClusterIPs do not count. */
+static __always_inline int frontend(__be32 daddr, __be16 dport, __u8 proto, int surrogate,
+				    int routable_only)
+{
+	struct lb4_key k = {};
+	struct lb4_service *svc;
+
+	k.address = daddr;
+	k.dport = dport;
+	k.proto = proto;
+	svc = bpf_map_lookup_elem(&cilium_lb4_services_v2, &k);
+	if (!svc && surrogate) {
+		k.address = 0;
+		svc = bpf_map_lookup_elem(&cilium_lb4_services_v2, &k);
+	}
+	/* ClusterIPs reached from outside are steered too: the worker counts them (174). */
+	return svc != 0 && (!routable_only || (svc->flags & 0x40));
+}
+
+static __always_inline int from_backend(__be32 saddr, __be16 sport, __u8 proto)
+{
+	struct fp_backend_addr k = {};
+
+	k.address = saddr;
+	k.port = sport;
+	k.proto = proto;
+	return bpf_map_lookup_elem(&fp_lb_backend_addrs, &k) != 0;
+}
+
+static __always_inline int is_host(__be32 daddr)
+{
+	struct endpoint_key k = {};
+	struct endpoint_info *ep;
+
+	k.ip4 = daddr;
+	k.family = ENDPOINT_KEY_IPV4;
+	ep = bpf_map_lookup_elem(&cilium_lxc, &k);
+	return ep && (ep->flags & ENDPOINT_F_HOST);
+}
+
 static __always_inline int redirect(struct xdp_md *ctx, const struct fp_dev *dev, __u32 stat)
 {
 	__u32 key = dev->slot * FP_MAX_QUEUES + ctx->rx_queue_index;
@@ -258,6 +406,17 @@ static __always_inline int steer_underlay(struct xdp_md *ctx, const struct fp_de
 	}
 	if (local_endpoint(ip->daddr))
 		return redirect(ctx, dev, FP_STAT_STEERED);
+	{
+		__be16 sport, dport;
+
+		if (l4_ports(ip, end, &sport, &dport)) {
+			if (frontend(ip->daddr, dport, ip->protocol, is_host(ip->daddr), 0))
+				return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
+			if (cfg->mode == FP_MODE_NATIVE && is_host(ip->daddr) &&
+			    from_backend(ip->saddr, sport, ip->protocol))
+				return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
+		}
+	}
 	return pass(FP_STAT_PASS_UNDERLAY);
 }
 
@@ -304,6 +463,17 @@ int fp_steer(struct xdp_md *ctx)
 			goto steer;
 		if (remote_pod(ip->daddr, cfg))
 			return redirect(ctx, dev, FP_STAT_STEERED_REMOTE);
+		{
+			__be16 sport, dport;
+
+			if (ip->ihl >= 5 && l4_ports(ip, end, &sport, &dport)) {
+				if (frontend(ip->daddr, dport, ip->protocol, 0, 0))
+					return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
+				if (!is_host(ip->daddr) &&
+				    from_backend(ip->saddr, sport, ip->protocol))
+					return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
+			}
+		}
 		return pass(FP_STAT_PASS_NOT_ENDPOINT);
 	}
 

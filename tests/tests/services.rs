@@ -1,0 +1,492 @@
+//! Services through fastpath: ClusterIP from pods, NodePort and ExternalIP from an outside
+//! client, Maglev agreement between nodes, session affinity, backend removal under a live
+//! connection, and a service without backends. Real namespaces, real XDP + AF_XDP, real
+//! clients (curl, socat, python sockets).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control::config::Config;
+use control::maps::DropReason;
+use fastpath::lab::{in_ns, sh};
+use fastpath_tests::{Kind, Pods, Servers, TestNode, cluster_yaml, require_root, unique};
+
+/// Two fastpath nodes × 3 pods: p0 clients, p1 the backends (one per node), p2 spare.
+/// Services (the same on both nodes, as kube-proxy would have them):
+/// - web   10.96.N.10:80 → 8080, random
+/// - mag   10.96.N.11:80 → 8080, Maglev, NodePort 30080, ExternalIP 192.168.N.100
+/// - stick 10.96.N.12:80 → 8080, random, ClientIP affinity
+/// - empty 10.96.N.13:80, no backends
+/// - long  10.96.N.14:9000 → 9000, random
+struct Cluster {
+    n: [TestNode; 2],
+    net: String,
+    services: String,
+}
+
+fn services_yaml(net: &str, b0: &str, b1: &str) -> String {
+    format!(
+        "services:
+  - name: web
+    cluster_ip: 10.96.{net}.10
+    ports: [{{ port: 80, target_port: 8080 }}, {{ port: 53, protocol: UDP, target_port: 5353 }}]
+    backends: [{{ ip: {b0} }}, {{ ip: {b1} }}]
+  - name: mag
+    type: NodePort
+    cluster_ip: 10.96.{net}.11
+    external_ips: [192.168.{net}.100]
+    ports: [{{ port: 80, target_port: 8080, node_port: 30080 }}]
+    lb_algorithm: maglev
+    backends: [{{ ip: {b0} }}, {{ ip: {b1} }}]
+  - name: stick
+    cluster_ip: 10.96.{net}.12
+    ports: [{{ port: 80, target_port: 8080 }}]
+    session_affinity: ClientIP
+    session_affinity_timeout: 60
+    backends: [{{ ip: {b0} }}, {{ ip: {b1} }}]
+  - name: empty
+    cluster_ip: 10.96.{net}.13
+    ports: [{{ port: 80 }}]
+  - name: long
+    cluster_ip: 10.96.{net}.14
+    ports: [{{ port: 9000 }}]
+    backends: [{{ ip: {b0} }}, {{ ip: {b1} }}]
+"
+    )
+}
+
+fn cluster(tag: &str) -> Cluster {
+    let y = cluster_yaml(&unique(tag), &[Kind::Fastpath, Kind::Fastpath], 3, "");
+    let c0 = Config::parse(&y[0], "n0").unwrap();
+    let b0 = c0.pods[1].ip.to_string();
+    let b1 = c0.remote_nodes[0].pods[1].ip.to_string();
+    let net = b0.split('.').nth(1).unwrap().to_string();
+    let services = services_yaml(&net, &b0, &b1);
+    let n0 = TestNode::start(&format!("{}{services}", y[0]), 1, &["--cores", "0"]);
+    let n1 = TestNode::start(&format!("{}{services}", y[1]), 1, &["--cores", "1"]);
+    n0.wait_overlay_ready();
+    n1.wait_overlay_ready();
+    Cluster {
+        n: [n0, n1],
+        net,
+        services,
+    }
+}
+
+impl Cluster {
+    fn vip(&self, last: u8) -> String {
+        format!("10.96.{}.{last}", self.net)
+    }
+
+    /// HTTP servers on :8080 answering with their pod name, UDP name servers on :5353, and
+    /// name-then-echo servers on :9000, in both backends (p1 of each node).
+    fn backends(&self) -> Vec<Servers> {
+        let mut v = Vec::new();
+        for (k, node) in self.n.iter().enumerate() {
+            let name = format!("n{k}p1");
+            let dir = std::env::temp_dir().join(format!("{}-www", node.pod_ns(1)));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("index.html"), &name).unwrap();
+            v.push(node.spawn_in_pod(
+                1,
+                &[
+                    "python3",
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--directory",
+                    dir.to_str().unwrap(),
+                ],
+            ));
+            v.push(node.spawn_in_pod(
+                1,
+                &[
+                    "socat",
+                    "UDP-LISTEN:5353,fork,reuseaddr",
+                    &format!("SYSTEM:printf {name}"),
+                ],
+            ));
+            v.push(node.spawn_in_pod(
+                1,
+                &[
+                    "socat",
+                    "TCP-LISTEN:9000,fork,reuseaddr",
+                    &format!("SYSTEM:echo {name}; cat"),
+                ],
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        v
+    }
+}
+
+/// `curl` from a namespace; the body, or `None` on failure.
+fn curl(ns: &str, url: &str, local_port: Option<u16>) -> Option<String> {
+    let mut args = vec![
+        "ip", "netns", "exec", ns, "curl", "-s", "--max-time", "3", "-o", "-",
+    ];
+    let lp;
+    if let Some(p) = local_port {
+        lp = p.to_string();
+        args.extend_from_slice(&["--local-port", &lp]);
+    }
+    args.push(url);
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn lb_list(n: &TestNode, flag: &str) -> String {
+    let mut args = vec!["bpf", "lb", "list"];
+    if !flag.is_empty() {
+        args.push(flag);
+    }
+    let out = n.cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ct_rows(n: &TestNode) -> Vec<fastpath::api::CtRow> {
+    fastpath::api::ct_list(&n.socket).expect("ct list")
+}
+
+#[test]
+fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("s");
+    let _srv = c.backends();
+    let url = format!("http://{}/", c.vip(10));
+    for (k, node) in c.n.iter().enumerate() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..24 {
+            let body = curl(node.pod_ns(0), &url, None)
+                .unwrap_or_else(|| panic!("n{k}p0 -> {url} failed\n{}", node.log()));
+            seen.insert(body);
+        }
+        assert_eq!(
+            seen,
+            ["n0p1".to_string(), "n1p1".to_string()].into(),
+            "random selection over 24 connections from n{k} reaches both backends"
+        );
+        // UDP: socat's connected socket only accepts the reply if it comes from VIP:53.
+        let udp = node.echo(0, "UDP", &c.vip(10), 53, "q");
+        assert!(udp == "n0p1" || udp == "n1p1", "UDP via the VIP got {udp:?}");
+    }
+    // The maps, as an operator reads them.
+    let lb = lb_list(&c.n[0], "");
+    assert!(lb.starts_with("SERVICE ADDRESS"), "{lb}");
+    let vip = c.vip(10);
+    assert!(
+        lb.contains(&format!("{vip}:80/TCP (0)")) && lb.contains("[ClusterIP, non-routable"),
+        "{lb}"
+    );
+    let b0 = c.n[0].pod_ip(1);
+    assert!(lb.contains(&format!("{b0}:8080/TCP (")), "{lb}");
+    let rows = ct_rows(&c.n[0]);
+    let svc: Vec<_> = rows
+        .iter()
+        .filter(|r| r.kind == "SVC" && r.to == format!("{vip}:80"))
+        .collect();
+    assert!(svc.len() >= 24, "one SVC entry per connection: {}", svc.len());
+    assert!(svc.iter().all(|r| r.backend_id != 0 && r.rev_nat != 0));
+    assert!(
+        rows.iter()
+            .any(|r| r.kind == "OUT" && r.rev_nat != 0 && r.to.ends_with(":8080")),
+        "OUT entries towards backends carry the service ID for reverse NAT"
+    );
+    let out = c.n[0].cli(&["bpf", "ct", "list", "global"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!(" -> {vip}:80 expires=")), "{text}");
+    assert!(text.contains("TCP SVC "), "{text}");
+}
+
+#[test]
+fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("np");
+    let _srv = c.backends();
+    let ext = Outside::new(&c);
+    let n0ip = format!("192.168.{}.1", c.net);
+    let n1ip = format!("192.168.{}.2", c.net);
+    // NodePort on either node reaches both backends (one local, one through the tunnel with
+    // SNAT to the node).
+    for ip in [&n0ip, &n1ip] {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in 0..16u16 {
+            let url = format!("http://{ip}:30080/");
+            let b = curl(&ext.ns, &url, Some(41000 + p))
+                .unwrap_or_else(|| panic!("{url} failed\n{}\n{}", c.n[0].log(), c.n[1].log()));
+            seen.insert(b);
+        }
+        assert_eq!(seen.len(), 2, "NodePort via {ip} reaches both backends: {seen:?}");
+    }
+    // The SNATed flows are in conntrack with the client behind the node address.
+    let rows = ct_rows(&c.n[0]);
+    assert!(
+        rows.iter().any(|r| r.kind == "OUT"
+            && r.flags & 0x20 != 0
+            && r.nat.as_deref().is_some_and(|n| n.starts_with(&ext.addr))),
+        "a NodePort OUT entry with the client as NAT address: {rows:#?}"
+    );
+    // ExternalIP through n0, then through n1: the same client flow gets the same backend.
+    let url = format!("http://192.168.{}.100/", c.net);
+    let mut via = Vec::new();
+    for node_ip in [&n0ip, &n1ip] {
+        ext.route_external_via(&c, node_ip);
+        let got: Vec<String> = (0..8u16)
+            .map(|p| {
+                curl(&ext.ns, &url, Some(42000 + p)).unwrap_or_else(|| {
+                    panic!("{url} via {node_ip} failed\n{}\n{}", c.n[0].log(), c.n[1].log())
+                })
+            })
+            .collect();
+        via.push(got);
+    }
+    assert_eq!(via[0], via[1], "Maglev picks the same backend for a flow on every node");
+    assert!(
+        via[0].iter().collect::<std::collections::BTreeSet<_>>().len() == 2,
+        "and spreads flows over both: {:?}",
+        via[0]
+    );
+    let digests = |n: &TestNode| -> std::collections::BTreeSet<String> {
+        lb_list(n, "--maglev")
+            .lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("digest=")))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(digests(&c.n[0]), digests(&c.n[1]), "identical Maglev tables");
+    // A ClusterIP is not reachable from outside: counted, not forwarded.
+    let before = c.n[0].status().drops_with(DropReason::IsClusterIp.code());
+    ext.route_external_via_prefix(&c.vip(11), &n0ip);
+    assert!(curl(&ext.ns, &format!("http://{}/", c.vip(11)), None).is_none());
+    assert!(c.n[0].status().drops_with(DropReason::IsClusterIp.code()) > before);
+}
+
+#[test]
+fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("af");
+    let _srv = c.backends();
+    let n0 = &c.n[0];
+    // Affinity: every connection of a client goes to one backend.
+    let url = format!("http://{}/", c.vip(12));
+    let picks: std::collections::BTreeSet<String> = (0..12)
+        .map(|_| curl(n0.pod_ns(0), &url, None).expect("sticky service"))
+        .collect();
+    assert_eq!(picks.len(), 1, "ClientIP affinity: {picks:?}");
+
+    // A long-lived TCP connection through the `long` service.
+    let mut conn = LongConn::open(n0.pod_ns(0), &c.vip(14), 9000);
+    let serving = conn.name.clone();
+    assert!(serving == "n0p1" || serving == "n1p1", "{serving}");
+    assert_eq!(conn.echo("before"), "before");
+    // Remove that backend from the service on both nodes.
+    let keep_ip = if serving == "n0p1" {
+        c.n[1].pod_ip(1)
+    } else {
+        n0.pod_ip(1)
+    };
+    let gone_ip = if serving == "n0p1" {
+        n0.pod_ip(1)
+    } else {
+        c.n[1].pod_ip(1)
+    };
+    let file = std::env::temp_dir().join(format!("{}-long.yaml", n0.cfg.node.name));
+    std::fs::write(
+        &file,
+        format!(
+            "name: long\ncluster_ip: {}\nports: [{{ port: 9000 }}]\nbackends: [{{ ip: {keep_ip} }}]\n",
+            c.vip(14)
+        ),
+    )
+    .unwrap();
+    for n in &c.n {
+        let out = n.cli(&["service", "apply", "-f", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A bad change is refused and changes nothing.
+    std::fs::write(&file, "name: long\ncluster_ip: 0.0.0.0\nports: []\n").unwrap();
+    let out = n0.cli(&["service", "apply", "-f", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster_ip") && err.contains("at least one port"), "{err}");
+    let _ = std::fs::remove_file(&file);
+    let backends = lb_list(n0, "--backends");
+    assert!(
+        backends.contains(&format!("{gone_ip}:9000 state=terminating")),
+        "the removed backend stays, terminating, for its connection:\n{backends}"
+    );
+    // New connections avoid it; the old one keeps working.
+    for _ in 0..8 {
+        let mut fresh = LongConn::open(n0.pod_ns(0), &c.vip(14), 9000);
+        assert_ne!(fresh.name, serving, "new connections avoid the removed backend");
+        assert_eq!(fresh.echo("x"), "x");
+    }
+    for i in 0..5 {
+        let m = format!("still-{i}");
+        assert_eq!(conn.echo(&m), m, "the established connection survives");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(conn);
+    // Once its connections are closed (10 s closing lifetime) and swept, it is released.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let b = lb_list(n0, "--backends");
+        if !b.contains(&format!("{gone_ip}:9000")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "terminating backend never released:\n{b}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_service_without_backends_refuses_at_once_and_counts_no_service() {
+    if !require_root() {
+        return;
+    }
+    let c = cluster("nb");
+    let n0 = &c.n[0];
+    let t = Instant::now();
+    let out = n0.pod_cmd(
+        0,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://{}/", c.vip(13)),
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl: connection refused (ICMP port unreachable), not a timeout"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let s = n0.status();
+    assert!(s.drops_with(DropReason::NoService.code()) >= 1, "{}", s.render());
+    let lb = lb_list(n0, "");
+    assert!(lb.contains(&format!("{}:80/TCP (0)", c.vip(13))), "{lb}");
+    let _ = &c.services;
+}
+
+/// A client namespace outside the cluster, plugged into the fabric bridge.
+struct Outside {
+    ns: String,
+    addr: String,
+    fabric: String,
+    port: String,
+}
+
+impl Outside {
+    fn new(c: &Cluster) -> Outside {
+        let fabric = c.n[0]
+            .cfg
+            .node
+            .underlay
+            .as_ref()
+            .unwrap()
+            .fabric_netns
+            .clone()
+            .unwrap();
+        let ns = format!("{fabric}x");
+        let port = format!("px-{}", &ns[ns.len().saturating_sub(10)..]);
+        let addr = format!("192.168.{}.50", c.net);
+        sh(&["ip", "netns", "add", &ns]).unwrap();
+        sh(&[
+            "ip", "-n", &fabric, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])
+        .unwrap();
+        sh(&["ip", "-n", &fabric, "link", "set", &port, "master", "br0", "up"]).unwrap();
+        let _ = in_ns(&fabric, &["ethtool", "-K", &port, "tx", "off"]);
+        in_ns(&ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
+        in_ns(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
+        in_ns(&ns, &["ip", "link", "set", "lo", "up"]).unwrap();
+        let _ = in_ns(&ns, &["ethtool", "-K", "eth0", "tx", "off"]);
+        let o = Outside {
+            ns,
+            addr,
+            fabric,
+            port,
+        };
+        o.route_external_via(c, &format!("192.168.{}.1", c.net));
+        o
+    }
+
+    fn route_external_via(&self, c: &Cluster, node_ip: &str) {
+        self.route_external_via_prefix(&format!("192.168.{}.100", c.net), node_ip);
+    }
+
+    fn route_external_via_prefix(&self, dst: &str, node_ip: &str) {
+        in_ns(
+            &self.ns,
+            &["ip", "route", "replace", &format!("{dst}/32"), "via", node_ip],
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "-n", &self.fabric, "link", "del", &self.port]);
+        let _ = sh(&["ip", "netns", "del", &self.ns]);
+    }
+}
+
+/// A TCP connection held open by a python client in a pod: it prints the server's first
+/// line (the backend's name), then echoes each line we give it.
+struct LongConn {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+    name: String,
+}
+
+impl LongConn {
+    fn open(ns: &str, ip: &str, port: u16) -> LongConn {
+        let script = format!(
+            "import socket,sys\ns=socket.create_connection(({ip:?},{port}),timeout=5)\nf=s.makefile('rw')\nprint(f.readline().strip(),flush=True)\nfor l in sys.stdin:\n    f.write(l); f.flush()\n    print(f.readline().strip(),flush=True)\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-u", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut name = String::new();
+        out.read_line(&mut name).unwrap();
+        LongConn {
+            child,
+            out,
+            name: name.trim().to_string(),
+        }
+    }
+
+    fn echo(&mut self, msg: &str) -> String {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{msg}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for LongConn {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
