@@ -211,6 +211,8 @@ impl Conntrack {
 
     /// A packet of the connection passed: update TCP state (`reply` = the packet goes in the
     /// reply direction, `tcp_flags` its flag byte; 0 for non-TCP) and push the lifetime.
+    /// `service`: a service entry (it only ever sees the client's direction, so a FIN or RST
+    /// from the client closes it).
     /// Returns the entry's flags after the update.
     #[inline]
     pub fn touch(&self, hit: &CtHit, reply: bool, tcp_flags: u8, now: u32, service: bool) -> u16 {
@@ -233,7 +235,11 @@ impl Conntrack {
             (16, CT_TX_CLOSING)
         };
         let mut add: u64 = (tcp_flags as u64) << seen_shift;
-        if tcp_flags & TCP_RST != 0 {
+        if service && tcp_flags & (TCP_RST | TCP_FIN) != 0 {
+            // A service entry sees only the client's direction: the client closing is all
+            // it will learn, so it closes (a new SYN on the tuple chooses again).
+            flags |= CT_RX_CLOSING | CT_TX_CLOSING;
+        } else if tcp_flags & TCP_RST != 0 {
             // An RST before the handshake completed closes both directions.
             flags |= if flags & CT_SEEN_NON_SYN == 0 {
                 CT_RX_CLOSING | CT_TX_CLOSING

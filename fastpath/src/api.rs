@@ -22,7 +22,9 @@ pub enum Request {
     IpcacheList,
     TunnelList,
     /// `cilium_lb4_*` listings (`bpf lb list [--frontends|--backends|--revnat]`).
-    LbList { view: LbView },
+    LbList {
+        view: LbView,
+    },
     /// `cilium_ct4_global` + `cilium_ct_any4_global`.
     CtList,
     /// Add or replace services (by namespace/name), all or nothing.
@@ -30,7 +32,9 @@ pub enum Request {
         services: Vec<control::lb::ServiceConfig>,
     },
     /// Delete a service (`namespace/name`).
-    ServiceDelete { id: String },
+    ServiceDelete {
+        id: String,
+    },
 }
 
 /// Which LB listing.
@@ -436,10 +440,7 @@ pub fn render_table(h1: &str, h2: &str, entries: &[(String, String)]) -> String 
 pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (k, v) in entries {
-        match m
-            .entry(k.clone())
-            .or_insert_with(|| serde_json::json!([]))
-        {
+        match m.entry(k.clone()).or_insert_with(|| serde_json::json!([])) {
             serde_json::Value::Array(a) => a.push(serde_json::json!(v)),
             _ => unreachable!("only arrays are inserted"),
         }
@@ -460,7 +461,11 @@ pub fn render_grouped(h1: &str, h2: &str, entries: &[(String, String)]) -> Strin
     let mut s = format!("{h1:<w$}{h2}\n");
     let mut last: Option<&str> = None;
     for (k, v) in entries {
-        let shown = if last == Some(k.as_str()) { "" } else { k.as_str() };
+        let shown = if last == Some(k.as_str()) {
+            ""
+        } else {
+            k.as_str()
+        };
         s += &format!("{shown:<w$}{v}\n");
         last = Some(k);
     }

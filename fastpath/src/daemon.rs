@@ -26,8 +26,8 @@ use control::tables::{NextHop, Port, PortId, PortRole};
 use xdp_redirect::{ROLE_LXC, ROLE_UNDERLAY, Steering, XDP_STAT_NAMES};
 
 use crate::api::{
-    self, CtRow, DeviceStatus, LbView, Metric, NextHopStatus, OverlayStatus, PortStatus,
-    Request, Response, Status, WorkerStatus,
+    self, CtRow, DeviceStatus, LbView, Metric, NextHopStatus, OverlayStatus, PortStatus, Request,
+    Response, Status, WorkerStatus,
 };
 use crate::neigh;
 use crate::stats::WorkerCounters;
@@ -511,10 +511,9 @@ fn serve_one(stream: std::os::unix::net::UnixStream, v: &mut NodeView<'_>) {
                         // One at a time, stopping at the first refusal: each is all or
                         // nothing, and the error names the service.
                         for svc in &services {
-                            last = v
-                                .dp
-                                .upsert_service(svc)
-                                .map_err(|e| format!("service {}: {e}", svc.id()));
+                            last =
+                                v.dp.upsert_service(svc)
+                                    .map_err(|e| format!("service {}: {e}", svc.id()));
                             if last.is_err() {
                                 break;
                             }
@@ -572,7 +571,11 @@ fn lb_entries(lb: &control::lb::LbTables, view: LbView) -> Vec<(String, String)>
                 } else {
                     match lb.backends.get(&v.backend_id()) {
                         Some(b) => format!("{} ({rev}) ({})", b.name(), k.backend_slot),
-                        None => format!("<backend {} missing> ({rev}) ({})", v.backend_id(), k.backend_slot),
+                        None => format!(
+                            "<backend {} missing> ({rev}) ({})",
+                            v.backend_id(),
+                            k.backend_slot
+                        ),
                     }
                 };
                 let mut key = k.to_string();
@@ -620,7 +623,9 @@ fn lb_entries(lb: &control::lb::LbTables, view: LbView) -> Vec<(String, String)>
         LbView::Revnat => {
             let mut r: Vec<_> = lb.revnat.iter().collect();
             r.sort_by_key(|(id, _)| **id);
-            r.into_iter().map(|(id, v)| (id.to_string(), v.to_string())).collect()
+            r.into_iter()
+                .map(|(id, v)| (id.to_string(), v.to_string()))
+                .collect()
         }
         LbView::Maglev => {
             let mut r: Vec<_> = lb.maglev.iter().collect();
@@ -640,15 +645,11 @@ fn lb_entries(lb: &control::lb::LbTables, view: LbView) -> Vec<(String, String)>
                         .collect();
                     // A digest of the whole table: equal on every node with the same
                     // backends and seed.
-                    let digest = table
-                        .iter()
-                        .zip(1u64..)
-                        .fold(0u64, |h, (id, i)| {
-                            let name = lb.backends.get(id).map_or(String::new(), |x| x.name());
-                            h.wrapping_mul(31).wrapping_add(
-                                control::maglev::murmur3_128(name.as_bytes(), i as u32).0,
-                            )
-                        });
+                    let digest = table.iter().zip(1u64..).fold(0u64, |h, (id, i)| {
+                        let name = lb.backends.get(id).map_or(String::new(), |x| x.name());
+                        h.wrapping_mul(31)
+                            .wrapping_add(control::maglev::murmur3_128(name.as_bytes(), i as u32).0)
+                    });
                     (
                         id.to_string(),
                         format!("M={} digest={digest:016x} {}", table.len(), parts.join(" ")),
@@ -731,26 +732,14 @@ fn ipcache_entries(
 }
 
 fn status(v: &NodeView<'_>) -> Status {
-    let NodeView {
-        cfg,
-        dp,
-        handles,
-        ports,
-        nexthops,
-        socket_mode,
-        opts,
-        started,
-    } = v;
-    let (dp, started, socket_mode, cfg, handles, ports, nexthops, opts): (
-        &Datapath<Steering>,
-        Instant,
-        &str,
-        &Config,
-        &[WorkerHandle],
-        &[Port],
-        &NextHops,
-        &RunOptions,
-    ) = (dp, *started, socket_mode, cfg, handles, ports, nexthops, opts);
+    let cfg: &Config = v.cfg;
+    let dp: &Datapath<Steering> = v.dp;
+    let handles: &[WorkerHandle] = v.handles;
+    let ports: &[Port] = v.ports;
+    let nexthops: &NextHops = v.nexthops;
+    let socket_mode: &str = v.socket_mode;
+    let opts: &RunOptions = v.opts;
+    let started = v.started;
     let steering = dp.kernel_ref();
     let devices = steering
         .devices()

@@ -252,7 +252,8 @@ fn parse_services(text: &str) -> anyhow::Result<Vec<control::lb::ServiceConfig>>
     } else {
         serde_yaml::Value::Sequence(vec![v])
     };
-    serde_path_to_error::deserialize(list).map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))
+    serde_path_to_error::deserialize(list)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -328,10 +329,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bpf {
-            what:
-                BpfCmd::Ct {
-                    what: CtCmd::List { scope: _, target },
-                },
+            what: BpfCmd::Ct {
+                what: CtCmd::List { scope: _, target },
+            },
         } => {
             let rows = api::ct_list(&socket_of(&target)?)?;
             match target.output {
@@ -349,8 +349,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let services = parse_services(&text)
-                .with_context(|| format!("{}: not a service or a list of services", file.display()))?;
+            let services = parse_services(&text).with_context(|| {
+                format!("{}: not a service or a list of services", file.display())
+            })?;
             let n = services.len();
             let g = api::service_apply(&socket_of(&target)?, services)?;
             println!("{n} service(s) applied (table generation {g})");

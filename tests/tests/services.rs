@@ -121,10 +121,36 @@ impl Cluster {
     }
 }
 
-/// `curl` from a namespace; the body, or `None` on failure.
+/// `curl` from a namespace; the body, or `None` on failure. With a fixed local port, a
+/// python client does the GET instead and closes with an RST (SO_LINGER 0), so the port is
+/// free again at once (curl's FIN close leaves it in TIME_WAIT for 60 s).
 fn curl(ns: &str, url: &str, local_port: Option<u16>) -> Option<String> {
+    if let Some(lp) = local_port {
+        let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+        let (host, port) = hostport.split_once(':').unwrap_or((hostport, "80"));
+        let script = format!(
+            "import socket,struct\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.settimeout(3)\ns.bind(('',{lp}))\ns.connect(({host:?},{port}))\ns.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nd=b''\nwhile True:\n    c=s.recv(4096)\n    if not c: break\n    d+=c\ns.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0))\ns.close()\nprint(d.split(b'\\r\\n\\r\\n',1)[1].decode())\n"
+        );
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", &script])
+            .output()
+            .unwrap();
+        return out
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string());
+    }
     let mut args = vec![
-        "ip", "netns", "exec", ns, "curl", "-s", "--max-time", "3", "-o", "-",
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-s",
+        "--max-time",
+        "3",
+        "-o",
+        "-",
     ];
     let lp;
     if let Some(p) = local_port {
@@ -144,7 +170,11 @@ fn lb_list(n: &TestNode, flag: &str) -> String {
         args.push(flag);
     }
     let out = n.cli(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -174,7 +204,10 @@ fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_servi
         );
         // UDP: socat's connected socket only accepts the reply if it comes from VIP:53.
         let udp = node.echo(0, "UDP", &c.vip(10), 53, "q");
-        assert!(udp == "n0p1" || udp == "n1p1", "UDP via the VIP got {udp:?}");
+        assert!(
+            udp == "n0p1" || udp == "n1p1",
+            "UDP via the VIP got {udp:?}"
+        );
     }
     // The maps, as an operator reads them.
     let lb = lb_list(&c.n[0], "");
@@ -191,7 +224,11 @@ fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_servi
         .iter()
         .filter(|r| r.kind == "SVC" && r.to == format!("{vip}:80"))
         .collect();
-    assert!(svc.len() >= 24, "one SVC entry per connection: {}", svc.len());
+    assert!(
+        svc.len() >= 24,
+        "one SVC entry per connection: {}",
+        svc.len()
+    );
     assert!(svc.iter().all(|r| r.backend_id != 0 && r.rev_nat != 0));
     assert!(
         rows.iter()
@@ -220,11 +257,24 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
         let mut seen = std::collections::BTreeSet::new();
         for p in 0..16u16 {
             let url = format!("http://{ip}:30080/");
-            let b = curl(&ext.ns, &url, Some(41000 + p))
-                .unwrap_or_else(|| panic!("{url} failed\n{}\n{}", c.n[0].log(), c.n[1].log()));
+            let b = curl(&ext.ns, &url, Some(41000 + p)).unwrap_or_else(|| {
+                if std::env::var_os("FP_PAUSE").is_some() {
+                    eprintln!("PAUSED {url} port {}", 41000 + p);
+                    std::thread::sleep(Duration::from_secs(150));
+                }
+                panic!(
+                    "{url} failed\n{}\n{}",
+                    c.n[0].status().render(),
+                    c.n[1].status().render()
+                )
+            });
             seen.insert(b);
         }
-        assert_eq!(seen.len(), 2, "NodePort via {ip} reaches both backends: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            2,
+            "NodePort via {ip} reaches both backends: {seen:?}"
+        );
     }
     // The SNATed flows are in conntrack with the client behind the node address.
     let rows = ct_rows(&c.n[0]);
@@ -242,15 +292,30 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
         let got: Vec<String> = (0..8u16)
             .map(|p| {
                 curl(&ext.ns, &url, Some(42000 + p)).unwrap_or_else(|| {
-                    panic!("{url} via {node_ip} failed\n{}\n{}", c.n[0].log(), c.n[1].log())
+                    if std::env::var_os("FP_PAUSE").is_some() {
+                        eprintln!("PAUSED port {}", 42000 + p);
+                        std::thread::sleep(Duration::from_secs(90));
+                    }
+                    panic!(
+                        "{url} via {node_ip} failed\n{}\n{}",
+                        c.n[0].status().render(),
+                        c.n[1].status().render()
+                    )
                 })
             })
             .collect();
         via.push(got);
     }
-    assert_eq!(via[0], via[1], "Maglev picks the same backend for a flow on every node");
+    assert_eq!(
+        via[0], via[1],
+        "Maglev picks the same backend for a flow on every node"
+    );
     assert!(
-        via[0].iter().collect::<std::collections::BTreeSet<_>>().len() == 2,
+        via[0]
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 2,
         "and spreads flows over both: {:?}",
         via[0]
     );
@@ -261,7 +326,11 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
             .map(str::to_string)
             .collect()
     };
-    assert_eq!(digests(&c.n[0]), digests(&c.n[1]), "identical Maglev tables");
+    assert_eq!(
+        digests(&c.n[0]),
+        digests(&c.n[1]),
+        "identical Maglev tables"
+    );
     // A ClusterIP is not reachable from outside: counted, not forwarded.
     let before = c.n[0].status().drops_with(DropReason::IsClusterIp.code());
     ext.route_external_via_prefix(&c.vip(11), &n0ip);
@@ -311,14 +380,21 @@ fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
     .unwrap();
     for n in &c.n {
         let out = n.cli(&["service", "apply", "-f", file.to_str().unwrap()]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // A bad change is refused and changes nothing.
     std::fs::write(&file, "name: long\ncluster_ip: 0.0.0.0\nports: []\n").unwrap();
     let out = n0.cli(&["service", "apply", "-f", file.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cluster_ip") && err.contains("at least one port"), "{err}");
+    assert!(
+        err.contains("cluster_ip") && err.contains("at least one port"),
+        "{err}"
+    );
     let _ = std::fs::remove_file(&file);
     let backends = lb_list(n0, "--backends");
     assert!(
@@ -328,7 +404,10 @@ fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
     // New connections avoid it; the old one keeps working.
     for _ in 0..8 {
         let mut fresh = LongConn::open(n0.pod_ns(0), &c.vip(14), 9000);
-        assert_ne!(fresh.name, serving, "new connections avoid the removed backend");
+        assert_ne!(
+            fresh.name, serving,
+            "new connections avoid the removed backend"
+        );
         assert_eq!(fresh.echo("x"), "x");
     }
     for i in 0..5 {
@@ -344,7 +423,11 @@ fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
         if !b.contains(&format!("{gone_ip}:9000")) {
             break;
         }
-        assert!(Instant::now() < deadline, "terminating backend never released:\n{b}");
+        assert!(
+            Instant::now() < deadline,
+            "terminating backend never released:\n{b}\n{}",
+            String::from_utf8_lossy(&n0.cli(&["bpf", "ct", "list", "global"]).stdout)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -374,7 +457,11 @@ fn a_service_without_backends_refuses_at_once_and_counts_no_service() {
     );
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let s = n0.status();
-    assert!(s.drops_with(DropReason::NoService.code()) >= 1, "{}", s.render());
+    assert!(
+        s.drops_with(DropReason::NoService.code()) >= 1,
+        "{}",
+        s.render()
+    );
     let lb = lb_list(n0, "");
     assert!(lb.contains(&format!("{}:80/TCP (0)", c.vip(13))), "{lb}");
     let _ = &c.services;
@@ -408,9 +495,16 @@ impl Outside {
             "netns", &ns,
         ])
         .unwrap();
-        sh(&["ip", "-n", &fabric, "link", "set", &port, "master", "br0", "up"]).unwrap();
+        sh(&[
+            "ip", "-n", &fabric, "link", "set", &port, "master", "br0", "up",
+        ])
+        .unwrap();
         let _ = in_ns(&fabric, &["ethtool", "-K", &port, "tx", "off"]);
-        in_ns(&ns, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"]).unwrap();
+        in_ns(
+            &ns,
+            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        )
+        .unwrap();
         in_ns(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
         in_ns(&ns, &["ip", "link", "set", "lo", "up"]).unwrap();
         let _ = in_ns(&ns, &["ethtool", "-K", "eth0", "tx", "off"]);
@@ -431,7 +525,14 @@ impl Outside {
     fn route_external_via_prefix(&self, dst: &str, node_ip: &str) {
         in_ns(
             &self.ns,
-            &["ip", "route", "replace", &format!("{dst}/32"), "via", node_ip],
+            &[
+                "ip",
+                "route",
+                "replace",
+                &format!("{dst}/32"),
+                "via",
+                node_ip,
+            ],
         )
         .unwrap();
     }

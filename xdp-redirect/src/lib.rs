@@ -20,8 +20,10 @@ use aya::{Ebpf, EbpfLoader};
 use control::config::RoutingMode;
 use control::config::XdpMode;
 use control::datapath::{KernelMaps, MapWriteError};
+use control::maps::lb::{
+    BACKENDS_MAP, Lb4Backend, Lb4Key, Lb4Service, REVNAT_MAP, RevNat, RevNat4Value, SERVICES_MAP,
+};
 use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
-use control::maps::lb::{BACKENDS_MAP, Lb4Backend, Lb4Key, Lb4Service, REVNAT_MAP, RevNat, RevNat4Value, SERVICES_MAP};
 use control::net::Ipv4Cidr;
 use control::tables::Overlay;
 
