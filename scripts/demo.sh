@@ -65,6 +65,20 @@ ip netns exec fp-demo2-cache iperf3 -s -1 >/dev/null & BG_PIDS="$BG_PIDS $!"
 sleep 0.5
 x ip netns exec fp-demo-echo iperf3 -c 10.201.1.12 -t 2 | tail -4
 
+echo; echo "== ClusterIP 10.96.0.10:80 (Maglev) with a backend on each node: curl from client"
+for n in web db; do
+  mkdir -p "$TMP/www-$n"; echo "$n" > "$TMP/www-$n/index.html"
+done
+ip netns exec fp-demo-web python3 -m http.server 8080 --directory "$TMP/www-web" >/dev/null 2>&1 & BG_PIDS="$BG_PIDS $!"
+ip netns exec fp-demo2-db python3 -m http.server 8080 --directory "$TMP/www-db" >/dev/null 2>&1 & BG_PIDS="$BG_PIDS $!"
+sleep 1
+for i in 1 2 3 4 5 6; do
+  printf 'request %s answered by: ' "$i"; ip netns exec fp-demo-client curl -s --max-time 3 http://10.96.0.10/
+done
+echo; echo "== the service and conntrack maps on demo (SVC entries pin a backend, OUT entries reverse-NAT replies)"
+x $FP bpf lb list --node demo
+x $FP bpf ct list global --node demo | head -6
+
 echo; echo "== fastpath status (node demo)"
 x $FP status --node demo
 echo; echo "== fastpath bpf ipcache list (node demo)"

@@ -789,3 +789,125 @@ remote_nodes:
         assert_eq!(v, drop(DropReason::Unroutable));
     }
 }
+
+/// Service fixtures on the demo node: ClusterIP 10.96.9.9:80 → echo:8080 (same node), and
+/// 10.96.9.10:80 without backends.
+mod services {
+    use super::*;
+    use control::lb::ServiceConfig;
+
+    const VIP: [u8; 4] = [10, 96, 9, 9];
+
+    fn svc_tables() -> std::sync::Arc<Tables> {
+        let cfg = control::config::Config::default_node();
+        let macs = [LXC_CLIENT_MAC, LXC_ECHO_MAC, MacAddr([0x3e, 0, 0, 0, 0, 3])];
+        let ports = lxc_ports(&cfg, &macs, 1500);
+        let eps = node_endpoints(&cfg, &ports);
+        let mut dp = Datapath::new(ports, 1, NoKernel);
+        dp.upsert_endpoints(&eps).unwrap();
+        let svcs: Vec<ServiceConfig> = serde_yaml::from_str(
+            "- { name: echo, cluster_ip: 10.96.9.9, ports: [{ port: 80, target_port: 8080 }], backends: [{ ip: 10.200.1.12 }] }
+- { name: none, cluster_ip: 10.96.9.10, ports: [{ port: 80 }] }",
+        )
+        .unwrap();
+        dp.set_services(&svcs, &cfg.lb_settings()).unwrap();
+        dp.tables()
+    }
+
+    fn tcp(sport: u16, dport: u16, flags: u8) -> [u8; 20] {
+        let mut t = [0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = flags;
+        t
+    }
+
+    fn ports_of(frame: &[u8]) -> (u16, u16) {
+        match l4::parse(6, &frame[34..]).unwrap() {
+            l4::L4::Tcp { sport, dport, .. } => (sport, dport),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clusterip_dnat_then_reply_reverse_nat_on_one_node() {
+        let t = svc_tables();
+        let syn = from_client()
+            .ipv4(CLIENT_IP, VIP, ipv4::PROTO_TCP, 64, &tcp(40000, 80, 0x02))
+            .bytes();
+        let (v, out) = run(&syn, CLIENT_PORT, &t);
+        assert_eq!(v, Verdict::Deliver { port: ECHO_PORT });
+        let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+        assert_eq!(
+            (ip.src(), ip.dst()),
+            (CLIENT_IP, ECHO_IP),
+            "DNAT to the backend"
+        );
+        assert!(ip.verify_checksum());
+        assert_eq!(ports_of(&out), (40000, 8080));
+        // The backend's SYN-ACK comes back with the service as its source.
+        let synack = Pkt::eth(LXC_ECHO_MAC, ECHO_MAC)
+            .ipv4(
+                ECHO_IP,
+                CLIENT_IP,
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(8080, 40000, 0x12),
+            )
+            .bytes();
+        let (v, out) = run(&synack, ECHO_PORT, &t);
+        assert_eq!(v, Verdict::Deliver { port: CLIENT_PORT });
+        let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+        assert_eq!(
+            (ip.src(), ip.dst()),
+            (VIP, CLIENT_IP),
+            "reverse NAT to the VIP"
+        );
+        assert!(ip.verify_checksum());
+        assert_eq!(ports_of(&out), (80, 40000));
+        // Conntrack: the service entry pins the backend, the OUT entry carries the service ID,
+        // the IN entry is the backend's side.
+        let now = Scratch::default().now;
+        let tcp_entries = t.ct.entries(true, now);
+        let kinds: Vec<&str> = tcp_entries.iter().map(|(k, _)| k.kind()).collect();
+        assert_eq!(tcp_entries.len(), 3, "{kinds:?}");
+        let (_, svc) = tcp_entries.iter().find(|(k, _)| k.kind() == "SVC").unwrap();
+        let (_, out_e) = tcp_entries.iter().find(|(k, _)| k.kind() == "OUT").unwrap();
+        assert_ne!(svc.backend_id, 0);
+        assert_eq!(out_e.rev_nat_index, svc.rev_nat_index);
+        assert_eq!(out_e.tx_flags_seen, 0x02, "the client's SYN");
+        assert_eq!(
+            out_e.rx_flags_seen, 0x12,
+            "the backend's SYN-ACK, as a reply"
+        );
+    }
+
+    #[test]
+    fn service_without_backends_answers_port_unreachable() {
+        let t = svc_tables();
+        let syn = from_client()
+            .ipv4(
+                CLIENT_IP,
+                [10, 96, 9, 10],
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40001, 80, 0x02),
+            )
+            .bytes();
+        let (v, out) = run(&syn, CLIENT_PORT, &t);
+        assert_eq!(
+            v,
+            Verdict::IcmpReply {
+                port: CLIENT_PORT,
+                reason: DropReason::NoService
+            }
+        );
+        let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
+        assert_eq!((ip.src(), ip.dst()), ([10, 96, 9, 10], CLIENT_IP));
+        assert_eq!(ip.protocol(), ipv4::PROTO_ICMP);
+        assert_eq!((out[34], out[35]), (3, 3), "port unreachable");
+        assert_eq!(&out[0..6], &CLIENT_MAC.0, "back to the pod");
+        assert!(t.ct.entries(true, 1).is_empty(), "nothing tracked");
+    }
+}
