@@ -183,11 +183,10 @@ impl Default for Tables {
             identities: hashbrown::HashSet::new(),
             overlay: Overlay::default(),
             lb: Arc::default(),
-            ct: Arc::new(Conntrack::new(CtSizes {
-                tcp: 4096,
-                any: 4096,
-            })),
-            affinity: Arc::new(SharedTable::new(4096)),
+            // Small: tests build many versions; the daemon sizes the real maps from the config
+            // (`Datapath::size_datapath_maps`).
+            ct: Arc::new(Conntrack::new(CtSizes { tcp: 256, any: 256 })),
+            affinity: Arc::new(SharedTable::new(64)),
         }
     }
 }
