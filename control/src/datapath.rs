@@ -180,9 +180,9 @@ impl<K: KernelMaps> Datapath<K> {
         self.apply_lb(next)
     }
 
-    /// Add or replace one service (by namespace/name). All or nothing.
-    pub fn upsert_service(&mut self, svc: &ServiceConfig) -> Result<u64, DatapathError> {
-        let next = self.lb.with_upsert(svc, &self.lb_settings)?;
+    /// Add or replace services (by namespace/name), all of them in one table switch or none.
+    pub fn upsert_services(&mut self, svcs: &[ServiceConfig]) -> Result<u64, DatapathError> {
+        let next = self.lb.with_upserts(svcs, &self.lb_settings)?;
         self.apply_lb(next)
     }
 

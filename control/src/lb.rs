@@ -402,18 +402,25 @@ impl LbState {
         Ok(next)
     }
 
-    /// A state with `svc` added or replaced (by namespace/name).
+    /// A state with `svcs` added or replaced (by namespace/name), all together: either every
+    /// one is taken or none is. Problems of the batch itself are reported by its own
+    /// positions (`services[1].ports`), before conflicts with the services already in force.
     ///
     /// # Errors
     /// As [`LbState::with_services`].
-    pub fn with_upsert(&self, svc: &ServiceConfig, s: &LbSettings) -> Result<LbState, LbError> {
+    pub fn with_upserts(&self, svcs: &[ServiceConfig], s: &LbSettings) -> Result<LbState, LbError> {
+        let problems = validate(svcs, "services");
+        if !problems.is_empty() {
+            return Err(LbError::Invalid(problems));
+        }
+        let ids: BTreeSet<String> = svcs.iter().map(|c| c.id()).collect();
         let mut all: Vec<ServiceConfig> = self
             .services
             .values()
-            .filter(|c| c.id() != svc.id())
+            .filter(|c| !ids.contains(&c.id()))
             .cloned()
             .collect();
-        all.push(svc.clone());
+        all.extend_from_slice(svcs);
         self.with_services(&all, s)
     }
 
@@ -722,7 +729,7 @@ backends: [{ ip: 10.200.1.12 }, { ip: 10.201.1.11 }]
             .0;
         let mut one = svc(WEB);
         one.backends.truncate(1);
-        let mut st2 = st.with_upsert(&one, &s).unwrap();
+        let mut st2 = st.with_upserts(&[one], &s).unwrap();
         let t2 = st2.compile(&s);
         let (_, m) = t2.frontend([10, 96, 0, 10], 80, 6).unwrap();
         assert_eq!(m.rev_nat(), rev1, "service IDs are kept");
@@ -732,6 +739,32 @@ backends: [{ ip: 10.200.1.12 }, { ip: 10.201.1.11 }]
         // Released once no connection uses it.
         assert!(st2.release_unused(&hashbrown::HashSet::new()));
         assert!(!st2.compile(&s).backends.contains_key(&gone_id));
+    }
+
+    #[test]
+    fn a_batch_is_taken_whole_or_not_at_all() {
+        let s = settings();
+        let mut dp = crate::datapath::Datapath::new(Vec::new(), 1, crate::datapath::NoKernel);
+        dp.set_services(&[svc(WEB)], &s).unwrap();
+        let mut good = svc(WEB);
+        good.name = "other".into();
+        good.cluster_ip = Ipv4Addr::new(10, 96, 0, 20);
+        good.external_ips.clear();
+        good.ports[0].node_port = Some(30081);
+        let mut bad = svc(WEB);
+        bad.name = "bad".into();
+        bad.ports.clear();
+        let err = dp
+            .upsert_services(&[good.clone(), bad])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("services[1].ports: a service needs at least one port"),
+            "{err}"
+        );
+        assert_eq!(dp.services().len(), 1, "nothing of the batch was taken");
+        dp.upsert_services(&[good]).unwrap();
+        assert_eq!(dp.services().len(), 2);
     }
 
     #[test]

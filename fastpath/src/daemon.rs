@@ -506,24 +506,14 @@ fn serve_one(stream: std::os::unix::net::UnixStream, v: &mut NodeView<'_>) {
                         entries: ct_rows(&v.dp.tables().ct),
                     },
                     Ok(Request::ServiceApply { services }) => {
-                        let n = services.len();
-                        let mut last = Ok(0);
-                        // One at a time, stopping at the first refusal: each is all or
-                        // nothing, and the error names the service.
-                        for svc in &services {
-                            last =
-                                v.dp.upsert_service(svc)
-                                    .map_err(|e| format!("service {}: {e}", svc.id()));
-                            if last.is_err() {
-                                break;
-                            }
-                        }
-                        match last {
+                        match v.dp.upsert_services(&services) {
                             Ok(generation) => Response::Applied {
                                 generation,
-                                services: n,
+                                services: services.len(),
                             },
-                            Err(message) => Response::Error { message },
+                            Err(e) => Response::Error {
+                                message: e.to_string(),
+                            },
                         }
                     }
                     Ok(Request::ServiceDelete { id }) => match v.dp.delete_service(&id) {
