@@ -12,9 +12,7 @@
 use control::ct::{CtState, TCP_ACK, TCP_SYN};
 use control::identity;
 use control::maglev;
-use control::maps::ct::{
-    CT_NODE_PORT, CtTuple4, LIFETIME_NONTCP, LIFETIME_TCP_SYN, TUPLE_F_IN, TUPLE_F_OUT,
-};
+use control::maps::ct::{CT_NODE_PORT, CtTuple4, TUPLE_F_IN, TUPLE_F_OUT};
 use control::maps::lb::{
     ALG_DEFAULT, ALG_MAGLEV, AffinityKey, AffinityMatchKey, Lb4Backend, Lb4Key, Lb4Service, RevNat,
     RevNat4Value,
@@ -22,7 +20,10 @@ use control::maps::lb::{
 use control::maps::{DropReason, MetricDir};
 use control::tables::{PortId, Tables};
 
-use super::{Ip, Scratch, Verdict, drop_egress, drop_ingress, encap, local_delivery, route_native};
+use super::{
+    Ip, Scratch, Verdict, ct_create, ct_forward, drop_egress, drop_ingress, icmp_error,
+    local_delivery, to_remote_node,
+};
 use crate::wire::nat::{self, Side};
 use crate::wire::{Buf, EthernetFrame, Ipv4Packet, ethernet, icmp, ipv4};
 
@@ -67,14 +68,7 @@ fn svc_backend(
         src_sec_id: src_id,
         ..Default::default()
     };
-    let life = if ip.proto == ipv4::PROTO_TCP {
-        LIFETIME_TCP_SYN
-    } else {
-        LIFETIME_NONTCP
-    };
-    if let Some(hit) = t.ct.create(&svc_key, &st, s.now.wrapping_add(life), s.now) {
-        t.ct.touch(&hit, false, ip.tcp_flags, s.now, true);
-    }
+    ct_create(&svc_key, &st, ip, true, t, s);
     Some((be, st, svc_key))
 }
 
@@ -185,32 +179,17 @@ pub(super) fn rev_nat_src(pkt: &mut [u8], fe: &RevNat4Value) {
 /// once instead of hanging; the packet counts as dropped with reason 158.
 #[cold]
 fn reject(b: &mut Buf<'_>, ip: &Ip, in_port: PortId, from: [u8; 4], t: &Tables) -> Verdict {
-    let quote = ip.total_len.min(icmp::MAX_ERROR_LEN - ipv4::HEADER_LEN - 8);
-    let need = ethernet::HEADER_LEN + ipv4::HEADER_LEN + 8 + quote;
     let Some(port) = t.port(in_port) else {
         return drop_egress(DropReason::NoService);
     };
-    if b.len() < need && !b.set_len(need) {
-        return drop_egress(DropReason::NoService);
-    }
-    let frame = b.data_mut();
-    let n = icmp::make_error(
-        &mut frame[ethernet::HEADER_LEN..],
-        ip.total_len,
+    icmp_error(
+        b,
+        ip,
+        (in_port, port.mac),
         from,
-        icmp::TYPE_DEST_UNREACH,
-        icmp::CODE_PORT_UNREACH,
-        0,
-    );
-    let mut eth = EthernetFrame::new_checked(&mut frame[..]).expect("checked");
-    let back = eth.src();
-    eth.set_dst(back);
-    eth.set_src(port.mac);
-    b.set_len(ethernet::HEADER_LEN + n);
-    Verdict::IcmpReply {
-        port: in_port,
-        reason: DropReason::NoService,
-    }
+        (icmp::TYPE_DEST_UNREACH, icmp::CODE_PORT_UNREACH, 0),
+        DropReason::NoService,
+    )
 }
 
 /// `nodeport_lb4`: a packet from outside the cluster (arrived on the underlay `in_port`) to
@@ -284,26 +263,12 @@ pub(super) fn nodeport_lb4(
             s.now,
         );
     }
-    match t.ct.lookup(&out_key, s.now) {
-        Some(hit) => {
-            t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
-        }
-        None => {
-            let st = CtState {
-                nat_addr: client.0,
-                nat_port: client.1,
-                ..reply_state
-            };
-            if let Some(hit) = t.ct.create(
-                &out_key,
-                &st,
-                s.now.wrapping_add(super::new_lifetime(&ip)),
-                s.now,
-            ) {
-                t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
-            }
-        }
-    }
+    let st = CtState {
+        nat_addr: client.0,
+        nat_port: client.1,
+        ..reply_state
+    };
+    ct_forward(&out_key, &st, &ip, t, s);
     nat::rewrite(
         &mut b.data_mut()[ethernet::HEADER_LEN..],
         Side::Src,
@@ -313,18 +278,15 @@ pub(super) fn nodeport_lb4(
     ip.src = node;
     ip.sport = port;
     ip.ports = (ip.sport as u32) << 16 | ip.dport as u32;
-    match t.overlay.mode {
-        control::config::RoutingMode::Tunnel => {
-            match t.ipcache_v4(ip.dst).and_then(|i| i.tunnel_v4()) {
-                Some(tep) => encap(b, None, &ip, tep, identity::RESERVED_HOST, t, s),
-                None => drop_ingress(DropReason::Unroutable),
-            }
-        }
-        control::config::RoutingMode::Native => match t.routes.lookup(ip.dst) {
-            Some(gw) => route_native(b, None, &ip, *gw, t),
-            None => drop_ingress(DropReason::Unroutable),
-        },
-    }
+    to_remote_node(
+        b,
+        None,
+        &ip,
+        identity::RESERVED_HOST,
+        MetricDir::Ingress,
+        t,
+        s,
+    )
 }
 
 /// The node's source port for a SNATed NodePort flow from `client`: the one the flow already
@@ -360,11 +322,10 @@ fn snat_port(
 /// A local backend's reply to a NodePort/ExternalIP client (found by `ct_egress` on an IN
 /// entry with the NodePort flag): source back to the frontend, out of the device the request
 /// came in on, to the MAC it came from.
-pub(super) fn nodeport_reply(b: &mut Buf<'_>, ip: &Ip, st: &CtState, t: &Tables) -> Verdict {
+pub(super) fn nodeport_reply(b: &mut Buf<'_>, st: &CtState, t: &Tables) -> Verdict {
     let Some(fe) = t.lb.revnat.get(&st.rev_nat.0) else {
         return drop_egress(DropReason::NoService);
     };
-    let _ = ip;
     forward_reply(b, fe, None, st, t, MetricDir::Egress)
 }
 

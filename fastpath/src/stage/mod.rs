@@ -274,24 +274,34 @@ fn ct_egress(ip: &Ip, rev_nat: RevNat, src_id: u32, t: &Tables, s: &Scratch) -> 
         return Egress::Forward;
     }
     let fwd = CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_OUT);
-    match t.ct.lookup(&fwd, s.now) {
+    let st = CtState {
+        rev_nat,
+        src_sec_id: src_id,
+        ..Default::default()
+    };
+    ct_forward(&fwd, &st, ip, t, s);
+    Egress::Forward
+}
+
+/// Create `key` with `st` and count this packet on it (`service`: an SVC entry).
+#[inline]
+fn ct_create(key: &CtTuple4, st: &CtState, ip: &Ip, service: bool, t: &Tables, s: &Scratch) {
+    if let Some(hit) =
+        t.ct.create(key, st, s.now.wrapping_add(new_lifetime(ip)), s.now)
+    {
+        t.ct.touch(&hit, false, ip.tcp_flags, s.now, service);
+    }
+}
+
+/// A packet in the original direction of `key`: refresh its entry, or create it with `st`.
+#[inline]
+fn ct_forward(key: &CtTuple4, st: &CtState, ip: &Ip, t: &Tables, s: &Scratch) {
+    match t.ct.lookup(key, s.now) {
         Some(hit) => {
             t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
         }
-        None => {
-            let st = CtState {
-                rev_nat,
-                src_sec_id: src_id,
-                ..Default::default()
-            };
-            if let Some(hit) =
-                t.ct.create(&fwd, &st, s.now.wrapping_add(new_lifetime(ip)), s.now)
-            {
-                t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
-            }
-        }
+        None => ct_create(key, st, ip, false, t, s),
     }
-    Egress::Forward
 }
 
 /// The lifetime of a just-created entry before its first update.
@@ -334,20 +344,38 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
     if ip.tracked
         && let Egress::NodePortReply(st) = ct_egress(&ip, rev_nat, src_id, t, s)
     {
-        return lb::nodeport_reply(b, &ip, &st, t);
+        return lb::nodeport_reply(b, &st, t);
     }
     if let Some(ep) = t.endpoint_v4(ip.dst) {
         return local_delivery(b.data_mut(), &ip, src_id, ep, MetricDir::Egress, t, s);
     }
-    // Not local: in tunnel mode the ipcache names the destination's node.
+    to_remote_node(b, Some(in_port), &ip, src_id, MetricDir::Egress, t, s)
+}
+
+/// Not local: in tunnel mode the ipcache names the destination's node (encapsulate, VNI =
+/// `src_id`); in native routing mode the routes do. No node: unroutable, counted in `dir`.
+#[inline]
+fn to_remote_node(
+    b: &mut Buf<'_>,
+    in_port: Option<PortId>,
+    ip: &Ip,
+    src_id: u32,
+    dir: MetricDir,
+    t: &Tables,
+    s: &mut Scratch,
+) -> Verdict {
+    let unroutable = Verdict::Drop {
+        reason: DropReason::Unroutable,
+        dir,
+    };
     match t.overlay.mode {
         RoutingMode::Tunnel => match t.ipcache_v4(ip.dst).and_then(|i| i.tunnel_v4()) {
-            Some(tunnel_ep) => encap(b, Some(in_port), &ip, tunnel_ep, src_id, t, s),
-            None => drop_egress(DropReason::Unroutable),
+            Some(tunnel_ep) => encap(b, in_port, ip, tunnel_ep, src_id, t, s),
+            None => unroutable,
         },
         RoutingMode::Native => match t.routes.lookup(ip.dst) {
-            Some(gw) => route_native(b, Some(in_port), &ip, *gw, t),
-            None => drop_egress(DropReason::Unroutable),
+            Some(gw) => route_native(b, in_port, ip, *gw, t),
+            None => unroutable,
         },
     }
 }
@@ -388,22 +416,11 @@ fn local_delivery(
             None => {
                 let fwd =
                     CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_IN);
-                match t.ct.lookup(&fwd, s.now) {
-                    Some(hit) => {
-                        t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
-                    }
-                    None => {
-                        let st = CtState {
-                            src_sec_id: src_id,
-                            ..Default::default()
-                        };
-                        if let Some(hit) =
-                            t.ct.create(&fwd, &st, s.now.wrapping_add(new_lifetime(ip)), s.now)
-                        {
-                            t.ct.touch(&hit, false, ip.tcp_flags, s.now, false);
-                        }
-                    }
-                }
+                let st = CtState {
+                    src_sec_id: src_id,
+                    ..Default::default()
+                };
+                ct_forward(&fwd, &st, ip, t, s);
             }
         }
     }
@@ -429,23 +446,51 @@ fn too_big(b: &mut Buf<'_>, in_port: Option<PortId>, ip: &Ip, mtu: usize, t: &Ta
     let Some(port) = t.port(in_port) else {
         return drop_egress(DropReason::UnknownSender);
     };
+    icmp_error(
+        b,
+        ip,
+        (in_port, port.mac),
+        t.overlay.router_ip,
+        (icmp::TYPE_DEST_UNREACH, icmp::CODE_FRAG_NEEDED, mtu as u32),
+        DropReason::FragNeeded,
+    )
+}
+
+/// Turn the frame into an ICMP error about it (`kind` = type, code, rest-of-header word) from
+/// `from`, addressed back to the sender's MAC from `back.1`, sent on port `back.0`; the
+/// original counts as dropped for `reason`. Grows the frame when the error (with its quote)
+/// is longer than the original; without room it is a plain drop.
+#[cold]
+fn icmp_error(
+    b: &mut Buf<'_>,
+    ip: &Ip,
+    back: (PortId, control::maps::MacAddr),
+    from: [u8; 4],
+    kind: (u8, u8, u32),
+    reason: DropReason,
+) -> Verdict {
+    let quote = ip.total_len.min(icmp::MAX_ERROR_LEN - ipv4::HEADER_LEN - 8);
+    let need = ethernet::HEADER_LEN + ipv4::HEADER_LEN + 8 + quote;
+    if b.len() < need && !b.set_len(need) {
+        return drop_egress(reason);
+    }
     let frame = b.data_mut();
     let n = icmp::make_error(
         &mut frame[ethernet::HEADER_LEN..],
         ip.total_len,
-        t.overlay.router_ip,
-        icmp::TYPE_DEST_UNREACH,
-        icmp::CODE_FRAG_NEEDED,
-        mtu as u32,
+        from,
+        kind.0,
+        kind.1,
+        kind.2,
     );
     let mut eth = EthernetFrame::new_checked(&mut frame[..]).expect("checked");
-    let pod = eth.src();
-    eth.set_dst(pod);
-    eth.set_src(port.mac);
+    let sender = eth.src();
+    eth.set_dst(sender);
+    eth.set_src(back.1);
     b.set_len(ethernet::HEADER_LEN + n);
     Verdict::IcmpReply {
-        port: in_port,
-        reason: DropReason::FragNeeded,
+        port: back.0,
+        reason,
     }
 }
 
