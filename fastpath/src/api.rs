@@ -404,53 +404,13 @@ impl Status {
 
 /// `cilium-dbg bpf endpoint list` text: a two-column tab-aligned table.
 pub fn render_endpoint_list(entries: &[(String, String)]) -> String {
-    let w = entries
-        .iter()
-        .map(|(k, _)| k.len())
-        .max()
-        .unwrap_or(0)
-        .max("IP ADDRESS".len())
-        + 3;
-    let mut s = format!("{:<w$}{}\n", "IP ADDRESS", "LOCAL ENDPOINT INFO");
-    for (k, v) in entries {
-        s += &format!("{k:<w$}{v}\n");
-    }
-    s
+    render_table("IP ADDRESS", "LOCAL ENDPOINT INFO", entries)
 }
 
 /// A two-column table with Cilium's headers: `bpf ipcache list` is
-/// `IP PREFIX/ADDRESS   IDENTITY`, `bpf tunnel list` is `TUNNEL   VALUE`.
+/// `IP PREFIX/ADDRESS   IDENTITY`, `bpf tunnel list` is `TUNNEL   VALUE`. A key's further
+/// values go on the following rows with an empty first column, as Cilium's tabwriter does.
 pub fn render_table(h1: &str, h2: &str, entries: &[(String, String)]) -> String {
-    let w = entries
-        .iter()
-        .map(|(k, _)| k.len())
-        .max()
-        .unwrap_or(0)
-        .max(h1.len())
-        + 3;
-    let mut s = format!("{h1:<w$}{h2}\n");
-    for (k, v) in entries {
-        s += &format!("{k:<w$}{v}\n");
-    }
-    s
-}
-
-/// `-o json` for the listings: Cilium prints `map[string][]string` (a key that repeats
-/// collects its values in order).
-pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for (k, v) in entries {
-        match m.entry(k.clone()).or_insert_with(|| serde_json::json!([])) {
-            serde_json::Value::Array(a) => a.push(serde_json::json!(v)),
-            _ => unreachable!("only arrays are inserted"),
-        }
-    }
-    serde_json::Value::Object(m)
-}
-
-/// `bpf lb list` text: like [`render_table`], but a key's further values go on the following
-/// rows with an empty first column, as Cilium's tabwriter output does.
-pub fn render_grouped(h1: &str, h2: &str, entries: &[(String, String)]) -> String {
     let w = entries
         .iter()
         .map(|(k, _)| k.len())
@@ -472,6 +432,19 @@ pub fn render_grouped(h1: &str, h2: &str, entries: &[(String, String)]) -> Strin
     s
 }
 
+/// `-o json` for the listings: Cilium prints `map[string][]string` (a key that repeats
+/// collects its values in order).
+pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in entries {
+        match m.entry(k.clone()).or_insert_with(|| serde_json::json!([])) {
+            serde_json::Value::Array(a) => a.push(serde_json::json!(v)),
+            _ => unreachable!("only arrays are inserted"),
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
 /// Fetch the conntrack entries.
 pub fn ct_list(path: &Path) -> Result<Vec<CtRow>, ClientError> {
     match call(path, &Request::CtList)? {
@@ -487,17 +460,17 @@ pub fn service_apply(
     path: &Path,
     services: Vec<control::lb::ServiceConfig>,
 ) -> Result<u64, ClientError> {
-    match call(path, &Request::ServiceApply { services })? {
-        Response::Applied { generation, .. } => Ok(generation),
-        other => Err(ClientError::Protocol(format!(
-            "expected applied, got {other:?}"
-        ))),
-    }
+    applied(call(path, &Request::ServiceApply { services })?)
 }
 
 /// Delete a service (`namespace/name`).
 pub fn service_delete(path: &Path, id: &str) -> Result<u64, ClientError> {
-    match call(path, &Request::ServiceDelete { id: id.into() })? {
+    applied(call(path, &Request::ServiceDelete { id: id.into() })?)
+}
+
+/// The generation of an `Applied` answer.
+fn applied(r: Response) -> Result<u64, ClientError> {
+    match r {
         Response::Applied { generation, .. } => Ok(generation),
         other => Err(ClientError::Protocol(format!(
             "expected applied, got {other:?}"

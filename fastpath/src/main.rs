@@ -324,7 +324,7 @@ fn main() -> anyhow::Result<()> {
                     "{}",
                     serde_json::to_string_pretty(&api::endpoint_list_json(&e))?
                 ),
-                Output::Text => print!("{}", api::render_grouped(h1, h2, &e)),
+                Output::Text => print!("{}", api::render_table(h1, h2, &e)),
             }
             Ok(())
         }

@@ -250,6 +250,16 @@ impl TestNode {
         }
     }
 
+    /// The fabric namespace this node's underlay is plugged into.
+    pub fn fabric_ns(&self) -> String {
+        self.cfg
+            .node
+            .underlay
+            .as_ref()
+            .and_then(|u| u.fabric_netns.clone())
+            .expect("a node with an underlay in the fabric")
+    }
+
     pub fn status(&self) -> Status {
         api::status(&self.socket).expect("status")
     }

@@ -24,18 +24,6 @@ fn two_nodes(tag: &str, extra: &str) -> (TestNode, TestNode) {
     start_pair(&y[0], &y[1])
 }
 
-/// The fabric namespace a node is plugged into.
-fn fabric(n: &TestNode) -> String {
-    n.cfg
-        .node
-        .underlay
-        .as_ref()
-        .unwrap()
-        .fabric_netns
-        .clone()
-        .unwrap()
-}
-
 #[test]
 fn tunnel_ping_tcp_udp_iperf_between_nodes() {
     if !require_root() {
@@ -479,7 +467,7 @@ fn native_routing_between_nodes() {
         "  routing: native\n  native_routing_cidr: 10.0.0.0/8\n",
     );
     assert_eq!(n0.pod_mtu(0), 1500, "no encapsulation overhead");
-    let vx = capture_vxlan(&fabric(&n0), || {
+    let vx = capture_vxlan(&n0.fabric_ns(), || {
         for i in 0..2 {
             assert!(n0.ping(i, &n1.pod_ip(1 - i), 3), "n0p{i}\n{}", n0.log());
         }

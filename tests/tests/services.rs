@@ -477,15 +477,7 @@ struct Outside {
 
 impl Outside {
     fn new(c: &Cluster) -> Outside {
-        let fabric = c.n[0]
-            .cfg
-            .node
-            .underlay
-            .as_ref()
-            .unwrap()
-            .fabric_netns
-            .clone()
-            .unwrap();
+        let fabric = c.n[0].fabric_ns();
         let ns = format!("{fabric}x");
         let port = format!("px-{}", &ns[ns.len().saturating_sub(10)..]);
         let addr = format!("192.168.{}.50", c.net);

@@ -30,15 +30,20 @@ const LXC_ECHO_MAC: MacAddr = MacAddr([0x3e, 0, 0, 0, 0, 0x02]);
 const CLIENT_PORT: PortId = 0;
 const ECHO_PORT: PortId = 1;
 
-/// The default demo node's tables with fixed lxc MACs.
-fn tables() -> std::sync::Arc<Tables> {
+/// The default demo node's endpoints with fixed lxc MACs (no services).
+fn demo_datapath() -> Datapath<NoKernel> {
     let cfg = control::config::Config::default_node();
     let macs = [LXC_CLIENT_MAC, LXC_ECHO_MAC, MacAddr([0x3e, 0, 0, 0, 0, 3])];
     let ports = lxc_ports(&cfg, &macs, 1500);
     let eps = node_endpoints(&cfg, &ports);
     let mut dp = Datapath::new(ports, 1, NoKernel);
     dp.upsert_endpoints(&eps).unwrap();
-    dp.tables()
+    dp
+}
+
+/// The default demo node's tables with fixed lxc MACs.
+fn tables() -> std::sync::Arc<Tables> {
+    demo_datapath().tables()
 }
 
 /// The lxc ports of a config's pods (ifindex 20 + i, endpoint ID i + 1, the given MACs).
@@ -800,11 +805,7 @@ mod services {
 
     fn svc_tables() -> std::sync::Arc<Tables> {
         let cfg = control::config::Config::default_node();
-        let macs = [LXC_CLIENT_MAC, LXC_ECHO_MAC, MacAddr([0x3e, 0, 0, 0, 0, 3])];
-        let ports = lxc_ports(&cfg, &macs, 1500);
-        let eps = node_endpoints(&cfg, &ports);
-        let mut dp = Datapath::new(ports, 1, NoKernel);
-        dp.upsert_endpoints(&eps).unwrap();
+        let mut dp = demo_datapath();
         let svcs: Vec<ServiceConfig> = serde_yaml::from_str(
             "- { name: echo, cluster_ip: 10.96.9.9, ports: [{ port: 80, target_port: 8080 }], backends: [{ ip: 10.200.1.12 }] }
 - { name: none, cluster_ip: 10.96.9.10, ports: [{ port: 80 }] }",
