@@ -289,15 +289,13 @@ static __always_inline int pass(__u32 slot)
 	return XDP_PASS;
 }
 
-static __always_inline int local_endpoint(__be32 daddr)
+static __always_inline struct endpoint_info *endpoint(__be32 daddr)
 {
 	struct endpoint_key k = {};
-	struct endpoint_info *ep;
 
 	k.ip4 = daddr;
 	k.family = ENDPOINT_KEY_IPV4;
-	ep = bpf_map_lookup_elem(&cilium_lxc, &k);
-	return ep && !(ep->flags & ENDPOINT_F_HOST);
+	return bpf_map_lookup_elem(&cilium_lxc, &k);
 }
 
 /* Is daddr a pod on another node that the workers forward (tunnel or native)? */
@@ -334,10 +332,9 @@ static __always_inline int l4_ports(struct iphdr *ip, void *end, __be16 *sport, 
 }
 
 /* Is daddr:dport/proto a service frontend (master entry)? With `surrogate`, the
- * NodePort 0.0.0.0 entry matches too (traffic addressed to the node). When
- * `routable_only`, ClusterIPs do not count. */
-static __always_inline int frontend(__be32 daddr, __be16 dport, __u8 proto, int surrogate,
-				    int routable_only)
+ * NodePort 0.0.0.0 entry matches too (traffic addressed to the node). ClusterIPs
+ * reached from outside are steered too: the worker counts them (174). */
+static __always_inline int frontend(__be32 daddr, __be16 dport, __u8 proto, int surrogate)
 {
 	struct lb4_key k = {};
 	struct lb4_service *svc;
@@ -350,8 +347,7 @@ static __always_inline int frontend(__be32 daddr, __be16 dport, __u8 proto, int 
 		k.address = 0;
 		svc = bpf_map_lookup_elem(&cilium_lb4_services_v2, &k);
 	}
-	/* ClusterIPs reached from outside are steered too: the worker counts them (174). */
-	return svc != 0 && (!routable_only || (svc->flags & 0x40));
+	return svc != 0;
 }
 
 static __always_inline int from_backend(__be32 saddr, __be16 sport, __u8 proto)
@@ -362,17 +358,6 @@ static __always_inline int from_backend(__be32 saddr, __be16 sport, __u8 proto)
 	k.port = sport;
 	k.proto = proto;
 	return bpf_map_lookup_elem(&fp_lb_backend_addrs, &k) != 0;
-}
-
-static __always_inline int is_host(__be32 daddr)
-{
-	struct endpoint_key k = {};
-	struct endpoint_info *ep;
-
-	k.ip4 = daddr;
-	k.family = ENDPOINT_KEY_IPV4;
-	ep = bpf_map_lookup_elem(&cilium_lxc, &k);
-	return ep && (ep->flags & ENDPOINT_F_HOST);
 }
 
 static __always_inline int redirect(struct xdp_md *ctx, const struct fp_dev *dev, __u32 stat)
@@ -404,15 +389,17 @@ static __always_inline int steer_underlay(struct xdp_md *ctx, const struct fp_de
 		if ((void *)(udp + 1) <= end && udp->dest == cfg->tunnel_port)
 			return redirect(ctx, dev, FP_STAT_STEERED_OVERLAY);
 	}
-	if (local_endpoint(ip->daddr))
-		return redirect(ctx, dev, FP_STAT_STEERED);
 	{
+		struct endpoint_info *ep = endpoint(ip->daddr);
+		int host = ep && (ep->flags & ENDPOINT_F_HOST);
 		__be16 sport, dport;
 
+		if (ep && !host)
+			return redirect(ctx, dev, FP_STAT_STEERED);
 		if (l4_ports(ip, end, &sport, &dport)) {
-			if (frontend(ip->daddr, dport, ip->protocol, is_host(ip->daddr), 0))
+			if (frontend(ip->daddr, dport, ip->protocol, host))
 				return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
-			if (cfg->mode == FP_MODE_NATIVE && is_host(ip->daddr) &&
+			if (cfg->mode == FP_MODE_NATIVE && host &&
 			    from_backend(ip->saddr, sport, ip->protocol))
 				return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
 		}
@@ -459,20 +446,19 @@ int fp_steer(struct xdp_md *ctx)
 
 		if ((void *)(ip + 1) > end)
 			goto steer;
-		if (local_endpoint(ip->daddr))
+		struct endpoint_info *ep = endpoint(ip->daddr);
+		int host = ep && (ep->flags & ENDPOINT_F_HOST);
+		__be16 sport, dport;
+
+		if (ep && !host)
 			goto steer;
 		if (remote_pod(ip->daddr, cfg))
 			return redirect(ctx, dev, FP_STAT_STEERED_REMOTE);
-		{
-			__be16 sport, dport;
-
-			if (ip->ihl >= 5 && l4_ports(ip, end, &sport, &dport)) {
-				if (frontend(ip->daddr, dport, ip->protocol, 0, 0))
-					return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
-				if (!is_host(ip->daddr) &&
-				    from_backend(ip->saddr, sport, ip->protocol))
-					return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
-			}
+		if (ip->ihl >= 5 && l4_ports(ip, end, &sport, &dport)) {
+			if (frontend(ip->daddr, dport, ip->protocol, 0))
+				return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
+			if (!host && from_backend(ip->saddr, sport, ip->protocol))
+				return redirect(ctx, dev, FP_STAT_STEERED_SERVICE);
 		}
 		return pass(FP_STAT_PASS_NOT_ENDPOINT);
 	}
