@@ -367,6 +367,8 @@ pub struct LbState {
     /// Backends no service lists any more, kept (terminating) for established flows.
     retained: BTreeMap<u32, Lb4Backend>,
     maglev_cache: BTreeMap<u16, (Vec<MaglevBackend>, Arc<[u32]>)>,
+    /// The frontends of `services`, derived once per change by `allocate`.
+    fronts: Vec<Frontend>,
 }
 
 /// Why a service change was refused.
@@ -503,10 +505,10 @@ impl LbState {
             used.insert(id);
             self.frontend_ids.insert(k, id);
         }
+        let svcs: Vec<&ServiceConfig> = self.services.values().collect();
         let mut want_be: BTreeMap<(Ipv4Addr, u16, u8), ()> = BTreeMap::new();
         for f in &fronts {
-            let svc = self.services.values().nth(f.service).expect("index");
-            for b in &svc.backends {
+            for b in &svcs[f.service].backends {
                 want_be.insert((b.ip, f.target_port, f.key.proto), ());
             }
         }
@@ -552,6 +554,7 @@ impl LbState {
             };
             self.backend_ids.insert(*k, id);
         }
+        self.fronts = fronts;
         Ok(())
     }
 
@@ -567,9 +570,8 @@ impl LbState {
         self.retained.keys().copied().collect()
     }
 
-    /// Compile the map contents.
+    /// Compile the map contents of the frontends `allocate` derived (with the same settings).
     pub fn compile(&mut self, s: &LbSettings) -> LbTables {
-        let fronts = self.frontends(s).unwrap_or_default();
         let mut t = LbTables {
             seeds: s.seeds,
             maglev_m: s.maglev_m,
@@ -582,7 +584,7 @@ impl LbState {
         }
         let mut maglev_cache = BTreeMap::new();
         let svcs: Vec<&ServiceConfig> = self.services.values().collect();
-        for f in &fronts {
+        for f in &self.fronts {
             let svc = svcs[f.service];
             let rev = RevNat(self.frontend_ids[&(f.key.addr(), f.key.port(), f.key.proto)]);
             let alg = svc.lb_algorithm.unwrap_or(s.algorithm);
