@@ -20,5 +20,6 @@ pub mod lpm;
 pub mod maglev;
 pub mod maps;
 pub mod net;
+pub mod policy;
 pub mod shared_table;
 pub mod tables;

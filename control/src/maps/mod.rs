@@ -10,6 +10,7 @@ pub mod ipcache;
 pub mod lb;
 pub mod lxc;
 mod pod;
+pub mod policy;
 
 pub use drop::{DropReason, MetricDir};
 pub use ipcache::{IpcacheKey, RemoteEndpointInfo};
