@@ -51,6 +51,11 @@ pub struct Config {
     /// socket (`fastpath service apply`).
     #[serde(default)]
     pub services: Vec<crate::lb::ServiceConfig>,
+    /// Network policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy
+    /// objects as Kubernetes would hold them; see `docs/policy.md`). Also changeable at run
+    /// time (`fastpath policy apply`).
+    #[serde(default)]
+    pub policies: Vec<serde_yaml::Value>,
 }
 
 /// Another node: where its pods live and how to reach it.
@@ -702,6 +707,9 @@ impl Config {
                 );
             }
         }
+        if let Err(e) = self.policies() {
+            bad("policies".into(), e.to_string());
+        }
         p
     }
 
@@ -738,6 +746,28 @@ impl Config {
             rest = b;
         }
         (l.to_vec(), out)
+    }
+
+    /// The policies of the config, parsed.
+    pub fn policies(
+        &self,
+    ) -> Result<Vec<crate::policy::Policy>, crate::policy::parse::PolicyError> {
+        crate::policy::parse::parse_values(&self.policies, "config")
+    }
+
+    /// Every pod identity of the cluster with its labels (what policy selectors match).
+    pub fn identity_labels(&self) -> BTreeMap<u32, Vec<String>> {
+        let (local, remote) = self.identities();
+        let mut out = BTreeMap::new();
+        for (p, id) in self.pods.iter().zip(local) {
+            out.insert(id, identity::pod_labels(&p.namespace, &p.labels));
+        }
+        for (node, ids) in self.remote_nodes.iter().zip(remote) {
+            for (p, id) in node.pods.iter().zip(ids) {
+                out.insert(id, identity::pod_labels(&p.namespace, &p.labels));
+            }
+        }
+        out
     }
 
     /// The load-balancer settings of this node.

@@ -17,6 +17,8 @@ use crate::maps::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value};
 use crate::maps::lxc::ENDPOINT_KEY_IPV4;
 use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 use crate::net::Ipv4Cidr;
+use crate::policy::table::{POLICY_STATS_MAX, PolicyStats};
+use crate::policy::{LocalEndpoint, Policy, PolicyState, Universe};
 use crate::shared_table::SharedTable;
 use crate::tables::{EndpointEntry, NextHop, Overlay, Port, TableReader, TableWriter, Tables};
 
@@ -112,6 +114,8 @@ pub enum DatapathError {
     NoSuchIpcache(String),
     #[error(transparent)]
     Service(#[from] LbError),
+    #[error("policy: {0}")]
+    Policy(String),
     #[error(transparent)]
     Kernel(#[from] MapWriteError),
 }
@@ -133,6 +137,13 @@ pub struct Datapath<K: KernelMaps> {
     kernel: K,
     lb: LbState,
     lb_settings: LbSettings,
+    policy: PolicyState,
+    /// The cluster's pod identities and their labels (what selectors match).
+    pod_labels: std::collections::BTreeMap<u32, Vec<String>>,
+    /// The identities of the last compilation, with their labels (for `bpf policy get`).
+    universe: Universe,
+    /// The CIDR-identity entries policy put in `cilium_ipcache_v2`.
+    policy_ipcache: std::collections::BTreeMap<Ipv4Cidr, u32>,
 }
 
 impl<K: KernelMaps> Datapath<K> {
@@ -140,6 +151,7 @@ impl<K: KernelMaps> Datapath<K> {
     pub fn new(ports: Vec<Port>, workers: usize, kernel: K) -> Self {
         let t = Tables {
             ports,
+            policy_stats: Arc::new(PolicyStats::new(workers, POLICY_STATS_MAX)),
             ..Default::default()
         };
         Datapath {
@@ -147,6 +159,10 @@ impl<K: KernelMaps> Datapath<K> {
             kernel,
             lb: LbState::default(),
             lb_settings: LbSettings::default(),
+            policy: PolicyState::default(),
+            pod_labels: Default::default(),
+            universe: Universe::default(),
+            policy_ipcache: Default::default(),
         }
     }
 
@@ -232,6 +248,131 @@ impl<K: KernelMaps> Datapath<K> {
             }
         }
         Ok(report)
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.policy.policies.values().cloned().collect()
+    }
+
+    /// The identities the last policy compilation knew, with their labels.
+    pub fn universe(&self) -> &Universe {
+        &self.universe
+    }
+
+    /// The CIDR identities policy added to the ipcache.
+    pub fn policy_cidrs(&self) -> &std::collections::BTreeMap<Ipv4Cidr, u32> {
+        &self.policy_ipcache
+    }
+
+    /// Tell policy which identities exist in the cluster and their labels (`source:key=value`).
+    /// Takes effect with the next policy change ([`Datapath::recompute_policy`]).
+    pub fn set_identity_labels(&mut self, pods: std::collections::BTreeMap<u32, Vec<String>>) {
+        self.pod_labels = pods;
+    }
+
+    /// Replace every policy. All or nothing.
+    pub fn set_policies(&mut self, ps: &[Policy]) -> Result<u64, DatapathError> {
+        let next = self.policy.with_policies(ps);
+        self.apply_policy(next)
+    }
+
+    /// Add or replace policies, in one table switch.
+    pub fn upsert_policies(&mut self, ps: &[Policy]) -> Result<u64, DatapathError> {
+        let next = self.policy.with_upserts(ps);
+        self.apply_policy(next)
+    }
+
+    /// Delete a policy (`Kind/ns/name` or `ns/name`).
+    pub fn delete_policy(&mut self, id: &str) -> Result<u64, DatapathError> {
+        let next = self.policy.with_delete(id).map_err(DatapathError::Policy)?;
+        self.apply_policy(next)
+    }
+
+    /// Recompile the policies (endpoints or identities changed).
+    pub fn recompute_policy(&mut self) -> Result<u64, DatapathError> {
+        let next = self.policy.clone();
+        self.apply_policy(next)
+    }
+
+    /// Compile `next` for the local endpoints, write the CIDR identities it needs into
+    /// `cilium_ipcache_v2` (rolled back on failure), then publish the new policy maps and
+    /// ipcache in one table switch.
+    fn apply_policy(&mut self, mut next: PolicyState) -> Result<u64, DatapathError> {
+        let cur = self.writer.current();
+        let mut eps: Vec<LocalEndpoint> = cur
+            .endpoints
+            .values()
+            .filter(|e| e.port.is_some())
+            .map(|e| LocalEndpoint {
+                ep_id: e.info.lxc_id,
+                sec_id: e.info.sec_id,
+            })
+            .collect();
+        eps.sort_by_key(|e| e.ep_id);
+        let compiled = next.compile(&eps, &self.pod_labels, cur.policy_stats.slots());
+        // CIDR identities go into the ipcache unless the node already has that exact prefix
+        // (a pod, a node, the world default): what the cluster knows about it wins.
+        let want: std::collections::BTreeMap<Ipv4Cidr, u32> = next
+            .cidr_ids
+            .iter()
+            .filter(|(p, _)| self.policy_ipcache.contains_key(p) || cur.ipcache.get(**p).is_none())
+            .map(|(p, id)| (*p, *id))
+            .collect();
+        let mut done: Vec<(Ipv4Cidr, Option<u32>)> = Vec::new();
+        let undo = |k: &mut K, done: &[(Ipv4Cidr, Option<u32>)]| {
+            for (p, old) in done.iter().rev() {
+                let key = IpcacheKey::v4(*p);
+                let _ = match old {
+                    Some(id) => k.upsert_ipcache(&key, &RemoteEndpointInfo::local(*id)),
+                    None => k.remove_ipcache(&key),
+                };
+            }
+        };
+        for (p, id) in &want {
+            let old = self.policy_ipcache.get(p).copied();
+            if old == Some(*id) {
+                continue;
+            }
+            let r = self
+                .kernel
+                .upsert_ipcache(&IpcacheKey::v4(*p), &RemoteEndpointInfo::local(*id));
+            if let Err(e) = r {
+                undo(&mut self.kernel, &done);
+                return Err(e.into());
+            }
+            done.push((*p, old));
+        }
+        for (p, id) in &self.policy_ipcache {
+            if !want.contains_key(p) {
+                if let Err(e) = self.kernel.remove_ipcache(&IpcacheKey::v4(*p)) {
+                    undo(&mut self.kernel, &done);
+                    return Err(e.into());
+                }
+                done.push((*p, Some(*id)));
+            }
+        }
+        for s in &compiled.new_slots {
+            cur.policy_stats.reset(*s);
+        }
+        let mut t = (*cur).clone();
+        if want != self.policy_ipcache {
+            let mut ic: Lpm4<RemoteEndpointInfo> = (*cur.ipcache).clone();
+            for p in self.policy_ipcache.keys() {
+                if !want.contains_key(p) {
+                    ic.remove(*p);
+                }
+            }
+            for (p, id) in &want {
+                ic.insert(*p, RemoteEndpointInfo::local(*id));
+            }
+            t.ipcache = Arc::new(ic);
+        }
+        t.policy = Arc::new(compiled.tables);
+        self.policy = next;
+        self.universe = compiled.universe;
+        self.policy_ipcache = want;
+        Ok(self.writer.publish(t))
     }
 
     /// A table reader for one worker.
@@ -388,7 +529,12 @@ impl<K: KernelMaps> Datapath<K> {
             accepted_identities(cfg),
         )?;
         self.upsert_ipcache(&node_ipcache(cfg))?;
-        self.set_services(&cfg.services, &cfg.lb_settings())
+        self.set_services(&cfg.services, &cfg.lb_settings())?;
+        self.set_identity_labels(cfg.identity_labels());
+        let policies = cfg
+            .policies()
+            .map_err(|e| DatapathError::Policy(e.to_string()))?;
+        self.set_policies(&policies)
     }
 
     /// Install, replace (`Some`) or forget (`None`) the next hop for a tunnel endpoint or

@@ -30,6 +30,7 @@ use crate::ct::{Conntrack, CtSizes};
 use crate::lb::LbTables;
 use crate::lpm::Lpm4;
 use crate::maps::{EndpointInfo, EndpointKey, MacAddr, RemoteEndpointInfo};
+use crate::policy::table::{PolicyStats, PolicyTables};
 use crate::shared_table::SharedTable;
 
 /// Index of a device in every worker's port array (same order in all workers).
@@ -168,6 +169,10 @@ pub struct Tables {
     /// `cilium_ct4_global` + `cilium_ct_any4_global`.
     pub ct: Arc<Conntrack>,
     pub affinity: Arc<AffinityMap>,
+    /// Every local endpoint's `cilium_policy_v2_<id>` contents.
+    pub policy: Arc<PolicyTables>,
+    /// Per-entry and per-verdict policy counters (shared by every version, like `ct`).
+    pub policy_stats: Arc<PolicyStats>,
 }
 
 impl Default for Tables {
@@ -187,6 +192,8 @@ impl Default for Tables {
             // (`Datapath::size_datapath_maps`).
             ct: Arc::new(Conntrack::new(CtSizes { tcp: 256, any: 256 })),
             affinity: Arc::new(SharedTable::new(64)),
+            policy: Arc::default(),
+            policy_stats: Arc::default(),
         }
     }
 }

@@ -66,6 +66,15 @@ pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, PolicyError
     Ok(out)
 }
 
+/// Parse policy objects already read as YAML values (the config's `policies:` list).
+pub fn parse_values(vs: &[Value], file: &str) -> Result<Vec<Policy>, PolicyError> {
+    let mut out = Vec::new();
+    for (i, v) in vs.iter().enumerate() {
+        out.extend(object(v.clone(), &format!("{file} policies[{i}]"))?);
+    }
+    Ok(out)
+}
+
 fn object(v: Value, where_: &str) -> Result<Vec<Policy>, PolicyError> {
     let kind = v
         .get("kind")

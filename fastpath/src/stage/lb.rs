@@ -12,7 +12,7 @@
 use control::ct::{CtState, TCP_ACK, TCP_SYN};
 use control::identity;
 use control::maglev;
-use control::maps::ct::{CT_NODE_PORT, CtTuple4, TUPLE_F_IN, TUPLE_F_OUT};
+use control::maps::ct::{CT_NODE_PORT, CtTuple4, TUPLE_F_OUT};
 use control::maps::lb::{
     ALG_DEFAULT, ALG_MAGLEV, AffinityKey, AffinityMatchKey, Lb4Backend, Lb4Key, Lb4Service, RevNat,
     RevNat4Value,
@@ -231,17 +231,9 @@ pub(super) fn nodeport_lb4(
     if let Some(ep) = t.endpoint_v4(be.address)
         && ep.port.is_some()
     {
-        // Local backend: no SNAT; the IN entry says where replies go.
-        let k = CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_IN);
-        if t.ct.lookup(&k, s.now).is_none() {
-            t.ct.create(
-                &k,
-                &reply_state,
-                s.now.wrapping_add(super::new_lifetime(&ip)),
-                s.now,
-            );
-        }
-        return match local_delivery(b.data_mut(), &ip, src_id, ep, MetricDir::Ingress, t, s) {
+        // Local backend: no SNAT. The backend's ingress policy judges the client's
+        // identity; the IN entry it then gets says where replies go.
+        return match local_delivery(b.data_mut(), &ip, reply_state, ep, MetricDir::Ingress, t, s) {
             Verdict::Deliver { port } => Verdict::RoutedIn { port },
             v => v,
         };

@@ -34,7 +34,12 @@ use control::maps::ct::{
     CT_NODE_PORT, CtTuple4, LIFETIME_NONTCP, LIFETIME_TCP_SYN, TUPLE_F_IN, TUPLE_F_OUT,
 };
 use control::maps::lb::RevNat;
+use control::maps::policy::{DIR_EGRESS, DIR_INGRESS};
 use control::maps::{DropReason, MetricDir};
+use control::policy::table::{
+    PolicyVerdict, STAT_ALLOWED_EGRESS, STAT_ALLOWED_INGRESS, STAT_DENIED_EGRESS,
+    STAT_DENIED_INGRESS,
+};
 use control::tables::{EndpointEntry, PortId, PortRole, Tables};
 
 use crate::wire::{
@@ -74,6 +79,8 @@ pub struct Scratch {
     pub now: u32,
     /// xorshift64* state for random backend selection.
     pub rng: u64,
+    /// This worker's index: its stripe of the policy counters.
+    pub worker: usize,
 }
 
 impl Default for Scratch {
@@ -82,6 +89,7 @@ impl Default for Scratch {
             ip_id: 0,
             now: 1,
             rng: 0x9e37_79b9_7f4a_7c15,
+            worker: 0,
         }
     }
 }
@@ -192,6 +200,10 @@ struct Ip {
     tcp_flags: u8,
     /// Conntrack and services apply: TCP, UDP or ICMP echo, not a later fragment.
     tracked: bool,
+    /// The port policy matches on: TCP/UDP destination port, ICMP type (0 otherwise).
+    policy_port: u16,
+    /// A fragment after the first (no L4 header).
+    later_fragment: bool,
 }
 
 impl Ip {
@@ -220,6 +232,8 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
         dport: 0,
         tcp_flags: 0,
         tracked: false,
+        policy_port: 0,
+        later_fragment: ip.frag_offset() != 0,
     };
     // L4 headers must be complete (conntrack keys on them); later fragments carry none.
     if ip.frag_offset() == 0 {
@@ -230,14 +244,17 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
                 flags,
             }) => {
                 (out.sport, out.dport, out.tcp_flags, out.tracked) = (sport, dport, flags, true);
+                out.policy_port = dport;
                 out.ports = (sport as u32) << 16 | dport as u32;
             }
             Ok(l4::L4::Udp { sport, dport }) => {
                 (out.sport, out.dport, out.tracked) = (sport, dport, true);
+                out.policy_port = dport;
                 out.ports = (sport as u32) << 16 | dport as u32;
             }
             Ok(l4::L4::Icmp { ty, id, .. }) => {
                 out.ports = id as u32;
+                out.policy_port = ty as u16;
                 match ty {
                     icmp::TYPE_ECHO_REQUEST => (out.sport, out.tracked) = (id, true),
                     icmp::TYPE_ECHO_REPLY => (out.dport, out.tracked) = (id, true),
@@ -253,34 +270,77 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
 
 /// What the egress conntrack lookup found.
 enum Egress {
-    /// Nothing special: forward as usual.
-    Forward,
+    /// Not a reply: the pod's own connection (new or established); policy decides.
+    Original,
+    /// A reply of a connection the pod accepted: no policy.
+    Reply,
     /// A reply of a NodePort/ExternalIP connection served by this pod: reverse-translate and
     /// send back to the client.
     NodePortReply(CtState),
 }
 
-/// Conntrack on `from-container` (`CT_EGRESS`): a reply to a connection the pod accepted
-/// (an IN entry), or the pod's own connection (an OUT entry, created if new, carrying the
-/// service ID when the packet was DNATed).
+/// Conntrack on `from-container` (`CT_EGRESS`): is this a reply to a connection the pod
+/// accepted (an IN entry)? The pod's own connections get their OUT entry only after policy
+/// allowed them ([`ct_forward`]).
 #[inline]
-fn ct_egress(ip: &Ip, rev_nat: RevNat, src_id: u32, t: &Tables, s: &Scratch) -> Egress {
+fn ct_egress(ip: &Ip, t: &Tables, s: &Scratch) -> Egress {
     let reply = CtTuple4::connection(ip.dst, ip.src, ip.dport, ip.sport, ip.proto, TUPLE_F_IN);
-    if let Some(hit) = t.ct.lookup(&reply, s.now) {
-        t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
-        if hit.state.flags & CT_NODE_PORT != 0 {
-            return Egress::NodePortReply(hit.state);
+    match t.ct.lookup(&reply, s.now) {
+        Some(hit) => {
+            t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
+            if hit.state.flags & CT_NODE_PORT != 0 {
+                Egress::NodePortReply(hit.state)
+            } else {
+                Egress::Reply
+            }
         }
-        return Egress::Forward;
+        None => Egress::Original,
     }
-    let fwd = CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_OUT);
-    let st = CtState {
-        rev_nat,
-        src_sec_id: src_id,
-        ..Default::default()
-    };
-    ct_forward(&fwd, &st, ip, t, s);
-    Egress::Forward
+}
+
+/// The policy verdict of endpoint `ep_id` for `ip` with the remote identity `id` in `dir`
+/// ([`DIR_INGRESS`]/[`DIR_EGRESS`]), counted per entry and per verdict. A denied packet
+/// becomes Cilium's drop: 133 (no allow), 181 (deny rule), or 157 for a later fragment
+/// (no ports to judge).
+#[inline]
+fn policy(t: &Tables, s: &Scratch, ep_id: u16, dir: u8, id: u32, ip: &Ip) -> Result<(), Verdict> {
+    let stats = &t.policy_stats;
+    let len = ip.total_len;
+    let egress = dir == DIR_EGRESS;
+    match t.policy.verdict(ep_id, dir, id, ip.proto, ip.policy_port) {
+        PolicyVerdict::Allow { slot } => {
+            stats.count(s.worker, slot, len);
+            let total = if egress {
+                STAT_ALLOWED_EGRESS
+            } else {
+                STAT_ALLOWED_INGRESS
+            };
+            stats.count(s.worker, total, len);
+            Ok(())
+        }
+        PolicyVerdict::Deny { reason, slot } => {
+            stats.count(s.worker, slot, len);
+            let total = if egress {
+                STAT_DENIED_EGRESS
+            } else {
+                STAT_DENIED_INGRESS
+            };
+            stats.count(s.worker, total, len);
+            let reason = if ip.later_fragment && reason == DropReason::Policy {
+                DropReason::FragNosupport
+            } else {
+                reason
+            };
+            Err(Verdict::Drop {
+                reason,
+                dir: if egress {
+                    MetricDir::Egress
+                } else {
+                    MetricDir::Ingress
+                },
+            })
+        }
+    }
 }
 
 /// Create `key` with `st` and count this packet on it (`service`: an SVC entry).
@@ -326,8 +386,8 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
         Some(_) => return drop_egress(DropReason::InvalidSip),
         None => return drop_egress(DropReason::UnknownSender),
     }
-    let src_id = match t.endpoint_v4(ip.src) {
-        Some(e) => e.info.sec_id,
+    let (src_id, src_ep) = match t.endpoint_v4(ip.src) {
+        Some(e) => (e.info.sec_id, e.info.lxc_id),
         None => return drop_egress(DropReason::UnknownSender),
     };
     // Services (lb4_local): a frontend is translated to a backend before anything else
@@ -341,13 +401,45 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
             Err(v) => return v,
         }
     }
-    if ip.tracked
-        && let Egress::NodePortReply(st) = ct_egress(&ip, rev_nat, src_id, t, s)
-    {
-        return lb::nodeport_reply(b, &st, t);
+    let reply = if ip.tracked {
+        match ct_egress(&ip, t, s) {
+            Egress::NodePortReply(st) => return lb::nodeport_reply(b, &st, t),
+            Egress::Reply => true,
+            Egress::Original => false,
+        }
+    } else {
+        false
+    };
+    let dst_ep = t.endpoint_v4(ip.dst);
+    if !reply {
+        // Egress policy on the (translated) destination's identity, before encap or
+        // delivery; only then does the connection get its OUT entry.
+        let dst_id = match dst_ep {
+            Some(e) => e.info.sec_id,
+            None => t
+                .ipcache_v4(ip.dst)
+                .map_or(identity::RESERVED_WORLD, |i| i.sec_identity),
+        };
+        if let Err(v) = policy(t, s, src_ep, DIR_EGRESS, dst_id, &ip) {
+            return v;
+        }
+        if ip.tracked {
+            let fwd =
+                CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_OUT);
+            let st = CtState {
+                rev_nat,
+                src_sec_id: src_id,
+                ..Default::default()
+            };
+            ct_forward(&fwd, &st, &ip, t, s);
+        }
     }
-    if let Some(ep) = t.endpoint_v4(ip.dst) {
-        return local_delivery(b.data_mut(), &ip, src_id, ep, MetricDir::Egress, t, s);
+    if let Some(ep) = dst_ep {
+        let st = CtState {
+            src_sec_id: src_id,
+            ..Default::default()
+        };
+        return local_delivery(b.data_mut(), &ip, st, ep, MetricDir::Egress, t, s);
     }
     to_remote_node(b, Some(in_port), &ip, src_id, MetricDir::Egress, t, s)
 }
@@ -380,15 +472,16 @@ fn to_remote_node(
     }
 }
 
-/// Local delivery (`ipv4_local_delivery` + the `to-container` conntrack step): the packet
-/// `ip` from identity `src_id` goes to the pod `ep`. A reply to a connection the pod made
-/// through a service gets its source rewritten back to the service (reverse NAT); a new
-/// connection gets an IN entry. Then TTL−1 and the pod's MACs.
+/// Local delivery (`ipv4_local_delivery` + the `to-container` step): the packet `ip` from
+/// identity `src.src_sec_id` goes to the pod `ep`. A reply to a connection the pod made skips
+/// policy, and if it went through a service gets its source rewritten back to the service
+/// (reverse NAT); anything else must pass the pod's ingress policy, and a new connection then
+/// gets an IN entry with state `src`. Then TTL−1 and the pod's MACs.
 #[inline]
 fn local_delivery(
     frame: &mut [u8],
     ip: &Ip,
-    src_id: u32,
+    src: CtState,
     ep: &EndpointEntry,
     dir: MetricDir,
     t: &Tables,
@@ -402,25 +495,29 @@ fn local_delivery(
             dir,
         };
     };
-    if ip.tracked {
+    let reply_hit = if ip.tracked {
         let reply = CtTuple4::connection(ip.dst, ip.src, ip.dport, ip.sport, ip.proto, TUPLE_F_OUT);
-        match t.ct.lookup(&reply, s.now) {
-            Some(hit) => {
-                t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
-                if hit.state.rev_nat.0 != 0
-                    && let Some(fe) = t.lb.revnat.get(&hit.state.rev_nat.0)
-                {
-                    lb::rev_nat_src(&mut frame[ethernet::HEADER_LEN..], fe);
-                }
+        t.ct.lookup(&reply, s.now)
+    } else {
+        None
+    };
+    match reply_hit {
+        Some(hit) => {
+            t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
+            if hit.state.rev_nat.0 != 0
+                && let Some(fe) = t.lb.revnat.get(&hit.state.rev_nat.0)
+            {
+                lb::rev_nat_src(&mut frame[ethernet::HEADER_LEN..], fe);
             }
-            None => {
+        }
+        None => {
+            if let Err(v) = policy(t, s, ep.info.lxc_id, DIR_INGRESS, src.src_sec_id, ip) {
+                return v;
+            }
+            if ip.tracked {
                 let fwd =
                     CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_IN);
-                let st = CtState {
-                    src_sec_id: src_id,
-                    ..Default::default()
-                };
-                ct_forward(&fwd, &st, ip, t, s);
+                ct_forward(&fwd, &src, ip, t, s);
             }
         }
     }
@@ -698,7 +795,11 @@ fn to_local_pod(
 ) -> Verdict {
     match t.endpoint_v4(ip.dst) {
         Some(ep) if ep.port.is_some() => {
-            match local_delivery(b.data_mut(), ip, src_id, ep, MetricDir::Ingress, t, s) {
+            let st = CtState {
+                src_sec_id: src_id,
+                ..Default::default()
+            };
+            match local_delivery(b.data_mut(), ip, st, ep, MetricDir::Ingress, t, s) {
                 Verdict::Deliver { port } => arrived(port),
                 v => v,
             }

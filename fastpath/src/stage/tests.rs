@@ -522,6 +522,60 @@ remote_nodes:
         [0x08, 0, 0, 0, b[1], b[2], b[3], 0]
     }
 
+    /// n1 with a policy on pod a (from the config's `policies:`): egress only to b, ingress
+    /// only from c on UDP 7.
+    fn n1_with_policy() -> std::sync::Arc<Tables> {
+        let mut cfg = n1_cfg(false, false);
+        cfg.policies = serde_yaml::from_str(
+            r#"
+- kind: CiliumNetworkPolicy
+  metadata: { name: a }
+  spec:
+    endpointSelector: { matchLabels: { app: a } }
+    egress: [{ toEndpoints: [{ matchLabels: { app: b } }] }]
+    ingress:
+      - fromEndpoints: [{ matchLabels: { app: c } }]
+        toPorts: [{ ports: [{ port: "7", protocol: UDP }] }]
+"#,
+        )
+        .unwrap();
+        node(&cfg, N1_MAC, N2, N2_MAC)
+    }
+
+    #[test]
+    fn egress_policy_before_encap_ingress_after_decap_on_the_vni() {
+        let t = n1_with_policy();
+        // a → c: egress allows only b, so nothing is encapsulated.
+        assert_eq!(
+            run(&a_to_c_udp(20), A_PORT, &t).0,
+            drop_egress(DropReason::Policy)
+        );
+        // c → a on UDP 7 from the VNI of c: allowed after decap; from b's identity (a VNI
+        // the node accepts) the same packet is denied.
+        let c_id = n2_cfg().identities().0[0];
+        let b_id = identity(&n1_cfg(false, false), 1);
+        let mut udp = vec![0u8; 8];
+        udp[0..2].copy_from_slice(&50000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&7u16.to_be_bytes());
+        udp[4..6].copy_from_slice(&8u16.to_be_bytes());
+        let inner = Pkt::eth(LXC[0], C_MAC)
+            .ipv4(C_IP, A_IP, ipv4::PROTO_UDP, 64, &udp)
+            .bytes();
+        let f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+        assert_eq!(run(&f, UL, &t).0, Verdict::Decap { port: A_PORT });
+        let f = vxlan_frame(N2, N1, 8472, vni(b_id), &inner);
+        assert_eq!(run(&f, UL, &t).0, drop_ingress(DropReason::Policy));
+        // a's answer to c is a reply (conntrack), although egress to c is not allowed.
+        let mut back = vec![0u8; 8];
+        back[0..2].copy_from_slice(&7u16.to_be_bytes());
+        back[2..4].copy_from_slice(&50000u16.to_be_bytes());
+        back[4..6].copy_from_slice(&8u16.to_be_bytes());
+        let reply = Pkt::eth(LXC[0], A_MAC)
+            .ipv4(A_IP, C_IP, ipv4::PROTO_UDP, 64, &back)
+            .bytes();
+        assert_eq!(run(&reply, A_PORT, &t).0, Verdict::Encap { port: UL });
+    }
+
     #[test]
     fn encap_to_remote_pod() {
         let t = n1();
@@ -910,5 +964,210 @@ mod services {
         assert_eq!((out[34], out[35]), (3, 3), "port unreachable");
         assert_eq!(&out[0..6], &CLIENT_MAC.0, "back to the pod");
         assert!(t.ct.entries(true, 1).is_empty(), "nothing tracked");
+    }
+}
+
+mod policy {
+    use super::*;
+    use control::policy::parse::parse_policies;
+    use control::policy::table::{STAT_ALLOWED_INGRESS, STAT_DENIED_EGRESS, STAT_DENIED_INGRESS};
+
+    const WEB_IP: [u8; 4] = [10, 200, 1, 13];
+    const WEB_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xc8, 0x01, 0x0d]);
+    const WEB_PORT: PortId = 2;
+
+    fn with_policy(yaml: &str) -> std::sync::Arc<Tables> {
+        let cfg = control::config::Config::default_node();
+        let mut dp = demo_datapath();
+        dp.set_identity_labels(cfg.identity_labels());
+        dp.set_policies(&parse_policies(yaml, "t.yaml").unwrap())
+            .unwrap();
+        dp.tables()
+    }
+
+    fn tcp(sport: u16, dport: u16, flags: u8) -> [u8; 20] {
+        let mut t = [0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = flags;
+        t
+    }
+
+    const ECHO_POLICY: &str = r#"
+kind: CiliumNetworkPolicy
+metadata: { name: echo }
+spec:
+  endpointSelector: { matchLabels: { app: echo } }
+  ingress:
+    - fromEndpoints: [{ matchLabels: { app: client } }]
+      toPorts: [{ ports: [{ port: "8080", protocol: TCP }] }]
+  egress: [{}]
+"#;
+
+    #[test]
+    fn same_node_ingress_allow_deny_and_stateful_reply() {
+        let t = with_policy(ECHO_POLICY);
+        let syn = from_client()
+            .ipv4(
+                CLIENT_IP,
+                ECHO_IP,
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40000, 8080, 0x02),
+            )
+            .bytes();
+        let (v, _) = run(&syn, CLIENT_PORT, &t);
+        assert_eq!(v, Verdict::Deliver { port: ECHO_PORT });
+        // echo's egress is default deny ({}), yet its SYN-ACK is a reply: conntrack lets it by.
+        let synack = Pkt::eth(LXC_ECHO_MAC, ECHO_MAC)
+            .ipv4(
+                ECHO_IP,
+                CLIENT_IP,
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(8080, 40000, 0x12),
+            )
+            .bytes();
+        let (v, _) = run(&synack, ECHO_PORT, &t);
+        assert_eq!(v, Verdict::Deliver { port: CLIENT_PORT });
+        // A new connection from echo is not a reply: denied on egress.
+        let out = Pkt::eth(LXC_ECHO_MAC, ECHO_MAC)
+            .ipv4(
+                ECHO_IP,
+                CLIENT_IP,
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(41000, 22, 0x02),
+            )
+            .bytes();
+        assert_eq!(run(&out, ECHO_PORT, &t).0, drop_egress(DropReason::Policy));
+        // Wrong port from client, and any port from web: ingress denied, no conntrack entry.
+        let before = t.ct.entries(true, 1).len();
+        let p81 = from_client()
+            .ipv4(
+                CLIENT_IP,
+                ECHO_IP,
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40001, 81, 0x02),
+            )
+            .bytes();
+        assert_eq!(
+            run(&p81, CLIENT_PORT, &t).0,
+            drop_ingress(DropReason::Policy)
+        );
+        let from_web = Pkt::eth(LXC_ECHO_MAC, WEB_MAC)
+            .ipv4(
+                WEB_IP,
+                ECHO_IP,
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40002, 8080, 0x02),
+            )
+            .bytes();
+        assert_eq!(
+            run(&from_web, WEB_PORT, &t).0,
+            drop_ingress(DropReason::Policy)
+        );
+        // The sender's OUT entry exists (egress allowed it), the receiver's IN entry does not.
+        let after: Vec<String> =
+            t.ct.entries(true, 1)
+                .iter()
+                .map(|(k, _)| k.kind().to_string())
+                .collect();
+        assert_eq!(after.len(), before + 2, "{after:?}");
+        let st = &t.policy_stats;
+        assert_eq!(st.get(STAT_ALLOWED_INGRESS).0, 1);
+        assert_eq!(st.get(STAT_DENIED_INGRESS).0, 2);
+        assert_eq!(st.get(STAT_DENIED_EGRESS).0, 1);
+        // The allow entry counted the SYN.
+        let ep = &t.policy.endpoints[&2];
+        let allow = ep
+            .entries
+            .iter()
+            .find(|e| e.key.port_proto() == "8080/TCP")
+            .unwrap();
+        assert_eq!(st.get(allow.slot), (1, syn.len() as u64 - 14));
+    }
+
+    #[test]
+    fn deny_rule_is_181_and_icmp_follows_l3_rules() {
+        let t = with_policy(
+            r#"
+kind: CiliumNetworkPolicy
+metadata: { name: echo }
+spec:
+  endpointSelector: { matchLabels: { app: echo } }
+  ingress: [{ fromEntities: [cluster] }]
+  ingressDeny: [{ fromEndpoints: [{ matchLabels: { app: web } }] }]
+"#,
+        );
+        let ping = from_client().icmp_echo(CLIENT_IP, ECHO_IP, 64).bytes();
+        assert_eq!(
+            run(&ping, CLIENT_PORT, &t).0,
+            Verdict::Deliver { port: ECHO_PORT }
+        );
+        let ping = Pkt::eth(LXC_ECHO_MAC, WEB_MAC)
+            .icmp_echo(WEB_IP, ECHO_IP, 64)
+            .bytes();
+        assert_eq!(
+            run(&ping, WEB_PORT, &t).0,
+            drop_ingress(DropReason::PolicyDeny)
+        );
+    }
+
+    #[test]
+    fn clusterip_is_judged_on_the_backend_identity() {
+        let cfg = control::config::Config::default_node();
+        let mut dp = demo_datapath();
+        dp.set_identity_labels(cfg.identity_labels());
+        let svcs: Vec<control::lb::ServiceConfig> = serde_yaml::from_str(
+            "- { name: echo, cluster_ip: 10.96.9.9, ports: [{ port: 80, target_port: 8080 }], backends: [{ ip: 10.200.1.12 }] }",
+        )
+        .unwrap();
+        dp.set_services(&svcs, &cfg.lb_settings()).unwrap();
+        // client may only talk to web: the ClusterIP of echo is denied after DNAT.
+        dp.set_policies(
+            &parse_policies(
+                r#"
+kind: CiliumNetworkPolicy
+metadata: { name: client }
+spec:
+  endpointSelector: { matchLabels: { app: client } }
+  egress: [{ toEndpoints: [{ matchLabels: { app: web } }] }]
+"#,
+                "t.yaml",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let t = dp.tables();
+        let syn = from_client()
+            .ipv4(
+                CLIENT_IP,
+                [10, 96, 9, 9],
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40000, 80, 0x02),
+            )
+            .bytes();
+        assert_eq!(
+            run(&syn, CLIENT_PORT, &t).0,
+            drop_egress(DropReason::Policy)
+        );
+        let to_web = from_client()
+            .ipv4(
+                CLIENT_IP,
+                WEB_IP,
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40000, 80, 0x02),
+            )
+            .bytes();
+        assert_eq!(
+            run(&to_web, CLIENT_PORT, &t).0,
+            Verdict::Deliver { port: WEB_PORT }
+        );
     }
 }
