@@ -35,6 +35,22 @@ pub enum Request {
     ServiceDelete {
         id: String,
     },
+    /// Add or replace the policies of a YAML text (parsed and checked by the node), all or
+    /// nothing. `file` names the text in errors.
+    PolicyApply {
+        yaml: String,
+        file: String,
+    },
+    /// Delete a policy (`Kind/ns/name` or `ns/name`).
+    PolicyDelete {
+        id: String,
+    },
+    /// Dump `cilium_policy_v2_<endpoint>` (all local endpoints when `None`).
+    PolicyGet {
+        endpoint: Option<u16>,
+    },
+    /// The policies in force and whom they select.
+    PolicyList,
 }
 
 /// Which LB listing.
@@ -102,9 +118,163 @@ pub enum Response {
         generation: u64,
         services: usize,
     },
+    /// A policy change reached every worker: `compile_us` to compile and publish,
+    /// `applied_us` until the last worker switched to it (the bound on when new packets see
+    /// it).
+    PolicyApplied {
+        generation: u64,
+        policies: usize,
+        compile_us: u64,
+        applied_us: u64,
+    },
+    PolicyGet {
+        endpoints: Vec<PolicyDump>,
+    },
+    PolicyList {
+        policies: Vec<PolicySummary>,
+    },
     Error {
         message: String,
     },
+}
+
+/// One endpoint's policy map.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyDump {
+    pub endpoint: u16,
+    pub map: String,
+    /// Default deny in [ingress, egress].
+    pub enforced: [bool; 2],
+    pub rows: Vec<PolicyRow>,
+}
+
+/// One entry, with the columns of `cilium-dbg bpf policy get`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyRow {
+    pub policy: String,
+    pub direction: String,
+    pub labels: Vec<String>,
+    pub identity: u32,
+    pub port_proto: String,
+    pub proxy_port: String,
+    pub auth_type: String,
+    pub bytes: u64,
+    pub packets: u64,
+    pub prefix: u8,
+    pub cookie: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicySummary {
+    pub id: String,
+    /// Local endpoints it selects.
+    pub selects: Vec<u16>,
+    pub ingress_rules: usize,
+    pub egress_rules: usize,
+    /// Turns default deny on in [ingress, egress].
+    pub default_deny: [bool; 2],
+}
+
+/// `cilium-dbg bpf policy get` text: a padded table; an entry's further labels continue on
+/// the following lines under LABELS. `numeric` prints the IDENTITY column instead.
+pub fn render_policy(d: &PolicyDump, numeric: bool) -> String {
+    let third = if numeric {
+        "IDENTITY"
+    } else {
+        "LABELS (source:key[=value])"
+    };
+    let head = [
+        "POLICY",
+        "DIRECTION",
+        third,
+        "PORT/PROTO",
+        "PROXY PORT",
+        "AUTH TYPE",
+        "BYTES",
+        "PACKETS",
+        "PREFIX",
+        "COOKIE",
+    ];
+    let mut lines: Vec<[String; 10]> = vec![head.map(String::from)];
+    for r in &d.rows {
+        let labels: Vec<String> = if numeric {
+            vec![if r.identity == 0 {
+                "ANY".into()
+            } else {
+                r.identity.to_string()
+            }]
+        } else {
+            r.labels.clone()
+        };
+        let mut it = labels.into_iter();
+        lines.push([
+            r.policy.clone(),
+            r.direction.clone(),
+            it.next().unwrap_or_default(),
+            r.port_proto.clone(),
+            r.proxy_port.clone(),
+            r.auth_type.clone(),
+            r.bytes.to_string(),
+            r.packets.to_string(),
+            r.prefix.to_string(),
+            r.cookie.to_string(),
+        ]);
+        for more in it {
+            let mut l: [String; 10] = Default::default();
+            l[2] = more;
+            lines.push(l);
+        }
+    }
+    let mut w = [0usize; 10];
+    for l in &lines {
+        for (i, c) in l.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let mut out = String::new();
+    for l in &lines {
+        let mut line = String::new();
+        for (i, c) in l.iter().enumerate() {
+            if i == 9 {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn policy_apply(path: &Path, yaml: String, file: String) -> Result<Response, ClientError> {
+    match call(path, &Request::PolicyApply { yaml, file })? {
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        r => Ok(r),
+    }
+}
+
+pub fn policy_delete(path: &Path, id: &str) -> Result<Response, ClientError> {
+    match call(path, &Request::PolicyDelete { id: id.into() })? {
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        r => Ok(r),
+    }
+}
+
+pub fn policy_get(path: &Path, endpoint: Option<u16>) -> Result<Vec<PolicyDump>, ClientError> {
+    match call(path, &Request::PolicyGet { endpoint })? {
+        Response::PolicyGet { endpoints } => Ok(endpoints),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
+    }
+}
+
+pub fn policy_list(path: &Path) -> Result<Vec<PolicySummary>, ClientError> {
+    match call(path, &Request::PolicyList)? {
+        Response::PolicyList { policies } => Ok(policies),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +294,21 @@ pub struct Status {
     /// Cross-node forwarding, when the node has an underlay.
     #[serde(default)]
     pub overlay: Option<OverlayStatus>,
+    #[serde(default)]
+    pub policy: PolicyStatus,
+}
+
+/// Policy verdict totals (packets) and what is in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyStatus {
+    pub policies: usize,
+    /// Local endpoints with default deny on in ingress / egress.
+    pub enforced_ingress: usize,
+    pub enforced_egress: usize,
+    pub allowed_ingress: u64,
+    pub allowed_egress: u64,
+    pub denied_ingress: u64,
+    pub denied_egress: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,6 +477,17 @@ impl Status {
             }
             s.push('\n');
         }
+        let p = &self.policy;
+        s += &format!(
+            "Policy:    {} policies, default deny on {} endpoints (ingress) / {} (egress); verdicts: allowed {} in / {} out, denied {} in / {} out\n",
+            p.policies,
+            p.enforced_ingress,
+            p.enforced_egress,
+            p.allowed_ingress,
+            p.allowed_egress,
+            p.denied_ingress,
+            p.denied_egress
+        );
         if let Some(o) = &self.overlay {
             s += &format!(
                 "Overlay:   {} via {} ({}, mtu {}), tunnel port {}, {} ipcache entries\n",

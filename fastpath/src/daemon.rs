@@ -516,6 +516,29 @@ fn serve_one(stream: std::os::unix::net::UnixStream, v: &mut NodeView<'_>) {
                             },
                         }
                     }
+                    Ok(Request::PolicyApply { yaml, file }) => {
+                        let start = std::time::Instant::now();
+                        match control::policy::parse::parse_policies(&yaml, &file) {
+                            Err(e) => Response::Error {
+                                message: e.to_string(),
+                            },
+                            Ok(ps) => {
+                                let n = ps.len();
+                                policy_applied(v.dp, start, n, |dp| dp.upsert_policies(&ps))
+                            }
+                        }
+                    }
+                    Ok(Request::PolicyDelete { id }) => {
+                        let start = std::time::Instant::now();
+                        policy_applied(v.dp, start, 1, |dp| dp.delete_policy(&id))
+                    }
+                    Ok(Request::PolicyGet { endpoint }) => match policy_dumps(v.dp, endpoint) {
+                        Ok(endpoints) => Response::PolicyGet { endpoints },
+                        Err(message) => Response::Error { message },
+                    },
+                    Ok(Request::PolicyList) => Response::PolicyList {
+                        policies: policy_summaries(v.dp),
+                    },
                     Ok(Request::ServiceDelete { id }) => match v.dp.delete_service(&id) {
                         Ok(generation) => Response::Applied {
                             generation,
@@ -721,6 +744,119 @@ fn ipcache_entries(
     rows
 }
 
+/// Run a policy change and wait until every worker runs it; the answer carries both times.
+fn policy_applied<K: control::datapath::KernelMaps>(
+    dp: &mut Datapath<K>,
+    start: std::time::Instant,
+    policies: usize,
+    change: impl FnOnce(&mut Datapath<K>) -> Result<u64, control::datapath::DatapathError>,
+) -> Response {
+    match change(dp) {
+        Err(e) => Response::Error {
+            message: e.to_string(),
+        },
+        Ok(generation) => {
+            let compile_us = start.elapsed().as_micros() as u64;
+            if !dp.writer().wait_applied(generation, Duration::from_secs(2)) {
+                return Response::Error {
+                    message: format!(
+                        "policy published as generation {generation} but not every worker switched to it within 2 s"
+                    ),
+                };
+            }
+            Response::PolicyApplied {
+                generation,
+                policies,
+                compile_us,
+                applied_us: start.elapsed().as_micros() as u64,
+            }
+        }
+    }
+}
+
+/// `bpf policy get`: the endpoint's map with labels and counters.
+fn policy_dumps<K: control::datapath::KernelMaps>(
+    dp: &Datapath<K>,
+    endpoint: Option<u16>,
+) -> Result<Vec<crate::api::PolicyDump>, String> {
+    let t = dp.tables();
+    let mut ids: Vec<u16> = match endpoint {
+        Some(id) if t.policy.endpoints.contains_key(&id) => vec![id],
+        Some(id) => {
+            let mut known: Vec<u16> = t.policy.endpoints.keys().copied().collect();
+            known.sort_unstable();
+            return Err(format!(
+                "endpoint {id} has no policy map here (local endpoints: {known:?})"
+            ));
+        }
+        None => t.policy.endpoints.keys().copied().collect(),
+    };
+    ids.sort_unstable();
+    let u = dp.universe();
+    Ok(ids
+        .into_iter()
+        .map(|id| {
+            let ep = &t.policy.endpoints[&id];
+            crate::api::PolicyDump {
+                endpoint: id,
+                map: control::maps::policy::map_name(id),
+                enforced: ep.enforced,
+                rows: ep
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let (packets, bytes) = t.policy_stats.get(e.slot);
+                        crate::api::PolicyRow {
+                            policy: if e.entry.is_deny() { "Deny" } else { "Allow" }.into(),
+                            direction: e.key.direction().into(),
+                            labels: u.labels(e.key.sec_label),
+                            identity: e.key.sec_label,
+                            port_proto: e.key.port_proto(),
+                            proxy_port: "NONE".into(),
+                            auth_type: "disabled".into(),
+                            bytes,
+                            packets,
+                            prefix: e.key.lpm_len(),
+                            cookie: e.entry.cookie,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+fn policy_summaries<K: control::datapath::KernelMaps>(
+    dp: &Datapath<K>,
+) -> Vec<crate::api::PolicySummary> {
+    let t = dp.tables();
+    let u = dp.universe();
+    dp.policies()
+        .into_iter()
+        .map(|p| {
+            let mut selects: Vec<u16> = t
+                .policy
+                .endpoints
+                .values()
+                .filter(|ep| {
+                    u.ids
+                        .get(&ep.sec_id)
+                        .is_some_and(|labels| p.subject.matches(labels))
+                })
+                .map(|ep| ep.ep_id)
+                .collect();
+            selects.sort_unstable();
+            crate::api::PolicySummary {
+                id: p.id.to_string(),
+                selects,
+                ingress_rules: p.ingress.len(),
+                egress_rules: p.egress.len(),
+                default_deny: p.default_deny,
+            }
+        })
+        .collect()
+}
+
 fn status(v: &NodeView<'_>) -> Status {
     let cfg: &Config = v.cfg;
     let dp: &Datapath<Steering> = v.dp;
@@ -815,6 +951,21 @@ fn status(v: &NodeView<'_>) -> Status {
         workers,
         xdp,
         table_generation: dp.tables().generation,
+        policy: {
+            use control::policy::table::*;
+            let t = dp.tables();
+            let st = &t.policy_stats;
+            let eps = t.policy.endpoints.values();
+            crate::api::PolicyStatus {
+                policies: dp.policies().len(),
+                enforced_ingress: eps.clone().filter(|e| e.enforced[0]).count(),
+                enforced_egress: eps.filter(|e| e.enforced[1]).count(),
+                allowed_ingress: st.get(STAT_ALLOWED_INGRESS).0,
+                allowed_egress: st.get(STAT_ALLOWED_EGRESS).0,
+                denied_ingress: st.get(STAT_DENIED_INGRESS).0,
+                denied_egress: st.get(STAT_DENIED_EGRESS).0,
+            }
+        },
         overlay: cfg.node.underlay.as_ref().map(|u| {
             let t = dp.tables();
             OverlayStatus {

@@ -72,6 +72,12 @@ enum Cmd {
         #[command(subcommand)]
         what: ServiceCmd,
     },
+    /// Add, replace, delete or list network policies on a running node
+    /// (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy YAML).
+    Policy {
+        #[command(subcommand)]
+        what: PolicyCmd,
+    },
     /// Print or check configs.
     Config {
         #[command(subcommand)]
@@ -119,6 +125,47 @@ enum BpfCmd {
         #[command(subcommand)]
         what: CtCmd,
     },
+    /// An endpoint's `cilium_policy_v2_<id>`, as `cilium-dbg bpf policy get` prints it.
+    Policy {
+        #[command(subcommand)]
+        what: BpfPolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfPolicyCmd {
+    Get {
+        /// Endpoint ID (see `fastpath bpf endpoint list`).
+        #[arg(required_unless_present = "all")]
+        endpoint: Option<u16>,
+        /// Every local endpoint.
+        #[arg(long)]
+        all: bool,
+        /// Numeric identities instead of labels.
+        #[arg(short = 'n', long)]
+        numeric: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCmd {
+    /// Add or replace the policies of a YAML file (`---`-separated objects or a List).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a policy: `Kind/namespace/name` or `namespace/name`.
+    Delete {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The policies in force and the local endpoints each selects.
+    List(Target),
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +303,30 @@ fn parse_services(text: &str) -> anyhow::Result<Vec<control::lb::ServiceConfig>>
         .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))
 }
 
+/// Print what a policy change did and how long it took to reach every worker.
+fn report_policy_change(what: &str, r: api::Response, out: Output) -> anyhow::Result<()> {
+    match r {
+        api::Response::PolicyApplied {
+            generation,
+            compile_us,
+            applied_us,
+            ..
+        } => {
+            match out {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"generation": generation, "compile_us": compile_us, "applied_us": applied_us})
+                ),
+                Output::Text => println!(
+                    "{what}: table generation {generation}, compiled and published in {compile_us} µs, in force on every worker after {applied_us} µs"
+                ),
+            }
+            Ok(())
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -369,6 +440,85 @@ fn main() -> anyhow::Result<()> {
             println!("service {id} deleted (table generation {g})");
             Ok(())
         }
+        Cmd::Bpf {
+            what:
+                BpfCmd::Policy {
+                    what:
+                        BpfPolicyCmd::Get {
+                            endpoint,
+                            all,
+                            numeric,
+                            target,
+                        },
+                },
+        } => {
+            let dumps = api::policy_get(&socket_of(&target)?, if all { None } else { endpoint })?;
+            match target.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&dumps)?),
+                Output::Text => {
+                    for (i, d) in dumps.iter().enumerate() {
+                        if dumps.len() > 1 {
+                            if i > 0 {
+                                println!();
+                            }
+                            println!("Endpoint {} ({}):", d.endpoint, d.map);
+                        }
+                        print!("{}", api::render_policy(d, numeric));
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Policy {
+            what: PolicyCmd::Apply { file, target },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            // Check locally first: a bad file never reaches the node.
+            let ps = control::policy::parse::parse_policies(&text, &file.display().to_string())?;
+            let r = api::policy_apply(&socket_of(&target)?, text, file.display().to_string())?;
+            report_policy_change(
+                &format!("{} policy object(s) applied", ps.len()),
+                r,
+                target.output,
+            )
+        }
+        Cmd::Policy {
+            what: PolicyCmd::Delete { id, target },
+        } => {
+            let r = api::policy_delete(&socket_of(&target)?, &id)?;
+            report_policy_change(&format!("policy {id} deleted"), r, target.output)
+        }
+        Cmd::Policy {
+            what: PolicyCmd::List(target),
+        } => {
+            let ps = api::policy_list(&socket_of(&target)?)?;
+            match target.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&ps)?),
+                Output::Text => {
+                    let e: Vec<(String, String)> = ps
+                        .iter()
+                        .map(|p| {
+                            let dd = match p.default_deny {
+                                [true, true] => "ingress+egress",
+                                [true, false] => "ingress",
+                                [false, true] => "egress",
+                                [false, false] => "none",
+                            };
+                            (
+                                p.id.clone(),
+                                format!(
+                                    "endpoints {:?}, {} ingress / {} egress rules, default deny: {dd}",
+                                    p.selects, p.ingress_rules, p.egress_rules
+                                ),
+                            )
+                        })
+                        .collect();
+                    print!("{}", api::render_table("POLICY", "SELECTS", &e));
+                }
+            }
+            Ok(())
+        }
         Cmd::Bpf { what } => {
             let (req, h1, h2, t) = match what {
                 BpfCmd::Endpoint {
@@ -390,7 +540,9 @@ fn main() -> anyhow::Result<()> {
                 BpfCmd::Tunnel {
                     what: ListCmd::List(t),
                 } => (api::Request::TunnelList, "TUNNEL", "VALUE", t),
-                BpfCmd::Lb { .. } | BpfCmd::Ct { .. } => unreachable!("matched above"),
+                BpfCmd::Lb { .. } | BpfCmd::Ct { .. } | BpfCmd::Policy { .. } => {
+                    unreachable!("matched above")
+                }
             };
             let e = api::list(&socket_of(&t)?, req)?;
             match t.output {
