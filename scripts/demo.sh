@@ -79,6 +79,26 @@ echo; echo "== the service and conntrack maps on demo (SVC entries pin a backend
 x $FP bpf lb list --node demo
 x $FP bpf ct list global --node demo | head -6
 
+echo; echo "== network policy: echo admits only client on 7/TCP (applied live, no restart)"
+cat > "$TMP/echo-policy.yaml" <<'YAML'
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: { name: echo-from-client }
+spec:
+  endpointSelector: { matchLabels: { app: echo } }
+  ingress:
+    - fromEndpoints: [{ matchLabels: { app: client } }]
+      toPorts: [{ ports: [{ port: "7", protocol: TCP }] }]
+YAML
+x $FP policy apply -f "$TMP/echo-policy.yaml" --node demo
+echo "allowed" | x ip netns exec fp-demo-client socat -t 1 - TCP:10.200.1.12:7
+if echo "denied" | ip netns exec fp-demo-web timeout 3 socat -t 1 - TCP:10.200.1.12:7,connect-timeout=1 2>/dev/null; then
+  echo "unexpected: web reached echo through the policy"; exit 1
+fi
+echo "web -> echo:7 refused by policy (drop reason 133, Policy denied)"
+x $FP bpf policy get 2 --node demo
+x $FP policy delete default/echo-from-client --node demo
+
 echo; echo "== fastpath status (node demo)"
 x $FP status --node demo
 echo; echo "== fastpath bpf ipcache list (node demo)"
