@@ -251,6 +251,11 @@ impl Worker {
                     c.sleeps.add(1);
                     crate::xsk::poll_readable(&mut pollfds, SLEEP_MS);
                     idle_streak = 0;
+                    // A quiescent point on waking: the frames that woke us (and everything
+                    // after) see any table version published while we slept.
+                    if self.tables.quiesce() {
+                        c.table_switches.add(1);
+                    }
                 }
             } else {
                 idle_streak = 0;
