@@ -420,6 +420,22 @@ fn world_and_cidr_with_except_from_outside_the_cluster() {
 ",
     ));
     assert!(tcp_ok(&ext.ns, Some(&a), &pod, port), "world allowed");
+    // Through node 1's NodePort the backend n0p1 is remote: node 1 SNATs to itself and the
+    // frame arrives in the tunnel with VNI remote-node (6), so world does not cover it...
+    let n1 = format!("192.168.{}.2", c.net);
+    assert!(
+        !tcp_ok(&ext.ns, Some(&a), &n1, port),
+        "SNATed NodePort is remote-node, not world"
+    );
+    // ...and fromEntities remote-node does (while direct world traffic is then denied).
+    c.apply(&cnp(
+        "cluster-only",
+        "  endpointSelector: { matchLabels: { app: n0p1 } }
+  ingress: [{ fromEntities: [remote-node] }]
+",
+    ));
+    assert!(tcp_ok(&ext.ns, Some(&a), &n1, port), "remote-node allowed");
+    assert!(!tcp_ok(&ext.ns, Some(&a), &pod, port), "world now denied");
 
     // CIDR with except: the /24 minus .60.
     c.apply(&cnp(
