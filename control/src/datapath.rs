@@ -260,13 +260,8 @@ impl<K: KernelMaps> Datapath<K> {
         &self.universe
     }
 
-    /// The CIDR identities policy added to the ipcache.
-    pub fn policy_cidrs(&self) -> &std::collections::BTreeMap<Ipv4Cidr, u32> {
-        &self.policy_ipcache
-    }
-
     /// Tell policy which identities exist in the cluster and their labels (`source:key=value`).
-    /// Takes effect with the next policy change ([`Datapath::recompute_policy`]).
+    /// Takes effect with the next policy change.
     pub fn set_identity_labels(&mut self, pods: std::collections::BTreeMap<u32, Vec<String>>) {
         self.pod_labels = pods;
     }
@@ -286,12 +281,6 @@ impl<K: KernelMaps> Datapath<K> {
     /// Delete a policy (`Kind/ns/name` or `ns/name`).
     pub fn delete_policy(&mut self, id: &str) -> Result<u64, DatapathError> {
         let next = self.policy.with_delete(id).map_err(DatapathError::Policy)?;
-        self.apply_policy(next)
-    }
-
-    /// Recompile the policies (endpoints or identities changed).
-    pub fn recompute_policy(&mut self) -> Result<u64, DatapathError> {
-        let next = self.policy.clone();
         self.apply_policy(next)
     }
 

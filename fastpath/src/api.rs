@@ -247,24 +247,45 @@ pub fn render_policy(d: &PolicyDump, numeric: bool) -> String {
     out
 }
 
-pub fn policy_apply(path: &Path, yaml: String, file: String) -> Result<Response, ClientError> {
-    match call(path, &Request::PolicyApply { yaml, file })? {
-        Response::Error { message } => Err(ClientError::Remote(message)),
-        r => Ok(r),
+/// What a policy change cost: `compile_us` to compile and publish, `applied_us` until every
+/// worker held it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub generation: u64,
+    pub compile_us: u64,
+    pub applied_us: u64,
+}
+
+/// The `PolicyApplied` answer of a policy change (`call` already turned errors into `Err`).
+fn policy_changed(r: Response) -> Result<PolicyChange, ClientError> {
+    match r {
+        Response::PolicyApplied {
+            generation,
+            compile_us,
+            applied_us,
+            ..
+        } => Ok(PolicyChange {
+            generation,
+            compile_us,
+            applied_us,
+        }),
+        other => Err(ClientError::Protocol(format!(
+            "expected policy applied, got {other:?}"
+        ))),
     }
 }
 
-pub fn policy_delete(path: &Path, id: &str) -> Result<Response, ClientError> {
-    match call(path, &Request::PolicyDelete { id: id.into() })? {
-        Response::Error { message } => Err(ClientError::Remote(message)),
-        r => Ok(r),
-    }
+pub fn policy_apply(path: &Path, yaml: String, file: String) -> Result<PolicyChange, ClientError> {
+    policy_changed(call(path, &Request::PolicyApply { yaml, file })?)
+}
+
+pub fn policy_delete(path: &Path, id: &str) -> Result<PolicyChange, ClientError> {
+    policy_changed(call(path, &Request::PolicyDelete { id: id.into() })?)
 }
 
 pub fn policy_get(path: &Path, endpoint: Option<u16>) -> Result<Vec<PolicyDump>, ClientError> {
     match call(path, &Request::PolicyGet { endpoint })? {
         Response::PolicyGet { endpoints } => Ok(endpoints),
-        Response::Error { message } => Err(ClientError::Remote(message)),
         other => Err(ClientError::Protocol(format!("{other:?}"))),
     }
 }
@@ -272,7 +293,6 @@ pub fn policy_get(path: &Path, endpoint: Option<u16>) -> Result<Vec<PolicyDump>,
 pub fn policy_list(path: &Path) -> Result<Vec<PolicySummary>, ClientError> {
     match call(path, &Request::PolicyList)? {
         Response::PolicyList { policies } => Ok(policies),
-        Response::Error { message } => Err(ClientError::Remote(message)),
         other => Err(ClientError::Protocol(format!("{other:?}"))),
     }
 }

@@ -304,27 +304,15 @@ fn parse_services(text: &str) -> anyhow::Result<Vec<control::lb::ServiceConfig>>
 }
 
 /// Print what a policy change did and how long it took to reach every worker.
-fn report_policy_change(what: &str, r: api::Response, out: Output) -> anyhow::Result<()> {
-    match r {
-        api::Response::PolicyApplied {
-            generation,
-            compile_us,
-            applied_us,
-            ..
-        } => {
-            match out {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"generation": generation, "compile_us": compile_us, "applied_us": applied_us})
-                ),
-                Output::Text => println!(
-                    "{what}: table generation {generation}, compiled and published in {compile_us} µs, in force on every worker after {applied_us} µs"
-                ),
-            }
-            Ok(())
-        }
-        other => bail!("unexpected answer: {other:?}"),
+fn report_policy_change(what: &str, c: api::PolicyChange, out: Output) -> anyhow::Result<()> {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string(&c)?),
+        Output::Text => println!(
+            "{what}: table generation {}, compiled and published in {} µs, in force on every worker after {} µs",
+            c.generation, c.compile_us, c.applied_us
+        ),
     }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
