@@ -308,54 +308,25 @@ impl<K: KernelMaps> Datapath<K> {
             .filter(|(p, _)| self.policy_ipcache.contains_key(p) || cur.ipcache.get(**p).is_none())
             .map(|(p, id)| (*p, *id))
             .collect();
-        let mut done: Vec<(Ipv4Cidr, Option<u32>)> = Vec::new();
-        let undo = |k: &mut K, done: &[(Ipv4Cidr, Option<u32>)]| {
-            for (p, old) in done.iter().rev() {
-                let key = IpcacheKey::v4(*p);
-                let _ = match old {
-                    Some(id) => k.upsert_ipcache(&key, &RemoteEndpointInfo::local(*id)),
-                    None => k.remove_ipcache(&key),
-                };
-            }
-        };
-        for (p, id) in &want {
-            let old = self.policy_ipcache.get(p).copied();
-            if old == Some(*id) {
-                continue;
-            }
-            let r = self
-                .kernel
-                .upsert_ipcache(&IpcacheKey::v4(*p), &RemoteEndpointInfo::local(*id));
-            if let Err(e) = r {
-                undo(&mut self.kernel, &done);
-                return Err(e.into());
-            }
-            done.push((*p, old));
-        }
-        for (p, id) in &self.policy_ipcache {
-            if !want.contains_key(p) {
-                if let Err(e) = self.kernel.remove_ipcache(&IpcacheKey::v4(*p)) {
-                    undo(&mut self.kernel, &done);
-                    return Err(e.into());
-                }
-                done.push((*p, Some(*id)));
-            }
-        }
+        // The ipcache changes: new or renumbered CIDR identities, and the ones no longer used.
+        let mut changes: Vec<(Ipv4Cidr, Option<RemoteEndpointInfo>)> = want
+            .iter()
+            .filter(|(p, id)| self.policy_ipcache.get(p) != Some(id))
+            .map(|(p, id)| (*p, Some(RemoteEndpointInfo::local(*id))))
+            .collect();
+        changes.extend(
+            self.policy_ipcache
+                .keys()
+                .filter(|p| !want.contains_key(p))
+                .map(|p| (*p, None)),
+        );
+        write_ipcache(&mut self.kernel, &changes, &cur.ipcache)?;
         for s in &compiled.new_slots {
             cur.policy_stats.reset(*s);
         }
         let mut t = (*cur).clone();
-        if want != self.policy_ipcache {
-            let mut ic: Lpm4<RemoteEndpointInfo> = (*cur.ipcache).clone();
-            for p in self.policy_ipcache.keys() {
-                if !want.contains_key(p) {
-                    ic.remove(*p);
-                }
-            }
-            for (p, id) in &want {
-                ic.insert(*p, RemoteEndpointInfo::local(*id));
-            }
-            t.ipcache = Arc::new(ic);
+        if !changes.is_empty() {
+            t.ipcache = Arc::new(ipcache_with(&cur.ipcache, &changes));
         }
         t.policy = Arc::new(compiled.tables);
         self.policy = next;
@@ -445,26 +416,11 @@ impl<K: KernelMaps> Datapath<K> {
             }
         }
         let cur = self.writer.current();
-        let mut done: Vec<(Ipv4Cidr, Option<RemoteEndpointInfo>)> = Vec::new();
-        for (p, v) in batch {
-            if let Err(err) = self.kernel.upsert_ipcache(&IpcacheKey::v4(*p), v) {
-                for (p, old) in done.iter().rev() {
-                    let k = IpcacheKey::v4(*p);
-                    let _ = match old {
-                        Some(o) => self.kernel.upsert_ipcache(&k, o),
-                        None => self.kernel.remove_ipcache(&k),
-                    };
-                }
-                return Err(err.into());
-            }
-            done.push((*p, cur.ipcache.get(*p).copied()));
-        }
+        let changes: Vec<(Ipv4Cidr, Option<RemoteEndpointInfo>)> =
+            batch.iter().map(|(p, v)| (*p, Some(*v))).collect();
+        write_ipcache(&mut self.kernel, &changes, &cur.ipcache)?;
         let mut next = (*cur).clone();
-        let mut ic: Lpm4<RemoteEndpointInfo> = (*cur.ipcache).clone();
-        for (p, v) in batch {
-            ic.insert(*p, *v);
-        }
-        next.ipcache = Arc::new(ic);
+        next.ipcache = Arc::new(ipcache_with(&cur.ipcache, &changes));
         Ok(self.writer.publish(next))
     }
 
@@ -646,6 +602,53 @@ fn validate_endpoint(t: &Tables, k: &EndpointKey, e: &EndpointEntry) -> Result<(
         },
         (true, None) => Ok(()),
     }
+}
+
+/// Write `cilium_ipcache_v2` changes (`Some`: upsert, `None`: remove) to the kernel in order.
+/// On a failure the ones already written are put back as `old` (the contents the workers run)
+/// has them, so a failed batch leaves the kernel map as it was.
+fn write_ipcache<K: KernelMaps>(
+    kernel: &mut K,
+    changes: &[(Ipv4Cidr, Option<RemoteEndpointInfo>)],
+    old: &Lpm4<RemoteEndpointInfo>,
+) -> Result<(), MapWriteError> {
+    for (i, (p, v)) in changes.iter().enumerate() {
+        let k = IpcacheKey::v4(*p);
+        let r = match v {
+            Some(v) => kernel.upsert_ipcache(&k, v),
+            None => kernel.remove_ipcache(&k),
+        };
+        if let Err(err) = r {
+            for (p, _) in changes[..i].iter().rev() {
+                let k = IpcacheKey::v4(*p);
+                let _ = match old.get(*p) {
+                    Some(o) => kernel.upsert_ipcache(&k, o),
+                    None => kernel.remove_ipcache(&k),
+                };
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// The workers' ipcache copy with `changes` applied.
+fn ipcache_with(
+    cur: &Lpm4<RemoteEndpointInfo>,
+    changes: &[(Ipv4Cidr, Option<RemoteEndpointInfo>)],
+) -> Lpm4<RemoteEndpointInfo> {
+    let mut ic = cur.clone();
+    for (p, v) in changes {
+        match v {
+            Some(v) => {
+                ic.insert(*p, *v);
+            }
+            None => {
+                ic.remove(*p);
+            }
+        }
+    }
+    ic
 }
 
 /// The `cilium_lxc` entries a node config describes, given its resolved lxc ports (in pod
@@ -1043,6 +1046,40 @@ remote_nodes:
             dp.tables().endpoint_v4([10, 1, 1, 2]).unwrap().info.lxc_id,
             1
         );
+    }
+
+    #[test]
+    fn policy_whose_cidr_identities_cannot_be_written_changes_nothing() {
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        let policy = |c: &str, x: &str| {
+            crate::policy::parse::parse_policies(
+                &format!(
+                    "kind: CiliumNetworkPolicy\nmetadata: {{ name: p }}\nspec:\n  endpointSelector: {{}}\n  egress: [{{ toCIDRSet: [{{ cidr: {c}, except: [{x}] }}] }}]\n"
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        dp.set_policies(&policy("172.16.0.0/16", "172.16.1.0/24"))
+            .unwrap();
+        let kernel_before = dp.kernel().ipcache.clone();
+        let (g, ids) = (dp.tables().generation, dp.policy.cidr_ids.clone());
+        assert_eq!(kernel_before.len(), 2);
+        // The next policy writes two new prefixes, then removes the two old ones: fail the
+        // second write, so the first must be taken back.
+        dp.kernel().fail_at = dp.kernel().writes + 2;
+        let err = dp
+            .set_policies(&policy("172.17.0.0/16", "172.17.1.0/24"))
+            .unwrap_err();
+        assert!(err.to_string().contains("ENOSPC"), "{err}");
+        assert_eq!(
+            dp.kernel().ipcache,
+            kernel_before,
+            "kernel ipcache as before"
+        );
+        assert_eq!(dp.tables().generation, g, "nothing published");
+        assert_eq!(dp.policy.cidr_ids, ids, "policy state as before");
+        assert!(dp.tables().ipcache.get(cidr("172.16.0.0/16")).is_some());
     }
 
     #[test]
