@@ -479,3 +479,118 @@ impl Drop for Servers {
         }
     }
 }
+
+/// A client namespace outside the cluster, plugged into the fabric bridge `fabric` (the
+/// namespace of `TestNode::fabric_ns`) with the given addresses (/24 each). Removed on drop.
+#[derive(Debug)]
+pub struct Outside {
+    pub ns: String,
+    fabric: String,
+    port: String,
+}
+
+impl Outside {
+    pub fn new(fabric: &str, addrs: &[String]) -> Outside {
+        let ns = format!("{fabric}x");
+        let port = format!("px-{}", &ns[ns.len().saturating_sub(10)..]);
+        fastpath::lab::sh(&["ip", "netns", "add", &ns]).unwrap();
+        // Own the namespace from here on: a failure below still removes it.
+        let o = Outside {
+            ns,
+            fabric: fabric.to_string(),
+            port,
+        };
+        fastpath::lab::sh(&[
+            "ip", "-n", fabric, "link", "add", &o.port, "type", "veth", "peer", "name", "eth0",
+            "netns", &o.ns,
+        ])
+        .unwrap();
+        fastpath::lab::sh(&[
+            "ip", "-n", fabric, "link", "set", &o.port, "master", "br0", "up",
+        ])
+        .unwrap();
+        let _ = in_ns(fabric, &["ethtool", "-K", &o.port, "tx", "off"]);
+        for a in addrs {
+            in_ns(
+                &o.ns,
+                &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"],
+            )
+            .unwrap();
+        }
+        in_ns(&o.ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
+        in_ns(&o.ns, &["ip", "link", "set", "lo", "up"]).unwrap();
+        let _ = in_ns(&o.ns, &["ethtool", "-K", "eth0", "tx", "off"]);
+        o
+    }
+
+    /// Route `dst` (a prefix or an address) via `gw`.
+    pub fn route(&self, dst: &str, gw: &str) {
+        in_ns(&self.ns, &["ip", "route", "replace", dst, "via", gw]).unwrap();
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = fastpath::lab::sh(&["ip", "-n", &self.fabric, "link", "del", &self.port]);
+        let _ = fastpath::lab::sh(&["ip", "netns", "del", &self.ns]);
+    }
+}
+
+/// A TCP connection held open by a python client in namespace `ns`: it echoes each line we
+/// give it through the server and prints the answer; an answer that does not come within 3 s
+/// reads as "". With `greeting`, the server's first line (e.g. the backend's name) is read on
+/// open into `greeting`.
+#[derive(Debug)]
+pub struct LongConn {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+    pub greeting: String,
+}
+
+impl LongConn {
+    pub fn open(ns: &str, ip: &str, port: u16, greeting: bool) -> LongConn {
+        let first = if greeting {
+            "print(f.readline().strip(),flush=True)\n"
+        } else {
+            ""
+        };
+        let script = format!(
+            "import socket,sys\ns=socket.create_connection(({ip:?},{port}),timeout=3)\nf=s.makefile('rw')\n{first}for l in sys.stdin:\n    try:\n        f.write(l); f.flush()\n        print(f.readline().strip(),flush=True)\n    except Exception:\n        print('',flush=True)\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-u", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        if greeting {
+            use std::io::BufRead;
+            out.read_line(&mut line).unwrap();
+        }
+        LongConn {
+            child,
+            out,
+            greeting: line.trim().to_string(),
+        }
+    }
+
+    pub fn echo(&mut self, msg: &str) -> String {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{msg}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for LongConn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use control::config::Config;
 use control::maps::DropReason;
-use fastpath::lab::{in_ns, sh};
-use fastpath_tests::{Kind, Pods, Servers, TestNode, cluster_yaml, require_root, unique};
+use fastpath_tests::{
+    Kind, LongConn, Outside, Pods, Servers, TestNode, cluster_yaml, require_root, unique,
+};
 
 /// Two fastpath nodes × 3 pods (`app: n<k>p<i>`, namespace default); a ClusterIP service
 /// `echo` 10.96.N.20:9000 with the single backend n1p1, and a NodePort service `np`
@@ -280,7 +281,7 @@ spec:
     // Live change on an established connection: Cilium judges every non-reply packet, so
     // removing the allow stops the client's next message (replies alone would still pass).
     c.delete("default/l3-denied");
-    let mut conn = LongConn::open(c.n[0].pod_ns(0), &c.n[0].pod_ip(1), 9000);
+    let mut conn = LongConn::open(c.n[0].pod_ns(0), &c.n[0].pod_ip(1), 9000, false);
     assert_eq!(conn.echo("one"), "one");
     let answer = c.apply(&cnp(
         "a-allowed",
@@ -332,50 +333,6 @@ spec:
     );
 }
 
-/// A client outside the cluster with two addresses on the fabric.
-struct Outside {
-    ns: String,
-    fabric: String,
-    port: String,
-}
-
-impl Outside {
-    fn new(c: &Cluster, addrs: &[String]) -> Outside {
-        let fabric = c.n[0].fabric_ns();
-        let ns = format!("{fabric}x");
-        let port = format!("px-{}", &ns[ns.len().saturating_sub(10)..]);
-        sh(&["ip", "netns", "add", &ns]).unwrap();
-        sh(&[
-            "ip", "-n", &fabric, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ])
-        .unwrap();
-        sh(&[
-            "ip", "-n", &fabric, "link", "set", &port, "master", "br0", "up",
-        ])
-        .unwrap();
-        let _ = in_ns(&fabric, &["ethtool", "-K", &port, "tx", "off"]);
-        for a in addrs {
-            in_ns(
-                &ns,
-                &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"],
-            )
-            .unwrap();
-        }
-        in_ns(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
-        in_ns(&ns, &["ip", "link", "set", "lo", "up"]).unwrap();
-        let _ = in_ns(&ns, &["ethtool", "-K", "eth0", "tx", "off"]);
-        Outside { ns, fabric, port }
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "-n", &self.fabric, "link", "del", &self.port]);
-        let _ = sh(&["ip", "netns", "del", &self.ns]);
-    }
-}
-
 #[test]
 fn world_and_cidr_with_except_from_outside_the_cluster() {
     if !require_root() {
@@ -385,7 +342,7 @@ fn world_and_cidr_with_except_from_outside_the_cluster() {
     let _servers = c.echo_servers();
     let a = format!("192.168.{}.50", c.net);
     let b = format!("192.168.{}.60", c.net);
-    let ext = Outside::new(&c, &[a.clone(), b.clone()]);
+    let ext = Outside::new(&c.n[0].fabric_ns(), &[a.clone(), b.clone()]);
     // Outside clients reach n0p1 through the NodePort of node 0 (local backend: no SNAT, so
     // the backend's policy sees the client's own identity, judged as the frame comes off the
     // NIC).
@@ -462,45 +419,4 @@ fn world_and_cidr_with_except_from_outside_the_cluster() {
         !get.contains(&format!("cidr:192.168.{}.60/32", c.net)),
         "{get}"
     );
-}
-
-/// A TCP connection held open by a python client: echoes each line; "" once the exchange
-/// fails (2 s timeout).
-struct LongConn {
-    child: std::process::Child,
-    out: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl LongConn {
-    fn open(ns: &str, ip: &str, port: u16) -> LongConn {
-        let script = format!(
-            "import socket,sys\ns=socket.create_connection(({ip:?},{port}),timeout=2)\nfor l in sys.stdin:\n    s.sendall(l.encode())\n    try:\n        print(s.recv(100).decode().strip(),flush=True)\n    except Exception:\n        print('',flush=True)\n"
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-u", "-c", &script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = std::io::BufReader::new(child.stdout.take().unwrap());
-        LongConn { child, out }
-    }
-
-    fn echo(&mut self, msg: &str) -> String {
-        use std::io::BufRead;
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{msg}").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-}
-
-impl Drop for LongConn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

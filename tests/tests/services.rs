@@ -3,14 +3,14 @@
 //! connection, and a service without backends. Real namespaces, real XDP + AF_XDP, real
 //! clients (curl, socat, python sockets).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use control::config::Config;
 use control::maps::DropReason;
-use fastpath::lab::{in_ns, sh};
-use fastpath_tests::{Kind, Pods, Servers, TestNode, cluster_yaml, require_root, unique};
+use fastpath_tests::{
+    Kind, LongConn, Outside, Pods, Servers, TestNode, cluster_yaml, require_root, unique,
+};
 
 /// Two fastpath nodes × 3 pods: p0 clients, p1 the backends (one per node), p2 spare.
 /// Services (the same on both nodes, as kube-proxy would have them):
@@ -248,7 +248,7 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
     }
     let c = cluster("np");
     let _srv = c.backends();
-    let ext = Outside::new(&c);
+    let ext = outside(&c);
     let n0ip = format!("192.168.{}.1", c.net);
     let n1ip = format!("192.168.{}.2", c.net);
     // NodePort on either node reaches both backends (one local, one through the tunnel with
@@ -281,14 +281,16 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
     assert!(
         rows.iter().any(|r| r.kind == "OUT"
             && r.flags & 0x20 != 0
-            && r.nat.as_deref().is_some_and(|n| n.starts_with(&ext.addr))),
+            && r.nat
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&format!("192.168.{}.50", c.net)))),
         "a NodePort OUT entry with the client as NAT address: {rows:#?}"
     );
     // ExternalIP through n0, then through n1: the same client flow gets the same backend.
     let url = format!("http://192.168.{}.100/", c.net);
     let mut via = Vec::new();
     for node_ip in [&n0ip, &n1ip] {
-        ext.route_external_via(&c, node_ip);
+        ext.route(&format!("192.168.{}.100/32", c.net), node_ip);
         let got: Vec<String> = (0..8u16)
             .map(|p| {
                 curl(&ext.ns, &url, Some(42000 + p)).unwrap_or_else(|| {
@@ -333,7 +335,7 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
     );
     // A ClusterIP is not reachable from outside: counted, not forwarded.
     let before = c.n[0].status().drops_with(DropReason::IsClusterIp.code());
-    ext.route_external_via_prefix(&c.vip(11), &n0ip);
+    ext.route(&format!("{}/32", c.vip(11)), &n0ip);
     assert!(curl(&ext.ns, &format!("http://{}/", c.vip(11)), None).is_none());
     assert!(c.n[0].status().drops_with(DropReason::IsClusterIp.code()) > before);
 }
@@ -354,8 +356,8 @@ fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
     assert_eq!(picks.len(), 1, "ClientIP affinity: {picks:?}");
 
     // A long-lived TCP connection through the `long` service.
-    let mut conn = LongConn::open(n0.pod_ns(0), &c.vip(14), 9000);
-    let serving = conn.name.clone();
+    let mut conn = LongConn::open(n0.pod_ns(0), &c.vip(14), 9000, true);
+    let serving = conn.greeting.clone();
     assert!(serving == "n0p1" || serving == "n1p1", "{serving}");
     assert_eq!(conn.echo("before"), "before");
     // Remove that backend from the service on both nodes.
@@ -403,9 +405,9 @@ fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
     );
     // New connections avoid it; the old one keeps working.
     for _ in 0..8 {
-        let mut fresh = LongConn::open(n0.pod_ns(0), &c.vip(14), 9000);
+        let mut fresh = LongConn::open(n0.pod_ns(0), &c.vip(14), 9000, true);
         assert_ne!(
-            fresh.name, serving,
+            fresh.greeting, serving,
             "new connections avoid the removed backend"
         );
         assert_eq!(fresh.echo("x"), "x");
@@ -467,119 +469,13 @@ fn a_service_without_backends_refuses_at_once_and_counts_no_service() {
     let _ = &c.services;
 }
 
-/// A client namespace outside the cluster, plugged into the fabric bridge.
-struct Outside {
-    ns: String,
-    addr: String,
-    fabric: String,
-    port: String,
-}
-
-impl Outside {
-    fn new(c: &Cluster) -> Outside {
-        let fabric = c.n[0].fabric_ns();
-        let ns = format!("{fabric}x");
-        let port = format!("px-{}", &ns[ns.len().saturating_sub(10)..]);
-        let addr = format!("192.168.{}.50", c.net);
-        sh(&["ip", "netns", "add", &ns]).unwrap();
-        sh(&[
-            "ip", "-n", &fabric, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-            "netns", &ns,
-        ])
-        .unwrap();
-        sh(&[
-            "ip", "-n", &fabric, "link", "set", &port, "master", "br0", "up",
-        ])
-        .unwrap();
-        let _ = in_ns(&fabric, &["ethtool", "-K", &port, "tx", "off"]);
-        in_ns(
-            &ns,
-            &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
-        )
-        .unwrap();
-        in_ns(&ns, &["ip", "link", "set", "eth0", "up"]).unwrap();
-        in_ns(&ns, &["ip", "link", "set", "lo", "up"]).unwrap();
-        let _ = in_ns(&ns, &["ethtool", "-K", "eth0", "tx", "off"]);
-        let o = Outside {
-            ns,
-            addr,
-            fabric,
-            port,
-        };
-        o.route_external_via(c, &format!("192.168.{}.1", c.net));
-        o
-    }
-
-    fn route_external_via(&self, c: &Cluster, node_ip: &str) {
-        self.route_external_via_prefix(&format!("192.168.{}.100", c.net), node_ip);
-    }
-
-    fn route_external_via_prefix(&self, dst: &str, node_ip: &str) {
-        in_ns(
-            &self.ns,
-            &[
-                "ip",
-                "route",
-                "replace",
-                &format!("{dst}/32"),
-                "via",
-                node_ip,
-            ],
-        )
-        .unwrap();
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "-n", &self.fabric, "link", "del", &self.port]);
-        let _ = sh(&["ip", "netns", "del", &self.ns]);
-    }
-}
-
-/// A TCP connection held open by a python client in a pod: it prints the server's first
-/// line (the backend's name), then echoes each line we give it.
-struct LongConn {
-    child: std::process::Child,
-    out: BufReader<std::process::ChildStdout>,
-    name: String,
-}
-
-impl LongConn {
-    fn open(ns: &str, ip: &str, port: u16) -> LongConn {
-        let script = format!(
-            "import socket,sys\ns=socket.create_connection(({ip:?},{port}),timeout=5)\nf=s.makefile('rw')\nprint(f.readline().strip(),flush=True)\nfor l in sys.stdin:\n    f.write(l); f.flush()\n    print(f.readline().strip(),flush=True)\n"
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-u", "-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut name = String::new();
-        out.read_line(&mut name).unwrap();
-        LongConn {
-            child,
-            out,
-            name: name.trim().to_string(),
-        }
-    }
-
-    fn echo(&mut self, msg: &str) -> String {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{msg}").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        self.out.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-}
-
-impl Drop for LongConn {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
+/// A client outside the cluster at 192.168.N.50, with the ExternalIP 192.168.N.100 routed
+/// via node 0.
+fn outside(c: &Cluster) -> Outside {
+    let o = Outside::new(&c.n[0].fabric_ns(), &[format!("192.168.{}.50", c.net)]);
+    o.route(
+        &format!("192.168.{}.100/32", c.net),
+        &format!("192.168.{}.1", c.net),
+    );
+    o
 }

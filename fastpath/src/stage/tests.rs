@@ -120,6 +120,16 @@ impl Pkt {
     }
 }
 
+/// A 20-byte TCP header (no checksum: the pipeline does not verify L4 checksums).
+fn tcp(sport: u16, dport: u16, flags: u8) -> [u8; 20] {
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 0x50;
+    t[13] = flags;
+    t
+}
+
 fn from_client() -> Pkt {
     Pkt::eth(LXC_CLIENT_MAC, CLIENT_MAC)
 }
@@ -869,15 +879,6 @@ mod services {
         dp.tables()
     }
 
-    fn tcp(sport: u16, dport: u16, flags: u8) -> [u8; 20] {
-        let mut t = [0u8; 20];
-        t[0..2].copy_from_slice(&sport.to_be_bytes());
-        t[2..4].copy_from_slice(&dport.to_be_bytes());
-        t[12] = 0x50;
-        t[13] = flags;
-        t
-    }
-
     fn ports_of(frame: &[u8]) -> (u16, u16) {
         match l4::parse(6, &frame[34..]).unwrap() {
             l4::L4::Tcp { sport, dport, .. } => (sport, dport),
@@ -983,15 +984,6 @@ mod policy {
         dp.set_policies(&parse_policies(yaml, "t.yaml").unwrap())
             .unwrap();
         dp.tables()
-    }
-
-    fn tcp(sport: u16, dport: u16, flags: u8) -> [u8; 20] {
-        let mut t = [0u8; 20];
-        t[0..2].copy_from_slice(&sport.to_be_bytes());
-        t[2..4].copy_from_slice(&dport.to_be_bytes());
-        t[12] = 0x50;
-        t[13] = flags;
-        t
     }
 
     const ECHO_POLICY: &str = r#"
