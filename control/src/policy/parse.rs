@@ -81,18 +81,14 @@ fn object(v: Value, where_: &str) -> Result<Vec<Policy>, PolicyError> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let name = v
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let ns = v
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
+    let meta = |key: &str| {
+        v.get("metadata")
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let name = meta("name").unwrap_or_default();
+    let ns = meta("namespace").unwrap_or_else(|| "default".into());
     let doc = format!("{where_} ({kind} {ns}/{name})");
     let err = |path: &str, msg: String| PolicyError {
         doc: doc.clone(),
@@ -527,6 +523,11 @@ fn cnp_rule(r: CnpRule, ns: Option<&str>, path: &str) -> Result<Policy, Bad> {
     })
 }
 
+/// The egress or the ingress variant of a field.
+fn by_dir<T>(egress: bool, e: T, i: T) -> T {
+    if egress { e } else { i }
+}
+
 fn cnp_peer_rule(
     r: &CnpPeerRule,
     egress: bool,
@@ -615,11 +616,11 @@ fn cnp_peer_rule(
     )?;
 
     let mut peers = Vec::new();
-    let (eps, eps_name) = if egress {
-        (&r.to_endpoints, "toEndpoints")
-    } else {
-        (&r.from_endpoints, "fromEndpoints")
-    };
+    let (eps, eps_name) = by_dir(
+        egress,
+        (&r.to_endpoints, "toEndpoints"),
+        (&r.from_endpoints, "fromEndpoints"),
+    );
     for (i, s) in eps.iter().flatten().enumerate() {
         let p = format!("{path}.{eps_name}[{i}]");
         let mut sel = selector(s, &p, None)?;
@@ -631,22 +632,18 @@ fn cnp_peer_rule(
         }
         peers.push(Peer::Endpoints(sel));
     }
-    let (cidrs, cidr_name) = if egress {
-        (&r.to_cidr, "toCIDR")
-    } else {
-        (&r.from_cidr, "fromCIDR")
-    };
+    let (cidrs, cidr_name) = by_dir(egress, (&r.to_cidr, "toCIDR"), (&r.from_cidr, "fromCIDR"));
     for (i, c) in cidrs.iter().flatten().enumerate() {
         peers.push(Peer::Cidr {
             prefix: cidr(c, &format!("{path}.{cidr_name}[{i}]"))?,
             except: Vec::new(),
         });
     }
-    let (sets, set_name) = if egress {
-        (&r.to_cidr_set, "toCIDRSet")
-    } else {
-        (&r.from_cidr_set, "fromCIDRSet")
-    };
+    let (sets, set_name) = by_dir(
+        egress,
+        (&r.to_cidr_set, "toCIDRSet"),
+        (&r.from_cidr_set, "fromCIDRSet"),
+    );
     for (i, s) in sets.iter().flatten().enumerate() {
         let p = format!("{path}.{set_name}[{i}]");
         unsupported(
@@ -676,11 +673,11 @@ fn cnp_peer_rule(
         }
         peers.push(Peer::Cidr { prefix, except });
     }
-    let (ents, ent_name) = if egress {
-        (&r.to_entities, "toEntities")
-    } else {
-        (&r.from_entities, "fromEntities")
-    };
+    let (ents, ent_name) = by_dir(
+        egress,
+        (&r.to_entities, "toEntities"),
+        (&r.from_entities, "fromEntities"),
+    );
     for (i, e) in ents.iter().flatten().enumerate() {
         match Entity::parse(e) {
             Some(ent) => peers.push(Peer::Entity(ent)),

@@ -304,28 +304,25 @@ fn ct_egress(ip: &Ip, t: &Tables, s: &Scratch) -> Egress {
 /// (no ports to judge).
 #[inline]
 fn policy(t: &Tables, s: &Scratch, ep_id: u16, dir: u8, id: u32, ip: &Ip) -> Result<(), Verdict> {
-    let stats = &t.policy_stats;
-    let len = ip.total_len;
-    let egress = dir == DIR_EGRESS;
+    let (allowed, denied, metric_dir) = if dir == DIR_EGRESS {
+        (STAT_ALLOWED_EGRESS, STAT_DENIED_EGRESS, MetricDir::Egress)
+    } else {
+        (
+            STAT_ALLOWED_INGRESS,
+            STAT_DENIED_INGRESS,
+            MetricDir::Ingress,
+        )
+    };
+    let (stats, len) = (&t.policy_stats, ip.total_len);
     match t.policy.verdict(ep_id, dir, id, ip.proto, ip.policy_port) {
         PolicyVerdict::Allow { slot } => {
             stats.count(s.worker, slot, len);
-            let total = if egress {
-                STAT_ALLOWED_EGRESS
-            } else {
-                STAT_ALLOWED_INGRESS
-            };
-            stats.count(s.worker, total, len);
+            stats.count(s.worker, allowed, len);
             Ok(())
         }
         PolicyVerdict::Deny { reason, slot } => {
             stats.count(s.worker, slot, len);
-            let total = if egress {
-                STAT_DENIED_EGRESS
-            } else {
-                STAT_DENIED_INGRESS
-            };
-            stats.count(s.worker, total, len);
+            stats.count(s.worker, denied, len);
             let reason = if ip.later_fragment && reason == DropReason::Policy {
                 DropReason::FragNosupport
             } else {
@@ -333,11 +330,7 @@ fn policy(t: &Tables, s: &Scratch, ep_id: u16, dir: u8, id: u32, ip: &Ip) -> Res
             };
             Err(Verdict::Drop {
                 reason,
-                dir: if egress {
-                    MetricDir::Egress
-                } else {
-                    MetricDir::Ingress
-                },
+                dir: metric_dir,
             })
         }
     }
