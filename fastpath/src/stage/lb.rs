@@ -274,6 +274,7 @@ pub(super) fn nodeport_lb4(
         b,
         None,
         &ip,
+        t.ipcache_v4(ip.dst),
         identity::RESERVED_HOST,
         MetricDir::Ingress,
         t,

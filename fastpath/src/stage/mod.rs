@@ -404,14 +404,19 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
         false
     };
     let dst_ep = t.endpoint_v4(ip.dst);
+    // Not local: one ipcache lookup serves the policy (identity) and the forwarding (tunnel
+    // endpoint).
+    let remote = match dst_ep {
+        Some(_) => None,
+        None => t.ipcache_v4(ip.dst),
+    };
     if !reply {
         // Egress policy on the (translated) destination's identity, before encap or
         // delivery; only then does the connection get its OUT entry.
-        let dst_id = match dst_ep {
-            Some(e) => e.info.sec_id,
-            None => t
-                .ipcache_v4(ip.dst)
-                .map_or(identity::RESERVED_WORLD, |i| i.sec_identity),
+        let dst_id = match (dst_ep, remote) {
+            (Some(e), _) => e.info.sec_id,
+            (None, Some(i)) => i.sec_identity,
+            (None, None) => identity::RESERVED_WORLD,
         };
         if let Err(v) = policy(t, s, src_ep, DIR_EGRESS, dst_id, &ip) {
             return v;
@@ -434,16 +439,28 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
         };
         return local_delivery(b.data_mut(), &ip, st, ep, MetricDir::Egress, t, s);
     }
-    to_remote_node(b, Some(in_port), &ip, src_id, MetricDir::Egress, t, s)
+    to_remote_node(
+        b,
+        Some(in_port),
+        &ip,
+        remote,
+        src_id,
+        MetricDir::Egress,
+        t,
+        s,
+    )
 }
 
-/// Not local: in tunnel mode the ipcache names the destination's node (encapsulate, VNI =
-/// `src_id`); in native routing mode the routes do. No node: unroutable, counted in `dir`.
+/// Not local: in tunnel mode the ipcache entry of the destination (`remote`, looked up by
+/// the caller) names its node (encapsulate, VNI = `src_id`); in native routing mode the
+/// routes do. No node: unroutable, counted in `dir`.
 #[inline]
+#[expect(clippy::too_many_arguments, reason = "one stage's inputs, all needed")]
 fn to_remote_node(
     b: &mut Buf<'_>,
     in_port: Option<PortId>,
     ip: &Ip,
+    remote: Option<&control::maps::RemoteEndpointInfo>,
     src_id: u32,
     dir: MetricDir,
     t: &Tables,
@@ -454,7 +471,7 @@ fn to_remote_node(
         dir,
     };
     match t.overlay.mode {
-        RoutingMode::Tunnel => match t.ipcache_v4(ip.dst).and_then(|i| i.tunnel_v4()) {
+        RoutingMode::Tunnel => match remote.and_then(|i| i.tunnel_v4()) {
             Some(tunnel_ep) => encap(b, in_port, ip, tunnel_ep, src_id, t, s),
             None => unroutable,
         },
