@@ -161,6 +161,20 @@ fn main() -> anyhow::Result<()> {
         );
         compile.push(serde_json::json!({"policies": ps.len(), "endpoints": eps.len(), "compile_us": compile_us, "entries": total}));
     }
+    // The same policy selecting every local endpoint: its rules are resolved once, not once
+    // per endpoint.
+    let all = policies(a.identities, 0).replacen("{ matchLabels: { app: a0 } }", "{}", 1);
+    let ps = parse_policies(&all, "bench")?;
+    let t0 = Instant::now();
+    let mut st = PolicyState::default().with_policies(&ps);
+    let c = st.compile(&eps, &pods, 65536);
+    let all_us = t0.elapsed().as_micros();
+    let total: usize = c.tables.endpoints.values().map(|e| e.entries.len()).sum();
+    println!(
+        "compile 1 policy selecting all {} endpoints: {all_us} µs ({total} map entries)",
+        eps.len()
+    );
+    compile.push(serde_json::json!({"policies": 1, "selects_all": true, "endpoints": eps.len(), "compile_us": all_us, "entries": total}));
     if let Some(p) = a.json {
         std::fs::write(
             p,

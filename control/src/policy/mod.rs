@@ -488,9 +488,23 @@ impl PolicyState {
         let mut tables = PolicyTables::default();
         let mut keep: BTreeSet<(u16, PolicyKey)> = BTreeSet::new();
         let mut new_slots = Vec::new();
+        let policies: Vec<&Policy> = self.policies.values().collect();
+        let mut resolved: Vec<Option<Resolved>> = policies.iter().map(|_| None).collect();
         for ep in endpoints {
             let labels = universe.ids.get(&ep.sec_id).cloned().unwrap_or_default();
-            let (enforced, entries) = endpoint_entries(&self.policies, &labels, &universe);
+            let selecting: Vec<usize> = (0..policies.len())
+                .filter(|&i| policies[i].subject.matches(&labels))
+                .collect();
+            for &i in &selecting {
+                if resolved[i].is_none() {
+                    resolved[i] = Some(resolve(policies[i], &universe));
+                }
+            }
+            let selecting: Vec<&Resolved> = selecting
+                .iter()
+                .filter_map(|&i| resolved[i].as_ref())
+                .collect();
+            let (enforced, entries) = endpoint_entries(&selecting);
             let mut out = Vec::with_capacity(entries.len());
             for (key, entry) in entries {
                 let k = (ep.ep_id, key);
@@ -541,12 +555,82 @@ impl PolicyState {
     }
 }
 
-/// The map entries of one endpoint with `labels`: ([ingress, egress] enforced, entries).
-pub fn endpoint_entries(
-    policies: &BTreeMap<PolicyId, Policy>,
-    labels: &[Label],
-    universe: &Universe,
-) -> ([bool; 2], Vec<(PolicyKey, PolicyEntry)>) {
+/// A policy with its rules resolved to map keys: the keys do not depend on the endpoint, so
+/// they are computed once per compilation (for policies that select a local endpoint), not
+/// once per selected endpoint.
+#[derive(Debug)]
+pub struct Resolved {
+    pub default_deny: [bool; 2],
+    /// (key, deny).
+    pub keys: Vec<(PolicyKey, bool)>,
+}
+
+/// Resolve `p`'s peers to identities of `universe` and its ports to protocol/port prefixes.
+pub fn resolve(p: &Policy, universe: &Universe) -> Resolved {
+    let mut keys = Vec::new();
+    for (dir, rules) in [(DIR_INGRESS, &p.ingress), (DIR_EGRESS, &p.egress)] {
+        for r in rules {
+            if r.peers.is_empty() && r.ports.is_empty() {
+                continue;
+            }
+            let ids: Option<BTreeSet<u32>> = if r.peers.is_empty() {
+                None
+            } else {
+                let mut acc = Some(BTreeSet::new());
+                for peer in &r.peers {
+                    match (universe.select(peer), acc.as_mut()) {
+                        (None, _) => acc = None,
+                        (Some(s), Some(a)) => a.extend(s),
+                        (Some(_), None) => {}
+                    }
+                }
+                acc
+            };
+            let ids: Vec<u32> = match ids {
+                None => vec![0],
+                Some(s) => s.into_iter().collect(),
+            };
+            let l4: Vec<(u8, u16, u8)> = if r.ports.is_empty() {
+                vec![(0, 0, 0)]
+            } else {
+                r.ports
+                    .iter()
+                    .flat_map(|pr| {
+                        let protos: &[u8] = if pr.proto == 0 && pr.port != 0 {
+                            // ANY with a port: TCP, UDP and SCTP, as Cilium expands it.
+                            &[6, 17, 132]
+                        } else {
+                            std::slice::from_ref(&pr.proto)
+                        };
+                        protos.iter().flat_map(move |&proto| {
+                            if pr.port == 0 {
+                                vec![(proto, 0, 0)]
+                            } else {
+                                port_prefixes(pr.port, pr.end.max(pr.port))
+                                    .into_iter()
+                                    .map(|(port, bits)| (proto, port, bits))
+                                    .collect()
+                            }
+                        })
+                    })
+                    .collect()
+            };
+            for &id in &ids {
+                for &(proto, port, bits) in &l4 {
+                    keys.push((PolicyKey::new(id, dir, proto, port, bits), r.deny));
+                }
+            }
+        }
+    }
+    Resolved {
+        default_deny: p.default_deny,
+        keys,
+    }
+}
+
+/// The map entries of one endpoint from the policies that select it:
+/// ([ingress, egress] enforced, entries).
+pub fn endpoint_entries(selecting: &[&Resolved]) -> ([bool; 2], Vec<(PolicyKey, PolicyEntry)>) {
     let mut enforced = [false; 2];
     let mut map: BTreeMap<PolicyKey, PolicyEntry> = BTreeMap::new();
     let mut put = |key: PolicyKey, deny: bool| {
@@ -558,61 +642,11 @@ pub fn endpoint_entries(
             }
         }
     };
-    for p in policies.values().filter(|p| p.subject.matches(labels)) {
-        for (dir, rules) in [(DIR_INGRESS, &p.ingress), (DIR_EGRESS, &p.egress)] {
-            enforced[dir as usize] |= p.default_deny[dir as usize];
-            for r in rules {
-                if r.peers.is_empty() && r.ports.is_empty() {
-                    continue;
-                }
-                let ids: Option<BTreeSet<u32>> = if r.peers.is_empty() {
-                    None
-                } else {
-                    let mut acc = Some(BTreeSet::new());
-                    for peer in &r.peers {
-                        match (universe.select(peer), acc.as_mut()) {
-                            (None, _) => acc = None,
-                            (Some(s), Some(a)) => a.extend(s),
-                            (Some(_), None) => {}
-                        }
-                    }
-                    acc
-                };
-                let ids: Vec<u32> = match ids {
-                    None => vec![0],
-                    Some(s) => s.into_iter().collect(),
-                };
-                let l4: Vec<(u8, u16, u8)> = if r.ports.is_empty() {
-                    vec![(0, 0, 0)]
-                } else {
-                    r.ports
-                        .iter()
-                        .flat_map(|pr| {
-                            let protos: &[u8] = if pr.proto == 0 && pr.port != 0 {
-                                // ANY with a port: TCP, UDP and SCTP, as Cilium expands it.
-                                &[6, 17, 132]
-                            } else {
-                                std::slice::from_ref(&pr.proto)
-                            };
-                            protos.iter().flat_map(move |&proto| {
-                                if pr.port == 0 {
-                                    vec![(proto, 0, 0)]
-                                } else {
-                                    port_prefixes(pr.port, pr.end.max(pr.port))
-                                        .into_iter()
-                                        .map(|(port, bits)| (proto, port, bits))
-                                        .collect()
-                                }
-                            })
-                        })
-                        .collect()
-                };
-                for &id in &ids {
-                    for &(proto, port, bits) in &l4 {
-                        put(PolicyKey::new(id, dir, proto, port, bits), r.deny);
-                    }
-                }
-            }
+    for p in selecting {
+        enforced[0] |= p.default_deny[0];
+        enforced[1] |= p.default_deny[1];
+        for &(key, deny) in &p.keys {
+            put(key, deny);
         }
     }
     // allow-localhost: an endpoint with ingress enforced still admits its node.
