@@ -165,7 +165,6 @@ fn dnat(b: &mut Buf<'_>, ip: &mut Ip, be: &Lb4Backend) {
     );
     ip.dst = be.address;
     ip.dport = be.port();
-    ip.ports = (ip.sport as u32) << 16 | ip.dport as u32;
 }
 
 /// Rewrite the source of an IPv4 packet back to the frontend `fe` (reverse NAT).
@@ -269,7 +268,6 @@ pub(super) fn nodeport_lb4(
     );
     ip.src = node;
     ip.sport = port;
-    ip.ports = (ip.sport as u32) << 16 | ip.dport as u32;
     to_remote_node(
         b,
         None,

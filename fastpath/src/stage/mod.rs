@@ -184,6 +184,12 @@ fn arp_respond(frame: &mut [u8], in_port: PortId, t: &Tables) -> Verdict {
 }
 
 /// The fields of a checked IPv4 packet the later steps need (the view borrows the frame).
+///
+/// Only fields read from the packet are stored; everything derived from them (the port
+/// policy matches on, the flow-hash ports) is computed from the *current* addresses and
+/// ports by a method, so a stage that rewrites the packet (DNAT, SNAT) and updates
+/// `dst`/`dport` or `src`/`sport` leaves nothing stale behind: policy after DNAT sees the
+/// backend's port, as Cilium's does.
 #[derive(Debug, Clone, Copy)]
 struct Ip {
     src: [u8; 4],
@@ -191,17 +197,16 @@ struct Ip {
     total_len: usize,
     dont_frag: bool,
     proto: u8,
-    /// Ports (TCP/UDP) or ICMP identifier, for the flow hash.
-    ports: u32,
     /// Conntrack ports: TCP/UDP ports; for ICMP echo the identifier as the requester's
     /// "source port" (request: sport = id; reply: dport = id).
     sport: u16,
     dport: u16,
+    /// ICMP type and echo identifier (0 for other protocols).
+    icmp_type: u8,
+    icmp_id: u16,
     tcp_flags: u8,
     /// Conntrack and services apply: TCP, UDP or ICMP echo, not a later fragment.
     tracked: bool,
-    /// The port policy matches on: TCP/UDP destination port, ICMP type (0 otherwise).
-    policy_port: u16,
     /// A fragment after the first (no L4 header).
     later_fragment: bool,
 }
@@ -211,6 +216,29 @@ impl Ip {
     #[inline]
     fn has_ports(&self) -> bool {
         self.tracked && (self.proto == ipv4::PROTO_TCP || self.proto == ipv4::PROTO_UDP)
+    }
+
+    /// The port policy matches on: the (translated) TCP/UDP destination port, the ICMP
+    /// type, 0 otherwise (and for later fragments, which carry no L4 header).
+    #[inline]
+    fn policy_port(&self) -> u16 {
+        match self.proto {
+            _ if self.later_fragment => 0,
+            ipv4::PROTO_TCP | ipv4::PROTO_UDP => self.dport,
+            ipv4::PROTO_ICMP => self.icmp_type as u16,
+            _ => 0,
+        }
+    }
+
+    /// The L4 word of the flow hash (outer UDP source port): both ports, or the ICMP
+    /// identifier.
+    #[inline]
+    fn flow_ports(&self) -> u32 {
+        match self.proto {
+            ipv4::PROTO_TCP | ipv4::PROTO_UDP => (self.sport as u32) << 16 | self.dport as u32,
+            ipv4::PROTO_ICMP => self.icmp_id as u32,
+            _ => 0,
+        }
     }
 }
 
@@ -227,12 +255,12 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
         total_len: ip.total_len(),
         dont_frag: ip.dont_frag(),
         proto: ip.protocol(),
-        ports: 0,
         sport: 0,
         dport: 0,
+        icmp_type: 0,
+        icmp_id: 0,
         tcp_flags: 0,
         tracked: false,
-        policy_port: 0,
         later_fragment: ip.frag_offset() != 0,
     };
     // L4 headers must be complete (conntrack keys on them); later fragments carry none.
@@ -244,17 +272,12 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
                 flags,
             }) => {
                 (out.sport, out.dport, out.tcp_flags, out.tracked) = (sport, dport, flags, true);
-                out.policy_port = dport;
-                out.ports = (sport as u32) << 16 | dport as u32;
             }
             Ok(l4::L4::Udp { sport, dport }) => {
                 (out.sport, out.dport, out.tracked) = (sport, dport, true);
-                out.policy_port = dport;
-                out.ports = (sport as u32) << 16 | dport as u32;
             }
             Ok(l4::L4::Icmp { ty, id, .. }) => {
-                out.ports = id as u32;
-                out.policy_port = ty as u16;
+                (out.icmp_type, out.icmp_id) = (ty, id);
                 match ty {
                     icmp::TYPE_ECHO_REQUEST => (out.sport, out.tracked) = (id, true),
                     icmp::TYPE_ECHO_REPLY => (out.dport, out.tracked) = (id, true),
@@ -314,7 +337,7 @@ fn policy(t: &Tables, s: &Scratch, ep_id: u16, dir: u8, id: u32, ip: &Ip) -> Res
         )
     };
     let (stats, len) = (&t.policy_stats, ip.total_len);
-    match t.policy.verdict(ep_id, dir, id, ip.proto, ip.policy_port) {
+    match t.policy.verdict(ep_id, dir, id, ip.proto, ip.policy_port()) {
         PolicyVerdict::Allow { slot } => {
             stats.count(s.worker, slot, len);
             stats.count(s.worker, allowed, len);
@@ -644,7 +667,7 @@ fn encap(
         return drop_egress(DropReason::WriteError);
     }
     s.ip_id = s.ip_id.wrapping_add(1);
-    let hash = vxlan::flow_hash(ip.src, ip.dst, ip.proto, ip.ports);
+    let hash = vxlan::flow_hash(ip.src, ip.dst, ip.proto, ip.flow_ports());
     vxlan::emit(
         b.data_mut(),
         &vxlan::Outer {

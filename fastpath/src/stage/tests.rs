@@ -823,6 +823,42 @@ remote_nodes:
         }
     }
 
+    /// NodePort 30080 (port 80 → targetPort 8080) with pod a as its only backend, and an
+    /// ingress policy on a admitting the world on `port`.
+    fn n1_nodeport_with_policy(port: u16) -> std::sync::Arc<Tables> {
+        let mut cfg = n1_cfg(false, false);
+        cfg.services = serde_yaml::from_str(
+            "- { name: web, type: NodePort, cluster_ip: 10.96.0.10, ports: [{ port: 80, target_port: 8080, node_port: 30080 }], backends: [{ ip: 10.1.0.11 }] }",
+        )
+        .unwrap();
+        cfg.policies = serde_yaml::from_str(&format!(
+            "- kind: CiliumNetworkPolicy\n  metadata: {{ name: a }}\n  spec:\n    endpointSelector: {{ matchLabels: {{ app: a }} }}\n    ingress:\n      - fromEntities: [world]\n        toPorts: [{{ ports: [{{ port: \"{port}\", protocol: TCP }}] }}]\n"
+        ))
+        .unwrap();
+        node(&cfg, N1_MAC, N2, N2_MAC)
+    }
+
+    #[test]
+    fn nodeport_to_a_local_backend_is_judged_on_the_target_port() {
+        let client = [192, 168, 50, 9];
+        let syn = Pkt::eth(N1_MAC, MacAddr([2, 0, 0, 0, 0, 9]))
+            .ipv4(client, N1, ipv4::PROTO_TCP, 64, &tcp(45000, 30080, 0x02))
+            .bytes();
+        let t = n1_nodeport_with_policy(8080);
+        let (v, out) = run(&syn, UL, &t);
+        assert_eq!(v, Verdict::RoutedIn { port: A_PORT });
+        assert_eq!(&out[30..34], &A_IP, "DNAT to the backend");
+        assert_eq!(&out[36..38], &8080u16.to_be_bytes());
+        for port in [80, 30080] {
+            let t = n1_nodeport_with_policy(port);
+            assert_eq!(
+                run(&syn, UL, &t).0,
+                drop_ingress(DropReason::Policy),
+                "a policy on port {port} must not admit what the pod receives on 8080"
+            );
+        }
+    }
+
     #[test]
     fn native_routing_forwards_without_encap() {
         let cfg = n1_cfg(true, false);
@@ -1160,6 +1196,80 @@ spec:
         assert_eq!(
             run(&to_web, CLIENT_PORT, &t).0,
             Verdict::Deliver { port: WEB_PORT }
+        );
+    }
+}
+
+/// Policy after service translation: the ports a policy names are the backend's ports (the
+/// Service's `targetPort`), never the frontend's, in both directions and for every frontend
+/// kind (issue #11, defect 1).
+mod policy_after_dnat {
+    use super::*;
+    use control::policy::parse::parse_policies;
+
+    const VIP: [u8; 4] = [10, 96, 9, 9];
+
+    /// The demo node with ClusterIP 10.96.9.9:80 → echo:8080 and the given policy.
+    fn tables(policy: &str) -> std::sync::Arc<Tables> {
+        let cfg = control::config::Config::default_node();
+        let mut dp = demo_datapath();
+        dp.set_identity_labels(cfg.identity_labels());
+        let svcs: Vec<control::lb::ServiceConfig> = serde_yaml::from_str(
+            "- { name: echo, cluster_ip: 10.96.9.9, ports: [{ port: 80, target_port: 8080 }], backends: [{ ip: 10.200.1.12 }] }",
+        )
+        .unwrap();
+        dp.set_services(&svcs, &cfg.lb_settings()).unwrap();
+        dp.set_policies(&parse_policies(policy, "t.yaml").unwrap())
+            .unwrap();
+        dp.tables()
+    }
+
+    fn syn_to_vip(sport: u16) -> Vec<u8> {
+        from_client()
+            .ipv4(CLIENT_IP, VIP, ipv4::PROTO_TCP, 64, &tcp(sport, 80, 0x02))
+            .bytes()
+    }
+
+    fn ingress_on_echo(port: u16) -> String {
+        format!(
+            "kind: CiliumNetworkPolicy\nmetadata: {{ name: echo }}\nspec:\n  endpointSelector: {{ matchLabels: {{ app: echo }} }}\n  ingress:\n    - fromEndpoints: [{{ matchLabels: {{ app: client }} }}]\n      toPorts: [{{ ports: [{{ port: \"{port}\", protocol: TCP }}] }}]\n"
+        )
+    }
+
+    fn egress_of_client(port: u16) -> String {
+        format!(
+            "kind: CiliumNetworkPolicy\nmetadata: {{ name: client }}\nspec:\n  endpointSelector: {{ matchLabels: {{ app: client }} }}\n  egress:\n    - toEndpoints: [{{ matchLabels: {{ app: echo }} }}]\n      toPorts: [{{ ports: [{{ port: \"{port}\", protocol: TCP }}] }}]\n"
+        )
+    }
+
+    #[test]
+    fn ingress_policy_on_the_target_port_admits_clusterip_traffic() {
+        let t = tables(&ingress_on_echo(8080));
+        let (v, out) = run(&syn_to_vip(40000), CLIENT_PORT, &t);
+        assert_eq!(v, Verdict::Deliver { port: ECHO_PORT });
+        assert_eq!(&out[36..38], &8080u16.to_be_bytes(), "delivered on 8080");
+    }
+
+    #[test]
+    fn ingress_policy_on_the_service_port_does_not_admit_what_arrives_on_8080() {
+        let t = tables(&ingress_on_echo(80));
+        assert_eq!(
+            run(&syn_to_vip(40001), CLIENT_PORT, &t).0,
+            drop_ingress(DropReason::Policy)
+        );
+    }
+
+    #[test]
+    fn egress_policy_is_judged_on_the_backend_port() {
+        let t = tables(&egress_of_client(8080));
+        assert_eq!(
+            run(&syn_to_vip(40002), CLIENT_PORT, &t).0,
+            Verdict::Deliver { port: ECHO_PORT }
+        );
+        let t = tables(&egress_of_client(80));
+        assert_eq!(
+            run(&syn_to_vip(40003), CLIENT_PORT, &t).0,
+            drop_egress(DropReason::Policy)
         );
     }
 }
