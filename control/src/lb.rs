@@ -596,7 +596,9 @@ impl LbState {
             };
             // Active backends get slots; terminating/maintenance ones only exist for
             // established flows (Cilium gives terminating ones slots only when nothing
-            // else is left).
+            // else is left). Weight 0 means "no new connections" under either algorithm:
+            // such a backend gets no slot (and no Maglev turn), so a service whose backends
+            // all weigh 0 has count 0 and answers new connections as one without backends.
             let mut slots: Vec<(u32, &BackendConfig)> = Vec::new();
             let mut standby: Vec<(u32, &BackendConfig)> = Vec::new();
             for b in &svc.backends {
@@ -609,6 +611,7 @@ impl LbState {
                 t.backends
                     .insert(id, Lb4Backend::new(b.ip, f.target_port, f.key.proto, state));
                 match b.state {
+                    _ if b.weight == Some(0) => {}
                     BackendState::Active => slots.push((id, b)),
                     BackendState::Terminating => standby.push((id, b)),
                     BackendState::Maintenance => {}
@@ -767,6 +770,34 @@ backends: [{ ip: 10.200.1.12 }, { ip: 10.201.1.11 }]
         assert_eq!(dp.services().len(), 1, "nothing of the batch was taken");
         dp.upsert_services(&[good]).unwrap();
         assert_eq!(dp.services().len(), 2);
+    }
+
+    /// Issue #11 defect 2: a Maglev service whose backends all weigh 0 used to get an empty
+    /// lookup table (and a worker dividing by its length). Weight 0 now means no slot.
+    #[test]
+    fn backends_of_weight_zero_get_no_slot_and_no_maglev_turn() {
+        let s = settings();
+        let mut all_zero = svc(WEB);
+        for b in &mut all_zero.backends {
+            b.weight = Some(0);
+        }
+        let mut st = LbState::default().with_services(&[all_zero], &s).unwrap();
+        let t = st.compile(&s);
+        let (_, m) = t.frontend([10, 96, 0, 10], 80, 6).unwrap();
+        assert_eq!(m.count, 0, "answered as a service without backends");
+        assert!(t.maglev.is_empty(), "no (empty) Maglev table");
+        assert!(t.maglev.values().all(|tab| !tab.is_empty()));
+        // One of two at weight 0: the other takes every slot and every Maglev turn.
+        let mut one_zero = svc(WEB);
+        one_zero.backends[0].weight = Some(0);
+        let mut st = LbState::default().with_services(&[one_zero], &s).unwrap();
+        let t = st.compile(&s);
+        let (_, m) = t.frontend([10, 96, 0, 10], 80, 6).unwrap();
+        assert_eq!(m.count, 1);
+        let tab = &t.maglev[&m.rev_nat().0];
+        let only = t.services[&Lb4Key::master([10, 96, 0, 10], 80, 6).slot(1)].backend_id();
+        assert!(tab.iter().all(|id| *id == only));
+        assert_eq!(t.backends[&only].addr(), Ipv4Addr::new(10, 201, 1, 11));
     }
 
     #[test]

@@ -235,7 +235,9 @@ pub fn flow_hash_v4(saddr: [u8; 4], sport: u16, dport: u16, proto: u8, seed: u32
     jhash_3words(a, tuple_dport << 16 | tuple_sport, proto as u32, seed)
 }
 
-/// The Maglev slot of a flow in a table of size `m`.
+/// The Maglev slot of a flow in a table of size `m`; `None` for an empty table (a service
+/// whose backends all have weight 0 has none; the datapath then treats it as having no
+/// backend instead of dividing by zero).
 #[inline]
 pub fn slot_v4(
     saddr: [u8; 4],
@@ -244,8 +246,8 @@ pub fn slot_v4(
     proto: u8,
     seeds: &Seeds,
     m: usize,
-) -> usize {
-    flow_hash_v4(saddr, sport, dport, proto, seeds.jhash0) as usize % m
+) -> Option<usize> {
+    (flow_hash_v4(saddr, sport, dport, proto, seeds.jhash0) as usize).checked_rem(m)
 }
 
 /// Cilium's default table size.
@@ -323,7 +325,8 @@ mod tests {
     #[test]
     fn flow_hash_ignores_destination_and_spreads() {
         let s = Seeds::default();
-        let h = |sp| slot_v4([192, 168, 7, 2], sp, 80, 6, &s, DEFAULT_M);
+        let h = |sp| slot_v4([192, 168, 7, 2], sp, 80, 6, &s, DEFAULT_M).unwrap();
+        assert_eq!(slot_v4([192, 168, 7, 2], 1, 80, 6, &s, 0), None, "empty table");
         assert_eq!(h(40000), h(40000));
         let distinct: std::collections::HashSet<usize> = (40000..40100).map(h).collect();
         assert!(distinct.len() > 95);

@@ -99,6 +99,8 @@ fn select_backend(
         ALG_DEFAULT => t.lb.default_alg,
         a => a,
     };
+    // Every choice below is robust to an empty selection (no table, an empty table, a count
+    // of 0): the answer is "no backend" (158), never a panic on the worker.
     let id = if alg == ALG_MAGLEV {
         let table = t.lb.maglev.get(&rev.0)?;
         let i = maglev::slot_v4(
@@ -108,10 +110,10 @@ fn select_backend(
             ip.proto,
             &t.lb.seeds,
             table.len(),
-        );
-        table[i]
+        )?;
+        *table.get(i)?
     } else {
-        let slot = s.random() % m.count as u32 + 1;
+        let slot = s.random().checked_rem(m.count as u32)? + 1;
         t.lb.services.get(&key.slot(slot as u16))?.backend_id()
     };
     if let Some(k) = aff_key {

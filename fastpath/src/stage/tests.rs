@@ -975,6 +975,62 @@ mod services {
         );
     }
 
+    /// Issue #11 defect 2: the first packet to a Maglev service whose backends all weigh 0
+    /// divided by zero on the worker. It is answered like a service without backends.
+    #[test]
+    fn maglev_service_with_all_weights_zero_rejects_instead_of_crashing() {
+        let cfg = control::config::Config::default_node();
+        let mut dp = demo_datapath();
+        let svcs: Vec<ServiceConfig> = serde_yaml::from_str(
+            "- { name: m, cluster_ip: 10.96.9.11, lb_algorithm: maglev, ports: [{ port: 80 }], backends: [{ ip: 10.200.1.12, weight: 0 }, { ip: 10.200.1.13, weight: 0 }] }",
+        )
+        .unwrap();
+        dp.set_services(&svcs, &cfg.lb_settings()).unwrap();
+        let t = dp.tables();
+        let syn = from_client()
+            .ipv4(CLIENT_IP, [10, 96, 9, 11], ipv4::PROTO_TCP, 64, &tcp(40005, 80, 0x02))
+            .bytes();
+        assert_eq!(
+            run(&syn, CLIENT_PORT, &t).0,
+            Verdict::IcmpReply {
+                port: CLIENT_PORT,
+                reason: DropReason::NoService
+            }
+        );
+    }
+
+    /// The stage itself never trusts the tables to be consistent: a master that counts
+    /// slots while its Maglev table is empty or missing, or whose slots are missing, is
+    /// "no backend" (158), not a panic.
+    #[test]
+    fn inconsistent_lb_tables_are_no_backend_not_a_panic() {
+        use control::maps::lb::{ALG_MAGLEV, ALG_RANDOM, Lb4Key, Lb4Service, RevNat};
+        let base = demo_datapath().tables();
+        let key = Lb4Key::master([10, 96, 9, 12], 80, 6);
+        let syn = from_client()
+            .ipv4(CLIENT_IP, [10, 96, 9, 12], ipv4::PROTO_TCP, 64, &tcp(40006, 80, 0x02))
+            .bytes();
+        for (alg, table) in [
+            (ALG_MAGLEV, Some(Vec::new())),
+            (ALG_MAGLEV, None),
+            (ALG_RANDOM, None),
+        ] {
+            let mut t = (*base).clone();
+            let mut lb = (*t.lb).clone();
+            lb.services
+                .insert(key, Lb4Service::master(3, RevNat(7), 0, alg, 0));
+            if let Some(tab) = table {
+                lb.maglev.insert(7, std::sync::Arc::from(tab));
+            }
+            t.lb = std::sync::Arc::new(lb);
+            assert_eq!(
+                run(&syn, CLIENT_PORT, &t).0,
+                drop(DropReason::NoService),
+                "algorithm {alg}"
+            );
+        }
+    }
+
     #[test]
     fn service_without_backends_answers_port_unreachable() {
         let t = svc_tables();
