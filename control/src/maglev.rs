@@ -326,7 +326,11 @@ mod tests {
     fn flow_hash_ignores_destination_and_spreads() {
         let s = Seeds::default();
         let h = |sp| slot_v4([192, 168, 7, 2], sp, 80, 6, &s, DEFAULT_M).unwrap();
-        assert_eq!(slot_v4([192, 168, 7, 2], 1, 80, 6, &s, 0), None, "empty table");
+        assert_eq!(
+            slot_v4([192, 168, 7, 2], 1, 80, 6, &s, 0),
+            None,
+            "empty table"
+        );
         assert_eq!(h(40000), h(40000));
         let distinct: std::collections::HashSet<usize> = (40000..40100).map(h).collect();
         assert!(distinct.len() > 95);

@@ -145,6 +145,9 @@ fn malformed_frames_are_counted_drops_and_worker_survives() {
         ];
         h.extend_from_slice(&s);
         h.extend_from_slice(&dst);
+        // A correct header checksum, so each frame is refused for its own defect.
+        let c = fastpath::wire::checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
         h
     };
     let udp = [0x30, 0x39, 0x1b, 0x5f, 0, 12, 0, 0, b'b', b'a', b'd', b'!'];

@@ -249,6 +249,11 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
         Ok(ip) => ip,
         Err(WireError::Truncated | WireError::Malformed) => return Err(DropReason::Invalid),
     };
+    // A router verifies the header checksum (RFC 1812 §5.2.2) before it trusts any field:
+    // a corrupted header is a counted drop here, not a packet the next hop drops silently.
+    if !ip.verify_checksum() {
+        return Err(DropReason::Invalid);
+    }
     let mut out = Ip {
         src: ip.src(),
         dst: ip.dst(),
@@ -725,6 +730,9 @@ pub fn from_netdev(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch
         return drop_ingress(DropReason::UnknownL3);
     }
     // One look at the outer IPv4 header: is it VXLAN for us, and where does its header sit?
+    // What Linux's ip_rcv/udp_rcv check before a VXLAN socket sees a datagram is checked
+    // here too (docs/overlay.md "Outer headers"): header checksum, a UDP length that fits
+    // the IP payload (a shorter one trims it), a non-zero UDP checksum that verifies.
     let vxlan_at = {
         let ip = match Ipv4Packet::new_checked(&b.data()[ethernet::HEADER_LEN..]) {
             Ok(ip) => ip,
@@ -743,11 +751,17 @@ pub fn from_netdev(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch
             if ip.dst() != t.overlay.node_ip {
                 return drop_ingress(DropReason::UnknownTarget);
             }
-            if udp.len() < l4::UDP_HEADER_LEN {
+            if !ip.verify_checksum() {
                 return drop_ingress(DropReason::Invalid);
             }
-            let vxlan_off = ethernet::HEADER_LEN + ip.header_len() + l4::UDP_HEADER_LEN;
-            Some((vxlan_off, ethernet::HEADER_LEN + ip.total_len()))
+            let Some(ulen) = l4::udp_length(udp) else {
+                return drop_ingress(DropReason::Invalid);
+            };
+            if !l4::udp_checksum_ok(ip.src(), ip.dst(), &udp[..ulen]) {
+                return drop_ingress(DropReason::Invalid);
+            }
+            let udp_off = ethernet::HEADER_LEN + ip.header_len();
+            Some((udp_off + l4::UDP_HEADER_LEN, udp_off + ulen))
         } else {
             None
         }

@@ -289,6 +289,12 @@ fn cases() -> Vec<Case> {
             output: None,
         },
         Case {
+            name: "ipv4 header checksum wrong",
+            input: ping.clone().patch(10, &[0xde, 0xad]).bytes(),
+            verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
             name: "ip version 6 in an ipv4 ethertype",
             input: ping.clone().patch(0, &[0x65]).bytes(),
             verdict: drop(DropReason::Invalid),
@@ -804,6 +810,43 @@ remote_nodes:
                 DropReason::Invalid,
             ),
             (
+                "outer IPv4 header checksum wrong",
+                {
+                    let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+                    f[24] ^= 0x5a;
+                    f
+                },
+                DropReason::Invalid,
+            ),
+            (
+                "outer UDP checksum non-zero and wrong",
+                {
+                    let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+                    f[40..42].copy_from_slice(&[0x12, 0x34]);
+                    f
+                },
+                DropReason::Invalid,
+            ),
+            (
+                "outer UDP length beyond the IP payload",
+                {
+                    let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+                    let ulen = (f.len() - 34 + 1) as u16;
+                    f[38..40].copy_from_slice(&ulen.to_be_bytes());
+                    f
+                },
+                DropReason::Invalid,
+            ),
+            (
+                "outer UDP length shorter than its header",
+                {
+                    let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+                    f[38..40].copy_from_slice(&7u16.to_be_bytes());
+                    f
+                },
+                DropReason::Invalid,
+            ),
+            (
                 "outer first fragment",
                 {
                     let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
@@ -857,6 +900,39 @@ remote_nodes:
                 "a policy on port {port} must not admit what the pod receives on 8080"
             );
         }
+    }
+
+    /// A peer that fills in the outer UDP checksum is accepted when it is right, and a UDP
+    /// length shorter than the IP payload trims what follows it (as Linux's `udp_rcv`).
+    #[test]
+    fn outer_udp_checksum_and_length_as_linux_reads_them() {
+        let t = n1();
+        let c_id = n2_cfg().identities().0[0];
+        let inner = Pkt::eth(LXC[1], C_MAC).icmp_echo(C_IP, B_IP, 64).bytes();
+        let want = Pkt::eth(B_MAC, LXC[1]).icmp_echo(C_IP, B_IP, 63).bytes();
+        let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+        let mut pseudo = vec![];
+        pseudo.extend_from_slice(&N2);
+        pseudo.extend_from_slice(&N1);
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&((f.len() - 34) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&f[34..]);
+        let c = wire::checksum(&pseudo);
+        f[40..42].copy_from_slice(&c.to_be_bytes());
+        let (v, out) = run(&f, UL, &t);
+        assert_eq!(v, Verdict::Decap { port: B_PORT });
+        assert_eq!(out, want);
+        // 6 bytes of junk inside the IP payload, after the UDP datagram.
+        let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+        f.extend_from_slice(&[0xee; 6]);
+        let ip_len = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        Ipv4Packet::new_checked(&mut f[14..])
+            .unwrap()
+            .fill_checksum();
+        let (v, out) = run(&f, UL, &t);
+        assert_eq!(v, Verdict::Decap { port: B_PORT });
+        assert_eq!(out, want, "trimmed at the UDP length");
     }
 
     #[test]
@@ -988,7 +1064,13 @@ mod services {
         dp.set_services(&svcs, &cfg.lb_settings()).unwrap();
         let t = dp.tables();
         let syn = from_client()
-            .ipv4(CLIENT_IP, [10, 96, 9, 11], ipv4::PROTO_TCP, 64, &tcp(40005, 80, 0x02))
+            .ipv4(
+                CLIENT_IP,
+                [10, 96, 9, 11],
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40005, 80, 0x02),
+            )
             .bytes();
         assert_eq!(
             run(&syn, CLIENT_PORT, &t).0,
@@ -1008,7 +1090,13 @@ mod services {
         let base = demo_datapath().tables();
         let key = Lb4Key::master([10, 96, 9, 12], 80, 6);
         let syn = from_client()
-            .ipv4(CLIENT_IP, [10, 96, 9, 12], ipv4::PROTO_TCP, 64, &tcp(40006, 80, 0x02))
+            .ipv4(
+                CLIENT_IP,
+                [10, 96, 9, 12],
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(40006, 80, 0x02),
+            )
             .bytes();
         for (alg, table) in [
             (ALG_MAGLEV, Some(Vec::new())),

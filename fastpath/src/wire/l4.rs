@@ -72,6 +72,32 @@ pub fn parse(proto: u8, b: &[u8]) -> Result<L4, WireError> {
     }
 }
 
+/// The length a UDP header claims, if it is a usable one for the datagram `b` (the IP
+/// payload): at least the 8-byte header and no more than `b` holds. As Linux's `udp_rcv`:
+/// a longer claim is a short packet (dropped), a shorter one trims the payload.
+pub fn udp_length(b: &[u8]) -> Option<usize> {
+    if b.len() < UDP_HEADER_LEN {
+        return None;
+    }
+    let ulen = u16::from_be_bytes([b[4], b[5]]) as usize;
+    (UDP_HEADER_LEN..=b.len()).contains(&ulen).then_some(ulen)
+}
+
+/// Is the checksum of the UDP datagram `udp` (header and payload, exactly its UDP length)
+/// from `src` to `dst` right? 0 means "no checksum", which IPv4 allows (RFC 768).
+pub fn udp_checksum_ok(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> bool {
+    if udp.len() < UDP_HEADER_LEN || udp[6..8] == [0, 0] {
+        return udp.len() >= UDP_HEADER_LEN;
+    }
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&src);
+    pseudo[4..8].copy_from_slice(&dst);
+    pseudo[9] = PROTO_UDP;
+    pseudo[10..12].copy_from_slice(&(udp.len() as u16).to_be_bytes());
+    let sum = super::ones_sum(&pseudo) as u32 + super::ones_sum(udp) as u32;
+    super::fold(sum) == 0xffff
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +144,33 @@ mod tests {
             }
         );
         assert_eq!(parse(47, &[]).unwrap(), L4::Other(47));
+    }
+
+    #[test]
+    fn udp_length_and_checksum() {
+        // RFC 768 datagram 10.0.0.1:12345 -> 10.0.0.2:7 "hi!\n", checksum by hand below.
+        let (src, dst) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let mut udp = [
+            0x30, 0x39, 0x00, 0x07, 0x00, 0x0c, 0, 0, b'h', b'i', b'!', b'\n',
+        ];
+        assert!(udp_checksum_ok(src, dst, &udp), "0 = no checksum");
+        let mut pseudo = vec![10, 0, 0, 1, 10, 0, 0, 2, 0, 17, 0, 12];
+        pseudo.extend_from_slice(&udp);
+        let c = crate::wire::checksum(&pseudo);
+        udp[6..8].copy_from_slice(&c.to_be_bytes());
+        assert!(udp_checksum_ok(src, dst, &udp));
+        assert!(
+            !udp_checksum_ok(src, [10, 0, 0, 3], &udp),
+            "pseudo header counts"
+        );
+        udp[11] ^= 1;
+        assert!(!udp_checksum_ok(src, dst, &udp));
+        assert_eq!(udp_length(&udp), Some(12));
+        assert_eq!(udp_length(&[&udp[..], &[0, 0]].concat()), Some(12), "trims");
+        assert_eq!(udp_length(&udp[..11]), None, "claims more than it has");
+        let mut short = udp;
+        short[4..6].copy_from_slice(&7u16.to_be_bytes());
+        assert_eq!(udp_length(&short), None, "shorter than its header");
+        assert_eq!(udp_length(&udp[..7]), None);
     }
 }

@@ -43,7 +43,7 @@ pub fn ones_sum(data: &[u8]) -> u16 {
 }
 
 #[inline]
-fn fold(mut sum: u32) -> u16 {
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
