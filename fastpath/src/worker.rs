@@ -123,11 +123,9 @@ impl Worker {
             })
             .collect();
         let mut idle_streak = 0u32;
-        let mut scratch = Scratch::seeded(
-            0x5eed_0000 ^ (self.cfg.queue as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-        );
-        // One worker per queue: the queue index is this worker's counter stripe.
-        scratch.worker = self.cfg.queue as usize;
+        // One worker per queue: the queue index is this worker's counter stripe. Its random
+        // state comes from the kernel's entropy, never from the queue number alone.
+        let mut scratch = Scratch::for_worker(self.cfg.queue as usize);
         let mut loops = 0u64;
         let c = self.counters.clone();
         loop {

@@ -95,12 +95,33 @@ impl Default for Scratch {
 }
 
 impl Scratch {
-    /// A seeded scratch (one seed per worker so workers do not pick in lockstep).
+    /// A seeded scratch (fixtures and benchmarks that want a reproducible sequence).
     pub fn seeded(seed: u64) -> Scratch {
         Scratch {
             rng: seed | 1,
             ..Default::default()
         }
+    }
+
+    /// The scratch of worker `worker`, its random state seeded from the kernel's entropy
+    /// (getrandom(2)), so "random" backend choices and SNAT ports differ between workers,
+    /// restarts and nodes. Should getrandom fail (it does not on Linux ≥ 3.17 once the pool
+    /// is ready), the clock, the process ID and the worker index still make the seed
+    /// different per process.
+    pub fn for_worker(worker: usize) -> Scratch {
+        let mut b = [0u8; 8];
+        let seed = match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+            Ok(8) => u64::from_ne_bytes(b),
+            _ => {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                t ^ (std::process::id() as u64) << 32
+            }
+        };
+        let mut s = Scratch::seeded(seed ^ (worker as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        s.worker = worker;
+        s
     }
 
     /// The next pseudo-random number (xorshift64*).
