@@ -55,7 +55,7 @@ pub struct Config {
     /// objects as Kubernetes would hold them; see `docs/policy.md`). Also changeable at run
     /// time (`fastpath policy apply`).
     #[serde(default)]
-    pub policies: Vec<serde_yaml::Value>,
+    pub policies: Vec<serde_json::Value>,
 }
 
 /// Another node: where its pods live and how to reach it.
@@ -339,9 +339,11 @@ impl Config {
     /// Read, parse and validate a config file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            file: file.clone(),
-            source,
+        let text = crate::yaml::read_file(path, &crate::yaml::CONFIG).map_err(|source| {
+            ConfigError::Io {
+                file: file.clone(),
+                source,
+            }
         })?;
         Config::parse(&text, &file)
     }
@@ -354,31 +356,17 @@ impl Config {
 
     /// Parse and validate YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let at = inner
-                .location()
-                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                .unwrap_or_default();
-            let msg = strip_location(&inner.to_string());
-            // serde_yaml prefixes its messages with the enclosing path; we print the full one.
-            let msg = msg
-                .split_once(": ")
-                .filter(|(p, _)| path.starts_with(p))
-                .map_or(msg.as_str(), |(_, m)| m)
-                .to_string();
-            ConfigError::Parse {
+        let cfg: Config =
+            crate::yaml::parse(text, &crate::yaml::CONFIG).map_err(|e| ConfigError::Parse {
                 file: file.into(),
-                field: if path == "." {
-                    "(top level)".into()
-                } else {
-                    path
-                },
-                msg: format!("{msg}{at}"),
-            }
-        })?;
+                field: e.path,
+                msg: format!(
+                    "{}{}",
+                    e.msg,
+                    e.at.map(|(l, c)| format!(" (line {l}, column {c})"))
+                        .unwrap_or_default()
+                ),
+            })?;
         let problems = cfg.validate();
         if problems.is_empty() {
             Ok(cfg)
@@ -820,14 +808,6 @@ fn valid_ifname(s: &str) -> bool {
 
 fn usable_unicast(ip: Ipv4Addr) -> bool {
     !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
-}
-
-/// serde_yaml appends " at line X column Y"; we print the location ourselves.
-fn strip_location(s: &str) -> String {
-    match s.find(" at line ") {
-        Some(i) => s[..i].to_string(),
-        None => s.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -151,6 +151,21 @@ fn default_ns() -> String {
     "default".into()
 }
 
+/// Parse a service file: one service, or a list of them. Unknown fields are refused with
+/// their path and line; the text is bounded ([`crate::yaml::SERVICES`]).
+///
+/// # Errors
+/// The first problem, with its field path.
+pub fn parse_services(text: &str) -> Result<Vec<ServiceConfig>, crate::yaml::YamlError> {
+    use crate::yaml::{SERVICES, parse};
+    // Look at the shape first, then read the text again as that shape, so errors keep
+    // their path and line.
+    match parse::<serde_json::Value>(text, &SERVICES)? {
+        serde_json::Value::Array(_) => parse(text, &SERVICES),
+        _ => parse::<ServiceConfig>(text, &SERVICES).map(|s| vec![s]),
+    }
+}
+
 impl ServiceConfig {
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -664,7 +679,7 @@ mod tests {
     use super::*;
 
     fn svc(yaml: &str) -> ServiceConfig {
-        serde_yaml::from_str(yaml).unwrap()
+        crate::yaml::parse(yaml, &crate::yaml::SERVICES).unwrap()
     }
 
     fn settings() -> LbSettings {

@@ -23,3 +23,4 @@ pub mod net;
 pub mod policy;
 pub mod shared_table;
 pub mod tables;
+pub mod yaml;

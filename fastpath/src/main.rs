@@ -291,18 +291,6 @@ fn socket_of(t: &Target) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// One service or a list of them; unknown fields are refused with their path.
-fn parse_services(text: &str) -> anyhow::Result<Vec<control::lb::ServiceConfig>> {
-    let v: serde_yaml::Value = serde_yaml::from_str(text)?;
-    let list = if v.is_sequence() {
-        v
-    } else {
-        serde_yaml::Value::Sequence(vec![v])
-    };
-    serde_path_to_error::deserialize(list)
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))
-}
-
 /// Print what a policy change did and how long it took to reach every worker.
 fn report_policy_change(what: &str, c: api::PolicyChange, out: Output) -> anyhow::Result<()> {
     match out {
@@ -406,9 +394,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Service {
             what: ServiceCmd::Apply { file, target },
         } => {
-            let text = std::fs::read_to_string(&file)
+            let text = control::yaml::read_file(&file, &control::yaml::SERVICES)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let services = parse_services(&text).with_context(|| {
+            let services = control::lb::parse_services(&text).with_context(|| {
                 format!("{}: not a service or a list of services", file.display())
             })?;
             let n = services.len();
@@ -460,7 +448,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Policy {
             what: PolicyCmd::Apply { file, target },
         } => {
-            let text = std::fs::read_to_string(&file)
+            let text = control::yaml::read_file(&file, &control::yaml::POLICY)
                 .with_context(|| format!("reading {}", file.display()))?;
             // Check locally first: a bad file never reaches the node.
             let ps = control::policy::parse::parse_policies(&text, &file.display().to_string())?;

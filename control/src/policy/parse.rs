@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use super::{
     Entity, NAMESPACE_LABEL, Op, Peer, Policy, PolicyId, PolicyKind, PortRule, Req, Rule, Selector,
@@ -27,23 +27,21 @@ pub struct PolicyError {
 }
 
 /// Parse every policy in `text` (from `file`). All or nothing: the first problem is returned.
+/// The text is bounded ([`crate::yaml::POLICY`]: size, depth, nodes, documents).
 pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, PolicyError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    let docs = crate::yaml::documents(text, &crate::yaml::POLICY).map_err(|e| PolicyError {
+        doc: file.into(),
+        path: "-".into(),
+        msg: format!("not a policy text: {e}"),
+    })?;
+    for (i, v) in docs.into_iter().enumerate() {
         let where_ = format!("{file} document {}", i + 1);
-        let v = Value::deserialize(doc).map_err(|e| PolicyError {
-            doc: where_.clone(),
-            path: "-".into(),
-            msg: format!("not YAML: {e}"),
-        })?;
-        if v.is_null() {
-            continue;
-        }
         let kind = v.get("kind").and_then(Value::as_str).unwrap_or("");
         if kind == "List" {
             let items = v
                 .get("items")
-                .and_then(Value::as_sequence)
+                .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
             for (j, item) in items.into_iter().enumerate() {

@@ -7,6 +7,11 @@ use control::datapath::{Datapath, NoKernel, node_endpoints};
 use control::maps::MacAddr;
 use control::tables::Port;
 
+/// A fixture's YAML (services, policies) as the config reader reads it.
+fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, control::yaml::YamlError> {
+    control::yaml::parse(text, &control::yaml::CONFIG)
+}
+
 /// Headroom the kernel leaves in front of a received frame (XDP_PACKET_HEADROOM).
 const HEADROOM: usize = 256;
 
@@ -542,7 +547,7 @@ remote_nodes:
     /// only from c on UDP 7.
     fn n1_with_policy() -> std::sync::Arc<Tables> {
         let mut cfg = n1_cfg(false, false);
-        cfg.policies = serde_yaml::from_str(
+        cfg.policies = yaml(
             r#"
 - kind: CiliumNetworkPolicy
   metadata: { name: a }
@@ -870,11 +875,11 @@ remote_nodes:
     /// ingress policy on a admitting the world on `port`.
     fn n1_nodeport_with_policy(port: u16) -> std::sync::Arc<Tables> {
         let mut cfg = n1_cfg(false, false);
-        cfg.services = serde_yaml::from_str(
+        cfg.services = yaml(
             "- { name: web, type: NodePort, cluster_ip: 10.96.0.10, ports: [{ port: 80, target_port: 8080, node_port: 30080 }], backends: [{ ip: 10.1.0.11 }] }",
         )
         .unwrap();
-        cfg.policies = serde_yaml::from_str(&format!(
+        cfg.policies = yaml(&format!(
             "- kind: CiliumNetworkPolicy\n  metadata: {{ name: a }}\n  spec:\n    endpointSelector: {{ matchLabels: {{ app: a }} }}\n    ingress:\n      - fromEntities: [world]\n        toPorts: [{{ ports: [{{ port: \"{port}\", protocol: TCP }}] }}]\n"
         ))
         .unwrap();
@@ -982,7 +987,7 @@ mod services {
     fn svc_tables() -> std::sync::Arc<Tables> {
         let cfg = control::config::Config::default_node();
         let mut dp = demo_datapath();
-        let svcs: Vec<ServiceConfig> = serde_yaml::from_str(
+        let svcs: Vec<ServiceConfig> = yaml(
             "- { name: echo, cluster_ip: 10.96.9.9, ports: [{ port: 80, target_port: 8080 }], backends: [{ ip: 10.200.1.12 }] }
 - { name: none, cluster_ip: 10.96.9.10, ports: [{ port: 80 }] }",
         )
@@ -1057,7 +1062,7 @@ mod services {
     fn maglev_service_with_all_weights_zero_rejects_instead_of_crashing() {
         let cfg = control::config::Config::default_node();
         let mut dp = demo_datapath();
-        let svcs: Vec<ServiceConfig> = serde_yaml::from_str(
+        let svcs: Vec<ServiceConfig> = yaml(
             "- { name: m, cluster_ip: 10.96.9.11, lb_algorithm: maglev, ports: [{ port: 80 }], backends: [{ ip: 10.200.1.12, weight: 0 }, { ip: 10.200.1.13, weight: 0 }] }",
         )
         .unwrap();
@@ -1294,7 +1299,7 @@ spec:
         let cfg = control::config::Config::default_node();
         let mut dp = demo_datapath();
         dp.set_identity_labels(cfg.identity_labels());
-        let svcs: Vec<control::lb::ServiceConfig> = serde_yaml::from_str(
+        let svcs: Vec<control::lb::ServiceConfig> = yaml(
             "- { name: echo, cluster_ip: 10.96.9.9, ports: [{ port: 80, target_port: 8080 }], backends: [{ ip: 10.200.1.12 }] }",
         )
         .unwrap();
@@ -1358,7 +1363,7 @@ mod policy_after_dnat {
         let cfg = control::config::Config::default_node();
         let mut dp = demo_datapath();
         dp.set_identity_labels(cfg.identity_labels());
-        let svcs: Vec<control::lb::ServiceConfig> = serde_yaml::from_str(
+        let svcs: Vec<control::lb::ServiceConfig> = yaml(
             "- { name: echo, cluster_ip: 10.96.9.9, ports: [{ port: 80, target_port: 8080 }], backends: [{ ip: 10.200.1.12 }] }",
         )
         .unwrap();
