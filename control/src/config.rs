@@ -460,6 +460,15 @@ impl Config {
             ips.entry(*ip)
                 .or_insert_with(|| format!("node.host_ips[{i}]"));
         }
+        if self.pods.len() > MAX_ENDPOINT_ID as usize {
+            bad(
+                "pods".into(),
+                format!(
+                    "{} pods; a node has at most {MAX_ENDPOINT_ID} endpoints (Cilium's endpoint ID range 1-{MAX_ENDPOINT_ID})",
+                    self.pods.len()
+                ),
+            );
+        }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut macs: HashMap<MacAddr, usize> = HashMap::new();
         let mut lxcs: HashMap<&str, usize> = HashMap::new();
@@ -773,22 +782,50 @@ impl Config {
         self.node.underlay.as_ref().map(|u| u.address.addr)
     }
 
-    /// Endpoint IDs for the pods, in pod order: the configured one, or the lowest free ID.
-    pub fn endpoint_ids(&self) -> Vec<u16> {
-        let taken: std::collections::HashSet<u16> = self.pods.iter().filter_map(|p| p.id).collect();
-        let mut next = 1u16;
-        self.pods
-            .iter()
-            .map(|p| {
-                p.id.unwrap_or_else(|| {
-                    while taken.contains(&next) {
+    /// Endpoint IDs for the pods, in pod order: the configured one, or the lowest free ID
+    /// in Cilium's range 1..=4095 (one forward scan: linear in the pods).
+    ///
+    /// # Errors
+    /// A pod whose ID is out of range, or for which no ID is left (more than 4095 pods) —
+    /// what [`Config::validate`] reports first.
+    pub fn endpoint_ids(&self) -> Result<Vec<u16>, Problem> {
+        let max = MAX_ENDPOINT_ID as usize;
+        let mut taken = vec![false; max + 1];
+        for id in self.pods.iter().filter_map(|p| p.id) {
+            if let Some(t) = taken.get_mut(id as usize) {
+                *t = true;
+            }
+        }
+        let mut next = 1usize;
+        let mut out = Vec::with_capacity(self.pods.len());
+        for (i, p) in self.pods.iter().enumerate() {
+            let id = match p.id {
+                Some(id) if (1..=MAX_ENDPOINT_ID).contains(&id) => id,
+                Some(id) => {
+                    return Err(Problem {
+                        field: format!("pods[{i}].id"),
+                        msg: format!("{id} must be between 1 and {MAX_ENDPOINT_ID}"),
+                    });
+                }
+                None => {
+                    while next <= max && taken[next] {
                         next += 1;
                     }
+                    if next > max {
+                        return Err(Problem {
+                            field: format!("pods[{i}]"),
+                            msg: format!(
+                                "no endpoint ID left: all of 1-{MAX_ENDPOINT_ID} are taken"
+                            ),
+                        });
+                    }
                     next += 1;
-                    next - 1
-                })
-            })
-            .collect()
+                    (next - 1) as u16
+                }
+            };
+            out.push(id);
+        }
+        Ok(out)
     }
 
     /// Cores to pin worker i to: `datapath.cores`, else 0..queues wrapped over the online CPUs.
@@ -852,10 +889,52 @@ pods:
         assert_eq!(ids.len(), 6);
     }
 
+    /// Issue #11 defect 3: 65 535 pods overflowed the allocator (duplicate ID 0) and IDs
+    /// above 4095 were handed out.
+    #[test]
+    fn endpoint_ids_stay_in_ciliums_range() {
+        let base = Config::parse(GOOD, "t.yaml").unwrap();
+        let pods = |n: usize| -> Vec<PodConfig> {
+            (0..n)
+                .map(|i| PodConfig {
+                    name: format!("p{i}"),
+                    namespace: "default".into(),
+                    ip: Ipv4Addr::from(0x0a01_0000u32 + 10 + i as u32),
+                    mac: MacAddr([0x0a, 0, 0, 0, (i >> 8) as u8, i as u8]),
+                    lxc: format!("lxc{i}"),
+                    id: None,
+                    labels: Default::default(),
+                    netns: None,
+                })
+                .collect()
+        };
+        let mut c = base.clone();
+        c.pods = pods(4095);
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let ids = c.endpoint_ids().unwrap();
+        let distinct: std::collections::HashSet<u16> = ids.iter().copied().collect();
+        assert_eq!(distinct.len(), 4095);
+        assert!(ids.iter().all(|&i| (1..=4095).contains(&i)));
+        c.pods = pods(4096);
+        let p = c.validate();
+        assert!(
+            p.iter().any(|p| p.to_string()
+                == "pods: 4096 pods; a node has at most 4095 endpoints (Cilium's endpoint ID range 1-4095)"),
+            "{p:?}"
+        );
+        assert_eq!(
+            c.endpoint_ids().unwrap_err().to_string(),
+            "pods[4095]: no endpoint ID left: all of 1-4095 are taken"
+        );
+        c.pods = pods(2);
+        c.pods[0].id = Some(5000);
+        assert!(c.endpoint_ids().is_err());
+    }
+
     #[test]
     fn ids_allocated_around_explicit_ones() {
         let c = Config::parse(GOOD, "t.yaml").unwrap();
-        assert_eq!(c.endpoint_ids(), vec![2, 1]);
+        assert_eq!(c.endpoint_ids().unwrap(), vec![2, 1]);
     }
 
     fn err(text: &str) -> String {

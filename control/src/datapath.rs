@@ -466,7 +466,7 @@ impl<K: KernelMaps> Datapath<K> {
     /// then the underlay) are the ones this `Datapath` was created with.
     pub fn load_node(&mut self, cfg: &Config) -> Result<u64, DatapathError> {
         let ports = self.tables().ports.clone();
-        self.upsert_endpoints(&node_endpoints(cfg, &ports))?;
+        self.upsert_endpoints(&node_endpoints(cfg, &ports)?)?;
         self.set_overlay(
             node_overlay(cfg, &ports),
             cfg.datapath.native_routing_cidr,
@@ -653,12 +653,32 @@ fn ipcache_with(
 
 /// The `cilium_lxc` entries a node config describes, given its resolved lxc ports (in pod
 /// order): one per pod, plus `(localhost)` entries for the router IP and the host IPs.
-pub fn node_endpoints(cfg: &Config, ports: &[Port]) -> Vec<(EndpointKey, EndpointEntry)> {
-    let ids = cfg.endpoint_ids();
+///
+/// # Errors
+/// The config's pods cannot all get an endpoint ID ([`Config::endpoint_ids`]).
+pub fn node_endpoints(
+    cfg: &Config,
+    ports: &[Port],
+) -> Result<Vec<(EndpointKey, EndpointEntry)>, DatapathError> {
+    let ids = cfg
+        .endpoint_ids()
+        .map_err(|p| DatapathError::InvalidEndpoint {
+            key: p.field,
+            msg: p.msg,
+        })?;
     let (sec_ids, _) = cfg.identities();
     let mut out = Vec::new();
     for (i, pod) in cfg.pods.iter().enumerate() {
-        let port = &ports[i];
+        let Some(port) = ports.get(i) else {
+            return Err(DatapathError::InvalidEndpoint {
+                key: format!("pods[{i}]"),
+                msg: format!(
+                    "no lxc port for it ({} ports for {} pods)",
+                    ports.len(),
+                    cfg.pods.len()
+                ),
+            });
+        };
         out.push((
             EndpointKey::v4(pod.ip.octets()),
             EndpointEntry {
@@ -686,7 +706,7 @@ pub fn node_endpoints(cfg: &Config, ports: &[Port]) -> Vec<(EndpointKey, Endpoin
             },
         ));
     }
-    out
+    Ok(out)
 }
 
 /// The `cilium_ipcache_v2` entries a config describes, as Cilium's agent would write them:
@@ -1100,7 +1120,7 @@ remote_nodes:
                 )
             })
             .collect();
-        let eps = node_endpoints(&cfg, &ports);
+        let eps = node_endpoints(&cfg, &ports).unwrap();
         assert_eq!(eps.len(), 5, "3 pods, router IP, underlay address");
         let mut dp = Datapath::new(ports, 1, NoKernel);
         dp.upsert_endpoints(&eps).unwrap();

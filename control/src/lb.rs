@@ -32,6 +32,10 @@ pub const NODEPORT_MAX: u16 = 32767;
 /// Kubernetes' default (and maximum) ClientIP affinity timeout.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
+/// The most backends one service may list: slots are numbered 1..=count in 16 bits.
+pub const MAX_BACKENDS_PER_SERVICE: usize = u16::MAX as usize;
+/// Memory all distinct Maglev tables together may take (each is M × 4 bytes).
+pub const MAX_MAGLEV_BYTES: usize = 512 << 20;
 /// Cilium's default backend weight.
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Maglev table sizes Cilium accepts.
@@ -301,6 +305,15 @@ pub fn validate(services: &[ServiceConfig], prefix: &str) -> Vec<Problem> {
                 );
             }
         }
+        if s.backends.len() > MAX_BACKENDS_PER_SERVICE {
+            bad(
+                f("backends"),
+                format!(
+                    "{} backends, at most {MAX_BACKENDS_PER_SERVICE} (lb4_service.count and backend_slot are 16 bits)",
+                    s.backends.len()
+                ),
+            );
+        }
         let mut ips = BTreeSet::new();
         for (j, b) in s.backends.iter().enumerate() {
             let bf = |x: &str| f(&format!("backends[{j}].{x}"));
@@ -320,6 +333,25 @@ pub fn validate(services: &[ServiceConfig], prefix: &str) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// The backends of `svc` that get slots for new connections: active ones, or the
+/// terminating ones when nothing else is left (as Cilium); maintenance never. Weight 0 means
+/// "no new connections" under either algorithm, so such a backend gets no slot (and no
+/// Maglev turn): a service whose backends all weigh 0 has count 0 and answers new
+/// connections as one without backends.
+fn slot_backends(svc: &ServiceConfig) -> Vec<&BackendConfig> {
+    let weighted = |st: BackendState| {
+        svc.backends
+            .iter()
+            .filter(move |b| b.state == st && b.weight != Some(0))
+    };
+    let active: Vec<&BackendConfig> = weighted(BackendState::Active).collect();
+    if active.is_empty() {
+        weighted(BackendState::Terminating).collect()
+    } else {
+        active
+    }
 }
 
 fn unicast(ip: Ipv4Addr) -> bool {
@@ -391,8 +423,25 @@ pub struct LbState {
 pub enum LbError {
     #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<Problem>),
-    #[error("service IDs exhausted (at most 65535 frontends)")]
-    OutOfIds,
+    #[error("service IDs exhausted: {want} frontends, at most 65535 (rev_nat_index is 16 bits)")]
+    OutOfIds { want: usize },
+    #[error(
+        "{map} would need {need} entries and holds {max} (Cilium's bpf-lb-map-max); nothing was changed: use fewer frontends, ports or backends"
+    )]
+    MapFull {
+        map: &'static str,
+        need: usize,
+        max: usize,
+    },
+    #[error(
+        "Maglev tables would need {need_mib} MiB ({tables} distinct tables of M = {m}), more than {max_mib} MiB; nothing was changed: use a smaller datapath.maglev_table_size or fewer Maglev services"
+    )]
+    MaglevTooLarge {
+        tables: usize,
+        m: usize,
+        need_mib: usize,
+        max_mib: usize,
+    },
     #[error("no service `{0}`")]
     NotFound(String),
     #[error("{kind} frontends need the node's address (node.underlay) — `{service}`")]
@@ -501,36 +550,37 @@ impl LbState {
     }
 
     /// Give every frontend and backend an ID (keeping existing ones), retire backends that
-    /// left every service.
+    /// left every service, and check the result fits the maps. Linear in the number of
+    /// frontends and backends (IDs come from one forward scan over the free ones).
     fn allocate(&mut self, s: &LbSettings) -> Result<(), LbError> {
         let fronts = self.frontends(s)?;
         let want: BTreeSet<(Ipv4Addr, u16, u8)> = fronts
             .iter()
             .map(|f| (f.key.addr(), f.key.port(), f.key.proto))
             .collect();
+        if want.len() > u16::MAX as usize {
+            return Err(LbError::OutOfIds { want: want.len() });
+        }
         self.frontend_ids.retain(|k, _| want.contains(k));
-        let mut used: BTreeSet<u16> = self.frontend_ids.values().copied().collect();
-        for k in want {
-            if self.frontend_ids.contains_key(&k) {
-                continue;
+        let used: BTreeSet<u16> = self.frontend_ids.values().copied().collect();
+        let mut free = (1..=u16::MAX).filter(|i| !used.contains(i));
+        for k in &want {
+            if !self.frontend_ids.contains_key(k) {
+                let id = free.next().ok_or(LbError::OutOfIds { want: want.len() })?;
+                self.frontend_ids.insert(*k, id);
             }
-            let id = (1..=u16::MAX)
-                .find(|i| !used.contains(i))
-                .ok_or(LbError::OutOfIds)?;
-            used.insert(id);
-            self.frontend_ids.insert(k, id);
         }
         let svcs: Vec<&ServiceConfig> = self.services.values().collect();
-        let mut want_be: BTreeMap<(Ipv4Addr, u16, u8), ()> = BTreeMap::new();
+        let mut want_be: BTreeSet<(Ipv4Addr, u16, u8)> = BTreeSet::new();
         for f in &fronts {
             for b in &svcs[f.service].backends {
-                want_be.insert((b.ip, f.target_port, f.key.proto), ());
+                want_be.insert((b.ip, f.target_port, f.key.proto));
             }
         }
         let gone: Vec<((Ipv4Addr, u16, u8), u32)> = self
             .backend_ids
             .iter()
-            .filter(|(k, _)| !want_be.contains_key(k))
+            .filter(|(k, _)| !want_be.contains(*k))
             .map(|(k, v)| (*k, *v))
             .collect();
         for (k, id) in gone {
@@ -538,38 +588,80 @@ impl LbState {
             self.retained
                 .insert(id, Lb4Backend::new(k.0, k.1, k.2, BE_STATE_TERMINATING));
         }
-        let mut used: BTreeSet<u32> = self
+        // A backend that comes back before its connections ended gets its old ID.
+        let mut retained_by_key: hashbrown::HashMap<(Ipv4Addr, u16, u8), u32> = self
+            .retained
+            .iter()
+            .map(|(id, b)| ((b.addr(), b.port(), b.proto), *id))
+            .collect();
+        let used: BTreeSet<u32> = self
             .backend_ids
             .values()
             .chain(self.retained.keys())
             .copied()
             .collect();
-        for k in want_be.keys() {
+        let mut free = (1..u32::MAX).filter(|i| !used.contains(i));
+        for k in &want_be {
             if self.backend_ids.contains_key(k) {
                 continue;
             }
-            // A backend that comes back before its connections ended gets its old ID.
-            let old = self
-                .retained
-                .iter()
-                .find(|(_, b)| (b.addr(), b.port(), b.proto) == *k)
-                .map(|(id, _)| *id);
-            let id = match old {
+            let id = match retained_by_key.remove(k) {
                 Some(id) => {
                     self.retained.remove(&id);
                     id
                 }
-                None => {
-                    let id = (1..u32::MAX)
-                        .find(|i| !used.contains(i))
-                        .ok_or(LbError::OutOfIds)?;
-                    used.insert(id);
-                    id
-                }
+                None => free.next().ok_or(LbError::MapFull {
+                    map: BACKENDS_MAP,
+                    need: want_be.len(),
+                    max: LB_MAP_MAX as usize,
+                })?,
             };
             self.backend_ids.insert(*k, id);
         }
         self.fronts = fronts;
+        self.check_capacity(s)
+    }
+
+    /// Would the compiled state fit the kernel maps (and the Maglev memory bound)? Checked
+    /// before anything is written, so a change that does not fit is refused whole.
+    fn check_capacity(&self, s: &LbSettings) -> Result<(), LbError> {
+        let max = LB_MAP_MAX as usize;
+        let backends = self.backend_ids.len() + self.retained.len();
+        if backends > max {
+            return Err(LbError::MapFull {
+                map: BACKENDS_MAP,
+                need: backends,
+                max,
+            });
+        }
+        let svcs: Vec<&ServiceConfig> = self.services.values().collect();
+        let mut entries = 0usize;
+        let mut maglev_inputs: BTreeSet<(usize, u16, u8)> = BTreeSet::new();
+        for f in &self.fronts {
+            let svc = svcs[f.service];
+            let n = slot_backends(svc).len();
+            entries += 1 + n;
+            if n > 0 && svc.lb_algorithm.unwrap_or(s.algorithm) == LbAlgorithm::Maglev {
+                // Frontends of one service port share one table (same backends).
+                maglev_inputs.insert((f.service, f.target_port, f.key.proto));
+            }
+        }
+        if entries > max {
+            return Err(LbError::MapFull {
+                map: SERVICES_MAP,
+                need: entries,
+                max,
+            });
+        }
+        let need = maglev_inputs.len() * s.maglev_m * 4;
+        if need > MAX_MAGLEV_BYTES {
+            return Err(LbError::MaglevTooLarge {
+                tables: maglev_inputs.len(),
+                m: s.maglev_m,
+                need_mib: need.div_ceil(1 << 20),
+                max_mib: MAX_MAGLEV_BYTES >> 20,
+            });
+        }
         Ok(())
     }
 
@@ -598,6 +690,8 @@ impl LbState {
             t.backends.insert(*id, *b);
         }
         let mut maglev_cache = BTreeMap::new();
+        let mut shared: hashbrown::HashMap<Vec<MaglevBackend>, Arc<[u32]>> =
+            hashbrown::HashMap::new();
         let svcs: Vec<&ServiceConfig> = self.services.values().collect();
         for f in &self.fronts {
             let svc = svcs[f.service];
@@ -609,13 +703,7 @@ impl LbState {
             } else {
                 0
             };
-            // Active backends get slots; terminating/maintenance ones only exist for
-            // established flows (Cilium gives terminating ones slots only when nothing
-            // else is left). Weight 0 means "no new connections" under either algorithm:
-            // such a backend gets no slot (and no Maglev turn), so a service whose backends
-            // all weigh 0 has count 0 and answers new connections as one without backends.
             let mut slots: Vec<(u32, &BackendConfig)> = Vec::new();
-            let mut standby: Vec<(u32, &BackendConfig)> = Vec::new();
             for b in &svc.backends {
                 let id = self.backend_ids[&(b.ip, f.target_port, f.key.proto)];
                 let state = match b.state {
@@ -625,15 +713,9 @@ impl LbState {
                 };
                 t.backends
                     .insert(id, Lb4Backend::new(b.ip, f.target_port, f.key.proto, state));
-                match b.state {
-                    _ if b.weight == Some(0) => {}
-                    BackendState::Active => slots.push((id, b)),
-                    BackendState::Terminating => standby.push((id, b)),
-                    BackendState::Maintenance => {}
-                }
             }
-            if slots.is_empty() {
-                slots = standby;
+            for b in slot_backends(svc) {
+                slots.push((self.backend_ids[&(b.ip, f.target_port, f.key.proto)], b));
             }
             for (i, (id, _)) in slots.iter().enumerate() {
                 t.services.insert(
@@ -659,12 +741,19 @@ impl LbState {
                         weight: b.weight.unwrap_or(DEFAULT_WEIGHT),
                     })
                     .collect();
+                // The same backends make the same table: the frontends of one service port
+                // (ClusterIP, external IPs, NodePort) share one, and an unchanged service
+                // keeps the one it had.
                 let table = match self.maglev_cache.get(&rev.0) {
                     Some((inp, table)) if *inp == input && table.len() == s.maglev_m => {
                         table.clone()
                     }
-                    _ => Arc::from(maglev::lookup_table(&input, s.maglev_m, &s.seeds)),
+                    _ => match shared.get(&input) {
+                        Some(table) => Arc::clone(table),
+                        None => Arc::from(maglev::lookup_table(&input, s.maglev_m, &s.seeds)),
+                    },
                 };
+                shared.insert(input.clone(), table.clone());
                 maglev_cache.insert(rev.0, (input, table.clone()));
                 t.maglev.insert(rev.0, table);
             }
@@ -813,6 +902,134 @@ backends: [{ ip: 10.200.1.12 }, { ip: 10.201.1.11 }]
         let only = t.services[&Lb4Key::master([10, 96, 0, 10], 80, 6).slot(1)].backend_id();
         assert!(tab.iter().all(|id| *id == only));
         assert_eq!(t.backends[&only].addr(), Ipv4Addr::new(10, 201, 1, 11));
+    }
+
+    fn many_backends(n: usize) -> Vec<BackendConfig> {
+        (0..n)
+            .map(|i| BackendConfig {
+                ip: Ipv4Addr::from(0x0a80_0000u32 + i as u32),
+                weight: None,
+                state: BackendState::Active,
+            })
+            .collect()
+    }
+
+    /// Issue #11 defects 3 and 8: 65 536 backends wrapped the 16-bit count and slots, and
+    /// allocating 65 535 of them took 228 s (a lowest-free scan per backend).
+    #[test]
+    fn backend_counts_beyond_the_layout_are_refused_and_allocation_is_linear() {
+        let s = settings();
+        let mut one = svc(WEB);
+        one.kind = ServiceType::ClusterIP;
+        one.external_ips.clear();
+        one.ports[0].node_port = None;
+        one.lb_algorithm = Some(LbAlgorithm::Random);
+        one.backends = many_backends(65_536);
+        let e = LbState::default()
+            .with_services(std::slice::from_ref(&one), &s)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("services[0].backends: 65536 backends, at most 65535"),
+            "{e}"
+        );
+        one.backends.pop();
+        let t0 = std::time::Instant::now();
+        let mut st = LbState::default().with_services(&[one], &s).unwrap();
+        let t = st.compile(&s);
+        assert_eq!(t.frontend([10, 96, 0, 10], 80, 6).unwrap().1.count, 65_535);
+        assert_eq!(
+            t.services.len(),
+            65_536,
+            "master + 65535 slots: the map is full"
+        );
+        assert_eq!(t.backends.len(), 65_535);
+        let ids: BTreeSet<u32> = t.backends.keys().copied().collect();
+        assert_eq!(
+            (ids.first(), ids.last()),
+            (Some(&1), Some(&65_535)),
+            "dense IDs"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[test]
+    fn services_that_overflow_a_map_are_refused_whole() {
+        let s = settings();
+        let mut dp = crate::datapath::Datapath::new(Vec::new(), 1, crate::datapath::NoKernel);
+        let web = svc(WEB);
+        let mk = |name: &str, vip: [u8; 4], n: usize| {
+            let mut x = web.clone();
+            x.name = name.into();
+            x.cluster_ip = vip.into();
+            x.kind = ServiceType::ClusterIP;
+            x.external_ips.clear();
+            x.ports[0].node_port = None;
+            x.backends = many_backends(n);
+            x
+        };
+        dp.set_services(&[mk("a", [10, 96, 1, 1], 40_000)], &s)
+            .unwrap();
+        let g = dp.tables().generation;
+        let e = dp
+            .upsert_services(&[mk("b", [10, 96, 1, 2], 30_000)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cilium_lb4_services_v2 would need 70002 entries and holds 65536"),
+            "{e}"
+        );
+        assert_eq!(dp.tables().generation, g, "nothing published");
+        assert_eq!(dp.services().len(), 1);
+        // Maglev memory: 65 521-slot tables for 2 200 services is more than 512 MiB.
+        let big = LbSettings {
+            maglev_m: 65_521,
+            algorithm: LbAlgorithm::Maglev,
+            ..settings()
+        };
+        let svcs: Vec<ServiceConfig> = (0..2200u32)
+            .map(|i| mk(&format!("m{i}"), (0x0a60_0000 + i).to_be_bytes(), 1))
+            .collect();
+        let e = LbState::default()
+            .with_services(&svcs, &big)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Maglev tables would need 550 MiB"), "{e}");
+    }
+
+    /// Issue #11 defect 8: 20 000 services took 17.5 s (a lowest-free scan per frontend).
+    #[test]
+    fn twenty_thousand_services_allocate_in_linear_time() {
+        let s = settings();
+        let web = svc(WEB);
+        let svcs: Vec<ServiceConfig> = (0..20_000u32)
+            .map(|i| {
+                let mut x = web.clone();
+                x.name = format!("s{i}");
+                x.cluster_ip = Ipv4Addr::from(0x0a60_0000 + i);
+                x.kind = ServiceType::ClusterIP;
+                x.external_ips.clear();
+                x.ports[0].node_port = None;
+                x.lb_algorithm = Some(LbAlgorithm::Random);
+                x.backends.truncate(1);
+                x
+            })
+            .collect();
+        let t0 = std::time::Instant::now();
+        let mut st = LbState::default().with_services(&svcs, &s).unwrap();
+        let t = st.compile(&s);
+        assert_eq!(t.revnat.len(), 20_000);
+        let ids: BTreeSet<u16> = t.revnat.keys().copied().collect();
+        assert_eq!(ids.last(), Some(&20_000), "lowest free IDs, dense");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[test]

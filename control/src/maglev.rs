@@ -144,7 +144,7 @@ fn fmix64(mut k: u64) -> u64 {
 }
 
 /// One backend as the table builder sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MaglevBackend {
     /// `addr:port/PROTO`: what is hashed, and the sort key.
     pub name: String,

@@ -239,7 +239,9 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             "MTU {max_mtu} is too large: frames up to 4096 bytes minus 270 of headroom and header"
         )
     })?;
-    let ids = cfg.endpoint_ids();
+    let ids = cfg
+        .endpoint_ids()
+        .map_err(|p| anyhow::anyhow!("invalid settings: {p}"))?;
     for (p, id) in ports.iter_mut().zip(&ids) {
         p.endpoint_id = *id;
     }

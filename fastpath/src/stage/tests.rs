@@ -40,7 +40,7 @@ fn demo_datapath() -> Datapath<NoKernel> {
     let cfg = control::config::Config::default_node();
     let macs = [LXC_CLIENT_MAC, LXC_ECHO_MAC, MacAddr([0x3e, 0, 0, 0, 0, 3])];
     let ports = lxc_ports(&cfg, &macs, 1500);
-    let eps = node_endpoints(&cfg, &ports);
+    let eps = node_endpoints(&cfg, &ports).unwrap();
     let mut dp = Datapath::new(ports, 1, NoKernel);
     dp.upsert_endpoints(&eps).unwrap();
     dp
