@@ -299,7 +299,9 @@ impl<K: KernelMaps> Datapath<K> {
             })
             .collect();
         eps.sort_by_key(|e| e.ep_id);
-        let compiled = next.compile(&eps, &self.pod_labels, cur.policy_stats.slots());
+        let compiled = next
+            .compile(&eps, &self.pod_labels, cur.policy_stats.slots())
+            .map_err(|e| DatapathError::Policy(e.to_string()))?;
         // CIDR identities go into the ipcache unless the node already has that exact prefix
         // (a pod, a node, the world default): what the cluster knows about it wins.
         let want: std::collections::BTreeMap<Ipv4Cidr, u32> = next

@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
     // Lookup cost.
     let ps = parse_policies(&policies(a.identities, 0), "bench")?;
     let mut st = PolicyState::default().with_policies(&ps);
-    let c = st.compile(&eps, &pods, 65536);
+    let c = st.compile(&eps, &pods, 65536).expect("compiles");
     let ep = &c.tables.endpoints[&1];
     let entries = ep.entries.len();
     let mut rng = 0x1234_5678_9abc_def0u64;
@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
         let us = t0.elapsed().as_micros();
         let t0 = Instant::now();
         let mut st = PolicyState::default().with_policies(&ps);
-        let c = st.compile(&eps, &pods, 65536);
+        let c = st.compile(&eps, &pods, 65536).expect("compiles");
         let compile_us = t0.elapsed().as_micros();
         let total: usize = c.tables.endpoints.values().map(|e| e.entries.len()).sum();
         println!(
@@ -167,7 +167,7 @@ fn main() -> anyhow::Result<()> {
     let ps = parse_policies(&all, "bench")?;
     let t0 = Instant::now();
     let mut st = PolicyState::default().with_policies(&ps);
-    let c = st.compile(&eps, &pods, 65536);
+    let c = st.compile(&eps, &pods, 65536).expect("compiles");
     let all_us = t0.elapsed().as_micros();
     let total: usize = c.tables.endpoints.values().map(|e| e.entries.len()).sum();
     println!(

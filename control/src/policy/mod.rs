@@ -27,6 +27,45 @@ use table::{EndpointPolicy, FIRST_ENTRY_SLOT, MapEntry, NO_SLOT, PolicyTables};
 /// First node-local (CIDR) identity: scope byte 0x01 (reference §4.1). Never on the wire.
 pub const LOCAL_IDENTITY_BASE: u32 = 1 << 24;
 
+/// Entries one endpoint's policy map holds (Cilium's default `bpf-policy-map-max`).
+pub const POLICY_MAP_MAX: usize = 16384;
+/// Keys one policy may resolve to before it is refused: the endpoint map it feeds holds
+/// [`POLICY_MAP_MAX`], and deduplication or deny coverage cannot shrink more than this.
+pub const MAX_RESOLVED_KEYS: usize = 4 * POLICY_MAP_MAX;
+/// Entries of all local endpoints' maps together (memory: ~60 bytes each).
+pub const MAX_TOTAL_ENTRIES: usize = 1 << 20;
+/// CIDR prefixes (including `except`s) all policies together may name: each becomes a
+/// node-local identity and a `cilium_ipcache_v2` entry.
+pub const MAX_CIDR_IDENTITIES: usize = 16384;
+/// Keys all resolved policies together may hold during one compilation.
+pub const MAX_TOTAL_RESOLVED_KEYS: usize = 4 * MAX_TOTAL_ENTRIES;
+/// Policies in force on a node at once (config plus everything applied at run time).
+pub const MAX_POLICIES: usize = 16384;
+
+/// Why a set of policies cannot be compiled: it would not fit the maps. Checked while
+/// compiling, so a hostile policy is refused after at most the bound's worth of work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error(
+        "{policy} resolves to more than {MAX_RESOLVED_KEYS} map entries (identities × ports); an endpoint's policy map holds {POLICY_MAP_MAX} (Cilium's bpf-policy-map-max)"
+    )]
+    PolicyTooLarge { policy: String },
+    #[error(
+        "endpoint {ep} would need {need} policy entries; cilium_policy_v2_{ep:05} holds {POLICY_MAP_MAX} (Cilium's bpf-policy-map-max)"
+    )]
+    EndpointMapFull { ep: u16, need: usize },
+    #[error(
+        "the policies need more than {MAX_TOTAL_ENTRIES} policy map entries over all local endpoints"
+    )]
+    TooManyEntries,
+    #[error("{n} policies, at most {MAX_POLICIES} may be in force on a node")]
+    TooManyPolicies { n: usize },
+    #[error(
+        "the policies name {n} CIDR prefixes, at most {MAX_CIDR_IDENTITIES} (each is an identity and a cilium_ipcache_v2 entry)"
+    )]
+    TooManyCidrs { n: usize },
+}
+
 /// Which API object a policy came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PolicyKind {
@@ -274,6 +313,8 @@ pub struct Universe {
     pub ids: BTreeMap<u32, Vec<Label>>,
     /// CIDR identities and their prefixes.
     pub cidrs: BTreeMap<u32, Ipv4Cidr>,
+    /// The same by (network address, length): the prefixes inside a CIDR are one range scan.
+    by_prefix: BTreeMap<(u32, u8), u32>,
 }
 
 /// Reserved identities with their labels.
@@ -301,6 +342,7 @@ impl Universe {
         Universe {
             ids,
             cidrs: BTreeMap::new(),
+            by_prefix: BTreeMap::new(),
         }
     }
 
@@ -313,6 +355,8 @@ impl Universe {
             ],
         );
         self.cidrs.insert(id, prefix);
+        self.by_prefix
+            .insert((u32::from(prefix.addr), prefix.len), id);
     }
 
     fn is_pod(id: u32) -> bool {
@@ -364,16 +408,20 @@ impl Universe {
             Peer::Entity(Entity::Ingress) => reserved(&[identity::RESERVED_INGRESS]),
             Peer::Entity(Entity::Unmanaged) => reserved(&[identity::RESERVED_UNMANAGED]),
             Peer::Cidr { prefix, except } => {
-                let inside = |p: &Ipv4Cidr| {
-                    p.len >= prefix.len
-                        && prefix.contains(p.addr)
-                        && !except.iter().any(|x| p.len >= x.len && x.contains(p.addr))
-                };
+                // The CIDR identities inside `prefix` (one range scan over the prefixes by
+                // address), less those inside an exception.
+                let lo = u32::from(prefix.network().addr);
+                let hi = lo | (u32::MAX.checked_shr(prefix.len as u32).unwrap_or(0));
                 let mut set: BTreeSet<u32> = self
-                    .cidrs
-                    .iter()
-                    .filter(|(_, p)| inside(p))
-                    .map(|(id, _)| *id)
+                    .by_prefix
+                    .range((lo, 0)..=(hi, 32))
+                    .filter(|((addr, len), _)| {
+                        *len >= prefix.len
+                            && !except
+                                .iter()
+                                .any(|x| *len >= x.len && x.contains((*addr).into()))
+                    })
+                    .map(|(_, id)| *id)
                     .collect();
                 if prefix.len == 0 {
                     set.insert(identity::RESERVED_WORLD);
@@ -455,12 +503,16 @@ impl PolicyState {
     /// labels). Allocates CIDR identities for new prefixes, releases unused ones, and gives
     /// every map entry a counter slot (kept across compilations for the same endpoint and
     /// key; `stats_slots` is the counter capacity).
+    ///
+    /// # Errors
+    /// The policies would not fit the maps ([`CompileError`]); `self` is then half-updated
+    /// and must be dropped (callers compile a `with_*` copy).
     pub fn compile(
         &mut self,
         endpoints: &[LocalEndpoint],
         pods: &BTreeMap<u32, Vec<String>>,
         stats_slots: usize,
-    ) -> Compiled {
+    ) -> Result<Compiled, CompileError> {
         // CIDR identities: every prefix and exception the policies name (0.0.0.0/0 is world).
         let mut wanted: BTreeSet<Ipv4Cidr> = BTreeSet::new();
         for p in self.policies.values() {
@@ -471,6 +523,14 @@ impl PolicyState {
                     }
                 }
             }
+        }
+        if self.policies.len() > MAX_POLICIES {
+            return Err(CompileError::TooManyPolicies {
+                n: self.policies.len(),
+            });
+        }
+        if wanted.len() > MAX_CIDR_IDENTITIES {
+            return Err(CompileError::TooManyCidrs { n: wanted.len() });
         }
         self.cidr_ids.retain(|c, _| wanted.contains(c));
         let used: BTreeSet<u32> = self.cidr_ids.values().copied().collect();
@@ -490,6 +550,7 @@ impl PolicyState {
         let mut new_slots = Vec::new();
         let policies: Vec<&Policy> = self.policies.values().collect();
         let mut resolved: Vec<Option<Resolved>> = policies.iter().map(|_| None).collect();
+        let (mut total, mut resolved_keys) = (0usize, 0usize);
         for ep in endpoints {
             let labels = universe.ids.get(&ep.sec_id).cloned().unwrap_or_default();
             let selecting: Vec<usize> = (0..policies.len())
@@ -497,7 +558,12 @@ impl PolicyState {
                 .collect();
             for &i in &selecting {
                 if resolved[i].is_none() {
-                    resolved[i] = Some(resolve(policies[i], &universe));
+                    let r = resolve(policies[i], &universe)?;
+                    resolved_keys += r.keys.len();
+                    if resolved_keys > MAX_TOTAL_RESOLVED_KEYS {
+                        return Err(CompileError::TooManyEntries);
+                    }
+                    resolved[i] = Some(r);
                 }
             }
             let selecting: Vec<&Resolved> = selecting
@@ -505,6 +571,16 @@ impl PolicyState {
                 .filter_map(|&i| resolved[i].as_ref())
                 .collect();
             let (enforced, entries) = endpoint_entries(&selecting);
+            if entries.len() > POLICY_MAP_MAX {
+                return Err(CompileError::EndpointMapFull {
+                    ep: ep.ep_id,
+                    need: entries.len(),
+                });
+            }
+            total += entries.len();
+            if total > MAX_TOTAL_ENTRIES {
+                return Err(CompileError::TooManyEntries);
+            }
             let mut out = Vec::with_capacity(entries.len());
             for (key, entry) in entries {
                 let k = (ep.ep_id, key);
@@ -547,11 +623,11 @@ impl PolicyState {
                 self.free_slots.push(s);
             }
         }
-        Compiled {
+        Ok(Compiled {
             tables,
             universe,
             new_slots,
-        }
+        })
     }
 }
 
@@ -566,7 +642,10 @@ pub struct Resolved {
 }
 
 /// Resolve `p`'s peers to identities of `universe` and its ports to protocol/port prefixes.
-pub fn resolve(p: &Policy, universe: &Universe) -> Resolved {
+///
+/// # Errors
+/// More than [`MAX_RESOLVED_KEYS`] keys (checked before each rule's keys are made).
+pub fn resolve(p: &Policy, universe: &Universe) -> Result<Resolved, CompileError> {
     let mut keys = Vec::new();
     for (dir, rules) in [(DIR_INGRESS, &p.ingress), (DIR_EGRESS, &p.egress)] {
         for r in rules {
@@ -615,6 +694,11 @@ pub fn resolve(p: &Policy, universe: &Universe) -> Resolved {
                     })
                     .collect()
             };
+            if keys.len() + ids.len().saturating_mul(l4.len()) > MAX_RESOLVED_KEYS {
+                return Err(CompileError::PolicyTooLarge {
+                    policy: p.id.to_string(),
+                });
+            }
             for &id in &ids {
                 for &(proto, port, bits) in &l4 {
                     keys.push((PolicyKey::new(id, dir, proto, port, bits), r.deny));
@@ -622,10 +706,10 @@ pub fn resolve(p: &Policy, universe: &Universe) -> Resolved {
             }
         }
     }
-    Resolved {
+    Ok(Resolved {
         default_deny: p.default_deny,
         keys,
-    }
+    })
 }
 
 /// The map entries of one endpoint from the policies that select it:
@@ -664,17 +748,20 @@ pub fn endpoint_entries(selecting: &[&Resolved]) -> ([bool; 2], Vec<(PolicyKey, 
     }
     // A deny covers the narrower allows of the same identity: the LPM would find the allow
     // first, so drop it (Cilium's MapState does the same).
-    let denies: Vec<PolicyKey> = map
-        .iter()
-        .filter(|(_, e)| e.is_deny())
-        .map(|(k, _)| *k)
-        .collect();
-    map.retain(|k, e| {
-        e.is_deny()
-            || !denies
-                .iter()
-                .any(|d| d.sec_label == k.sec_label && d.egress == k.egress && d.covers(k))
-    });
+    // Denies indexed by (identity, direction): each allow is checked against its own
+    // identity's denies only.
+    let mut denies: hashbrown::HashMap<(u32, u8), Vec<PolicyKey>> = hashbrown::HashMap::new();
+    for (k, _) in map.iter().filter(|(_, e)| e.is_deny()) {
+        denies.entry((k.sec_label, k.egress)).or_default().push(*k);
+    }
+    if !denies.is_empty() {
+        map.retain(|k, e| {
+            e.is_deny()
+                || !denies
+                    .get(&(k.sec_label, k.egress))
+                    .is_some_and(|ds| ds.iter().any(|d| d.covers(k)))
+        });
+    }
     (enforced, map.into_iter().collect())
 }
 

@@ -43,7 +43,7 @@ fn eps() -> Vec<LocalEndpoint> {
 fn compile(yaml: &str) -> (PolicyState, Compiled) {
     let ps = parse_policies(yaml, "test.yaml").expect("parses");
     let mut st = PolicyState::default().with_policies(&ps);
-    let c = st.compile(&eps(), &pods(), 1024);
+    let c = st.compile(&eps(), &pods(), 1024).expect("compiles");
     (st, c)
 }
 
@@ -318,7 +318,7 @@ spec:
   ingress: [{ fromEndpoints: [{ matchLabels: { app: client } }] }]
 "#;
     let (mut st, c1) = compile(yaml);
-    let c2 = st.compile(&eps(), &pods(), 1024);
+    let c2 = st.compile(&eps(), &pods(), 1024).unwrap();
     let slots = |c: &Compiled| -> Vec<u32> {
         c.tables.endpoints[&1]
             .entries
@@ -428,5 +428,92 @@ spec:
         let e = parse_policies(yaml, "bad.yaml").expect_err(path);
         assert_eq!(e.path, path, "{e}");
         assert!(e.to_string().contains(words), "{e}");
+    }
+}
+
+/// Issue #11 defect 8: a 57 KiB policy took 26 s and 418 MiB to compile, a 5 000-CIDR one
+/// passed 2 GiB. Compilation now stops at the first bound the result would pass.
+mod bounds {
+    use super::*;
+
+    fn cidr_policy(n: usize, ports: &str) -> String {
+        let mut y = String::from(
+            "kind: CiliumNetworkPolicy\nmetadata: { name: wide }\nspec:\n  endpointSelector: {}\n  egress:\n    - toCIDR: [10.0.0.0/8",
+        );
+        for i in 0..n {
+            y += &format!(", 10.{}.{}.{}/32", i >> 16 & 255, i >> 8 & 255, i & 255);
+        }
+        y += &format!("]\n      toPorts: [{{ ports: [{ports}] }}]\n");
+        y
+    }
+
+    fn compile_err(yaml: &str, eps: &[LocalEndpoint]) -> CompileError {
+        let ps = parse_policies(yaml, "t.yaml").expect("parses");
+        let mut st = PolicyState::default().with_policies(&ps);
+        st.compile(eps, &pods(), 1 << 20).unwrap_err()
+    }
+
+    #[test]
+    fn a_policy_resolving_past_the_map_size_is_refused_quickly() {
+        // 5 001 CIDR identities inside 10.0.0.0/8, times every port on TCP, UDP and SCTP.
+        let yaml = cidr_policy(5000, "{ port: \"1\", endPort: 65535 }");
+        assert!(yaml.len() > 57 << 10, "at least the reported size");
+        let t = std::time::Instant::now();
+        let e = compile_err(&yaml, &eps());
+        assert_eq!(
+            e,
+            CompileError::PolicyTooLarge {
+                policy: "CiliumNetworkPolicy/default/wide".into()
+            }
+        );
+        assert!(
+            e.to_string()
+                .contains("an endpoint's policy map holds 16384"),
+            "{e}"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn too_many_cidrs_and_too_many_entries_overall() {
+        let e = compile_err(&cidr_policy(20_000, "{ port: \"80\" }"), &eps());
+        assert_eq!(e, CompileError::TooManyCidrs { n: 20_001 });
+        // 3 000 CIDRs × 3 protocols on one port: ~9 000 entries per endpoint, fine for
+        // one endpoint; 200 endpoints together pass the node-wide bound.
+        let yaml = cidr_policy(3000, "{ port: \"80\" }");
+        let ps = parse_policies(&yaml, "t.yaml").unwrap();
+        let mut st = PolicyState::default().with_policies(&ps);
+        let c = st.compile(&eps()[..1], &pods(), 1 << 20).unwrap();
+        let n = c.tables.endpoints[&1].entries.len();
+        assert!((9_000..POLICY_MAP_MAX).contains(&n), "{n}");
+        let many: Vec<LocalEndpoint> = (1..=200)
+            .map(|i| LocalEndpoint {
+                ep_id: i,
+                sec_id: WEB,
+            })
+            .collect();
+        assert_eq!(compile_err(&yaml, &many), CompileError::TooManyEntries);
+    }
+
+    #[test]
+    fn an_endpoint_map_past_its_size_is_refused() {
+        // 6 001 CIDR identities × TCP/UDP/SCTP + ingress allow-all = 18 004 keys: under the
+        // resolve bound, over one endpoint map.
+        let e = compile_err(&cidr_policy(6000, "{ port: \"80\" }"), &eps()[..1]);
+        assert_eq!(
+            e,
+            CompileError::EndpointMapFull {
+                ep: 1,
+                need: 18_004
+            }
+        );
+        assert!(
+            e.to_string().contains("cilium_policy_v2_00001 holds 16384"),
+            "{e}"
+        );
     }
 }
