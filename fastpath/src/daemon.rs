@@ -104,8 +104,24 @@ fn link_info_args(name: &str, pre: &[&str]) -> anyhow::Result<LinkInfo> {
 
 /// UMEM frame size for an MTU: the kernel puts 256 bytes of XDP headroom in front of the frame.
 fn frame_size_for(mtu: u32) -> Option<u32> {
-    let need = mtu + 14 + 256;
+    let need = mtu.checked_add(14 + 256)?;
     [2048u32, 4096].into_iter().find(|&f| need <= f)
+}
+
+/// The largest MTU a device may have: a frame (MTU + 14) behind the kernel's 256 bytes of
+/// XDP headroom must fit the largest UMEM chunk (4096).
+pub const MAX_MTU: u32 = 4096 - 256 - 14;
+
+/// Refuse a device whose MTU no UMEM frame can hold, naming the config field and device.
+fn check_mtu(field: &str, dev: &str, mtu: u32) -> anyhow::Result<()> {
+    if frame_size_for(mtu).is_none() {
+        bail!(
+            "{field}: device `{dev}` has MTU {mtu}; fastpath's AF_XDP frames hold at most MTU {MAX_MTU} \
+             (4096-byte chunks less 256 bytes of XDP headroom and the 14-byte Ethernet header): \
+             lower it (ip link set dev {dev} mtu 1500)"
+        );
+    }
+    Ok(())
 }
 
 struct WorkerHandle {
@@ -179,6 +195,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 li.tx_queues
             );
         }
+        check_mtu(&format!("pods[{i}].lxc"), &pod.lxc, li.mtu)?;
         max_mtu = max_mtu.max(li.mtu);
         ports.push(Port::lxc(&pod.lxc, li.ifindex, li.mac, pod.ip, 0, li.mtu));
     }
@@ -207,6 +224,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 u.device
             );
         }
+        check_mtu("node.underlay.device", &u.device, li.mtu)?;
         max_mtu = max_mtu.max(li.mtu);
         underlay_port = Some(ports.len() as PortId);
         ports.push(Port::underlay(
@@ -234,11 +252,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             nexthops.add(r.ip, route.neighbour(r.ip), r.overlay_mac);
         }
     }
-    let frame_size = frame_size_for(max_mtu).with_context(|| {
-        format!(
-            "MTU {max_mtu} is too large: frames up to 4096 bytes minus 270 of headroom and header"
-        )
-    })?;
+    let frame_size = frame_size_for(max_mtu).context("every device's MTU was checked above")?;
     let ids = cfg
         .endpoint_ids()
         .map_err(|p| anyhow::anyhow!("invalid settings: {p}"))?;

@@ -403,36 +403,46 @@ fn kernel_vxlan(cfg: &Config, node: &str) -> anyhow::Result<()> {
                 "permanent",
             ],
         )?;
-        let route = |table: &str, id: u32| -> anyhow::Result<()> {
-            in_ns(
-                node,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    &r.pod_cidr.to_string(),
-                    "encap",
-                    "ip",
-                    "id",
-                    &id.to_string(),
-                    "dst",
-                    &r.ip.to_string(),
-                    "ttl",
-                    "64",
-                    "via",
-                    &gw,
-                    "dev",
-                    KERNEL_VXLAN_DEV,
-                    "onlink",
-                    "table",
-                    table,
-                ],
-            )?;
+        let node_ip = u.address.addr.to_string();
+        let route = |table: &str, id: u32, src: Option<&str>| -> anyhow::Result<()> {
+            let (pod_cidr, id, dst) = (r.pod_cidr.to_string(), id.to_string(), r.ip.to_string());
+            let mut args = vec![
+                "ip",
+                "route",
+                "add",
+                &pod_cidr,
+                "encap",
+                "ip",
+                "id",
+                &id,
+                "dst",
+                &dst,
+                "ttl",
+                "64",
+                "via",
+                &gw,
+                "dev",
+                KERNEL_VXLAN_DEV,
+                "onlink",
+                "table",
+                table,
+            ];
+            // Host-originated traffic must leave with the node's underlay address as its
+            // source (the address the peer's ipcache calls remote-node), not whichever other
+            // address the node has.
+            if let Some(src) = src {
+                args.extend(["src", src]);
+            }
+            in_ns(node, &args)?;
             Ok(())
         };
-        route("main", control::identity::RESERVED_REMOTE_NODE)?;
+        route(
+            "main",
+            control::identity::RESERVED_REMOTE_NODE,
+            Some(&node_ip),
+        )?;
         for (i, id) in local_ids.iter().enumerate() {
-            route(&(100 + i).to_string(), *id)?;
+            route(&(100 + i).to_string(), *id, None)?;
         }
     }
     for (i, p) in cfg.pods.iter().enumerate() {

@@ -303,8 +303,19 @@ fn report_policy_change(what: &str, c: api::PolicyChange, out: Output) -> anyhow
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are printed as one line (`error: what: why: cause`), never with a Rust backtrace
+/// whatever `RUST_BACKTRACE` says: they are answers for an operator, not crash reports.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run {
             config,

@@ -6,7 +6,9 @@ use std::process::Command;
 fn run_with(yaml: &str, extra: &[&str]) -> (bool, String) {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique("cfg")));
     std::fs::write(&path, yaml).unwrap();
+    // An operator's shell may well have RUST_BACKTRACE set: errors must still be one line.
     let out = Command::new(fastpath_bin())
+        .env("RUST_BACKTRACE", "1")
         .arg("run")
         .arg("--config")
         .arg(&path)
@@ -27,6 +29,11 @@ fn parse_and_semantic_errors_name_the_field() {
     let (ok, err) = run_with(&y.replace("mac: 0a:58", "mac: 0a:zz"), &[]);
     assert!(!ok);
     assert!(err.contains("pods[0].mac: invalid MAC address"), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(
+        !err.contains("backtrace") && err.trim_end().lines().count() == 1,
+        "one line, no Rust backtrace with RUST_BACKTRACE=1: {err}"
+    );
     let (ok, err) = run_with(&y.replacen("lxc: lxc-p1", "lxc: lxc-p0", 1), &[]);
     assert!(!ok);
     assert!(
@@ -67,6 +74,16 @@ fn missing_device_rejected_before_attach() {
         !String::from_utf8_lossy(&out.stdout).contains("prog/xdp"),
         "nothing attached"
     );
+    // An MTU no UMEM frame holds: the error names the field and the device.
+    let ns = cfg.node.netns.as_deref().unwrap();
+    fastpath::lab::in_ns(ns, &["ip", "link", "set", "dev", "lxc-p1", "mtu", "4000"]).unwrap();
+    let (ok, err) = run_with(&y, &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("pods[1].lxc: device `lxc-p1` has MTU 4000; fastpath's AF_XDP frames hold at most MTU 3826"),
+        "{err}"
+    );
+    fastpath::lab::in_ns(ns, &["ip", "link", "set", "dev", "lxc-p1", "mtu", "1500"]).unwrap();
     // Too few queues for --queues 2.
     let (ok, err) = run_with(&y, &["--queues", "2"]);
     assert!(!ok);

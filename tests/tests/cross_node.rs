@@ -194,7 +194,28 @@ fn kernel_vxlan_node_interoperates_both_ways() {
     let (n0_ids, _) = n0.cfg.identities();
     let (k_ids, _) = k.cfg.identities();
 
+    let k_node_ip = k.cfg.node_ip().unwrap().to_string();
     let flows = capture_vxlan(&format!("{tag}f"), || {
+        // The kernel node's host reaches a fastpath pod as remote-node (VNI 6) from its
+        // underlay address, although it also has its pods' gateway address (the `src` on
+        // its main-table route).
+        let host_ping = fastpath::lab::in_ns(
+            k.node_ns(),
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &n0.pod_ip(0),
+            ],
+        )
+        .unwrap();
+        assert!(host_ping.status.success(), "kernel host -> fastpath pod");
         for i in 0..2 {
             assert!(
                 n0.ping(i, &k.pod_ip(i), 3),
@@ -208,6 +229,10 @@ fn kernel_vxlan_node_interoperates_both_ways() {
             );
         }
     });
+    assert!(
+        flows.contains(&(6, k_node_ip.clone(), n0.pod_ip(0))),
+        "kernel host -> fastpath pod as remote-node from {k_node_ip}: {flows:?}"
+    );
     for i in 0..2 {
         assert!(
             flows.contains(&(n0_ids[i], n0.pod_ip(i), k.pod_ip(i))),
