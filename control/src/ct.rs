@@ -282,16 +282,31 @@ impl Conntrack {
 
     /// Every live entry of one map (`tcp`), as Cilium key and 56-byte value.
     pub fn entries(&self, tcp: bool, now: u32) -> Vec<(CtTuple4, CtEntry)> {
+        self.entries_at_most(tcp, now, usize::MAX).0
+    }
+
+    /// At most `max` live entries of one map, and how many live ones there are in all (a
+    /// listing of a 16M-entry table stays bounded in memory).
+    pub fn entries_at_most(
+        &self,
+        tcp: bool,
+        now: u32,
+        max: usize,
+    ) -> (Vec<(CtTuple4, CtEntry)>, usize) {
         let mut out = Vec::new();
+        let mut live = 0usize;
         self.map(tcp).for_each(|k, v, l| {
             if expired(l, now) {
                 return;
             }
-            let key = CtTuple4::from_words(k);
-            let service = key.flags & TUPLE_F_SERVICE != 0;
-            out.push((key, CtState::decode(v).to_entry(service, l)));
+            live += 1;
+            if out.len() < max {
+                let key = CtTuple4::from_words(k);
+                let service = key.flags & TUPLE_F_SERVICE != 0;
+                out.push((key, CtState::decode(v).to_entry(service, l)));
+            }
         });
-        out
+        (out, live)
     }
 
     /// Backend IDs that live service entries point at (the control plane keeps those

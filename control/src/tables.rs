@@ -314,6 +314,15 @@ impl TableWriter {
         }
     }
 
+    /// Does every reader run `generation` or newer? Never waits (the control loop polls it
+    /// for answers it holds back until a change is in force).
+    pub fn is_applied(&mut self, generation: u64) -> bool {
+        self.reclaim();
+        self.cell.seen[..self.next_reader]
+            .iter()
+            .all(|s| s.load(Ordering::Acquire) >= generation)
+    }
+
     /// Wait until every reader runs `generation` or newer; false on timeout.
     pub fn wait_applied(&mut self, generation: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -112,6 +112,9 @@ pub enum Response {
     },
     CtList {
         entries: Vec<CtRow>,
+        /// Live entries not in `entries` (a listing carries at most 250 000).
+        #[serde(default)]
+        left_out: u64,
     },
     /// A service change is in force from table generation `generation`.
     Applied {
@@ -316,6 +319,9 @@ pub struct Status {
     pub overlay: Option<OverlayStatus>,
     #[serde(default)]
     pub policy: PolicyStatus,
+    /// The control socket's own counters.
+    #[serde(default)]
+    pub control_socket: crate::server::ServerStats,
 }
 
 /// Policy verdict totals (packets) and what is in force.
@@ -508,6 +514,17 @@ impl Status {
             p.denied_ingress,
             p.denied_egress
         );
+        let c = &self.control_socket;
+        s += &format!(
+            "Control:   {} clients now, {} answered; refused {} busy / {} not root; {} too large, {} timed out, {} answers over the pending bound\n",
+            c.clients,
+            c.answered,
+            c.refused_busy,
+            c.refused_not_root,
+            c.too_large,
+            c.timed_out,
+            c.answers_too_large
+        );
         if let Some(o) = &self.overlay {
             s += &format!(
                 "Overlay:   {} via {} ({}, mtu {}), tunnel port {}, {} ipcache entries\n",
@@ -661,10 +678,10 @@ pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// Fetch the conntrack entries.
-pub fn ct_list(path: &Path) -> Result<Vec<CtRow>, ClientError> {
+/// Fetch the conntrack entries, and how many live ones the listing left out.
+pub fn ct_list(path: &Path) -> Result<(Vec<CtRow>, u64), ClientError> {
     match call(path, &Request::CtList)? {
-        Response::CtList { entries } => Ok(entries),
+        Response::CtList { entries, left_out } => Ok((entries, left_out)),
         other => Err(ClientError::Protocol(format!(
             "expected a CT listing, got {other:?}"
         ))),
@@ -714,6 +731,11 @@ pub enum ClientError {
     Protocol(String),
     #[error("fastpath: {0}")]
     Remote(String),
+    #[error(
+        "the request is {0} bytes; the control socket takes at most {max} per request",
+        max = crate::server::MAX_REQUEST_BYTES
+    )]
+    TooLarge(usize),
 }
 
 /// Send one request and read one response.
@@ -726,10 +748,17 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
         path: path.into(),
         source,
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(io)?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
+    if line.len() > crate::server::MAX_REQUEST_BYTES {
+        return Err(ClientError::TooLarge(line.len()));
+    }
+    // A whole answer within 30 s (a large listing on a loaded node), each read and write
+    // bounded too: a stuck node never hangs the CLI.
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
+    s.set_write_timeout(Some(Duration::from_secs(30)))
+        .map_err(io)?;
     s.write_all(line.as_bytes()).map_err(io)?;
     let mut resp = String::new();
     BufReader::new(&s).read_line(&mut resp).map_err(io)?;

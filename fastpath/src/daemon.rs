@@ -10,7 +10,6 @@
 //! 6. start the pinned workers, serve the control socket until SIGINT/SIGTERM;
 //! 7. stop workers, detach XDP (bpf_link drop), remove socket and pins.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -30,6 +29,7 @@ use crate::api::{
     Response, Status, WorkerStatus,
 };
 use crate::neigh;
+use crate::server::{self, Reply, Server, ServerStats};
 use crate::stats::WorkerCounters;
 use crate::worker::{Worker, WorkerConfig};
 use crate::xsk;
@@ -391,17 +391,41 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last_gc = Instant::now();
     let mut poll = mio::Poll::new()?;
-    listener.set_nonblocking(true)?;
-    let mut mio_listener = mio::net::UnixListener::from_std(listener);
-    poll.registry()
-        .register(&mut mio_listener, mio::Token(0), mio::Interest::READABLE)?;
-    let mut events = mio::Events::with_capacity(16);
+    let mut server = Server::new(listener, poll.registry())?;
+    let mut events = mio::Events::with_capacity(64);
+    // The loop: never blocks on anything but poll(2), which wakes for a client, a deadline
+    // of one, or after at most 100 ms (SIGTERM, GC, next hops and liveness are checked on
+    // every pass).
     while !term.load(Ordering::Relaxed) {
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(100)))
-            && e.kind() != std::io::ErrorKind::Interrupted
+        if let Err(e) = poll.poll(
+            &mut events,
+            Some(server.timeout(Duration::from_millis(100))),
+        ) && e.kind() != std::io::ErrorKind::Interrupted
         {
             return Err(e.into());
         }
+        for ev in events.iter() {
+            if ev.token() == server::LISTENER {
+                server.accept(poll.registry());
+                continue;
+            }
+            let stats = server.stats;
+            let mut view = NodeView {
+                cfg: &cfg,
+                dp: &mut dp,
+                handles: &handles,
+                ports: &ports,
+                nexthops: &nexthops,
+                socket_mode: &socket_mode,
+                opts: &opts,
+                started,
+                server: stats,
+            };
+            server.ready(ev.token(), poll.registry(), &mut |req| {
+                handle(req, &mut view)
+            });
+        }
+        server.tick(poll.registry(), &mut |g| dp.writer().is_applied(g));
         dp.writer().reclaim();
         nexthops.tick(&mut dp);
         if last_gc.elapsed() >= GC_INTERVAL {
@@ -413,29 +437,6 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         if handles.iter().any(|h| h.thread.is_finished()) {
             eprintln!("fastpath: a worker exited unexpectedly; shutting down");
             break;
-        }
-        loop {
-            match mio_listener.accept() {
-                Ok((stream, _)) => {
-                    let std_stream =
-                        std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
-                    let _ = std_stream.set_nonblocking(false);
-                    let _ = std_stream.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut view = NodeView {
-                        cfg: &cfg,
-                        dp: &mut dp,
-                        handles: &handles,
-                        ports: &ports,
-                        nexthops: &nexthops,
-                        socket_mode: &socket_mode,
-                        opts: &opts,
-                        started,
-                    };
-                    serve_one(std_stream, &mut view);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e.into()),
-            }
         }
     }
 
@@ -482,107 +483,87 @@ struct NodeView<'a> {
     socket_mode: &'a str,
     opts: &'a RunOptions,
     started: Instant,
+    server: ServerStats,
 }
 
-fn serve_one(stream: std::os::unix::net::UnixStream, v: &mut NodeView<'_>) {
-    // Root only: the socket file is 0600, and we check the peer as well.
-    let resp = match xsk::sys::peer_uid(&stream) {
-        Ok(0) => {
-            let mut line = String::new();
-            match BufReader::new(&stream).read_line(&mut line) {
-                Ok(_) => match serde_json::from_str::<Request>(&line) {
-                    Ok(Request::Status) => Response::Status(Box::new(status(v))),
-                    Ok(Request::EndpointList) => Response::EndpointList {
-                        entries: endpoint_entries(v.dp),
-                    },
-                    Ok(Request::IpcacheList) => Response::IpcacheList {
-                        entries: ipcache_entries(v.dp)
-                            .into_iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect(),
-                    },
-                    Ok(Request::TunnelList) => Response::TunnelList {
-                        entries: ipcache_entries(v.dp)
-                            .into_iter()
-                            .filter_map(|(k, v)| {
-                                let p = k.prefix_v4()?;
-                                (p.len < 32 && v.tunnel_v4().is_some()).then(|| {
-                                    (
-                                        format!("{}:0", p.addr),
-                                        format!("{}:0", v.tunnel_endpoint_v4()),
-                                    )
-                                })
-                            })
-                            .collect(),
-                    },
-                    Ok(Request::LbList { view }) => Response::LbList {
-                        entries: lb_entries(&v.dp.tables().lb, view),
-                    },
-                    Ok(Request::CtList) => Response::CtList {
-                        entries: ct_rows(&v.dp.tables().ct),
-                    },
-                    Ok(Request::ServiceApply { services }) => {
-                        match v.dp.upsert_services(&services) {
-                            Ok(generation) => Response::Applied {
-                                generation,
-                                services: services.len(),
-                            },
-                            Err(e) => Response::Error {
-                                message: e.to_string(),
-                            },
-                        }
-                    }
-                    Ok(Request::PolicyApply { yaml, file }) => {
-                        let start = std::time::Instant::now();
-                        match control::policy::parse::parse_policies(&yaml, &file) {
-                            Err(e) => Response::Error {
-                                message: e.to_string(),
-                            },
-                            Ok(ps) => {
-                                let n = ps.len();
-                                policy_applied(v.dp, start, n, |dp| dp.upsert_policies(&ps))
-                            }
-                        }
-                    }
-                    Ok(Request::PolicyDelete { id }) => {
-                        let start = std::time::Instant::now();
-                        policy_applied(v.dp, start, 1, |dp| dp.delete_policy(&id))
-                    }
-                    Ok(Request::PolicyGet { endpoint }) => match policy_dumps(v.dp, endpoint) {
-                        Ok(endpoints) => Response::PolicyGet { endpoints },
-                        Err(message) => Response::Error { message },
-                    },
-                    Ok(Request::PolicyList) => Response::PolicyList {
-                        policies: policy_summaries(v.dp),
-                    },
-                    Ok(Request::ServiceDelete { id }) => match v.dp.delete_service(&id) {
-                        Ok(generation) => Response::Applied {
-                            generation,
-                            services: 1,
-                        },
-                        Err(e) => Response::Error {
-                            message: e.to_string(),
-                        },
-                    },
-                    Err(e) => Response::Error {
-                        message: format!("bad request: {e}"),
-                    },
-                },
-                Err(e) => Response::Error {
-                    message: format!("reading request: {e}"),
-                },
+/// Answer one control-socket request (on the control thread; see [`crate::server`] for
+/// what bounds the clients).
+fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
+    let now = |r| Reply::Now(r);
+    match req {
+        Request::Status => now(Response::Status(Box::new(status(v)))),
+        Request::EndpointList => now(Response::EndpointList {
+            entries: endpoint_entries(v.dp),
+        }),
+        Request::IpcacheList => now(Response::IpcacheList {
+            entries: ipcache_entries(v.dp)
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }),
+        Request::TunnelList => now(Response::TunnelList {
+            entries: ipcache_entries(v.dp)
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let p = k.prefix_v4()?;
+                    (p.len < 32 && v.tunnel_v4().is_some()).then(|| {
+                        (
+                            format!("{}:0", p.addr),
+                            format!("{}:0", v.tunnel_endpoint_v4()),
+                        )
+                    })
+                })
+                .collect(),
+        }),
+        Request::LbList { view } => now(Response::LbList {
+            entries: lb_entries(&v.dp.tables().lb, view),
+        }),
+        Request::CtList => {
+            let (entries, left_out) = ct_rows(&v.dp.tables().ct);
+            now(Response::CtList { entries, left_out })
+        }
+        Request::ServiceApply { services } => now(match v.dp.upsert_services(&services) {
+            Ok(generation) => Response::Applied {
+                generation,
+                services: services.len(),
+            },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        }),
+        Request::PolicyApply { yaml, file } => {
+            let start = std::time::Instant::now();
+            match control::policy::parse::parse_policies(&yaml, &file) {
+                Err(e) => now(Response::Error {
+                    message: e.to_string(),
+                }),
+                Ok(ps) => {
+                    let n = ps.len();
+                    policy_applied(v.dp, start, n, |dp| dp.upsert_policies(&ps))
+                }
             }
         }
-        Ok(uid) => Response::Error {
-            message: format!("uid {uid} may not use the control socket (root only)"),
-        },
-        Err(e) => Response::Error {
-            message: format!("SO_PEERCRED: {e}"),
-        },
-    };
-    let mut out = serde_json::to_string(&resp).expect("responses serialize");
-    out.push('\n');
-    let _ = (&stream).write_all(out.as_bytes());
+        Request::PolicyDelete { id } => {
+            let start = std::time::Instant::now();
+            policy_applied(v.dp, start, 1, |dp| dp.delete_policy(&id))
+        }
+        Request::PolicyGet { endpoint } => now(match policy_dumps(v.dp, endpoint) {
+            Ok(endpoints) => Response::PolicyGet { endpoints },
+            Err(message) => Response::Error { message },
+        }),
+        Request::PolicyList => now(Response::PolicyList {
+            policies: policy_summaries(v.dp),
+        }),
+        Request::ServiceDelete { id } => now(match v.dp.delete_service(&id) {
+            Ok(generation) => Response::Applied {
+                generation,
+                services: 1,
+            },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
+        }),
+    }
 }
 
 /// The LB maps as `cilium-dbg bpf lb list` prints them, sorted by frontend then slot.
@@ -689,13 +670,19 @@ fn lb_entries(lb: &control::lb::LbTables, view: LbView) -> Vec<(String, String)>
     }
 }
 
-/// Every live conntrack entry, TCP map first, as `bpf ct list global` lines plus fields.
-fn ct_rows(ct: &control::ct::Conntrack) -> Vec<CtRow> {
+/// The most conntrack rows one `ct_list` answer carries (~400 bytes of JSON each).
+pub const MAX_CT_ROWS: usize = 250_000;
+
+/// Live conntrack entries, TCP map first, as `bpf ct list global` lines plus fields: at most
+/// [`MAX_CT_ROWS`], and how many were left out.
+fn ct_rows(ct: &control::ct::Conntrack) -> (Vec<CtRow>, u64) {
     use control::maps::ct::{CT_ANY_MAP, CT_TCP_MAP, TUPLE_F_SERVICE, format_line};
     let now = control::clock::now();
     let mut out = Vec::new();
+    let mut left_out = 0u64;
     for (tcp, name) in [(true, CT_TCP_MAP), (false, CT_ANY_MAP)] {
-        let mut e = ct.entries(tcp, now);
+        let (mut e, live) = ct.entries_at_most(tcp, now, MAX_CT_ROWS - out.len());
+        left_out += (live - e.len()) as u64;
         e.sort_by_key(|(k, _)| (k.daddr, k.saddr, k.sport, k.dport, k.flags));
         for (k, v) in e {
             let ((a, ap), (b, bp)) = k.endpoints();
@@ -722,7 +709,7 @@ fn ct_rows(ct: &control::ct::Conntrack) -> Vec<CtRow> {
             });
         }
     }
-    out
+    (out, left_out)
 }
 
 /// `cilium_lxc` as the kernel holds it, formatted like `cilium-dbg bpf endpoint list`.
@@ -760,31 +747,39 @@ fn ipcache_entries(
     rows
 }
 
-/// Run a policy change and wait until every worker runs it; the answer carries both times.
+/// Run a policy change; the answer waits (without blocking the loop) until every worker
+/// runs it, and carries both times.
 fn policy_applied<K: control::datapath::KernelMaps>(
     dp: &mut Datapath<K>,
     start: std::time::Instant,
     policies: usize,
     change: impl FnOnce(&mut Datapath<K>) -> Result<u64, control::datapath::DatapathError>,
-) -> Response {
+) -> Reply {
     match change(dp) {
-        Err(e) => Response::Error {
+        Err(e) => Reply::Now(Response::Error {
             message: e.to_string(),
-        },
+        }),
         Ok(generation) => {
             let compile_us = start.elapsed().as_micros() as u64;
-            if !dp.writer().wait_applied(generation, Duration::from_secs(2)) {
-                return Response::Error {
-                    message: format!(
-                        "policy published as generation {generation} but not every worker switched to it within 2 s"
-                    ),
-                };
-            }
-            Response::PolicyApplied {
+            Reply::WhenApplied {
                 generation,
-                policies,
-                compile_us,
-                applied_us: start.elapsed().as_micros() as u64,
+                make: Box::new(move |applied| {
+                    if applied {
+                        Response::PolicyApplied {
+                            generation,
+                            policies,
+                            compile_us,
+                            applied_us: start.elapsed().as_micros() as u64,
+                        }
+                    } else {
+                        Response::Error {
+                            message: format!(
+                                "policy published as generation {generation} but not every worker switched to it within {} s",
+                                server::APPLY_TIMEOUT.as_secs()
+                            ),
+                        }
+                    }
+                }),
             }
         }
     }
@@ -956,6 +951,7 @@ fn status(v: &NodeView<'_>) -> Status {
         })
         .collect();
     Status {
+        control_socket: v.server,
         node: cfg.node.name.clone(),
         netns: cfg.node.netns.clone(),
         pid: std::process::id(),

@@ -12,6 +12,7 @@ pub mod api;
 pub mod daemon;
 pub mod lab;
 pub mod neigh;
+pub mod server;
 pub mod stage;
 pub mod stats;
 pub mod wire;

@@ -391,7 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 what: CtCmd::List { scope: _, target },
             },
         } => {
-            let rows = api::ct_list(&socket_of(&target)?)?;
+            let (rows, left_out) = api::ct_list(&socket_of(&target)?)?;
             match target.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Text => {
@@ -399,6 +399,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("{}", r.line);
                     }
                 }
+            }
+            if left_out > 0 {
+                eprintln!(
+                    "({left_out} more live entries not listed: one listing carries at most {})",
+                    fastpath::daemon::MAX_CT_ROWS
+                );
             }
             Ok(())
         }

@@ -179,7 +179,7 @@ fn lb_list(n: &TestNode, flag: &str) -> String {
 }
 
 fn ct_rows(n: &TestNode) -> Vec<fastpath::api::CtRow> {
-    fastpath::api::ct_list(&n.socket).expect("ct list")
+    fastpath::api::ct_list(&n.socket).expect("ct list").0
 }
 
 #[test]
