@@ -393,6 +393,9 @@ pub struct WorkerStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PortStatus {
     pub ifname: String,
+    /// The device's rx queues this worker serves (its home queue first).
+    #[serde(default)]
+    pub rx_queues: Vec<u32>,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -549,10 +552,11 @@ impl Status {
             .join(" ");
         s += "\n\n";
         s += &format!(
-            "{:<6}{:<6}{:<16}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
+            "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
             "QUEUE",
             "CORE",
             "DEVICE",
+            "RXQS",
             "RX_PKTS",
             "RX_BYTES",
             "TX_PKTS",
@@ -563,11 +567,13 @@ impl Status {
         for w in &self.workers {
             let core = w.core.map_or("-".into(), |c| c.to_string());
             for p in &w.ports {
+                let rxqs: Vec<String> = p.rx_queues.iter().map(|q| q.to_string()).collect();
                 s += &format!(
-                    "{:<6}{:<6}{:<16}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
+                    "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
                     w.queue,
                     core,
                     p.ifname,
+                    rxqs.join(","),
                     p.rx_packets,
                     p.rx_bytes,
                     p.tx_packets,

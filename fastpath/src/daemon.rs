@@ -31,7 +31,7 @@ use crate::api::{
 use crate::neigh;
 use crate::server::{self, Reply, Server, ServerStats};
 use crate::stats::WorkerCounters;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{Worker, WorkerConfig, WorkerDevice};
 use crate::xsk;
 
 /// What `fastpath run` was asked to do.
@@ -102,6 +102,63 @@ fn link_info_args(name: &str, pre: &[&str]) -> anyhow::Result<LinkInfo> {
     })
 }
 
+/// The rx/tx queues of a device that sockets can bind to, checked against `--queues`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuesInUse {
+    pub rx: u32,
+    pub tx: u32,
+}
+
+/// Check that `dev` (config field `field`) has a queue for every worker, and read how many
+/// rx queues it has in use: those are all served (worker `q mod N` serves rx queue `q`).
+/// The counts are the ones in use (`ethtool -l`, "Current hardware settings"), not the ones
+/// allocated (`ip -d link`'s `num_rx_queues`): a plain veth has 2 allocated and 1 in use,
+/// and AF_XDP binds only to queues in use.
+fn check_queues(
+    field: &str,
+    dev: &str,
+    li: &LinkInfo,
+    workers: u32,
+) -> anyhow::Result<QueuesInUse> {
+    let (q, how) = match xsk::sys::channels(dev) {
+        Ok(c) => (
+            QueuesInUse { rx: c.rx, tx: c.tx },
+            format!(
+                "`ethtool -l {dev}`: {} rx / {} tx in use, at most {} / {}",
+                c.rx, c.tx, c.max_rx, c.max_tx
+            ),
+        ),
+        // No channel counts from this driver: what it allocated is all it has.
+        Err(_) => (
+            QueuesInUse {
+                rx: li.rx_queues,
+                tx: li.tx_queues,
+            },
+            format!(
+                "`ip -d link show {dev}`: num_rx_queues {} / num_tx_queues {}",
+                li.rx_queues, li.tx_queues
+            ),
+        ),
+    };
+    if q.rx < workers || q.tx < workers {
+        bail!(
+            "{field}: device `{dev}` has {} rx / {} tx queues in use ({how}); --queues {workers} needs at least {workers} of each, one per worker: \
+             raise them (`ethtool -L {dev} rx {workers} tx {workers}`, or create the veth with numrxqueues/numtxqueues {workers}) or lower --queues",
+            q.rx,
+            q.tx
+        );
+    }
+    if q.rx > xdp_redirect::MAX_QUEUES {
+        bail!(
+            "{field}: device `{dev}` has {} rx queues in use ({how}); fastpath serves at most {} per device: lower them (`ethtool -L {dev} rx {}`)",
+            q.rx,
+            xdp_redirect::MAX_QUEUES,
+            xdp_redirect::MAX_QUEUES
+        );
+    }
+    Ok(q)
+}
+
 /// UMEM frame size for an MTU: the kernel puts 256 bytes of XDP headroom in front of the frame.
 fn frame_size_for(mtu: u32) -> Option<u32> {
     let need = mtu.checked_add(14 + 256)?;
@@ -128,7 +185,7 @@ struct WorkerHandle {
     queue: u32,
     core: Option<usize>,
     counters: Arc<WorkerCounters>,
-    fds: Vec<i32>,
+    sockets: Vec<crate::worker::SocketInfo>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -178,6 +235,8 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     // 3. Devices.
     let queues = cfg.datapath.queues;
     let mut ports = Vec::new();
+    // Per port: the rx queues it has in use (all of them are served).
+    let mut rx_in_use: Vec<u32> = Vec::new();
     let mut max_mtu = 0;
     for (i, pod) in cfg.pods.iter().enumerate() {
         let li = link_info(&pod.lxc).with_context(|| {
@@ -186,16 +245,9 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 cfg.node.netns.as_deref().unwrap_or("(current)")
             )
         })?;
-        if li.rx_queues < queues || li.tx_queues < queues {
-            bail!(
-                "pods[{i}].lxc: device `{}` has {} rx / {} tx queues; --queues {queues} needs at least {queues} \
-                 (create the veth with numrxqueues/numtxqueues {queues})",
-                pod.lxc,
-                li.rx_queues,
-                li.tx_queues
-            );
-        }
-        check_mtu(&format!("pods[{i}].lxc"), &pod.lxc, li.mtu)?;
+        let field = format!("pods[{i}].lxc");
+        rx_in_use.push(check_queues(&field, &pod.lxc, &li, queues)?.rx);
+        check_mtu(&field, &pod.lxc, li.mtu)?;
         max_mtu = max_mtu.max(li.mtu);
         ports.push(Port::lxc(&pod.lxc, li.ifindex, li.mac, pod.ip, 0, li.mtu));
     }
@@ -207,14 +259,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 cfg.node.netns.as_deref().unwrap_or("(current)")
             )
         })?;
-        if li.rx_queues < queues || li.tx_queues < queues {
-            bail!(
-                "node.underlay.device: `{}` has {} rx / {} tx queues; --queues {queues} needs at least {queues}",
-                u.device,
-                li.rx_queues,
-                li.tx_queues
-            );
-        }
+        rx_in_use.push(check_queues("node.underlay.device", &u.device, &li, queues)?.rx);
         if !neigh::has_address(&u.device, u.address.addr)? {
             bail!(
                 "node.underlay.address: {} is not configured on `{}` (ip addr add {} dev {})",
@@ -312,13 +357,19 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    let devs: Vec<(String, u32)> = ports
+    let devs: Vec<WorkerDevice> = ports
         .iter()
-        .map(|p| (p.ifname.clone(), p.ifindex))
+        .zip(&rx_in_use)
+        .map(|(p, &rx)| WorkerDevice {
+            name: p.ifname.clone(),
+            ifindex: p.ifindex,
+            rx_queues: rx,
+        })
         .collect();
     for q in 0..queues {
         let wc = WorkerConfig {
             queue: q,
+            workers: queues,
             core: Some(cores[q as usize]),
             batch_size: cfg.datapath.batch_size,
             ring_size: cfg.datapath.ring_size,
@@ -327,10 +378,17 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             bare: opts.bare,
         };
         let w = Worker::new(wc, &devs, dp.reader(), stop.clone())?;
-        for (port, fd) in w.socket_fds() {
+        // Every rx queue of every device gets its socket in the XSKMAP before XDP is
+        // attached: nothing is steered to an empty slot.
+        for si in w.sockets() {
             dp.kernel()
-                .register_xsk(port as u32, q, &RawFdRef(fd))
-                .context("registering the socket in fp_xsks")?;
+                .register_xsk(si.port as u32, si.queue, &RawFdRef(si.fd))
+                .with_context(|| {
+                    format!(
+                        "registering the socket of {} queue {} in fp_xsks",
+                        ports[si.port as usize].ifname, si.queue
+                    )
+                })?;
         }
         workers.push(w);
     }
@@ -363,7 +421,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let mut handles = Vec::new();
     for (q, w) in workers.into_iter().enumerate() {
         let counters = w.counters();
-        let fds = w.socket_fds().into_iter().map(|(_, fd)| fd).collect();
+        let sockets = w.sockets();
         let thread = std::thread::Builder::new()
             .name(format!("fp-worker-{q}"))
             .spawn(move || w.run())?;
@@ -371,7 +429,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             queue: q as u32,
             core: Some(cores[q]),
             counters,
-            fds,
+            sockets,
             thread,
         });
     }
@@ -909,16 +967,24 @@ fn status(v: &NodeView<'_>) -> Status {
                 ports: ports
                     .iter()
                     .zip(&c.ports)
-                    .zip(&h.fds)
-                    .map(|((p, pc), fd)| PortStatus {
-                        ifname: p.ifname.clone(),
-                        rx_packets: pc.rx_packets.get(),
-                        rx_bytes: pc.rx_bytes.get(),
-                        tx_packets: pc.tx_packets.get(),
-                        tx_bytes: pc.tx_bytes.get(),
-                        tx_ring_full: pc.tx_ring_full.get(),
-                        tx_kicks: pc.tx_kicks.get(),
-                        xsk: xsk::stats_of(*fd).unwrap_or_default(),
+                    .enumerate()
+                    .map(|(i, (p, pc))| {
+                        let mine: Vec<&crate::worker::SocketInfo> =
+                            h.sockets.iter().filter(|s| s.port as usize == i).collect();
+                        PortStatus {
+                            ifname: p.ifname.clone(),
+                            rx_queues: mine.iter().map(|s| s.queue).collect(),
+                            rx_packets: pc.rx_packets.get(),
+                            rx_bytes: pc.rx_bytes.get(),
+                            tx_packets: pc.tx_packets.get(),
+                            tx_bytes: pc.tx_bytes.get(),
+                            tx_ring_full: pc.tx_ring_full.get(),
+                            tx_kicks: pc.tx_kicks.get(),
+                            xsk: mine
+                                .iter()
+                                .map(|s| xsk::stats_of(s.fd).unwrap_or_default())
+                                .fold(xsk::XskStats::default(), |a, b| a.add(&b)),
+                        }
                     })
                     .collect(),
                 metrics: c

@@ -1,7 +1,14 @@
-//! A pinned worker: one rx queue of every owned device, one UMEM shared by their sockets.
+//! A pinned worker: its rx queues of every owned device, one UMEM shared by their sockets.
+//!
+//! Queues: with `N` workers, worker `w` serves rx queue `q` of a device when `q mod N = w`,
+//! so every rx queue of every device is served whatever `--queues` says (a device with more
+//! queues than workers gives some workers several). Its *home* socket on a device is the one
+//! on queue `w` (every device has at least `N` queues in use: the daemon checks), with a TX
+//! ring: everything the worker sends to that device leaves through it. Its other sockets on
+//! the device are receive-only.
 //!
 //! Loop (OVS `pmd_thread_main` shape): poll each socket's RX ring → pipeline → queue on the
-//! destination socket's TX ring (moving the descriptor; no copy) → flush/kick TX → reap
+//! destination device's home TX ring (moving the descriptor; no copy) → flush/kick TX → reap
 //! completions → refill fill rings. Every [`HOUSEKEEPING_EVERY`] loops it passes a quiescent
 //! point (picks up a new table version) and checks the stop flag. When idle in adaptive mode
 //! it sleeps in poll(2) on its RX sockets instead of burning the core.
@@ -30,7 +37,10 @@ const SLEEP_MS: i32 = 10;
 /// Settings of one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// This worker's index `w` (its home queue on every device).
     pub queue: u32,
+    /// Workers in all (`N`): the worker serves the rx queues `q` with `q mod N = w`.
+    pub workers: u32,
     pub core: Option<usize>,
     pub batch_size: u32,
     pub ring_size: u32,
@@ -40,60 +50,119 @@ pub struct WorkerConfig {
     pub bare: bool,
 }
 
+/// A device as a worker needs it: name (for errors), ifindex, and the rx queues it has in
+/// use (`ethtool -l`'s current count).
+#[derive(Debug, Clone)]
+pub struct WorkerDevice {
+    pub name: String,
+    pub ifindex: u32,
+    pub rx_queues: u32,
+}
+
+/// One of a worker's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// The device (its index in the port table).
+    pub port: PortId,
+    /// The rx queue it is bound to.
+    pub queue: u32,
+    pub fd: i32,
+    /// The device's home socket (has the TX ring).
+    pub home: bool,
+}
+
 /// A worker before it runs: its UMEM and sockets exist, so failures show up at start.
 #[derive(Debug)]
 pub struct Worker {
     cfg: WorkerConfig,
     umem: Umem,
     socks: Vec<Socket>,
+    /// Per socket: its device and queue.
+    info: Vec<SocketInfo>,
+    /// Per device: the index of its home socket in `socks`.
+    home: Vec<usize>,
     tables: TableReader,
     counters: Arc<WorkerCounters>,
     stop: Arc<AtomicBool>,
 }
 
+/// The rx queues worker `w` of `n` serves on a device with `rx` queues in use: `w` first
+/// (its home queue), then `w + n`, `w + 2n`, ...
+pub fn queues_of(w: u32, n: u32, rx: u32) -> impl Iterator<Item = u32> {
+    (w..rx).step_by(n.max(1) as usize)
+}
+
 impl Worker {
-    /// Create the UMEM and one socket per device (`ifindexes`, in port order) on `cfg.queue`.
+    /// Create the UMEM and the sockets: on every device (`devs`, in port order) one per rx
+    /// queue this worker serves ([`queues_of`]).
     ///
     /// # Errors
-    /// Socket creation or bind failures, naming the device.
+    /// Socket creation or bind failures, naming the device and queue.
     pub fn new(
         cfg: WorkerConfig,
-        ifindexes: &[(String, u32)],
+        devs: &[WorkerDevice],
         tables: TableReader,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<Worker> {
         use anyhow::Context;
-        let frames =
-            (ifindexes.len() as u32 * cfg.ring_size * 2 + 4 * cfg.batch_size).next_power_of_two();
+        let per_dev: Vec<Vec<u32>> = devs
+            .iter()
+            .map(|d| queues_of(cfg.queue, cfg.workers, d.rx_queues).collect())
+            .collect();
+        let nsocks: u32 = per_dev.iter().map(|q| q.len() as u32).sum();
+        for (d, q) in devs.iter().zip(&per_dev) {
+            if q.first() != Some(&cfg.queue) {
+                anyhow::bail!(
+                    "{}: {} rx queues in use, so no queue {} for worker {} (each worker needs its own queue on every device)",
+                    d.name,
+                    d.rx_queues,
+                    cfg.queue,
+                    cfg.queue
+                );
+            }
+        }
+        let frames = (nsocks * cfg.ring_size * 2 + 4 * cfg.batch_size).next_power_of_two();
         let mut umem = Umem::new(frames, cfg.frame_size).context("allocating UMEM")?;
-        let mut socks: Vec<Socket> = Vec::with_capacity(ifindexes.len());
-        for (name, ifindex) in ifindexes {
-            let s = bind_retry(|| {
-                Socket::new(&umem, *ifindex, cfg.queue, cfg.ring_size, socks.first())
-            })
-            .with_context(|| format!("AF_XDP socket on {name} queue {}", cfg.queue))?;
-            socks.push(s);
+        let mut socks: Vec<Socket> = Vec::with_capacity(nsocks as usize);
+        let mut info = Vec::with_capacity(nsocks as usize);
+        let mut home = Vec::with_capacity(devs.len());
+        for (p, (d, queues)) in devs.iter().zip(&per_dev).enumerate() {
+            for &q in queues {
+                let is_home = q == cfg.queue;
+                let s = bind_retry(|| {
+                    Socket::new(&umem, d.ifindex, q, cfg.ring_size, socks.first(), is_home)
+                })
+                .with_context(|| format!("AF_XDP socket on {} queue {q}", d.name))?;
+                if is_home {
+                    home.push(socks.len());
+                }
+                info.push(SocketInfo {
+                    port: p as PortId,
+                    queue: q,
+                    fd: s.fd(),
+                    home: is_home,
+                });
+                socks.push(s);
+            }
         }
         for s in &mut socks {
             s.fill(&mut umem, cfg.ring_size);
         }
         Ok(Worker {
-            counters: Arc::new(WorkerCounters::new(socks.len())),
+            counters: Arc::new(WorkerCounters::new(devs.len())),
             cfg,
             umem,
             socks,
+            info,
+            home,
             tables,
             stop,
         })
     }
 
-    /// (port, fd) of every socket, for the XSKMAP and for statistics.
-    pub fn socket_fds(&self) -> Vec<(PortId, i32)> {
-        self.socks
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i as PortId, s.fd()))
-            .collect()
+    /// Every socket with its device and queue, for the XSKMAP and for statistics.
+    pub fn sockets(&self) -> Vec<SocketInfo> {
+        self.info.clone()
     }
 
     pub fn socket_mode(&self) -> &'static str {
@@ -110,9 +179,10 @@ impl Worker {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
         let batch = self.cfg.batch_size;
-        let nports = self.socks.len();
+        let nports = self.home.len();
+        let nsocks = self.socks.len();
         let mut rx: Vec<Frame> = Vec::with_capacity(batch as usize);
-        let mut pending = vec![false; nports];
+        let mut pending = vec![false; nsocks];
         let mut pollfds: Vec<libc::pollfd> = self
             .socks
             .iter()
@@ -140,8 +210,9 @@ impl Worker {
             }
             c.loops.add(1);
             let mut got = 0u32;
-            for p in 0..nports {
-                let n = self.socks[p].recv(&mut self.umem, &mut rx, batch);
+            for i in 0..nsocks {
+                let p = self.info[i].port as usize;
+                let n = self.socks[i].recv(&mut self.umem, &mut rx, batch);
                 if n == 0 {
                     continue;
                 }
@@ -208,11 +279,22 @@ impl Worker {
                         }
                     };
                     let len = f.len();
-                    match self.socks[out].send(f) {
+                    let Some(&o) = self.home.get(out) else {
+                        // A verdict naming a port this worker has no socket on: the tables
+                        // and the sockets disagree. Counted, never a panic.
+                        c.dropped(
+                            control::maps::DropReason::UnknownTarget,
+                            MetricDir::Egress,
+                            len,
+                        );
+                        self.umem.release(f);
+                        continue;
+                    };
+                    match self.socks[o].send(f) {
                         Ok(()) => {
                             c.ports[out].tx_packets.add(1);
                             c.ports[out].tx_bytes.add(len as u64);
-                            pending[out] = true;
+                            pending[o] = true;
                         }
                         Err(f) => {
                             c.ports[out].tx_ring_full.add(1);
@@ -222,10 +304,15 @@ impl Worker {
                 }
             }
             let mut tx_busy = false;
-            for ((sock, pend), pc) in self.socks.iter_mut().zip(pending.iter_mut()).zip(&c.ports) {
+            for ((sock, pend), inf) in self
+                .socks
+                .iter_mut()
+                .zip(pending.iter_mut())
+                .zip(&self.info)
+            {
                 if *pend {
                     if sock.flush() {
-                        pc.tx_kicks.add(1);
+                        c.ports[inf.port as usize].tx_kicks.add(1);
                     }
                     // Copy-mode TX sends at most 32 frames per kick: keep kicking until drained.
                     *pend = sock.tx_outstanding() > 0;

@@ -88,8 +88,22 @@ fn missing_device_rejected_before_attach() {
     let (ok, err) = run_with(&y, &["--queues", "2"]);
     assert!(!ok);
     assert!(
-        err.contains("has 1 rx / 1 tx queues; --queues 2 needs at least 2"),
+        err.contains("pods[0].lxc: device `lxc-p0` has 1 rx / 1 tx queues in use (`ethtool -l lxc-p0`: 1 rx / 1 tx in use, at most 1 / 1); --queues 2 needs at least 2 of each"),
         "{err}"
     );
+    drop(lab);
+    // Issue #11 defect 4: a device with 2 queues allocated but 1 in use (a plain veth, or
+    // after `ethtool -L`) passed the old check, which read the allocated count, and then
+    // failed in bind(2) with a bare EINVAL. The check reads the count in use.
+    let lab = fastpath::lab::Lab::up(&cfg, 2).unwrap();
+    fastpath::lab::in_ns(ns, &["ethtool", "-L", "lxc-p1", "rx", "1", "tx", "1"]).unwrap();
+    let (ok, err) = run_with(&y, &["--queues", "2"]);
+    assert!(!ok);
+    assert!(
+        err.contains("pods[1].lxc: device `lxc-p1` has 1 rx / 1 tx queues in use (`ethtool -l lxc-p1`: 1 rx / 1 tx in use, at most 2 / 2); --queues 2 needs at least 2 of each")
+            && err.contains("ethtool -L lxc-p1 rx 2 tx 2"),
+        "{err}"
+    );
+    assert!(!err.contains("Invalid argument"), "{err}");
     drop(lab);
 }

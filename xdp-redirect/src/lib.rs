@@ -39,7 +39,7 @@ pub const ROLE_LXC: u32 = 1;
 pub const ROLE_UNDERLAY: u32 = 2;
 
 /// Counter slots of `fp_xdp_stats`, with the names `fastpath status` prints.
-pub const XDP_STAT_NAMES: [&str; 9] = [
+pub const XDP_STAT_NAMES: [&str; 10] = [
     "steered",
     "passed_not_endpoint",
     "passed_arp",
@@ -49,6 +49,7 @@ pub const XDP_STAT_NAMES: [&str; 9] = [
     "steered_overlay",
     "passed_underlay",
     "steered_service",
+    "passed_no_socket",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -307,8 +308,8 @@ impl Steering {
     }
 
     /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.
-    pub fn stats(&self) -> Result<[u64; 9], SteeringError> {
-        let mut out = [0u64; 9];
+    pub fn stats(&self) -> Result<[u64; XDP_STAT_NAMES.len()], SteeringError> {
+        let mut out = [0u64; XDP_STAT_NAMES.len()];
         for (i, o) in out.iter_mut().enumerate() {
             *o = percpu_counter(&self.ebpf, i as u32)?;
         }
@@ -664,6 +665,23 @@ fn if_index(ifname: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    /// The counter names here and the slots of the C enum are one table: same count, and
+    /// every `FP_STAT_*` slot where the names put it.
+    #[test]
+    fn stat_names_match_the_c_enum() {
+        let c = include_str!("bpf/fp_xdp.c");
+        let max: usize = c
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("FP_STAT_MAX = "))
+            .and_then(|v| v.trim_end_matches(',').parse().ok())
+            .expect("FP_STAT_MAX in fp_xdp.c");
+        assert_eq!(max, super::XDP_STAT_NAMES.len());
+        for (slot, name) in [(9, "passed_no_socket"), (6, "steered_overlay")] {
+            assert_eq!(super::XDP_STAT_NAMES[slot], name);
+        }
+        assert!(c.contains("FP_STAT_PASSED_NO_SOCKET = 9,"));
+    }
+
     #[test]
     fn object_has_btf_and_programs() {
         let obj = aya_obj_sections(super::FP_XDP_OBJ);

@@ -379,12 +379,27 @@ pub struct XskStats {
     pub tx_ring_empty_descs: u64,
 }
 
-/// One AF_XDP socket bound to (ifindex, queue), with its four rings.
+impl XskStats {
+    /// The two added (one device's sockets of a worker together).
+    pub fn add(&self, o: &XskStats) -> XskStats {
+        XskStats {
+            rx_dropped: self.rx_dropped + o.rx_dropped,
+            rx_invalid_descs: self.rx_invalid_descs + o.rx_invalid_descs,
+            tx_invalid_descs: self.tx_invalid_descs + o.tx_invalid_descs,
+            rx_ring_full: self.rx_ring_full + o.rx_ring_full,
+            rx_fill_ring_empty_descs: self.rx_fill_ring_empty_descs + o.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: self.tx_ring_empty_descs + o.tx_ring_empty_descs,
+        }
+    }
+}
+
+/// One AF_XDP socket bound to (ifindex, queue), with its rings: RX, fill and completion
+/// always, TX unless it was made receive-only ([`Socket::new`] `tx: false`).
 #[derive(Debug)]
 pub struct Socket {
     fd: OwnedFd,
     rx: Ring<libc::xdp_desc>,
-    tx: Ring<libc::xdp_desc>,
+    tx: Option<Ring<libc::xdp_desc>>,
     fill: Ring<u64>,
     comp: Ring<u64>,
     mode: BindMode,
@@ -418,7 +433,9 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T, what: &str) -> io::Result<(
 impl Socket {
     /// Create a socket on `ifindex`/`queue` over `umem`, with rings of `ring_size` entries.
     /// `shared_with`: the first socket of this UMEM (this one then shares it and gets its own
-    /// fill/completion rings, as sharing across devices requires).
+    /// fill/completion rings, as sharing across devices and queues requires). `tx: false`
+    /// makes a receive-only socket (no TX ring): the kernel lets a socket with a TX ring bind
+    /// only to a queue below the device's TX queue count, one without to any RX queue.
     ///
     /// # Errors
     /// Any failing syscall, with its name (e.g. `bind: Device or resource busy`).
@@ -428,6 +445,7 @@ impl Socket {
         queue: u32,
         ring_size: u32,
         shared_with: Option<&Socket>,
+        tx: bool,
     ) -> io::Result<Socket> {
         assert!(ring_size.is_power_of_two());
         // SAFETY: plain socket(2) call; the fd is owned right below.
@@ -458,7 +476,9 @@ impl Socket {
             "XDP_UMEM_COMPLETION_RING",
         )?;
         setsockopt(f, libc::XDP_RX_RING, &ring_size, "XDP_RX_RING")?;
-        setsockopt(f, libc::XDP_TX_RING, &ring_size, "XDP_TX_RING")?;
+        if tx {
+            setsockopt(f, libc::XDP_TX_RING, &ring_size, "XDP_TX_RING")?;
+        }
 
         // SAFETY: zeroed is valid for this plain struct; getsockopt fills it.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
@@ -479,7 +499,16 @@ impl Socket {
         let (rx, tx, fill, comp) = unsafe {
             (
                 Ring::<libc::xdp_desc>::map(f, libc::XDP_PGOFF_RX_RING as u64, ring_size, &off.rx)?,
-                Ring::<libc::xdp_desc>::map(f, libc::XDP_PGOFF_TX_RING as u64, ring_size, &off.tx)?,
+                if tx {
+                    Some(Ring::<libc::xdp_desc>::map(
+                        f,
+                        libc::XDP_PGOFF_TX_RING as u64,
+                        ring_size,
+                        &off.tx,
+                    )?)
+                } else {
+                    None
+                },
                 Ring::<u64>::map(f, libc::XDP_UMEM_PGOFF_FILL_RING, ring_size, &off.fr)?,
                 Ring::<u64>::map(f, libc::XDP_UMEM_PGOFF_COMPLETION_RING, ring_size, &off.cr)?,
             )
@@ -603,14 +632,17 @@ impl Socket {
     }
 
     /// Queue a frame for transmission (published by [`Socket::flush`]). Gives the frame back if
-    /// the TX ring is full.
+    /// the TX ring is full (or the socket is receive-only).
     #[inline]
     pub fn send(&mut self, f: Frame) -> Result<(), Frame> {
-        if self.tx.prod_free(1) == 0 {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(f);
+        };
+        if tx.prod_free(1) == 0 {
             return Err(f);
         }
-        let idx = self.tx.local;
-        self.tx.write(
+        let idx = tx.local;
+        tx.write(
             idx,
             libc::xdp_desc {
                 addr: f.addr,
@@ -618,23 +650,33 @@ impl Socket {
                 options: 0,
             },
         );
-        self.tx.local = idx.wrapping_add(1);
+        tx.local = idx.wrapping_add(1);
         Ok(())
+    }
+
+    /// Does this socket have a TX ring?
+    pub fn can_send(&self) -> bool {
+        self.tx.is_some()
     }
 
     /// Publish queued TX descriptors and kick the kernel if it asked for it (copy mode always
     /// does). Returns true if a syscall was made.
     #[inline]
     pub fn flush(&mut self) -> bool {
-        self.tx.prod_publish();
-        if self.tx.prod_outstanding() == 0 {
+        let copy = self.mode == BindMode::Copy;
+        let fd = self.fd();
+        let Some(tx) = self.tx.as_mut() else {
+            return false;
+        };
+        tx.prod_publish();
+        if tx.prod_outstanding() == 0 {
             return false;
         }
-        if self.mode == BindMode::Copy || self.tx.needs_wakeup() {
+        if copy || tx.needs_wakeup() {
             // SAFETY: sendto with no buffer is the documented AF_XDP TX kick.
             let r = unsafe {
                 libc::sendto(
-                    self.fd(),
+                    fd,
                     std::ptr::null(),
                     0,
                     libc::MSG_DONTWAIT,
@@ -652,7 +694,7 @@ impl Socket {
 
     /// TX descriptors still queued in the kernel.
     pub fn tx_outstanding(&mut self) -> u32 {
-        self.tx.prod_outstanding()
+        self.tx.as_mut().map_or(0, |tx| tx.prod_outstanding())
     }
 
     /// Move completed TX chunks back to the pool. Returns how many.

@@ -2,7 +2,7 @@
 //! stays inside `xsk/`.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 
 /// Move the calling thread into the network namespace `name` (`/run/netns/<name>`, as
 /// `ip netns add` creates). Call before spawning threads: new threads inherit it.
@@ -55,4 +55,83 @@ pub fn peer_uid(fd: &impl AsRawFd) -> io::Result<u32> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// A device's queue counts as `ethtool -l` reports them (ETHTOOL_GCHANNELS): what is in use
+/// now (`rx`, `tx` — combined channels counted in both) and the most the driver allows.
+/// AF_XDP can bind only to queues in use: a plain veth has 2 queues allocated but 1 in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channels {
+    pub rx: u32,
+    pub tx: u32,
+    pub max_rx: u32,
+    pub max_tx: u32,
+}
+
+/// `struct ethtool_channels` (linux/ethtool.h).
+#[repr(C)]
+#[derive(Default)]
+struct EthtoolChannels {
+    cmd: u32,
+    max_rx: u32,
+    max_tx: u32,
+    max_other: u32,
+    max_combined: u32,
+    rx_count: u32,
+    tx_count: u32,
+    other_count: u32,
+    combined_count: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member of its union (40 bytes on 64-bit Linux).
+#[repr(C)]
+struct IfreqData {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _rest: [u8; 16],
+}
+
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+/// The queue counts of `ifname` in the calling thread's network namespace.
+///
+/// # Errors
+/// The device does not exist (ENODEV) or its driver has no channel counts (EOPNOTSUPP).
+pub fn channels(ifname: &str) -> io::Result<Channels> {
+    let mut req = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: std::ptr::null_mut(),
+        _rest: [0; 16],
+    };
+    if ifname.len() >= libc::IFNAMSIZ || ifname.as_bytes().contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    for (d, s) in req.name.iter_mut().zip(ifname.as_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    let mut ch = EthtoolChannels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Default::default()
+    };
+    req.data = (&mut ch as *mut EthtoolChannels).cast();
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh fd we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `req` is a valid ifreq whose data points at `ch`, both alive for the call;
+    // the kernel writes at most size_of::<EthtoolChannels>() bytes into it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL as _, &mut req as *mut IfreqData) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Channels {
+        rx: ch.rx_count + ch.combined_count,
+        tx: ch.tx_count + ch.combined_count,
+        max_rx: ch.max_rx + ch.max_combined,
+        max_tx: ch.max_tx + ch.max_combined,
+    })
 }

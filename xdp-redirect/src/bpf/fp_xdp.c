@@ -82,7 +82,11 @@ enum {
 	FP_STAT_STEERED_OVERLAY = 6,
 	FP_STAT_PASS_UNDERLAY = 7,
 	FP_STAT_STEERED_SERVICE = 8,
-	FP_STAT_MAX = 9,
+	/* A frame to steer whose device/rx queue has no socket in fp_xsks (an rx queue no
+	 * worker serves, or a start-up/shutdown window): passed to the kernel, and counted
+	 * here so it is never silent. */
+	FP_STAT_PASSED_NO_SOCKET = 9,
+	FP_STAT_MAX = 10,
 };
 
 /* cilium_lxc key: struct endpoint_key (20 bytes). */
@@ -360,12 +364,21 @@ static __always_inline int from_backend(__be32 saddr, __be16 sport, __u8 proto)
 	return bpf_map_lookup_elem(&fp_lb_backend_addrs, &k) != 0;
 }
 
+/* Into this device's socket for the frame's rx queue. An empty slot makes
+ * bpf_redirect_map return its fallback (XDP_PASS): the frame goes to the kernel and is
+ * counted as passed_no_socket instead of as steered. */
 static __always_inline int redirect(struct xdp_md *ctx, const struct fp_dev *dev, __u32 stat)
 {
-	__u32 key = dev->slot * FP_MAX_QUEUES + ctx->rx_queue_index;
+	__u32 q = ctx->rx_queue_index;
+	long r;
 
+	if (q >= FP_MAX_QUEUES)
+		return pass(FP_STAT_PASSED_NO_SOCKET);
+	r = bpf_redirect_map(&fp_xsks, dev->slot * FP_MAX_QUEUES + q, XDP_PASS);
+	if (r != XDP_REDIRECT)
+		return pass(FP_STAT_PASSED_NO_SOCKET);
 	count(stat);
-	return bpf_redirect_map(&fp_xsks, key, XDP_PASS);
+	return XDP_REDIRECT;
 }
 
 /* The node NIC: only tunnel traffic and native-routed traffic for local pods. */
