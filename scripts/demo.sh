@@ -27,8 +27,10 @@ $FP lab down; $FP lab down --config "$TMP/demo2.yaml"; $FP lab down --config "$T
 x $FP lab up                                          # demo: fp-demo-node + 3 pod namespaces
 x $FP lab up --config "$TMP/demo2.yaml"               # demo2
 x $FP lab up --config "$TMP/kernel.yaml" --kernel-vxlan   # demo-kernel: vxlan0 external, dstport 8472
-$FP run --cores 0 & FP_PID=$!                         # the embedded default config
-$FP run --config "$TMP/demo2.yaml" --cores 1 & FP2_PID=$!
+# Runtime changes (the policy applied below) are kept in --state-dir across restarts; the
+# demo keeps them in its temp dir so every run starts from the embedded config.
+$FP run --cores 0 --state-dir "$TMP/state-demo" & FP_PID=$!           # the embedded default config
+$FP run --config "$TMP/demo2.yaml" --cores 1 --state-dir "$TMP/state-demo2" & FP2_PID=$!
 for _ in $(seq 100); do
   $FP status --node demo -o json 2>/dev/null | grep -q '"mac": "' && \
   $FP status --node demo2 -o json 2>/dev/null | grep -q '"mac": "' && break

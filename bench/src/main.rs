@@ -103,7 +103,8 @@ fn generator(
     Ok(())
 }
 
-struct Fastpath(Child);
+/// A running fastpath and its (temporary) state directory.
+struct Fastpath(Child, std::path::PathBuf);
 impl Drop for Fastpath {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -111,6 +112,7 @@ impl Drop for Fastpath {
             .arg(self.0.id().to_string())
             .status();
         let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -124,10 +126,13 @@ fn start_fastpath(
         .parent()
         .context("exe dir")?
         .join("fastpath");
+    let state = std::env::temp_dir().join(format!("fastpath-bench-{node}-state"));
     let mut cmd = Command::new(&bin);
     cmd.arg("run")
         .arg("--config")
         .arg(cfg_path)
+        .arg("--state-dir")
+        .arg(&state)
         .args(["--cores", &core.to_string()]);
     if bare {
         cmd.arg("--bare");
@@ -137,7 +142,7 @@ fn start_fastpath(
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("{}", bin.display()))?;
-    let fp = Fastpath(child);
+    let fp = Fastpath(child, state);
     let sock = fastpath::api::socket_path(node);
     let deadline = Instant::now() + Duration::from_secs(10);
     while fastpath::api::status(&sock).is_err() {

@@ -51,6 +51,9 @@ pub struct RunOptions {
     /// Pin maps under this bpffs directory (default `/sys/fs/bpf/fastpath/<node>`; none if
     /// bpffs is not mounted).
     pub pin_dir: Option<PathBuf>,
+    /// Where services and policies applied at run time are kept across restarts (default
+    /// `/var/lib/fastpath/<node>`; see [`crate::state`]).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// A device as the kernel reports it.
@@ -347,6 +350,34 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     );
     dp.load_node(&cfg)
         .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;
+    // What was applied at run time before a restart or crash is in force again before any
+    // device is attached (nothing is served without the policies it had).
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::state::default_dir(&cfg.node.name));
+    let mut state = crate::state::StateFile::open(&state_dir, &cfg.node.name)?;
+    if !state.state.is_empty() {
+        let path = state.path();
+        let fix = || {
+            format!(
+                "restoring the runtime state in {} (fix it, or remove it to start from the config alone)",
+                path.display()
+            )
+        };
+        dp.set_services(&state.state.services_over(&cfg), &cfg.lb_settings())
+            .with_context(fix)?;
+        let policies = state.state.policies_over(&cfg).with_context(fix)?;
+        dp.set_policies(&policies).with_context(fix)?;
+        eprintln!(
+            "fastpath: restored {} service(s) and {} policy object(s) applied at run time, {} service and {} policy deletion(s), from {}",
+            state.state.services.len(),
+            state.state.policies.len(),
+            state.state.services_deleted.len(),
+            state.state.policies_deleted.len(),
+            path.display()
+        );
+    }
     // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
     // host-originated traffic to remote pods takes the same path.
     let _routes_guard = KernelRoutes::install(
@@ -478,6 +509,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 opts: &opts,
                 started,
                 server: stats,
+                state: &mut state,
             };
             server.ready(ev.token(), poll.registry(), &mut |req| {
                 handle(req, &mut view)
@@ -542,6 +574,7 @@ struct NodeView<'a> {
     opts: &'a RunOptions,
     started: Instant,
     server: ServerStats,
+    state: &'a mut crate::state::StateFile,
 }
 
 /// Answer one control-socket request (on the control thread; see [`crate::server`] for
@@ -580,30 +613,52 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
             let (entries, left_out) = ct_rows(&v.dp.tables().ct);
             now(Response::CtList { entries, left_out })
         }
-        Request::ServiceApply { services } => now(match v.dp.upsert_services(&services) {
-            Ok(generation) => Response::Applied {
-                generation,
-                services: services.len(),
-            },
-            Err(e) => Response::Error {
-                message: e.to_string(),
-            },
-        }),
+        Request::ServiceApply { services } => {
+            let before = v.dp.services();
+            now(match v.dp.upsert_services(&services) {
+                Ok(generation) => {
+                    let mut next = v.state.state.clone();
+                    next.upsert_services(&services);
+                    match persist_services(v, next, &before) {
+                        Ok(()) => Response::Applied {
+                            generation,
+                            services: services.len(),
+                        },
+                        Err(message) => Response::Error { message },
+                    }
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            })
+        }
         Request::PolicyApply { yaml, file } => {
             let start = std::time::Instant::now();
-            match control::policy::parse::parse_policies(&yaml, &file) {
+            match control::policy::parse::parse_objects(&yaml, &file) {
                 Err(e) => now(Response::Error {
                     message: e.to_string(),
                 }),
-                Ok(ps) => {
-                    let n = ps.len();
-                    policy_applied(v.dp, start, n, |dp| dp.upsert_policies(&ps))
+                Ok(objects) => {
+                    let ps: Vec<control::policy::Policy> =
+                        objects.iter().flat_map(|(_, ps)| ps.clone()).collect();
+                    let mut next = v.state.state.clone();
+                    next.upsert_policies(&objects);
+                    policy_applied(v, start, ps.len(), next, |dp| dp.upsert_policies(&ps))
                 }
             }
         }
         Request::PolicyDelete { id } => {
             let start = std::time::Instant::now();
-            policy_applied(v.dp, start, 1, |dp| dp.delete_policy(&id))
+            // Persisted as the full ids it removes.
+            let removed: Vec<String> =
+                v.dp.policies()
+                    .iter()
+                    .filter(|p| p.id.matches(&id))
+                    .map(|p| p.id.to_string())
+                    .collect();
+            let mut next = v.state.state.clone();
+            next.delete_policies(&removed);
+            policy_applied(v, start, 1, next, |dp| dp.delete_policy(&id))
         }
         Request::PolicyGet { endpoint } => now(match policy_dumps(v.dp, endpoint) {
             Ok(endpoints) => Response::PolicyGet { endpoints },
@@ -612,15 +667,25 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
         Request::PolicyList => now(Response::PolicyList {
             policies: policy_summaries(v.dp),
         }),
-        Request::ServiceDelete { id } => now(match v.dp.delete_service(&id) {
-            Ok(generation) => Response::Applied {
-                generation,
-                services: 1,
-            },
-            Err(e) => Response::Error {
-                message: e.to_string(),
-            },
-        }),
+        Request::ServiceDelete { id } => {
+            let before = v.dp.services();
+            now(match v.dp.delete_service(&id) {
+                Ok(generation) => {
+                    let mut next = v.state.state.clone();
+                    next.delete_service(&id);
+                    match persist_services(v, next, &before) {
+                        Ok(()) => Response::Applied {
+                            generation,
+                            services: 1,
+                        },
+                        Err(message) => Response::Error { message },
+                    }
+                }
+                Err(e) => Response::Error {
+                    message: e.to_string(),
+                },
+            })
+        }
     }
 }
 
@@ -805,15 +870,53 @@ fn ipcache_entries(
     rows
 }
 
-/// Run a policy change; the answer waits (without blocking the loop) until every worker
-/// runs it, and carries both times.
-fn policy_applied<K: control::datapath::KernelMaps>(
-    dp: &mut Datapath<K>,
+/// Persist the runtime state after a service change; if that fails, put the services back as
+/// they were (`before`) so that what is in force is what a restart restores.
+fn persist_services(
+    v: &mut NodeView<'_>,
+    next: crate::state::RuntimeState,
+    before: &[control::lb::ServiceConfig],
+) -> Result<(), String> {
+    match v.state.save(next) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let undo = v.dp.set_services(before, &v.cfg.lb_settings());
+            Err(format!(
+                "not applied: the change could not be persisted ({e:#}), so it was taken back{}",
+                undo.err()
+                    .map(|u| format!(" — and taking it back failed too: {u}"))
+                    .unwrap_or_default()
+            ))
+        }
+    }
+}
+
+/// Run a policy change, persist the runtime state `next` (or take the change back if that
+/// fails); the answer waits (without blocking the loop) until every worker runs it, and
+/// carries both times.
+fn policy_applied(
+    v: &mut NodeView<'_>,
     start: std::time::Instant,
     policies: usize,
-    change: impl FnOnce(&mut Datapath<K>) -> Result<u64, control::datapath::DatapathError>,
+    next: crate::state::RuntimeState,
+    change: impl FnOnce(&mut Datapath<Steering>) -> Result<u64, control::datapath::DatapathError>,
 ) -> Reply {
-    match change(dp) {
+    let before = v.dp.policies();
+    let r = change(v.dp);
+    if r.is_ok()
+        && let Err(e) = v.state.save(next)
+    {
+        let undo = v.dp.set_policies(&before);
+        return Reply::Now(Response::Error {
+            message: format!(
+                "not applied: the change could not be persisted ({e:#}), so it was taken back{}",
+                undo.err()
+                    .map(|u| format!(" — and taking it back failed too: {u}"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    match r {
         Err(e) => Reply::Now(Response::Error {
             message: e.to_string(),
         }),

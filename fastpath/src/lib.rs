@@ -14,6 +14,7 @@ pub mod lab;
 pub mod neigh;
 pub mod server;
 pub mod stage;
+pub mod state;
 pub mod stats;
 pub mod wire;
 pub mod worker;

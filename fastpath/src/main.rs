@@ -58,6 +58,11 @@ enum Cmd {
         /// Control socket path.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Where services and policies applied at run time are kept, so that a restart or
+        /// crash restores them before traffic is served (runtime.json, mode 0600). Remove
+        /// the file to start from the config alone.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/fastpath/<node>")]
+        state_dir: PathBuf,
     },
     /// Per-queue counters, XDP modes, cores and drop reasons of a running node.
     Status(Target),
@@ -324,6 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             xdp_mode,
             bare,
             socket,
+            state_dir,
         } => {
             let cfg = load(&config)?;
             daemon::run(daemon::RunOptions {
@@ -338,6 +344,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bare,
                 socket,
                 pin_dir: None,
+                state_dir: (state_dir.as_os_str() != "/var/lib/fastpath/<node>")
+                    .then_some(state_dir),
             })
         }
         Cmd::Status(t) => {

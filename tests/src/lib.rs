@@ -170,6 +170,8 @@ pub struct TestNode {
     pub cfg: Config,
     pub config_path: PathBuf,
     pub socket: PathBuf,
+    /// `--state-dir` of this node (kept across restarts of the process, removed on drop).
+    pub state_dir: PathBuf,
     child: Option<Child>,
     _lab: Lab,
 }
@@ -182,10 +184,13 @@ impl TestNode {
         let config_path = std::env::temp_dir().join(format!("{}.yaml", cfg.node.name));
         std::fs::write(&config_path, yaml).unwrap();
         let socket = api::socket_path(&cfg.node.name);
+        let state_dir = std::env::temp_dir().join(format!("{}-state", cfg.node.name));
+        let _ = std::fs::remove_dir_all(&state_dir);
         let mut n = TestNode {
             cfg,
             config_path,
             socket,
+            state_dir,
             child: None,
             _lab: lab,
         };
@@ -195,6 +200,13 @@ impl TestNode {
 
     /// Start (or restart) the fastpath process and wait for its control socket.
     pub fn launch(&mut self, args: &[&str]) {
+        if let Err(log) = self.try_launch(args) {
+            panic!("{log}");
+        }
+    }
+
+    /// Start fastpath; `Err(log)` if it exits before serving (or does not come up in 15 s).
+    pub fn try_launch(&mut self, args: &[&str]) -> Result<(), String> {
         assert!(self.child.is_none());
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("{}.log", self.cfg.node.name)))
@@ -203,6 +215,8 @@ impl TestNode {
             .arg("run")
             .arg("--config")
             .arg(&self.config_path)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -212,18 +226,26 @@ impl TestNode {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if api::status(&self.socket).is_ok() {
-                return;
+                return Ok(());
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("fastpath exited early ({st}): {}", self.log());
+                self.child = None;
+                return Err(format!("fastpath exited early ({st}): {}", self.log()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "fastpath did not come up: {}",
-                self.log()
-            );
+            if Instant::now() > deadline {
+                return Err(format!("fastpath did not come up: {}", self.log()));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL fastpath (a crash: no cleanup of its own) and wait for it to be gone.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // A crashed fastpath leaves its socket file behind; the next one replaces it.
     }
 
     pub fn log(&self) -> String {
@@ -332,6 +354,7 @@ impl Drop for TestNode {
         }
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.config_path);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

@@ -92,6 +92,19 @@ pub struct PolicyId {
     pub name: String,
 }
 
+impl PolicyId {
+    /// Does `id` name this policy: `Kind/ns/name` (`Kind/name` clusterwide) or `ns/name`
+    /// (`name` clusterwide)? What `policy delete` accepts.
+    pub fn matches(&self, id: &str) -> bool {
+        let short = if self.namespace.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        };
+        self.to_string() == id || short == id
+    }
+}
+
 impl fmt::Display for PolicyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.namespace.is_empty() {
@@ -476,15 +489,7 @@ impl PolicyState {
     pub fn with_delete(&self, id: &str) -> Result<PolicyState, String> {
         let mut next = self.clone();
         let before = next.policies.len();
-        next.policies.retain(|k, _| {
-            let full = k.to_string();
-            let short = if k.namespace.is_empty() {
-                k.name.clone()
-            } else {
-                format!("{}/{}", k.namespace, k.name)
-            };
-            full != id && short != id
-        });
+        next.policies.retain(|k, _| !k.matches(id));
         if next.policies.len() == before {
             let known: Vec<String> = self.policies.keys().map(|k| k.to_string()).collect();
             return Err(format!(

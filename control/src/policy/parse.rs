@@ -29,6 +29,19 @@ pub struct PolicyError {
 /// Parse every policy in `text` (from `file`). All or nothing: the first problem is returned.
 /// The text is bounded ([`crate::yaml::POLICY`]: size, depth, nodes, documents).
 pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, PolicyError> {
+    Ok(parse_objects(text, file)?
+        .into_iter()
+        .flat_map(|(_, ps)| ps)
+        .collect())
+}
+
+/// Parse every policy object in `text`, each with the policies it makes (a
+/// CiliumNetworkPolicy with `specs` makes one per spec): what `fastpath run` persists of a
+/// policy applied at run time is the object. Ids are unique across the text.
+///
+/// # Errors
+/// As [`parse_policies`].
+pub fn parse_objects(text: &str, file: &str) -> Result<Vec<(Value, Vec<Policy>)>, PolicyError> {
     let mut out = Vec::new();
     let docs = crate::yaml::documents(text, &crate::yaml::POLICY).map_err(|e| PolicyError {
         doc: file.into(),
@@ -45,14 +58,16 @@ pub fn parse_policies(text: &str, file: &str) -> Result<Vec<Policy>, PolicyError
                 .cloned()
                 .unwrap_or_default();
             for (j, item) in items.into_iter().enumerate() {
-                out.extend(object(item, &format!("{where_} item {j}"))?);
+                let ps = object(item.clone(), &format!("{where_} item {j}"))?;
+                out.push((item, ps));
             }
         } else {
-            out.extend(object(v, &where_)?);
+            let ps = object(v.clone(), &where_)?;
+            out.push((v, ps));
         }
     }
     let mut seen = std::collections::BTreeSet::new();
-    for p in &out {
+    for p in out.iter().flat_map(|(_, ps)| ps) {
         if !seen.insert(p.id.clone()) {
             return Err(PolicyError {
                 doc: file.into(),
