@@ -165,6 +165,7 @@ fn dnat(b: &mut Buf<'_>, ip: &mut Ip, be: &Lb4Backend) {
         be.address,
         be.port(),
     );
+    ip.orig_dst.get_or_insert((ip.dst, ip.dport));
     ip.dst = be.address;
     ip.dport = be.port();
 }
@@ -234,7 +235,7 @@ pub(super) fn nodeport_lb4(
     {
         // Local backend: no SNAT. The backend's ingress policy judges the client's
         // identity; the IN entry it then gets says where replies go.
-        return match local_delivery(b.data_mut(), &ip, reply_state, ep, MetricDir::Ingress, t, s) {
+        return match local_delivery(b, &ip, reply_state, ep, MetricDir::Ingress, t, s) {
             Verdict::Deliver { port } => Verdict::RoutedIn { port },
             v => v,
         };
@@ -378,8 +379,10 @@ fn forward_reply(
         };
     }
     ipv.decrement_ttl();
+    let total = ipv.total_len();
     let mut eth = EthernetFrame::new_checked(frame).expect("checked");
     eth.set_dst(st.reply_mac);
     eth.set_src(port.1);
+    b.set_len(ethernet::HEADER_LEN + total);
     Verdict::Route { port: port.0 }
 }

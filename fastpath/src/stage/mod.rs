@@ -230,6 +230,10 @@ struct Ip {
     tracked: bool,
     /// A fragment after the first (no L4 header).
     later_fragment: bool,
+    /// The destination (address, port) the sender used, when a service translated it: an
+    /// ICMP error about the packet quotes it as sent, so the sender's stack can match it to
+    /// its socket (as Linux's NAT translates the packet an ICMP error embeds).
+    orig_dst: Option<([u8; 4], u16)>,
 }
 
 impl Ip {
@@ -288,6 +292,7 @@ fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
         tcp_flags: 0,
         tracked: false,
         later_fragment: ip.frag_offset() != 0,
+        orig_dst: None,
     };
     // L4 headers must be complete (conntrack keys on them); later fragments carry none.
     if ip.frag_offset() == 0 {
@@ -486,7 +491,7 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
             src_sec_id: src_id,
             ..Default::default()
         };
-        return local_delivery(b.data_mut(), &ip, st, ep, MetricDir::Egress, t, s);
+        return local_delivery(b, &ip, st, ep, MetricDir::Egress, t, s);
     }
     to_remote_node(
         b,
@@ -538,7 +543,7 @@ fn to_remote_node(
 /// gets an IN entry with state `src`. Then TTL−1 and the pod's MACs.
 #[inline]
 fn local_delivery(
-    frame: &mut [u8],
+    b: &mut Buf<'_>,
     ip: &Ip,
     src: CtState,
     ep: &EndpointEntry,
@@ -560,6 +565,7 @@ fn local_delivery(
     } else {
         None
     };
+    let frame = b.data_mut();
     match reply_hit {
         Some(hit) => {
             t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
@@ -588,6 +594,9 @@ fn local_delivery(
     let mut eth = EthernetFrame::new_checked(frame).expect("checked");
     eth.set_dst(ep.info.pod_mac());
     eth.set_src(ep.info.lxc_mac());
+    // What follows the IP datagram (Ethernet padding, or anything a sender appended) is not
+    // forwarded, as a router's ip_rcv trims it.
+    b.set_len(ethernet::HEADER_LEN + ip.total_len);
     Verdict::Deliver { port: out }
 }
 
@@ -631,6 +640,14 @@ fn icmp_error(
         return drop_egress(reason);
     }
     let frame = b.data_mut();
+    if let Some((addr, port)) = ip.orig_dst {
+        crate::wire::nat::rewrite(
+            &mut frame[ethernet::HEADER_LEN..],
+            crate::wire::nat::Side::Dst,
+            addr,
+            port,
+        );
+    }
     let n = icmp::make_error(
         &mut frame[ethernet::HEADER_LEN..],
         ip.total_len,
@@ -736,6 +753,7 @@ fn route_native(
     let mut eth = EthernetFrame::new_checked(frame).expect("checked");
     eth.set_dst(nh.dst_mac);
     eth.set_src(nh.src_mac);
+    b.set_len(ethernet::HEADER_LEN + ip.total_len);
     Verdict::Route { port: nh.port }
 }
 
@@ -867,7 +885,7 @@ fn to_local_pod(
                 src_sec_id: src_id,
                 ..Default::default()
             };
-            match local_delivery(b.data_mut(), ip, st, ep, MetricDir::Ingress, t, s) {
+            match local_delivery(b, ip, st, ep, MetricDir::Ingress, t, s) {
                 Verdict::Deliver { port } => arrived(port),
                 v => v,
             }

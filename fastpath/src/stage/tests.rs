@@ -940,6 +940,47 @@ remote_nodes:
         assert_eq!(out, want, "trimmed at the UDP length");
     }
 
+    /// Found by the pipeline fuzz target: frag-needed for a packet a service translated
+    /// quoted the translated packet; the pod's stack matches the quote to its socket, so it
+    /// must be the packet as the pod sent it (to the ClusterIP and the service port).
+    #[test]
+    fn frag_needed_after_dnat_quotes_what_the_pod_sent() {
+        let mut cfg = n1_cfg(false, false);
+        cfg.services = yaml(
+            "- { name: remote, cluster_ip: 10.96.0.77, ports: [{ port: 53, protocol: UDP, target_port: 5353 }], backends: [{ ip: 10.2.0.11 }] }",
+        )
+        .unwrap();
+        let t = node(&cfg, N1_MAC, N2, N2_MAC);
+        let mut udp = vec![0u8; 8 + 1451 - 28];
+        udp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        udp[2..4].copy_from_slice(&53u16.to_be_bytes());
+        let ulen = udp.len() as u16;
+        udp[4..6].copy_from_slice(&ulen.to_be_bytes());
+        let input = Pkt::eth(LXC[0], A_MAC)
+            .ipv4(A_IP, [10, 96, 0, 77], ipv4::PROTO_UDP, 64, &udp)
+            .bytes();
+        let (v, out) = run(&input, A_PORT, &t);
+        assert_eq!(
+            v,
+            Verdict::IcmpReply {
+                port: A_PORT,
+                reason: DropReason::FragNeeded
+            }
+        );
+        let quote = &out[14 + 28..];
+        assert_eq!(
+            &quote[16..20],
+            &[10, 96, 0, 77],
+            "quoted destination: the VIP"
+        );
+        assert_eq!(
+            &quote[22..24],
+            &53u16.to_be_bytes(),
+            "quoted port: the service port"
+        );
+        assert_eq!(quote, &input[14..14 + quote.len()], "the packet as sent");
+    }
+
     #[test]
     fn native_routing_forwards_without_encap() {
         let cfg = n1_cfg(true, false);
