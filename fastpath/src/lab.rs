@@ -221,10 +221,35 @@ impl Lab {
             sh(&["ip", "netns", "add", &fabric])?;
             self.fabric = Some(fabric.clone());
             in_ns(&fabric, &["ip", "link", "set", "lo", "up"])?;
+            // A switch, not a firewall: with br_netfilter on (it is, in every namespace of
+            // this kernel) the bridge would run IP checks on what it forwards and drop
+            // frames with a bad header checksum or length before any node saw them.
             in_ns(
                 &fabric,
-                &["ip", "link", "add", FABRIC_BRIDGE, "type", "bridge"],
+                &[
+                    "ip",
+                    "link",
+                    "add",
+                    FABRIC_BRIDGE,
+                    "type",
+                    "bridge",
+                    "nf_call_iptables",
+                    "0",
+                    "nf_call_arptables",
+                    "0",
+                    "nf_call_ip6tables",
+                    "0",
+                ],
             )?;
+            // The per-bridge options only add to the namespace's sysctls: turn those off too
+            // (where br_netfilter exists at all).
+            for sysctl in [
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ] {
+                let _ = in_ns(&fabric, &["sysctl", "-qw", sysctl]);
+            }
             in_ns(&fabric, &["ip", "link", "set", FABRIC_BRIDGE, "up"])?;
         }
         let port = fabric_port(&cfg.node.name);

@@ -25,20 +25,53 @@ pub mod seeds;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counts the inputs a target ran and prints the count when dropped (at the end of the
-/// target), so a long run can state how many executions it made.
+/// target), so a long run can state how many executions it made. With [`Executions::input`]
+/// it is also a watchdog: an input that runs longer than [`HANG`] is printed and the process
+/// aborted, so a hang is a reported failure, not a stuck run.
 #[derive(Debug)]
 pub struct Executions {
     name: &'static str,
     n: AtomicU64,
     start: std::time::Instant,
+    current: std::sync::Arc<std::sync::Mutex<(u64, std::time::Instant, Vec<u8>)>>,
 }
+
+/// How long one input may take before the watchdog calls it a hang.
+pub const HANG: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Executions {
     pub fn new(name: &'static str) -> Executions {
+        let current = std::sync::Arc::new(std::sync::Mutex::new((
+            0u64,
+            std::time::Instant::now(),
+            Vec::new(),
+        )));
+        let watched = std::sync::Arc::downgrade(&current);
+        std::thread::spawn(move || {
+            let mut last = 0;
+            while let Some(c) = watched.upgrade() {
+                {
+                    let g = c.lock().unwrap_or_else(|e| e.into_inner());
+                    if g.0 != 0 && g.0 == last && g.1.elapsed() > HANG {
+                        eprintln!(
+                            "fuzz target {name}: input {} has run for {:?}: a hang. The input (hex):\n{}",
+                            g.0,
+                            g.1.elapsed(),
+                            g.2.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        );
+                        std::process::abort();
+                    }
+                    last = g.0;
+                }
+                drop(c);
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        });
         Executions {
             name,
             n: AtomicU64::new(0),
             start: std::time::Instant::now(),
+            current,
         }
     }
 
@@ -46,6 +79,13 @@ impl Executions {
     #[inline]
     pub fn tick(&self) {
         self.n.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One more input, watched for hangs (for the slower targets: it copies the input).
+    pub fn input(&self, bytes: &[u8]) {
+        let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut g = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        *g = (n, std::time::Instant::now(), bytes.to_vec());
     }
 }
 

@@ -362,6 +362,32 @@ pub enum Step {
     Reply,
 }
 
+/// Give `f` the MACs (and, with `src_ip`, the source address) of a frame that really
+/// arrived on `port`: from the pod behind an lxc port, or from the peer node on the
+/// underlay.
+fn own(f: &mut [u8], port: u16, src_ip: bool) {
+    if f.len() < 14 {
+        return;
+    }
+    let (dst, src, ip) = match port as usize {
+        p @ 0..=2 => (
+            fixture::LXC_MACS[p].0,
+            fixture::POD_MACS[p].0,
+            Some(fixture::POD_IPS[p]),
+        ),
+        p if p == fixture::UNDERLAY as usize => (fixture::NODE_MAC.0, fixture::PEER_MAC.0, None),
+        _ => return,
+    };
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    if let (Some(a), true) = (ip, src_ip)
+        && ipv4_at(f, 0).is_some()
+    {
+        f[26..30].copy_from_slice(&a);
+        fix_checksums(f);
+    }
+}
+
 /// A short sequence of frames on fresh tables: 1-6 steps.
 #[derive(Debug, Clone, Copy)]
 pub struct SequenceGen;
@@ -387,7 +413,12 @@ impl ValueGenerator for SequenceGen {
                     crate::seeds::pod_seeds,
                 ),
             };
-            let frame = FrameGen { seeds }.frame(d)?;
+            let mut frame = FrameGen { seeds }.frame(d)?;
+            // Most of the time the frame comes from where it claims to: the port's own MACs
+            // (and, from a pod, its own address), so that it gets past anti-spoofing.
+            if d.gen_bool(Some(0.85))? {
+                own(&mut frame, port, d.gen_bool(Some(0.8))?);
+            }
             steps.push(Step::Frame { port, frame });
         }
         Some((native, steps))

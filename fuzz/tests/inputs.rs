@@ -60,7 +60,7 @@ fn config() {
             seeds: config_seeds,
         })
         .for_each(|text| {
-            ex.tick();
+            ex.input(text.as_bytes());
             let Ok(cfg) = Config::parse(text, "fuzz.yaml") else {
                 return;
             };
@@ -170,7 +170,7 @@ fn policy() {
             seeds: policy_seeds,
         })
         .for_each(|text| {
-            ex.tick();
+            ex.input(text.as_bytes());
             let Ok(ps) = control::policy::parse::parse_policies(text, "fuzz.yaml") else {
                 return;
             };
@@ -258,7 +258,7 @@ fn control_request() {
             seeds: request_seeds,
         })
         .for_each(|text| {
-            ex.tick();
+            ex.input(text.as_bytes());
             let Ok(req) = serde_json::from_str::<Request>(text) else {
                 return;
             };

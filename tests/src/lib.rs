@@ -483,7 +483,7 @@ impl Pods for TestNode {
 }
 
 /// Send raw Ethernet frames (hex) out of `dev` in namespace `ns` with an AF_PACKET socket.
-fn raw_send(ns: &str, dev: &str, frames_hex: &[String]) {
+pub fn raw_send(ns: &str, dev: &str, frames_hex: &[String]) {
     let script = format!(
         "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(({dev:?},0))\nfor f in {frames_hex:?}:\n    s.send(bytes.fromhex(f))\n"
     );

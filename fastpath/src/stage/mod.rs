@@ -168,8 +168,21 @@ pub fn from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scra
     let Ok(eth) = EthernetFrame::new_checked(b.data()) else {
         return drop_egress(DropReason::Invalid);
     };
+    // A source MAC that is a group address is never a sender's (IEEE 802).
+    if eth.src().is_multicast() {
+        return drop_egress(DropReason::InvalidSmac);
+    }
     match eth.ethertype() {
-        EtherType::Ipv4 => ipv4_from_container(b, in_port, t, s),
+        EtherType::Ipv4 => {
+            // IP is routed by the gateway: a frame not addressed to the lxc (the MAC the pod's
+            // ARP got) is not ours to forward, as a router's ip_rcv ignores PACKET_OTHERHOST.
+            match t.port(in_port) {
+                Some(p) if p.mac == eth.dst() => {}
+                Some(_) => return drop_egress(DropReason::InvalidDmac),
+                None => return drop_egress(DropReason::UnknownSender),
+            }
+            ipv4_from_container(b, in_port, t, s)
+        }
         EtherType::Arp => arp_respond(b.data_mut(), in_port, t),
         // The XDP program passes everything else to the kernel; seeing it here means the
         // steering and the pipeline disagree, so say which L3 it was.
@@ -434,6 +447,12 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
         None => return drop_egress(DropReason::UnknownSender),
     }
     let (src_id, src_ep) = match t.endpoint_v4(ip.src) {
+        // ... and from its own MAC (the one cilium_lxc has for it).
+        Some(e)
+            if e.info.pod_mac() != EthernetFrame::new_checked(b.data()).expect("checked").src() =>
+        {
+            return drop_egress(DropReason::InvalidSmac);
+        }
         Some(e) => (e.info.sec_id, e.info.lxc_id),
         None => return drop_egress(DropReason::UnknownSender),
     };
@@ -767,6 +786,12 @@ pub fn from_netdev(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scratch
     };
     if eth.ethertype() != EtherType::Ipv4 {
         return drop_ingress(DropReason::UnknownL3);
+    }
+    // Not addressed to this NIC (a flooded frame meant for another host): not ours, as
+    // ip_rcv ignores PACKET_OTHERHOST; delivering it would duplicate the intended hop's copy.
+    match t.port(in_port) {
+        Some(p) if p.mac == eth.dst() => {}
+        _ => return drop_ingress(DropReason::InvalidDmac),
     }
     // One look at the outer IPv4 header: is it VXLAN for us, and where does its header sit?
     // What Linux's ip_rcv/udp_rcv check before a VXLAN socket sees a datagram is checked

@@ -32,13 +32,14 @@ const CLIENT_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xc8, 0x01, 0x0b]);
 const ECHO_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xc8, 0x01, 0x0c]);
 const LXC_CLIENT_MAC: MacAddr = MacAddr([0x3e, 0, 0, 0, 0, 0x01]);
 const LXC_ECHO_MAC: MacAddr = MacAddr([0x3e, 0, 0, 0, 0, 0x02]);
+const LXC_WEB_MAC: MacAddr = MacAddr([0x3e, 0, 0, 0, 0, 3]);
 const CLIENT_PORT: PortId = 0;
 const ECHO_PORT: PortId = 1;
 
 /// The default demo node's endpoints with fixed lxc MACs (no services).
 fn demo_datapath() -> Datapath<NoKernel> {
     let cfg = control::config::Config::default_node();
-    let macs = [LXC_CLIENT_MAC, LXC_ECHO_MAC, MacAddr([0x3e, 0, 0, 0, 0, 3])];
+    let macs = [LXC_CLIENT_MAC, LXC_ECHO_MAC, LXC_WEB_MAC];
     let ports = lxc_ports(&cfg, &macs, 1500);
     let eps = node_endpoints(&cfg, &ports).unwrap();
     let mut dp = Datapath::new(ports, 1, NoKernel);
@@ -291,6 +292,38 @@ fn cases() -> Vec<Case> {
             name: "total length shorter than the header",
             input: ping.clone().patch(2, &[0, 12]).bytes(),
             verdict: drop(DropReason::Invalid),
+            output: None,
+        },
+        Case {
+            name: "ipv4 to another mac than the gateway's",
+            input: Pkt::eth(ECHO_MAC, CLIENT_MAC)
+                .icmp_echo(CLIENT_IP, ECHO_IP, 64)
+                .bytes(),
+            verdict: drop(DropReason::InvalidDmac),
+            output: None,
+        },
+        Case {
+            name: "ipv4 to the broadcast mac",
+            input: Pkt::eth(MacAddr::BROADCAST, CLIENT_MAC)
+                .icmp_echo(CLIENT_IP, ECHO_IP, 64)
+                .bytes(),
+            verdict: drop(DropReason::InvalidDmac),
+            output: None,
+        },
+        Case {
+            name: "source mac not the pod's",
+            input: Pkt::eth(LXC_CLIENT_MAC, ECHO_MAC)
+                .icmp_echo(CLIENT_IP, ECHO_IP, 64)
+                .bytes(),
+            verdict: drop(DropReason::InvalidSmac),
+            output: None,
+        },
+        Case {
+            name: "multicast source mac",
+            input: Pkt::eth(MacAddr::BROADCAST, MacAddr([0x01, 0, 0x5e, 0, 0, 1]))
+                .arp_request(CLIENT_IP, ROUTER_IP)
+                .bytes(),
+            verdict: drop(DropReason::InvalidSmac),
             output: None,
         },
         Case {
@@ -852,6 +885,15 @@ remote_nodes:
                 DropReason::Invalid,
             ),
             (
+                "not addressed to this NIC's MAC",
+                {
+                    let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
+                    f[0..6].copy_from_slice(&[0x02, 0x50, 0, 0, 0, 9]);
+                    f
+                },
+                DropReason::InvalidDmac,
+            ),
+            (
                 "outer first fragment",
                 {
                     let mut f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
@@ -1275,7 +1317,7 @@ spec:
             run(&p81, CLIENT_PORT, &t).0,
             drop_ingress(DropReason::Policy)
         );
-        let from_web = Pkt::eth(LXC_ECHO_MAC, WEB_MAC)
+        let from_web = Pkt::eth(LXC_WEB_MAC, WEB_MAC)
             .ipv4(
                 WEB_IP,
                 ECHO_IP,
@@ -1326,7 +1368,7 @@ spec:
             run(&ping, CLIENT_PORT, &t).0,
             Verdict::Deliver { port: ECHO_PORT }
         );
-        let ping = Pkt::eth(LXC_ECHO_MAC, WEB_MAC)
+        let ping = Pkt::eth(LXC_WEB_MAC, WEB_MAC)
             .icmp_echo(WEB_IP, ECHO_IP, 64)
             .bytes();
         assert_eq!(
