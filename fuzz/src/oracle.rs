@@ -119,10 +119,10 @@ pub fn vxlan_inner(frame: &[u8]) -> Option<usize> {
 /// The frame the pipeline judged at the IP layer: the inner one of a VXLAN frame that was
 /// decapsulated (delivered to a pod, or the reply of a SNATed NodePort connection routed
 /// back to its client).
-fn judged_input(input: &[u8], v: &Verdict) -> Option<usize> {
+fn judged_input(input: &[u8], v: &Verdict, from_underlay: bool) -> Option<usize> {
     match v {
         Verdict::Decap { .. } => vxlan_inner(input),
-        Verdict::Route { .. } => Some(vxlan_inner(input).unwrap_or(0)),
+        Verdict::Route { .. } if from_underlay => Some(vxlan_inner(input).unwrap_or(0)),
         _ => Some(0),
     }
 }
@@ -144,6 +144,9 @@ pub fn check(input: &[u8], in_port: u16, v: &Verdict, out: &[u8], t: &Tables) ->
         .port(port)
         .ok_or_else(|| format!("{v:?} names port {port}, which does not exist"))?;
     ensure!(out.len() >= 14, "{v:?}: a {}-byte frame", out.len());
+    let from_underlay = t
+        .port(in_port)
+        .is_some_and(|p| p.role == PortRole::Underlay);
     let eth = Ethernet2HeaderSlice::from_slice(out).map_err(|e| format!("{v:?}: {e}"))?;
     match *v {
         Verdict::Deliver { .. } | Verdict::Decap { .. } | Verdict::RoutedIn { .. } => {
@@ -172,8 +175,8 @@ pub fn check(input: &[u8], in_port: u16, v: &Verdict, out: &[u8], t: &Tables) ->
                 out.len(),
                 h.total_len()
             );
-            same_l4_validity(input, v, &ip)?;
-            ttl_one_less(input, v, &h)?;
+            same_l4_validity(input, v, &ip, from_underlay)?;
+            ttl_one_less(input, v, &h, from_underlay)?;
         }
         Verdict::Encap { .. } => {
             ensure!(p.role == PortRole::Underlay, "Encap to a pod port");
@@ -242,8 +245,8 @@ pub fn check(input: &[u8], in_port: u16, v: &Verdict, out: &[u8], t: &Tables) ->
             let ip = ipv4_of(out).ok_or("Route: not IPv4")?;
             let h = ip.header();
             ensure!(header_checksum_ok(&h), "Route: IPv4 checksum wrong");
-            same_l4_validity(input, v, &ip)?;
-            ttl_one_less(input, v, &h)?;
+            same_l4_validity(input, v, &ip, from_underlay)?;
+            ttl_one_less(input, v, &h, from_underlay)?;
         }
         Verdict::ArpReply { .. } => {
             ensure!(port == in_port, "ARP reply on another port");
@@ -315,8 +318,8 @@ pub fn check(input: &[u8], in_port: u16, v: &Verdict, out: &[u8], t: &Tables) ->
 
 /// If the packet the pipeline judged had a valid L4 checksum, the one it let out has too
 /// (NAT and TTL rewrites patch checksums; they must never break one).
-fn same_l4_validity(input: &[u8], v: &Verdict, out: &Ip) -> Check {
-    let Some(at) = judged_input(input, v) else {
+fn same_l4_validity(input: &[u8], v: &Verdict, out: &Ip, from_underlay: bool) -> Check {
+    let Some(at) = judged_input(input, v, from_underlay) else {
         return Ok(());
     };
     let Some(in_ip) = ipv4_of(&input[at..]) else {
@@ -331,8 +334,8 @@ fn same_l4_validity(input: &[u8], v: &Verdict, out: &Ip) -> Check {
     Ok(())
 }
 
-fn ttl_one_less(input: &[u8], v: &Verdict, out: &Ipv4HeaderSlice) -> Check {
-    let Some(at) = judged_input(input, v) else {
+fn ttl_one_less(input: &[u8], v: &Verdict, out: &Ipv4HeaderSlice, from_underlay: bool) -> Check {
+    let Some(at) = judged_input(input, v, from_underlay) else {
         return Ok(());
     };
     if let Some(in_ip) = ipv4_of(&input[at..]) {
