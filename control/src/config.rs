@@ -707,6 +707,29 @@ impl Config {
         if let Err(e) = self.policies() {
             bad("policies".into(), e.to_string());
         }
+        let label_sets: std::collections::BTreeSet<Vec<String>> = self
+            .pods
+            .iter()
+            .map(|p| (&p.namespace, &p.labels))
+            .chain(
+                self.remote_nodes
+                    .iter()
+                    .flat_map(|r| r.pods.iter().map(|p| (&p.namespace, &p.labels))),
+            )
+            .map(|(ns, l)| identity::pod_labels(ns, l))
+            .collect();
+        if label_sets.len() > identity::CAPACITY {
+            bad(
+                "remote_nodes".into(),
+                format!(
+                    "the cluster's pods have {} distinct label sets; security identities {}-{} hold {}",
+                    label_sets.len(),
+                    identity::MIN_ALLOCATED,
+                    identity::MAX_ALLOCATED,
+                    identity::CAPACITY
+                ),
+            );
+        }
         p
     }
 
@@ -929,6 +952,27 @@ pods:
         c.pods = pods(2);
         c.pods[0].id = Some(5000);
         assert!(c.endpoint_ids().is_err());
+    }
+
+    #[test]
+    fn more_label_sets_than_identities_are_refused() {
+        let mut c = Config::parse(CLUSTER, "c.yaml").unwrap();
+        c.remote_nodes[0].pods = (0..identity::CAPACITY as u32)
+            .map(|i| RemotePodConfig {
+                name: format!("r{i}"),
+                namespace: "default".into(),
+                ip: Ipv4Addr::new(10, 2, 0, 0),
+                labels: BTreeMap::from([("n".to_string(), i.to_string())]),
+            })
+            .collect();
+        let p = c.validate();
+        assert!(
+            p.iter().any(|p| p.to_string().starts_with(
+                "remote_nodes: the cluster's pods have 65281 distinct label sets; security identities 256-65535 hold 65280"
+            )),
+            "{:?}",
+            &p[p.len().saturating_sub(1)..]
+        );
     }
 
     #[test]

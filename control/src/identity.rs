@@ -44,23 +44,34 @@ pub fn identity_of(labels: &[String]) -> u32 {
     MIN_ALLOCATED + h % (MAX_ALLOCATED - MIN_ALLOCATED + 1)
 }
 
+/// How many distinct label sets the cluster-local range holds.
+pub const CAPACITY: usize = (MAX_ALLOCATED - MIN_ALLOCATED + 1) as usize;
+
 /// Identities for several label sets; equal sets share one, different sets never collide.
 /// The result does not depend on the order of `sets` (collisions are probed in label-set
-/// order), so nodes that know the same set of pods agree on every number.
+/// order), so nodes that know the same set of pods agree on every number. At most
+/// [`CAPACITY`] distinct sets get one (`Config::validate` refuses more); any beyond get
+/// [`RESERVED_UNKNOWN`] instead of probing forever.
 pub fn allocate(sets: &[Vec<String>]) -> Vec<u32> {
     let unique: std::collections::BTreeSet<&[String]> = sets.iter().map(|s| s.as_slice()).collect();
     let mut by_set: BTreeMap<&[String], u32> = BTreeMap::new();
-    let mut used: std::collections::BTreeSet<u32> = std::collections::BTreeSet::new();
+    let mut used = vec![false; MAX_ALLOCATED as usize + 1];
+    let mut taken = 0usize;
     for s in unique {
+        if taken == CAPACITY {
+            by_set.insert(s, RESERVED_UNKNOWN);
+            continue;
+        }
         let mut id = identity_of(s);
-        while used.contains(&id) {
+        while used[id as usize] {
             id = if id == MAX_ALLOCATED {
                 MIN_ALLOCATED
             } else {
                 id + 1
             };
         }
-        used.insert(id);
+        used[id as usize] = true;
+        taken += 1;
         by_set.insert(s, id);
     }
     sets.iter().map(|s| by_set[s.as_slice()]).collect()
@@ -69,6 +80,27 @@ pub fn allocate(sets: &[Vec<String>]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sibling of issue #11 defect 3: more distinct label sets than the identity range
+    /// holds made the probe loop forever. Every set up to the range gets a distinct number;
+    /// the ones past it get 0, at once.
+    #[test]
+    fn allocation_ends_when_the_range_is_full() {
+        let sets: Vec<Vec<String>> = (0..CAPACITY + 3)
+            .map(|i| vec![format!("k8s:n={i}")])
+            .collect();
+        let t = std::time::Instant::now();
+        let ids = allocate(&sets);
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            t.elapsed()
+        );
+        let given: std::collections::BTreeSet<u32> =
+            ids.iter().copied().filter(|&i| i != 0).collect();
+        assert_eq!(given.len(), CAPACITY, "every number of the range used once");
+        assert_eq!(ids.iter().filter(|&&i| i == 0).count(), 3);
+    }
 
     #[test]
     fn same_labels_same_identity_everywhere() {
