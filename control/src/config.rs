@@ -33,6 +33,8 @@ pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
 const MAX_IFNAME: usize = 15;
 /// Cilium's endpoint ID range.
 pub const MAX_ENDPOINT_ID: u16 = 4095;
+/// Further node addresses (`node.host_ips`).
+pub const MAX_HOST_IPS: usize = 1024;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -413,6 +415,15 @@ impl Config {
             bad(
                 "node.router_ip".into(),
                 format!("{} is not a usable unicast address", n.router_ip),
+            );
+        }
+        if n.host_ips.len() > MAX_HOST_IPS {
+            bad(
+                "node.host_ips".into(),
+                format!(
+                    "{} addresses, at most {MAX_HOST_IPS} (each is a cilium_lxc entry)",
+                    n.host_ips.len()
+                ),
             );
         }
         for (i, ip) in n.host_ips.iter().enumerate() {

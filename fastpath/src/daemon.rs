@@ -301,6 +301,25 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let frame_size = frame_size_for(max_mtu).context("every device's MTU was checked above")?;
+    // The UMEM each worker maps grows with its sockets: refuse a size the machine should not
+    // be asked for, before anything is made.
+    for w in 0..queues {
+        let socks: u32 = rx_in_use
+            .iter()
+            .map(|&rx| crate::worker::queues_of(w, queues, rx).count() as u32)
+            .sum();
+        let frames =
+            crate::worker::umem_frames(socks, cfg.datapath.ring_size, cfg.datapath.batch_size);
+        let bytes = frames as u64 * frame_size as u64;
+        if bytes > crate::worker::MAX_UMEM_BYTES {
+            bail!(
+                "datapath.ring_size: worker {w} would map {} MiB of UMEM ({socks} sockets × {} entries × 2 rings × {frame_size}-byte frames), more than {} MiB: lower datapath.ring_size, or serve fewer devices per node",
+                bytes >> 20,
+                cfg.datapath.ring_size,
+                crate::worker::MAX_UMEM_BYTES >> 20
+            );
+        }
+    }
     let ids = cfg
         .endpoint_ids()
         .map_err(|p| anyhow::anyhow!("invalid settings: {p}"))?;

@@ -71,6 +71,18 @@ pub struct SocketInfo {
     pub home: bool,
 }
 
+/// UMEM chunks a worker with `sockets` sockets needs: each socket's fill and RX rings (or TX
+/// and completion rings) full at once, plus batches in flight.
+pub fn umem_frames(sockets: u32, ring_size: u32, batch_size: u32) -> u32 {
+    (sockets.saturating_mul(ring_size).saturating_mul(2))
+        .saturating_add(4 * batch_size)
+        .checked_next_power_of_two()
+        .unwrap_or(u32::MAX)
+}
+
+/// The most UMEM one worker may map (what `fastpath run` checks before anything is made).
+pub const MAX_UMEM_BYTES: u64 = 4 << 30;
+
 /// A worker before it runs: its UMEM and sockets exist, so failures show up at start.
 #[derive(Debug)]
 pub struct Worker {
@@ -121,7 +133,7 @@ impl Worker {
                 );
             }
         }
-        let frames = (nsocks * cfg.ring_size * 2 + 4 * cfg.batch_size).next_power_of_two();
+        let frames = umem_frames(nsocks, cfg.ring_size, cfg.batch_size);
         let mut umem = Umem::new(frames, cfg.frame_size).context("allocating UMEM")?;
         let mut socks: Vec<Socket> = Vec::with_capacity(nsocks as usize);
         let mut info = Vec::with_capacity(nsocks as usize);

@@ -32,7 +32,7 @@ pub static FP_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// Must match `FP_MAX_QUEUES` / `FP_MAX_DEVS` in fp_xdp.c.
 pub const MAX_QUEUES: u32 = 64;
-pub const MAX_DEVS: u32 = 256;
+pub const MAX_DEVS: u32 = 4096;
 
 /// Device roles (`struct fp_dev.role`).
 pub const ROLE_LXC: u32 = 1;

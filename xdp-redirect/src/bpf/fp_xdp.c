@@ -52,7 +52,8 @@
 #include <bpf/bpf_endian.h>
 
 #define FP_MAX_QUEUES 64
-#define FP_MAX_DEVS 256
+/* One slot per device: up to 4095 pods (Cilium's endpoint IDs) and the node NIC. */
+#define FP_MAX_DEVS 4096
 
 #define ENDPOINT_F_HOST 1
 #define ENDPOINT_KEY_IPV4 1
