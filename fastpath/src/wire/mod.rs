@@ -30,16 +30,32 @@ pub enum WireError {
 }
 
 /// The one's-complement sum of `data` folded to 16 bits (not inverted).
+///
+/// Summed as 32-bit words into a 64-bit accumulator, folded at the end (RFC 1071 §2: the
+/// one's-complement sum of wider words, folded, equals the sum of the 16-bit words; a u64
+/// cannot overflow from u32 words below 16 GiB of data).
+#[inline]
 pub fn ones_sum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
+    let mut sum: u64 = 0;
+    let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
-        sum += u16::from_be_bytes([c[0], c[1]]) as u32;
+        sum += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
     }
-    if let [b] = chunks.remainder() {
-        sum += (*b as u32) << 8;
+    match *chunks.remainder() {
+        [a, b, c] => sum += (u16::from_be_bytes([a, b]) as u64) + ((c as u64) << 8),
+        [a, b] => sum += u16::from_be_bytes([a, b]) as u64,
+        [a] => sum += (a as u64) << 8,
+        _ => {}
     }
-    fold(sum)
+    fold64(sum)
+}
+
+/// A 64-bit one's-complement accumulator folded to 16 bits.
+#[inline]
+pub(crate) fn fold64(sum: u64) -> u16 {
+    let s = (sum >> 32) + (sum & 0xffff_ffff);
+    let s = (s >> 32) + (s & 0xffff_ffff);
+    fold(s as u32)
 }
 
 #[inline]
@@ -72,6 +88,32 @@ mod tests {
         let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(ones_sum(&d), 0xddf2);
         assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    /// The wide-word sum equals the plain 16-bit one's-complement sum, for every length and
+    /// alignment of the tail.
+    #[test]
+    fn wide_sum_equals_16_bit_sum() {
+        let reference = |d: &[u8]| {
+            let mut sum: u32 = 0;
+            for c in d.chunks(2) {
+                sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+            }
+            fold(sum)
+        };
+        let mut x: u32 = 99;
+        for len in 0..200 {
+            let d: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            assert_eq!(ones_sum(&d), reference(&d), "len {len}");
+        }
+        assert_eq!(ones_sum(&[0xff; 64]), 0xffff);
     }
 
     #[test]
