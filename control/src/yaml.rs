@@ -48,10 +48,11 @@ pub const POLICY: Limits = Limits {
     max_documents: 4096,
 };
 
-/// A service file (`service apply -f`): one service or a list of them.
+/// A service file (`service apply -f`): one service or a list of them. Sent to the node as
+/// one control-socket request, so below that bound (8 MiB).
 pub const SERVICES: Limits = Limits {
     what: "service file",
-    max_bytes: 16 << 20,
+    max_bytes: 4 << 20,
     max_depth: 16,
     max_nodes: 2_000_000,
     max_documents: 1,

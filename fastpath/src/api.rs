@@ -755,19 +755,47 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
         source,
     })?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
-    line.push('\n');
     if line.len() > crate::server::MAX_REQUEST_BYTES {
         return Err(ClientError::TooLarge(line.len()));
     }
-    // A whole answer within 30 s (a large listing on a loaded node), each read and write
-    // bounded too: a stuck node never hangs the CLI.
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(30)))
-        .map_err(io)?;
+    line.push('\n');
+    // The whole exchange within 30 s (a large listing on a loaded node): a stuck node never
+    // hangs the CLI.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let left = || {
+        deadline
+            .saturating_duration_since(std::time::Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    s.set_write_timeout(Some(left())).map_err(io)?;
     s.write_all(line.as_bytes()).map_err(io)?;
-    let mut resp = String::new();
-    BufReader::new(&s).read_line(&mut resp).map_err(io)?;
+    let mut resp = Vec::new();
+    let mut r = BufReader::new(&s);
+    loop {
+        if std::time::Instant::now() >= deadline {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no whole answer within 30 s",
+            )));
+        }
+        s.set_read_timeout(Some(left())).map_err(io)?;
+        let buf = r.fill_buf().map_err(io)?;
+        if buf.is_empty() {
+            break;
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                resp.extend_from_slice(&buf[..i]);
+                break;
+            }
+            None => {
+                let n = buf.len();
+                resp.extend_from_slice(buf);
+                r.consume(n);
+            }
+        }
+    }
+    let resp = String::from_utf8_lossy(&resp).into_owned();
     let r: Response = serde_json::from_str(&resp)
         .map_err(|e| ClientError::Protocol(format!("{e}: {resp:.200}")))?;
     if let Response::Error { message } = r {

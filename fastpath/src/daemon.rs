@@ -301,24 +301,31 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let frame_size = frame_size_for(max_mtu).context("every device's MTU was checked above")?;
-    // The UMEM each worker maps grows with its sockets: refuse a size the machine should not
-    // be asked for, before anything is made.
-    for w in 0..queues {
-        let socks: u32 = rx_in_use
-            .iter()
-            .map(|&rx| crate::worker::queues_of(w, queues, rx).count() as u32)
-            .sum();
-        let frames =
-            crate::worker::umem_frames(socks, cfg.datapath.ring_size, cfg.datapath.batch_size);
-        let bytes = frames as u64 * frame_size as u64;
-        if bytes > crate::worker::MAX_UMEM_BYTES {
-            bail!(
-                "datapath.ring_size: worker {w} would map {} MiB of UMEM ({socks} sockets × {} entries × 2 rings × {frame_size}-byte frames), more than {} MiB: lower datapath.ring_size, or serve fewer devices per node",
-                bytes >> 20,
-                cfg.datapath.ring_size,
-                crate::worker::MAX_UMEM_BYTES >> 20
-            );
-        }
+    // The UMEM the workers map grows with their sockets (one per device and rx queue): refuse
+    // a size the machine should not be asked for, before anything is made.
+    let per_worker: Vec<u32> = (0..queues)
+        .map(|w| {
+            rx_in_use
+                .iter()
+                .map(|&rx| crate::worker::queues_of(w, queues, rx).count() as u32)
+                .sum()
+        })
+        .collect();
+    let socks: u32 = per_worker.iter().sum();
+    let umem: u64 = per_worker
+        .iter()
+        .map(|&s| {
+            crate::worker::umem_frames(s, cfg.datapath.ring_size, cfg.datapath.batch_size) as u64
+                * frame_size as u64
+        })
+        .sum();
+    if umem > crate::worker::MAX_UMEM_BYTES {
+        bail!(
+            "datapath.ring_size: the workers would map {} MiB of UMEM ({socks} sockets × {} entries × 2 rings × {frame_size}-byte frames), more than {} MiB: lower datapath.ring_size, or serve fewer devices or rx queues per node",
+            umem >> 20,
+            cfg.datapath.ring_size,
+            crate::worker::MAX_UMEM_BYTES >> 20
+        );
     }
     let ids = cfg
         .endpoint_ids()
@@ -668,15 +675,24 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
         }
         Request::PolicyDelete { id } => {
             let start = std::time::Instant::now();
-            // Persisted as the full ids it removes.
+            // Persisted as the object ids it removes (an object goes whole).
             let removed: Vec<String> =
                 v.dp.policies()
                     .iter()
                     .filter(|p| p.id.matches(&id))
-                    .map(|p| p.id.to_string())
+                    .map(|p| p.id.object().to_string())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
                     .collect();
+            let in_config: std::collections::BTreeSet<String> = v
+                .cfg
+                .policies()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| p.id.object().to_string())
+                .collect();
             let mut next = v.state.state.clone();
-            next.delete_policies(&removed);
+            next.delete_policies(&removed, |o| in_config.contains(o));
             policy_applied(v, start, 1, next, |dp| dp.delete_policy(&id))
         }
         Request::PolicyGet { endpoint } => now(match policy_dumps(v.dp, endpoint) {
@@ -691,7 +707,7 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
             now(match v.dp.delete_service(&id) {
                 Ok(generation) => {
                     let mut next = v.state.state.clone();
-                    next.delete_service(&id);
+                    next.delete_service(&id, v.cfg.services.iter().any(|s| s.id() == id));
                     match persist_services(v, next, &before) {
                         Ok(()) => Response::Applied {
                             generation,

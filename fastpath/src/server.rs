@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Request, Response};
 
-/// Longest request line, in bytes (a 4 MiB policy text, JSON-escaped, fits).
+/// Longest request line, in bytes, not counting its newline. (A 4 MiB policy text fits
+/// once JSON-escaped unless it is mostly quotes, backslashes and newlines; the CLI refuses a
+/// request over the bound before sending it.)
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// Clients served at once.
 pub const MAX_CLIENTS: usize = 32;
@@ -241,6 +243,9 @@ impl Server {
     /// Deadlines and held-back answers; call on every pass of the loop. `applied(g)` says
     /// whether every worker runs generation `g`.
     pub fn tick(&mut self, registry: &Registry, applied: &mut dyn FnMut(u64) -> bool) {
+        // Readiness is edge-triggered: connections left in the backlog by an accept error
+        // (EMFILE, a full client table) would otherwise wait for the next connect.
+        self.accept(registry);
         let now = Instant::now();
         let tokens: Vec<Token> = self.clients.keys().copied().collect();
         for t in tokens {
@@ -296,8 +301,10 @@ impl Server {
                 }
                 Ok(n) => {
                     let room = MAX_REQUEST_BYTES + 1 - c.buf.len().min(MAX_REQUEST_BYTES + 1);
-                    c.buf.extend_from_slice(&chunk[..n.min(room)]);
-                    if c.buf.contains(&b'\n') || c.buf.len() > MAX_REQUEST_BYTES {
+                    let took = n.min(room);
+                    c.buf.extend_from_slice(&chunk[..took]);
+                    // Only the new bytes can hold the first newline.
+                    if chunk[..took].contains(&b'\n') || c.buf.len() > MAX_REQUEST_BYTES {
                         break;
                     }
                 }

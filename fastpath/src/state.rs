@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 /// The layout version of `runtime.json`.
 pub const VERSION: u32 = 1;
-/// Largest state file read back (it holds at most what the control socket accepted).
-pub const MAX_STATE_BYTES: usize = 256 << 20;
+/// Largest state file written or read back: a change that would make it larger is refused
+/// (and taken back), so a node can always restart from its state.
+pub const MAX_STATE_BYTES: usize = 64 << 20;
 
 /// The default state directory of a node.
 pub fn default_dir(node: &str) -> PathBuf {
@@ -51,10 +52,11 @@ pub struct RuntimeState {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Services deleted at run time.
     pub services_deleted: BTreeSet<String>,
-    /// Policy objects applied at run time (as Kubernetes holds them), by the id of the first
-    /// policy each makes (`Kind/namespace/name`).
+    /// Policy objects applied at run time, by object id (`Kind/namespace/name`): what
+    /// enforcement reads of them (`apiVersion`, `kind`, `metadata` name/namespace/labels,
+    /// `spec`/`specs`), not their status or annotations.
     pub policies: BTreeMap<String, serde_json::Value>,
-    /// Policy ids deleted at run time.
+    /// Ids of the config's policy objects deleted at run time.
     pub policies_deleted: BTreeSet<String>,
 }
 
@@ -84,28 +86,33 @@ impl RuntimeState {
         }
     }
 
-    /// Record a service deleted at run time.
-    pub fn delete_service(&mut self, id: &str) {
+    /// Record a service deleted at run time (`in_config`: the config defines it, so the
+    /// deletion must be remembered; otherwise forgetting the applied one is all).
+    pub fn delete_service(&mut self, id: &str, in_config: bool) {
         self.services.remove(id);
-        self.services_deleted.insert(id.into());
+        if in_config {
+            self.services_deleted.insert(id.into());
+        }
     }
 
     /// Record policy objects applied at run time (each with the policies it made).
     pub fn upsert_policies(&mut self, objects: &[(serde_json::Value, Vec<Policy>)]) {
         for (obj, ps) in objects {
             let Some(first) = ps.first() else { continue };
-            for p in ps {
-                self.policies_deleted.remove(&p.id.to_string());
-            }
-            self.policies.insert(first.id.to_string(), obj.clone());
+            let id = first.id.object().to_string();
+            self.policies_deleted.remove(&id);
+            self.policies.insert(id, essentials(obj));
         }
     }
 
-    /// Record the policies a run-time delete removed (their full ids).
-    pub fn delete_policies(&mut self, removed: &[String]) {
+    /// Record the policy objects a run-time delete removed (their object ids), remembering
+    /// the deletion only for those the config defines (`in_config`).
+    pub fn delete_policies(&mut self, removed: &[String], in_config: impl Fn(&str) -> bool) {
         for id in removed {
             self.policies.remove(id);
-            self.policies_deleted.insert(id.clone());
+            if in_config(id) {
+                self.policies_deleted.insert(id.clone());
+            }
         }
     }
 
@@ -127,20 +134,41 @@ impl RuntimeState {
     /// # Errors
     /// A stored object no longer parses (a bound or a supported field changed).
     pub fn policies_over(&self, cfg: &Config) -> anyhow::Result<Vec<Policy>> {
+        // Objects whole: a config object the overlay replaces or deletes loses every part.
         let mut all: BTreeMap<String, Policy> = cfg
             .policies()?
             .into_iter()
+            .filter(|p| {
+                let o = p.id.object().to_string();
+                !self.policies.contains_key(&o) && !self.policies_deleted.contains(&o)
+            })
             .map(|p| (p.id.to_string(), p))
             .collect();
         let objects: Vec<serde_json::Value> = self.policies.values().cloned().collect();
         for p in control::policy::parse::parse_values(&objects, "runtime state")? {
             all.insert(p.id.to_string(), p);
         }
-        for id in &self.policies_deleted {
-            all.remove(id);
-        }
         Ok(all.into_values().collect())
     }
+}
+
+/// What of a policy object is kept: the fields enforcement reads. A `status` or annotations
+/// (which a tool may fill with megabytes) are not persisted.
+fn essentials(obj: &serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for k in ["apiVersion", "kind", "spec", "specs"] {
+        if let Some(v) = obj.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    let mut meta = serde_json::Map::new();
+    for k in ["name", "namespace", "labels"] {
+        if let Some(v) = obj.get("metadata").and_then(|m| m.get(k)) {
+            meta.insert(k.into(), v.clone());
+        }
+    }
+    out.insert("metadata".into(), serde_json::Value::Object(meta));
+    serde_json::Value::Object(out)
 }
 
 /// The runtime state of one node on disk.
@@ -210,7 +238,13 @@ impl StateFile {
     pub fn save(&mut self, next: RuntimeState) -> anyhow::Result<()> {
         let path = self.path();
         let tmp = self.dir.join("runtime.json.tmp");
-        let body = serde_json::to_vec_pretty(&next).expect("state serializes");
+        let body = serde_json::to_vec(&next).expect("state serializes");
+        if body.len() > MAX_STATE_BYTES {
+            bail!(
+                "the runtime state would be {} bytes, more than the {MAX_STATE_BYTES} a state file may have: delete services or policies applied at run time first",
+                body.len()
+            );
+        }
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -270,7 +304,12 @@ mod tests {
         let c = cfg();
         let mut st = RuntimeState::new("demo");
         st.upsert_services(&[svc("a", "10.96.1.9"), svc("c", "10.96.1.3")]);
-        st.delete_service("default/b");
+        st.delete_service("default/b", true);
+        // Deleting what only a run-time apply made is forgetting it, not a record that grows.
+        st.upsert_services(&[svc("tmp", "10.96.1.5")]);
+        st.delete_service("default/tmp", false);
+        assert!(!st.services.contains_key("default/tmp"));
+        assert!(!st.services_deleted.contains("default/tmp"));
         let ids: Vec<String> = st.services_over(&c).iter().map(|s| s.id()).collect();
         assert_eq!(ids, ["default/a", "default/c"]);
         assert_eq!(
@@ -281,17 +320,23 @@ mod tests {
         // Applied again after a delete: back.
         st.upsert_services(&[svc("b", "10.96.1.2")]);
         assert_eq!(st.services_over(&c).len(), 3);
-        let text = "kind: CiliumNetworkPolicy\nmetadata: { name: p }\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n";
+        let text = "kind: CiliumNetworkPolicy\nmetadata: { name: p, annotations: { big: xxxxxxxx } }\nspecs:\n  - endpointSelector: {}\n    ingress: [{}]\n  - endpointSelector: {}\n    egress: [{}]\nstatus: { a: b }\n";
         let objs = control::policy::parse::parse_objects(text, "t").unwrap();
         st.upsert_policies(&objs);
-        assert_eq!(st.policies_over(&c).unwrap().len(), 1);
-        st.delete_policies(&["CiliumNetworkPolicy/default/p".into()]);
+        assert_eq!(
+            st.policies_over(&c).unwrap().len(),
+            2,
+            "both parts of the object"
+        );
+        let kept = &st.policies["CiliumNetworkPolicy/default/p"];
+        assert!(kept.get("status").is_none() && kept["metadata"].get("annotations").is_none());
+        st.delete_policies(&["CiliumNetworkPolicy/default/p".into()], |_| false);
         assert!(st.policies_over(&c).unwrap().is_empty());
-        assert!(st.policies.is_empty());
+        assert!(st.policies.is_empty() && st.policies_deleted.is_empty());
     }
 
     #[test]
-    fn saved_atomically_private_and_read_back() {
+    fn saved_atomically_private_bounded_and_read_back() {
         let dir = std::env::temp_dir().join(format!("fp-state-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut f = StateFile::open(&dir, "demo").unwrap();
@@ -310,6 +355,21 @@ mod tests {
             e.contains("the runtime state of node `demo`, not `other`"),
             "{e}"
         );
+        // Past the bound: refused, the file and the state as they were.
+        let mut huge = next.clone();
+        let pad = "x".repeat(1 << 20);
+        for i in 0..(MAX_STATE_BYTES >> 20) + 1 {
+            let mut s = svc(&format!("h{i}"), "10.96.2.1");
+            s.namespace = format!("{pad}{i}");
+            huge.services.insert(format!("{i}"), s);
+        }
+        let e = f.save(huge).unwrap_err().to_string();
+        assert!(
+            e.contains("more than the 67108864 a state file may have"),
+            "{e}"
+        );
+        assert_eq!(f.state, next);
+        assert_eq!(StateFile::open(&dir, "demo").unwrap().state, next);
         std::fs::write(f.path(), b"{ torn").unwrap();
         let e = format!("{:#}", StateFile::open(&dir, "demo").unwrap_err());
         assert!(e.contains("not a fastpath runtime state"), "{e}");

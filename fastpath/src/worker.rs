@@ -74,14 +74,15 @@ pub struct SocketInfo {
 /// UMEM chunks a worker with `sockets` sockets needs: each socket's fill and RX rings (or TX
 /// and completion rings) full at once, plus batches in flight.
 pub fn umem_frames(sockets: u32, ring_size: u32, batch_size: u32) -> u32 {
-    (sockets.saturating_mul(ring_size).saturating_mul(2))
+    sockets
+        .saturating_mul(ring_size)
+        .saturating_mul(2)
         .saturating_add(4 * batch_size)
-        .checked_next_power_of_two()
-        .unwrap_or(u32::MAX)
 }
 
-/// The most UMEM one worker may map (what `fastpath run` checks before anything is made).
-pub const MAX_UMEM_BYTES: u64 = 4 << 30;
+/// The most UMEM all workers together may map (what `fastpath run` checks before anything
+/// is made: the chunks are populated and locked at start).
+pub const MAX_UMEM_BYTES: u64 = 8 << 30;
 
 /// A worker before it runs: its UMEM and sockets exist, so failures show up at start.
 #[derive(Debug)]

@@ -107,16 +107,16 @@ fn missing_device_rejected_before_attach() {
     assert!(!err.contains("Invalid argument"), "{err}");
     drop(lab);
     // Every rx queue gets a socket, and each socket its rings' worth of UMEM: 2 devices with
-    // 32 queues each and 16384-entry rings would be 8 GiB for the one worker. Refused, with
-    // the field to change, before anything is made.
-    let lab = fastpath::lab::Lab::up(&cfg, 32).unwrap();
+    // 64 queues each and 16384-entry rings would be over 8 GiB. Refused, with the field to
+    // change, before anything is made.
+    let lab = fastpath::lab::Lab::up(&cfg, 64).unwrap();
     let big = y.replace("  queues: 1\n", "  queues: 1\n  ring_size: 16384\n");
     assert!(big.contains("ring_size: 16384"), "{big}");
     let (ok, err) = run_with(&big, &[]);
     assert!(!ok);
     assert!(
         err.contains(
-            "datapath.ring_size: worker 0 would map 8192 MiB of UMEM (64 sockets × 16384 entries"
+            "datapath.ring_size: the workers would map 8192 MiB of UMEM (128 sockets × 16384 entries × 2 rings × 2048-byte frames), more than 8192 MiB"
         ),
         "{err}"
     );

@@ -93,15 +93,30 @@ pub struct PolicyId {
 }
 
 impl PolicyId {
-    /// Does `id` name this policy: `Kind/ns/name` (`Kind/name` clusterwide) or `ns/name`
-    /// (`name` clusterwide)? What `policy delete` accepts.
-    pub fn matches(&self, id: &str) -> bool {
-        let short = if self.namespace.is_empty() {
-            self.name.clone()
-        } else {
-            format!("{}/{}", self.namespace, self.name)
+    /// The id of the API object this policy came from: a CiliumNetworkPolicy with `specs`
+    /// makes one policy per spec (`name`, `name#1`, …), all parts of one object.
+    pub fn object(&self) -> PolicyId {
+        let name = match self.name.split_once('#') {
+            Some((base, n)) if n.parse::<u32>().is_ok() => base.to_string(),
+            _ => self.name.clone(),
         };
-        self.to_string() == id || short == id
+        PolicyId {
+            name,
+            ..self.clone()
+        }
+    }
+
+    /// Does `id` name this policy's object: `Kind/ns/name` (`Kind/name` clusterwide) or
+    /// `ns/name` (`name` clusterwide)? What `policy delete` accepts; deleting an object
+    /// deletes every policy it made.
+    pub fn matches(&self, id: &str) -> bool {
+        let o = self.object();
+        let short = if o.namespace.is_empty() {
+            o.name.clone()
+        } else {
+            format!("{}/{}", o.namespace, o.name)
+        };
+        o.to_string() == id || short == id
     }
 }
 
@@ -469,8 +484,14 @@ pub struct Compiled {
 
 impl PolicyState {
     /// Add or replace policies (by kind/namespace/name).
+    /// Add or replace policies, object by object: an object applied again replaces every
+    /// policy it made before (a CNP whose `specs` shrank does not keep its old `#n` parts),
+    /// as applying a Kubernetes object replaces it whole.
     pub fn with_upserts(&self, ps: &[Policy]) -> PolicyState {
         let mut next = self.clone();
+        let objects: std::collections::BTreeSet<PolicyId> =
+            ps.iter().map(|p| p.id.object()).collect();
+        next.policies.retain(|k, _| !objects.contains(&k.object()));
         for p in ps {
             next.policies.insert(p.id.clone(), p.clone());
         }

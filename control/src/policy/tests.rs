@@ -517,3 +517,46 @@ mod bounds {
         );
     }
 }
+
+/// A CNP object is applied and deleted whole: its `specs` parts (`name#1`, …) come and go
+/// with it, so what is in force is always what its last apply said.
+#[test]
+fn objects_with_specs_are_replaced_and_deleted_whole() {
+    let two = r#"
+kind: CiliumNetworkPolicy
+metadata: { name: p }
+specs:
+  - endpointSelector: { matchLabels: { app: web } }
+    ingress: [{ fromEndpoints: [{ matchLabels: { app: client } }] }]
+  - endpointSelector: { matchLabels: { app: client } }
+    ingressDeny: [{ fromEndpoints: [{ matchLabels: { app: web } }] }]
+"#;
+    let one = r#"
+kind: CiliumNetworkPolicy
+metadata: { name: p }
+specs:
+  - endpointSelector: { matchLabels: { app: web } }
+    ingress: [{ fromEndpoints: [{ matchLabels: { app: client } }] }]
+"#;
+    let ids =
+        |st: &PolicyState| -> Vec<String> { st.policies.keys().map(|k| k.to_string()).collect() };
+    let st = PolicyState::default().with_upserts(&parse_policies(two, "t").unwrap());
+    assert_eq!(
+        ids(&st),
+        [
+            "CiliumNetworkPolicy/default/p",
+            "CiliumNetworkPolicy/default/p#1"
+        ]
+    );
+    let st = st.with_upserts(&parse_policies(one, "t").unwrap());
+    assert_eq!(
+        ids(&st),
+        ["CiliumNetworkPolicy/default/p"],
+        "the old #1 part went"
+    );
+    let st = PolicyState::default()
+        .with_upserts(&parse_policies(two, "t").unwrap())
+        .with_delete("default/p")
+        .unwrap();
+    assert!(st.policies.is_empty(), "{:?}", ids(&st));
+}
