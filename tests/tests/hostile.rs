@@ -312,6 +312,24 @@ fn hostile_frames_are_dropped_or_passed_as_documented_and_counted() {
     ];
     run_cases(&n0, from_pod, |f| n0.send_raw(0, f));
 
+    // A frame shorter than an Ethernet header cannot even be sent on a veth: the kernel
+    // refuses it (EINVAL) before any device sees it. (A worker given one drops it 134: the
+    // `truncated ethernet` fixture in fastpath/src/stage/tests.rs.)
+    let short = fastpath::lab::in_ns(
+        n0.pod_ns(0),
+        &[
+            "python3",
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('eth0',0))\ntry:\n    s.send(b'0123456789')\n    print('sent')\nexcept OSError as e:\n    print(e.errno)\n",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&short.stdout).trim(),
+        "22",
+        "a 10-byte frame"
+    );
+
     // A jumbo frame from the pod never reaches XDP. A 9000-byte MTU is refused outright (a
     // veth whose peer runs native XDP allows at most ~3.5 KB); the largest one the pod may
     // set still exceeds the lxc's MTU, and the veth drops such a frame itself (the kernel
