@@ -83,7 +83,7 @@ fn generator(
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
     let ifindex = sys::if_index("eth0").context("eth0")?;
     let mut umem = Umem::new(4096, 2048)?;
-    let mut sock = Socket::new(&umem, ifindex, 0, 2048, None, true)?;
+    let mut sock = Socket::new(&umem.share(), ifindex, 0, 2048, None, true)?;
     let mut i = 0usize;
     let mut done = 0u64;
     while !stop.load(Ordering::Relaxed) {

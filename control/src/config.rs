@@ -228,7 +228,15 @@ pub struct DatapathConfig {
     pub ct_tcp_max: u32,
     #[serde(default = "default_ct_any")]
     pub ct_any_max: u32,
+    /// The most pods the node serves at once, from the config and added at run time
+    /// (`fastpath endpoint add`) together. The workers' UMEM and port table are sized for it
+    /// at start. Default: the config's pods plus [`SPARE_PODS`].
+    #[serde(default)]
+    pub max_pods: Option<u32>,
 }
+
+/// Pods a node can take at run time beyond its config's when `datapath.max_pods` is not set.
+pub const SPARE_PODS: u32 = 16;
 
 fn one() -> u32 {
     1
@@ -272,11 +280,12 @@ impl Default for DatapathConfig {
             maglev_hash_seed: default_seed(),
             ct_tcp_max: default_ct_tcp(),
             ct_any_max: default_ct_any(),
+            max_pods: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodConfig {
     pub name: String,
@@ -470,6 +479,26 @@ impl Config {
         for (i, ip) in n.host_ips.iter().enumerate() {
             ips.entry(*ip)
                 .or_insert_with(|| format!("node.host_ips[{i}]"));
+        }
+        if let Some(m) = self.datapath.max_pods
+            && (m as usize) < self.pods.len()
+        {
+            bad(
+                "datapath.max_pods".into(),
+                format!(
+                    "{m} is fewer than the {} pods of the config",
+                    self.pods.len()
+                ),
+            );
+        }
+        if self.max_pods() > MAX_ENDPOINT_ID as u32 {
+            bad(
+                "datapath.max_pods".into(),
+                format!(
+                    "{}; a node has at most {MAX_ENDPOINT_ID} endpoints (Cilium's endpoint ID range 1-{MAX_ENDPOINT_ID})",
+                    self.max_pods()
+                ),
+            );
         }
         if self.pods.len() > MAX_ENDPOINT_ID as usize {
             bad(
@@ -809,6 +838,14 @@ impl Config {
             maglev_m: self.datapath.maglev_table_size,
             seeds: crate::maglev::Seeds::parse(&self.datapath.maglev_hash_seed).unwrap_or_default(),
         }
+    }
+
+    /// The most pods the node serves at once (`datapath.max_pods`, else the config's pods
+    /// plus [`SPARE_PODS`], capped at the endpoint ID range).
+    pub fn max_pods(&self) -> u32 {
+        self.datapath
+            .max_pods
+            .unwrap_or_else(|| (self.pods.len() as u32 + SPARE_PODS).min(MAX_ENDPOINT_ID as u32))
     }
 
     /// This node's underlay address, if it has an underlay.

@@ -275,6 +275,23 @@ impl Conntrack {
         self.map(hit.tcp).remove(hit.slot)
     }
 
+    /// Delete every entry, of both maps, with `ip` (wire order) as its source or
+    /// destination: the entries of an endpoint that is gone. Returns how many.
+    pub fn flush_addr(&self, ip: [u8; 4]) -> usize {
+        let mut n = 0;
+        for m in [&self.tcp, &self.any] {
+            let mut keys = Vec::new();
+            m.for_each(|k, _, _| {
+                let t = CtTuple4::from_words(k);
+                if t.saddr == ip || t.daddr == ip {
+                    keys.push(k);
+                }
+            });
+            n += keys.iter().filter(|k| m.remove_key(k)).count();
+        }
+        n
+    }
+
     /// GC: delete every expired entry of both maps; returns (tcp, any) counts.
     pub fn sweep(&self, now: u32) -> (usize, usize) {
         (self.tcp.sweep(now), self.any.sweep(now))

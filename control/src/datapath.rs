@@ -15,12 +15,14 @@ use crate::lb::{LbError, LbSettings, LbState, LbTables, ServiceConfig};
 use crate::lpm::Lpm4;
 use crate::maps::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value};
 use crate::maps::lxc::ENDPOINT_KEY_IPV4;
-use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
+use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, MacAddr, RemoteEndpointInfo};
 use crate::net::Ipv4Cidr;
 use crate::policy::table::{POLICY_STATS_MAX, PolicyStats};
 use crate::policy::{LocalEndpoint, Policy, PolicyState, Universe};
 use crate::shared_table::SharedTable;
-use crate::tables::{EndpointEntry, NextHop, Overlay, Port, TableReader, TableWriter, Tables};
+use crate::tables::{
+    EndpointEntry, NextHop, Overlay, Port, PortId, TableReader, TableWriter, Tables,
+};
 
 /// A failed write to a kernel map.
 #[derive(Debug, thiserror::Error)]
@@ -144,13 +146,23 @@ pub struct Datapath<K: KernelMaps> {
     universe: Universe,
     /// The CIDR-identity entries policy put in `cilium_ipcache_v2`.
     policy_ipcache: std::collections::BTreeMap<Ipv4Cidr, u32>,
+    /// Identities of endpoints added at run time, with how many such endpoints have each.
+    runtime_ids: std::collections::BTreeMap<u32, usize>,
+}
+
+/// What a policy compilation leaves to remember once its tables are published.
+#[derive(Debug)]
+struct PolicyCommit {
+    state: PolicyState,
+    universe: Universe,
+    ipcache: std::collections::BTreeMap<Ipv4Cidr, u32>,
 }
 
 impl<K: KernelMaps> Datapath<K> {
     /// Start with the devices every worker has sockets on and no endpoints.
     pub fn new(ports: Vec<Port>, workers: usize, kernel: K) -> Self {
         let t = Tables {
-            ports,
+            ports: ports.into_iter().map(Some).collect(),
             policy_stats: Arc::new(PolicyStats::new(workers, POLICY_STATS_MAX)),
             ..Default::default()
         };
@@ -163,6 +175,7 @@ impl<K: KernelMaps> Datapath<K> {
             pod_labels: Default::default(),
             universe: Universe::default(),
             policy_ipcache: Default::default(),
+            runtime_ids: Default::default(),
         }
     }
 
@@ -287,9 +300,23 @@ impl<K: KernelMaps> Datapath<K> {
     /// Compile `next` for the local endpoints, write the CIDR identities it needs into
     /// `cilium_ipcache_v2` (rolled back on failure), then publish the new policy maps and
     /// ipcache in one table switch.
-    fn apply_policy(&mut self, mut next: PolicyState) -> Result<u64, DatapathError> {
+    fn apply_policy(&mut self, next: PolicyState) -> Result<u64, DatapathError> {
         let cur = self.writer.current();
-        let mut eps: Vec<LocalEndpoint> = cur
+        let (t, commit) = self.policy_onto(next, (*cur).clone())?;
+        self.commit_policy(commit);
+        Ok(self.writer.publish(t))
+    }
+
+    /// Policy `next` compiled for the local endpoints of `t` (a version being built), with
+    /// its CIDR identities written to the kernel's ipcache: `t` with the new policy maps and
+    /// ipcache, and what to remember once it is published. Nothing of `self` changes here;
+    /// on an error the kernel is as it was.
+    fn policy_onto(
+        &mut self,
+        mut next: PolicyState,
+        mut t: Tables,
+    ) -> Result<(Tables, PolicyCommit), DatapathError> {
+        let mut eps: Vec<LocalEndpoint> = t
             .endpoints
             .values()
             .filter(|e| e.port.is_some())
@@ -300,14 +327,14 @@ impl<K: KernelMaps> Datapath<K> {
             .collect();
         eps.sort_by_key(|e| e.ep_id);
         let compiled = next
-            .compile(&eps, &self.pod_labels, cur.policy_stats.slots())
+            .compile(&eps, &self.pod_labels, t.policy_stats.slots())
             .map_err(|e| DatapathError::Policy(e.to_string()))?;
         // CIDR identities go into the ipcache unless the node already has that exact prefix
         // (a pod, a node, the world default): what the cluster knows about it wins.
         let want: std::collections::BTreeMap<Ipv4Cidr, u32> = next
             .cidr_ids
             .iter()
-            .filter(|(p, _)| self.policy_ipcache.contains_key(p) || cur.ipcache.get(**p).is_none())
+            .filter(|(p, _)| self.policy_ipcache.contains_key(p) || t.ipcache.get(**p).is_none())
             .map(|(p, id)| (*p, *id))
             .collect();
         // The ipcache changes: new or renumbered CIDR identities, and the ones no longer used.
@@ -322,19 +349,228 @@ impl<K: KernelMaps> Datapath<K> {
                 .filter(|p| !want.contains_key(p))
                 .map(|p| (*p, None)),
         );
-        write_ipcache(&mut self.kernel, &changes, &cur.ipcache)?;
+        write_ipcache(&mut self.kernel, &changes, &t.ipcache)?;
         for s in &compiled.new_slots {
-            cur.policy_stats.reset(*s);
+            t.policy_stats.reset(*s);
         }
-        let mut t = (*cur).clone();
         if !changes.is_empty() {
-            t.ipcache = Arc::new(ipcache_with(&cur.ipcache, &changes));
+            t.ipcache = Arc::new(ipcache_with(&t.ipcache, &changes));
         }
         t.policy = Arc::new(compiled.tables);
-        self.policy = next;
-        self.universe = compiled.universe;
-        self.policy_ipcache = want;
-        Ok(self.writer.publish(t))
+        Ok((
+            t,
+            PolicyCommit {
+                state: next,
+                universe: compiled.universe,
+                ipcache: want,
+            },
+        ))
+    }
+
+    fn commit_policy(&mut self, c: PolicyCommit) {
+        self.policy = c.state;
+        self.universe = c.universe;
+        self.policy_ipcache = c.ipcache;
+    }
+
+    /// Serve a pod added at run time on port slot `slot` (its lxc device `port`): its
+    /// `cilium_lxc` entry, its `/32` in `cilium_ipcache_v2` with identity `sec_id` (labels
+    /// `labels`, which policy selectors then match), the policy maps of every local endpoint
+    /// recompiled with it — all in one table switch, or nothing (the kernel maps are put
+    /// back on any failure). Returns the published generation.
+    pub fn add_local_endpoint(
+        &mut self,
+        slot: PortId,
+        port: Port,
+        pod_mac: MacAddr,
+        sec_id: u32,
+        labels: Vec<String>,
+    ) -> Result<u64, DatapathError> {
+        let cur = self.writer.current();
+        let ip = port.endpoint_ip;
+        let key = EndpointKey::v4(ip.octets());
+        let bad = |msg: String| DatapathError::InvalidEndpoint {
+            key: key.to_string(),
+            msg,
+        };
+        if cur.endpoints.contains_key(&key) {
+            return Err(bad("the address is already an endpoint of this node".into()));
+        }
+        if cur.port(slot).is_some() {
+            return Err(bad(format!("port slot {slot} is in use")));
+        }
+        if let Some(e) = cur
+            .endpoints
+            .values()
+            .find(|e| e.port.is_some() && e.info.lxc_id == port.endpoint_id)
+        {
+            return Err(bad(format!(
+                "endpoint ID {} is taken (ifindex {})",
+                port.endpoint_id, e.info.ifindex
+            )));
+        }
+        if sec_id < identity::MIN_ALLOCATED {
+            return Err(bad(format!("identity {sec_id} is reserved")));
+        }
+        let entry = EndpointEntry {
+            info: EndpointInfo {
+                ifindex: port.ifindex,
+                lxc_id: port.endpoint_id,
+                mac: EndpointInfo::encode_mac(pod_mac),
+                node_mac: EndpointInfo::encode_mac(port.mac),
+                sec_id,
+                ..Default::default()
+            },
+            port: Some(slot),
+        };
+        {
+            let mut with_port = Tables {
+                ports: cur.ports.clone(),
+                ..Default::default()
+            };
+            if with_port.ports.len() <= slot as usize {
+                with_port.ports.resize(slot as usize + 1, None);
+            }
+            with_port.ports[slot as usize] = Some(port.clone());
+            validate_endpoint(&with_port, &key, &entry)?;
+        }
+        let prefix = Ipv4Cidr::host(ip);
+        let old_ipcache = cur.ipcache.get(prefix).copied();
+        self.kernel.upsert_endpoint(&key, &entry.info)?;
+        let ic = [(prefix, Some(RemoteEndpointInfo::local(sec_id)))];
+        if let Err(e) = write_ipcache(&mut self.kernel, &ic, &cur.ipcache) {
+            let _ = self.kernel.remove_endpoint(&key);
+            return Err(e.into());
+        }
+        let undo_kernel = |k: &mut K| {
+            let _ = k.remove_endpoint(&key);
+            let _ = match old_ipcache {
+                Some(v) => k.upsert_ipcache(&IpcacheKey::v4(prefix), &v),
+                None => k.remove_ipcache(&IpcacheKey::v4(prefix)),
+            };
+        };
+        let mut t = (*cur).clone();
+        if t.ports.len() <= slot as usize {
+            t.ports.resize(slot as usize + 1, None);
+        }
+        t.ports[slot as usize] = Some(port);
+        t.endpoints.insert(key, entry);
+        t.ipcache = Arc::new(ipcache_with(&cur.ipcache, &ic));
+        t.identities.insert(sec_id);
+        let had_labels = self.pod_labels.insert(sec_id, labels);
+        let policy = self.policy.clone();
+        match self.policy_onto(policy, t) {
+            Ok((t, commit)) => {
+                self.commit_policy(commit);
+                *self.runtime_ids.entry(sec_id).or_default() += 1;
+                Ok(self.writer.publish(t))
+            }
+            Err(e) => {
+                match had_labels {
+                    Some(l) => self.pod_labels.insert(sec_id, l),
+                    None => self.pod_labels.remove(&sec_id),
+                };
+                undo_kernel(&mut self.kernel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop serving a pod added at run time (by its address): its `cilium_lxc` entry, its
+    /// ipcache `/32`, its port slot and policy maps go in one table switch (kernel first; on
+    /// a failure the kernel is put back and nothing changes). Its identity is forgotten when
+    /// no other runtime endpoint has it. Conntrack entries are left to
+    /// [`Datapath::flush_conntrack`], once no worker can still create one with the old
+    /// tables. Returns the generation and the slot freed.
+    pub fn remove_local_endpoint(
+        &mut self,
+        ip: std::net::Ipv4Addr,
+    ) -> Result<(u64, PortId), DatapathError> {
+        let cur = self.writer.current();
+        let key = EndpointKey::v4(ip.octets());
+        let Some(entry) = cur.endpoints.get(&key).copied() else {
+            return Err(DatapathError::NoSuchEndpoint(key.to_string()));
+        };
+        let Some(slot) = entry.port else {
+            return Err(DatapathError::InvalidEndpoint {
+                key: key.to_string(),
+                msg: "a host address, not a pod".into(),
+            });
+        };
+        let prefix = Ipv4Cidr::host(ip);
+        let old_ipcache = cur.ipcache.get(prefix).copied();
+        self.kernel.remove_endpoint(&key)?;
+        if old_ipcache.is_some()
+            && let Err(e) = self.kernel.remove_ipcache(&IpcacheKey::v4(prefix))
+        {
+            let _ = self.kernel.upsert_endpoint(&key, &entry.info);
+            return Err(e.into());
+        }
+        let mut t = (*cur).clone();
+        t.endpoints.remove(&key);
+        if let Some(p) = t.ports.get_mut(slot as usize) {
+            *p = None;
+        }
+        if old_ipcache.is_some() {
+            let mut ic = (*cur.ipcache).clone();
+            ic.remove(prefix);
+            t.ipcache = Arc::new(ic);
+        }
+        let sec = entry.info.sec_id;
+        let last = self.runtime_ids.get(&sec) == Some(&1);
+        let labels = last.then(|| self.pod_labels.remove(&sec)).flatten();
+        if last {
+            t.identities.remove(&sec);
+        }
+        let policy = self.policy.clone();
+        match self.policy_onto(policy, t) {
+            Ok((t, commit)) => {
+                self.commit_policy(commit);
+                if last {
+                    self.runtime_ids.remove(&sec);
+                } else if let Some(n) = self.runtime_ids.get_mut(&sec) {
+                    *n -= 1;
+                }
+                Ok((self.writer.publish(t), slot))
+            }
+            Err(e) => {
+                if let Some(l) = labels {
+                    self.pod_labels.insert(sec, l);
+                }
+                let _ = self.kernel.upsert_endpoint(&key, &entry.info);
+                if let Some(v) = old_ipcache {
+                    let _ = self.kernel.upsert_ipcache(&IpcacheKey::v4(prefix), &v);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The identity a pod with `labels` gets on this node: the one of a known identical
+    /// label set, else the label hash probed past every number in use (the numbers of
+    /// running pods never change).
+    pub fn identity_for(&self, labels: &[String]) -> Option<u32> {
+        if let Some((id, _)) = self.pod_labels.iter().find(|(_, l)| l.as_slice() == labels) {
+            return Some(*id);
+        }
+        let mut id = identity::identity_of(labels);
+        for _ in 0..identity::CAPACITY {
+            if !self.pod_labels.contains_key(&id) {
+                return Some(id);
+            }
+            id = if id == identity::MAX_ALLOCATED {
+                identity::MIN_ALLOCATED
+            } else {
+                id + 1
+            };
+        }
+        None
+    }
+
+    /// Delete every conntrack entry with `ip` as either end (an endpoint that is gone).
+    /// Returns how many.
+    pub fn flush_conntrack(&mut self, ip: std::net::Ipv4Addr) -> usize {
+        self.writer.current().ct.flush_addr(ip.octets())
     }
 
     /// A table reader for one worker.
@@ -467,7 +703,7 @@ impl<K: KernelMaps> Datapath<K> {
     /// accepted identities), then `cilium_ipcache_v2`. The ports (lxc devices in pod order,
     /// then the underlay) are the ones this `Datapath` was created with.
     pub fn load_node(&mut self, cfg: &Config) -> Result<u64, DatapathError> {
-        let ports = self.tables().ports.clone();
+        let ports: Vec<Port> = self.tables().ports.iter().flatten().cloned().collect();
         self.upsert_endpoints(&node_endpoints(cfg, &ports)?)?;
         self.set_overlay(
             node_overlay(cfg, &ports),

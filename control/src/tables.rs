@@ -152,8 +152,9 @@ pub struct Tables {
     pub generation: u64,
     /// `cilium_lxc`.
     pub endpoints: HashMap<EndpointKey, EndpointEntry>,
-    /// Devices, indexed by [`PortId`].
-    pub ports: Vec<Port>,
+    /// Devices, indexed by [`PortId`]; `None` is a free slot (an endpoint removed at run
+    /// time, or one not added yet).
+    pub ports: Vec<Option<Port>>,
     /// `cilium_ipcache_v2` (IPv4 part). Behind an `Arc` so that publishing a change to
     /// another table does not copy it.
     pub ipcache: Arc<Lpm4<RemoteEndpointInfo>>,
@@ -207,7 +208,7 @@ impl Tables {
 
     #[inline]
     pub fn port(&self, id: PortId) -> Option<&Port> {
-        self.ports.get(id as usize)
+        self.ports.get(id as usize).and_then(Option::as_ref)
     }
 
     /// `cilium_ipcache_v2` longest-prefix lookup by IPv4 address (wire bytes).

@@ -51,6 +51,17 @@ pub enum Request {
     },
     /// The policies in force and whom they select.
     PolicyList,
+    /// Serve a pod on this node from now on (what a CNI plugin's ADD sends): the
+    /// `pods:` fields of the node config. Answered once it is in force on every worker.
+    EndpointAdd {
+        endpoint: control::config::PodConfig,
+    },
+    /// Stop serving a pod added at run time (`namespace/name`, or `name` in `default`).
+    EndpointDelete {
+        id: String,
+    },
+    /// Every endpoint the node serves (config and runtime).
+    Endpoints,
 }
 
 /// Which LB listing.
@@ -135,6 +146,21 @@ pub enum Response {
     },
     PolicyList {
         policies: Vec<PolicySummary>,
+    },
+    /// An endpoint is served on every worker from table generation `generation`.
+    EndpointAdded {
+        endpoint: crate::endpoints::EndpointRow,
+        generation: u64,
+    },
+    /// An endpoint is no longer served; its conntrack entries were flushed.
+    EndpointDeleted {
+        endpoint: crate::endpoints::EndpointRow,
+        conntrack_flushed: usize,
+    },
+    Endpoints {
+        endpoints: Vec<crate::endpoints::EndpointRow>,
+        /// Changes queued or in progress.
+        pending: usize,
     },
     Error {
         message: String,
@@ -322,6 +348,27 @@ pub struct Status {
     /// The control socket's own counters.
     #[serde(default)]
     pub control_socket: crate::server::ServerStats,
+    #[serde(default)]
+    pub endpoints: EndpointsStatus,
+}
+
+/// Endpoints served, and the run-time changes seen.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointsStatus {
+    /// Endpoints served now, from the config and added at run time.
+    pub served: usize,
+    pub runtime: usize,
+    /// `datapath.max_pods`.
+    pub max_pods: u32,
+    /// Changes queued or in progress.
+    pub pending: usize,
+    pub added: u64,
+    pub deleted: u64,
+    pub failed: u64,
+    /// `fp_xsks` entries in use (one per served device and rx queue).
+    pub xsk_entries: usize,
+    /// Devices with XDP attached.
+    pub attached: usize,
 }
 
 /// Policy verdict totals (packets) and what is in force.
@@ -388,6 +435,19 @@ pub struct WorkerStatus {
     pub routed: u64,
     #[serde(default)]
     pub icmp_errors: u64,
+    /// AF_XDP sockets served, and the UMEM: chunks in all, in the pool, on fill/TX rings
+    /// (idle, `umem_free + umem_in_rings` is every chunk but the few the kernel holds
+    /// between a fill ring and an RX ring), and taken back from closed sockets.
+    #[serde(default)]
+    pub sockets: u64,
+    #[serde(default)]
+    pub umem_frames: u64,
+    #[serde(default)]
+    pub umem_free: u64,
+    #[serde(default)]
+    pub umem_in_rings: u64,
+    #[serde(default)]
+    pub frames_reclaimed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -528,6 +588,25 @@ impl Status {
             c.timed_out,
             c.answers_too_large
         );
+        let e = &self.endpoints;
+        s += &format!(
+            "Endpoints: {} served ({} added at run time) of at most {}; {} added, {} deleted, {} failed, {} pending; {} devices attached, {} fp_xsks entries\n",
+            e.served,
+            e.runtime,
+            e.max_pods,
+            e.added,
+            e.deleted,
+            e.failed,
+            e.pending,
+            e.attached,
+            e.xsk_entries
+        );
+        for w in &self.workers {
+            s += &format!(
+                "  worker {}: {} sockets; UMEM {} chunks, {} free, {} on fill/TX rings, {} reclaimed from closed sockets\n",
+                w.queue, w.sockets, w.umem_frames, w.umem_free, w.umem_in_rings, w.frames_reclaimed
+            );
+        }
         if let Some(o) = &self.overlay {
             s += &format!(
                 "Overlay:   {} via {} ({}, mtu {}), tunnel port {}, {} ipcache entries\n",
@@ -835,6 +914,76 @@ pub fn endpoint_list(path: &Path) -> Result<Vec<(String, String)>, ClientError> 
             "expected endpoint list, got {other:?}"
         ))),
     }
+}
+
+/// Add an endpoint (`fastpath endpoint add`).
+pub fn endpoint_add(
+    path: &Path,
+    endpoint: control::config::PodConfig,
+) -> Result<(crate::endpoints::EndpointRow, u64), ClientError> {
+    match call(path, &Request::EndpointAdd { endpoint })? {
+        Response::EndpointAdded {
+            endpoint,
+            generation,
+        } => Ok((endpoint, generation)),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// Delete an endpoint added at run time (`fastpath endpoint delete`).
+pub fn endpoint_delete(
+    path: &Path,
+    id: &str,
+) -> Result<(crate::endpoints::EndpointRow, usize), ClientError> {
+    match call(path, &Request::EndpointDelete { id: id.into() })? {
+        Response::EndpointDeleted {
+            endpoint,
+            conntrack_flushed,
+        } => Ok((endpoint, conntrack_flushed)),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// Every endpoint (`fastpath endpoint list`).
+pub fn endpoints(path: &Path) -> Result<Vec<crate::endpoints::EndpointRow>, ClientError> {
+    match call(path, &Request::Endpoints)? {
+        Response::Endpoints { endpoints, .. } => Ok(endpoints),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// `fastpath endpoint list` as text: one row per endpoint, like `cilium-dbg endpoint list`.
+pub fn render_endpoints(rows: &[crate::endpoints::EndpointRow]) -> String {
+    let mut s = format!(
+        "{:<10}{:<10}{:<40}{:<16}{:<18}{:<16}{:<8}{}\n",
+        "ENDPOINT", "IDENTITY", "POD", "IPv4", "MAC", "LXC", "SOURCE", "LABELS"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<10}{:<10}{:<40}{:<16}{:<18}{:<16}{:<8}{}\n",
+            r.id,
+            r.identity,
+            format!("{}/{}", r.namespace, r.name),
+            r.ipv4,
+            r.mac,
+            r.lxc,
+            match r.source {
+                crate::endpoints::Source::Config => "config",
+                crate::endpoints::Source::Api => "api",
+            },
+            r.labels.join(",")
+        );
+    }
+    s
 }
 
 #[cfg(test)]

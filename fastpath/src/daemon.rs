@@ -117,7 +117,7 @@ pub struct QueuesInUse {
 /// The counts are the ones in use (`ethtool -l`, "Current hardware settings"), not the ones
 /// allocated (`ip -d link`'s `num_rx_queues`): a plain veth has 2 allocated and 1 in use,
 /// and AF_XDP binds only to queues in use.
-fn check_queues(
+pub(crate) fn check_queues(
     field: &str,
     dev: &str,
     li: &LinkInfo,
@@ -168,12 +168,17 @@ fn frame_size_for(mtu: u32) -> Option<u32> {
     [2048u32, 4096].into_iter().find(|&f| need <= f)
 }
 
+/// The largest MTU a UMEM chunk of `frame_size` bytes holds.
+pub(crate) fn frame_mtu(frame_size: u32) -> u32 {
+    frame_size - 256 - 14
+}
+
 /// The largest MTU a device may have: a frame (MTU + 14) behind the kernel's 256 bytes of
 /// XDP headroom must fit the largest UMEM chunk (4096).
 pub const MAX_MTU: u32 = 4096 - 256 - 14;
 
 /// Refuse a device whose MTU no UMEM frame can hold, naming the config field and device.
-fn check_mtu(field: &str, dev: &str, mtu: u32) -> anyhow::Result<()> {
+pub(crate) fn check_mtu(field: &str, dev: &str, mtu: u32) -> anyhow::Result<()> {
     if frame_size_for(mtu).is_none() {
         bail!(
             "{field}: device `{dev}` has MTU {mtu}; fastpath's AF_XDP frames hold at most MTU {MAX_MTU} \
@@ -188,12 +193,133 @@ struct WorkerHandle {
     queue: u32,
     core: Option<usize>,
     counters: Arc<WorkerCounters>,
-    sockets: Vec<crate::worker::SocketInfo>,
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Run a node until SIGINT/SIGTERM.
+/// The devices of a node as checked at start, in port order: the config's pods, the
+/// underlay, then the endpoints restored from the state dir.
+struct Devices {
+    ports: Vec<Port>,
+    /// Per port: rx queues in use (all are served).
+    rx_in_use: Vec<u32>,
+    frame_size: u32,
+    nexthops: NextHops,
+    /// Restored runtime endpoints: (pod, port slot).
+    restored: Vec<(control::config::PodConfig, PortId)>,
+}
+
+/// What every worker's UMEM is sized for.
+struct Sizing {
+    /// Per worker: sockets it has at start, and the most it may have.
+    initial: Vec<u32>,
+    capacity: Vec<u32>,
+    /// Per worker: UMEM chunks.
+    frames: Vec<u32>,
+    /// Port slots in all (`max_pods` plus the underlay).
+    slots: usize,
+}
+
+/// Run a node until SIGINT/SIGTERM: the steps below, in order.
 pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
+    // 1. The settings, with the command line applied, valid before anything is touched.
+    let cfg = settle_config(&mut opts)?;
+    // 2. Root, cores, the node's network namespace (before any thread exists).
+    let cores = enter_node(&cfg)?;
+    // The runtime state: services, policies and endpoints applied at run time.
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::state::default_dir(&cfg.node.name));
+    let mut state = crate::state::StateFile::open(&state_dir, &cfg.node.name)?;
+    // 3. Devices (config pods, underlay, restored endpoints) and the UMEM they need.
+    let mut devs = check_devices(&cfg, &mut state)?;
+    let sizing = size_workers(&cfg, &devs)?;
+    // 4. The control socket (refused if another fastpath serves this node).
+    let (listener, sock_path) = claim_socket(&opts, &cfg)?;
+    let _sock_guard = RemoveOnDrop(sock_path.clone());
+    // 5. The program, the maps and their contents: the config, then what was applied at
+    //    run time (nothing is served without the policies it had).
+    let mut dp = load_maps(&opts, &cfg, &devs, &mut state)?;
+    // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
+    // host-originated traffic to remote pods takes the same path.
+    let _routes_guard = KernelRoutes::install(
+        &node_routes(&cfg),
+        cfg.node.underlay.as_ref().map(|u| u.device.as_str()),
+    )?;
+    devs.nexthops.start(&mut dp)?;
+    // 6. Workers with their sockets, every socket in the XSKMAP, then XDP on every device.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+    let workers = make_workers(&cfg, &opts, &devs, &sizing, &cores, &mut dp, &stop, &ack_tx)?;
+    let socket_mode = workers
+        .first()
+        .map_or("none", |w| w.socket_mode())
+        .to_string();
+    attach_devices(&cfg, &devs.ports, &mut dp, &socket_mode)?;
+    let mut endpoints = crate::endpoints::Endpoints::new(
+        &cfg,
+        &crate::endpoints::Shape {
+            workers: cfg.datapath.queues,
+            ring_size: cfg.datapath.ring_size,
+            frame_size: devs.frame_size,
+            xdp_mode: cfg.datapath.xdp_mode,
+            max_pods: cfg.max_pods(),
+            slots: sizing.slots,
+        },
+        workers.iter().map(|w| w.control()).collect(),
+        ack_rx,
+        workers.iter().map(|w| w.sockets()).collect(),
+        sizing.capacity.iter().map(|&c| c as usize).collect(),
+        &devs.ports,
+        &devs.rx_in_use,
+        &devs
+            .restored
+            .iter()
+            .map(|(p, _)| {
+                let labels = control::identity::pod_labels(&p.namespace, &p.labels);
+                let id = dp
+                    .tables()
+                    .endpoint_v4(p.ip.octets())
+                    .map_or(0, |e| e.info.sec_id);
+                (p.clone(), id, labels)
+            })
+            .collect::<Vec<_>>(),
+    );
+    // 7. Start the workers and serve until SIGINT/SIGTERM.
+    let handles = start_workers(workers, &cores)?;
+    eprintln!(
+        "fastpath: node {} serving {} pods with {} worker(s) on cores {:?}; control socket {}",
+        cfg.node.name,
+        cfg.pods.len() + devs.restored.len(),
+        cfg.datapath.queues,
+        cores,
+        sock_path.display()
+    );
+    let res = serve(
+        &cfg,
+        &opts,
+        listener,
+        &mut dp,
+        &handles,
+        &mut devs,
+        &socket_mode,
+        &mut state,
+        &mut endpoints,
+    );
+
+    // 8. Teardown: workers first, then XDP (bpf_link drop) and the pins.
+    eprintln!("fastpath: stopping");
+    stop.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.thread.join();
+    }
+    drop(endpoints); // the sockets the workers gave back and never got to close
+    drop(dp);
+    res
+}
+
+/// Step 1: command-line overrides applied, then every check of the config.
+fn settle_config(opts: &mut RunOptions) -> anyhow::Result<Config> {
     let cfg = &mut opts.config;
     if let Some(q) = opts.queues {
         cfg.datapath.queues = q;
@@ -218,7 +344,11 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 .join("; ")
         );
     }
-    let cfg = opts.config.clone();
+    Ok(opts.config.clone())
+}
+
+/// Step 2: root, the worker cores exist, the node's netns entered. Returns the cores.
+fn enter_node(cfg: &Config) -> anyhow::Result<Vec<usize>> {
     if xsk::sys::euid() != 0 {
         bail!("fastpath run needs root (CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW, CAP_IPC_LOCK)");
     }
@@ -234,34 +364,38 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         xsk::sys::enter_netns(ns)
             .with_context(|| format!("node.netns: entering network namespace `{ns}`"))?;
     }
+    Ok(cores)
+}
 
-    // 3. Devices.
+/// Step 3: every device exists, has a queue per worker, an MTU a UMEM chunk holds; every
+/// remote node is reached through the underlay. Endpoints restored from the state dir whose
+/// device is gone (the pod was deleted while fastpath was down) are dropped from it, with a
+/// line saying so.
+fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::Result<Devices> {
     let queues = cfg.datapath.queues;
+    let ns = || cfg.node.netns.as_deref().unwrap_or("(current)").to_string();
     let mut ports = Vec::new();
-    // Per port: the rx queues it has in use (all of them are served).
     let mut rx_in_use: Vec<u32> = Vec::new();
     let mut max_mtu = 0;
     for (i, pod) in cfg.pods.iter().enumerate() {
-        let li = link_info(&pod.lxc).with_context(|| {
-            format!(
-                "pods[{i}].lxc: in netns {}",
-                cfg.node.netns.as_deref().unwrap_or("(current)")
-            )
-        })?;
+        let li =
+            link_info(&pod.lxc).with_context(|| format!("pods[{i}].lxc: in netns {}", ns()))?;
         let field = format!("pods[{i}].lxc");
         rx_in_use.push(check_queues(&field, &pod.lxc, &li, queues)?.rx);
         check_mtu(&field, &pod.lxc, li.mtu)?;
         max_mtu = max_mtu.max(li.mtu);
         ports.push(Port::lxc(&pod.lxc, li.ifindex, li.mac, pod.ip, 0, li.mtu));
     }
+    let ids = cfg
+        .endpoint_ids()
+        .map_err(|p| anyhow::anyhow!("invalid settings: {p}"))?;
+    for (p, id) in ports.iter_mut().zip(&ids) {
+        p.endpoint_id = *id;
+    }
     let mut underlay_port: Option<PortId> = None;
     if let Some(u) = &cfg.node.underlay {
-        let li = link_info(&u.device).with_context(|| {
-            format!(
-                "node.underlay.device: in netns {}",
-                cfg.node.netns.as_deref().unwrap_or("(current)")
-            )
-        })?;
+        let li = link_info(&u.device)
+            .with_context(|| format!("node.underlay.device: in netns {}", ns()))?;
         rx_in_use.push(check_queues("node.underlay.device", &u.device, &li, queues)?.rx);
         if !neigh::has_address(&u.device, u.address.addr)? {
             bail!(
@@ -283,6 +417,71 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             li.mtu,
         ));
     }
+    // Endpoints added at run time before a restart: served again if their device is still
+    // there and still fits; dropped (and said so) otherwise.
+    let mut restored = Vec::new();
+    let mut dropped = Vec::new();
+    let mut taken_ids: Vec<u16> = ids.clone();
+    let restored_pods: Vec<(String, control::config::PodConfig)> = state
+        .state
+        .endpoints
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (key, pod) in restored_pods {
+        let why =
+            (|| -> anyhow::Result<(Port, u32)> {
+                crate::endpoints::check_pod_fields(&pod)?;
+                if cfg.pods.iter().any(|p| {
+                    crate::endpoints::pod_id(p) == key || p.ip == pod.ip || p.lxc == pod.lxc
+                }) {
+                    bail!("the config now has a pod with its name, address or device");
+                }
+                let id = pod.id.context("no endpoint ID recorded")?;
+                if taken_ids.contains(&id) {
+                    bail!("its endpoint ID {id} is taken");
+                }
+                let li = link_info(&pod.lxc)?;
+                let q = check_queues("lxc", &pod.lxc, &li, queues)?;
+                check_mtu("lxc", &pod.lxc, li.mtu)?;
+                Ok((
+                    Port::lxc(&pod.lxc, li.ifindex, li.mac, pod.ip, id, li.mtu),
+                    q.rx,
+                ))
+            })();
+        match why {
+            Ok((port, rx)) => {
+                max_mtu = max_mtu.max(port.mtu);
+                taken_ids.push(port.endpoint_id);
+                restored.push((pod, ports.len() as PortId));
+                ports.push(port);
+                rx_in_use.push(rx);
+            }
+            Err(e) => {
+                eprintln!(
+                    "fastpath: not restoring endpoint {key} from {}: {e:#}",
+                    state.path().display()
+                );
+                dropped.push(key);
+            }
+        }
+    }
+    if restored.len() + cfg.pods.len() > cfg.max_pods() as usize {
+        bail!(
+            "datapath.max_pods: {} but the config has {} pods and {} restores {} more: raise it",
+            cfg.max_pods(),
+            cfg.pods.len(),
+            state.path().display(),
+            restored.len()
+        );
+    }
+    if !dropped.is_empty() {
+        let mut next = state.state.clone();
+        for k in &dropped {
+            next.endpoints.remove(k);
+        }
+        state.save(next)?;
+    }
     // Every remote node must be reached through the underlay: check before touching anything.
     let mut nexthops = NextHops::new(underlay_port.map(|p| (p, &ports[p as usize])));
     if let Some(u) = &cfg.node.underlay {
@@ -301,40 +500,67 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let frame_size = frame_size_for(max_mtu).context("every device's MTU was checked above")?;
-    // The UMEM the workers map grows with their sockets (one per device and rx queue): refuse
-    // a size the machine should not be asked for, before anything is made.
-    let per_worker: Vec<u32> = (0..queues)
+    Ok(Devices {
+        ports,
+        rx_in_use,
+        frame_size,
+        nexthops,
+        restored,
+    })
+}
+
+/// The UMEM every worker needs: one socket per device and rx queue it serves now, plus
+/// one per pod the node may still take (`datapath.max_pods`); refused past
+/// [`crate::worker::MAX_UMEM_BYTES`] before anything is made.
+fn size_workers(cfg: &Config, devs: &Devices) -> anyhow::Result<Sizing> {
+    let queues = cfg.datapath.queues;
+    let pods_now = cfg.pods.len() + devs.restored.len();
+    let spare = (cfg.max_pods() as usize).saturating_sub(pods_now) as u32;
+    let initial: Vec<u32> = (0..queues)
         .map(|w| {
-            rx_in_use
+            devs.rx_in_use
                 .iter()
                 .map(|&rx| crate::worker::queues_of(w, queues, rx).count() as u32)
                 .sum()
         })
         .collect();
-    let socks: u32 = per_worker.iter().sum();
-    let umem: u64 = per_worker
+    let capacity: Vec<u32> = initial.iter().map(|&i| i + spare).collect();
+    let frames: Vec<u32> = capacity
         .iter()
-        .map(|&s| {
-            crate::worker::umem_frames(s, cfg.datapath.ring_size, cfg.datapath.batch_size) as u64
-                * frame_size as u64
-        })
+        .map(|&s| crate::worker::umem_frames(s, cfg.datapath.ring_size, cfg.datapath.batch_size))
+        .collect();
+    let socks: u32 = capacity.iter().sum();
+    let umem: u64 = frames
+        .iter()
+        .map(|&f| f as u64 * devs.frame_size as u64)
         .sum();
     if umem > crate::worker::MAX_UMEM_BYTES {
         bail!(
-            "datapath.ring_size: the workers would map {} MiB of UMEM ({socks} sockets × {} entries × 2 rings × {frame_size}-byte frames), more than {} MiB: lower datapath.ring_size, or serve fewer devices or rx queues per node",
+            "datapath.ring_size: the workers would map {} MiB of UMEM ({socks} sockets, counting one per worker for each of the {spare} pods datapath.max_pods leaves room for, × {} entries × 2 rings × {}-byte frames), more than {} MiB: lower datapath.ring_size or datapath.max_pods, or serve fewer devices or rx queues per node",
             umem >> 20,
             cfg.datapath.ring_size,
+            devs.frame_size,
             crate::worker::MAX_UMEM_BYTES >> 20
         );
     }
-    let ids = cfg
-        .endpoint_ids()
-        .map_err(|p| anyhow::anyhow!("invalid settings: {p}"))?;
-    for (p, id) in ports.iter_mut().zip(&ids) {
-        p.endpoint_id = *id;
+    let slots = cfg.max_pods() as usize + usize::from(cfg.node.underlay.is_some());
+    if slots > xdp_redirect::MAX_DEVS as usize {
+        bail!(
+            "datapath.max_pods: {} devices, the XDP program's fp_devs holds {}",
+            slots,
+            xdp_redirect::MAX_DEVS
+        );
     }
+    Ok(Sizing {
+        initial,
+        capacity,
+        frames,
+        slots: slots.max(devs.ports.len()),
+    })
+}
 
-    // 4. Control socket.
+/// Step 4: bind the control socket (mode 0600).
+fn claim_socket(opts: &RunOptions, cfg: &Config) -> anyhow::Result<(UnixListener, PathBuf)> {
     let sock_path = opts
         .socket
         .clone()
@@ -353,9 +579,17 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let listener = UnixListener::bind(&sock_path)
         .with_context(|| format!("binding {}", sock_path.display()))?;
     std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o600))?;
-    let _sock_guard = RemoveOnDrop(sock_path.clone());
+    Ok((listener, sock_path))
+}
 
-    // 5. XDP program, maps, sockets, attach.
+/// Step 5: load the XDP program and its maps (pinned when bpffs is mounted), write the
+/// config's contents, then replay the runtime state: services, policies, endpoints.
+fn load_maps(
+    opts: &RunOptions,
+    cfg: &Config,
+    devs: &Devices,
+    state: &mut crate::state::StateFile,
+) -> anyhow::Result<Datapath<Steering>> {
     let mut steering = Steering::load().context("loading the XDP steering program")?;
     let pin_dir = opts.pin_dir.clone().or_else(|| {
         bpffs_mounted()
@@ -366,7 +600,17 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             .pin_maps(dir)
             .with_context(|| format!("pinning maps under {}", dir.display()))?;
     }
-    let mut dp = Datapath::new(ports.clone(), queues as usize, steering);
+    // The config's ports only: restored endpoints join through the same path as a runtime
+    // add (below), so both are written alike.
+    let first_restored = devs
+        .restored
+        .first()
+        .map_or(devs.ports.len(), |(_, s)| *s as usize);
+    let mut dp = Datapath::new(
+        devs.ports[..first_restored].to_vec(),
+        cfg.datapath.queues as usize,
+        steering,
+    );
     dp.size_datapath_maps(
         control::ct::CtSizes {
             tcp: cfg.datapath.ct_tcp_max as usize,
@@ -374,15 +618,8 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         },
         control::tables::AFFINITY_MAX,
     );
-    dp.load_node(&cfg)
+    dp.load_node(cfg)
         .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;
-    // What was applied at run time before a restart or crash is in force again before any
-    // device is attached (nothing is served without the policies it had).
-    let state_dir = opts
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| crate::state::default_dir(&cfg.node.name));
-    let mut state = crate::state::StateFile::open(&state_dir, &cfg.node.name)?;
     if !state.state.is_empty() {
         let path = state.path();
         let fix = || {
@@ -391,38 +628,64 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
                 path.display()
             )
         };
-        dp.set_services(&state.state.services_over(&cfg), &cfg.lb_settings())
+        dp.set_services(&state.state.services_over(cfg), &cfg.lb_settings())
             .with_context(fix)?;
-        let policies = state.state.policies_over(&cfg).with_context(fix)?;
+        let policies = state.state.policies_over(cfg).with_context(fix)?;
         dp.set_policies(&policies).with_context(fix)?;
+        for (pod, slot) in &devs.restored {
+            let labels = control::identity::pod_labels(&pod.namespace, &pod.labels);
+            let id = dp
+                .identity_for(&labels)
+                .context("no security identity left in 256-65535")
+                .with_context(fix)?;
+            dp.add_local_endpoint(
+                *slot,
+                devs.ports[*slot as usize].clone(),
+                pod.mac,
+                id,
+                labels,
+            )
+            .with_context(|| format!("endpoint {}", crate::endpoints::pod_id(pod)))
+            .with_context(fix)?;
+        }
         eprintln!(
-            "fastpath: restored {} service(s) and {} policy object(s) applied at run time, {} service and {} policy deletion(s), from {}",
+            "fastpath: restored {} service(s), {} policy object(s) and {} endpoint(s) applied at run time, {} service and {} policy deletion(s), from {}",
             state.state.services.len(),
             state.state.policies.len(),
+            devs.restored.len(),
             state.state.services_deleted.len(),
             state.state.policies_deleted.len(),
             path.display()
         );
     }
-    // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
-    // host-originated traffic to remote pods takes the same path.
-    let _routes_guard = KernelRoutes::install(
-        &node_routes(&cfg),
-        cfg.node.underlay.as_ref().map(|u| u.device.as_str()),
-    )?;
-    nexthops.start(&mut dp)?;
+    Ok(dp)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    let devs: Vec<WorkerDevice> = ports
+/// Step 6a: the workers, each with its UMEM and sockets; every socket registered in the
+/// XSKMAP before XDP is attached, so nothing is steered to an empty slot.
+#[allow(clippy::too_many_arguments)]
+fn make_workers(
+    cfg: &Config,
+    opts: &RunOptions,
+    devs: &Devices,
+    sizing: &Sizing,
+    cores: &[usize],
+    dp: &mut Datapath<Steering>,
+    stop: &Arc<AtomicBool>,
+    acks: &crossbeam_channel::Sender<crate::worker::Ack>,
+) -> anyhow::Result<Vec<Worker>> {
+    let queues = cfg.datapath.queues;
+    let wdevs: Vec<WorkerDevice> = devs
+        .ports
         .iter()
-        .zip(&rx_in_use)
+        .zip(&devs.rx_in_use)
         .map(|(p, &rx)| WorkerDevice {
             name: p.ifname.clone(),
             ifindex: p.ifindex,
             rx_queues: rx,
         })
         .collect();
+    let mut workers = Vec::new();
     for q in 0..queues {
         let wc = WorkerConfig {
             queue: q,
@@ -430,37 +693,54 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             core: Some(cores[q as usize]),
             batch_size: cfg.datapath.batch_size,
             ring_size: cfg.datapath.ring_size,
-            frame_size,
+            frame_size: devs.frame_size,
             poll: cfg.datapath.poll,
             bare: opts.bare,
         };
-        let w = Worker::new(wc, &devs, dp.reader(), stop.clone())?;
-        // Every rx queue of every device gets its socket in the XSKMAP before XDP is
-        // attached: nothing is steered to an empty slot.
+        let w = Worker::new(
+            wc,
+            &wdevs,
+            sizing.frames[q as usize],
+            sizing.slots,
+            dp.reader(),
+            stop.clone(),
+            acks.clone(),
+        )?;
+        debug_assert_eq!(w.sockets().len() as u32, sizing.initial[q as usize]);
         for si in w.sockets() {
             dp.kernel()
                 .register_xsk(si.port as u32, si.queue, &RawFdRef(si.fd))
                 .with_context(|| {
                     format!(
                         "registering the socket of {} queue {} in fp_xsks",
-                        ports[si.port as usize].ifname, si.queue
+                        devs.ports[si.port as usize].ifname, si.queue
                     )
                 })?;
         }
         workers.push(w);
     }
-    let socket_mode = workers
-        .first()
-        .map_or("none", |w| w.socket_mode())
-        .to_string();
-    for p in &ports {
+    Ok(workers)
+}
+
+/// Step 6b: XDP on every device, slot = port.
+fn attach_devices(
+    cfg: &Config,
+    ports: &[Port],
+    dp: &mut Datapath<Steering>,
+    socket_mode: &str,
+) -> anyhow::Result<()> {
+    for (slot, p) in ports.iter().enumerate() {
         let role = match p.role {
             PortRole::Lxc => ROLE_LXC,
             PortRole::Underlay => ROLE_UNDERLAY,
         };
-        let d = dp
-            .kernel()
-            .attach(&p.ifname, p.ifindex, role, cfg.datapath.xdp_mode)?;
+        let d = dp.kernel().attach(
+            &p.ifname,
+            p.ifindex,
+            slot as u32,
+            role,
+            cfg.datapath.xdp_mode,
+        )?;
         let how = d
             .fallback_reason
             .as_ref()
@@ -473,12 +753,14 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             d.mode.name()
         );
     }
+    Ok(())
+}
 
-    // 6. Workers.
+/// Step 7a: one pinned thread per worker.
+fn start_workers(workers: Vec<Worker>, cores: &[usize]) -> anyhow::Result<Vec<WorkerHandle>> {
     let mut handles = Vec::new();
     for (q, w) in workers.into_iter().enumerate() {
         let counters = w.counters();
-        let sockets = w.sockets();
         let thread = std::thread::Builder::new()
             .name(format!("fp-worker-{q}"))
             .spawn(move || w.run())?;
@@ -486,36 +768,44 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             queue: q as u32,
             core: Some(cores[q]),
             counters,
-            sockets,
             thread,
         });
     }
-    eprintln!(
-        "fastpath: node {} serving {} pods with {} worker(s) on cores {:?}; control socket {}",
-        cfg.node.name,
-        cfg.pods.len(),
-        queues,
-        cores,
-        sock_path.display()
-    );
+    Ok(handles)
+}
 
+/// Step 7b: the control loop. Never blocks on anything but poll(2), which wakes for a
+/// client, a client's deadline, or after at most 100 ms: SIGTERM, endpoint changes,
+/// conntrack GC, next hops and worker liveness are checked on every pass.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    cfg: &Config,
+    opts: &RunOptions,
+    listener: UnixListener,
+    dp: &mut Datapath<Steering>,
+    handles: &[WorkerHandle],
+    devs: &mut Devices,
+    socket_mode: &str,
+    state: &mut crate::state::StateFile,
+    endpoints: &mut crate::endpoints::Endpoints,
+) -> anyhow::Result<()> {
     let term = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
-
     let started = Instant::now();
     let mut last_gc = Instant::now();
     let mut poll = mio::Poll::new()?;
     let mut server = Server::new(listener, poll.registry())?;
     let mut events = mio::Events::with_capacity(64);
-    // The loop: never blocks on anything but poll(2), which wakes for a client, a deadline
-    // of one, or after at most 100 ms (SIGTERM, GC, next hops and liveness are checked on
-    // every pass).
+    let mut next_ticket = 1u64;
     while !term.load(Ordering::Relaxed) {
-        if let Err(e) = poll.poll(
-            &mut events,
-            Some(server.timeout(Duration::from_millis(100))),
-        ) && e.kind() != std::io::ErrorKind::Interrupted
+        let wait = if endpoints.pending() > 0 {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Err(e) = poll.poll(&mut events, Some(server.timeout(wait)))
+            && e.kind() != std::io::ErrorKind::Interrupted
         {
             return Err(e.into());
         }
@@ -526,24 +816,39 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             }
             let stats = server.stats;
             let mut view = NodeView {
-                cfg: &cfg,
-                dp: &mut dp,
-                handles: &handles,
-                ports: &ports,
-                nexthops: &nexthops,
-                socket_mode: &socket_mode,
-                opts: &opts,
+                cfg,
+                dp,
+                handles,
+                nexthops: &devs.nexthops,
+                socket_mode,
+                opts,
                 started,
                 server: stats,
-                state: &mut state,
+                state,
+                endpoints,
+                next_ticket: &mut next_ticket,
             };
             server.ready(ev.token(), poll.registry(), &mut |req| {
                 handle(req, &mut view)
             });
         }
+        endpoints.tick(dp, &mut |eps| {
+            let mut next = state.state.clone();
+            next.endpoints = eps
+                .into_iter()
+                .map(|p| (crate::endpoints::pod_id(&p), p))
+                .collect();
+            if next == state.state {
+                return Ok(());
+            }
+            state.save(next)
+        });
+        for (ticket, outcome) in endpoints.finished() {
+            server.finish(ticket, endpoint_response(outcome), poll.registry());
+        }
         server.tick(poll.registry(), &mut |g| dp.writer().is_applied(g));
         dp.writer().reclaim();
-        nexthops.tick(&mut dp);
+        devs.nexthops.tick(dp);
         if last_gc.elapsed() >= GC_INTERVAL {
             last_gc = Instant::now();
             if let Err(e) = dp.gc(control::clock::now()) {
@@ -555,18 +860,31 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             break;
         }
     }
-
-    // 7. Teardown.
-    eprintln!("fastpath: stopping");
-    stop.store(true, Ordering::Release);
-    for h in handles {
-        let _ = h.thread.join();
-    }
-    drop(dp); // detaches XDP (bpf_link), removes pins
     Ok(())
 }
 
-struct RawFdRef(i32);
+fn endpoint_response(o: crate::endpoints::Outcome) -> Response {
+    use crate::endpoints::Outcome;
+    match o {
+        Outcome::Added {
+            endpoint,
+            generation,
+        } => Response::EndpointAdded {
+            endpoint,
+            generation,
+        },
+        Outcome::Deleted {
+            endpoint,
+            conntrack_flushed,
+        } => Response::EndpointDeleted {
+            endpoint,
+            conntrack_flushed,
+        },
+        Outcome::Failed(message) => Response::Error { message },
+    }
+}
+
+pub(crate) struct RawFdRef(pub(crate) i32);
 impl std::os::fd::AsRawFd for RawFdRef {
     fn as_raw_fd(&self) -> i32 {
         self.0
@@ -594,13 +912,30 @@ struct NodeView<'a> {
     cfg: &'a Config,
     dp: &'a mut Datapath<Steering>,
     handles: &'a [WorkerHandle],
-    ports: &'a [Port],
     nexthops: &'a NextHops,
     socket_mode: &'a str,
     opts: &'a RunOptions,
     started: Instant,
     server: ServerStats,
     state: &'a mut crate::state::StateFile,
+    endpoints: &'a mut crate::endpoints::Endpoints,
+    next_ticket: &'a mut u64,
+}
+
+/// Queue an endpoint change; its answer comes when it is done.
+fn submit(v: &mut NodeView<'_>, c: crate::endpoints::Change) -> Reply {
+    let ticket = *v.next_ticket;
+    *v.next_ticket += 1;
+    if v.endpoints.submit(ticket, c) {
+        Reply::Later { ticket }
+    } else {
+        Reply::Now(Response::Error {
+            message: format!(
+                "busy: {} endpoint changes are queued; try again",
+                crate::endpoints::MAX_QUEUED
+            ),
+        })
+    }
 }
 
 /// Answer one control-socket request (on the control thread; see [`crate::server`] for
@@ -702,6 +1037,12 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
         Request::PolicyList => now(Response::PolicyList {
             policies: policy_summaries(v.dp),
         }),
+        Request::Endpoints => now(Response::Endpoints {
+            endpoints: v.endpoints.list(),
+            pending: v.endpoints.pending(),
+        }),
+        Request::EndpointAdd { endpoint } => submit(v, crate::endpoints::Change::Add(endpoint)),
+        Request::EndpointDelete { id } => submit(v, crate::endpoints::Change::Delete(id)),
         Request::ServiceDelete { id } => {
             let before = v.dp.services();
             now(match v.dp.delete_service(&id) {
@@ -1068,7 +1409,7 @@ fn status(v: &NodeView<'_>) -> Status {
     let cfg: &Config = v.cfg;
     let dp: &Datapath<Steering> = v.dp;
     let handles: &[WorkerHandle] = v.handles;
-    let ports: &[Port] = v.ports;
+    let tables = dp.tables();
     let nexthops: &NextHops = v.nexthops;
     let socket_mode: &str = v.socket_mode;
     let opts: &RunOptions = v.opts;
@@ -1102,13 +1443,19 @@ fn status(v: &NodeView<'_>) -> Status {
             WorkerStatus {
                 queue: h.queue,
                 core: h.core,
-                ports: ports
+                ports: tables
+                    .ports
                     .iter()
                     .zip(&c.ports)
                     .enumerate()
+                    .filter_map(|(i, (p, pc))| p.as_ref().map(|p| (i, (p, pc))))
                     .map(|(i, (p, pc))| {
-                        let mine: Vec<&crate::worker::SocketInfo> =
-                            h.sockets.iter().filter(|s| s.port as usize == i).collect();
+                        let mine: Vec<&crate::worker::SocketInfo> = v
+                            .endpoints
+                            .sockets(h.queue as usize)
+                            .iter()
+                            .filter(|s| s.port as usize == i)
+                            .collect();
                         PortStatus {
                             ifname: p.ifname.clone(),
                             rx_queues: mine.iter().map(|s| s.queue).collect(),
@@ -1151,10 +1498,30 @@ fn status(v: &NodeView<'_>) -> Status {
                 decapsulated: c.decapsulated.get(),
                 routed: c.routed.get(),
                 icmp_errors: c.icmp_errors.get(),
+                sockets: c.sockets.get(),
+                umem_frames: c.umem_frames.get(),
+                umem_free: c.umem_free.get(),
+                umem_in_rings: c.umem_in_rings.get(),
+                frames_reclaimed: c.frames_reclaimed.get(),
             }
         })
         .collect();
+    let list = v.endpoints.list();
     Status {
+        endpoints: crate::api::EndpointsStatus {
+            served: list.len(),
+            runtime: list
+                .iter()
+                .filter(|r| r.source == crate::endpoints::Source::Api)
+                .count(),
+            max_pods: cfg.max_pods(),
+            pending: v.endpoints.pending(),
+            added: v.endpoints.added,
+            deleted: v.endpoints.deleted,
+            failed: v.endpoints.failed,
+            xsk_entries: steering.xsk_entries(),
+            attached: steering.devices().len(),
+        },
         control_socket: v.server,
         node: cfg.node.name.clone(),
         netns: cfg.node.netns.clone(),

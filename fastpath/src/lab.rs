@@ -148,58 +148,7 @@ impl Lab {
         for p in &cfg.pods {
             let pns = p.netns.clone().expect("checked");
             lab.add_ns(&pns)?;
-            in_ns(&pns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-            veth_pair((&p.lxc, &node), ("eth0", &pns), queues)?;
-            in_ns(
-                &pns,
-                &[
-                    "ip",
-                    "link",
-                    "set",
-                    "eth0",
-                    "address",
-                    &p.mac.to_string().to_lowercase(),
-                ],
-            )?;
-            in_ns(
-                &pns,
-                &["ip", "addr", "add", &format!("{}/32", p.ip), "dev", "eth0"],
-            )?;
-            in_ns(&pns, &["ethtool", "-K", "eth0", "tx", "off"])?;
-            in_ns(&pns, &["ip", "link", "set", "eth0", "mtu", &pod_mtu])?;
-            in_ns(&node, &["ip", "link", "set", &p.lxc, "mtu", &pod_mtu])?;
-            in_ns(&pns, &["ip", "link", "set", "eth0", "up"])?;
-            in_ns(
-                &pns,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    &cfg.node.router_ip.to_string(),
-                    "dev",
-                    "eth0",
-                    "scope",
-                    "link",
-                ],
-            )?;
-            in_ns(
-                &pns,
-                &[
-                    "ip",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &cfg.node.router_ip.to_string(),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            in_ns(&node, &["ip", "link", "set", &p.lxc, "up"])?;
-            in_ns(
-                &node,
-                &["ip", "route", "add", &format!("{}/32", p.ip), "dev", &p.lxc],
-            )?;
+            pod_links(cfg, p, &node, &pns, &pod_mtu, queues)?;
         }
         if cfg.node.underlay.is_some() {
             lab.underlay(cfg, &node, queues)?;
@@ -306,6 +255,124 @@ impl Drop for Lab {
         for ns in self.namespaces.iter().rev().chain(self.fabric.as_ref()) {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+    }
+}
+
+/// A pod's links: the veth pair (`lxc` in the node's namespace, `eth0` in the pod's), its
+/// MAC, address, MTU, routes via the router IP, TX checksum offload off — what a CNI plugin
+/// does for Cilium.
+fn pod_links(
+    cfg: &Config,
+    p: &control::config::PodConfig,
+    node: &str,
+    pns: &str,
+    pod_mtu: &str,
+    queues: u32,
+) -> anyhow::Result<()> {
+    in_ns(pns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+    veth_pair((&p.lxc, node), ("eth0", pns), queues)?;
+    in_ns(
+        pns,
+        &[
+            "ip",
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &p.mac.to_string().to_lowercase(),
+        ],
+    )?;
+    in_ns(
+        pns,
+        &["ip", "addr", "add", &format!("{}/32", p.ip), "dev", "eth0"],
+    )?;
+    in_ns(pns, &["ethtool", "-K", "eth0", "tx", "off"])?;
+    in_ns(pns, &["ip", "link", "set", "eth0", "mtu", pod_mtu])?;
+    in_ns(node, &["ip", "link", "set", &p.lxc, "mtu", pod_mtu])?;
+    in_ns(pns, &["ip", "link", "set", "eth0", "up"])?;
+    in_ns(
+        pns,
+        &[
+            "ip",
+            "route",
+            "add",
+            &cfg.node.router_ip.to_string(),
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+    )?;
+    in_ns(
+        pns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &cfg.node.router_ip.to_string(),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    in_ns(node, &["ip", "link", "set", &p.lxc, "up"])?;
+    in_ns(
+        node,
+        &["ip", "route", "add", &format!("{}/32", p.ip), "dev", &p.lxc],
+    )?;
+    Ok(())
+}
+
+/// One pod's namespace and veth pair, made outside a [`Lab`] (what a CNI plugin would do
+/// before `fastpath endpoint add`); deleted on drop (which also deletes the veth pair).
+#[derive(Debug)]
+pub struct PodNs {
+    pub netns: String,
+}
+
+impl PodNs {
+    /// Create `pod` (its `netns` field names the namespace) on the node of `cfg`.
+    ///
+    /// # Errors
+    /// A missing `netns`, an existing namespace, or a failing `ip`.
+    pub fn up(
+        cfg: &Config,
+        pod: &control::config::PodConfig,
+        queues: u32,
+    ) -> anyhow::Result<PodNs> {
+        let node = cfg
+            .node
+            .netns
+            .clone()
+            .context("node.netns: the lab needs a namespace for the node")?;
+        let pns = pod
+            .netns
+            .clone()
+            .context("netns: the lab needs a namespace for the pod")?;
+        if std::path::Path::new(&format!("/run/netns/{pns}")).exists() {
+            bail!("network namespace `{pns}` already exists");
+        }
+        sh(&["ip", "netns", "add", &pns])?;
+        let guard = PodNs { netns: pns.clone() };
+        in_ns(&pns, &["ip", "link", "set", "lo", "up"])?;
+        let pod_mtu = if cfg.node.underlay.is_some() && cfg.datapath.routing == RoutingMode::Tunnel
+        {
+            UNDERLAY_MTU - VXLAN_OVERHEAD
+        } else {
+            UNDERLAY_MTU
+        }
+        .to_string();
+        pod_links(cfg, pod, &node, &pns, &pod_mtu, queues)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
     }
 }
 

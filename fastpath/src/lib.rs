@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod endpoints;
 pub mod lab;
 pub mod neigh;
 pub mod server;

@@ -83,6 +83,12 @@ enum Cmd {
         #[command(subcommand)]
         what: PolicyCmd,
     },
+    /// Add, delete or list the pods a running node serves (what a CNI plugin calls: the
+    /// control socket's endpoint_add / endpoint_delete / endpoints requests).
+    Endpoint {
+        #[command(subcommand)]
+        what: EndpointCmd,
+    },
     /// Print or check configs.
     Config {
         #[command(subcommand)]
@@ -220,6 +226,53 @@ enum ServiceCmd {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// Serve a pod from now on: its lxc device gets XDP and an AF_XDP socket on every rx
+    /// queue, it gets an endpoint ID and a security identity, and `cilium_lxc`, the ipcache
+    /// and the policy maps take it in one table switch. Returns once every worker serves it.
+    /// Kept in the state dir: a restart serves it again.
+    Add {
+        /// Pod name (a Kubernetes object name).
+        #[arg(long, required_unless_present = "file")]
+        name: Option<String>,
+        /// Kubernetes namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The pod's IPv4 address.
+        #[arg(long, required_unless_present = "file")]
+        ip: Option<std::net::Ipv4Addr>,
+        /// MAC of the pod's eth0.
+        #[arg(long, required_unless_present = "file")]
+        mac: Option<control::maps::MacAddr>,
+        /// Host-side veth of the pod, in the node's network namespace.
+        #[arg(long, required_unless_present = "file")]
+        lxc: Option<String>,
+        /// Endpoint ID (1-4095); the lowest free one when absent.
+        #[arg(long)]
+        id: Option<u16>,
+        /// A pod label, `key=value` (repeat for more): selectors match them.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The pod as YAML or JSON, with the fields of a `pods:` entry of the node config
+        /// (instead of the flags above).
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "ip", "mac", "lxc"])]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop serving a pod added at run time: XDP detached, sockets closed, its map entries,
+    /// policy maps and conntrack entries gone.
+    Delete {
+        /// `namespace/name` (or `name` in namespace `default`).
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every endpoint the node serves, from the config and added at run time.
+    List(Target),
 }
 
 #[derive(Subcommand, Debug)]
@@ -427,6 +480,85 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n = services.len();
             let g = api::service_apply(&socket_of(&target)?, services)?;
             println!("{n} service(s) applied (table generation {g})");
+            Ok(())
+        }
+        Cmd::Endpoint {
+            what:
+                EndpointCmd::Add {
+                    name,
+                    namespace,
+                    ip,
+                    mac,
+                    lxc,
+                    id,
+                    labels,
+                    file,
+                    target,
+                },
+        } => {
+            let pod = match file {
+                Some(f) => {
+                    let text = control::yaml::read_file(&f, &control::yaml::SERVICES)
+                        .with_context(|| format!("reading {}", f.display()))?;
+                    control::yaml::parse::<control::config::PodConfig>(
+                        &text,
+                        &control::yaml::SERVICES,
+                    )
+                    .with_context(|| {
+                        format!("{}: not a pod (the fields of a pods: entry)", f.display())
+                    })?
+                }
+                None => {
+                    let mut l = std::collections::BTreeMap::new();
+                    for kv in labels {
+                        let Some((k, v)) = kv.split_once('=') else {
+                            anyhow::bail!("--label {kv}: expected KEY=VALUE");
+                        };
+                        l.insert(k.to_string(), v.to_string());
+                    }
+                    control::config::PodConfig {
+                        name: name.context("--name")?,
+                        namespace,
+                        ip: ip.context("--ip")?,
+                        mac: mac.context("--mac")?,
+                        lxc: lxc.context("--lxc")?,
+                        id,
+                        labels: l,
+                        netns: None,
+                    }
+                }
+            };
+            let (row, g) = api::endpoint_add(&socket_of(&target)?, pod)?;
+            match target.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),
+                Output::Text => println!(
+                    "endpoint {} {}/{} {} on {} (identity {}) added (table generation {g})",
+                    row.id, row.namespace, row.name, row.ipv4, row.lxc, row.identity
+                ),
+            }
+            Ok(())
+        }
+        Cmd::Endpoint {
+            what: EndpointCmd::Delete { id, target },
+        } => {
+            let (row, flushed) = api::endpoint_delete(&socket_of(&target)?, &id)?;
+            match target.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),
+                Output::Text => println!(
+                    "endpoint {} {}/{} {} deleted ({flushed} conntrack entries flushed)",
+                    row.id, row.namespace, row.name, row.ipv4
+                ),
+            }
+            Ok(())
+        }
+        Cmd::Endpoint {
+            what: EndpointCmd::List(target),
+        } => {
+            let rows = api::endpoints(&socket_of(&target)?)?;
+            match target.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Text => print!("{}", api::render_endpoints(&rows)),
+            }
             Ok(())
         }
         Cmd::Service {

@@ -75,7 +75,13 @@ pub enum Reply {
         generation: u64,
         make: Box<dyn FnOnce(bool) -> Response>,
     },
+    /// The answer comes later, from [`Server::finish`] with this ticket (an endpoint change,
+    /// which runs over several passes of the loop), or an error after [`DEFERRED_TIMEOUT`].
+    Later { ticket: u64 },
 }
+
+/// How long an answer given to [`Server::finish`] may take.
+pub const DEFERRED_TIMEOUT: Duration = Duration::from_secs(25);
 
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,6 +91,7 @@ impl std::fmt::Debug for Reply {
                 .debug_struct("WhenApplied")
                 .field("generation", generation)
                 .finish_non_exhaustive(),
+            Reply::Later { ticket } => f.debug_struct("Later").field("ticket", ticket).finish(),
         }
     }
 }
@@ -94,6 +101,9 @@ enum State {
     Waiting {
         generation: u64,
         make: Box<dyn FnOnce(bool) -> Response>,
+    },
+    Deferred {
+        ticket: u64,
     },
     Writing {
         out: Vec<u8>,
@@ -229,7 +239,7 @@ impl Server {
         };
         let keep = match c.state {
             State::Reading => self.read(&mut c, handle),
-            State::Waiting { .. } => true,
+            State::Waiting { .. } | State::Deferred { .. } => true,
             State::Writing { .. } => true,
         } && self.write(&mut c);
         if keep {
@@ -265,6 +275,14 @@ impl Server {
                         self.answer(&mut c, make(done));
                         keep = self.write(&mut c);
                     }
+                }
+                State::Deferred { ticket } if now >= c.deadline => {
+                    let msg = format!(
+                        "no answer within {} s (change {ticket} may still complete: check with the list request)",
+                        DEFERRED_TIMEOUT.as_secs()
+                    );
+                    self.answer(&mut c, error(msg));
+                    keep = self.write(&mut c);
                 }
                 State::Reading if now >= c.deadline => {
                     self.stats.timed_out += 1;
@@ -341,8 +359,34 @@ impl Server {
                 c.state = State::Waiting { generation, make };
                 c.deadline = Instant::now() + APPLY_TIMEOUT;
             }
+            Reply::Later { ticket } => {
+                c.state = State::Deferred { ticket };
+                c.deadline = Instant::now() + DEFERRED_TIMEOUT;
+            }
         }
         true
+    }
+
+    /// Answer the client waiting on `ticket` ([`Reply::Later`]); nothing if it has gone.
+    pub fn finish(&mut self, ticket: u64, r: Response, registry: &Registry) {
+        let Some(t) = self
+            .clients
+            .iter()
+            .find(|(_, c)| matches!(c.state, State::Deferred { ticket: k } if k == ticket))
+            .map(|(t, _)| *t)
+        else {
+            return;
+        };
+        let Some(mut c) = self.clients.remove(&t) else {
+            return;
+        };
+        self.answer(&mut c, r);
+        if self.write(&mut c) {
+            self.clients.insert(t, c);
+        } else {
+            self.close(c, registry);
+        }
+        self.stats.clients = self.clients.len() as u64;
     }
 
     /// Queue `r` as the client's answer (or an error if the answers waiting are too many).

@@ -58,6 +58,9 @@ pub struct RuntimeState {
     pub policies: BTreeMap<String, serde_json::Value>,
     /// Ids of the config's policy objects deleted at run time.
     pub policies_deleted: BTreeSet<String>,
+    /// Endpoints added at run time, by `namespace/name`, with the endpoint ID they got.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, control::config::PodConfig>,
 }
 
 impl RuntimeState {
@@ -76,6 +79,7 @@ impl RuntimeState {
             && self.services_deleted.is_empty()
             && self.policies.is_empty()
             && self.policies_deleted.is_empty()
+            && self.endpoints.is_empty()
     }
 
     /// Record services applied at run time.

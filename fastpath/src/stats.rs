@@ -22,6 +22,11 @@ impl Counter {
             Ordering::Relaxed,
         );
     }
+    /// Set a gauge. Only the owning worker calls this.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -39,6 +44,22 @@ pub struct PortCounters {
     pub tx_ring_full: Counter,
     /// TX kicks (sendto) issued.
     pub tx_kicks: Counter,
+}
+
+impl PortCounters {
+    /// Zero them (the worker, when a port slot is given to a new device).
+    pub fn reset(&self) {
+        for c in [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.tx_packets,
+            &self.tx_bytes,
+            &self.tx_ring_full,
+            &self.tx_kicks,
+        ] {
+            c.set(0);
+        }
+    }
 }
 
 const REASONS: usize = 256;
@@ -69,6 +90,16 @@ pub struct WorkerCounters {
     pub invalid_descs: Counter,
     /// Table versions this worker switched to.
     pub table_switches: Counter,
+    /// Gauges, refreshed at quiescent points: sockets served, UMEM chunks in all, in the
+    /// pool, and on the sockets' fill and TX rings. When nothing is in flight,
+    /// `umem_free + umem_in_rings = umem_frames`; anything less is chunks the kernel holds
+    /// (taken from a fill ring, not yet received) — or leaked.
+    pub sockets: Counter,
+    pub umem_frames: Counter,
+    pub umem_free: Counter,
+    pub umem_in_rings: Counter,
+    /// Chunks taken back from sockets closed at run time (`Umem::reclaim`).
+    pub frames_reclaimed: Counter,
 }
 
 impl WorkerCounters {
@@ -88,6 +119,11 @@ impl WorkerCounters {
             batch_hist: Default::default(),
             invalid_descs: Counter::default(),
             table_switches: Counter::default(),
+            sockets: Counter::default(),
+            umem_frames: Counter::default(),
+            umem_free: Counter::default(),
+            umem_in_rings: Counter::default(),
+            frames_reclaimed: Counter::default(),
         }
     }
 

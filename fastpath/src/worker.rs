@@ -25,7 +25,7 @@ use control::tables::{PortId, TableReader};
 use crate::stage::{self, Scratch, Verdict};
 use crate::stats::WorkerCounters;
 use crate::wire::Buf;
-use crate::xsk::{Frame, Socket, Umem};
+use crate::xsk::{Frame, Socket, Umem, UmemRef};
 
 /// Loops between quiescent points / stop checks.
 pub const HOUSEKEEPING_EVERY: u64 = 64;
@@ -69,6 +69,8 @@ pub struct SocketInfo {
     pub fd: i32,
     /// The device's home socket (has the TX ring).
     pub home: bool,
+    /// The worker's id for it (marks the UMEM chunks it holds).
+    pub id: u16,
 }
 
 /// UMEM chunks a worker with `sockets` sockets needs: each socket's fill and RX rings (or TX
@@ -84,20 +86,85 @@ pub fn umem_frames(sockets: u32, ring_size: u32, batch_size: u32) -> u32 {
 /// is made: the chunks are populated and locked at start).
 pub const MAX_UMEM_BYTES: u64 = 8 << 30;
 
+/// A socket made for a worker by the control thread (an endpoint added at run time), with
+/// the id the worker marks its chunks with ([`crate::xsk::Umem::reclaim`]).
+#[derive(Debug)]
+pub struct NewSocket {
+    pub socket: Socket,
+    pub id: u16,
+    pub queue: u32,
+    pub home: bool,
+}
+
+/// What the control thread asks of a running worker. Taken only at quiescent points (every
+/// [`HOUSEKEEPING_EVERY`] loops, and on waking), when the worker holds no frame outside
+/// its pool and rings, so a change never splits a batch.
+#[derive(Debug)]
+pub enum Command {
+    /// Serve `port` with these sockets (fill their rings, poll them); ack [`Ack::Adopted`].
+    Adopt {
+        port: PortId,
+        sockets: Vec<NewSocket>,
+    },
+    /// Stop serving `port`: give its sockets back (the control thread closes them; closing
+    /// can wait for an RCU grace period, which must not stall a worker). Frames still in
+    /// their RX rings are dropped and counted (172 *Unknown sender*); ack [`Ack::Released`].
+    Release { port: PortId },
+    /// These sockets are closed: take back the chunks the kernel held for them.
+    Reclaim { ids: Vec<u16> },
+}
+
+/// A worker's answer to a [`Command`].
+#[derive(Debug)]
+pub enum Ack {
+    Adopted {
+        worker: u32,
+        port: PortId,
+    },
+    Released {
+        worker: u32,
+        port: PortId,
+        sockets: Vec<Socket>,
+    },
+}
+
+/// The control thread's end of a worker's command queue.
+#[derive(Debug, Clone)]
+pub struct WorkerControl {
+    pub commands: crossbeam_channel::Sender<Command>,
+    /// What the control thread needs to create sockets over this worker's UMEM.
+    pub umem: UmemRef,
+}
+
+/// Commands a worker may have queued (the control thread runs one endpoint change at a time,
+/// so a handful is the most ever waiting).
+pub const COMMAND_QUEUE: usize = 64;
+
+/// One socket of a running worker.
+#[derive(Debug)]
+struct Sock {
+    s: Socket,
+    info: SocketInfo,
+}
+
 /// A worker before it runs: its UMEM and sockets exist, so failures show up at start.
 #[derive(Debug)]
 pub struct Worker {
     cfg: WorkerConfig,
     umem: Umem,
-    socks: Vec<Socket>,
-    /// Per socket: its device and queue.
-    info: Vec<SocketInfo>,
-    /// Per device: the index of its home socket in `socks`.
-    home: Vec<usize>,
+    socks: Vec<Sock>,
+    /// Per port slot: the index of its home socket in `socks` ([`NO_HOME`] for none).
+    home: Vec<u32>,
     tables: TableReader,
     counters: Arc<WorkerCounters>,
     stop: Arc<AtomicBool>,
+    commands: crossbeam_channel::Receiver<Command>,
+    commands_tx: crossbeam_channel::Sender<Command>,
+    acks: crossbeam_channel::Sender<Ack>,
 }
+
+/// A port slot this worker has no home socket on.
+const NO_HOME: u32 = u32::MAX;
 
 /// The rx queues worker `w` of `n` serves on a device with `rx` queues in use: `w` first
 /// (its home queue), then `w + n`, `w + 2n`, ...
@@ -106,23 +173,28 @@ pub fn queues_of(w: u32, n: u32, rx: u32) -> impl Iterator<Item = u32> {
 }
 
 impl Worker {
-    /// Create the UMEM and the sockets: on every device (`devs`, in port order) one per rx
-    /// queue this worker serves ([`queues_of`]).
+    /// Create the UMEM (`frames` chunks; at least [`umem_frames`] of the sockets it will
+    /// ever have at once) and the sockets: on every device (`devs`, in port order) one per rx
+    /// queue this worker serves ([`queues_of`]). `ports` is the size of the port table
+    /// (devices added at run time take the slots after `devs`). Socket ids are 0.. in the
+    /// order of [`Worker::sockets`].
     ///
     /// # Errors
     /// Socket creation or bind failures, naming the device and queue.
     pub fn new(
         cfg: WorkerConfig,
         devs: &[WorkerDevice],
+        frames: u32,
+        ports: usize,
         tables: TableReader,
         stop: Arc<AtomicBool>,
+        acks: crossbeam_channel::Sender<Ack>,
     ) -> anyhow::Result<Worker> {
         use anyhow::Context;
         let per_dev: Vec<Vec<u32>> = devs
             .iter()
             .map(|d| queues_of(cfg.queue, cfg.workers, d.rx_queues).collect())
             .collect();
-        let nsocks: u32 = per_dev.iter().map(|q| q.len() as u32).sum();
         for (d, q) in devs.iter().zip(&per_dev) {
             if q.first() != Some(&cfg.queue) {
                 anyhow::bail!(
@@ -134,56 +206,172 @@ impl Worker {
                 );
             }
         }
-        let frames = umem_frames(nsocks, cfg.ring_size, cfg.batch_size);
         let mut umem = Umem::new(frames, cfg.frame_size).context("allocating UMEM")?;
-        let mut socks: Vec<Socket> = Vec::with_capacity(nsocks as usize);
-        let mut info = Vec::with_capacity(nsocks as usize);
-        let mut home = Vec::with_capacity(devs.len());
+        let share = umem.share();
+        let mut socks: Vec<Sock> = Vec::new();
         for (p, (d, queues)) in devs.iter().zip(&per_dev).enumerate() {
             for &q in queues {
                 let is_home = q == cfg.queue;
-                let s = bind_retry(|| {
-                    Socket::new(&umem, d.ifindex, q, cfg.ring_size, socks.first(), is_home)
-                })
-                .with_context(|| format!("AF_XDP socket on {} queue {q}", d.name))?;
-                if is_home {
-                    home.push(socks.len());
-                }
-                info.push(SocketInfo {
+                let first = socks.first().map(|s| s.s.fd());
+                let s =
+                    bind_retry(|| Socket::new(&share, d.ifindex, q, cfg.ring_size, first, is_home))
+                        .with_context(|| format!("AF_XDP socket on {} queue {q}", d.name))?;
+                let info = SocketInfo {
                     port: p as PortId,
                     queue: q,
                     fd: s.fd(),
                     home: is_home,
-                });
-                socks.push(s);
+                    id: socks.len() as u16,
+                };
+                socks.push(Sock { s, info });
             }
         }
         for s in &mut socks {
-            s.fill(&mut umem, cfg.ring_size);
+            s.s.fill(&mut umem, cfg.ring_size, s.info.id);
         }
-        Ok(Worker {
-            counters: Arc::new(WorkerCounters::new(devs.len())),
+        let (commands_tx, commands) = crossbeam_channel::bounded(COMMAND_QUEUE);
+        let mut w = Worker {
+            counters: Arc::new(WorkerCounters::new(ports.max(devs.len()))),
+            home: vec![NO_HOME; ports.max(devs.len())],
             cfg,
             umem,
             socks,
-            info,
-            home,
             tables,
             stop,
-        })
+            commands,
+            commands_tx,
+            acks,
+        };
+        w.index();
+        Ok(w)
     }
 
-    /// Every socket with its device and queue, for the XSKMAP and for statistics.
+    /// Every socket with its device, queue and id, for the XSKMAP and for statistics.
     pub fn sockets(&self) -> Vec<SocketInfo> {
-        self.info.clone()
+        self.socks.iter().map(|s| s.info).collect()
+    }
+
+    /// The control thread's handle: command queue and UMEM.
+    pub fn control(&self) -> WorkerControl {
+        WorkerControl {
+            commands: self.commands_tx.clone(),
+            umem: self.umem.share(),
+        }
     }
 
     pub fn socket_mode(&self) -> &'static str {
-        self.socks.first().map_or("none", |s| s.mode().name())
+        self.socks.first().map_or("none", |s| s.s.mode().name())
     }
 
     pub fn counters(&self) -> Arc<WorkerCounters> {
         self.counters.clone()
+    }
+
+    /// Rebuild the per-port home index after the socket set changed.
+    fn index(&mut self) {
+        self.home.iter_mut().for_each(|h| *h = NO_HOME);
+        for (i, s) in self.socks.iter().enumerate() {
+            if s.info.home
+                && let Some(h) = self.home.get_mut(s.info.port as usize)
+            {
+                *h = i as u32;
+            }
+        }
+        self.counters.sockets.set(self.socks.len() as u64);
+        self.gauges();
+    }
+
+    fn gauges(&mut self) {
+        let c = &self.counters;
+        c.umem_frames.set(self.umem.frames() as u64);
+        c.umem_free.set(self.umem.free_frames() as u64);
+        let filled: u64 = self
+            .socks
+            .iter_mut()
+            .map(|s| s.s.fill_level() as u64 + s.s.tx_outstanding() as u64)
+            .sum();
+        c.umem_in_rings.set(filled);
+    }
+
+    /// Run the queued commands (at a quiescent point). True if the socket set changed.
+    fn commands(&mut self) -> bool {
+        let mut changed = false;
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Adopt { port, sockets } => {
+                    if let Some(pc) = self.counters.ports.get(port as usize) {
+                        pc.reset();
+                    }
+                    for mut n in sockets {
+                        n.socket.fill(&mut self.umem, self.cfg.ring_size, n.id);
+                        let info = SocketInfo {
+                            port,
+                            queue: n.queue,
+                            fd: n.socket.fd(),
+                            home: n.home,
+                            id: n.id,
+                        };
+                        self.socks.push(Sock { s: n.socket, info });
+                    }
+                    changed = true;
+                    let _ = self.acks.send(Ack::Adopted {
+                        worker: self.cfg.queue,
+                        port,
+                    });
+                }
+                Command::Release { port } => {
+                    let mut out = Vec::new();
+                    let mut rx: Vec<Frame> = Vec::new();
+                    let mut i = 0;
+                    while i < self.socks.len() {
+                        if self.socks[i].info.port != port {
+                            i += 1;
+                            continue;
+                        }
+                        let mut s = self.socks.swap_remove(i);
+                        // What the pod sent before its device was detached: counted, then
+                        // back to the pool.
+                        while s.s.recv(&mut self.umem, &mut rx, 64) > 0 {
+                            for f in rx.drain(..) {
+                                self.counters.dropped(
+                                    control::maps::DropReason::UnknownSender,
+                                    MetricDir::Egress,
+                                    f.len(),
+                                );
+                                self.umem.release(f);
+                            }
+                        }
+                        // Frames still queued towards it are lost with it: counted.
+                        let queued = s.s.tx_outstanding();
+                        for _ in 0..queued {
+                            self.counters.dropped(
+                                control::maps::DropReason::UnknownTarget,
+                                MetricDir::Ingress,
+                                0,
+                            );
+                        }
+                        s.s.complete(&mut self.umem, u32::MAX);
+                        self.counters.invalid_descs.add(s.s.invalid_descs);
+                        out.push(s.s);
+                    }
+                    changed = true;
+                    let _ = self.acks.send(Ack::Released {
+                        worker: self.cfg.queue,
+                        port,
+                        sockets: out,
+                    });
+                }
+                Command::Reclaim { ids } => {
+                    let n = self.umem.reclaim(&ids);
+                    self.counters.frames_reclaimed.add(n as u64);
+                    self.gauges();
+                }
+            }
+        }
+        if changed {
+            self.index();
+        }
+        changed
     }
 
     /// Run until the stop flag is set. Pins itself to `cfg.core` first.
@@ -192,19 +380,20 @@ impl Worker {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
         }
         let batch = self.cfg.batch_size;
-        let nports = self.home.len();
-        let nsocks = self.socks.len();
         let mut rx: Vec<Frame> = Vec::with_capacity(batch as usize);
-        let mut pending = vec![false; nsocks];
-        let mut pollfds: Vec<libc::pollfd> = self
-            .socks
-            .iter()
-            .map(|s| libc::pollfd {
-                fd: s.fd(),
+        let mut pending: Vec<bool> = Vec::new();
+        let mut pollfds: Vec<libc::pollfd> = Vec::new();
+        let rebuild = |socks: &[Sock], pending: &mut Vec<bool>, pollfds: &mut Vec<libc::pollfd>| {
+            pending.clear();
+            pending.resize(socks.len(), false);
+            pollfds.clear();
+            pollfds.extend(socks.iter().map(|s| libc::pollfd {
+                fd: s.s.fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            })
-            .collect();
+            }));
+        };
+        rebuild(&self.socks, &mut pending, &mut pollfds);
         let mut idle_streak = 0u32;
         // One worker per queue: the queue index is this worker's counter stripe. Its random
         // state comes from the kernel's entropy, never from the queue number alone.
@@ -220,12 +409,19 @@ impl Worker {
                 if self.tables.quiesce() {
                     c.table_switches.add(1);
                 }
+                if self.commands() {
+                    rebuild(&self.socks, &mut pending, &mut pollfds);
+                }
+                if loops.is_multiple_of(HOUSEKEEPING_EVERY * 64) {
+                    self.gauges();
+                }
             }
             c.loops.add(1);
             let mut got = 0u32;
+            let nsocks = self.socks.len();
             for i in 0..nsocks {
-                let p = self.info[i].port as usize;
-                let n = self.socks[i].recv(&mut self.umem, &mut rx, batch);
+                let p = self.socks[i].info.port as usize;
+                let n = self.socks[i].s.recv(&mut self.umem, &mut rx, batch);
                 if n == 0 {
                     continue;
                 }
@@ -233,7 +429,12 @@ impl Worker {
                 c.batch(n as usize);
                 // Conntrack time: once per batch (a vDSO call, no syscall).
                 scratch.now = control::clock::now();
-                let pc = &c.ports[p];
+                let Some(pc) = c.ports.get(p) else {
+                    for f in rx.drain(..) {
+                        self.umem.release(f);
+                    }
+                    continue;
+                };
                 pc.rx_packets.add(n as u64);
                 let t = self.tables.get();
                 for mut f in rx.drain(..) {
@@ -241,7 +442,7 @@ impl Worker {
                     pc.rx_bytes.add(len as u64);
                     let v = if self.cfg.bare {
                         Verdict::Deliver {
-                            port: (p ^ 1).min(nports - 1) as PortId,
+                            port: (p ^ 1).min(self.home.len() - 1) as PortId,
                         }
                     } else {
                         let (chunk, head) = self.umem.chunk_mut(&f);
@@ -292,7 +493,8 @@ impl Worker {
                         }
                     };
                     let len = f.len();
-                    let Some(&o) = self.home.get(out) else {
+                    let o = self.home.get(out).copied().unwrap_or(NO_HOME);
+                    if o == NO_HOME {
                         // A verdict naming a port this worker has no socket on: the tables
                         // and the sockets disagree. Counted, never a panic.
                         c.dropped(
@@ -302,9 +504,12 @@ impl Worker {
                         );
                         self.umem.release(f);
                         continue;
-                    };
-                    match self.socks[o].send(f) {
+                    }
+                    let o = o as usize;
+                    let addr = f.addr();
+                    match self.socks[o].s.send(f) {
                         Ok(()) => {
+                            self.umem.set_owner(addr, self.socks[o].info.id);
                             c.ports[out].tx_packets.add(1);
                             c.ports[out].tx_bytes.add(len as u64);
                             pending[o] = true;
@@ -317,25 +522,22 @@ impl Worker {
                 }
             }
             let mut tx_busy = false;
-            for ((sock, pend), inf) in self
-                .socks
-                .iter_mut()
-                .zip(pending.iter_mut())
-                .zip(&self.info)
-            {
+            for (sock, pend) in self.socks.iter_mut().zip(pending.iter_mut()) {
                 if *pend {
-                    if sock.flush() {
-                        c.ports[inf.port as usize].tx_kicks.add(1);
+                    if sock.s.flush() {
+                        c.ports[sock.info.port as usize].tx_kicks.add(1);
                     }
                     // Copy-mode TX sends at most 32 frames per kick: keep kicking until drained.
-                    *pend = sock.tx_outstanding() > 0;
+                    *pend = sock.s.tx_outstanding() > 0;
                     tx_busy |= *pend;
                 }
-                sock.complete(&mut self.umem, self.cfg.ring_size);
+                sock.s.complete(&mut self.umem, self.cfg.ring_size);
             }
             for s in &mut self.socks {
-                if s.fill(&mut self.umem, self.cfg.ring_size) > 0 && s.fill_needs_wakeup() {
-                    s.wake_rx();
+                if s.s.fill(&mut self.umem, self.cfg.ring_size, s.info.id) > 0
+                    && s.s.fill_needs_wakeup()
+                {
+                    s.s.wake_rx();
                 }
             }
             if got == 0 {
@@ -347,19 +549,24 @@ impl Worker {
                 {
                     self.tables.idle();
                     c.sleeps.add(1);
+                    self.gauges();
                     crate::xsk::poll_readable(&mut pollfds, SLEEP_MS);
                     idle_streak = 0;
                     // A quiescent point on waking: the frames that woke us (and everything
-                    // after) see any table version published while we slept.
+                    // after) see any table version published while we slept, and queued
+                    // commands run.
                     if self.tables.quiesce() {
                         c.table_switches.add(1);
+                    }
+                    if self.commands() {
+                        rebuild(&self.socks, &mut pending, &mut pollfds);
                     }
                 }
             } else {
                 idle_streak = 0;
             }
         }
-        let invalid: u64 = self.socks.iter().map(|s| s.invalid_descs).sum();
+        let invalid: u64 = self.socks.iter().map(|s| s.s.invalid_descs).sum();
         c.invalid_descs.add(invalid);
     }
 }

@@ -120,6 +120,8 @@ pub struct Steering {
     devices: Vec<AttachedDevice>,
     links: Vec<XdpLinkId>,
     pins: Vec<PathBuf>,
+    /// `fp_xsks` keys set.
+    xsks: std::collections::BTreeSet<u32>,
 }
 
 #[repr(C)]
@@ -223,23 +225,34 @@ impl Steering {
             devices: Vec::new(),
             links: Vec::new(),
             pins: Vec::new(),
+            xsks: Default::default(),
         })
     }
 
     /// Attach to `ifname` (which has `ifindex`) in the requested mode and register it in
-    /// `fp_devs` with an XSKMAP slot and role. With [`XdpMode::Auto`], native is tried first
-    /// and the reason for falling back to generic is recorded.
+    /// `fp_devs` with XSKMAP slot `slot` (its port) and role. With [`XdpMode::Auto`], native
+    /// is tried first and the reason for falling back to generic is recorded.
     pub fn attach(
         &mut self,
         ifname: &str,
         ifindex: u32,
+        slot: u32,
         role: u32,
         mode: XdpMode,
     ) -> Result<&AttachedDevice, SteeringError> {
-        let slot = self.devices.len() as u32;
         if slot >= MAX_DEVS {
             return Err(SteeringError::Limit(format!(
-                "at most {MAX_DEVS} devices can be attached"
+                "device slot {slot}: at most {MAX_DEVS} devices can be attached"
+            )));
+        }
+        if let Some(d) = self
+            .devices
+            .iter()
+            .find(|d| d.slot == slot || d.ifindex == ifindex)
+        {
+            return Err(SteeringError::Limit(format!(
+                "{ifname} (slot {slot}): {} already has slot {}",
+                d.ifname, d.slot
             )));
         }
         let prog: &mut Xdp = program(&mut self.ebpf, "fp_steer")?;
@@ -267,11 +280,15 @@ impl Steering {
             },
         };
         let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.ebpf, "fp_devs")?;
-        devs.insert(ifindex, FpDev { slot, role }, 0)
-            .map_err(|source| SteeringError::Map {
+        if let Err(source) = devs.insert(ifindex, FpDev { slot, role }, 0) {
+            if let Ok(prog) = program(&mut self.ebpf, "fp_steer") {
+                let _ = prog.detach(link);
+            }
+            return Err(SteeringError::Map {
                 map: "fp_devs",
                 source,
-            })?;
+            });
+        }
         self.devices.push(AttachedDevice {
             ifname: ifname.into(),
             ifindex,
@@ -285,6 +302,28 @@ impl Steering {
 
     pub fn devices(&self) -> &[AttachedDevice] {
         &self.devices
+    }
+
+    /// Detach from one device (by ifindex) and forget its `fp_devs` entry. Frames it
+    /// receives from then on go to the kernel stack as if fastpath were not there.
+    pub fn detach(&mut self, ifindex: u32) -> Result<(), SteeringError> {
+        let Some(i) = self.devices.iter().position(|d| d.ifindex == ifindex) else {
+            return Err(SteeringError::Limit(format!(
+                "ifindex {ifindex} is not attached"
+            )));
+        };
+        let prog: &mut Xdp = program(&mut self.ebpf, "fp_steer")?;
+        let link = self.links.remove(i);
+        let dev = self.devices.remove(i);
+        let detached = prog.detach(link);
+        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.ebpf, "fp_devs")?;
+        let _ = devs.remove(&ifindex);
+        detached.map_err(|source| SteeringError::Program {
+            prog: "fp_steer",
+            source,
+        })?;
+        let _ = dev;
+        Ok(())
     }
 
     /// Register a bound AF_XDP socket for (device slot, rx queue).
@@ -304,7 +343,28 @@ impl Steering {
             .map_err(|source| SteeringError::Map {
                 map: "fp_xsks",
                 source,
-            })
+            })?;
+        self.xsks.insert(slot * MAX_QUEUES + queue);
+        Ok(())
+    }
+
+    /// Empty the XSKMAP entry of (device slot, rx queue): frames steered to it from then on
+    /// are passed to the kernel and counted (`passed_no_socket`).
+    pub fn unregister_xsk(&mut self, slot: u32, queue: u32) -> Result<(), SteeringError> {
+        let key = slot * MAX_QUEUES + queue;
+        let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, "fp_xsks")?;
+        xsks.unset(key).map_err(|source| SteeringError::Map {
+            map: "fp_xsks",
+            source,
+        })?;
+        self.xsks.remove(&key);
+        Ok(())
+    }
+
+    /// XSKMAP entries in use (the kernel does not let userspace read an XSKMAP back, so
+    /// this is the loader's record of every set and delete that succeeded).
+    pub fn xsk_entries(&self) -> usize {
+        self.xsks.len()
     }
 
     /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.

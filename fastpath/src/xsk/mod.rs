@@ -69,12 +69,34 @@ impl Drop for Area {
 }
 
 /// A UMEM: `frames` chunks of `frame_size` bytes plus the free-chunk pool.
+///
+/// Every chunk handed to the kernel is marked with the id of the socket that holds it (its
+/// fill ring, or its TX ring): when a socket is closed at run time the kernel keeps whatever
+/// it held (fill-ring entries, frames it had taken but not yet filled, TX not completed), and
+/// [`Umem::reclaim`] takes exactly those chunks back. Without the marks a removed endpoint
+/// would leak up to two rings' worth of chunks.
 #[derive(Debug)]
 pub struct Umem {
     area: Arc<Area>,
     frame_size: u32,
     frames: u32,
     free: Vec<u64>,
+    /// Per chunk: the socket id last given it (fill or TX); [`NO_OWNER`] when never.
+    owner: Vec<u16>,
+    /// One bit per chunk, for [`Umem::reclaim`] (sized once: reclaiming allocates nothing).
+    in_pool: Vec<u64>,
+}
+
+/// A chunk no socket was given.
+pub const NO_OWNER: u16 = u16::MAX;
+
+/// What a socket needs of a UMEM: the mapping (kept alive by every socket) and its chunk
+/// size. Cloned to the control thread, which creates the sockets of endpoints added at run
+/// time and hands them to the worker that owns the [`Umem`].
+#[derive(Debug, Clone)]
+pub struct UmemRef {
+    area: Arc<Area>,
+    frame_size: u32,
 }
 
 impl Umem {
@@ -109,7 +131,51 @@ impl Umem {
                 .rev()
                 .map(|i| i * frame_size as u64)
                 .collect(),
+            owner: vec![NO_OWNER; frames as usize],
+            in_pool: vec![0; (frames as usize).div_ceil(64)],
         })
+    }
+
+    /// A handle to create sockets over this UMEM with.
+    pub fn share(&self) -> UmemRef {
+        UmemRef {
+            area: self.area.clone(),
+            frame_size: self.frame_size,
+        }
+    }
+
+    /// Mark the chunk of `addr` as held by socket `id` (it was put on that socket's TX ring).
+    #[inline]
+    pub fn set_owner(&mut self, addr: u64, id: u16) {
+        let i = (addr / self.frame_size as u64) as usize;
+        if let Some(o) = self.owner.get_mut(i) {
+            *o = id;
+        }
+    }
+
+    /// Take back every chunk held by one of the sockets `ids`, which must all be closed (the
+    /// kernel holds nothing of theirs any more): every chunk last given to one of them that is
+    /// not in the pool. Returns how many came back. Runs at a quiescent point (the caller
+    /// holds no frame outside the pool), in O(frames), allocating nothing.
+    pub fn reclaim(&mut self, ids: &[u16]) -> u32 {
+        if ids.is_empty() {
+            return 0;
+        }
+        self.in_pool.iter_mut().for_each(|w| *w = 0);
+        let fs = self.frame_size as u64;
+        for &a in &self.free {
+            let i = (a / fs) as usize;
+            self.in_pool[i / 64] |= 1 << (i % 64);
+        }
+        let mut n = 0;
+        for i in 0..self.frames as usize {
+            if ids.contains(&self.owner[i]) && self.in_pool[i / 64] & (1 << (i % 64)) == 0 {
+                self.owner[i] = NO_OWNER;
+                self.free.push(i as u64 * fs);
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn frame_size(&self) -> u32 {
@@ -432,19 +498,23 @@ fn setsockopt<T>(fd: RawFd, opt: libc::c_int, v: &T, what: &str) -> io::Result<(
 
 impl Socket {
     /// Create a socket on `ifindex`/`queue` over `umem`, with rings of `ring_size` entries.
-    /// `shared_with`: the first socket of this UMEM (this one then shares it and gets its own
-    /// fill/completion rings, as sharing across devices and queues requires). `tx: false`
+    /// `shared_with`: a bound socket already registered with this same UMEM (this one then
+    /// shares it and gets its own fill/completion rings, as sharing across devices and queues
+    /// requires); `None` registers the UMEM anew (the first socket, or the first after all of
+    /// a worker's sockets were closed). The fd must be a live socket of *this* UMEM — the
+    /// kernel would otherwise put this socket's packets in another UMEM's chunks; callers
+    /// keep the fds of the sockets they made and never pass a closed one. `tx: false`
     /// makes a receive-only socket (no TX ring): the kernel lets a socket with a TX ring bind
     /// only to a queue below the device's TX queue count, one without to any RX queue.
     ///
     /// # Errors
     /// Any failing syscall, with its name (e.g. `bind: Device or resource busy`).
     pub fn new(
-        umem: &Umem,
+        umem: &UmemRef,
         ifindex: u32,
         queue: u32,
         ring_size: u32,
-        shared_with: Option<&Socket>,
+        shared_with: Option<RawFd>,
         tx: bool,
     ) -> io::Result<Socket> {
         assert!(ring_size.is_power_of_two());
@@ -523,7 +593,7 @@ impl Socket {
             // Sharing: no mode flags (they are inherited; passing any is EINVAL — lab report §3).
             Some(first) => {
                 sa.sxdp_flags = libc::XDP_SHARED_UMEM;
-                sa.sxdp_shared_umem_fd = first.fd.as_raw_fd() as u32;
+                sa.sxdp_shared_umem_fd = first as u32;
             }
             // No COPY/ZEROCOPY flag: the kernel picks zero-copy where the driver has it.
             None => sa.sxdp_flags = libc::XDP_USE_NEED_WAKEUP,
@@ -576,9 +646,10 @@ impl Socket {
         self.mode
     }
 
-    /// Hand up to `max` chunks from the pool to the kernel for receiving. Returns how many.
+    /// Hand up to `max` chunks from the pool to the kernel for receiving, marked as held by
+    /// socket `owner` ([`Umem::reclaim`]). Returns how many.
     #[inline]
-    pub fn fill(&mut self, umem: &mut Umem, max: u32) -> u32 {
+    pub fn fill(&mut self, umem: &mut Umem, max: u32, owner: u16) -> u32 {
         let n = self
             .fill
             .prod_free(max)
@@ -586,6 +657,7 @@ impl Socket {
             .min(umem.free.len() as u32);
         for _ in 0..n {
             let f = umem.alloc().expect("counted above");
+            umem.set_owner(f.addr, owner);
             let idx = self.fill.local;
             self.fill.write(idx, f.addr);
             self.fill.local = idx.wrapping_add(1);
@@ -794,5 +866,31 @@ mod tests {
         assert!(!u.valid(7 * 2048, 2049), "past the end");
         u.release(f);
         assert_eq!(u.free_frames(), 8);
+    }
+
+    /// What a closed socket held comes back, and nothing else: not the chunks in the pool,
+    /// not the ones another socket holds.
+    #[test]
+    fn reclaim_takes_back_exactly_what_closed_sockets_held() {
+        let mut u = Umem::new(10, 2048).unwrap();
+        let held: Vec<Frame> = (0..6).map(|_| u.alloc().unwrap()).collect();
+        for (i, f) in held.iter().enumerate() {
+            u.set_owner(f.addr(), if i < 4 { 7 } else { 9 });
+        }
+        // One of socket 7's chunks came back through RX and was released to the pool.
+        let mut it = held.into_iter();
+        u.release(it.next().unwrap());
+        let rest: Vec<Frame> = it.collect(); // 3 of socket 7 (kernel-held), 2 of socket 9
+        assert_eq!(u.free_frames(), 5);
+        assert_eq!(u.reclaim(&[7]), 3);
+        assert_eq!(u.free_frames(), 8);
+        assert_eq!(u.reclaim(&[7]), 0, "nothing twice");
+        assert_eq!(u.reclaim(&[9]), 2);
+        assert_eq!(u.free_frames(), 10);
+        let mut addrs: Vec<u64> = u.free.clone();
+        addrs.sort_unstable();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 10, "no chunk in the pool twice");
+        std::mem::forget(rest); // tokens of chunks now back in the pool
     }
 }
