@@ -446,4 +446,33 @@ mod tests {
         assert!(ids.contains(&42) && !ids.contains(&43));
         assert!(ct.backends_in_use(200).is_empty());
     }
+
+    /// An endpoint that goes takes its conntrack entries with it, and only its own.
+    #[test]
+    fn flush_addr_deletes_both_directions_of_one_address_only() {
+        let ct = Conntrack::new(CtSizes { tcp: 64, any: 64 });
+        let now = 100;
+        let t = |s: [u8; 4], d: [u8; 4], proto: u8| CtTuple4 {
+            saddr: s,
+            daddr: d,
+            sport: 1000u16.to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+            nexthdr: proto,
+            flags: 0,
+        };
+        let gone = [10, 0, 0, 9];
+        let keys = [
+            t([10, 0, 0, 1], gone, crate::maps::ct::PROTO_TCP),
+            t(gone, [10, 0, 0, 2], 17),
+            t([10, 0, 0, 1], [10, 0, 0, 2], crate::maps::ct::PROTO_TCP),
+        ];
+        for k in &keys {
+            ct.create(k, &CtState::default(), now + 60, now).unwrap();
+        }
+        assert_eq!(ct.flush_addr(gone), 2);
+        assert!(ct.lookup(&keys[0], now).is_none());
+        assert!(ct.lookup(&keys[1], now).is_none());
+        assert!(ct.lookup(&keys[2], now).is_some(), "others stay");
+        assert_eq!(ct.flush_addr(gone), 0);
+    }
 }

@@ -1370,4 +1370,195 @@ remote_nodes:
         assert_eq!(e.info.lxc_id, 2);
         assert!(e.info.sec_id >= 256);
     }
+
+    fn web_port(ifindex: u32, ip: &str, id: u16) -> Port {
+        Port::lxc(
+            "lxc-web",
+            ifindex,
+            MacAddr([2, 0, 0, 0, 0, ifindex as u8]),
+            ip.parse().unwrap(),
+            id,
+            1500,
+        )
+    }
+
+    fn web_labels() -> Vec<String> {
+        vec![
+            "k8s:app=web".to_string(),
+            "k8s:io.kubernetes.pod.namespace=default".to_string(),
+        ]
+    }
+
+    /// Issue #12: a pod added at run time is in the kernel's `cilium_lxc` and ipcache, the
+    /// workers' endpoint, port and ipcache tables, and under the policy that selects its
+    /// labels — all from one table switch; removing it takes all of it back in one more.
+    #[test]
+    fn runtime_endpoint_joins_and_leaves_in_one_switch_each() {
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        // Default deny on ingress for app=web, with nothing allowed: the new pod is
+        // protected from its first packet.
+        let p = crate::policy::parse::parse_policies(
+            "kind: CiliumNetworkPolicy\nmetadata: { name: web }\nspec:\n  endpointSelector: { matchLabels: { app: web } }\n  ingress: [{}]\n",
+            "t",
+        )
+        .unwrap();
+        dp.set_policies(&p).unwrap();
+        let g0 = dp.tables().generation;
+        let id = dp.identity_for(&web_labels()).unwrap();
+        let g = dp
+            .add_local_endpoint(
+                3,
+                web_port(9, "10.1.1.9", 42),
+                MacAddr([0xa, 0, 0, 0, 0, 9]),
+                id,
+                web_labels(),
+            )
+            .unwrap();
+        assert_eq!(g, g0 + 1, "one table switch");
+        let t = dp.tables();
+        assert_eq!(t.port(3).map(|p| p.ifindex), Some(9));
+        let e = t.endpoint_v4([10, 1, 1, 9]).unwrap();
+        assert_eq!((e.port, e.info.lxc_id, e.info.sec_id), (Some(3), 42, id));
+        assert_eq!(t.ipcache_v4([10, 1, 1, 9]).unwrap().sec_identity, id);
+        assert!(t.identities.contains(&id));
+        let pol = t.policy.endpoints.get(&42).expect("a policy map for it");
+        assert!(
+            pol.enforced[0],
+            "selected by the policy: default deny on ingress"
+        );
+        assert!(
+            dp.kernel()
+                .map
+                .contains_key(&EndpointKey::v4([10, 1, 1, 9]))
+        );
+        assert!(
+            dp.kernel()
+                .ipcache
+                .contains_key(&IpcacheKey::v4(Ipv4Cidr::host("10.1.1.9".parse().unwrap())))
+        );
+        assert_eq!(
+            dp.identity_for(&web_labels()),
+            Some(id),
+            "same labels, same number"
+        );
+
+        let (g2, slot) = dp
+            .remove_local_endpoint("10.1.1.9".parse().unwrap())
+            .unwrap();
+        assert_eq!((g2, slot), (g + 1, 3));
+        let t = dp.tables();
+        assert!(t.port(3).is_none() && t.endpoint_v4([10, 1, 1, 9]).is_none());
+        assert!(
+            t.ipcache
+                .get(Ipv4Cidr::host("10.1.1.9".parse().unwrap()))
+                .is_none()
+        );
+        assert!(!t.policy.endpoints.contains_key(&42));
+        assert!(!t.identities.contains(&id), "its identity was only its own");
+        assert!(
+            dp.kernel()
+                .map
+                .get(&EndpointKey::v4([10, 1, 1, 9]))
+                .is_none()
+        );
+        assert!(dp.kernel().ipcache.is_empty());
+    }
+
+    /// A failed kernel write during an add leaves the kernel and the tables as they were.
+    #[test]
+    fn runtime_endpoint_add_is_all_or_nothing() {
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        let g0 = dp.tables().generation;
+        // The cilium_lxc write succeeds, the ipcache one fails.
+        dp.kernel().fail_at = dp.kernel().writes + 2;
+        let id = dp.identity_for(&web_labels()).unwrap();
+        let err = dp
+            .add_local_endpoint(
+                3,
+                web_port(9, "10.1.1.9", 42),
+                MacAddr([0xa, 0, 0, 0, 0, 9]),
+                id,
+                web_labels(),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("ENOSPC"), "{err}");
+        assert_eq!(dp.tables().generation, g0, "nothing published");
+        assert!(dp.tables().port(3).is_none());
+        assert!(dp.kernel().map.is_empty(), "cilium_lxc entry taken back");
+        assert!(dp.kernel().ipcache.is_empty());
+        // Refusals before any write: a taken slot, a taken address, a taken ID.
+        dp.kernel().fail_at = 0;
+        dp.upsert_endpoints(&[ep([10, 1, 1, 2], 7, Some(0))])
+            .unwrap();
+        for (slot, ip, epid, what) in [
+            (0, "10.1.1.9", 42, "slot 0 is in use"),
+            (3, "10.1.1.9", 1, "endpoint ID 1 is taken"),
+        ] {
+            let e = dp
+                .add_local_endpoint(
+                    slot,
+                    web_port(9, ip, epid),
+                    MacAddr([0xa, 0, 0, 0, 0, 9]),
+                    id,
+                    web_labels(),
+                )
+                .unwrap_err();
+            assert!(e.to_string().contains(what), "{e}");
+        }
+        dp.upsert_endpoints(&[ep([10, 1, 1, 2], 7, Some(0))])
+            .unwrap();
+        let e = dp
+            .add_local_endpoint(
+                3,
+                web_port(9, "10.1.1.2", 43),
+                MacAddr([0xa, 0, 0, 0, 0, 9]),
+                id,
+                web_labels(),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("already an endpoint"), "{e}");
+    }
+
+    /// Two runtime pods with one label set share an identity; it stays while either is
+    /// there. A new label set never takes a number in use.
+    #[test]
+    fn runtime_identities_are_shared_and_released_with_their_last_pod() {
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        let mut known = std::collections::BTreeMap::new();
+        let other = vec!["k8s:app=other".to_string()];
+        let taken = identity::identity_of(&web_labels());
+        known.insert(taken, other.clone());
+        dp.set_identity_labels(known);
+        let id = dp.identity_for(&web_labels()).unwrap();
+        assert_ne!(id, taken, "probed past a number in use");
+        let mac = MacAddr([0xa, 0, 0, 0, 0, 9]);
+        dp.add_local_endpoint(3, web_port(9, "10.1.1.9", 42), mac, id, web_labels())
+            .unwrap();
+        dp.add_local_endpoint(
+            4,
+            Port {
+                ifname: "lxc-web2".into(),
+                ..web_port(10, "10.1.1.10", 43)
+            },
+            mac,
+            id,
+            web_labels(),
+        )
+        .unwrap();
+        dp.remove_local_endpoint("10.1.1.9".parse().unwrap())
+            .unwrap();
+        assert!(
+            dp.tables().identities.contains(&id),
+            "the other pod still has it"
+        );
+        assert_eq!(dp.identity_for(&web_labels()), Some(id));
+        dp.remove_local_endpoint("10.1.1.10".parse().unwrap())
+            .unwrap();
+        assert!(!dp.tables().identities.contains(&id));
+        assert_eq!(
+            dp.identity_for(&other),
+            Some(taken),
+            "config identities stay"
+        );
+    }
 }

@@ -1005,3 +1005,73 @@ pub fn check_pod_fields(p: &PodConfig) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> PodConfig {
+        PodConfig {
+            name: "web-1".into(),
+            namespace: "default".into(),
+            ip: "10.1.1.9".parse().unwrap(),
+            mac: "0a:58:0a:01:01:09".parse().unwrap(),
+            lxc: "lxc-web".into(),
+            id: None,
+            labels: [("app".to_string(), "web".to_string())].into(),
+            netns: None,
+        }
+    }
+
+    /// What a CNI plugin might send wrong is refused naming the field.
+    #[test]
+    fn request_fields_are_checked_before_anything_else() {
+        assert!(check_pod_fields(&pod()).is_ok());
+        let cases: Vec<(Box<dyn Fn(&mut PodConfig)>, &str)> = vec![
+            (Box::new(|p| p.name = "Web".into()), "name:"),
+            (Box::new(|p| p.name = String::new()), "name:"),
+            (Box::new(|p| p.name = "x".repeat(254)), "name:"),
+            (Box::new(|p| p.namespace = "a/b".into()), "namespace:"),
+            (
+                Box::new(|p| p.lxc = "a-very-long-device-name".into()),
+                "lxc:",
+            ),
+            (Box::new(|p| p.lxc = "../x".into()), "lxc:"),
+            (Box::new(|p| p.ip = "0.0.0.0".parse().unwrap()), "ip:"),
+            (Box::new(|p| p.ip = "127.0.0.1".parse().unwrap()), "ip:"),
+            (Box::new(|p| p.ip = "239.1.1.1".parse().unwrap()), "ip:"),
+            (
+                Box::new(|p| p.mac = "01:00:5e:00:00:01".parse().unwrap()),
+                "mac:",
+            ),
+            (
+                Box::new(|p| p.mac = "00:00:00:00:00:00".parse().unwrap()),
+                "mac:",
+            ),
+            (
+                Box::new(|p| p.labels = (0..65).map(|i| (format!("k{i}"), "v".into())).collect()),
+                "labels:",
+            ),
+            (
+                Box::new(|p| {
+                    p.labels.insert("k".into(), "v".repeat(64));
+                }),
+                "labels:",
+            ),
+            (Box::new(|p| p.netns = Some("x".into())), "netns:"),
+        ];
+        for (f, field) in cases {
+            let mut p = pod();
+            f(&mut p);
+            let e = check_pod_fields(&p).unwrap_err().to_string();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn ids_default_to_the_default_namespace() {
+        assert_eq!(normalize_id("web"), "default/web");
+        assert_eq!(normalize_id("prod/web"), "prod/web");
+        assert_eq!(pod_id(&pod()), "default/web-1");
+    }
+}

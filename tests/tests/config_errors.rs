@@ -107,7 +107,8 @@ fn missing_device_rejected_before_attach() {
     assert!(!err.contains("Invalid argument"), "{err}");
     drop(lab);
     // Every rx queue gets a socket, and each socket its rings' worth of UMEM: 2 devices with
-    // 64 queues each and 16384-entry rings would be over 8 GiB. Refused, with the field to
+    // 64 queues each, room for 16 more pods (datapath.max_pods) and 16384-entry rings would
+    // be over 8 GiB. Refused, with the field to
     // change, before anything is made.
     let lab = fastpath::lab::Lab::up(&cfg, 64).unwrap();
     let big = y.replace("  queues: 1\n", "  queues: 1\n  ring_size: 16384\n");
@@ -116,7 +117,7 @@ fn missing_device_rejected_before_attach() {
     assert!(!ok);
     assert!(
         err.contains(
-            "datapath.ring_size: the workers would map 8192 MiB of UMEM (128 sockets × 16384 entries × 2 rings × 2048-byte frames), more than 8192 MiB"
+            "datapath.ring_size: the workers would map 9216 MiB of UMEM (144 sockets, counting one per worker for each of the 16 pods datapath.max_pods leaves room for, × 16384 entries × 2 rings × 2048-byte frames), more than 8192 MiB: lower datapath.ring_size or datapath.max_pods"
         ),
         "{err}"
     );
