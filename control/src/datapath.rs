@@ -1456,10 +1456,9 @@ remote_nodes:
         assert!(!t.policy.endpoints.contains_key(&42));
         assert!(!t.identities.contains(&id), "its identity was only its own");
         assert!(
-            dp.kernel()
+            !dp.kernel()
                 .map
-                .get(&EndpointKey::v4([10, 1, 1, 9]))
-                .is_none()
+                .contains_key(&EndpointKey::v4([10, 1, 1, 9]))
         );
         assert!(dp.kernel().ipcache.is_empty());
     }

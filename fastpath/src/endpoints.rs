@@ -1027,7 +1027,8 @@ mod tests {
     #[test]
     fn request_fields_are_checked_before_anything_else() {
         assert!(check_pod_fields(&pod()).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut PodConfig)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut PodConfig)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|p| p.name = "Web".into()), "name:"),
             (Box::new(|p| p.name = String::new()), "name:"),
             (Box::new(|p| p.name = "x".repeat(254)), "name:"),

@@ -144,6 +144,40 @@ impl WorkerCounters {
         self.metrics_bytes[Self::idx(reason.code(), dir)].add(bytes as u64);
     }
 
+    /// Count a frame of `bytes` by what the pipeline decided: every verdict's counters in one
+    /// place. Forwarded frames count in the direction their verdict carries (a same-node
+    /// delivery is egress from one pod and ingress to the other: both); an ICMP error sent
+    /// back counts its original as dropped; a drop under its reason and direction.
+    #[inline]
+    pub fn account(&self, v: &crate::stage::Verdict, bytes: usize) {
+        use crate::stage::Verdict;
+        match *v {
+            Verdict::Deliver { .. } => {
+                self.forwarded(MetricDir::Egress, bytes);
+                self.forwarded(MetricDir::Ingress, bytes);
+            }
+            Verdict::Decap { .. } => {
+                self.decapsulated.add(1);
+                self.forwarded(MetricDir::Ingress, bytes);
+            }
+            Verdict::RoutedIn { .. } => self.forwarded(MetricDir::Ingress, bytes),
+            Verdict::Encap { dir, .. } => {
+                self.encapsulated.add(1);
+                self.forwarded(dir, bytes);
+            }
+            Verdict::Route { dir, .. } => {
+                self.routed.add(1);
+                self.forwarded(dir, bytes);
+            }
+            Verdict::ArpReply { .. } => self.arp_replies.add(1),
+            Verdict::IcmpReply { reason, dir, .. } => {
+                self.icmp_errors.add(1);
+                self.dropped(reason, dir, bytes);
+            }
+            Verdict::Drop { reason, dir } => self.dropped(reason, dir, bytes),
+        }
+    }
+
     #[inline]
     pub fn batch(&self, n: usize) {
         if n > 0 {

@@ -452,46 +452,13 @@ impl Worker {
                         self.umem.set_span(&mut f, h, l);
                         v
                     };
-                    let out = match v {
-                        Verdict::Deliver { port } => {
-                            c.forwarded(MetricDir::Egress, len);
-                            c.forwarded(MetricDir::Ingress, len);
-                            port as usize
-                        }
-                        Verdict::Decap { port } => {
-                            c.decapsulated.add(1);
-                            c.forwarded(MetricDir::Ingress, len);
-                            port as usize
-                        }
-                        Verdict::RoutedIn { port } => {
-                            c.forwarded(MetricDir::Ingress, len);
-                            port as usize
-                        }
-                        Verdict::Encap { port } => {
-                            c.encapsulated.add(1);
-                            c.forwarded(MetricDir::Egress, len);
-                            port as usize
-                        }
-                        Verdict::Route { port } => {
-                            c.routed.add(1);
-                            c.forwarded(MetricDir::Egress, len);
-                            port as usize
-                        }
-                        Verdict::ArpReply { port } => {
-                            c.arp_replies.add(1);
-                            port as usize
-                        }
-                        Verdict::IcmpReply { port, reason } => {
-                            c.icmp_errors.add(1);
-                            c.dropped(reason, MetricDir::Egress, len);
-                            port as usize
-                        }
-                        Verdict::Drop { reason, dir } => {
-                            c.dropped(reason, dir, len);
-                            self.umem.release(f);
-                            continue;
-                        }
+                    // All accounting in one place, by verdict class (stats.rs).
+                    c.account(&v, len);
+                    let Some(out) = v.tx_port() else {
+                        self.umem.release(f);
+                        continue;
                     };
+                    let out = out as usize;
                     let len = f.len();
                     let o = self.home.get(out).copied().unwrap_or(NO_HOME);
                     if o == NO_HOME {

@@ -130,15 +130,8 @@ fn judged_input(input: &[u8], v: &Verdict, from_underlay: bool) -> Option<usize>
 /// Check `out` (the frame after the pipeline) against `input` and the verdict `v`, for a
 /// frame that arrived on `in_port` of tables `t`.
 pub fn check(input: &[u8], in_port: u16, v: &Verdict, out: &[u8], t: &Tables) -> Check {
-    let port = match *v {
-        Verdict::Deliver { port }
-        | Verdict::Decap { port }
-        | Verdict::RoutedIn { port }
-        | Verdict::Encap { port }
-        | Verdict::Route { port }
-        | Verdict::ArpReply { port }
-        | Verdict::IcmpReply { port, .. } => port,
-        Verdict::Drop { .. } => return Ok(()),
+    let Some(port) = v.tx_port() else {
+        return Ok(());
     };
     let p = t
         .port(port)

@@ -59,7 +59,7 @@ fn runtime_services_and_policies_survive_restart_and_crash() {
     n.launch(&[]);
     assert!(
         n.log()
-            .contains("restored 1 service(s) and 1 policy object(s)"),
+            .contains("restored 1 service(s), 1 policy object(s) and 0 endpoint(s)"),
         "{}",
         n.log()
     );

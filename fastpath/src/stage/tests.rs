@@ -2,7 +2,7 @@
 //! over plain Vec buffers (no AF_XDP). Named addresses, as cilium's `bpf/tests/pktgen.h`.
 
 use super::*;
-use crate::wire::{self, ipv4, l4};
+use crate::wire::{self, EtherType, EthernetFrame, Ipv4Packet, arp, ethernet, ipv4, l4, vxlan};
 use control::datapath::{Datapath, NoKernel, node_endpoints};
 use control::maps::MacAddr;
 use control::tables::Port;
@@ -148,7 +148,8 @@ struct Case {
     output: Option<Vec<u8>>,
 }
 
-fn drop(reason: DropReason) -> Verdict {
+/// A drop counted in egress (what a frame from a pod that stops at `from-container` is).
+fn drop_egress(reason: DropReason) -> Verdict {
     Verdict::Drop {
         reason,
         dir: MetricDir::Egress,
@@ -214,19 +215,19 @@ fn cases() -> Vec<Case> {
             input: Pkt::eth(MacAddr::BROADCAST, CLIENT_MAC)
                 .arp_request([0; 4], CLIENT_IP)
                 .bytes(),
-            verdict: drop(DropReason::UnknownTarget),
+            verdict: drop_egress(DropReason::UnknownTarget),
             output: None,
         },
         Case {
             name: "arp reply from a pod",
             input: arp_req.clone().patch(7, &[2]).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
             name: "arp truncated",
             input: arp_req.clone().truncate_l3(20).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
@@ -241,7 +242,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "spoofed source address",
             input: from_client().icmp_echo(ECHO_IP, ECHO_IP, 64).bytes(),
-            verdict: drop(DropReason::InvalidSip),
+            verdict: drop_egress(DropReason::InvalidSip),
             output: None,
         },
         Case {
@@ -249,49 +250,49 @@ fn cases() -> Vec<Case> {
             input: from_client()
                 .icmp_echo(CLIENT_IP, [10, 200, 9, 9], 64)
                 .bytes(),
-            verdict: drop(DropReason::Unroutable),
+            verdict: drop_egress(DropReason::Unroutable),
             output: None,
         },
         Case {
             name: "host destination raced the steering",
             input: from_client().icmp_echo(CLIENT_IP, ROUTER_IP, 64).bytes(),
-            verdict: drop(DropReason::HostUnreachable),
+            verdict: drop_egress(DropReason::HostUnreachable),
             output: None,
         },
         Case {
             name: "truncated ethernet",
             input: ping.bytes()[..13].to_vec(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
             name: "truncated ipv4",
             input: ping.clone().truncate_l3(10).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
             name: "bad ihl (4)",
             input: ping.clone().patch(0, &[0x44]).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
             name: "ihl beyond the frame",
             input: ping.clone().patch(0, &[0x4f]).truncate_l3(40).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
             name: "total length beyond the frame",
             input: ping.clone().patch(2, &[0x05, 0xdc]).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
             name: "total length shorter than the header",
             input: ping.clone().patch(2, &[0, 12]).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
@@ -299,7 +300,7 @@ fn cases() -> Vec<Case> {
             input: Pkt::eth(ECHO_MAC, CLIENT_MAC)
                 .icmp_echo(CLIENT_IP, ECHO_IP, 64)
                 .bytes(),
-            verdict: drop(DropReason::InvalidDmac),
+            verdict: drop_egress(DropReason::InvalidDmac),
             output: None,
         },
         Case {
@@ -307,7 +308,7 @@ fn cases() -> Vec<Case> {
             input: Pkt::eth(MacAddr::BROADCAST, CLIENT_MAC)
                 .icmp_echo(CLIENT_IP, ECHO_IP, 64)
                 .bytes(),
-            verdict: drop(DropReason::InvalidDmac),
+            verdict: drop_egress(DropReason::InvalidDmac),
             output: None,
         },
         Case {
@@ -315,7 +316,7 @@ fn cases() -> Vec<Case> {
             input: Pkt::eth(LXC_CLIENT_MAC, ECHO_MAC)
                 .icmp_echo(CLIENT_IP, ECHO_IP, 64)
                 .bytes(),
-            verdict: drop(DropReason::InvalidSmac),
+            verdict: drop_egress(DropReason::InvalidSmac),
             output: None,
         },
         Case {
@@ -323,19 +324,19 @@ fn cases() -> Vec<Case> {
             input: Pkt::eth(MacAddr::BROADCAST, MacAddr([0x01, 0, 0x5e, 0, 0, 1]))
                 .arp_request(CLIENT_IP, ROUTER_IP)
                 .bytes(),
-            verdict: drop(DropReason::InvalidSmac),
+            verdict: drop_egress(DropReason::InvalidSmac),
             output: None,
         },
         Case {
             name: "ipv4 header checksum wrong",
             input: ping.clone().patch(10, &[0xde, 0xad]).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
             name: "ip version 6 in an ipv4 ethertype",
             input: ping.clone().patch(0, &[0x65]).bytes(),
-            verdict: drop(DropReason::Invalid),
+            verdict: drop_egress(DropReason::Invalid),
             output: None,
         },
         Case {
@@ -343,7 +344,7 @@ fn cases() -> Vec<Case> {
             input: from_client()
                 .ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_UDP, 64, &[0x30, 0x39, 0, 7])
                 .bytes(),
-            verdict: drop(DropReason::CtInvalidHdr),
+            verdict: drop_egress(DropReason::CtInvalidHdr),
             output: None,
         },
         Case {
@@ -351,7 +352,7 @@ fn cases() -> Vec<Case> {
             input: from_client()
                 .ipv4(CLIENT_IP, ECHO_IP, ipv4::PROTO_TCP, 64, &[0u8; 20])
                 .bytes(),
-            verdict: drop(DropReason::CtInvalidHdr),
+            verdict: drop_egress(DropReason::CtInvalidHdr),
             output: None,
         },
         Case {
@@ -367,7 +368,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "ipv6 ethertype",
             input: ping.clone().ethertype(0x86dd).bytes(),
-            verdict: drop(DropReason::UnknownL3),
+            verdict: drop_egress(DropReason::UnknownL3),
             output: None,
         },
     ]
@@ -602,7 +603,7 @@ remote_nodes:
         // a → c: egress allows only b, so nothing is encapsulated.
         assert_eq!(
             run(&a_to_c_udp(20), A_PORT, &t).0,
-            drop_egress(DropReason::Policy)
+            drop(DropReason::Policy, MetricDir::Egress)
         );
         // c → a on UDP 7 from the VNI of c: allowed after decap; from b's identity (a VNI
         // the node accepts) the same packet is denied.
@@ -618,7 +619,10 @@ remote_nodes:
         let f = vxlan_frame(N2, N1, 8472, vni(c_id), &inner);
         assert_eq!(run(&f, UL, &t).0, Verdict::Decap { port: A_PORT });
         let f = vxlan_frame(N2, N1, 8472, vni(b_id), &inner);
-        assert_eq!(run(&f, UL, &t).0, drop_ingress(DropReason::Policy));
+        assert_eq!(
+            run(&f, UL, &t).0,
+            drop(DropReason::Policy, MetricDir::Ingress)
+        );
         // a's answer to c is a reply (conntrack), although egress to c is not allowed.
         let mut back = vec![0u8; 8];
         back[0..2].copy_from_slice(&7u16.to_be_bytes());
@@ -627,7 +631,13 @@ remote_nodes:
         let reply = Pkt::eth(LXC[0], A_MAC)
             .ipv4(A_IP, C_IP, ipv4::PROTO_UDP, 64, &back)
             .bytes();
-        assert_eq!(run(&reply, A_PORT, &t).0, Verdict::Encap { port: UL });
+        assert_eq!(
+            run(&reply, A_PORT, &t).0,
+            Verdict::Encap {
+                port: UL,
+                dir: MetricDir::Egress
+            }
+        );
     }
 
     #[test]
@@ -635,7 +645,13 @@ remote_nodes:
         let t = n1();
         let input = a_to_c_udp(20);
         let (v, out) = run(&input, A_PORT, &t);
-        assert_eq!(v, Verdict::Encap { port: UL });
+        assert_eq!(
+            v,
+            Verdict::Encap {
+                port: UL,
+                dir: MetricDir::Egress
+            }
+        );
         assert_eq!(out.len(), input.len() + 50);
         let eth = EthernetFrame::new_checked(&out[..]).unwrap();
         assert_eq!((eth.dst(), eth.src()), (N2_MAC, N1_MAC));
@@ -668,7 +684,13 @@ remote_nodes:
         let t = node(&cfg, N1_MAC, N2, N2_MAC);
         let input = a_to_c_udp(4);
         let (v, out) = run(&input, A_PORT, &t);
-        assert_eq!(v, Verdict::Encap { port: UL });
+        assert_eq!(
+            v,
+            Verdict::Encap {
+                port: UL,
+                dir: MetricDir::Egress
+            }
+        );
         let inner = EthernetFrame::new_checked(&out[50..]).unwrap();
         assert_eq!(inner.dst(), "02:aa:00:00:00:02".parse().unwrap());
         assert_eq!(inner.src(), LXC[0]);
@@ -682,7 +704,13 @@ remote_nodes:
             .icmp_echo(A_IP, [10, 2, 0, 99], 64)
             .bytes();
         let (v, out) = run(&input, A_PORT, &t);
-        assert_eq!(v, Verdict::Encap { port: UL });
+        assert_eq!(
+            v,
+            Verdict::Encap {
+                port: UL,
+                dir: MetricDir::Egress
+            }
+        );
         assert_eq!(&out[30..34], &N2);
     }
 
@@ -691,7 +719,7 @@ remote_nodes:
         let cfg = n1_cfg(false, false);
         let t = node(&cfg, N1_MAC, [192, 168, 50, 9], N2_MAC);
         let (v, _) = run(&a_to_c_udp(4), A_PORT, &t);
-        assert_eq!(v, drop(DropReason::NoFib));
+        assert_eq!(v, drop_egress(DropReason::NoFib));
     }
 
     #[test]
@@ -704,7 +732,8 @@ remote_nodes:
             v,
             Verdict::IcmpReply {
                 port: A_PORT,
-                reason: DropReason::FragNeeded
+                reason: DropReason::FragNeeded,
+                dir: MetricDir::Egress
             }
         );
         let eth = EthernetFrame::new_checked(&out[..]).unwrap();
@@ -719,7 +748,13 @@ remote_nodes:
         assert_eq!(&icmp[8..28], &input[14..34], "quotes the original header");
         // Exactly the overlay MTU still goes.
         let (v, _) = run(&a_to_c_udp(1450 - 28), A_PORT, &t);
-        assert_eq!(v, Verdict::Encap { port: UL });
+        assert_eq!(
+            v,
+            Verdict::Encap {
+                port: UL,
+                dir: MetricDir::Egress
+            }
+        );
         // Without DF: a counted drop.
         let mut no_df = a_to_c_udp(1451 - 28);
         no_df[20] = 0;
@@ -731,7 +766,7 @@ remote_nodes:
             p
         };
         let (v, _) = run(&no_df, A_PORT, &t);
-        assert_eq!(v, drop(DropReason::FragNeeded));
+        assert_eq!(v, drop_egress(DropReason::FragNeeded));
     }
 
     #[test]
@@ -753,7 +788,13 @@ remote_nodes:
         // c on n2 → a on n1.
         let input = Pkt::eth(LXC[0], C_MAC).icmp_echo(C_IP, A_IP, 64).bytes();
         let (v, wire_frame) = run(&input, 0, &n2);
-        assert_eq!(v, Verdict::Encap { port: 1 });
+        assert_eq!(
+            v,
+            Verdict::Encap {
+                port: 1,
+                dir: MetricDir::Egress
+            }
+        );
         let (v, out) = run(&wire_frame, UL, &n1());
         assert_eq!(v, Verdict::Decap { port: A_PORT });
         assert_eq!(
@@ -943,10 +984,67 @@ remote_nodes:
             let t = n1_nodeport_with_policy(port);
             assert_eq!(
                 run(&syn, UL, &t).0,
-                drop_ingress(DropReason::Policy),
+                drop(DropReason::Policy, MetricDir::Ingress),
                 "a policy on port {port} must not admit what the pod receives on 8080"
             );
         }
+    }
+
+    /// Issue #12: a frame is counted in the direction of the step that took it. NodePort
+    /// traffic from outside is ingress wherever it goes — SNATed and encapsulated to a
+    /// remote backend, or refused with an ICMP error when the service has no backend (the
+    /// error used to count its original as egress); the same refusal for a pod is egress.
+    #[test]
+    fn nodeport_traffic_from_outside_counts_as_ingress() {
+        let mut cfg = n1_cfg(false, false);
+        cfg.services = yaml(
+            "- { name: remote, type: NodePort, cluster_ip: 10.96.0.20, ports: [{ port: 80, node_port: 30081 }], backends: [{ ip: 10.2.0.11 }] }\n- { name: empty, type: NodePort, cluster_ip: 10.96.0.21, ports: [{ port: 80, node_port: 30082 }], backends: [] }",
+        )
+        .unwrap();
+        let t = node(&cfg, N1_MAC, N2, N2_MAC);
+        let syn = |port: u16| {
+            Pkt::eth(N1_MAC, MacAddr([2, 0, 0, 0, 0, 9]))
+                .ipv4(
+                    [192, 168, 50, 9],
+                    N1,
+                    ipv4::PROTO_TCP,
+                    64,
+                    &tcp(45000, port, 0x02),
+                )
+                .bytes()
+        };
+        assert_eq!(
+            run(&syn(30081), UL, &t).0,
+            Verdict::Encap {
+                port: UL,
+                dir: MetricDir::Ingress
+            }
+        );
+        assert_eq!(
+            run(&syn(30082), UL, &t).0,
+            Verdict::IcmpReply {
+                port: UL,
+                reason: DropReason::NoService,
+                dir: MetricDir::Ingress
+            }
+        );
+        let from_a = Pkt::eth(LXC[0], A_MAC)
+            .ipv4(
+                A_IP,
+                [10, 96, 0, 21],
+                ipv4::PROTO_TCP,
+                64,
+                &tcp(45001, 80, 0x02),
+            )
+            .bytes();
+        assert_eq!(
+            run(&from_a, A_PORT, &t).0,
+            Verdict::IcmpReply {
+                port: A_PORT,
+                reason: DropReason::NoService,
+                dir: MetricDir::Egress
+            }
+        );
     }
 
     /// A peer that fills in the outer UDP checksum is accepted when it is right, and a UDP
@@ -1006,7 +1104,8 @@ remote_nodes:
             v,
             Verdict::IcmpReply {
                 port: A_PORT,
-                reason: DropReason::FragNeeded
+                reason: DropReason::FragNeeded,
+                dir: MetricDir::Egress
             }
         );
         let quote = &out[14 + 28..];
@@ -1029,7 +1128,13 @@ remote_nodes:
         let t = node(&cfg, N1_MAC, N2, N2_MAC);
         let input = a_to_c_udp(10);
         let (v, out) = run(&input, A_PORT, &t);
-        assert_eq!(v, Verdict::Route { port: UL });
+        assert_eq!(
+            v,
+            Verdict::Route {
+                port: UL,
+                dir: MetricDir::Egress
+            }
+        );
         assert_eq!(out.len(), input.len(), "no encapsulation");
         let eth = EthernetFrame::new_checked(&out[..]).unwrap();
         assert_eq!((eth.dst(), eth.src()), (N2_MAC, N1_MAC));
@@ -1055,7 +1160,7 @@ remote_nodes:
             A_PORT,
             &t,
         );
-        assert_eq!(v, drop(DropReason::Unroutable));
+        assert_eq!(v, drop_egress(DropReason::Unroutable));
     }
 }
 
@@ -1164,7 +1269,8 @@ mod services {
             run(&syn, CLIENT_PORT, &t).0,
             Verdict::IcmpReply {
                 port: CLIENT_PORT,
-                reason: DropReason::NoService
+                reason: DropReason::NoService,
+                dir: MetricDir::Egress
             }
         );
     }
@@ -1201,7 +1307,7 @@ mod services {
             t.lb = std::sync::Arc::new(lb);
             assert_eq!(
                 run(&syn, CLIENT_PORT, &t).0,
-                drop(DropReason::NoService),
+                drop_egress(DropReason::NoService),
                 "algorithm {alg}"
             );
         }
@@ -1224,7 +1330,8 @@ mod services {
             v,
             Verdict::IcmpReply {
                 port: CLIENT_PORT,
-                reason: DropReason::NoService
+                reason: DropReason::NoService,
+                dir: MetricDir::Egress
             }
         );
         let ip = Ipv4Packet::new_checked(&out[14..]).unwrap();
@@ -1301,7 +1408,10 @@ spec:
                 &tcp(41000, 22, 0x02),
             )
             .bytes();
-        assert_eq!(run(&out, ECHO_PORT, &t).0, drop_egress(DropReason::Policy));
+        assert_eq!(
+            run(&out, ECHO_PORT, &t).0,
+            drop(DropReason::Policy, MetricDir::Egress)
+        );
         // Wrong port from client, and any port from web: ingress denied, no conntrack entry.
         let before = t.ct.entries(true, 1).len();
         let p81 = from_client()
@@ -1315,7 +1425,7 @@ spec:
             .bytes();
         assert_eq!(
             run(&p81, CLIENT_PORT, &t).0,
-            drop_ingress(DropReason::Policy)
+            drop(DropReason::Policy, MetricDir::Ingress)
         );
         let from_web = Pkt::eth(LXC_WEB_MAC, WEB_MAC)
             .ipv4(
@@ -1328,7 +1438,7 @@ spec:
             .bytes();
         assert_eq!(
             run(&from_web, WEB_PORT, &t).0,
-            drop_ingress(DropReason::Policy)
+            drop(DropReason::Policy, MetricDir::Ingress)
         );
         // The sender's OUT entry exists (egress allowed it), the receiver's IN entry does not.
         let after: Vec<String> =
@@ -1373,7 +1483,7 @@ spec:
             .bytes();
         assert_eq!(
             run(&ping, WEB_PORT, &t).0,
-            drop_ingress(DropReason::PolicyDeny)
+            drop(DropReason::PolicyDeny, MetricDir::Ingress)
         );
     }
 
@@ -1414,7 +1524,7 @@ spec:
             .bytes();
         assert_eq!(
             run(&syn, CLIENT_PORT, &t).0,
-            drop_egress(DropReason::Policy)
+            drop(DropReason::Policy, MetricDir::Egress)
         );
         let to_web = from_client()
             .ipv4(
@@ -1487,7 +1597,7 @@ mod policy_after_dnat {
         let t = tables(&ingress_on_echo(80));
         assert_eq!(
             run(&syn_to_vip(40001), CLIENT_PORT, &t).0,
-            drop_ingress(DropReason::Policy)
+            drop(DropReason::Policy, MetricDir::Ingress)
         );
     }
 
@@ -1501,7 +1611,7 @@ mod policy_after_dnat {
         let t = tables(&egress_of_client(80));
         assert_eq!(
             run(&syn_to_vip(40003), CLIENT_PORT, &t).0,
-            drop_egress(DropReason::Policy)
+            drop(DropReason::Policy, MetricDir::Egress)
         );
     }
 }

@@ -1,0 +1,66 @@
+//! `to-container`: delivery to a pod of this node (`ipv4_local_delivery` and the
+//! destination's ingress policy program Cilium tail-calls). Direction: ingress, whoever sent
+//! the packet — a same-node pod, another node, or an outside client of a NodePort.
+
+use control::ct::CtState;
+use control::maps::MetricDir;
+use control::maps::ct::{CtTuple4, TUPLE_F_IN, TUPLE_F_OUT};
+use control::maps::policy::DIR_INGRESS;
+use control::tables::{EndpointEntry, PortId, Tables};
+
+use super::ct::ct_forward;
+use super::flow::Ip;
+use super::forward::l3_forward;
+use super::policy::policy;
+use super::{Scratch, Verdict, lb};
+use crate::wire::{Buf, ethernet};
+
+/// The metrics direction of this step.
+const DIR: MetricDir = MetricDir::Ingress;
+
+/// Local delivery (`ipv4_local_delivery` + the `to-container` step): the packet `ip` from
+/// identity `src.src_sec_id` goes to the pod `ep` behind port `out`. A reply to a connection the pod made skips
+/// policy, and if it went through a service gets its source rewritten back to the service
+/// (reverse NAT); anything else must pass the pod's ingress policy, and a new connection then
+/// gets an IN entry with state `src`. Then TTL−1 and the pod's MACs.
+#[inline]
+pub(super) fn local_delivery(
+    b: &mut Buf<'_>,
+    ip: &Ip,
+    src: CtState,
+    ep: &EndpointEntry,
+    out: PortId,
+    t: &Tables,
+    s: &Scratch,
+) -> Verdict {
+    let reply_hit = if ip.tracked {
+        let reply = CtTuple4::connection(ip.dst, ip.src, ip.dport, ip.sport, ip.proto, TUPLE_F_OUT);
+        t.ct.lookup(&reply, s.now)
+    } else {
+        None
+    };
+    match reply_hit {
+        Some(hit) => {
+            t.ct.touch(&hit, true, ip.tcp_flags, s.now, false);
+            if hit.state.rev_nat.0 != 0
+                && let Some(fe) = t.lb.revnat.get(&hit.state.rev_nat.0)
+            {
+                lb::rev_nat_src(&mut b.data_mut()[ethernet::HEADER_LEN..], fe);
+            }
+        }
+        None => {
+            if let Err(v) = policy(t, s, ep.info.lxc_id, DIR_INGRESS, src.src_sec_id, ip) {
+                return v;
+            }
+            if ip.tracked {
+                let fwd =
+                    CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_IN);
+                ct_forward(&fwd, &src, ip, t, s);
+            }
+        }
+    }
+    if let Err(v) = l3_forward(b, ip.total_len, ep.info.pod_mac(), ep.info.lxc_mac(), DIR) {
+        return v;
+    }
+    Verdict::Deliver { port: out }
+}
