@@ -20,9 +20,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use control::config::Config;
 use control::maps::MacAddr;
-use fastpath::lab::{Lab, in_ns};
 use fastpath::wire::{EtherType, ethernet, ipv4};
 use fastpath::xsk::{Socket, Umem, sys};
+use lab::{Lab, in_ns};
 
 #[derive(Parser, Debug)]
 #[command(about = "fastpath same-node benchmark: fastpath vs bare AF_XDP vs kernel routing")]

@@ -1,7 +1,8 @@
 //! fastpath control plane.
 //!
 //! Owns every table the workers read. Layering (dependencies point one way):
-//! `maps` (Cilium 1.19 key/value layouts, byte-compatible with the eBPF maps) ←
+//! `maps` (the `abi` crate: Cilium 1.19 key/value layouts, byte-compatible with the eBPF
+//! maps) ←
 //! `tables` (the worker-facing snapshot and its single-writer/many-reader publisher) ←
 //! `datapath` (intent-named API: `upsert_endpoints`, `remove_endpoint`, mirrored into the
 //! kernel maps through [`datapath::KernelMaps`]). `config` parses and validates the node
@@ -18,8 +19,9 @@ pub mod identity;
 pub mod lb;
 pub mod lpm;
 pub mod maglev;
-pub mod maps;
-pub mod net;
+/// The Cilium map layouts: the `abi` crate (the bottom layer), re-exported.
+pub use abi as maps;
+pub use abi::net;
 pub mod policy;
 pub mod shared_table;
 pub mod tables;

@@ -1577,17 +1577,24 @@ impl KernelRoutes {
             return Ok(done);
         };
         for (p, gw) in routes {
-            crate::lab::sh(&[
-                "ip",
-                "route",
-                "replace",
-                &p.to_string(),
-                "via",
-                &gw.to_string(),
-                "dev",
-                dev,
-            ])
-            .with_context(|| format!("installing the kernel route {p} via {gw}"))?;
+            let out = std::process::Command::new("ip")
+                .args([
+                    "route",
+                    "replace",
+                    &p.to_string(),
+                    "via",
+                    &gw.to_string(),
+                    "dev",
+                    dev,
+                ])
+                .output()
+                .context("running `ip` (iproute2)")?;
+            if !out.status.success() {
+                bail!(
+                    "installing the kernel route {p} via {gw} dev {dev}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
             done.0.push(p.to_string());
         }
         Ok(done)

@@ -11,7 +11,6 @@
 pub mod api;
 pub mod daemon;
 pub mod endpoints;
-pub mod lab;
 pub mod neigh;
 pub mod server;
 pub mod stage;
@@ -20,3 +19,87 @@ pub mod stats;
 pub mod wire;
 pub mod worker;
 pub mod xsk;
+
+/// The layering docs/architecture.md promises, checked on the sources themselves.
+#[cfg(test)]
+mod layering {
+    use std::path::Path;
+
+    fn sources(dir: &str) -> Vec<(String, String)> {
+        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir);
+        let mut v: Vec<(String, String)> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .map(|p| {
+                (
+                    p.file_stem().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&p).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `wire` depends on nothing above it: only `abi` (MAC type) and itself.
+    #[test]
+    fn wire_depends_on_nothing_above_it() {
+        for (f, text) in sources("wire") {
+            for bad in [
+                "control::",
+                "crate::stage",
+                "crate::worker",
+                "crate::xsk",
+                "crate::daemon",
+            ] {
+                assert!(!text.contains(bad), "wire/{f}.rs uses {bad}");
+            }
+        }
+    }
+
+    /// The pipeline's step files call only down the order of stage/mod.rs's table: no
+    /// cycles between steps.
+    #[test]
+    fn stage_steps_call_only_downward() {
+        // Lowest first: a file may use the ones before it (and mod.rs's Verdict/Scratch).
+        let order = [
+            "flow",
+            "ct",
+            "policy",
+            "icmp",
+            "forward",
+            "lb",
+            "to_container",
+            "nodeport",
+            "from_overlay",
+            "from_container",
+            "from_netdev",
+        ];
+        for (f, text) in sources("stage") {
+            let Some(me) = order.iter().position(|o| *o == f) else {
+                continue; // mod.rs, tests.rs
+            };
+            // Code only: doc comments may point anywhere.
+            let text: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (i, other) in order.iter().enumerate() {
+                let used = text.contains(&format!("super::{other}"))
+                    || text
+                        .lines()
+                        .filter(|l| l.starts_with("use super::{"))
+                        .any(|l| {
+                            l.trim_end_matches("};")
+                                .split([',', '{', ' '])
+                                .any(|w| w == *other)
+                        });
+                if used && *other != f {
+                    assert!(i < me, "stage/{f}.rs uses {other}, which is not below it");
+                }
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use control::config::{Config, DEMO_CLUSTER, XdpMode};
-use fastpath::{api, daemon, lab};
+use fastpath::{api, daemon};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -19,7 +19,7 @@ use control::config::Config;
 use control::maps::MacAddr;
 use fastpath::api::{self, Status};
 use fastpath::daemon::link_info_in;
-use fastpath::lab::{Lab, in_ns};
+use lab::{Lab, in_ns};
 
 /// True (and a message) when the test cannot run here.
 pub fn require_root() -> bool {
@@ -516,19 +516,19 @@ impl Outside {
     pub fn new(fabric: &str, addrs: &[String]) -> Outside {
         let ns = format!("{fabric}x");
         let port = format!("px-{}", &ns[ns.len().saturating_sub(10)..]);
-        fastpath::lab::sh(&["ip", "netns", "add", &ns]).unwrap();
+        lab::sh(&["ip", "netns", "add", &ns]).unwrap();
         // Own the namespace from here on: a failure below still removes it.
         let o = Outside {
             ns,
             fabric: fabric.to_string(),
             port,
         };
-        fastpath::lab::sh(&[
+        lab::sh(&[
             "ip", "-n", fabric, "link", "add", &o.port, "type", "veth", "peer", "name", "eth0",
             "netns", &o.ns,
         ])
         .unwrap();
-        fastpath::lab::sh(&[
+        lab::sh(&[
             "ip", "-n", fabric, "link", "set", &o.port, "master", "br0", "up",
         ])
         .unwrap();
@@ -554,8 +554,8 @@ impl Outside {
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        let _ = fastpath::lab::sh(&["ip", "-n", &self.fabric, "link", "del", &self.port]);
-        let _ = fastpath::lab::sh(&["ip", "netns", "del", &self.ns]);
+        let _ = lab::sh(&["ip", "-n", &self.fabric, "link", "del", &self.port]);
+        let _ = lab::sh(&["ip", "netns", "del", &self.ns]);
     }
 }
 

@@ -58,14 +58,14 @@ fn missing_device_rejected_before_attach() {
     let name = unique("g");
     let y = node_yaml(&name, 2, 1, "");
     let cfg = control::config::Config::parse(&y, "t").unwrap();
-    let lab = fastpath::lab::Lab::up(&cfg, 1).unwrap();
+    let lab = lab::Lab::up(&cfg, 1).unwrap();
     let (ok, err) = run_with(&y.replace("lxc: lxc-p1", "lxc: lxc-nope"), &[]);
     assert!(!ok);
     assert!(
         err.contains("pods[1].lxc") && err.contains("lxc-nope"),
         "{err}"
     );
-    let out = fastpath::lab::in_ns(
+    let out = lab::in_ns(
         cfg.node.netns.as_deref().unwrap(),
         &["ip", "-d", "link", "show", "dev", "lxc-p0"],
     )
@@ -76,14 +76,14 @@ fn missing_device_rejected_before_attach() {
     );
     // An MTU no UMEM frame holds: the error names the field and the device.
     let ns = cfg.node.netns.as_deref().unwrap();
-    fastpath::lab::in_ns(ns, &["ip", "link", "set", "dev", "lxc-p1", "mtu", "4000"]).unwrap();
+    lab::in_ns(ns, &["ip", "link", "set", "dev", "lxc-p1", "mtu", "4000"]).unwrap();
     let (ok, err) = run_with(&y, &[]);
     assert!(!ok);
     assert!(
         err.contains("pods[1].lxc: device `lxc-p1` has MTU 4000; fastpath's AF_XDP frames hold at most MTU 3826"),
         "{err}"
     );
-    fastpath::lab::in_ns(ns, &["ip", "link", "set", "dev", "lxc-p1", "mtu", "1500"]).unwrap();
+    lab::in_ns(ns, &["ip", "link", "set", "dev", "lxc-p1", "mtu", "1500"]).unwrap();
     // Too few queues for --queues 2.
     let (ok, err) = run_with(&y, &["--queues", "2"]);
     assert!(!ok);
@@ -95,8 +95,8 @@ fn missing_device_rejected_before_attach() {
     // Issue #11 defect 4: a device with 2 queues allocated but 1 in use (a plain veth, or
     // after `ethtool -L`) passed the old check, which read the allocated count, and then
     // failed in bind(2) with a bare EINVAL. The check reads the count in use.
-    let lab = fastpath::lab::Lab::up(&cfg, 2).unwrap();
-    fastpath::lab::in_ns(ns, &["ethtool", "-L", "lxc-p1", "rx", "1", "tx", "1"]).unwrap();
+    let lab = lab::Lab::up(&cfg, 2).unwrap();
+    lab::in_ns(ns, &["ethtool", "-L", "lxc-p1", "rx", "1", "tx", "1"]).unwrap();
     let (ok, err) = run_with(&y, &["--queues", "2"]);
     assert!(!ok);
     assert!(
@@ -110,7 +110,7 @@ fn missing_device_rejected_before_attach() {
     // 64 queues each, room for 16 more pods (datapath.max_pods) and 16384-entry rings would
     // be over 8 GiB. Refused, with the field to
     // change, before anything is made.
-    let lab = fastpath::lab::Lab::up(&cfg, 64).unwrap();
+    let lab = lab::Lab::up(&cfg, 64).unwrap();
     let big = y.replace("  queues: 1\n", "  queues: 1\n  ring_size: 16384\n");
     assert!(big.contains("ring_size: 16384"), "{big}");
     let (ok, err) = run_with(&big, &[]);

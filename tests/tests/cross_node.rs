@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use control::maps::DropReason;
-use fastpath::lab::in_ns;
 use fastpath_tests::{KernelNode, Kind, Pods, TestNode, cluster_yaml, require_root, unique};
+use lab::in_ns;
 
 /// Start fastpath on two cluster configs (cores 0 and 1) and wait until their next hops
 /// resolve.
@@ -199,7 +199,7 @@ fn kernel_vxlan_node_interoperates_both_ways() {
         // The kernel node's host reaches a fastpath pod as remote-node (VNI 6) from its
         // underlay address, although it also has its pods' gateway address (the `src` on
         // its main-table route).
-        let host_ping = fastpath::lab::in_ns(
+        let host_ping = lab::in_ns(
             k.node_ns(),
             &[
                 "ping",

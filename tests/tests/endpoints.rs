@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use control::config::PodConfig;
 use fastpath::api;
-use fastpath::lab::{PodNs, in_ns};
 use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, require_root, unique};
+use lab::{PodNs, in_ns};
 
 /// A pod for node `n` that is not in its config: address .`host` of its pod CIDR.
 fn new_pod(n: &TestNode, name: &str, host: u8, lxc: &str, app: &str) -> PodConfig {

@@ -241,7 +241,7 @@ fn generic_mode_is_reported_and_forwards() {
 
 /// `ethtool -S` counter `name` of device `dev` in namespace `ns`.
 fn ethtool_stat(ns: &str, dev: &str, name: &str) -> u64 {
-    let out = fastpath::lab::in_ns(ns, &["ethtool", "-S", dev]).unwrap();
+    let out = lab::in_ns(ns, &["ethtool", "-S", dev]).unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))

@@ -1,7 +1,7 @@
 //! ARP for IPv4 over Ethernet (RFC 826): the only kind a pod sends us.
 
 use super::WireError;
-use control::maps::MacAddr;
+use abi::MacAddr;
 
 mod field {
     use std::ops::Range;

@@ -1,7 +1,7 @@
 //! Ethernet II frames.
 
 use super::WireError;
-use control::maps::MacAddr;
+use abi::MacAddr;
 
 mod field {
     use std::ops::Range;

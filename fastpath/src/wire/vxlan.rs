@@ -7,7 +7,7 @@
 //! Cilium carries the source security identity in the VNI.
 
 use super::{WireError, checksum, ethernet, ipv4};
-use control::maps::MacAddr;
+use abi::MacAddr;
 
 pub const HEADER_LEN: usize = 8;
 /// Outer Ethernet + IPv4 + UDP + VXLAN: what encapsulation adds in front of the inner frame.
