@@ -13,7 +13,7 @@ use crate::ct::{Conntrack, CtSizes};
 use crate::identity;
 use crate::lb::{LbError, LbSettings, LbState, LbTables, ServiceConfig};
 use crate::lpm::Lpm4;
-use crate::maps::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value};
+use crate::maps::lb::{Lb4Key, Lb4Service, RevNat};
 use crate::maps::lxc::ENDPOINT_KEY_IPV4;
 use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, MacAddr, RemoteEndpointInfo};
 use crate::net::Ipv4Cidr;
@@ -24,85 +24,9 @@ use crate::tables::{
     EndpointEntry, NextHop, Overlay, Port, PortId, TableReader, TableWriter, Tables,
 };
 
-/// A failed write to a kernel map.
-#[derive(Debug, thiserror::Error)]
-#[error("{map}: {op} {key}: {msg}")]
-pub struct MapWriteError {
-    pub map: &'static str,
-    pub op: &'static str,
-    pub key: String,
-    pub msg: String,
-}
-
-/// Where the control plane mirrors its tables in the kernel (pinned eBPF maps).
-pub trait KernelMaps {
-    fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError>;
-    fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<(), MapWriteError>;
-    fn upsert_ipcache(
-        &mut self,
-        k: &IpcacheKey,
-        v: &RemoteEndpointInfo,
-    ) -> Result<(), MapWriteError>;
-    fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError>;
-    /// The node-wide settings the steering program needs (routing mode, tunnel port, native
-    /// routing CIDR).
-    fn set_overlay(
-        &mut self,
-        o: &Overlay,
-        native_cidr: Option<Ipv4Cidr>,
-    ) -> Result<(), MapWriteError>;
-    /// `cilium_lb4_services_v2` (master entries and slots).
-    fn upsert_service(&mut self, _k: &Lb4Key, _v: &Lb4Service) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    fn remove_service(&mut self, _k: &Lb4Key) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    /// `cilium_lb4_backends_v3`.
-    fn upsert_backend(&mut self, _id: u32, _v: &Lb4Backend) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    fn remove_backend(&mut self, _id: u32, _v: &Lb4Backend) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    /// `cilium_lb4_reverse_nat` (key: the host-order service ID; stored network order).
-    fn upsert_revnat(&mut self, _id: RevNat, _v: &RevNat4Value) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    fn remove_revnat(&mut self, _id: RevNat) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    /// `cilium_lb4_maglev`: a service's lookup table (empty slice: remove).
-    fn set_maglev(&mut self, _id: RevNat, _table: &[u32]) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-}
-
-/// No kernel maps: the testing mode.
-#[derive(Debug, Default)]
-pub struct NoKernel;
-
-impl KernelMaps for NoKernel {
-    fn upsert_endpoint(&mut self, _: &EndpointKey, _: &EndpointInfo) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    fn remove_endpoint(&mut self, _: &EndpointKey) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    fn upsert_ipcache(
-        &mut self,
-        _: &IpcacheKey,
-        _: &RemoteEndpointInfo,
-    ) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    fn remove_ipcache(&mut self, _: &IpcacheKey) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-    fn set_overlay(&mut self, _: &Overlay, _: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
-        Ok(())
-    }
-}
+pub use crate::kernel::{
+    EndpointMap, IpcacheMap, KernelMaps, LbMaps, MapWriteError, NoKernel, OverlayMap,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -780,20 +704,8 @@ fn write_lb_diff<K: KernelMaps>(
             k.upsert_revnat(RevNat(*id), v)?;
         }
     }
-    for (id, table) in &new.maglev {
-        if old
-            .maglev
-            .get(id)
-            .is_none_or(|t| !Arc::ptr_eq(t, table) && t[..] != table[..])
-        {
-            k.set_maglev(RevNat(*id), table)?;
-        }
-    }
-    for id in old.maglev.keys() {
-        if !new.maglev.contains_key(id) {
-            k.set_maglev(RevNat(*id), &[])?;
-        }
-    }
+    // Maglev lookup tables stay in the workers' memory only (docs/decisions.md, "Kernel
+    // maps"): no kernel program reads cilium_lb4_maglev yet.
     let mut gone: Vec<&Lb4Key> = old
         .services
         .keys()
@@ -1049,6 +961,7 @@ pub fn node_overlay(cfg: &Config, ports: &[Port]) -> Overlay {
 mod tests {
     use super::*;
     use crate::maps::MacAddr;
+    use crate::maps::lb::{Lb4Backend, RevNat4Value};
 
     fn ports() -> Vec<Port> {
         vec![Port::lxc(
@@ -1083,7 +996,7 @@ mod tests {
         map: std::collections::HashMap<EndpointKey, EndpointInfo>,
         ipcache: std::collections::HashMap<IpcacheKey, RemoteEndpointInfo>,
     }
-    impl KernelMaps for Flaky {
+    impl EndpointMap for Flaky {
         fn upsert_endpoint(
             &mut self,
             k: &EndpointKey,
@@ -1105,6 +1018,9 @@ mod tests {
             self.map.remove(k);
             Ok(())
         }
+    }
+
+    impl IpcacheMap for Flaky {
         fn upsert_ipcache(
             &mut self,
             k: &IpcacheKey,
@@ -1126,7 +1042,31 @@ mod tests {
             self.ipcache.remove(k);
             Ok(())
         }
+    }
+
+    impl OverlayMap for Flaky {
         fn set_overlay(&mut self, _: &Overlay, _: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+    }
+
+    impl LbMaps for Flaky {
+        fn upsert_service(&mut self, _: &Lb4Key, _: &Lb4Service) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+        fn remove_service(&mut self, _: &Lb4Key) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+        fn upsert_backend(&mut self, _: u32, _: &Lb4Backend) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+        fn remove_backend(&mut self, _: u32, _: &Lb4Backend) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+        fn upsert_revnat(&mut self, _: RevNat, _: &RevNat4Value) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+        fn remove_revnat(&mut self, _: RevNat) -> Result<(), MapWriteError> {
             Ok(())
         }
     }

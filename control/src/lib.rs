@@ -16,6 +16,7 @@ pub mod config;
 pub mod ct;
 pub mod datapath;
 pub mod identity;
+pub mod kernel;
 pub mod lb;
 pub mod lpm;
 pub mod maglev;

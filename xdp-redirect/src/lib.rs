@@ -19,7 +19,7 @@ use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
 use control::config::RoutingMode;
 use control::config::XdpMode;
-use control::datapath::{KernelMaps, MapWriteError};
+use control::kernel::{EndpointMap, IpcacheMap, LbMaps, MapWriteError, OverlayMap};
 use control::maps::lb::{
     BACKENDS_MAP, Lb4Backend, Lb4Key, Lb4Service, REVNAT_MAP, RevNat, RevNat4Value, SERVICES_MAP,
 };
@@ -116,12 +116,94 @@ pub struct AttachedDevice {
 /// The loaded steering program with its maps and links.
 #[derive(Debug)]
 pub struct Steering {
+    /// The object, holding the program only: its maps were taken into `maps`.
     ebpf: Ebpf,
+    /// The maps: created, pinned and written independently of any attachment.
+    pub maps: MapSet,
     devices: Vec<AttachedDevice>,
     links: Vec<XdpLinkId>,
+}
+
+/// The maps pinned (all of the set).
+pub const PINNED: &[&str] = &[
+    "cilium_lxc",
+    "cilium_ipcache_v2",
+    "cilium_lb4_services_v2",
+    "cilium_lb4_backends_v3",
+    "cilium_lb4_reverse_nat",
+    "fp_lb_backend_addrs",
+    "fp_config",
+    "fp_devs",
+    "fp_xsks",
+    "fp_xdp_stats",
+];
+
+/// The map set: every map of the object (Cilium's `cilium_*` and fastpath's `fp_*`), taken
+/// out of the loaded object so they live on their own — created and opened by loading the
+/// object, pinned under bpffs ([`MapSet::pin`]), written through the per-family traits of
+/// `control::kernel`. Attaching programs is [`Steering`]'s business; a second program (the
+/// tc fallback) shares these maps by their pins (docs/decisions.md "Kernel maps").
+#[derive(Debug)]
+pub struct MapSet {
+    maps: std::collections::HashMap<String, aya::maps::Map>,
     pins: Vec<PathBuf>,
     /// `fp_xsks` keys set.
     xsks: std::collections::BTreeSet<u32>,
+}
+
+impl MapSet {
+    /// Take every map out of a loaded object.
+    fn take_from(ebpf: &mut Ebpf) -> MapSet {
+        let names: Vec<String> = ebpf.maps().map(|(n, _)| n.to_string()).collect();
+        let maps = names
+            .into_iter()
+            .filter_map(|n| ebpf.take_map(&n).map(|m| (n, m)))
+            .collect();
+        MapSet {
+            maps,
+            pins: Vec::new(),
+            xsks: Default::default(),
+        }
+    }
+
+    /// Pin `cilium_lxc` (and every other map of the set) under `dir` (e.g.
+    /// `/sys/fs/bpf/fastpath/<node>/tc/globals`, where Cilium pins its own), so
+    /// `bpftool map dump pinned …` shows them and another program can open them by path.
+    /// The pins are removed when the set is dropped.
+    pub fn pin(&mut self, dir: &Path) -> Result<(), SteeringError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
+        for name in PINNED {
+            let path = dir.join(name);
+            let _ = std::fs::remove_file(&path); // a stale pin from a crashed run
+            let m = self
+                .maps
+                .get(*name)
+                .ok_or(SteeringError::Limit(format!("map {name} missing")))?;
+            m.pin(&path).map_err(|source| SteeringError::Pin {
+                map: name,
+                path: path.clone(),
+                source,
+            })?;
+            self.pins.push(path);
+        }
+        Ok(())
+    }
+
+    /// The names of the maps in the set.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.maps.keys().map(|s| s.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+impl Drop for MapSet {
+    fn drop(&mut self) {
+        for p in &self.pins {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 #[repr(C)]
@@ -220,12 +302,12 @@ impl Steering {
             prog: "fp_steer",
             source,
         })?;
+        let maps = MapSet::take_from(&mut ebpf);
         Ok(Steering {
             ebpf,
+            maps,
             devices: Vec::new(),
             links: Vec::new(),
-            pins: Vec::new(),
-            xsks: Default::default(),
         })
     }
 
@@ -279,7 +361,7 @@ impl Steering {
                 }
             },
         };
-        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.ebpf, "fp_devs")?;
+        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
         if let Err(source) = devs.insert(ifindex, FpDev { slot, role }, 0) {
             if let Ok(prog) = program(&mut self.ebpf, "fp_steer") {
                 let _ = prog.detach(link);
@@ -316,7 +398,7 @@ impl Steering {
         let link = self.links.remove(i);
         let dev = self.devices.remove(i);
         let detached = prog.detach(link);
-        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.ebpf, "fp_devs")?;
+        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
         let _ = devs.remove(&ifindex);
         detached.map_err(|source| SteeringError::Program {
             prog: "fp_steer",
@@ -338,13 +420,13 @@ impl Steering {
                 "rx queue {queue} is beyond the {MAX_QUEUES} queues a device can have"
             )));
         }
-        let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, "fp_xsks")?;
+        let mut xsks: XskMap<&mut MapData> = map(&mut self.maps, "fp_xsks")?;
         xsks.set(slot * MAX_QUEUES + queue, fd.as_raw_fd(), 0)
             .map_err(|source| SteeringError::Map {
                 map: "fp_xsks",
                 source,
             })?;
-        self.xsks.insert(slot * MAX_QUEUES + queue);
+        self.maps.xsks.insert(slot * MAX_QUEUES + queue);
         Ok(())
     }
 
@@ -352,62 +434,33 @@ impl Steering {
     /// are passed to the kernel and counted (`passed_no_socket`).
     pub fn unregister_xsk(&mut self, slot: u32, queue: u32) -> Result<(), SteeringError> {
         let key = slot * MAX_QUEUES + queue;
-        let mut xsks: XskMap<&mut MapData> = map(&mut self.ebpf, "fp_xsks")?;
+        let mut xsks: XskMap<&mut MapData> = map(&mut self.maps, "fp_xsks")?;
         xsks.unset(key).map_err(|source| SteeringError::Map {
             map: "fp_xsks",
             source,
         })?;
-        self.xsks.remove(&key);
+        self.maps.xsks.remove(&key);
         Ok(())
     }
 
     /// XSKMAP entries in use (the kernel does not let userspace read an XSKMAP back, so
     /// this is the loader's record of every set and delete that succeeded).
     pub fn xsk_entries(&self) -> usize {
-        self.xsks.len()
+        self.maps.xsks.len()
     }
 
     /// The program's counters, summed over CPUs, in [`XDP_STAT_NAMES`] order.
     pub fn stats(&self) -> Result<[u64; XDP_STAT_NAMES.len()], SteeringError> {
         let mut out = [0u64; XDP_STAT_NAMES.len()];
         for (i, o) in out.iter_mut().enumerate() {
-            *o = percpu_counter(&self.ebpf, i as u32)?;
+            *o = percpu_counter(&self.maps, i as u32)?;
         }
         Ok(out)
     }
 
-    /// Pin `cilium_lxc` (and fastpath's own maps) under `dir` (e.g.
-    /// `/sys/fs/bpf/fastpath/<node>/tc/globals`), so `bpftool map dump pinned …` shows them.
-    /// The pins are removed when this `Steering` is dropped.
+    /// Pin the map set under `dir` ([`MapSet::pin`]).
     pub fn pin_maps(&mut self, dir: &Path) -> Result<(), SteeringError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
-        for name in [
-            "cilium_lxc",
-            "cilium_ipcache_v2",
-            "cilium_lb4_services_v2",
-            "cilium_lb4_backends_v3",
-            "cilium_lb4_reverse_nat",
-            "fp_lb_backend_addrs",
-            "fp_config",
-            "fp_devs",
-            "fp_xsks",
-            "fp_xdp_stats",
-        ] {
-            let path = dir.join(name);
-            let _ = std::fs::remove_file(&path); // a stale pin from a crashed run
-            let m = self
-                .ebpf
-                .map(name)
-                .ok_or(SteeringError::Limit(format!("map {name} missing")))?;
-            m.pin(&path).map_err(|source| SteeringError::Pin {
-                map: name,
-                path: path.clone(),
-                source,
-            })?;
-            self.pins.push(path);
-        }
-        Ok(())
+        self.maps.pin(dir)
     }
 
     /// Detach from every device now (also happens on drop).
@@ -423,28 +476,36 @@ impl Steering {
 
 impl Drop for Steering {
     fn drop(&mut self) {
+        // Links first; the map set (and its pins) goes after, with the field.
         self.detach_all();
-        for p in &self.pins {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
-impl KernelMaps for Steering {
+impl EndpointMap for MapSet {
     fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError> {
         let mut m: BpfHashMap<&mut MapData, EndpointKey, EndpointInfo> =
-            map(&mut self.ebpf, "cilium_lxc").map_err(|e| write_err("update", k, e.to_string()))?;
+            map(self, "cilium_lxc").map_err(|e| write_err("update", k, e.to_string()))?;
         m.insert(*k, *v, 0)
             .map_err(|e| write_err("update", k, error_chain(&e)))
     }
-
     fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<(), MapWriteError> {
         let mut m: BpfHashMap<&mut MapData, EndpointKey, EndpointInfo> =
-            map(&mut self.ebpf, "cilium_lxc").map_err(|e| write_err("delete", k, e.to_string()))?;
+            map(self, "cilium_lxc").map_err(|e| write_err("delete", k, e.to_string()))?;
         m.remove(k)
             .map_err(|e| write_err("delete", k, error_chain(&e)))
     }
+}
 
+impl EndpointMap for Steering {
+    fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError> {
+        self.maps.upsert_endpoint(k, v)
+    }
+    fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<(), MapWriteError> {
+        self.maps.remove_endpoint(k)
+    }
+}
+
+impl IpcacheMap for MapSet {
     fn upsert_ipcache(
         &mut self,
         k: &IpcacheKey,
@@ -457,11 +518,10 @@ impl KernelMaps for Steering {
             msg: e,
         };
         let mut m: LpmTrie<&mut MapData, [u8; 20], RemoteEndpointInfo> =
-            map(&mut self.ebpf, "cilium_ipcache_v2").map_err(|e| err(e.to_string()))?;
+            map(self, "cilium_ipcache_v2").map_err(|e| err(e.to_string()))?;
         m.insert(&lpm_key(k), *v, 0)
             .map_err(|e| err(error_chain(&e)))
     }
-
     fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError> {
         let err = |e: String| MapWriteError {
             map: "cilium_ipcache_v2",
@@ -470,10 +530,25 @@ impl KernelMaps for Steering {
             msg: e,
         };
         let mut m: LpmTrie<&mut MapData, [u8; 20], RemoteEndpointInfo> =
-            map(&mut self.ebpf, "cilium_ipcache_v2").map_err(|e| err(e.to_string()))?;
+            map(self, "cilium_ipcache_v2").map_err(|e| err(e.to_string()))?;
         m.remove(&lpm_key(k)).map_err(|e| err(error_chain(&e)))
     }
+}
 
+impl IpcacheMap for Steering {
+    fn upsert_ipcache(
+        &mut self,
+        k: &IpcacheKey,
+        v: &RemoteEndpointInfo,
+    ) -> Result<(), MapWriteError> {
+        self.maps.upsert_ipcache(k, v)
+    }
+    fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError> {
+        self.maps.remove_ipcache(k)
+    }
+}
+
+impl OverlayMap for MapSet {
     fn set_overlay(&mut self, o: &Overlay, native: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
         let err = |e: String| MapWriteError {
             map: "fp_config",
@@ -495,59 +570,83 @@ impl KernelMaps for Steering {
             native_mask: mask,
         };
         let mut m: Array<&mut MapData, FpConfig> =
-            map(&mut self.ebpf, "fp_config").map_err(|e| err(e.to_string()))?;
+            map(self, "fp_config").map_err(|e| err(e.to_string()))?;
         m.set(0, cfg, 0).map_err(|e| err(error_chain(&e)))
     }
+}
 
+impl OverlayMap for Steering {
+    fn set_overlay(&mut self, o: &Overlay, native: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
+        self.maps.set_overlay(o, native)
+    }
+}
+
+impl LbMaps for MapSet {
     fn upsert_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<(), MapWriteError> {
         let err = lb_err(SERVICES_MAP, "update", k.to_string());
         let mut m: BpfHashMap<&mut MapData, Lb4Key, Lb4Service> =
-            map(&mut self.ebpf, SERVICES_MAP).map_err(|e| err(e.to_string()))?;
+            map(self, SERVICES_MAP).map_err(|e| err(e.to_string()))?;
         m.insert(*k, *v, 0).map_err(|e| err(error_chain(&e)))
     }
-
     fn remove_service(&mut self, k: &Lb4Key) -> Result<(), MapWriteError> {
         let err = lb_err(SERVICES_MAP, "delete", k.to_string());
         let mut m: BpfHashMap<&mut MapData, Lb4Key, Lb4Service> =
-            map(&mut self.ebpf, SERVICES_MAP).map_err(|e| err(e.to_string()))?;
+            map(self, SERVICES_MAP).map_err(|e| err(e.to_string()))?;
         m.remove(k).map_err(|e| err(error_chain(&e)))
     }
-
     fn upsert_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
         let err = lb_err(BACKENDS_MAP, "update", id.to_string());
         let mut m: BpfHashMap<&mut MapData, u32, Lb4Backend> =
-            map(&mut self.ebpf, BACKENDS_MAP).map_err(|e| err(e.to_string()))?;
+            map(self, BACKENDS_MAP).map_err(|e| err(e.to_string()))?;
         m.insert(id, *v, 0).map_err(|e| err(error_chain(&e)))?;
         let err = lb_err("fp_lb_backend_addrs", "update", v.name());
         let mut a: BpfHashMap<&mut MapData, FpBackendAddr, u32> =
-            map(&mut self.ebpf, "fp_lb_backend_addrs").map_err(|e| err(e.to_string()))?;
+            map(self, "fp_lb_backend_addrs").map_err(|e| err(e.to_string()))?;
         a.insert(backend_addr(v), id, 0)
             .map_err(|e| err(error_chain(&e)))
     }
-
     fn remove_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
         let err = lb_err(BACKENDS_MAP, "delete", id.to_string());
         let mut m: BpfHashMap<&mut MapData, u32, Lb4Backend> =
-            map(&mut self.ebpf, BACKENDS_MAP).map_err(|e| err(e.to_string()))?;
+            map(self, BACKENDS_MAP).map_err(|e| err(e.to_string()))?;
         m.remove(&id).map_err(|e| err(error_chain(&e)))?;
         let err = lb_err("fp_lb_backend_addrs", "delete", v.name());
         let mut a: BpfHashMap<&mut MapData, FpBackendAddr, u32> =
-            map(&mut self.ebpf, "fp_lb_backend_addrs").map_err(|e| err(e.to_string()))?;
+            map(self, "fp_lb_backend_addrs").map_err(|e| err(e.to_string()))?;
         a.remove(&backend_addr(v)).map_err(|e| err(error_chain(&e)))
     }
-
     fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError> {
         let err = lb_err(REVNAT_MAP, "update", id.0.to_string());
         let mut m: BpfHashMap<&mut MapData, u16, RevNat4Value> =
-            map(&mut self.ebpf, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
+            map(self, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
         m.insert(id.be(), *v, 0).map_err(|e| err(error_chain(&e)))
     }
-
     fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
         let err = lb_err(REVNAT_MAP, "delete", id.0.to_string());
         let mut m: BpfHashMap<&mut MapData, u16, RevNat4Value> =
-            map(&mut self.ebpf, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
+            map(self, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
         m.remove(&id.be()).map_err(|e| err(error_chain(&e)))
+    }
+}
+
+impl LbMaps for Steering {
+    fn upsert_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<(), MapWriteError> {
+        self.maps.upsert_service(k, v)
+    }
+    fn remove_service(&mut self, k: &Lb4Key) -> Result<(), MapWriteError> {
+        self.maps.remove_service(k)
+    }
+    fn upsert_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
+        self.maps.upsert_backend(id, v)
+    }
+    fn remove_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
+        self.maps.remove_backend(id, v)
+    }
+    fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError> {
+        self.maps.upsert_revnat(id, v)
+    }
+    fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
+        self.maps.remove_revnat(id)
     }
 }
 
@@ -563,7 +662,7 @@ fn lb_err(map: &'static str, op: &'static str, key: String) -> impl Fn(String) -
 impl Steering {
     /// Read `cilium_lb4_services_v2` back from the kernel.
     pub fn kernel_services(&self) -> Result<Vec<(Lb4Key, Lb4Service)>, SteeringError> {
-        let m: BpfHashMap<&MapData, Lb4Key, Lb4Service> = map_ref(&self.ebpf, SERVICES_MAP)?;
+        let m: BpfHashMap<&MapData, Lb4Key, Lb4Service> = map_ref(&self.maps, SERVICES_MAP)?;
         m.iter()
             .map(|r| {
                 r.map_err(|source| SteeringError::Map {
@@ -578,7 +677,7 @@ impl Steering {
 impl Steering {
     /// Read `cilium_lxc` back from the kernel (what `bpftool map dump` would show).
     pub fn kernel_endpoints(&self) -> Result<Vec<(EndpointKey, EndpointInfo)>, SteeringError> {
-        let m: BpfHashMap<&MapData, EndpointKey, EndpointInfo> = map_ref(&self.ebpf, "cilium_lxc")?;
+        let m: BpfHashMap<&MapData, EndpointKey, EndpointInfo> = map_ref(&self.maps, "cilium_lxc")?;
         m.iter()
             .map(|r| {
                 r.map_err(|source| SteeringError::Map {
@@ -594,7 +693,7 @@ impl Steering {
     /// Read `cilium_ipcache_v2` back from the kernel.
     pub fn kernel_ipcache(&self) -> Result<Vec<(IpcacheKey, RemoteEndpointInfo)>, SteeringError> {
         let m: LpmTrie<&MapData, [u8; 20], RemoteEndpointInfo> =
-            map_ref(&self.ebpf, "cilium_ipcache_v2")?;
+            map_ref(&self.maps, "cilium_ipcache_v2")?;
         m.iter()
             .map(|r| {
                 r.map(|(k, v)| (from_lpm_key(&k), v))
@@ -617,18 +716,18 @@ fn write_err(op: &'static str, k: &EndpointKey, msg: String) -> MapWriteError {
 }
 
 /// A read-only typed view of map `name`.
-fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, SteeringError>
+fn map_ref<'a, T>(ebpf: &'a impl MapSource, name: &'static str) -> Result<T, SteeringError>
 where
     T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
 {
     let m = ebpf
-        .map(name)
+        .get(name)
         .ok_or_else(|| SteeringError::Limit(format!("map {name} missing from the object")))?;
     T::try_from(m).map_err(|source| SteeringError::Map { map: name, source })
 }
 
 /// Slot `i` of `fp_xdp_stats`, summed over CPUs.
-fn percpu_counter(ebpf: &Ebpf, i: u32) -> Result<u64, SteeringError> {
+fn percpu_counter(ebpf: &impl MapSource, i: u32) -> Result<u64, SteeringError> {
     let arr: PerCpuArray<&MapData, u64> = map_ref(ebpf, "fp_xdp_stats")?;
     let v = arr.get(&i, 0).map_err(|source| SteeringError::Map {
         map: "fp_xdp_stats",
@@ -645,12 +744,36 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, St
         .map_err(|source| SteeringError::Program { prog: name, source })
 }
 
-fn map<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, SteeringError>
+/// Where maps are looked up by name: a loaded object, or a [`MapSet`] taken out of one.
+trait MapSource {
+    fn get(&self, name: &str) -> Option<&aya::maps::Map>;
+    fn get_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map>;
+}
+
+impl MapSource for Ebpf {
+    fn get(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.map(name)
+    }
+    fn get_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.map_mut(name)
+    }
+}
+
+impl MapSource for MapSet {
+    fn get(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.maps.get(name)
+    }
+    fn get_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.maps.get_mut(name)
+    }
+}
+
+fn map<'a, T>(ebpf: &'a mut impl MapSource, name: &'static str) -> Result<T, SteeringError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
     let m = ebpf
-        .map_mut(name)
+        .get_mut(name)
         .ok_or_else(|| SteeringError::Limit(format!("map {name} missing from the object")))?;
     T::try_from(m).map_err(|source| SteeringError::Map { map: name, source })
 }
@@ -714,6 +837,17 @@ impl Sink {
     }
 }
 
+/// Running as root (what loading BPF needs)?
+#[cfg(test)]
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 /// `if_nametoindex(3)` in the calling thread's network namespace.
 fn if_index(ifname: &str) -> Option<u32> {
     let c = std::ffi::CString::new(ifname).ok()?;
@@ -764,5 +898,31 @@ mod tests {
                 String::from_utf8_lossy(&s[..s.iter().position(|&c| c == 0).unwrap()]).into_owned()
             })
             .collect()
+    }
+
+    /// The map set lives apart from the program: every map the steering program uses is in
+    /// it after loading (the object keeps only the program), and the set can be written
+    /// through the per-family traits without anything attached.
+    #[test]
+    fn map_set_holds_every_map_apart_from_the_program() {
+        if crate::is_root() {
+            use control::kernel::EndpointMap;
+            let mut st = crate::Steering::load().unwrap();
+            for name in crate::PINNED {
+                assert!(
+                    st.maps.names().contains(name),
+                    "{name} in {:?}",
+                    st.maps.names()
+                );
+            }
+            assert_eq!(st.ebpf.maps().count(), 0, "the object kept no map");
+            let k = control::maps::EndpointKey::v4([10, 9, 9, 9]);
+            st.maps
+                .upsert_endpoint(&k, &control::maps::EndpointInfo::host())
+                .unwrap();
+            assert_eq!(st.kernel_endpoints().unwrap().len(), 1);
+            st.maps.remove_endpoint(&k).unwrap();
+            assert!(st.kernel_endpoints().unwrap().is_empty());
+        }
     }
 }

@@ -1,0 +1,119 @@
+//! Where the control plane mirrors its tables in the kernel: one trait per map family, with
+//! Cilium's layouts (the `abi` crate). No method has a default: an implementation says for
+//! every family what it does (the loader writes pinned eBPF maps; [`NoKernel`] writes
+//! nothing, on purpose, for tests and fixtures). [`KernelMaps`] is all of them together,
+//! what [`crate::datapath::Datapath`] writes through.
+//!
+//! Families the workers keep to themselves today — conntrack, policy, affinity, Maglev —
+//! have no trait yet: docs/decisions.md ("Kernel maps") says how a kernel program will share
+//! them.
+
+use crate::maps::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value};
+use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
+use crate::net::Ipv4Cidr;
+use crate::tables::Overlay;
+
+/// A failed write to a kernel map.
+#[derive(Debug, thiserror::Error)]
+#[error("{map}: {op} {key}: {msg}")]
+pub struct MapWriteError {
+    pub map: &'static str,
+    pub op: &'static str,
+    pub key: String,
+    pub msg: String,
+}
+
+/// `cilium_lxc`.
+pub trait EndpointMap {
+    fn upsert_endpoint(&mut self, k: &EndpointKey, v: &EndpointInfo) -> Result<(), MapWriteError>;
+    fn remove_endpoint(&mut self, k: &EndpointKey) -> Result<(), MapWriteError>;
+}
+
+/// `cilium_ipcache_v2`.
+pub trait IpcacheMap {
+    fn upsert_ipcache(
+        &mut self,
+        k: &IpcacheKey,
+        v: &RemoteEndpointInfo,
+    ) -> Result<(), MapWriteError>;
+    fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError>;
+}
+
+/// `fp_config`: the node-wide settings the steering program needs (routing mode, tunnel
+/// port, native routing CIDR).
+pub trait OverlayMap {
+    fn set_overlay(
+        &mut self,
+        o: &Overlay,
+        native_cidr: Option<Ipv4Cidr>,
+    ) -> Result<(), MapWriteError>;
+}
+
+/// `cilium_lb4_services_v2`, `cilium_lb4_backends_v3`, `cilium_lb4_reverse_nat`.
+pub trait LbMaps {
+    /// Master entries and slots.
+    fn upsert_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<(), MapWriteError>;
+    fn remove_service(&mut self, k: &Lb4Key) -> Result<(), MapWriteError>;
+    fn upsert_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError>;
+    fn remove_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError>;
+    /// Key: the host-order service ID; stored network order.
+    fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError>;
+    fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError>;
+}
+
+/// Every map family the control plane writes.
+pub trait KernelMaps: EndpointMap + IpcacheMap + OverlayMap + LbMaps {}
+impl<T: EndpointMap + IpcacheMap + OverlayMap + LbMaps> KernelMaps for T {}
+
+/// No kernel maps at all: unit tests, fixtures, benchmarks of the userspace tables.
+#[derive(Debug, Default)]
+pub struct NoKernel;
+
+impl EndpointMap for NoKernel {
+    fn upsert_endpoint(&mut self, _: &EndpointKey, _: &EndpointInfo) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_endpoint(&mut self, _: &EndpointKey) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+}
+
+impl IpcacheMap for NoKernel {
+    fn upsert_ipcache(
+        &mut self,
+        _: &IpcacheKey,
+        _: &RemoteEndpointInfo,
+    ) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_ipcache(&mut self, _: &IpcacheKey) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+}
+
+impl OverlayMap for NoKernel {
+    fn set_overlay(&mut self, _: &Overlay, _: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+}
+
+impl LbMaps for NoKernel {
+    fn upsert_service(&mut self, _: &Lb4Key, _: &Lb4Service) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_service(&mut self, _: &Lb4Key) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn upsert_backend(&mut self, _: u32, _: &Lb4Backend) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_backend(&mut self, _: u32, _: &Lb4Backend) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn upsert_revnat(&mut self, _: RevNat, _: &RevNat4Value) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_revnat(&mut self, _: RevNat) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+}
