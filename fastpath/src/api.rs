@@ -62,6 +62,13 @@ pub enum Request {
     },
     /// Every endpoint the node serves (config and runtime).
     Endpoints,
+    /// The answer to `of` rendered as text by the server (`crate::views`): what the CLI
+    /// prints. `numeric`: identities as numbers in policy dumps.
+    Text {
+        of: Box<Request>,
+        #[serde(default)]
+        numeric: bool,
+    },
 }
 
 /// Which LB listing.
@@ -162,6 +169,10 @@ pub enum Response {
         /// Changes queued or in progress.
         pending: usize,
     },
+    /// A listing or status as text ([`Request::Text`]).
+    Text {
+        text: String,
+    },
     Error {
         message: String,
     },
@@ -202,78 +213,6 @@ pub struct PolicySummary {
     pub egress_rules: usize,
     /// Turns default deny on in [ingress, egress].
     pub default_deny: [bool; 2],
-}
-
-/// `cilium-dbg bpf policy get` text: a padded table; an entry's further labels continue on
-/// the following lines under LABELS. `numeric` prints the IDENTITY column instead.
-pub fn render_policy(d: &PolicyDump, numeric: bool) -> String {
-    let third = if numeric {
-        "IDENTITY"
-    } else {
-        "LABELS (source:key[=value])"
-    };
-    let head = [
-        "POLICY",
-        "DIRECTION",
-        third,
-        "PORT/PROTO",
-        "PROXY PORT",
-        "AUTH TYPE",
-        "BYTES",
-        "PACKETS",
-        "PREFIX",
-        "COOKIE",
-    ];
-    let mut lines: Vec<[String; 10]> = vec![head.map(String::from)];
-    for r in &d.rows {
-        let labels: Vec<String> = if numeric {
-            vec![if r.identity == 0 {
-                "ANY".into()
-            } else {
-                r.identity.to_string()
-            }]
-        } else {
-            r.labels.clone()
-        };
-        let mut it = labels.into_iter();
-        lines.push([
-            r.policy.clone(),
-            r.direction.clone(),
-            it.next().unwrap_or_default(),
-            r.port_proto.clone(),
-            r.proxy_port.clone(),
-            r.auth_type.clone(),
-            r.bytes.to_string(),
-            r.packets.to_string(),
-            r.prefix.to_string(),
-            r.cookie.to_string(),
-        ]);
-        for more in it {
-            let mut l: [String; 10] = Default::default();
-            l[2] = more;
-            lines.push(l);
-        }
-    }
-    let mut w = [0usize; 10];
-    for l in &lines {
-        for (i, c) in l.iter().enumerate() {
-            w[i] = w[i].max(c.len());
-        }
-    }
-    let mut out = String::new();
-    for l in &lines {
-        let mut line = String::new();
-        for (i, c) in l.iter().enumerate() {
-            if i == 9 {
-                line.push_str(c);
-            } else {
-                line.push_str(&format!("{c:<width$}   ", width = w[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// What a policy change cost: `compile_us` to compile and publish, `applied_us` until every
@@ -531,236 +470,6 @@ impl Status {
             .find(|(n, _)| n == name)
             .map_or(0, |(_, v)| *v)
     }
-
-    /// Human-readable status (`fastpath status`).
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let ns = self
-            .netns
-            .as_deref()
-            .map(|n| format!(" (netns {n})"))
-            .unwrap_or_default();
-        s += &format!(
-            "Node:      {}{ns}, pid {}, up {}s\n",
-            self.node, self.pid, self.uptime_secs
-        );
-        s += &format!(
-            "Workers:   {} (poll {}{}), tables generation {}\n",
-            self.workers.len(),
-            self.poll,
-            if self.bare {
-                ", BARE forwarding: pipeline skipped"
-            } else {
-                ""
-            },
-            self.table_generation
-        );
-        s += &format!("XDP:       requested {}\n", self.xdp_mode_requested);
-        for d in &self.devices {
-            s += &format!(
-                "  {:<15} ifindex {:<4} xdp {:<8} af_xdp {}",
-                d.ifname, d.ifindex, d.xdp_mode, d.socket_mode
-            );
-            if let Some(r) = &d.fallback_reason {
-                s += &format!("  (native failed: {r})");
-            }
-            s.push('\n');
-        }
-        let p = &self.policy;
-        s += &format!(
-            "Policy:    {} policies, default deny on {} endpoints (ingress) / {} (egress); verdicts: allowed {} in / {} out, denied {} in / {} out\n",
-            p.policies,
-            p.enforced_ingress,
-            p.enforced_egress,
-            p.allowed_ingress,
-            p.allowed_egress,
-            p.denied_ingress,
-            p.denied_egress
-        );
-        let c = &self.control_socket;
-        s += &format!(
-            "Control:   {} clients now, {} answered; refused {} busy / {} not root; {} too large, {} timed out, {} answers over the pending bound\n",
-            c.clients,
-            c.answered,
-            c.refused_busy,
-            c.refused_not_root,
-            c.too_large,
-            c.timed_out,
-            c.answers_too_large
-        );
-        let e = &self.endpoints;
-        s += &format!(
-            "Endpoints: {} served ({} added at run time) of at most {}; {} added, {} deleted, {} failed, {} pending; {} devices attached, {} fp_xsks entries\n",
-            e.served,
-            e.runtime,
-            e.max_pods,
-            e.added,
-            e.deleted,
-            e.failed,
-            e.pending,
-            e.attached,
-            e.xsk_entries
-        );
-        for w in &self.workers {
-            s += &format!(
-                "  worker {}: {} sockets; UMEM {} chunks, {} free, {} on fill/TX rings, {} reclaimed from closed sockets\n",
-                w.queue, w.sockets, w.umem_frames, w.umem_free, w.umem_in_rings, w.frames_reclaimed
-            );
-        }
-        if let Some(o) = &self.overlay {
-            s += &format!(
-                "Overlay:   {} via {} ({}, mtu {}), tunnel port {}, {} ipcache entries\n",
-                o.mode, o.underlay, o.node_ip, o.mtu, o.tunnel_port, o.ipcache_entries
-            );
-            for n in &o.nexthops {
-                s += &format!(
-                    "  next hop {:<15} via {:<15} {} ({})\n",
-                    n.ip,
-                    n.via,
-                    n.mac.as_deref().unwrap_or("-"),
-                    n.state
-                );
-            }
-        }
-        s += "XDP program: ";
-        s += &self
-            .xdp
-            .iter()
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        s += "\n\n";
-        s += &format!(
-            "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
-            "QUEUE",
-            "CORE",
-            "DEVICE",
-            "RXQS",
-            "RX_PKTS",
-            "RX_BYTES",
-            "TX_PKTS",
-            "TX_BYTES",
-            "TX_FULL",
-            "XSK_RXDROP"
-        );
-        for w in &self.workers {
-            let core = w.core.map_or("-".into(), |c| c.to_string());
-            for p in &w.ports {
-                let rxqs: Vec<String> = p.rx_queues.iter().map(|q| q.to_string()).collect();
-                s += &format!(
-                    "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
-                    w.queue,
-                    core,
-                    p.ifname,
-                    rxqs.join(","),
-                    p.rx_packets,
-                    p.rx_bytes,
-                    p.tx_packets,
-                    p.tx_bytes,
-                    p.tx_ring_full,
-                    p.xsk.rx_dropped + p.xsk.rx_ring_full
-                );
-            }
-        }
-        s += &format!(
-            "\n{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}  {}\n",
-            "QUEUE",
-            "FWD_EGRESS",
-            "FWD_INGRESS",
-            "ENCAP",
-            "DECAP",
-            "ROUTED",
-            "ICMP_ERR",
-            "DROPS",
-            "ARP",
-            "LOOPS",
-            "SLEEPS",
-            "RX BATCH (1,2-3,4-7,..,64+)"
-        );
-        for w in &self.workers {
-            s += &format!(
-                "{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}  {:?}\n",
-                w.queue,
-                w.forwarded("egress"),
-                w.forwarded("ingress"),
-                w.encapsulated,
-                w.decapsulated,
-                w.routed,
-                w.icmp_errors,
-                w.drops(),
-                w.arp_replies,
-                w.loops,
-                w.sleeps,
-                w.batch_hist
-            );
-        }
-        let drops: Vec<(&WorkerStatus, &Metric)> = self
-            .workers
-            .iter()
-            .flat_map(|w| {
-                w.metrics
-                    .iter()
-                    .filter(|m| m.reason_code != 0)
-                    .map(move |m| (w, m))
-            })
-            .collect();
-        if !drops.is_empty() {
-            s += &format!(
-                "\n{:<6}{:<9}{:<6}{:<45}{:>10}{:>12}\n",
-                "QUEUE", "DIR", "CODE", "DROP REASON", "PACKETS", "BYTES"
-            );
-            for (w, m) in drops {
-                s += &format!(
-                    "{:<6}{:<9}{:<6}{:<45}{:>10}{:>12}\n",
-                    w.queue, m.direction, m.reason_code, m.reason, m.packets, m.bytes
-                );
-            }
-        }
-        s
-    }
-}
-
-/// `cilium-dbg bpf endpoint list` text: a two-column tab-aligned table.
-pub fn render_endpoint_list(entries: &[(String, String)]) -> String {
-    render_table("IP ADDRESS", "LOCAL ENDPOINT INFO", entries)
-}
-
-/// A two-column table with Cilium's headers: `bpf ipcache list` is
-/// `IP PREFIX/ADDRESS   IDENTITY`, `bpf tunnel list` is `TUNNEL   VALUE`. A key's further
-/// values go on the following rows with an empty first column, as Cilium's tabwriter does.
-pub fn render_table(h1: &str, h2: &str, entries: &[(String, String)]) -> String {
-    let w = entries
-        .iter()
-        .map(|(k, _)| k.len())
-        .max()
-        .unwrap_or(0)
-        .max(h1.len())
-        + 3;
-    let mut s = format!("{h1:<w$}{h2}\n");
-    let mut last: Option<&str> = None;
-    for (k, v) in entries {
-        let shown = if last == Some(k.as_str()) {
-            ""
-        } else {
-            k.as_str()
-        };
-        s += &format!("{shown:<w$}{v}\n");
-        last = Some(k);
-    }
-    s
-}
-
-/// `-o json` for the listings: Cilium prints `map[string][]string` (a key that repeats
-/// collects its values in order).
-pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for (k, v) in entries {
-        match m.entry(k.clone()).or_insert_with(|| serde_json::json!([])) {
-            serde_json::Value::Array(a) => a.push(serde_json::json!(v)),
-            _ => unreachable!("only arrays are inserted"),
-        }
-    }
-    serde_json::Value::Object(m)
 }
 
 /// Fetch the conntrack entries, and how many live ones the listing left out.
@@ -916,6 +625,23 @@ pub fn endpoint_list(path: &Path) -> Result<Vec<(String, String)>, ClientError> 
     }
 }
 
+/// The server's text of the answer to `req` (what the CLI prints).
+pub fn text(path: &Path, req: Request, numeric: bool) -> Result<String, ClientError> {
+    match call(
+        path,
+        &Request::Text {
+            of: Box::new(req),
+            numeric,
+        },
+    )? {
+        Response::Text { text } => Ok(text),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
 /// Add an endpoint (`fastpath endpoint add`).
 pub fn endpoint_add(
     path: &Path,
@@ -961,34 +687,10 @@ pub fn endpoints(path: &Path) -> Result<Vec<crate::endpoints::EndpointRow>, Clie
     }
 }
 
-/// `fastpath endpoint list` as text: one row per endpoint, like `cilium-dbg endpoint list`.
-pub fn render_endpoints(rows: &[crate::endpoints::EndpointRow]) -> String {
-    let mut s = format!(
-        "{:<10}{:<10}{:<40}{:<16}{:<18}{:<16}{:<8}{}\n",
-        "ENDPOINT", "IDENTITY", "POD", "IPv4", "MAC", "LXC", "SOURCE", "LABELS"
-    );
-    for r in rows {
-        s += &format!(
-            "{:<10}{:<10}{:<40}{:<16}{:<18}{:<16}{:<8}{}\n",
-            r.id,
-            r.identity,
-            format!("{}/{}", r.namespace, r.name),
-            r.ipv4,
-            r.mac,
-            r.lxc,
-            match r.source {
-                crate::endpoints::Source::Config => "config",
-                crate::endpoints::Source::Api => "api",
-            },
-            r.labels.join(",")
-        );
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::views::{endpoint_list_json, render_endpoint_list};
 
     #[test]
     fn request_wire_format() {

@@ -20,14 +20,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use control::config::{Config, XdpMode};
 use control::datapath::{Datapath, node_routes};
-use control::maps::{DropReason, IpcacheKey, MacAddr};
+use control::maps::{IpcacheKey, MacAddr};
 use control::tables::{NextHop, Port, PortId, PortRole};
-use xdp_redirect::{ROLE_LXC, ROLE_UNDERLAY, Steering, XDP_STAT_NAMES};
+use xdp_redirect::{ROLE_LXC, ROLE_UNDERLAY, Steering};
 
-use crate::api::{
-    self, CtRow, DeviceStatus, LbView, Metric, NextHopStatus, OverlayStatus, PortStatus, Request,
-    Response, Status, WorkerStatus,
-};
+use crate::api::{self, CtRow, LbView, NextHopStatus, Request, Response, Status};
 use crate::neigh;
 use crate::server::{self, Reply, Server, ServerStats};
 use crate::stats::WorkerCounters;
@@ -1037,6 +1034,21 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
         Request::PolicyList => now(Response::PolicyList {
             policies: policy_summaries(v.dp),
         }),
+        Request::Text { of, numeric } => {
+            let inner = (*of).clone();
+            match handle(*of, v) {
+                Reply::Now(resp) => now(match crate::views::render(&inner, &resp, numeric) {
+                    Some(text) => Response::Text { text },
+                    None if matches!(resp, Response::Error { .. }) => resp,
+                    None => Response::Error {
+                        message: "the text request is for listings and status".into(),
+                    },
+                }),
+                _ => now(Response::Error {
+                    message: "the text request is for listings and status, not changes".into(),
+                }),
+            }
+        }
         Request::Endpoints => now(Response::Endpoints {
             endpoints: v.endpoints.list(),
             pending: v.endpoints.pending(),
@@ -1406,162 +1418,26 @@ fn policy_summaries<K: control::datapath::KernelMaps>(
 }
 
 fn status(v: &NodeView<'_>) -> Status {
-    let cfg: &Config = v.cfg;
-    let dp: &Datapath<Steering> = v.dp;
-    let handles: &[WorkerHandle] = v.handles;
-    let tables = dp.tables();
-    let nexthops: &NextHops = v.nexthops;
-    let socket_mode: &str = v.socket_mode;
-    let opts: &RunOptions = v.opts;
-    let started = v.started;
-    let steering = dp.kernel_ref();
-    let devices = steering
-        .devices()
-        .iter()
-        .map(|d| DeviceStatus {
-            ifname: d.ifname.clone(),
-            ifindex: d.ifindex,
-            xdp_mode: d.mode.name().into(),
-            fallback_reason: d.fallback_reason.clone(),
-            socket_mode: socket_mode.into(),
-        })
-        .collect();
-    let xdp = steering
-        .stats()
-        .map(|s| {
-            XDP_STAT_NAMES
-                .iter()
-                .zip(s)
-                .map(|(n, v)| (n.to_string(), v))
-                .collect()
-        })
-        .unwrap_or_default();
-    let workers = handles
-        .iter()
-        .map(|h| {
-            let c = &h.counters;
-            WorkerStatus {
+    crate::metrics::snapshot(&crate::metrics::Sources {
+        cfg: v.cfg,
+        dp: v.dp,
+        workers: v
+            .handles
+            .iter()
+            .map(|h| crate::metrics::WorkerSource {
                 queue: h.queue,
                 core: h.core,
-                ports: tables
-                    .ports
-                    .iter()
-                    .zip(&c.ports)
-                    .enumerate()
-                    .filter_map(|(i, (p, pc))| p.as_ref().map(|p| (i, (p, pc))))
-                    .map(|(i, (p, pc))| {
-                        let mine: Vec<&crate::worker::SocketInfo> = v
-                            .endpoints
-                            .sockets(h.queue as usize)
-                            .iter()
-                            .filter(|s| s.port as usize == i)
-                            .collect();
-                        PortStatus {
-                            ifname: p.ifname.clone(),
-                            rx_queues: mine.iter().map(|s| s.queue).collect(),
-                            rx_packets: pc.rx_packets.get(),
-                            rx_bytes: pc.rx_bytes.get(),
-                            tx_packets: pc.tx_packets.get(),
-                            tx_bytes: pc.tx_bytes.get(),
-                            tx_ring_full: pc.tx_ring_full.get(),
-                            tx_kicks: pc.tx_kicks.get(),
-                            xsk: mine
-                                .iter()
-                                .map(|s| xsk::stats_of(s.fd).unwrap_or_default())
-                                .fold(xsk::XskStats::default(), |a, b| a.add(&b)),
-                        }
-                    })
-                    .collect(),
-                metrics: c
-                    .metrics()
-                    .into_iter()
-                    .map(|(code, dir, packets, bytes)| Metric {
-                        reason_code: code,
-                        reason: if code == 0 {
-                            "Forwarded".into()
-                        } else {
-                            DropReason::from_code(code)
-                                .map_or(format!("unknown ({code})"), |r| r.name().into())
-                        },
-                        direction: dir.name().into(),
-                        packets,
-                        bytes,
-                    })
-                    .collect(),
-                arp_replies: c.arp_replies.get(),
-                loops: c.loops.get(),
-                idle_loops: c.idle_loops.get(),
-                sleeps: c.sleeps.get(),
-                batch_hist: c.batch_hist.iter().map(|b| b.get()).collect(),
-                table_switches: c.table_switches.get(),
-                encapsulated: c.encapsulated.get(),
-                decapsulated: c.decapsulated.get(),
-                routed: c.routed.get(),
-                icmp_errors: c.icmp_errors.get(),
-                sockets: c.sockets.get(),
-                umem_frames: c.umem_frames.get(),
-                umem_free: c.umem_free.get(),
-                umem_in_rings: c.umem_in_rings.get(),
-                frames_reclaimed: c.frames_reclaimed.get(),
-            }
-        })
-        .collect();
-    let list = v.endpoints.list();
-    Status {
-        endpoints: crate::api::EndpointsStatus {
-            served: list.len(),
-            runtime: list
-                .iter()
-                .filter(|r| r.source == crate::endpoints::Source::Api)
-                .count(),
-            max_pods: cfg.max_pods(),
-            pending: v.endpoints.pending(),
-            added: v.endpoints.added,
-            deleted: v.endpoints.deleted,
-            failed: v.endpoints.failed,
-            xsk_entries: steering.xsk_entries(),
-            attached: steering.devices().len(),
-        },
-        control_socket: v.server,
-        node: cfg.node.name.clone(),
-        netns: cfg.node.netns.clone(),
-        pid: std::process::id(),
-        uptime_secs: started.elapsed().as_secs(),
-        xdp_mode_requested: cfg.datapath.xdp_mode.to_string(),
-        poll: format!("{:?}", cfg.datapath.poll).to_lowercase(),
-        bare: opts.bare,
-        devices,
-        workers,
-        xdp,
-        table_generation: dp.tables().generation,
-        policy: {
-            use control::policy::table::*;
-            let t = dp.tables();
-            let st = &t.policy_stats;
-            let eps = t.policy.endpoints.values();
-            crate::api::PolicyStatus {
-                policies: dp.policies().len(),
-                enforced_ingress: eps.clone().filter(|e| e.enforced[0]).count(),
-                enforced_egress: eps.filter(|e| e.enforced[1]).count(),
-                allowed_ingress: st.get(STAT_ALLOWED_INGRESS).0,
-                allowed_egress: st.get(STAT_ALLOWED_EGRESS).0,
-                denied_ingress: st.get(STAT_DENIED_INGRESS).0,
-                denied_egress: st.get(STAT_DENIED_EGRESS).0,
-            }
-        },
-        overlay: cfg.node.underlay.as_ref().map(|u| {
-            let t = dp.tables();
-            OverlayStatus {
-                mode: cfg.datapath.routing.to_string(),
-                underlay: u.device.clone(),
-                node_ip: u.address.to_string(),
-                mtu: t.overlay.underlay_mtu,
-                tunnel_port: cfg.datapath.tunnel_port,
-                ipcache_entries: t.ipcache.len(),
-                nexthops: nexthops.status(),
-            }
-        }),
-    }
+                counters: &h.counters,
+                sockets: v.endpoints.sockets(h.queue as usize),
+            })
+            .collect(),
+        nexthops: v.nexthops.status(),
+        socket_mode: v.socket_mode,
+        bare: v.opts.bare,
+        uptime_secs: v.started.elapsed().as_secs(),
+        server: v.server,
+        endpoints: v.endpoints,
+    })
 }
 
 /// Kernel routes fastpath installed (native routing), removed again on exit.

@@ -11,11 +11,13 @@
 pub mod api;
 pub mod daemon;
 pub mod endpoints;
+pub mod metrics;
 pub mod neigh;
 pub mod server;
 pub mod stage;
 pub mod state;
 pub mod stats;
+pub mod views;
 pub mod wire;
 pub mod worker;
 pub mod xsk;

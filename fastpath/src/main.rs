@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use control::config::{Config, DEMO_CLUSTER, XdpMode};
-use fastpath::{api, daemon};
+use fastpath::{api, daemon, views};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -402,10 +402,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Cmd::Status(t) => {
-            let s = api::status(&socket_of(&t)?)?;
+            let sock = socket_of(&t)?;
             match t.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-                Output::Text => print!("{}", s.render()),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&api::status(&sock)?)?),
+                Output::Text => print!("{}", api::text(&sock, api::Request::Status, false)?),
             }
             Ok(())
         }
@@ -422,28 +422,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                 },
         } => {
-            let (view, h1, h2) = if frontends {
-                (api::LbView::Frontends, "SERVICE ADDRESS", "BACKEND ID")
+            let view = if frontends {
+                api::LbView::Frontends
             } else if backends {
-                (api::LbView::Backends, "ID", "BACKEND ADDRESS")
+                api::LbView::Backends
             } else if revnat {
-                (api::LbView::Revnat, "ID", "BACKEND ADDRESS")
+                api::LbView::Revnat
             } else if maglev {
-                (api::LbView::Maglev, "SVC ID", "LOOKUP TABLE")
+                api::LbView::Maglev
             } else {
-                (
-                    api::LbView::Services,
-                    "SERVICE ADDRESS",
-                    "BACKEND ADDRESS (REVNAT_ID) (SLOT)",
-                )
+                api::LbView::Services
             };
-            let e = api::list(&socket_of(&target)?, api::Request::LbList { view })?;
+            let sock = socket_of(&target)?;
             match target.output {
-                Output::Json => println!(
+                Output::Json => {
+                    let e = api::list(&sock, api::Request::LbList { view })?;
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&views::endpoint_list_json(&e))?
+                    )
+                }
+                Output::Text => print!(
                     "{}",
-                    serde_json::to_string_pretty(&api::endpoint_list_json(&e))?
+                    api::text(&sock, api::Request::LbList { view }, false)?
                 ),
-                Output::Text => print!("{}", api::render_table(h1, h2, &e)),
             }
             Ok(())
         }
@@ -554,10 +556,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Endpoint {
             what: EndpointCmd::List(target),
         } => {
-            let rows = api::endpoints(&socket_of(&target)?)?;
+            let sock = socket_of(&target)?;
             match target.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-                Output::Text => print!("{}", api::render_endpoints(&rows)),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&api::endpoints(&sock)?)?)
+                }
+                Output::Text => print!("{}", api::text(&sock, api::Request::Endpoints, false)?),
             }
             Ok(())
         }
@@ -585,20 +589,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                 },
         } => {
-            let dumps = api::policy_get(&socket_of(&target)?, if all { None } else { endpoint })?;
+            let sock = socket_of(&target)?;
+            let endpoint = if all { None } else { endpoint };
             match target.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&dumps)?),
-                Output::Text => {
-                    for (i, d) in dumps.iter().enumerate() {
-                        if dumps.len() > 1 {
-                            if i > 0 {
-                                println!();
-                            }
-                            println!("Endpoint {} ({}):", d.endpoint, d.map);
-                        }
-                        print!("{}", api::render_policy(d, numeric));
-                    }
-                }
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&api::policy_get(&sock, endpoint)?)?
+                ),
+                Output::Text => print!(
+                    "{}",
+                    api::text(&sock, api::Request::PolicyGet { endpoint }, numeric)?
+                ),
             }
             Ok(())
         }
@@ -625,65 +626,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Policy {
             what: PolicyCmd::List(target),
         } => {
-            let ps = api::policy_list(&socket_of(&target)?)?;
+            let sock = socket_of(&target)?;
             match target.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&ps)?),
-                Output::Text => {
-                    let e: Vec<(String, String)> = ps
-                        .iter()
-                        .map(|p| {
-                            let dd = match p.default_deny {
-                                [true, true] => "ingress+egress",
-                                [true, false] => "ingress",
-                                [false, true] => "egress",
-                                [false, false] => "none",
-                            };
-                            (
-                                p.id.clone(),
-                                format!(
-                                    "endpoints {:?}, {} ingress / {} egress rules, default deny: {dd}",
-                                    p.selects, p.ingress_rules, p.egress_rules
-                                ),
-                            )
-                        })
-                        .collect();
-                    print!("{}", api::render_table("POLICY", "SELECTS", &e));
-                }
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&api::policy_list(&sock)?)?
+                ),
+                Output::Text => print!("{}", api::text(&sock, api::Request::PolicyList, false)?),
             }
             Ok(())
         }
         Cmd::Bpf { what } => {
-            let (req, h1, h2, t) = match what {
+            let (req, t) = match what {
                 BpfCmd::Endpoint {
                     what: ListCmd::List(t),
-                } => (
-                    api::Request::EndpointList,
-                    "IP ADDRESS",
-                    "LOCAL ENDPOINT INFO",
-                    t,
-                ),
+                } => (api::Request::EndpointList, t),
                 BpfCmd::Ipcache {
                     what: ListCmd::List(t),
-                } => (
-                    api::Request::IpcacheList,
-                    "IP PREFIX/ADDRESS",
-                    "IDENTITY",
-                    t,
-                ),
+                } => (api::Request::IpcacheList, t),
                 BpfCmd::Tunnel {
                     what: ListCmd::List(t),
-                } => (api::Request::TunnelList, "TUNNEL", "VALUE", t),
+                } => (api::Request::TunnelList, t),
                 BpfCmd::Lb { .. } | BpfCmd::Ct { .. } | BpfCmd::Policy { .. } => {
                     unreachable!("matched above")
                 }
             };
-            let e = api::list(&socket_of(&t)?, req)?;
+            let sock = socket_of(&t)?;
             match t.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&api::endpoint_list_json(&e))?
-                ),
-                Output::Text => print!("{}", api::render_table(h1, h2, &e)),
+                Output::Json => {
+                    let e = api::list(&sock, req)?;
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&views::endpoint_list_json(&e))?
+                    )
+                }
+                Output::Text => print!("{}", api::text(&sock, req, false)?),
             }
             Ok(())
         }

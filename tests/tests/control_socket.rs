@@ -123,7 +123,11 @@ fn slow_idle_and_greedy_clients_do_not_stall_the_node() {
     // The slow one, and the ten idle ones that sent nothing for 5 s.
     assert!(c.timed_out >= 11, "{c:?}");
     assert!(c.refused_busy >= 5, "{c:?}");
-    assert!(st.render().contains("Control:   "), "{}", st.render());
+    assert!(
+        fastpath::views::status(&st).contains("Control:   "),
+        "{}",
+        fastpath::views::status(&st)
+    );
 
     // SIGTERM while a client holds an unread answer: fastpath stops at once.
     let mut stuck = connect(&n);

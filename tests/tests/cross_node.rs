@@ -59,12 +59,12 @@ fn tunnel_ping_tcp_udp_iperf_between_nodes() {
     assert!(
         s0.encapsulated() > 0 && s0.decapsulated() > 0,
         "{}",
-        s0.render()
+        fastpath::views::status(&s0)
     );
     assert!(
         s1.encapsulated() > 0 && s1.decapsulated() > 0,
         "{}",
-        s1.render()
+        fastpath::views::status(&s1)
     );
     assert!(s1.xdp_counter("steered_overlay") > 0);
     assert!(s0.xdp_counter("steered_remote_pod") > 0);
@@ -266,13 +266,13 @@ fn kernel_vxlan_node_interoperates_both_ways() {
     assert!(
         s.decapsulated() > 0 && s.encapsulated() > 0,
         "{}",
-        s.render()
+        fastpath::views::status(&s)
     );
     assert_eq!(
         s.drops_with(DropReason::InvalidVni.code()),
         0,
         "{}",
-        s.render()
+        fastpath::views::status(&s)
     );
 }
 
@@ -357,10 +357,30 @@ fn spoofed_and_malformed_vxlan_dropped_with_reasons() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let after = n0.status();
     let delta = |r: DropReason| after.drops_with(r.code()) - before.drops_with(r.code());
-    assert_eq!(delta(DropReason::InvalidIdentity), 1, "{}", after.render());
-    assert_eq!(delta(DropReason::InvalidVni), 1, "{}", after.render());
-    assert_eq!(delta(DropReason::NoTunnelKey), 2, "{}", after.render());
-    assert_eq!(delta(DropReason::Invalid), 1, "{}", after.render());
+    assert_eq!(
+        delta(DropReason::InvalidIdentity),
+        1,
+        "{}",
+        fastpath::views::status(&after)
+    );
+    assert_eq!(
+        delta(DropReason::InvalidVni),
+        1,
+        "{}",
+        fastpath::views::status(&after)
+    );
+    assert_eq!(
+        delta(DropReason::NoTunnelKey),
+        2,
+        "{}",
+        fastpath::views::status(&after)
+    );
+    assert_eq!(
+        delta(DropReason::Invalid),
+        1,
+        "{}",
+        fastpath::views::status(&after)
+    );
     assert_eq!(after.decapsulated() - before.decapsulated(), 1);
     // The text status names them the way Cilium does.
     let text = String::from_utf8_lossy(&n0.cli(&["status"]).stdout).into_owned();
@@ -510,11 +530,15 @@ fn native_routing_between_nodes() {
     let bps = iperf(&n0, 1, &n1, 1, 5202);
     eprintln!("iperf3 cross-node native: {:.0} Mbit/s", bps / 1e6);
     let s0 = n0.status();
-    assert!(s0.routed() > 0, "{}", s0.render());
+    assert!(s0.routed() > 0, "{}", fastpath::views::status(&s0));
     assert_eq!(s0.encapsulated(), 0);
     let s1 = n1.status();
     assert_eq!(s1.decapsulated(), 0, "native ingress is not decapsulation");
-    assert!(s1.forwarded_ingress() > 0, "{}", s1.render());
+    assert!(
+        s1.forwarded_ingress() > 0,
+        "{}",
+        fastpath::views::status(&s1)
+    );
     assert_eq!(s0.overlay.as_ref().unwrap().mode, "native");
     // The kernel got the same routes (auto-direct-node-routes) for host traffic.
     let r = in_ns(

@@ -112,7 +112,7 @@ fn run_cases(n: &TestNode, cases: Vec<Case>, send: impl Fn(&[String])) {
             "case `{}`: expected {:?}, moved by {moved}\n{}",
             c.name,
             c.expect,
-            after.render()
+            fastpath::views::status(&after)
         );
         if let Expect::Kernel(_) = c.expect {
             assert_eq!(
@@ -120,7 +120,7 @@ fn run_cases(n: &TestNode, cases: Vec<Case>, send: impl Fn(&[String])) {
                 drops(&before),
                 "case `{}`: passed to the kernel, dropped by nobody\n{}",
                 c.name,
-                after.render()
+                fastpath::views::status(&after)
             );
         }
         if let Expect::Drop(_) = c.expect {
@@ -129,7 +129,7 @@ fn run_cases(n: &TestNode, cases: Vec<Case>, send: impl Fn(&[String])) {
                 drops(&before) + 1,
                 "case `{}`: dropped once, for that reason\n{}",
                 c.name,
-                after.render()
+                fastpath::views::status(&after)
             );
         }
     }
@@ -373,7 +373,12 @@ fn hostile_frames_are_dropped_or_passed_as_documented_and_counted() {
     assert!(errno.is_empty() || errno == "105", "send: {errno}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let after = n0.status();
-    assert_eq!(drops(&after), drops(&before), "{}", after.render());
+    assert_eq!(
+        drops(&after),
+        drops(&before),
+        "{}",
+        fastpath::views::status(&after)
+    );
     assert_eq!(after.forwarded_ingress(), before.forwarded_ingress());
     lab::in_ns(&ns, &["ip", "link", "set", "eth0", "mtu", "1450"]).unwrap();
 

@@ -172,21 +172,21 @@ fn malformed_frames_are_counted_drops_and_worker_survives() {
         s.drops_with(DropReason::Invalid.code()),
         4,
         "{}",
-        s.render()
+        fastpath::views::status(&s)
     );
     assert_eq!(
         s.drops_with(DropReason::InvalidSip.code()),
         1,
         "{}",
-        s.render()
+        fastpath::views::status(&s)
     );
     assert_eq!(
         s.drops_with(DropReason::CtInvalidHdr.code()),
         1,
         "{}",
-        s.render()
+        fastpath::views::status(&s)
     );
-    assert!(s.render().contains("Invalid packet"));
+    assert!(fastpath::views::status(&s).contains("Invalid packet"));
     // The worker is still forwarding.
     assert!(
         node.ping(0, &node.pod_ip(1), 2),
@@ -263,7 +263,13 @@ fn every_rx_queue_is_served_with_fewer_workers_than_queues() {
     let s = node.status();
     assert_eq!(s.workers.len(), 1);
     for p in &s.workers[0].ports {
-        assert_eq!(p.rx_queues, vec![0, 1], "{}: {}", p.ifname, s.render());
+        assert_eq!(
+            p.rx_queues,
+            vec![0, 1],
+            "{}: {}",
+            p.ifname,
+            fastpath::views::status(&s)
+        );
     }
     // One UDP socket answering every datagram (bounded: 20 s at most).
     let _srv = node.spawn_in_pod(
@@ -285,11 +291,21 @@ fn every_rx_queue_is_served_with_fewer_workers_than_queues() {
     );
     let out = node.pod_cmd(0, &["python3", "-c", &script]);
     let ok = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(ok, "16", "flows answered\n{}", node.status().render());
+    assert_eq!(
+        ok,
+        "16",
+        "flows answered\n{}",
+        fastpath::views::status(&node.status())
+    );
     let ns = node.node_ns().to_string();
     let q1 = ethtool_stat(&ns, "lxc-p0", "rx_queue_1_xdp_redirect")
         + ethtool_stat(&ns, "lxc-p1", "rx_queue_1_xdp_redirect");
     assert!(q1 > 0, "no flow used rx queue 1: the test proves nothing");
     let s = node.status();
-    assert_eq!(s.xdp_counter("passed_no_socket"), 0, "{}", s.render());
+    assert_eq!(
+        s.xdp_counter("passed_no_socket"),
+        0,
+        "{}",
+        fastpath::views::status(&s)
+    );
 }

@@ -264,8 +264,8 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
                 }
                 panic!(
                     "{url} failed\n{}\n{}",
-                    c.n[0].status().render(),
-                    c.n[1].status().render()
+                    fastpath::views::status(&c.n[0].status()),
+                    fastpath::views::status(&c.n[1].status())
                 )
             });
             seen.insert(b);
@@ -300,8 +300,8 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
                     }
                     panic!(
                         "{url} via {node_ip} failed\n{}\n{}",
-                        c.n[0].status().render(),
-                        c.n[1].status().render()
+                        fastpath::views::status(&c.n[0].status()),
+                        fastpath::views::status(&c.n[1].status())
                     )
                 })
             })
@@ -462,7 +462,7 @@ fn a_service_without_backends_refuses_at_once_and_counts_no_service() {
     assert!(
         s.drops_with(DropReason::NoService.code()) >= 1,
         "{}",
-        s.render()
+        fastpath::views::status(&s)
     );
     let lb = lb_list(n0, "");
     assert!(lb.contains(&format!("{}:80/TCP (0)", c.vip(13))), "{lb}");
