@@ -1,4 +1,5 @@
-//! Longest-prefix match over IPv4, for the worker's copy of `cilium_ipcache_v2` and the
+//! Longest-prefix match, generic over the address family ([`crate::net::Family`]: [`Lpm4`]
+//! for IPv4, `Lpm<V6, _>` for IPv6), for the worker's copy of `cilium_ipcache_v2` and the
 //! native-routing table.
 //!
 //! One hash table per prefix length that is in use, probed from the longest populated length
@@ -12,32 +13,33 @@
 //! Lookups do not allocate. Updates happen on the control thread on a private copy that is
 //! then published (see `tables`).
 
-use std::net::Ipv4Addr;
-
 use hashbrown::HashMap;
 
-use crate::net::{Ipv4Cidr, mask};
+use crate::net::{Family, V4};
+
+/// The IPv4 table (what the workers use today).
+pub type Lpm4<V> = Lpm<V4, V>;
 
 #[derive(Debug, Clone)]
-pub struct Lpm4<V> {
+pub struct Lpm<F: Family, V> {
     /// `by_len[l]`: network address (host order) → value, for prefixes of length `l`.
-    by_len: Vec<HashMap<u32, V>>,
+    by_len: Vec<HashMap<F::Bits, V>>,
     /// Populated lengths, longest first.
     lens: Vec<u8>,
     len: usize,
 }
 
-impl<V> Default for Lpm4<V> {
+impl<F: Family, V> Default for Lpm<F, V> {
     fn default() -> Self {
-        Lpm4 {
-            by_len: (0..=32).map(|_| HashMap::new()).collect(),
+        Lpm {
+            by_len: (0..=F::BITS).map(|_| HashMap::new()).collect(),
             lens: Vec::new(),
             len: 0,
         }
     }
 }
 
-impl<V> Lpm4<V> {
+impl<F: Family, V> Lpm<F, V> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -57,13 +59,14 @@ impl<V> Lpm4<V> {
     }
 
     /// Insert or replace; the host bits of `prefix` are ignored. Returns the old value.
-    pub fn insert(&mut self, prefix: Ipv4Cidr, v: V) -> Option<V> {
-        let l = prefix.len as usize;
-        let old = self.by_len[l].insert(u32::from(prefix.addr) & mask(prefix.len), v);
+    pub fn insert(&mut self, prefix: F::Prefix, v: V) -> Option<V> {
+        let (net, plen) = F::split(prefix);
+        let l = plen as usize;
+        let old = self.by_len[l].insert(net, v);
         if old.is_none() {
             self.len += 1;
             if self.by_len[l].len() == 1 {
-                self.lens.push(prefix.len);
+                self.lens.push(plen);
                 self.lens.sort_unstable_by(|a, b| b.cmp(a));
             }
         }
@@ -71,35 +74,36 @@ impl<V> Lpm4<V> {
     }
 
     /// Remove an exact prefix. Returns its value.
-    pub fn remove(&mut self, prefix: Ipv4Cidr) -> Option<V> {
-        let l = prefix.len as usize;
-        let old = self.by_len[l].remove(&(u32::from(prefix.addr) & mask(prefix.len)));
+    pub fn remove(&mut self, prefix: F::Prefix) -> Option<V> {
+        let (net, plen) = F::split(prefix);
+        let l = plen as usize;
+        let old = self.by_len[l].remove(&net);
         if old.is_some() {
             self.len -= 1;
             if self.by_len[l].is_empty() {
-                self.lens.retain(|&x| x != prefix.len);
+                self.lens.retain(|&x| x != plen);
             }
         }
         old
     }
 
     /// Exact-prefix lookup.
-    pub fn get(&self, prefix: Ipv4Cidr) -> Option<&V> {
-        self.by_len[prefix.len as usize].get(&(u32::from(prefix.addr) & mask(prefix.len)))
+    pub fn get(&self, prefix: F::Prefix) -> Option<&V> {
+        let (net, plen) = F::split(prefix);
+        self.by_len[plen as usize].get(&net)
     }
 
     /// Longest-prefix match for an address in wire order.
     #[inline]
-    pub fn lookup(&self, ip: [u8; 4]) -> Option<&V> {
+    pub fn lookup(&self, ip: F::Addr) -> Option<&V> {
         self.lookup_prefix(ip).map(|(_, v)| v)
     }
 
     /// Longest-prefix match, with the prefix length that matched.
     #[inline]
-    pub fn lookup_prefix(&self, ip: [u8; 4]) -> Option<(u8, &V)> {
-        let a = u32::from_be_bytes(ip);
+    pub fn lookup_prefix(&self, ip: F::Addr) -> Option<(u8, &V)> {
         for &l in &self.lens {
-            if let Some(v) = self.by_len[l as usize].get(&(a & mask(l))) {
+            if let Some(v) = self.by_len[l as usize].get(&F::masked(ip, l)) {
                 return Some((l, v));
             }
         }
@@ -107,17 +111,47 @@ impl<V> Lpm4<V> {
     }
 
     /// Every prefix with its value, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Cidr, &V)> {
-        self.by_len.iter().enumerate().flat_map(|(l, m)| {
-            m.iter()
-                .map(move |(a, v)| (Ipv4Cidr::new(Ipv4Addr::from(*a), l as u8), v))
-        })
+    pub fn iter(&self) -> impl Iterator<Item = (F::Prefix, &V)> {
+        self.by_len
+            .iter()
+            .enumerate()
+            .flat_map(|(l, m)| m.iter().map(move |(a, v)| (F::join(*a, l as u8), v)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::{Ipv4Cidr, Ipv6Cidr, V6, mask};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// The IPv6 arm: the same table over 128-bit addresses (a pod /128, a node /64, a
+    /// cluster /48, the default route).
+    #[test]
+    fn ipv6_longest_match_wins() {
+        let p6 = |a: &str, l| Ipv6Cidr::new(a.parse::<Ipv6Addr>().unwrap(), l);
+        let mut t: Lpm<V6, &str> = Lpm::new();
+        t.insert(p6("::", 0), "world");
+        t.insert(p6("fd00:10::", 48), "cluster");
+        t.insert(p6("fd00:10:0:2::", 64), "node2");
+        t.insert(p6("fd00:10:0:2::7", 128), "pod");
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(t.lookup(a("fd00:10:0:2::7")), Some(&"pod"));
+        assert_eq!(t.lookup(a("fd00:10:0:2::8")), Some(&"node2"));
+        assert_eq!(t.lookup(a("fd00:10:0:3::1")), Some(&"cluster"));
+        assert_eq!(t.lookup_prefix(a("2001:db8::1")), Some((0, &"world")));
+        assert_eq!(t.lengths(), &[128, 64, 48, 0]);
+        assert_eq!(
+            t.get(p6("fd00:10:0:2:ffff::", 64)),
+            Some(&"node2"),
+            "host bits ignored"
+        );
+        assert_eq!(t.remove(p6("fd00:10:0:2::", 64)), Some("node2"));
+        assert_eq!(t.lookup(a("fd00:10:0:2::8")), Some(&"cluster"));
+        let mut all: Vec<String> = t.iter().map(|(p, _)| p.to_string()).collect();
+        all.sort();
+        assert_eq!(all, ["::/0", "fd00:10:0:2::7/128", "fd00:10::/48"]);
+    }
 
     fn p(s: &str) -> Ipv4Cidr {
         s.parse().unwrap()

@@ -75,11 +75,13 @@ pub struct TableStats {
     pub swept: AtomicU64,
 }
 
-/// The table: `W` value words per entry plus a lifetime (seconds of CLOCK_MONOTONIC).
+/// The table: `K` key words (2 by default: an IPv4 conntrack tuple or an affinity key; an
+/// IPv6 tuple needs 5) and `W` value words per entry, plus a lifetime (seconds of
+/// CLOCK_MONOTONIC). The key width is the address-family seam of the shared tables.
 #[derive(Debug)]
-pub struct SharedTable<const W: usize> {
+pub struct SharedTable<const W: usize, const K: usize = 2> {
     tags: Box<[AtomicU64]>,
-    keys: Box<[[AtomicU64; 2]]>,
+    keys: Box<[[AtomicU64; K]]>,
     vals: Box<[[AtomicU64; W]]>,
     life: Box<[AtomicU32]>,
     bucket_mask: usize,
@@ -87,7 +89,7 @@ pub struct SharedTable<const W: usize> {
     pub stats: TableStats,
 }
 
-impl<const W: usize> SharedTable<W> {
+impl<const W: usize, const K: usize> SharedTable<W, K> {
     /// A table for at least `max_entries` entries (rounded up to a power-of-two number of
     /// buckets).
     pub fn new(max_entries: usize) -> Self {
@@ -95,7 +97,9 @@ impl<const W: usize> SharedTable<W> {
         let n = buckets * WAYS;
         SharedTable {
             tags: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            keys: (0..n).map(|_| Default::default()).collect(),
+            keys: (0..n)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
             vals: (0..n)
                 .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                 .collect(),
@@ -121,9 +125,16 @@ impl<const W: usize> SharedTable<W> {
     }
 
     #[inline]
-    fn hash(key: &[u64; 2]) -> u64 {
-        // Two rounds of multiply-xorshift (a fast, well-mixing 128→64 bit hash).
-        let mut h = key[0].wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key[1];
+    fn hash(key: &[u64; K]) -> u64 {
+        // The words folded by multiply-xor (for two words: k0·φ ⊕ k1), then two rounds of
+        // multiply-xorshift (a fast, well-mixing 64K→64 bit hash).
+        let mut h = key[0].wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for (i, w) in key.iter().enumerate().skip(1) {
+            h ^= *w;
+            if i + 1 < K {
+                h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+        }
         h ^= h >> 32;
         h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
         h ^= h >> 32;
@@ -132,25 +143,24 @@ impl<const W: usize> SharedTable<W> {
     }
 
     #[inline]
-    fn bucket_fp(&self, key: &[u64; 2]) -> (usize, u16) {
+    fn bucket_fp(&self, key: &[u64; K]) -> (usize, u16) {
         let h = Self::hash(key);
         (((h as usize) & self.bucket_mask) * WAYS, (h >> 48) as u16)
     }
 
     /// Find `key`; `None` if absent.
     #[inline]
-    pub fn lookup(&self, key: &[u64; 2]) -> Option<SlotRef> {
+    pub fn lookup(&self, key: &[u64; K]) -> Option<SlotRef> {
         let (base, fp) = self.bucket_fp(key);
         for idx in base..base + WAYS {
             let t1 = self.tags[idx].load(Ordering::Acquire);
             if state(t1) != ST_VALID || fingerprint(t1) != fp {
                 continue;
             }
-            let k0 = self.keys[idx][0].load(Ordering::Relaxed);
-            let k1 = self.keys[idx][1].load(Ordering::Relaxed);
+            let k: [u64; K] = std::array::from_fn(|i| self.keys[idx][i].load(Ordering::Relaxed));
             fence(Ordering::Acquire);
             let t2 = self.tags[idx].load(Ordering::Relaxed);
-            if t1 == t2 && k0 == key[0] && k1 == key[1] {
+            if t1 == t2 && k == *key {
                 return Some(SlotRef { idx, tag: t1 });
             }
         }
@@ -188,7 +198,7 @@ impl<const W: usize> SharedTable<W> {
     /// written by other threads at this instant.
     pub fn insert(
         &self,
-        key: [u64; 2],
+        key: [u64; K],
         vals: [u64; W],
         lifetime: u32,
         now: u32,
@@ -240,8 +250,9 @@ impl<const W: usize> SharedTable<W> {
             }
             // Readers that saw the old tag must not pair it with the new words.
             fence(Ordering::Release);
-            self.keys[idx][0].store(key[0], Ordering::Relaxed);
-            self.keys[idx][1].store(key[1], Ordering::Relaxed);
+            for (i, w) in key.iter().enumerate() {
+                self.keys[idx][i].store(*w, Ordering::Relaxed);
+            }
             for (i, v) in vals.iter().enumerate() {
                 self.vals[idx][i].store(*v, Ordering::Relaxed);
             }
@@ -275,7 +286,7 @@ impl<const W: usize> SharedTable<W> {
     }
 
     /// Delete `key` if present.
-    pub fn remove_key(&self, key: &[u64; 2]) -> bool {
+    pub fn remove_key(&self, key: &[u64; K]) -> bool {
         self.lookup(key).is_some_and(|s| self.remove(s))
     }
 
@@ -297,16 +308,13 @@ impl<const W: usize> SharedTable<W> {
     }
 
     /// Visit a consistent snapshot of every published entry: `(key, values, lifetime)`.
-    pub fn for_each(&self, mut f: impl FnMut([u64; 2], [u64; W], u32)) {
+    pub fn for_each(&self, mut f: impl FnMut([u64; K], [u64; W], u32)) {
         for idx in 0..self.tags.len() {
             let t = self.tags[idx].load(Ordering::Acquire);
             if state(t) != ST_VALID {
                 continue;
             }
-            let k = [
-                self.keys[idx][0].load(Ordering::Relaxed),
-                self.keys[idx][1].load(Ordering::Relaxed),
-            ];
+            let k: [u64; K] = std::array::from_fn(|i| self.keys[idx][i].load(Ordering::Relaxed));
             if let Some((v, l)) = self.read(SlotRef { idx, tag: t }) {
                 f(k, v, l);
             }
@@ -414,5 +422,27 @@ mod tests {
             n += 1;
         });
         assert_eq!(n, t.len());
+    }
+
+    /// The address-family seam: the same table with the 5 key words an IPv6 conntrack tuple
+    /// needs (2 × 16 address bytes, ports, protocol, flags). Keys that differ only in their
+    /// last words are different entries.
+    #[test]
+    fn wide_keys_for_ipv6_tuples() {
+        let t: SharedTable<2, 5> = SharedTable::new(64);
+        let a = [1u64, 2, 3, 4, 5];
+        let b = [1u64, 2, 3, 4, 6];
+        assert!(t.insert(a, [10, 11], 100, 1).is_some());
+        assert!(t.lookup(&b).is_none(), "the fifth word counts");
+        assert!(t.insert(b, [20, 21], 100, 1).is_some());
+        assert_eq!(t.read(t.lookup(&a).unwrap()).unwrap().0, [10, 11]);
+        assert_eq!(t.read(t.lookup(&b).unwrap()).unwrap().0, [20, 21]);
+        let mut seen = Vec::new();
+        t.for_each(|k, v, _| seen.push((k, v)));
+        seen.sort_unstable();
+        assert_eq!(seen, vec![(a, [10, 11]), (b, [20, 21])]);
+        assert!(t.remove_key(&a));
+        assert!(t.lookup(&a).is_none() && t.lookup(&b).is_some());
+        assert_eq!(t.sweep(200), 1);
     }
 }

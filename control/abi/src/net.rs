@@ -133,3 +133,99 @@ mod tests {
         assert!(!c.overlaps(&"10.1.3.0/24".parse().unwrap()));
     }
 }
+
+/// An IPv6 prefix (what the IPv6 arm of the ipcache and routes will hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv6Cidr {
+    pub addr: std::net::Ipv6Addr,
+    pub len: u8,
+}
+
+impl Ipv6Cidr {
+    /// A prefix; panics if `len > 128`.
+    pub fn new(addr: std::net::Ipv6Addr, len: u8) -> Self {
+        assert!(len <= 128, "IPv6 prefix length {len} > 128");
+        Ipv6Cidr { addr, len }
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// An address family: the seam the tables are generic over, so IPv6 is an added arm, not
+/// a rewrite. An address is handled as an unsigned integer of the family's width (`Bits`,
+/// host order) for masking; `Addr` is its wire form.
+pub trait Family: Copy + fmt::Debug + 'static {
+    /// Wire bytes of an address (`[u8; 4]` / `[u8; 16]`).
+    type Addr: Copy + fmt::Debug;
+    /// A prefix type (`Ipv4Cidr` / `Ipv6Cidr`).
+    type Prefix: Copy + fmt::Debug;
+    /// The address as an integer, host order.
+    type Bits: Copy + Eq + std::hash::Hash + fmt::Debug;
+    /// Address width in bits (the longest prefix).
+    const BITS: u8;
+    /// The prefix's network (host bits cleared) and length.
+    fn split(p: Self::Prefix) -> (Self::Bits, u8);
+    /// The prefix of a network and length.
+    fn join(bits: Self::Bits, len: u8) -> Self::Prefix;
+    /// `a` with everything after the first `len` bits cleared.
+    fn masked(a: Self::Addr, len: u8) -> Self::Bits;
+}
+
+/// IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V4;
+/// IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V6;
+
+impl Family for V4 {
+    type Addr = [u8; 4];
+    type Prefix = Ipv4Cidr;
+    type Bits = u32;
+    const BITS: u8 = 32;
+    #[inline]
+    fn split(p: Ipv4Cidr) -> (u32, u8) {
+        (u32::from(p.addr) & mask(p.len), p.len)
+    }
+    #[inline]
+    fn join(bits: u32, len: u8) -> Ipv4Cidr {
+        Ipv4Cidr::new(Ipv4Addr::from(bits), len)
+    }
+    #[inline]
+    fn masked(a: [u8; 4], len: u8) -> u32 {
+        u32::from_be_bytes(a) & mask(len)
+    }
+}
+
+/// The IPv6 netmask of a prefix length, host order.
+#[inline]
+pub fn mask6(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    }
+}
+
+impl Family for V6 {
+    type Addr = [u8; 16];
+    type Prefix = Ipv6Cidr;
+    type Bits = u128;
+    const BITS: u8 = 128;
+    #[inline]
+    fn split(p: Ipv6Cidr) -> (u128, u8) {
+        (u128::from(p.addr) & mask6(p.len), p.len)
+    }
+    #[inline]
+    fn join(bits: u128, len: u8) -> Ipv6Cidr {
+        Ipv6Cidr::new(std::net::Ipv6Addr::from(bits), len)
+    }
+    #[inline]
+    fn masked(a: [u8; 16], len: u8) -> u128 {
+        u128::from_be_bytes(a) & mask6(len)
+    }
+}
