@@ -35,6 +35,9 @@ use crate::xsk;
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub config: Config,
+    /// The file `config` came from: re-read on SIGHUP (services and policies). `None` for
+    /// the embedded demo config.
+    pub config_path: Option<PathBuf>,
     /// Override `datapath.queues`.
     pub queues: Option<u32>,
     /// Override `datapath.cores`.
@@ -317,7 +320,31 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
 
 /// Step 1: command-line overrides applied, then every check of the config.
 fn settle_config(opts: &mut RunOptions) -> anyhow::Result<Config> {
-    let cfg = &mut opts.config;
+    let mut cfg = opts.config.clone();
+    overrides(opts, &mut cfg);
+    check(&cfg)?;
+    opts.config = cfg.clone();
+    Ok(cfg)
+}
+
+/// Every check of a config, as one error.
+fn check(cfg: &Config) -> anyhow::Result<()> {
+    let problems = cfg.validate();
+    if !problems.is_empty() {
+        bail!(
+            "invalid settings: {}",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The command line's overrides (`--queues`, `--cores`, `--xdp-mode`) applied to `cfg`.
+fn overrides(opts: &RunOptions, cfg: &mut Config) {
     if let Some(q) = opts.queues {
         cfg.datapath.queues = q;
         if opts.cores.is_none() && cfg.datapath.cores.len() != q as usize {
@@ -330,18 +357,6 @@ fn settle_config(opts: &mut RunOptions) -> anyhow::Result<Config> {
     if let Some(m) = opts.xdp_mode {
         cfg.datapath.xdp_mode = m;
     }
-    let problems = cfg.validate();
-    if !problems.is_empty() {
-        bail!(
-            "invalid settings: {}",
-            problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-    }
-    Ok(opts.config.clone())
 }
 
 /// Step 2: root, the worker cores exist, the node's netns entered. Returns the cores.
@@ -795,6 +810,12 @@ fn serve(
     let mut server = Server::new(listener, poll.registry())?;
     let mut events = mio::Events::with_capacity(64);
     let mut next_ticket = 1u64;
+    // Sources of intent: the config file today (SIGHUP).
+    let (intent_tx, intents) = crate::sources::channel();
+    if let Some(path) = &opts.config_path {
+        crate::sources::config_file(path.clone(), intent_tx.clone())?;
+    }
+    let mut cfg = cfg.clone();
     while !term.load(Ordering::Relaxed) {
         let wait = if endpoints.pending() > 0 {
             Duration::from_millis(1)
@@ -813,7 +834,7 @@ fn serve(
             }
             let stats = server.stats;
             let mut view = NodeView {
-                cfg,
+                cfg: &cfg,
                 dp,
                 handles,
                 nexthops: &devs.nexthops,
@@ -828,6 +849,9 @@ fn serve(
             server.ready(ev.token(), poll.registry(), &mut |req| {
                 handle(req, &mut view)
             });
+        }
+        while let Ok(batch) = intents.try_recv() {
+            apply_batch(opts, &mut cfg, dp, state, batch);
         }
         endpoints.tick(dp, &mut |eps| {
             let mut next = state.state.clone();
@@ -858,6 +882,72 @@ fn serve(
         }
     }
     Ok(())
+}
+
+/// Apply a batch of intent from a source (on the control loop; every step bounded like the
+/// same change through the control socket). A batch that cannot be applied leaves what is in
+/// force and says why in the log.
+fn apply_batch(
+    opts: &RunOptions,
+    cfg: &mut Config,
+    dp: &mut Datapath<Steering>,
+    state: &crate::state::StateFile,
+    batch: crate::sources::Batch,
+) {
+    use crate::sources::Intent;
+    for intent in batch.intents {
+        match intent {
+            Intent::ConfigServicesAndPolicies(new) => {
+                let mut new = *new;
+                overrides(opts, &mut new);
+                match reload(cfg, new, dp, state) {
+                    Ok((s, p)) => eprintln!(
+                        "fastpath: {}: reloaded, {s} service(s) and {p} policy object(s) in force",
+                        batch.source
+                    ),
+                    Err(e) => eprintln!(
+                        "fastpath: {}: not reloaded, the old one stays in force: {e:#}",
+                        batch.source
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// Take the services and policies of a re-read config (under what was applied at run
+/// time, as at start). Everything else of the config is fixed while the node runs: a file
+/// whose node, datapath, pods or remote nodes differ is refused whole.
+fn reload(
+    cfg: &mut Config,
+    new: Config,
+    dp: &mut Datapath<Steering>,
+    state: &crate::state::StateFile,
+) -> anyhow::Result<(usize, usize)> {
+    check(&new)?;
+    let same = |a: &Config, b: &Config| -> bool {
+        let j = |c: &Config| {
+            serde_json::json!([c.node, c.datapath, c.pods, c.remote_nodes]).to_string()
+        };
+        j(a) == j(b)
+    };
+    if !same(cfg, &new) {
+        bail!(
+            "only services and policies are reloaded; node, datapath, pods or remote_nodes changed (restart fastpath to apply them; pods can be added live with `fastpath endpoint add`)"
+        );
+    }
+    let services = state.state.services_over(&new);
+    let policies = state.state.policies_over(&new)?;
+    let (before_s, settings) = (dp.services(), cfg.lb_settings());
+    dp.set_services(&services, &new.lb_settings())
+        .context("services")?;
+    if let Err(e) = dp.set_policies(&policies) {
+        let _ = dp.set_services(&before_s, &settings);
+        return Err(anyhow::anyhow!("policies: {e}"));
+    }
+    let n = (services.len(), new.policies.len());
+    *cfg = new;
+    Ok(n)
 }
 
 fn endpoint_response(o: crate::endpoints::Outcome) -> Response {

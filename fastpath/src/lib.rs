@@ -14,6 +14,7 @@ pub mod endpoints;
 pub mod metrics;
 pub mod neigh;
 pub mod server;
+pub mod sources;
 pub mod stage;
 pub mod state;
 pub mod stats;

@@ -387,6 +387,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load(&config)?;
             daemon::run(daemon::RunOptions {
                 config: cfg,
+                config_path: config.clone(),
                 queues,
                 cores,
                 xdp_mode: xdp_mode.map(|m| match m {
