@@ -312,3 +312,69 @@ mod tests {
         );
     }
 }
+
+/// `struct ipv6_ct_tuple` (38 B, packed): the IPv6 conntrack key, the same fields as
+/// [`CtTuple4`] with 16-byte addresses. Its five-word form is the key of the shared table's
+/// wide variant (`SharedTable<W, 5>`), the address-family seam conntrack will use.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct CtTuple6 {
+    pub daddr: [u8; 16],
+    pub saddr: [u8; 16],
+    pub dport: [u8; 2],
+    pub sport: [u8; 2],
+    pub nexthdr: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<CtTuple6>() == 38);
+
+impl CtTuple6 {
+    /// The 38 key bytes in five words (the last two bytes zero).
+    #[inline]
+    pub fn words(&self) -> [u64; 5] {
+        let mut b = [0u8; 40];
+        b[0..16].copy_from_slice(&self.daddr);
+        b[16..32].copy_from_slice(&self.saddr);
+        b[32..34].copy_from_slice(&self.dport);
+        b[34..36].copy_from_slice(&self.sport);
+        b[36] = self.nexthdr;
+        b[37] = self.flags;
+        std::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8")))
+    }
+
+    pub fn from_words(w: [u64; 5]) -> CtTuple6 {
+        let mut b = [0u8; 40];
+        for (i, x) in w.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&x.to_le_bytes());
+        }
+        CtTuple6 {
+            daddr: b[0..16].try_into().expect("16"),
+            saddr: b[16..32].try_into().expect("16"),
+            dport: [b[32], b[33]],
+            sport: [b[34], b[35]],
+            nexthdr: b[36],
+            flags: b[37],
+        }
+    }
+}
+
+#[cfg(test)]
+mod v6_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_tuple_round_trips_through_its_words() {
+        let t = CtTuple6 {
+            daddr: std::array::from_fn(|i| i as u8 + 1),
+            saddr: std::array::from_fn(|i| 0xf0 - i as u8),
+            dport: 443u16.to_be_bytes(),
+            sport: 40000u16.to_be_bytes(),
+            nexthdr: PROTO_TCP,
+            flags: TUPLE_F_IN,
+        };
+        assert_eq!(CtTuple6::from_words(t.words()), t);
+        let mut u = t;
+        u.flags = TUPLE_F_OUT;
+        assert_ne!(u.words(), t.words(), "the flags are part of the key");
+    }
+}
