@@ -70,8 +70,10 @@ pub struct Datapath<K: KernelMaps> {
     universe: Universe,
     /// The CIDR-identity entries policy put in `cilium_ipcache_v2`.
     policy_ipcache: std::collections::BTreeMap<Ipv4Cidr, u32>,
-    /// Identities of endpoints added at run time, with how many such endpoints have each.
-    runtime_ids: std::collections::BTreeMap<u32, usize>,
+    /// Identities of endpoints added at run time: how many such endpoints have each, and
+    /// whether the identity came with them (false: a config or remote pod has it too, so it
+    /// stays when the last runtime pod with it goes).
+    runtime_ids: std::collections::BTreeMap<u32, (usize, bool)>,
 }
 
 /// What a policy compilation leaves to remember once its tables are published.
@@ -336,6 +338,12 @@ impl<K: KernelMaps> Datapath<K> {
         if sec_id < identity::MIN_ALLOCATED {
             return Err(bad(format!("identity {sec_id} is reserved")));
         }
+        if let Some(r) = cur.ipcache.get(Ipv4Cidr::host(ip)) {
+            return Err(bad(format!(
+                "{ip}/32 is in cilium_ipcache_v2 already (identity {}): another node's or pod's address",
+                r.sec_identity
+            )));
+        }
         let entry = EndpointEntry {
             info: EndpointInfo {
                 ifindex: port.ifindex,
@@ -380,13 +388,15 @@ impl<K: KernelMaps> Datapath<K> {
         t.ports[slot as usize] = Some(port);
         t.endpoints.insert(key, entry);
         t.ipcache = Arc::new(ipcache_with(&cur.ipcache, &ic));
+        let known = cur.identities.contains(&sec_id) || self.pod_labels.contains_key(&sec_id);
         t.identities.insert(sec_id);
         let had_labels = self.pod_labels.insert(sec_id, labels);
         let policy = self.policy.clone();
         match self.policy_onto(policy, t) {
             Ok((t, commit)) => {
                 self.commit_policy(commit);
-                *self.runtime_ids.entry(sec_id).or_default() += 1;
+                let e = self.runtime_ids.entry(sec_id).or_insert((0, !known));
+                e.0 += 1;
                 Ok(self.writer.publish(t))
             }
             Err(e) => {
@@ -441,9 +451,12 @@ impl<K: KernelMaps> Datapath<K> {
             t.ipcache = Arc::new(ic);
         }
         let sec = entry.info.sec_id;
-        let last = self.runtime_ids.get(&sec) == Some(&1);
-        let labels = last.then(|| self.pod_labels.remove(&sec)).flatten();
-        if last {
+        let last = self.runtime_ids.get(&sec).is_some_and(|e| e.0 == 1);
+        // Forgotten only if it came with the runtime pods: a config or remote pod with the
+        // same labels keeps it (and its labels, which its policies select on).
+        let owned = last && self.runtime_ids.get(&sec).is_some_and(|e| e.1);
+        let labels = owned.then(|| self.pod_labels.remove(&sec)).flatten();
+        if owned {
             t.identities.remove(&sec);
         }
         let policy = self.policy.clone();
@@ -453,7 +466,7 @@ impl<K: KernelMaps> Datapath<K> {
                 if last {
                     self.runtime_ids.remove(&sec);
                 } else if let Some(n) = self.runtime_ids.get_mut(&sec) {
-                    *n -= 1;
+                    n.0 -= 1;
                 }
                 Ok((self.writer.publish(t), slot))
             }

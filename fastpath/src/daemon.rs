@@ -444,10 +444,37 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
         let why =
             (|| -> anyhow::Result<(Port, u32)> {
                 crate::endpoints::check_pod_fields(&pod)?;
+                if cfg.pods.len() + restored.len() >= cfg.max_pods() as usize {
+                    bail!("datapath.max_pods ({}) is reached", cfg.max_pods());
+                }
                 if cfg.pods.iter().any(|p| {
                     crate::endpoints::pod_id(p) == key || p.ip == pod.ip || p.lxc == pod.lxc
                 }) {
                     bail!("the config now has a pod with its name, address or device");
+                }
+                let mut host = std::iter::once(cfg.node.router_ip)
+                    .chain(cfg.node.host_ips.iter().copied())
+                    .chain(cfg.node.underlay.as_ref().map(|u| u.address.addr));
+                if host.any(|h| h == pod.ip) {
+                    bail!("{} is now an address of the node itself", pod.ip);
+                }
+                if cfg
+                    .node
+                    .underlay
+                    .as_ref()
+                    .is_some_and(|u| u.device == pod.lxc)
+                {
+                    bail!("`{}` is now the node's underlay device", pod.lxc);
+                }
+                let me = control::net::Ipv4Cidr::host(pod.ip);
+                if control::datapath::node_ipcache(cfg)
+                    .iter()
+                    .any(|(p, _)| *p == me)
+                {
+                    bail!(
+                        "the config now has {} in its ipcache (a remote node or pod)",
+                        pod.ip
+                    );
                 }
                 let id = pod.id.context("no endpoint ID recorded")?;
                 if taken_ids.contains(&id) {
@@ -477,15 +504,6 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
                 dropped.push(key);
             }
         }
-    }
-    if restored.len() + cfg.pods.len() > cfg.max_pods() as usize {
-        bail!(
-            "datapath.max_pods: {} but the config has {} pods and {} restores {} more: raise it",
-            cfg.max_pods(),
-            cfg.pods.len(),
-            state.path().display(),
-            restored.len()
-        );
     }
     if !dropped.is_empty() {
         let mut next = state.state.clone();
@@ -942,7 +960,13 @@ fn reload(
     dp.set_services(&services, &new.lb_settings())
         .context("services")?;
     if let Err(e) = dp.set_policies(&policies) {
-        let _ = dp.set_services(&before_s, &settings);
+        if let Err(undo) = dp.set_services(&before_s, &settings) {
+            // Rare (a kernel map write failing twice): say what is in force.
+            *cfg = new;
+            return Err(anyhow::anyhow!(
+                "policies: {e}; putting the old services back failed too ({undo}): the new file's services and the old policies are in force"
+            ));
+        }
         return Err(anyhow::anyhow!("policies: {e}"));
     }
     let n = (services.len(), new.policies.len());

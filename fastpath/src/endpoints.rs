@@ -5,9 +5,11 @@
 //! # Rules
 //! - One change at a time, in arrival order: a request is queued (at most
 //!   [`MAX_QUEUED`]) and answered when its change is complete or undone. Nothing here
-//!   blocks the control loop: every step that waits (for the workers to take or give back
-//!   sockets, for a table version to reach them, for the kernel to free an rx queue) is a
-//!   phase checked again on the next pass ([`Endpoints::tick`]).
+//!   waits inside the control loop: every step that waits (for the workers to take or give
+//!   back sockets, for a table version to reach them, for the kernel to free an rx queue) is
+//!   a phase checked again on the next pass ([`Endpoints::tick`]). What does run inline is
+//!   bounded: the device lookup (`ip -j link`, ethtool ioctls) and the socket syscalls of one
+//!   add, milliseconds.
 //! - Adding: the device is checked (exists, queues, MTU, not served already); the endpoint
 //!   ID, identity, port slot and one socket per served rx queue on every worker are
 //!   reserved; the sockets are created here (binding is a syscall, and creating a socket
@@ -626,21 +628,38 @@ impl Endpoints {
                         // Undo: out of the tables and kernel (what publish did), then the
                         // sockets back from the workers.
                         let why = format!("{e:#}");
-                        let g = self.unpublish(&ep, dp).unwrap_or(0);
-                        self.current = Some(InFlight {
-                            ticket,
-                            phase: Phase::Unpublishing {
-                                ep,
-                                generation: g,
-                                failed: Some(why),
-                            },
-                            deadline,
-                        });
+                        match self.unpublish(&ep, dp) {
+                            Ok(g) => {
+                                self.current = Some(InFlight {
+                                    ticket,
+                                    phase: Phase::Unpublishing {
+                                        ep,
+                                        generation: g,
+                                        failed: Some(why),
+                                    },
+                                    deadline,
+                                });
+                            }
+                            Err(undo) => {
+                                // Cannot take it out of the tables: it stays served (and
+                                // listed), so a delete can finish the job later.
+                                self.served.insert(pod_id(&ep.pod), (*ep).clone());
+                                self.finish(
+                                    ticket,
+                                    Outcome::Failed(format!(
+                                        "{why}; undoing it failed too ({undo:#}): endpoint {} stays served, delete it",
+                                        pod_id(&ep.pod)
+                                    )),
+                                );
+                            }
+                        }
                     }
                 }
                 true
             }
             Phase::Publishing { ep, generation } => {
+                // Served from here whatever happens (in the tables, the kernel maps and the
+                // state file); the answer waits for the workers, up to the change's time.
                 if dp.writer().is_applied(generation) || late {
                     self.finish(
                         ticket,
@@ -716,30 +735,53 @@ impl Endpoints {
                 }
                 true
             }
-            phase => {
-                if late {
-                    // A worker did not answer: it is wedged (the liveness check stops the
-                    // node if it died). Say so; the change stays where it is.
-                    self.failed += 1;
-                    self.done.push((
-                        ticket,
-                        Outcome::Failed(format!(
-                            "a worker did not take the change within {} s",
+            Phase::Adopting { ep, left } if late => {
+                // A worker did not take its sockets in time (a wedged worker: the node stops
+                // if one dies). Undo: every worker gives back what it took; a late Adopted
+                // is ignored, a late Released is closed and reclaimed (`on_ack`).
+                let mut n = 0;
+                for w in &self.workers {
+                    if w.commands.send(Command::Release { port: ep.slot }).is_ok() {
+                        n += 1;
+                    }
+                }
+                let _ = left;
+                self.current = Some(InFlight {
+                    ticket,
+                    phase: Phase::Releasing {
+                        ep,
+                        left: n,
+                        failed: Some(format!(
+                            "a worker did not take the new sockets within {} s; the add is undone",
                             CHANGE_TIMEOUT.as_secs()
                         )),
-                    ));
-                    self.current = Some(InFlight {
-                        ticket: u64::MAX,
-                        phase,
-                        deadline: Instant::now() + Duration::from_secs(3600),
-                    });
-                } else {
-                    self.current = Some(InFlight {
-                        ticket,
-                        phase,
-                        deadline,
-                    });
-                }
+                    },
+                    deadline: Instant::now() + CHANGE_TIMEOUT,
+                });
+                true
+            }
+            Phase::Releasing { ep, left, failed } if late => {
+                // Give up waiting: the slot stays reserved (its sockets are still with a
+                // worker; a late Released closes them), the queue moves on.
+                let _ = left;
+                self.served.remove(&pod_id(&ep.pod));
+                self.finish(
+                    ticket,
+                    Outcome::Failed(format!(
+                        "{}a worker did not give back the sockets of {} within {} s: its port slot stays reserved until it does",
+                        failed.map(|f| format!("{f}; ")).unwrap_or_default(),
+                        pod_id(&ep.pod),
+                        CHANGE_TIMEOUT.as_secs()
+                    )),
+                );
+                true
+            }
+            phase => {
+                self.current = Some(InFlight {
+                    ticket,
+                    phase,
+                    deadline,
+                });
                 false
             }
         }
@@ -781,6 +823,22 @@ impl Endpoints {
                 if let Some(wc) = self.workers.get(w) {
                     let _ = wc.commands.send(Command::Reclaim { ids });
                 }
+                // A late give-back (its change timed out): once no worker holds a socket on
+                // the slot and no endpoint is on it, the slot is free again.
+                let busy = matches!(&self.current, Some(c) if match &c.phase {
+                    Phase::Binding { ep, .. }
+                    | Phase::Adopting { ep, .. }
+                    | Phase::Publishing { ep, .. }
+                    | Phase::Unpublishing { ep, .. }
+                    | Phase::Releasing { ep, .. } => ep.slot == port,
+                });
+                if !busy
+                    && !self.served.values().any(|e| e.slot == port)
+                    && !self.socks.iter().flatten().any(|s| s.port == port)
+                    && let Some(sl) = self.slots.get_mut(port as usize)
+                {
+                    *sl = None;
+                }
                 if let Some(InFlight {
                     phase: Phase::Releasing { ep, left, .. },
                     ..
@@ -802,18 +860,32 @@ impl Endpoints {
             while made[w].len() < want.len() {
                 let q = want[made[w].len()];
                 let home = q == w as u32;
-                let share = self.socks[w]
-                    .first()
-                    .map(|s| s.fd)
-                    .or_else(|| made[w].first().map(|s| s.socket.fd()));
-                match Socket::new(
-                    &self.workers[w].umem,
-                    ep.port.ifindex,
-                    q,
-                    self.ring_size,
-                    share,
-                    home,
-                ) {
+                // Share the UMEM with a bound socket of this worker: the first that the kernel
+                // accepts (a socket whose device went away is unbound: EBADF), else register
+                // it anew (a worker without sockets).
+                let mut candidates: Vec<Option<i32>> = self.socks[w]
+                    .iter()
+                    .map(|s| Some(s.fd))
+                    .chain(made[w].iter().map(|s| Some(s.socket.fd())))
+                    .collect();
+                if candidates.is_empty() {
+                    candidates.push(None);
+                }
+                let mut res = Err(std::io::Error::from_raw_os_error(libc::EBADF));
+                for share in candidates {
+                    res = Socket::new(
+                        &self.workers[w].umem,
+                        ep.port.ifindex,
+                        q,
+                        self.ring_size,
+                        share,
+                        home,
+                    );
+                    if !matches!(&res, Err(e) if errno_is(e, libc::EBADF, "Bad file descriptor")) {
+                        break;
+                    }
+                }
+                match res {
                     Ok(socket) => {
                         let id = self.free_id(w, &made[w]);
                         made[w].push(NewSocket {
@@ -916,6 +988,23 @@ impl Endpoints {
     /// no worker uses the endpoint. Steps that find their part already gone (the device was
     /// deleted with the pod) go on.
     fn unpublish(&mut self, ep: &Served, dp: &mut Datapath<Steering>) -> anyhow::Result<u64> {
+        // The table switch first: it is the one step that can fail (a kernel map write, a
+        // policy compile), and when it does nothing has changed. Only the entry on this
+        // endpoint's own slot is removed.
+        let ours = dp
+            .tables()
+            .endpoint_v4(ep.pod.ip.octets())
+            .is_some_and(|e| e.port == Some(ep.slot));
+        let g = if ours {
+            dp.remove_local_endpoint(ep.pod.ip)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .0
+        } else {
+            // Not in the tables (an add undone before it got there): nothing to switch.
+            dp.tables().generation
+        };
+        // Then steering: frames the pod sends from here on go to the kernel. Errors are
+        // expected when the device went away with the pod (the kernel dropped its link).
         let _ = dp.kernel().detach(ep.port.ifindex);
         let queues: Vec<u32> = self
             .socks
@@ -927,13 +1016,14 @@ impl Endpoints {
         for q in queues {
             let _ = dp.kernel().unregister_xsk(ep.slot as u32, q);
         }
-        match dp.remove_local_endpoint(ep.pod.ip) {
-            Ok((g, _)) => Ok(g),
-            // Not in the tables (an add undone before it got there): nothing to switch.
-            Err(control::datapath::DatapathError::NoSuchEndpoint(_)) => Ok(dp.tables().generation),
-            Err(e) => Err(anyhow::anyhow!("{e}")),
-        }
+        Ok(g)
     }
+}
+
+/// Is `e` the errno `n` (the socket layer wraps errors with the syscall's name, so the
+/// message is checked too)?
+fn errno_is(e: &std::io::Error, n: i32, text: &str) -> bool {
+    e.raw_os_error() == Some(n) || e.to_string().contains(text)
 }
 
 fn row(s: &Served) -> EndpointRow {

@@ -383,17 +383,20 @@ impl Worker {
         let mut rx: Vec<Frame> = Vec::with_capacity(batch as usize);
         let mut pending: Vec<bool> = Vec::new();
         let mut pollfds: Vec<libc::pollfd> = Vec::new();
-        let rebuild = |socks: &[Sock], pending: &mut Vec<bool>, pollfds: &mut Vec<libc::pollfd>| {
-            pending.clear();
-            pending.resize(socks.len(), false);
-            pollfds.clear();
-            pollfds.extend(socks.iter().map(|s| libc::pollfd {
-                fd: s.s.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }));
-        };
-        rebuild(&self.socks, &mut pending, &mut pollfds);
+        let rebuild =
+            |socks: &mut [Sock], pending: &mut Vec<bool>, pollfds: &mut Vec<libc::pollfd>| {
+                // A socket that still has TX queued keeps being kicked: the set changing
+                // elsewhere must not strand another pod's frames in its ring.
+                pending.clear();
+                pending.extend(socks.iter_mut().map(|s| s.s.tx_outstanding() > 0));
+                pollfds.clear();
+                pollfds.extend(socks.iter().map(|s| libc::pollfd {
+                    fd: s.s.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }));
+            };
+        rebuild(&mut self.socks, &mut pending, &mut pollfds);
         let mut idle_streak = 0u32;
         // One worker per queue: the queue index is this worker's counter stripe. Its random
         // state comes from the kernel's entropy, never from the queue number alone.
@@ -410,7 +413,7 @@ impl Worker {
                     c.table_switches.add(1);
                 }
                 if self.commands() {
-                    rebuild(&self.socks, &mut pending, &mut pollfds);
+                    rebuild(&mut self.socks, &mut pending, &mut pollfds);
                 }
                 if loops.is_multiple_of(HOUSEKEEPING_EVERY * 64) {
                     self.gauges();
@@ -491,11 +494,16 @@ impl Worker {
             let mut tx_busy = false;
             for (sock, pend) in self.socks.iter_mut().zip(pending.iter_mut()) {
                 if *pend {
+                    let before = sock.s.tx_outstanding();
                     if sock.s.flush() {
                         c.ports[sock.info.port as usize].tx_kicks.add(1);
                     }
-                    // Copy-mode TX sends at most 32 frames per kick: keep kicking until drained.
-                    *pend = sock.s.tx_outstanding() > 0;
+                    // Copy-mode TX sends at most 32 frames per kick: keep kicking while a kick
+                    // moves frames. One that moves none (the device is gone and its socket
+                    // unbound; or a zero-copy driver draining on its own) stops the kicking
+                    // until the next frame for that socket, instead of spinning on sendto.
+                    let after = sock.s.tx_outstanding();
+                    *pend = after > 0 && after < before;
                     tx_busy |= *pend;
                 }
                 sock.s.complete(&mut self.umem, self.cfg.ring_size);
@@ -526,7 +534,7 @@ impl Worker {
                         c.table_switches.add(1);
                     }
                     if self.commands() {
-                        rebuild(&self.socks, &mut pending, &mut pollfds);
+                        rebuild(&mut self.socks, &mut pending, &mut pollfds);
                     }
                 }
             } else {

@@ -207,6 +207,45 @@ fn endpoints_come_and_go_while_traffic_flows() {
     cycles(&n0, &pod, 200);
     assert_eq!(footprint(&n0), before, "after 200 add/delete cycles");
     drop(pod_ns);
+
+    device_gone_under_a_running_endpoint(&n0);
+    assert_eq!(
+        footprint(&n0),
+        before,
+        "after a device went away under an endpoint"
+    );
+}
+
+/// The pod's namespace (and so its veth) is deleted before its delete request: the worker
+/// does not spin on the dead socket, other pods keep working, and the delete still cleans up.
+fn device_gone_under_a_running_endpoint(n0: &TestNode) {
+    let pod = new_pod(n0, "gone", 51, "lxc-gone", "n0p1");
+    let ns = PodNs::up(&n0.cfg, &pod, 1).unwrap();
+    let (ok, _, err) = cli(n0, &add_args(&pod));
+    assert!(ok, "{err}");
+    let ip = pod.ip.to_string();
+    assert!(n0.ping(0, &ip, 1));
+    drop(ns); // the veth pair goes with the namespace
+    // Frames routed to it now go nowhere; the worker must still sleep when idle.
+    let _ = n0.ping(0, &ip, 3);
+    let sleeps = |n: &TestNode| n.status().workers.iter().map(|w| w.sleeps).sum::<u64>();
+    let s0 = sleeps(n0);
+    std::thread::sleep(Duration::from_millis(1000));
+    let slept = sleeps(n0) - s0;
+    assert!(
+        slept > 20,
+        "the worker spins on a dead socket: {slept} sleeps in 1 s"
+    );
+    assert!(
+        n0.ping(0, &n0.pod_ip(1), 3),
+        "other pods unaffected\n{}",
+        n0.log()
+    );
+    let (ok, out, err) = cli(
+        n0,
+        &["endpoint".into(), "delete".into(), "default/gone".into()],
+    );
+    assert!(ok && out.contains("deleted"), "{err}");
 }
 
 /// Bad requests are refused with an error that names the field; nothing changes.
