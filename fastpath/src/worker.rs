@@ -381,14 +381,22 @@ impl Worker {
         }
         let batch = self.cfg.batch_size;
         let mut rx: Vec<Frame> = Vec::with_capacity(batch as usize);
-        let mut pending: Vec<bool> = Vec::new();
+        // Per socket: TX to kick — ACTIVE every loop, STALLED (a kick moved nothing) only at
+        // housekeeping and on waking, IDLE nothing queued.
+        let mut pending: Vec<u8> = Vec::new();
         let mut pollfds: Vec<libc::pollfd> = Vec::new();
         let rebuild =
-            |socks: &mut [Sock], pending: &mut Vec<bool>, pollfds: &mut Vec<libc::pollfd>| {
+            |socks: &mut [Sock], pending: &mut Vec<u8>, pollfds: &mut Vec<libc::pollfd>| {
                 // A socket that still has TX queued keeps being kicked: the set changing
                 // elsewhere must not strand another pod's frames in its ring.
                 pending.clear();
-                pending.extend(socks.iter_mut().map(|s| s.s.tx_outstanding() > 0));
+                pending.extend(socks.iter_mut().map(|s| {
+                    if s.s.tx_outstanding() > 0 {
+                        TX_ACTIVE
+                    } else {
+                        TX_IDLE
+                    }
+                }));
                 pollfds.clear();
                 pollfds.extend(socks.iter().map(|s| libc::pollfd {
                     fd: s.s.fd(),
@@ -415,6 +423,7 @@ impl Worker {
                 if self.commands() {
                     rebuild(&mut self.socks, &mut pending, &mut pollfds);
                 }
+                retry_stalled(&mut pending);
                 if loops.is_multiple_of(HOUSEKEEPING_EVERY * 64) {
                     self.gauges();
                 }
@@ -482,7 +491,7 @@ impl Worker {
                             self.umem.set_owner(addr, self.socks[o].info.id);
                             c.ports[out].tx_packets.add(1);
                             c.ports[out].tx_bytes.add(len as u64);
-                            pending[o] = true;
+                            pending[o] = TX_ACTIVE;
                         }
                         Err(f) => {
                             c.ports[out].tx_ring_full.add(1);
@@ -493,18 +502,25 @@ impl Worker {
             }
             let mut tx_busy = false;
             for (sock, pend) in self.socks.iter_mut().zip(pending.iter_mut()) {
-                if *pend {
+                if *pend == TX_ACTIVE {
                     let before = sock.s.tx_outstanding();
                     if sock.s.flush() {
                         c.ports[sock.info.port as usize].tx_kicks.add(1);
                     }
-                    // Copy-mode TX sends at most 32 frames per kick: keep kicking while a kick
-                    // moves frames. One that moves none (the device is gone and its socket
-                    // unbound; or a zero-copy driver draining on its own) stops the kicking
-                    // until the next frame for that socket, instead of spinning on sendto.
+                    // Copy-mode TX sends at most 32 frames per kick: keep kicking every loop
+                    // while a kick moves frames. One that moves none (the device is gone and
+                    // its socket unbound, the peer's queue momentarily full, or a zero-copy
+                    // driver draining on its own) is retried only at housekeeping and on
+                    // waking, and does not keep the worker from sleeping: no spin on sendto.
                     let after = sock.s.tx_outstanding();
-                    *pend = after > 0 && after < before;
-                    tx_busy |= *pend;
+                    *pend = if after == 0 {
+                        TX_IDLE
+                    } else if after < before {
+                        TX_ACTIVE
+                    } else {
+                        TX_STALLED
+                    };
+                    tx_busy |= *pend == TX_ACTIVE;
                 }
                 sock.s.complete(&mut self.umem, self.cfg.ring_size);
             }
@@ -536,6 +552,7 @@ impl Worker {
                     if self.commands() {
                         rebuild(&mut self.socks, &mut pending, &mut pollfds);
                     }
+                    retry_stalled(&mut pending);
                 }
             } else {
                 idle_streak = 0;
@@ -543,6 +560,20 @@ impl Worker {
         }
         let invalid: u64 = self.socks.iter().map(|s| s.s.invalid_descs).sum();
         c.invalid_descs.add(invalid);
+    }
+}
+
+const TX_IDLE: u8 = 0;
+const TX_ACTIVE: u8 = 1;
+const TX_STALLED: u8 = 2;
+
+/// Kick stalled TX rings again (at housekeeping and on waking).
+#[inline]
+fn retry_stalled(pending: &mut [u8]) {
+    for p in pending.iter_mut() {
+        if *p == TX_STALLED {
+            *p = TX_ACTIVE;
+        }
     }
 }
 
