@@ -19,6 +19,7 @@ $FP config default --node demo-kernel > "$TMP/kernel.yaml"
 cleanup() {
   for p in ${FP_PID:-} ${FP2_PID:-}; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   [[ -n "${BG_PIDS:-}" ]] && kill $BG_PIDS 2>/dev/null || true
+  ip netns del fp-demo-live 2>/dev/null || true
   $FP lab down --config "$TMP/kernel.yaml"; $FP lab down --config "$TMP/demo2.yaml"; $FP lab down
   rm -rf "$TMP"
 }
@@ -100,6 +101,31 @@ fi
 echo "web -> echo:7 refused by policy (drop reason 133, Policy denied)"
 x $FP bpf policy get 2 --node demo
 x $FP policy delete default/echo-from-client --node demo
+
+echo; echo "== a pod added live, the way a CNI plugin adds one: its veth first, then endpoint add"
+ip netns del fp-demo-live 2>/dev/null || true
+x ip netns add fp-demo-live
+x ip link add lxc-live netns fp-demo-node type veth peer name eth0 netns fp-demo-live
+x ip -n fp-demo-live link set eth0 address 0a:58:0a:c8:01:32
+x ip -n fp-demo-live addr add 10.200.1.50/32 dev eth0
+x ip -n fp-demo-live link set eth0 mtu 1450 up
+x ip -n fp-demo-live link set lo up
+x ip netns exec fp-demo-live ethtool -K eth0 tx off >/dev/null
+x ip -n fp-demo-live route add 10.200.0.1 dev eth0 scope link
+x ip -n fp-demo-live route add default via 10.200.0.1 dev eth0
+x ip -n fp-demo-node link set lxc-live mtu 1450 up
+# Labels of an identity the other nodes know (app: client), so demo2 accepts its VXLAN traffic
+# (a label set no other node knows talks same-node only: docs/endpoints.md).
+x $FP endpoint add --node demo --name live --ip 10.200.1.50 --mac 0a:58:0a:c8:01:32 --lxc lxc-live --label app=client
+x ip netns exec fp-demo-client ping -c 2 -i 0.2 10.200.1.50     # same node, to the new pod
+x ip netns exec fp-demo-live ping -c 2 -i 0.2 10.201.1.11       # the new pod to demo2's db
+x $FP endpoint list --node demo
+x $FP endpoint delete --node demo default/live
+if ip netns exec fp-demo-client ping -c 1 -W 1 10.200.1.50 >/dev/null 2>&1; then
+  echo "unexpected: the deleted pod still answers"; exit 1
+fi
+echo "deleted: the pod no longer answers, the others are untouched"
+x ip netns del fp-demo-live
 
 echo; echo "== fastpath status (node demo)"
 x $FP status --node demo
