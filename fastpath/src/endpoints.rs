@@ -222,8 +222,20 @@ impl Endpoints {
         let mut slots = vec![None; shape.slots.max(ports.len())];
         let mut served = BTreeMap::new();
         let (ids, _) = cfg.identities();
+        // Slots in the daemon's port order: config pods, the underlay, restored pods.
+        let config = cfg.pods.iter().zip(&ids).map(|(p, id)| {
+            let labels = control::identity::pod_labels(&p.namespace, &p.labels);
+            (p, *id, labels, Source::Config)
+        });
+        let runtime = restored
+            .iter()
+            .map(|(p, id, labels)| (p, *id, labels.clone(), Source::Api));
         let mut slot = 0usize;
-        for (i, pod) in cfg.pods.iter().enumerate() {
+        for (n, (pod, identity, labels, source)) in config.chain(runtime).enumerate() {
+            if n == cfg.pods.len() && cfg.node.underlay.is_some() {
+                slots[slot] = Some("(underlay)".into());
+                slot += 1;
+            }
             let id = pod_id(pod);
             slots[slot] = Some(id.clone());
             served.insert(
@@ -232,34 +244,17 @@ impl Endpoints {
                     pod: pod.clone(),
                     slot: slot as PortId,
                     port: ports[slot].clone(),
-                    identity: ids[i],
-                    labels: control::identity::pod_labels(&pod.namespace, &pod.labels),
-                    source: Source::Config,
+                    identity,
+                    labels,
+                    source,
                     rx_queues: rx_queues[slot],
                 },
             );
             slot += 1;
         }
-        if cfg.node.underlay.is_some() {
+        // No restored pod after it: the underlay was not placed in the loop.
+        if restored.is_empty() && cfg.node.underlay.is_some() {
             slots[slot] = Some("(underlay)".into());
-            slot += 1;
-        }
-        for (pod, identity, labels) in restored {
-            let id = pod_id(pod);
-            slots[slot] = Some(id.clone());
-            served.insert(
-                id,
-                Served {
-                    pod: pod.clone(),
-                    slot: slot as PortId,
-                    port: ports[slot].clone(),
-                    identity: *identity,
-                    labels: labels.clone(),
-                    source: Source::Api,
-                    rx_queues: rx_queues[slot],
-                },
-            );
-            slot += 1;
         }
         let host_ips = std::iter::once(cfg.node.router_ip)
             .chain(cfg.node.host_ips.iter().copied())
@@ -881,7 +876,8 @@ impl Endpoints {
                         share,
                         home,
                     );
-                    if !matches!(&res, Err(e) if errno_is(e, libc::EBADF, "Bad file descriptor")) {
+                    if !matches!(&res, Err(e) if crate::xsk::errno_is(e, libc::EBADF, "Bad file descriptor"))
+                    {
                         break;
                     }
                 }
@@ -1018,12 +1014,6 @@ impl Endpoints {
         }
         Ok(g)
     }
-}
-
-/// Is `e` the errno `n` (the socket layer wraps errors with the syscall's name, so the
-/// message is checked too)?
-fn errno_is(e: &std::io::Error, n: i32, text: &str) -> bool {
-    e.raw_os_error() == Some(n) || e.to_string().contains(text)
 }
 
 fn row(s: &Served) -> EndpointRow {

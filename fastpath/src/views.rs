@@ -11,9 +11,7 @@ pub fn render(req: &Request, resp: &Response, numeric: bool) -> Option<String> {
     use crate::api::LbView;
     Some(match (req, resp) {
         (_, Response::Status(st)) => status(st),
-        (_, Response::EndpointList { entries }) => {
-            render_table("IP ADDRESS", "LOCAL ENDPOINT INFO", entries)
-        }
+        (_, Response::EndpointList { entries }) => render_endpoint_list(entries),
         (_, Response::IpcacheList { entries }) => {
             render_table("IP PREFIX/ADDRESS", "IDENTITY", entries)
         }

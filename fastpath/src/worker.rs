@@ -583,7 +583,7 @@ fn bind_retry(mut f: impl FnMut() -> std::io::Result<Socket>) -> std::io::Result
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match f() {
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.to_string().contains("busy") => {
+            Err(e) if crate::xsk::errno_is(&e, libc::EBUSY, "busy") => {
                 if std::time::Instant::now() > deadline {
                     return Err(e);
                 }

@@ -474,6 +474,12 @@ pub struct Socket {
     _area: Arc<Area>,
 }
 
+/// Is `e` the errno `n`? The errors of this module carry the syscall's name (`bind: Device
+/// or resource busy`), which loses the raw errno, so the message `text` is checked too.
+pub fn errno_is(e: &io::Error, n: i32, text: &str) -> bool {
+    e.raw_os_error() == Some(n) || e.to_string().contains(text)
+}
+
 fn check(ret: libc::c_int, what: &str) -> io::Result<()> {
     if ret < 0 {
         let e = io::Error::last_os_error();
