@@ -25,6 +25,7 @@
 //! - w3: the MAC a NodePort request came from (reply next hop; Cilium keeps it in
 //!   `cilium_nodeport_neigh4`)
 
+use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
 use crate::maps::ct::*;
@@ -151,30 +152,40 @@ impl Default for CtSizes {
     }
 }
 
-/// Both conntrack maps.
+/// Both conntrack maps of one address family: generic over the key ([`CtKey`]) and its
+/// width in words, so the IPv6 pair is [`Conntrack6`], the same code. The value (`W` words,
+/// [`CtState`]) is the IPv4 one: an IPv6 NAT address needs two more words, added with the
+/// IPv6 datapath.
 #[derive(Debug)]
-pub struct Conntrack {
-    pub tcp: SharedTable<W>,
-    pub any: SharedTable<W>,
+pub struct Conntrack<T = CtTuple4, const K: usize = 2> {
+    pub tcp: SharedTable<W, K>,
+    pub any: SharedTable<W, K>,
+    key: PhantomData<T>,
 }
 
-impl Conntrack {
-    pub fn new(sizes: CtSizes) -> Conntrack {
+/// `cilium_ct4_global` + `cilium_ct_any4_global`.
+pub type Conntrack4 = Conntrack<CtTuple4, 2>;
+/// `cilium_ct6_global` + `cilium_ct_any6_global`.
+pub type Conntrack6 = Conntrack<CtTuple6, 5>;
+
+impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
+    pub fn new(sizes: CtSizes) -> Self {
         Conntrack {
             tcp: SharedTable::new(sizes.tcp),
             any: SharedTable::new(sizes.any),
+            key: PhantomData,
         }
     }
 
     #[inline]
-    fn map(&self, tcp: bool) -> &SharedTable<W> {
+    fn map(&self, tcp: bool) -> &SharedTable<W, K> {
         if tcp { &self.tcp } else { &self.any }
     }
 
     /// Look `key` up; an entry whose lifetime passed is absent.
     #[inline]
-    pub fn lookup(&self, key: &CtTuple4, now: u32) -> Option<CtHit> {
-        let tcp = key.nexthdr == crate::maps::ct::PROTO_TCP;
+    pub fn lookup(&self, key: &T, now: u32) -> Option<CtHit> {
+        let tcp = key.nexthdr() == crate::maps::ct::PROTO_TCP;
         let m = self.map(tcp);
         let slot = m.lookup(&key.words())?;
         let (w, lifetime) = m.read(slot)?;
@@ -190,14 +201,8 @@ impl Conntrack {
     }
 
     /// Create (or replace) `key` with `state`; `None` only if the map could not take it.
-    pub fn create(
-        &self,
-        key: &CtTuple4,
-        state: &CtState,
-        lifetime: u32,
-        now: u32,
-    ) -> Option<CtHit> {
-        let tcp = key.nexthdr == crate::maps::ct::PROTO_TCP;
+    pub fn create(&self, key: &T, state: &CtState, lifetime: u32, now: u32) -> Option<CtHit> {
+        let tcp = key.nexthdr() == crate::maps::ct::PROTO_TCP;
         let slot = self
             .map(tcp)
             .insert(key.words(), state.encode(), lifetime, now)?;
@@ -277,13 +282,12 @@ impl Conntrack {
 
     /// Delete every entry, of both maps, with `ip` (wire order) as its source or
     /// destination: the entries of an endpoint that is gone. Returns how many.
-    pub fn flush_addr(&self, ip: [u8; 4]) -> usize {
+    pub fn flush_addr(&self, ip: T::Addr) -> usize {
         let mut n = 0;
         for m in [&self.tcp, &self.any] {
             let mut keys = Vec::new();
             m.for_each(|k, _, _| {
-                let t = CtTuple4::from_words(k);
-                if t.saddr == ip || t.daddr == ip {
+                if T::from_words(k).has_addr(ip) {
                     keys.push(k);
                 }
             });
@@ -298,18 +302,13 @@ impl Conntrack {
     }
 
     /// Every live entry of one map (`tcp`), as Cilium key and 56-byte value.
-    pub fn entries(&self, tcp: bool, now: u32) -> Vec<(CtTuple4, CtEntry)> {
+    pub fn entries(&self, tcp: bool, now: u32) -> Vec<(T, CtEntry)> {
         self.entries_at_most(tcp, now, usize::MAX).0
     }
 
     /// At most `max` live entries of one map, and how many live ones there are in all (a
     /// listing of a 16M-entry table stays bounded in memory).
-    pub fn entries_at_most(
-        &self,
-        tcp: bool,
-        now: u32,
-        max: usize,
-    ) -> (Vec<(CtTuple4, CtEntry)>, usize) {
+    pub fn entries_at_most(&self, tcp: bool, now: u32, max: usize) -> (Vec<(T, CtEntry)>, usize) {
         let mut out = Vec::new();
         let mut live = 0usize;
         self.map(tcp).for_each(|k, v, l| {
@@ -318,8 +317,8 @@ impl Conntrack {
             }
             live += 1;
             if out.len() < max {
-                let key = CtTuple4::from_words(k);
-                let service = key.flags & TUPLE_F_SERVICE != 0;
+                let key = T::from_words(k);
+                let service = key.tuple_flags() & TUPLE_F_SERVICE != 0;
                 out.push((key, CtState::decode(v).to_entry(service, l)));
             }
         });
@@ -332,7 +331,7 @@ impl Conntrack {
         let mut ids = hashbrown::HashSet::new();
         for m in [&self.tcp, &self.any] {
             m.for_each(|k, v, l| {
-                if !expired(l, now) && CtTuple4::from_words(k).flags & TUPLE_F_SERVICE != 0 {
+                if !expired(l, now) && T::from_words(k).tuple_flags() & TUPLE_F_SERVICE != 0 {
                     ids.insert(v[0] as u32);
                 }
             });
@@ -474,5 +473,49 @@ mod tests {
         assert!(ct.lookup(&keys[1], now).is_none());
         assert!(ct.lookup(&keys[2], now).is_some(), "others stay");
         assert_eq!(ct.flush_addr(gone), 0);
+    }
+
+    /// The IPv6 pair is the same code over the five-word key: create, find (the reversed
+    /// key is another entry), touch, flush by address, sweep, and list as Cilium keys.
+    #[test]
+    fn ipv6_conntrack_is_the_same_table_over_wider_keys() {
+        let ct = Conntrack6::new(CtSizes { tcp: 64, any: 64 });
+        let a: [u8; 16] = std::array::from_fn(|i| if i == 0 { 0xfd } else { i as u8 });
+        let mut b = a;
+        b[15] = 0xee;
+        let k = CtTuple6 {
+            daddr: a,
+            saddr: b,
+            dport: 443u16.to_be_bytes(),
+            sport: 40000u16.to_be_bytes(),
+            nexthdr: crate::maps::ct::PROTO_TCP,
+            flags: TUPLE_F_OUT,
+        };
+        let now = 500;
+        let hit = ct
+            .create(&k, &CtState::default(), now + LIFETIME_TCP_SYN, now)
+            .unwrap();
+        ct.touch(&hit, false, TCP_ACK, now, false);
+        let h = ct.lookup(&k, now).unwrap();
+        assert_ne!(h.state.flags & CT_SEEN_NON_SYN, 0);
+        assert_eq!(h.lifetime, now + LIFETIME_TCP);
+        let mut rev = k;
+        rev.flags = TUPLE_F_IN;
+        assert!(
+            ct.lookup(&rev, now).is_none(),
+            "the flags are part of the key"
+        );
+        let (list, live) = ct.entries_at_most(true, now, 10);
+        assert_eq!((list.len(), live), (1, 1));
+        assert_eq!(list[0].0, k);
+        let u = CtTuple6 { nexthdr: 17, ..k };
+        ct.create(&u, &CtState::default(), now + 60, now).unwrap();
+        assert_eq!(ct.any.len(), 1, "UDP goes to the any map");
+        let mut other = a;
+        other[1] ^= 0xff;
+        assert_eq!(ct.flush_addr(other), 0);
+        assert_eq!(ct.flush_addr(b), 2);
+        assert_eq!(ct.sweep(now + 100_000), (0, 0));
+        assert_eq!(<CtTuple6 as CtKey<5>>::TCP_MAP, "cilium_ct6_global");
     }
 }

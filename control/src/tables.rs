@@ -28,8 +28,9 @@ use hashbrown::HashMap;
 use crate::config::RoutingMode;
 use crate::ct::{Conntrack, CtSizes};
 use crate::lb::LbTables;
-use crate::lpm::Lpm4;
+use crate::lpm::{Lpm, Lpm4};
 use crate::maps::{EndpointInfo, EndpointKey, MacAddr, RemoteEndpointInfo};
+use crate::net::{Family, V4, V6};
 use crate::policy::table::{PolicyStats, PolicyTables};
 use crate::shared_table::SharedTable;
 
@@ -158,6 +159,9 @@ pub struct Tables {
     /// `cilium_ipcache_v2` (IPv4 part). Behind an `Arc` so that publishing a change to
     /// another table does not copy it.
     pub ipcache: Arc<Lpm4<RemoteEndpointInfo>>,
+    /// `cilium_ipcache_v2` (IPv6 part): the IPv6 arm of [`TableFamily::ipcache`]. Empty
+    /// until the IPv6 datapath writes it; the lookups already go through the family seam.
+    pub ipcache6: Arc<Lpm<V6, RemoteEndpointInfo>>,
     /// Native routing: remote pod CIDR → gateway (the owning node's address), wire order.
     pub routes: Arc<Lpm4<[u8; 4]>>,
     /// Tunnel endpoint / gateway address (wire order) → layer-2 next hop.
@@ -184,6 +188,7 @@ impl Default for Tables {
             endpoints: HashMap::new(),
             ports: Vec::new(),
             ipcache: Arc::default(),
+            ipcache6: Arc::default(),
             routes: Arc::default(),
             nexthops: HashMap::new(),
             identities: hashbrown::HashSet::new(),
@@ -199,11 +204,56 @@ impl Default for Tables {
     }
 }
 
+/// The tables of one address family: the seam the pipeline's lookups are generic over
+/// ([`Tables::endpoint`], [`Tables::ipcache`]), so an IPv6 step is the IPv4 one with `V6`.
+/// `cilium_lxc` holds both families in one map (the key says which); the ipcache has one
+/// LPM per family, as Cilium's LPM trie keys carry the family in their prefix.
+pub trait TableFamily: Family {
+    /// The `cilium_lxc` key of a local address.
+    fn endpoint_key(ip: Self::Addr) -> EndpointKey;
+    /// This family's part of `cilium_ipcache_v2`.
+    fn ipcache(t: &Tables) -> &Lpm<Self, RemoteEndpointInfo>;
+}
+
+impl TableFamily for V4 {
+    #[inline]
+    fn endpoint_key(ip: [u8; 4]) -> EndpointKey {
+        EndpointKey::v4(ip)
+    }
+    #[inline]
+    fn ipcache(t: &Tables) -> &Lpm<V4, RemoteEndpointInfo> {
+        &t.ipcache
+    }
+}
+
+impl TableFamily for V6 {
+    #[inline]
+    fn endpoint_key(ip: [u8; 16]) -> EndpointKey {
+        EndpointKey::v6(ip)
+    }
+    #[inline]
+    fn ipcache(t: &Tables) -> &Lpm<V6, RemoteEndpointInfo> {
+        &t.ipcache6
+    }
+}
+
 impl Tables {
-    /// `cilium_lxc` lookup by IPv4 address (wire bytes).
+    /// `cilium_lxc` lookup by address (wire bytes) of family `F`.
+    #[inline]
+    pub fn endpoint<F: TableFamily>(&self, ip: F::Addr) -> Option<&EndpointEntry> {
+        self.endpoints.get(&F::endpoint_key(ip))
+    }
+
+    /// `cilium_ipcache_v2` longest-prefix lookup by address (wire bytes) of family `F`.
+    #[inline]
+    pub fn ipcache<F: TableFamily>(&self, ip: F::Addr) -> Option<&RemoteEndpointInfo> {
+        F::ipcache(self).lookup(ip)
+    }
+
+    /// The IPv4 arm of [`Tables::endpoint`].
     #[inline]
     pub fn endpoint_v4(&self, ip: [u8; 4]) -> Option<&EndpointEntry> {
-        self.endpoints.get(&EndpointKey::v4(ip))
+        self.endpoint::<V4>(ip)
     }
 
     #[inline]
@@ -211,10 +261,10 @@ impl Tables {
         self.ports.get(id as usize).and_then(Option::as_ref)
     }
 
-    /// `cilium_ipcache_v2` longest-prefix lookup by IPv4 address (wire bytes).
+    /// The IPv4 arm of [`Tables::ipcache`].
     #[inline]
     pub fn ipcache_v4(&self, ip: [u8; 4]) -> Option<&RemoteEndpointInfo> {
-        self.ipcache.lookup(ip)
+        self.ipcache::<V4>(ip)
     }
 }
 
@@ -464,5 +514,39 @@ mod tests {
         }
         let switches = h.join().unwrap();
         assert!(switches >= 1);
+    }
+
+    /// The family seam: the same lookups answer for either family from its own arm, and
+    /// an IPv4 address never matches an IPv6 entry that shares its first bytes.
+    #[test]
+    fn lookups_take_an_address_family() {
+        let mut t = Tables::default();
+        let v6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
+        let v4 = [0xfd, 0, 0, 0];
+        let entry = |id| EndpointEntry {
+            info: EndpointInfo {
+                lxc_id: id,
+                ..Default::default()
+            },
+            port: Some(0),
+        };
+        t.endpoints.insert(EndpointKey::v6(v6), entry(6));
+        assert_eq!(t.endpoint::<V6>(v6).map(|e| e.info.lxc_id), Some(6));
+        assert!(t.endpoint::<V4>(v4).is_none(), "the key carries the family");
+        t.endpoints.insert(EndpointKey::v4(v4), entry(4));
+        assert_eq!(t.endpoint_v4(v4).map(|e| e.info.lxc_id), Some(4));
+
+        let mut lpm6 = Lpm::<V6, RemoteEndpointInfo>::new();
+        let net = crate::net::Ipv6Cidr::new("fd00::".parse().unwrap(), 64);
+        lpm6.insert(net, RemoteEndpointInfo::local(7777));
+        t.ipcache6 = Arc::new(lpm6);
+        assert_eq!(t.ipcache::<V6>(v6).map(|r| r.sec_identity), Some(7777));
+        assert!(t.ipcache::<V4>(v4).is_none());
+        let mut other = v6;
+        other[8] = 1;
+        other[12] = 9;
+        assert_eq!(t.ipcache::<V6>(other).map(|r| r.sec_identity), Some(7777));
+        other[7] = 1;
+        assert!(t.ipcache::<V6>(other).is_none(), "outside the /64");
     }
 }

@@ -1614,6 +1614,7 @@ struct NextHopTarget {
 struct Underlay {
     port: PortId,
     dev: String,
+    ifindex: u32,
     mac: MacAddr,
 }
 
@@ -1624,6 +1625,9 @@ struct NextHops {
     /// Last state seen per target (for status), in target order.
     seen: Vec<neigh::Neighbour>,
     last: Instant,
+    /// The neighbour table's netlink socket (opened by `start`).
+    table: Option<neigh::NeighTable>,
+    read_failing: bool,
 }
 
 /// How often the neighbour table is re-read.
@@ -1639,11 +1643,14 @@ impl NextHops {
             underlay: underlay.map(|(id, p)| Underlay {
                 port: id,
                 dev: p.ifname.clone(),
+                ifindex: p.ifindex,
                 mac: p.mac,
             }),
             targets: Vec::new(),
             seen: Vec::new(),
             last: Instant::now(),
+            table: None,
+            read_failing: false,
         }
     }
 
@@ -1669,6 +1676,7 @@ impl NextHops {
         for t in &self.targets {
             neigh::ensure_managed(t.via, &u.dev)?;
         }
+        self.table = Some(neigh::NeighTable::open()?);
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             self.refresh(dp);
@@ -1699,10 +1707,27 @@ impl NextHops {
     /// One read of the underlay's neighbour table; publish what changed.
     fn refresh(&mut self, dp: &mut Datapath<Steering>) {
         self.last = Instant::now();
-        let Some(u) = &self.underlay else {
+        let (Some(u), Some(nt)) = (&self.underlay, &mut self.table) else {
             return;
         };
-        let table = neigh::neighbours(&u.dev).unwrap_or_default();
+        let table = match nt.neighbours(u.ifindex) {
+            Ok(t) => t,
+            Err(e) => {
+                // Keep what the workers have (a failed read is not a flushed table); the
+                // next refresh tries again. Said once per run of failures.
+                if !self.read_failing {
+                    eprintln!(
+                        "fastpath: reading the neighbour table: {e:#} (retried every {NEIGH_REFRESH:?})"
+                    );
+                }
+                self.read_failing = true;
+                return;
+            }
+        };
+        if self.read_failing {
+            eprintln!("fastpath: the neighbour table reads again");
+            self.read_failing = false;
+        }
         let mut changes = Vec::with_capacity(self.targets.len());
         for (t, seen) in self.targets.iter().zip(&mut self.seen) {
             let n = match table.iter().find(|(ip, _)| *ip == t.via) {

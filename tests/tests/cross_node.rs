@@ -555,3 +555,79 @@ fn native_routing_between_nodes() {
         String::from_utf8_lossy(&r.stdout).contains(&format!("via {}", n1.cfg.node_ip().unwrap()))
     );
 }
+
+/// The next hop follows the kernel's neighbour table (re-read every second over netlink):
+/// an entry replaced with a wrong MAC shows in status and breaks the tunnel, the right MAC
+/// put back heals it, and a flushed entry is asked for again and resolves by itself.
+#[test]
+fn next_hops_follow_the_kernel_neighbour_table() {
+    if !require_root() {
+        return;
+    }
+    let (n0, n1) = two_nodes("nh", "");
+    assert!(n0.ping(0, &n1.pod_ip(0), 3), "{}", n0.log());
+    let hop = |n: &TestNode| n.status().overlay.expect("overlay").nexthops[0].clone();
+    let first = hop(&n0);
+    let right = first.mac.clone().expect("resolved");
+    let via = first.via.clone();
+    let ns = n0.cfg.node.netns.clone().expect("node netns");
+    let wait_for = |want: &dyn Fn(&fastpath::api::NextHopStatus) -> bool| {
+        let t = std::time::Instant::now();
+        loop {
+            let h = hop(&n0);
+            if want(&h) {
+                return h;
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "next hop stuck at {h:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let wrong = "02:00:00:be:ef:01";
+    let set = |mac: &str| {
+        let out = in_ns(
+            &ns,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &via,
+                "lladdr",
+                mac,
+                "dev",
+                "eth1",
+                "nud",
+                "permanent",
+            ],
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    set(wrong);
+    let is = |h: &fastpath::api::NextHopStatus, mac: &str| {
+        h.mac
+            .as_deref()
+            .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+    };
+    let h = wait_for(&|h| is(h, wrong));
+    assert_eq!(h.state, "PERMANENT");
+    assert!(
+        !n0.ping(0, &n1.pod_ip(0), 1),
+        "frames go to a MAC nobody has"
+    );
+    set(&right);
+    wait_for(&|h| is(h, &right));
+    assert!(n0.ping(0, &n1.pod_ip(0), 3), "healed\n{}", n0.log());
+    // Flushed: fastpath asks the kernel to resolve it again (a managed entry).
+    let out = in_ns(&ns, &["ip", "neigh", "del", &via, "dev", "eth1"]).unwrap();
+    assert!(out.status.success());
+    wait_for(&|h| is(h, &right) && h.state != "PERMANENT");
+    assert!(n0.ping(0, &n1.pod_ip(0), 3), "resolved again\n{}", n0.log());
+    drop(n1);
+}

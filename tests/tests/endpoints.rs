@@ -123,7 +123,8 @@ impl Drop for Killed {
 /// What a leak would show: counted by the kernel where it can say, by fastpath otherwise.
 #[derive(Debug, PartialEq, Eq)]
 struct Footprint {
-    fds: usize,
+    /// Open fds by kind (`socket`, `anon_inode:bpf-map`, `pipe`, ...): a leak says what leaked.
+    fds: std::collections::BTreeMap<String, usize>,
     xdp_sockets: usize,
     xsk_entries: usize,
     attached: usize,
@@ -141,9 +142,23 @@ fn footprint(n: &TestNode) -> Footprint {
     let pid = n.status().pid;
     // The status connection itself is closed once its answer is written.
     std::thread::sleep(Duration::from_millis(200));
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let mut fds = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
-        .count();
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue; // closed between the listing and the read
+        };
+        let t = target.to_string_lossy();
+        // `socket:[123]`, `pipe:[45]`, `anon_inode:[eventfd]`, `anon_inode:bpf-map`, a path.
+        let kind = match t.split_once(":[") {
+            Some((k, _)) => k.to_string(),
+            None if t.starts_with('/') => "file".to_string(),
+            None => t.to_string(),
+        };
+        *fds.entry(kind).or_insert(0) += 1;
+    }
     let st = n.status();
     // The kernel's count of AF_XDP sockets in the node's namespace (`sockets` column of the
     // XDP row; this kernel has no xsk_diag for `ss --xdp`).

@@ -14,6 +14,9 @@ use super::lb::proto_name;
 
 pub const CT_TCP_MAP: &str = "cilium_ct4_global";
 pub const CT_ANY_MAP: &str = "cilium_ct_any4_global";
+/// The IPv6 twins (same value layout, [`CtTuple6`] keys).
+pub const CT6_TCP_MAP: &str = "cilium_ct6_global";
+pub const CT6_ANY_MAP: &str = "cilium_ct_any6_global";
 /// `bpf-ct-global-tcp-max` / `bpf-ct-global-any-max` fixed defaults.
 pub const CT_TCP_MAX: u32 = 524_288;
 pub const CT_ANY_MAX: u32 = 262_144;
@@ -48,6 +51,78 @@ pub const LIFETIME_NONTCP: u32 = 60;
 pub const LIFETIME_SVC_TCP: u32 = 8000;
 pub const LIFETIME_SVC_NONTCP: u32 = 60;
 pub const LIFETIME_SVC_TCP_GRACE: u32 = 60;
+
+/// A conntrack key of one address family, as the shared table stores it (`K` words): the
+/// seam `control::ct::Conntrack` is generic over, so the IPv6
+/// maps (`cilium_ct6_global`, `cilium_ct_any6_global`) are the same code with
+/// [`CtTuple6`] and `K = 5`.
+pub trait CtKey<const K: usize>: Copy + Eq + std::fmt::Debug {
+    /// Wire bytes of an address of the family.
+    type Addr: Copy + Eq + std::fmt::Debug;
+    /// The TCP map or the other one.
+    const TCP_MAP: &'static str;
+    const ANY_MAP: &'static str;
+    fn words(&self) -> [u64; K];
+    fn from_words(w: [u64; K]) -> Self;
+    /// The L4 protocol (which of the two maps holds the key).
+    fn nexthdr(&self) -> u8;
+    /// `TUPLE_F_*`.
+    fn tuple_flags(&self) -> u8;
+    /// Is `a` either address of the key?
+    fn has_addr(&self, a: Self::Addr) -> bool;
+}
+
+impl CtKey<2> for CtTuple4 {
+    type Addr = [u8; 4];
+    const TCP_MAP: &'static str = CT_TCP_MAP;
+    const ANY_MAP: &'static str = CT_ANY_MAP;
+    #[inline]
+    fn words(&self) -> [u64; 2] {
+        CtTuple4::words(self)
+    }
+    #[inline]
+    fn from_words(w: [u64; 2]) -> Self {
+        CtTuple4::from_words(w)
+    }
+    #[inline]
+    fn nexthdr(&self) -> u8 {
+        self.nexthdr
+    }
+    #[inline]
+    fn tuple_flags(&self) -> u8 {
+        self.flags
+    }
+    #[inline]
+    fn has_addr(&self, a: [u8; 4]) -> bool {
+        self.saddr == a || self.daddr == a
+    }
+}
+
+impl CtKey<5> for CtTuple6 {
+    type Addr = [u8; 16];
+    const TCP_MAP: &'static str = CT6_TCP_MAP;
+    const ANY_MAP: &'static str = CT6_ANY_MAP;
+    #[inline]
+    fn words(&self) -> [u64; 5] {
+        CtTuple6::words(self)
+    }
+    #[inline]
+    fn from_words(w: [u64; 5]) -> Self {
+        CtTuple6::from_words(w)
+    }
+    #[inline]
+    fn nexthdr(&self) -> u8 {
+        self.nexthdr
+    }
+    #[inline]
+    fn tuple_flags(&self) -> u8 {
+        self.flags
+    }
+    #[inline]
+    fn has_addr(&self, a: [u8; 16]) -> bool {
+        self.saddr == a || self.daddr == a
+    }
+}
 
 /// `struct ipv4_ct_tuple` (14 B, packed).
 #[repr(C)]

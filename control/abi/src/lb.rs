@@ -144,6 +144,44 @@ impl fmt::Display for Lb4Key {
     }
 }
 
+/// `struct lb6_key` (24 B): the IPv6 frontend key of `cilium_lb6_services_v2`, the fields of
+/// [`Lb4Key`] with a 16-byte address. Its value, `struct lb6_service`, has
+/// [`Lb4Service`]'s layout ([`Lb6Service`]).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct Lb6Key {
+    /// Frontend address, wire order.
+    pub address: [u8; 16],
+    /// Frontend port, wire order.
+    pub dport: [u8; 2],
+    /// Host order: 0 = the master (service) entry, 1..=count the backend slots.
+    pub backend_slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<Lb6Key>() == 24);
+
+impl Lb6Key {
+    /// The master entry of a frontend.
+    pub fn master(addr: [u8; 16], port: u16, proto: u8) -> Lb6Key {
+        Lb6Key {
+            address: addr,
+            dport: port.to_be_bytes(),
+            backend_slot: 0,
+            proto,
+            scope: SCOPE_EXTERNAL,
+            pad: [0; 2],
+        }
+    }
+}
+
+/// `struct lb6_service`: byte for byte [`Lb4Service`].
+pub type Lb6Service = Lb4Service;
+
+/// `cilium_lb6_services_v2`.
+pub const SERVICES6_MAP: &str = "cilium_lb6_services_v2";
+
 /// `struct lb4_service` (12 B).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
@@ -410,6 +448,10 @@ mod tests {
         assert_eq!(offset_of!(AffinityKey, netns_cookie), 10);
         assert_eq!(offset_of!(AffinityValue, backend_id), 8);
         assert_eq!(offset_of!(AffinityMatchKey, rev_nat_id), 4);
+        assert_eq!(offset_of!(Lb6Key, dport), 16);
+        assert_eq!(offset_of!(Lb6Key, backend_slot), 18);
+        assert_eq!(offset_of!(Lb6Key, proto), 20);
+        assert_eq!(offset_of!(Lb6Key, scope), 21);
     }
 
     #[test]

@@ -126,6 +126,16 @@ impl EndpointKey {
         }
     }
 
+    /// The key for a local IPv6 address.
+    pub const fn v6(ip: [u8; 16]) -> Self {
+        EndpointKey {
+            ip,
+            family: ENDPOINT_KEY_IPV6,
+            key: 0,
+            cluster_id: 0,
+        }
+    }
+
     pub fn ipv4(&self) -> Option<Ipv4Addr> {
         (self.family == ENDPOINT_KEY_IPV4)
             .then(|| Ipv4Addr::new(self.ip[0], self.ip[1], self.ip[2], self.ip[3]))

@@ -160,13 +160,16 @@ impl fmt::Display for Ipv6Cidr {
 /// host order) for masking; `Addr` is its wire form.
 pub trait Family: Copy + fmt::Debug + 'static {
     /// Wire bytes of an address (`[u8; 4]` / `[u8; 16]`).
-    type Addr: Copy + fmt::Debug;
+    type Addr: Copy + Eq + fmt::Debug;
     /// A prefix type (`Ipv4Cidr` / `Ipv6Cidr`).
     type Prefix: Copy + fmt::Debug;
     /// The address as an integer, host order.
     type Bits: Copy + Eq + std::hash::Hash + fmt::Debug;
     /// Address width in bits (the longest prefix).
     const BITS: u8;
+    /// The family's ICMP protocol number (1 / 58): what policy keys on by type and
+    /// conntrack tracks echo by identifier.
+    const ICMP: u8;
     /// The prefix's network (host bits cleared) and length.
     fn split(p: Self::Prefix) -> (Self::Bits, u8);
     /// The prefix of a network and length.
@@ -187,6 +190,7 @@ impl Family for V4 {
     type Prefix = Ipv4Cidr;
     type Bits = u32;
     const BITS: u8 = 32;
+    const ICMP: u8 = 1;
     #[inline]
     fn split(p: Ipv4Cidr) -> (u32, u8) {
         (u32::from(p.addr) & mask(p.len), p.len)
@@ -216,6 +220,7 @@ impl Family for V6 {
     type Prefix = Ipv6Cidr;
     type Bits = u128;
     const BITS: u8 = 128;
+    const ICMP: u8 = 58;
     #[inline]
     fn split(p: Ipv6Cidr) -> (u128, u8) {
         (u128::from(p.addr) & mask6(p.len), p.len)

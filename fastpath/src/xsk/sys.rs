@@ -135,3 +135,125 @@ pub fn channels(ifname: &str) -> io::Result<Channels> {
         max_tx: ch.max_tx + ch.max_combined,
     })
 }
+
+/// A `NETLINK_ROUTE` socket, opened once and kept: the control thread's periodic read of
+/// the kernel's neighbour table without forking iproute2 every second (each fork held
+/// pipes and a copy of the page tables of a process with a large UMEM). The messages are
+/// built and parsed by safe code (`crate::neigh::nl`); this is only the socket.
+#[derive(Debug)]
+pub struct RtNetlink {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl RtNetlink {
+    /// Open and bind it in the calling thread's network namespace, with a receive timeout
+    /// (`timeout`) so a dump can never hang the control loop.
+    pub fn open(timeout: std::time::Duration) -> io::Result<RtNetlink> {
+        // SAFETY: plain socket(2); the fd is owned right below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: `tv` is a valid timeval for the duration of the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: zeroed is a valid sockaddr_nl (pid 0: the kernel picks our port id).
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `sa` is a valid sockaddr_nl of the given size.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RtNetlink { fd })
+    }
+
+    /// Send one request to the kernel.
+    pub fn send(&self, msg: &[u8]) -> io::Result<()> {
+        // SAFETY: zeroed is a valid sockaddr_nl; pid 0 is the kernel.
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        loop {
+            // SAFETY: `msg` and `sa` are valid for reads of their lengths for the call.
+            let r = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_nl).cast(),
+                    size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                )
+            };
+            if r >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Receive one datagram (a batch of messages) into `buf`; its length. A datagram larger
+    /// than `buf` is an error (`MSG_TRUNC`), never a silently cut message. Times out with
+    /// `WouldBlock` after the timeout given to [`RtNetlink::open`].
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `buf` is valid for writes of its length for the call.
+            let r = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if r >= 0 {
+                let n = r as usize;
+                if n > buf.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "netlink message of {n} bytes > the {} byte buffer",
+                            buf.len()
+                        ),
+                    ));
+                }
+                return Ok(n);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
