@@ -7,6 +7,8 @@ use control::datapath::{Datapath, NoKernel, node_endpoints};
 use control::maps::MacAddr;
 use control::tables::Port;
 
+mod fixtures;
+
 /// A fixture's YAML (services, policies) as the config reader reads it.
 fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, control::yaml::YamlError> {
     control::yaml::parse(text, &control::yaml::CONFIG)
@@ -374,55 +376,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// What a backend did with one frame, in terms any datapath can be checked against — this
-/// pipeline, or a kernel program run through `BPF_PROG_TEST_RUN`: the device it left on (or
-/// none), the bytes, and the Cilium metric rows (reason code, direction) → packets that moved.
-#[derive(Debug, PartialEq)]
-struct Ran {
-    tx: Option<PortId>,
-    bytes: Vec<u8>,
-    metrics: Vec<(u8, MetricDir, u64)>,
-}
-
-/// A datapath the fixture table runs on.
-trait Backend {
-    fn name(&self) -> &'static str;
-    fn run(&mut self, port: PortId, frame: &[u8]) -> Ran;
-}
-
-/// This pipeline over the demo node's tables, counted as a worker counts.
-struct Userspace {
-    t: std::sync::Arc<Tables>,
-    c: crate::stats::WorkerCounters,
-}
-
-impl Backend for Userspace {
-    fn name(&self) -> &'static str {
-        "userspace pipeline"
-    }
-    fn run(&mut self, port: PortId, frame: &[u8]) -> Ran {
-        let before = self.c.metrics();
-        let (v, bytes) = run(frame, port, &self.t);
-        self.c.account(&v, frame.len());
-        let after = self.c.metrics();
-        let metrics = after
-            .iter()
-            .filter_map(|&(r, d, p, _)| {
-                let was = before
-                    .iter()
-                    .find(|&&(r0, d0, _, _)| (r0, d0) == (r, d))
-                    .map_or(0, |x| x.2);
-                (p > was).then_some((r, d, p - was))
-            })
-            .collect();
-        Ran {
-            tx: v.tx_port(),
-            bytes,
-            metrics,
-        }
-    }
-}
-
 /// The Cilium metric rows a verdict must move, as Cilium counts them: a same-node delivery
 /// is forwarded egress (from the sender's lxc) and ingress (to the receiver's); a drop is
 /// its reason in its direction; an ARP reply moves none.
@@ -435,48 +388,21 @@ fn expected_metrics(v: &Verdict) -> Vec<(u8, MetricDir, u64)> {
     }
 }
 
-/// The same-node table, on every backend: where each frame goes, its bytes, and the
-/// metric rows it moves.
+/// The userspace verdicts of the same-node cases, exactly (the backend-neutral table in
+/// [`fixtures`] checks what leaves and what is counted; a verdict is this pipeline's own).
 #[test]
-fn fixtures() {
-    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(Userspace {
-        t: tables(),
-        c: crate::stats::WorkerCounters::new(4),
-    })];
-    for b in &mut backends {
-        for c in cases() {
-            let r = b.run(CLIENT_PORT, &c.input);
-            let name = (b.name(), c.name);
-            assert_eq!(r.tx, c.verdict.tx_port(), "{name:?}: where it goes");
-            let mut want = expected_metrics(&c.verdict);
-            let mut got = r.metrics.clone();
-            want.sort_by_key(|m| (m.0, m.1.index()));
-            got.sort_by_key(|m| (m.0, m.1.index()));
-            assert_eq!(got, want, "{name:?}: metric rows moved");
-            if let Some(out) = &c.output {
-                assert_eq!(&r.bytes, out, "{name:?}: output bytes");
-            }
-            if r.tx.is_some() && r.bytes.len() > 14 && r.bytes[12..14] == [8, 0] {
-                let ip = Ipv4Packet::new_checked(&r.bytes[14..]).unwrap();
-                assert!(ip.verify_checksum(), "{name:?}: ip checksum after ttl");
-            }
-            if r.tx.is_none() {
-                assert_eq!(
-                    r.bytes, c.input,
-                    "{name:?}: dropped frames are not modified"
-                );
-            }
-        }
-    }
-    // The userspace verdicts themselves, exactly (a backend-neutral table cannot hold them).
+fn same_node_verdicts() {
     let t = tables();
     for c in cases() {
-        assert_eq!(
-            run(&c.input, CLIENT_PORT, &t).0,
-            c.verdict,
-            "case `{}`",
-            c.name
-        );
+        let (v, out) = run(&c.input, CLIENT_PORT, &t);
+        assert_eq!(v, c.verdict, "case `{}`", c.name);
+        if v.tx_port().is_none() {
+            assert_eq!(
+                out, c.input,
+                "case `{}`: dropped frames are not modified",
+                c.name
+            );
+        }
     }
 }
 
@@ -510,25 +436,25 @@ mod overlay {
     use control::config::Config;
     use control::tables::NextHop;
 
-    const A_IP: [u8; 4] = [10, 1, 0, 11];
-    const B_IP: [u8; 4] = [10, 1, 0, 12];
-    const C_IP: [u8; 4] = [10, 2, 0, 11];
-    const N1: [u8; 4] = [192, 168, 50, 1];
-    const N2: [u8; 4] = [192, 168, 50, 2];
-    const A_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 1, 11]);
-    const B_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 1, 12]);
-    const C_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 2, 11]);
-    const LXC: [MacAddr; 2] = [
+    pub(super) const A_IP: [u8; 4] = [10, 1, 0, 11];
+    pub(super) const B_IP: [u8; 4] = [10, 1, 0, 12];
+    pub(super) const C_IP: [u8; 4] = [10, 2, 0, 11];
+    pub(super) const N1: [u8; 4] = [192, 168, 50, 1];
+    pub(super) const N2: [u8; 4] = [192, 168, 50, 2];
+    pub(super) const A_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 1, 11]);
+    pub(super) const B_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 1, 12]);
+    pub(super) const C_MAC: MacAddr = MacAddr([0x0a, 0, 0, 0, 2, 11]);
+    pub(super) const LXC: [MacAddr; 2] = [
         MacAddr([0x3e, 1, 0, 0, 0, 1]),
         MacAddr([0x3e, 1, 0, 0, 0, 2]),
     ];
-    const N1_MAC: MacAddr = MacAddr([0x02, 0x50, 0, 0, 0, 1]);
-    const N2_MAC: MacAddr = MacAddr([0x02, 0x50, 0, 0, 0, 2]);
-    const A_PORT: PortId = 0;
-    const B_PORT: PortId = 1;
-    const UL: PortId = 2;
+    pub(super) const N1_MAC: MacAddr = MacAddr([0x02, 0x50, 0, 0, 0, 1]);
+    pub(super) const N2_MAC: MacAddr = MacAddr([0x02, 0x50, 0, 0, 0, 2]);
+    pub(super) const A_PORT: PortId = 0;
+    pub(super) const B_PORT: PortId = 1;
+    pub(super) const UL: PortId = 2;
 
-    fn n1_cfg(native: bool, overlay_mac: bool) -> Config {
+    pub(super) fn n1_cfg(native: bool, overlay_mac: bool) -> Config {
         let mut y = String::from(
             r#"
 node: { name: n1, router_ip: 10.1.0.1, pod_cidr: 10.1.0.0/24,
@@ -555,7 +481,7 @@ remote_nodes:
         Config::parse(&y, "n1.yaml").unwrap()
     }
 
-    fn n2_cfg() -> Config {
+    pub(super) fn n2_cfg() -> Config {
         Config::parse(
             r#"
 node: { name: n2, router_ip: 10.2.0.1, pod_cidr: 10.2.0.0/24,
@@ -605,15 +531,15 @@ remote_nodes:
         dp.tables()
     }
 
-    fn n1() -> std::sync::Arc<Tables> {
+    pub(super) fn n1() -> std::sync::Arc<Tables> {
         node(&n1_cfg(false, false), N1_MAC, N2, N2_MAC)
     }
 
-    fn identity(cfg: &Config, pod: usize) -> u32 {
+    pub(super) fn identity(cfg: &Config, pod: usize) -> u32 {
         cfg.identities().0[pod]
     }
 
-    fn a_to_c_udp(len: usize) -> Vec<u8> {
+    pub(super) fn a_to_c_udp(len: usize) -> Vec<u8> {
         let mut udp = vec![0u8; 8 + len];
         udp[0..2].copy_from_slice(&40000u16.to_be_bytes());
         udp[2..4].copy_from_slice(&7u16.to_be_bytes());
@@ -624,7 +550,7 @@ remote_nodes:
     }
 
     /// An encapsulated frame as a peer would send it.
-    fn vxlan_frame(
+    pub(super) fn vxlan_frame(
         src: [u8; 4],
         dst: [u8; 4],
         dport: u16,
@@ -651,14 +577,14 @@ remote_nodes:
         out
     }
 
-    fn vni(id: u32) -> [u8; 8] {
+    pub(super) fn vni(id: u32) -> [u8; 8] {
         let b = id.to_be_bytes();
         [0x08, 0, 0, 0, b[1], b[2], b[3], 0]
     }
 
     /// n1 with a policy on pod a (from the config's `policies:`): egress only to b, ingress
     /// only from c on UDP 7.
-    fn n1_with_policy() -> std::sync::Arc<Tables> {
+    pub(super) fn n1_with_policy() -> std::sync::Arc<Tables> {
         let mut cfg = n1_cfg(false, false);
         cfg.policies = yaml(
             r#"
@@ -1069,18 +995,23 @@ remote_nodes:
         }
     }
 
+    /// n1 with NodePort `remote` (30081 → pod c on n2) and `empty` (30082, no backends).
+    pub(super) fn n1_nodeport() -> std::sync::Arc<Tables> {
+        let mut cfg = n1_cfg(false, false);
+        cfg.services = yaml(
+            "- { name: remote, type: NodePort, cluster_ip: 10.96.0.20, ports: [{ port: 80, node_port: 30081 }], backends: [{ ip: 10.2.0.11 }] }\n- { name: empty, type: NodePort, cluster_ip: 10.96.0.21, ports: [{ port: 80, node_port: 30082 }], backends: [] }",
+        )
+        .unwrap();
+        node(&cfg, N1_MAC, N2, N2_MAC)
+    }
+
     /// Issue #12: a frame is counted in the direction of the step that took it. NodePort
     /// traffic from outside is ingress wherever it goes — SNATed and encapsulated to a
     /// remote backend, or refused with an ICMP error when the service has no backend (the
     /// error used to count its original as egress); the same refusal for a pod is egress.
     #[test]
     fn nodeport_traffic_from_outside_counts_as_ingress() {
-        let mut cfg = n1_cfg(false, false);
-        cfg.services = yaml(
-            "- { name: remote, type: NodePort, cluster_ip: 10.96.0.20, ports: [{ port: 80, node_port: 30081 }], backends: [{ ip: 10.2.0.11 }] }\n- { name: empty, type: NodePort, cluster_ip: 10.96.0.21, ports: [{ port: 80, node_port: 30082 }], backends: [] }",
-        )
-        .unwrap();
-        let t = node(&cfg, N1_MAC, N2, N2_MAC);
+        let t = n1_nodeport();
         let syn = |port: u16| {
             Pkt::eth(N1_MAC, MacAddr([2, 0, 0, 0, 0, 9]))
                 .ipv4(
@@ -1249,9 +1180,9 @@ mod services {
     use super::*;
     use control::lb::ServiceConfig;
 
-    const VIP: [u8; 4] = [10, 96, 9, 9];
+    pub(super) const VIP: [u8; 4] = [10, 96, 9, 9];
 
-    fn svc_tables() -> std::sync::Arc<Tables> {
+    pub(super) fn svc_tables() -> std::sync::Arc<Tables> {
         let cfg = control::config::Config::default_node();
         let mut dp = demo_datapath();
         let svcs: Vec<ServiceConfig> = yaml(
@@ -1427,11 +1358,11 @@ mod policy {
     use control::policy::parse::parse_policies;
     use control::policy::table::{STAT_ALLOWED_INGRESS, STAT_DENIED_EGRESS, STAT_DENIED_INGRESS};
 
-    const WEB_IP: [u8; 4] = [10, 200, 1, 13];
-    const WEB_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xc8, 0x01, 0x0d]);
-    const WEB_PORT: PortId = 2;
+    pub(super) const WEB_IP: [u8; 4] = [10, 200, 1, 13];
+    pub(super) const WEB_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xc8, 0x01, 0x0d]);
+    pub(super) const WEB_PORT: PortId = 2;
 
-    fn with_policy(yaml: &str) -> std::sync::Arc<Tables> {
+    pub(super) fn with_policy(yaml: &str) -> std::sync::Arc<Tables> {
         let cfg = control::config::Config::default_node();
         let mut dp = demo_datapath();
         dp.set_identity_labels(cfg.identity_labels());
@@ -1440,7 +1371,7 @@ mod policy {
         dp.tables()
     }
 
-    const ECHO_POLICY: &str = r#"
+    pub(super) const ECHO_POLICY: &str = r#"
 kind: CiliumNetworkPolicy
 metadata: { name: echo }
 spec:
