@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+pub use tables::settings::{PollMode, RoutingMode};
 
 use crate::identity;
 use crate::maps::MacAddr;
@@ -110,27 +111,6 @@ pub struct UnderlayConfig {
     pub overlay_mac: Option<MacAddr>,
 }
 
-/// How traffic to pods on other nodes leaves this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum RoutingMode {
-    /// VXLAN to the node that owns the destination (ipcache tunnel endpoint), VNI = source
-    /// security identity.
-    #[default]
-    Tunnel,
-    /// No encapsulation: forward to the owning node's underlay address as next hop.
-    Native,
-}
-
-impl fmt::Display for RoutingMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RoutingMode::Tunnel => "tunnel",
-            RoutingMode::Native => "native",
-        })
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -173,16 +153,6 @@ impl fmt::Display for XdpMode {
             XdpMode::Auto => "auto",
         })
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PollMode {
-    /// Spin on the rings; when idle for a while, sleep in poll(2) until a frame arrives.
-    #[default]
-    Adaptive,
-    /// Spin forever (lowest latency, a full core even when idle).
-    Busy,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -10,19 +10,7 @@
 
 use std::collections::BTreeMap;
 
-pub const RESERVED_UNKNOWN: u32 = 0;
-pub const RESERVED_HOST: u32 = 1;
-pub const RESERVED_WORLD: u32 = 2;
-pub const RESERVED_UNMANAGED: u32 = 3;
-pub const RESERVED_HEALTH: u32 = 4;
-pub const RESERVED_INIT: u32 = 5;
-pub const RESERVED_REMOTE_NODE: u32 = 6;
-pub const RESERVED_KUBE_APISERVER: u32 = 7;
-pub const RESERVED_INGRESS: u32 = 8;
-
-/// First identity of the cluster-allocated range (cluster ID 0).
-pub const MIN_ALLOCATED: u32 = 256;
-pub const MAX_ALLOCATED: u32 = 65535;
+pub use abi::identity::*;
 
 /// The label strings Cilium would show for a pod: `k8s:key=value` plus the namespace label.
 pub fn pod_labels(namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {

@@ -61,6 +61,61 @@ mod layering {
         }
     }
 
+    /// The dataplane (`stage/`, `worker.rs`, `stats.rs`, `xsk/`, `wire/`) uses the layers
+    /// below it — `abi` and `tables` — and nothing of the control plane (config, identity
+    /// allocation, the writer, kernel maps) or the agent.
+    #[test]
+    fn the_dataplane_uses_only_abi_and_tables() {
+        let mut files: Vec<(String, String)> = Vec::new();
+        for dir in ["stage", "xsk", "wire"] {
+            files.extend(
+                sources(dir)
+                    .into_iter()
+                    .filter(|(f, _)| f != "tests")
+                    .map(|(f, t)| (format!("{dir}/{f}.rs"), t)),
+            );
+        }
+        for f in ["worker.rs", "stats.rs"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(f);
+            files.push((f.into(), std::fs::read_to_string(p).unwrap()));
+        }
+        assert!(files.len() > 20, "{} files", files.len());
+        for (f, text) in files {
+            // Code only, and not the unit tests (they build nodes from configs).
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for bad in [
+                    "control::",
+                    "crate::daemon",
+                    "crate::endpoints",
+                    "crate::server",
+                    "crate::api",
+                    "crate::views",
+                ] {
+                    assert!(!line.contains(bad), "{f} uses {bad}: {line}");
+                }
+            }
+        }
+        // And the tables crate depends on abi alone among fastpath's crates.
+        let manifest = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../control/tables/Cargo.toml"),
+        )
+        .unwrap();
+        let deps = manifest
+            .split("[dependencies]")
+            .nth(1)
+            .unwrap()
+            .split("\n[")
+            .next()
+            .unwrap();
+        for bad in ["control", "fastpath", "xdp-redirect", "aya", "lab"] {
+            assert!(
+                !deps.lines().any(|l| l.starts_with(bad)),
+                "tables depends on {bad}"
+            );
+        }
+    }
+
     /// The pipeline's step files call only down the order of stage/mod.rs's table: no
     /// cycles between steps.
     #[test]

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use control::maps::{DropReason, MetricDir};
+use abi::{DropReason, MetricDir};
 
 /// A single-writer counter.
 #[derive(Debug, Default)]

@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use control::config::PollMode;
-use control::maps::MetricDir;
-use control::tables::{PortId, TableReader};
+use abi::MetricDir;
+use tables::PollMode;
+use tables::{PortId, TableReader};
 
 use crate::stage::{self, Scratch, Verdict};
 use crate::stats::WorkerCounters;
@@ -334,7 +334,7 @@ impl Worker {
                         while s.s.recv(&mut self.umem, &mut rx, 64) > 0 {
                             for f in rx.drain(..) {
                                 self.counters.dropped(
-                                    control::maps::DropReason::UnknownSender,
+                                    abi::DropReason::UnknownSender,
                                     MetricDir::Egress,
                                     f.len(),
                                 );
@@ -345,7 +345,7 @@ impl Worker {
                         let queued = s.s.tx_outstanding();
                         for _ in 0..queued {
                             self.counters.dropped(
-                                control::maps::DropReason::UnknownTarget,
+                                abi::DropReason::UnknownTarget,
                                 MetricDir::Ingress,
                                 0,
                             );
@@ -440,7 +440,7 @@ impl Worker {
                 got += n;
                 c.batch(n as usize);
                 // Conntrack time: once per batch (a vDSO call, no syscall).
-                scratch.now = control::clock::now();
+                scratch.now = tables::clock::now();
                 let Some(pc) = c.ports.get(p) else {
                     for f in rx.drain(..) {
                         self.umem.release(f);
@@ -476,11 +476,7 @@ impl Worker {
                     if o == NO_HOME {
                         // A verdict naming a port this worker has no socket on: the tables
                         // and the sockets disagree. Counted, never a panic.
-                        c.dropped(
-                            control::maps::DropReason::UnknownTarget,
-                            MetricDir::Egress,
-                            len,
-                        );
+                        c.dropped(abi::DropReason::UnknownTarget, MetricDir::Egress, len);
                         self.umem.release(f);
                         continue;
                     }

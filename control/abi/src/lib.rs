@@ -11,6 +11,7 @@
 
 pub mod ct;
 pub mod drop;
+pub mod identity;
 pub mod ipcache;
 pub mod lb;
 pub mod lxc;

@@ -14,7 +14,8 @@
 //!   always admits its own host (`allow-localhost`).
 
 pub mod parse;
-pub mod table;
+/// The compiled per-endpoint policy maps the workers read: the `tables` crate's `policy`.
+pub use ::tables::policy as table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,9 +1,9 @@
 //! Conntrack steps (`ct_lookup4` / `ct_create4` of Cilium's `lib/conntrack.h`) over the
 //! shared table the workers write in place.
 
-use control::ct::CtState;
-use control::maps::ct::{CT_NODE_PORT, CtTuple4, LIFETIME_NONTCP, LIFETIME_TCP_SYN, TUPLE_F_IN};
-use control::tables::Tables;
+use abi::ct::{CT_NODE_PORT, CtTuple4, LIFETIME_NONTCP, LIFETIME_TCP_SYN, TUPLE_F_IN};
+use tables::Tables;
+use tables::ct::CtState;
 
 use super::Scratch;
 use super::flow::Ip;

@@ -3,8 +3,8 @@
 //! frame's L3/L4 fields are read; steps that rewrite the packet (DNAT, SNAT) update the
 //! summary with it.
 
-use control::maps::DropReason;
-use control::net::{Family, V4};
+use abi::DropReason;
+use abi::net::{Family, V4};
 
 use crate::wire::{Ipv4Packet, WireError, icmp, ipv4, l4};
 
@@ -132,7 +132,7 @@ pub(super) fn check_ipv4(frame: &[u8], off: usize) -> Result<Ip, DropReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use control::net::V6;
+    use abi::net::V6;
 
     /// The parsed flow is generic over the family: an `Ip<V6>` derives the same policy
     /// port and flow-hash word as an `Ip<V4>` of the same L4 fields, ICMPv6 (58) playing

@@ -3,10 +3,10 @@
 //! L3 rewrite (TTL, MACs) every forwarded frame gets. The metrics direction is the caller's:
 //! egress for a pod's packet, ingress for NodePort traffic from outside.
 
-use control::config::RoutingMode;
-use control::identity;
-use control::maps::{DropReason, MacAddr, MetricDir};
-use control::tables::{PortId, Tables};
+use abi::identity;
+use abi::{DropReason, MacAddr, MetricDir};
+use tables::RoutingMode;
+use tables::{PortId, Tables};
 
 use super::flow::Ip;
 use super::icmp::too_big;
@@ -22,7 +22,7 @@ pub(super) fn to_remote_node(
     b: &mut Buf<'_>,
     in_port: Option<PortId>,
     ip: &Ip,
-    remote: Option<&control::maps::RemoteEndpointInfo>,
+    remote: Option<&abi::RemoteEndpointInfo>,
     src_id: u32,
     dir: MetricDir,
     t: &Tables,

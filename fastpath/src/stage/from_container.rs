@@ -4,13 +4,13 @@
 //! local delivery ([`super::to_container`]) or off the node ([`super::forward`]).
 //! Direction: egress.
 
-use control::ct::CtState;
-use control::identity;
-use control::maps::ct::{CtTuple4, TUPLE_F_OUT};
-use control::maps::lb::RevNat;
-use control::maps::policy::DIR_EGRESS;
-use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, Tables};
+use abi::ct::{CtTuple4, TUPLE_F_OUT};
+use abi::identity;
+use abi::lb::RevNat;
+use abi::policy::DIR_EGRESS;
+use abi::{DropReason, MetricDir};
+use tables::ct::CtState;
+use tables::{PortId, Tables};
 
 use super::ct::{Egress, ct_egress, ct_forward};
 use super::flow::check_ipv4;

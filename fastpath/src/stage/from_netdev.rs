@@ -4,9 +4,9 @@
 //! ([`super::nodeport`]), natively routed traffic for a local pod, or the reply of a SNATed
 //! NodePort connection. Direction: ingress.
 
-use control::identity;
-use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, Tables};
+use abi::identity;
+use abi::{DropReason, MetricDir};
+use tables::{PortId, Tables};
 
 use super::flow::check_ipv4;
 use super::{Scratch, Verdict, drop, from_overlay, nodeport};

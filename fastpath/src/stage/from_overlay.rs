@@ -3,10 +3,10 @@
 //! source identity (not the host, not unknown, one the cluster knows); the outer headers
 //! are stripped and the inner frame delivered to its pod. Direction: ingress.
 
-use control::ct::CtState;
-use control::identity;
-use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, Tables};
+use abi::identity;
+use abi::{DropReason, MetricDir};
+use tables::ct::CtState;
+use tables::{PortId, Tables};
 
 use super::flow::{Ip, check_ipv4};
 use super::to_container::local_delivery;

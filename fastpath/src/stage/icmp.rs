@@ -3,8 +3,8 @@
 //! the error in place; the original counts as dropped, in the direction of the step that
 //! refused it.
 
-use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, Tables};
+use abi::{DropReason, MetricDir};
+use tables::{PortId, Tables};
 
 use super::flow::Ip;
 use super::{Verdict, drop};
@@ -47,7 +47,7 @@ pub(super) fn too_big(
 pub(super) fn icmp_error(
     b: &mut Buf<'_>,
     ip: &Ip,
-    back: (PortId, control::maps::MacAddr),
+    back: (PortId, abi::MacAddr),
     from: [u8; 4],
     kind: (u8, u8, u32),
     reason: DropReason,

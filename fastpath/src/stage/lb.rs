@@ -11,15 +11,15 @@
 //!
 //! NodePort/ExternalIP from outside and the NodePort replies are in [`super::nodeport`].
 
-use control::ct::{CtState, TCP_ACK, TCP_SYN};
-use control::maglev;
-use control::maps::ct::CtTuple4;
-use control::maps::lb::{
+use abi::ct::CtTuple4;
+use abi::lb::{
     ALG_DEFAULT, ALG_MAGLEV, AffinityKey, AffinityMatchKey, Lb4Backend, Lb4Key, Lb4Service, RevNat,
     RevNat4Value,
 };
-use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, Tables};
+use abi::{DropReason, MetricDir};
+use tables::ct::{CtState, TCP_ACK, TCP_SYN};
+use tables::maglev;
+use tables::{PortId, Tables};
 
 use super::ct::ct_create;
 use super::flow::Ip;
@@ -84,7 +84,7 @@ fn select_backend(
     if let Some(k) = &aff_key
         && let Some(slot) = t.affinity.lookup(k)
         && let Some(([id], life)) = t.affinity.read(slot)
-        && !control::shared_table::expired(life, s.now)
+        && !tables::shared_table::expired(life, s.now)
         && t.lb
             .affinity_match
             .contains(&AffinityMatchKey::new(id as u32, rev))

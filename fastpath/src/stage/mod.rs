@@ -58,8 +58,8 @@ pub mod nodeport;
 pub mod policy;
 pub mod to_container;
 
-use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, PortRole, Tables};
+use abi::{DropReason, MetricDir};
+use tables::{PortId, PortRole, Tables};
 
 use crate::wire::Buf;
 

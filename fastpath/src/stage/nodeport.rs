@@ -5,12 +5,12 @@
 //! ingress for what comes from outside or from another node, egress for a local backend's
 //! reply (it entered at `from-container`).
 
-use control::ct::CtState;
-use control::identity;
-use control::maps::ct::{CT_NODE_PORT, CtTuple4, TUPLE_F_OUT};
-use control::maps::lb::{Lb4Key, Lb4Service, RevNat4Value};
-use control::maps::{DropReason, MetricDir};
-use control::tables::{PortId, Tables};
+use abi::ct::{CT_NODE_PORT, CtTuple4, TUPLE_F_OUT};
+use abi::identity;
+use abi::lb::{Lb4Key, Lb4Service, RevNat4Value};
+use abi::{DropReason, MetricDir};
+use tables::ct::CtState;
+use tables::{PortId, Tables};
 
 use super::ct::{ct_forward, new_lifetime};
 use super::flow::Ip;

@@ -1,13 +1,13 @@
 //! The policy verdict (`policy_can_egress4` / `policy_can_access_ingress`): one lookup in the
 //! endpoint's `cilium_policy_v2_<id>` contents, counted per entry and per verdict.
 
-use control::maps::policy::DIR_EGRESS;
-use control::maps::{DropReason, MetricDir};
-use control::policy::table::{
+use abi::policy::DIR_EGRESS;
+use abi::{DropReason, MetricDir};
+use tables::Tables;
+use tables::policy::{
     PolicyVerdict, STAT_ALLOWED_EGRESS, STAT_ALLOWED_INGRESS, STAT_DENIED_EGRESS,
     STAT_DENIED_INGRESS,
 };
-use control::tables::Tables;
 
 use super::flow::Ip;
 use super::{Scratch, Verdict};

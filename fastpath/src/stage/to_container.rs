@@ -2,11 +2,11 @@
 //! destination's ingress policy program Cilium tail-calls). Direction: ingress, whoever sent
 //! the packet — a same-node pod, another node, or an outside client of a NodePort.
 
-use control::ct::CtState;
-use control::maps::MetricDir;
-use control::maps::ct::{CtTuple4, TUPLE_F_IN, TUPLE_F_OUT};
-use control::maps::policy::DIR_INGRESS;
-use control::tables::{EndpointEntry, PortId, Tables};
+use abi::MetricDir;
+use abi::ct::{CtTuple4, TUPLE_F_IN, TUPLE_F_OUT};
+use abi::policy::DIR_INGRESS;
+use tables::ct::CtState;
+use tables::{EndpointEntry, PortId, Tables};
 
 use super::ct::ct_forward;
 use super::flow::Ip;

@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use hashbrown::HashMap;
 
-use crate::config::RoutingMode;
 use crate::ct::{Conntrack, CtSizes};
 use crate::lb::LbTables;
 use crate::lpm::{Lpm, Lpm4};
 use crate::maps::{EndpointInfo, EndpointKey, MacAddr, RemoteEndpointInfo};
 use crate::net::{Family, V4, V6};
-use crate::policy::table::{PolicyStats, PolicyTables};
+use crate::policy::{PolicyStats, PolicyTables};
+use crate::settings::RoutingMode;
 use crate::shared_table::SharedTable;
 
 /// Index of a device in every worker's port array (same order in all workers).
