@@ -10,14 +10,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 pub use tables::settings::{PollMode, RoutingMode};
 
 use crate::identity;
 use crate::maps::MacAddr;
-use crate::net::Ipv4Cidr;
+use crate::net::{Ipv4Cidr, Ipv6Cidr};
 
 /// The embedded default: the demo node served when `fastpath run` gets no `--config`.
 pub const DEFAULT_CONFIG: &str = include_str!("default-node.yaml");
@@ -71,6 +71,9 @@ pub struct RemoteNodeConfig {
     pub ip: Ipv4Addr,
     /// The node's pod CIDR (Cilium's CiliumNode `spec.ipam.podCIDRs`).
     pub pod_cidr: Ipv4Cidr,
+    /// The node's IPv6 pod CIDR (dual stack); required when one of its pods has an `ipv6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<Ipv6Cidr>,
     /// Inner destination MAC for frames encapsulated to this node. Needed only when the peer
     /// is a Linux VXLAN device (it drops frames not addressed to its MAC); fastpath and Cilium
     /// peers ignore the inner MACs.
@@ -88,6 +91,9 @@ pub struct RemotePodConfig {
     #[serde(default = "default_ns")]
     pub namespace: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (dual stack), inside its node's `pod_cidr_v6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -128,6 +134,10 @@ pub struct NodeConfig {
     /// This node's pod CIDR; local pods must be inside it. Optional for a single node.
     #[serde(default)]
     pub pod_cidr: Option<Ipv4Cidr>,
+    /// This node's IPv6 pod CIDR (dual stack: the IPv6 entry of CiliumNode
+    /// `spec.ipam.podCIDRs`); required when a pod has an `ipv6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr_v6: Option<Ipv6Cidr>,
     /// The node NIC towards the other nodes; required when `remote_nodes` is not empty.
     #[serde(default)]
     pub underlay: Option<UnderlayConfig>,
@@ -263,6 +273,10 @@ pub struct PodConfig {
     #[serde(default = "default_ns")]
     pub namespace: String,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address (dual stack), inside `node.pod_cidr_v6`: written to
+    /// `cilium_lxc` and the ipcache beside the IPv4 one (docs/config.md, "IPv6").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// MAC of the pod's eth0.
     pub mac: MacAddr,
     /// Host-side veth (`lxc…`) of the pod.
@@ -740,6 +754,88 @@ impl Config {
                 ),
             );
         }
+        p.extend(self.validate_v6());
+        p
+    }
+
+    /// The IPv6 arm of [`Config::validate`]: dual-stack pod addresses and pod CIDRs,
+    /// checked as their IPv4 twins are (a network prefix, inside the node's CIDR, unique,
+    /// CIDRs not overlapping).
+    fn validate_v6(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        let mut bad = |field: String, msg: String| p.push(Problem { field, msg });
+        let usable = |ip: &Ipv6Addr| {
+            !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || ip.is_unicast_link_local()
+                || ip.to_ipv4_mapped().is_some())
+        };
+        let mut ips: HashMap<Ipv6Addr, String> = HashMap::new();
+        let mut cidrs: Vec<(Ipv6Cidr, String)> = Vec::new();
+        let mut cidr = |c: Ipv6Cidr, field: String, bad: &mut dyn FnMut(String, String)| {
+            if !c.is_network() {
+                bad(
+                    field,
+                    format!("{c} has host bits set (did you mean {}?)", c.network()),
+                );
+            } else if let Some((o, who)) = cidrs.iter().find(|(o, _)| o.overlaps(&c)) {
+                bad(field, format!("{c} overlaps {o} of {who}"));
+            } else {
+                cidrs.push((c, field));
+            }
+        };
+        if let Some(c) = self.node.pod_cidr_v6 {
+            cidr(c, "node.pod_cidr_v6".into(), &mut bad);
+        }
+        let mut addr = |ip: Ipv6Addr,
+                        within: Option<(Ipv6Cidr, &str)>,
+                        field: String,
+                        bad: &mut dyn FnMut(String, String)| {
+            match within {
+                None => bad(
+                    field,
+                    "an IPv6 address needs its node's pod_cidr_v6 (none is set)".into(),
+                ),
+                Some(_) if !usable(&ip) => {
+                    bad(field, format!("{ip} is not a usable unicast address"))
+                }
+                Some((c, what)) if !c.contains(ip) => {
+                    bad(field, format!("{ip} is outside {what} {c}"))
+                }
+                Some((c, _)) if u128::from(ip) == u128::from(c.addr) => {
+                    bad(field, format!("{ip} is the network address of {c}"))
+                }
+                Some(_) => match ips.get(&ip) {
+                    Some(other) => bad(field, format!("{ip} is already used by {other}")),
+                    None => {
+                        ips.insert(ip, field);
+                    }
+                },
+            }
+        };
+        for (i, pod) in self.pods.iter().enumerate() {
+            if let Some(ip) = pod.ipv6 {
+                let within = self.node.pod_cidr_v6.map(|c| (c, "node.pod_cidr_v6"));
+                addr(ip, within, format!("pods[{i}].ipv6"), &mut bad);
+            }
+        }
+        for (i, r) in self.remote_nodes.iter().enumerate() {
+            if let Some(c) = r.pod_cidr_v6 {
+                cidr(c, format!("remote_nodes[{i}].pod_cidr_v6"), &mut bad);
+            }
+            for (j, pod) in r.pods.iter().enumerate() {
+                if let Some(ip) = pod.ipv6 {
+                    let within = r.pod_cidr_v6.map(|c| (c, "the node's pod_cidr_v6"));
+                    addr(
+                        ip,
+                        within,
+                        format!("remote_nodes[{i}].pods[{j}].ipv6"),
+                        &mut bad,
+                    );
+                }
+            }
+        }
         p
     }
 
@@ -941,6 +1037,7 @@ pods:
                     name: format!("p{i}"),
                     namespace: "default".into(),
                     ip: Ipv4Addr::from(0x0a01_0000u32 + 10 + i as u32),
+                    ipv6: None,
                     mac: MacAddr([0x0a, 0, 0, 0, (i >> 8) as u8, i as u8]),
                     lxc: format!("lxc{i}"),
                     id: None,
@@ -980,6 +1077,7 @@ pods:
                 name: format!("r{i}"),
                 namespace: "default".into(),
                 ip: Ipv4Addr::new(10, 2, 0, 0),
+                ipv6: None,
                 labels: BTreeMap::from([("n".to_string(), i.to_string())]),
             })
             .collect();
@@ -1082,6 +1180,84 @@ remote_nodes:
     pod_cidr: 10.2.0.0/24
     pods: [ { name: b, ip: 10.2.0.11 } ]
 "#;
+
+    /// The IPv6 arm of validation: dual-stack addresses and CIDRs are checked as their IPv4
+    /// twins are, each problem naming its field.
+    #[test]
+    fn dual_stack_addresses_are_checked() {
+        let dual = CLUSTER
+            .replace(
+                "  pod_cidr: 10.1.0.0/24\n",
+                "  pod_cidr: 10.1.0.0/24\n  pod_cidr_v6: \"fd00:10:1::/64\"\n",
+            )
+            .replace("lxc: lxc-a }", "lxc: lxc-a, ipv6: \"fd00:10:1::11\" }")
+            .replace(
+                "    pod_cidr: 10.2.0.0/24\n",
+                "    pod_cidr: 10.2.0.0/24\n    pod_cidr_v6: \"fd00:10:2::/64\"\n",
+            )
+            .replace(
+                "{ name: b, ip: 10.2.0.11 }",
+                "{ name: b, ip: 10.2.0.11, ipv6: \"fd00:10:2::11\" }",
+            );
+        let c = Config::parse(&dual, "d.yaml").unwrap();
+        assert_eq!(c.pods[0].ipv6, Some("fd00:10:1::11".parse().unwrap()));
+        let cases = [
+            (
+                dual.replace("  pod_cidr_v6: \"fd00:10:1::/64\"\n", ""),
+                "pods[0].ipv6: an IPv6 address needs its node's pod_cidr_v6 (none is set)",
+            ),
+            (
+                dual.replace("ipv6: \"fd00:10:1::11\"", "ipv6: \"fd00:10:9::11\""),
+                "pods[0].ipv6: fd00:10:9::11 is outside node.pod_cidr_v6 fd00:10:1::/64",
+            ),
+            (
+                dual.replace("ipv6: \"fd00:10:1::11\"", "ipv6: \"fd00:10:1::\""),
+                "pods[0].ipv6: fd00:10:1:: is the network address of fd00:10:1::/64",
+            ),
+            (
+                dual.replace("ipv6: \"fd00:10:1::11\"", "ipv6: \"fe80::1\""),
+                "pods[0].ipv6: fe80::1 is not a usable unicast address",
+            ),
+            (
+                dual.replace("fd00:10:2::/64", "fd00:10:1::/48"),
+                "remote_nodes[0].pod_cidr_v6: fd00:10:1::/48 overlaps fd00:10:1::/64 of node.pod_cidr_v6",
+            ),
+            (
+                dual.replace("fd00:10:1::/64", "fd00:10:1::5/64"),
+                "node.pod_cidr_v6: fd00:10:1::5/64 has host bits set (did you mean fd00:10:1::/64?)",
+            ),
+            (
+                dual.replace("ipv6: \"fd00:10:2::11\"", "ipv6: \"fd00:10:1::11\""),
+                "remote_nodes[0].pods[0].ipv6: fd00:10:1::11 is outside the node's pod_cidr_v6 fd00:10:2::/64",
+            ),
+            (
+                dual.replace("fd00:10:2::/64", "fd00:10:2::/129"),
+                "remote_nodes[0].pod_cidr_v6: invalid IPv6 prefix `fd00:10:2::/129`",
+            ),
+            (
+                dual.replace("ipv6: \"fd00:10:1::11\"", "ipv6: 10.1.0.11"),
+                "pods[0].ipv6: invalid IPv6 address syntax",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.contains(want), "want `{want}` in:\n{e}");
+        }
+        // Two pods on one IPv6 address.
+        let mut two = Config::parse(&dual, "d.yaml").unwrap();
+        let mut p = two.pods[0].clone();
+        p.name = "a2".into();
+        p.ip = "10.1.0.12".parse().unwrap();
+        p.mac = "0a:00:00:00:00:03".parse().unwrap();
+        p.lxc = "lxc-a2".into();
+        two.pods.push(p);
+        let e: Vec<String> = two.validate().iter().map(|p| p.to_string()).collect();
+        assert!(
+            e.iter()
+                .any(|m| m.contains("pods[1].ipv6: fd00:10:1::11 is already used by pods[0].ipv6")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn cluster_config_is_checked() {

@@ -12,16 +12,16 @@ use crate::config::{Config, RoutingMode};
 use crate::ct::{Conntrack, CtSizes};
 use crate::identity;
 use crate::lb::{LbError, LbSettings, LbState, LbTables, ServiceConfig};
-use crate::lpm::Lpm4;
+use crate::lpm::{Lpm, Lpm4};
 use crate::maps::lb::{Lb4Key, Lb4Service, RevNat};
-use crate::maps::lxc::ENDPOINT_KEY_IPV4;
+use crate::maps::lxc::{ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6};
 use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, MacAddr, RemoteEndpointInfo};
-use crate::net::Ipv4Cidr;
+use crate::net::{Ipv4Cidr, Ipv6Cidr, V4, V6};
 use crate::policy::table::{POLICY_STATS_MAX, PolicyStats};
 use crate::policy::{LocalEndpoint, Policy, PolicyState, Universe};
 use crate::shared_table::SharedTable;
 use crate::tables::{
-    EndpointEntry, NextHop, Overlay, Port, PortId, TableReader, TableWriter, Tables,
+    EndpointEntry, NextHop, Overlay, Port, PortId, TableFamily, TableReader, TableWriter, Tables,
 };
 
 pub use crate::kernel::{
@@ -309,6 +309,7 @@ impl<K: KernelMaps> Datapath<K> {
         slot: PortId,
         port: Port,
         pod_mac: MacAddr,
+        ipv6: Option<std::net::Ipv6Addr>,
         sec_id: u32,
         labels: Vec<String>,
     ) -> Result<u64, DatapathError> {
@@ -366,28 +367,69 @@ impl<K: KernelMaps> Datapath<K> {
             with_port.ports[slot as usize] = Some(port.clone());
             validate_endpoint(&with_port, &key, &entry)?;
         }
+        // Dual stack: the same entry under the IPv6 key, and its /128.
+        let v6 = ipv6.map(|a| (EndpointKey::v6(a.octets()), Ipv6Cidr::host(a)));
+        if let Some((k6, p6)) = v6 {
+            if cur.endpoints.contains_key(&k6) {
+                return Err(bad(format!(
+                    "{k6}: the IPv6 address is already an endpoint of this node"
+                )));
+            }
+            if let Some(r) = cur.ipcache6.get(p6) {
+                return Err(bad(format!(
+                    "{p6} is in cilium_ipcache_v2 already (identity {}): another node's or pod's address",
+                    r.sec_identity
+                )));
+            }
+        }
         let prefix = Ipv4Cidr::host(ip);
         let old_ipcache = cur.ipcache.get(prefix).copied();
         self.kernel.upsert_endpoint(&key, &entry.info)?;
         let ic = [(prefix, Some(RemoteEndpointInfo::local(sec_id)))];
-        if let Err(e) = write_ipcache(&mut self.kernel, &ic, &cur.ipcache) {
+        if let Err(e) = write_ipcache::<K, V4>(&mut self.kernel, &ic, &cur.ipcache) {
             let _ = self.kernel.remove_endpoint(&key);
             return Err(e.into());
         }
         let undo_kernel = |k: &mut K| {
+            if let Some((k6, p6)) = v6 {
+                let _ = k.remove_endpoint(&k6);
+                let _ = k.remove_ipcache(&IpcacheKey::v6(p6));
+            }
             let _ = k.remove_endpoint(&key);
             let _ = match old_ipcache {
                 Some(v) => k.upsert_ipcache(&IpcacheKey::v4(prefix), &v),
                 None => k.remove_ipcache(&IpcacheKey::v4(prefix)),
             };
         };
+        let ic6: Vec<(Ipv6Cidr, Option<RemoteEndpointInfo>)> = v6
+            .map(|(_, p6)| (p6, Some(RemoteEndpointInfo::local(sec_id))))
+            .into_iter()
+            .collect();
+        if let Some((k6, _)) = v6 {
+            let written = self
+                .kernel
+                .upsert_endpoint(&k6, &entry.info)
+                .map_err(DatapathError::from)
+                .and_then(|()| {
+                    write_ipcache::<K, V6>(&mut self.kernel, &ic6, &cur.ipcache6)
+                        .map_err(DatapathError::from)
+                });
+            if let Err(e) = written {
+                undo_kernel(&mut self.kernel);
+                return Err(e);
+            }
+        }
         let mut t = (*cur).clone();
         if t.ports.len() <= slot as usize {
             t.ports.resize(slot as usize + 1, None);
         }
         t.ports[slot as usize] = Some(port);
         t.endpoints.insert(key, entry);
-        t.ipcache = Arc::new(ipcache_with(&cur.ipcache, &ic));
+        t.ipcache = Arc::new(ipcache_with::<V4>(&cur.ipcache, &ic));
+        if let Some((k6, _)) = v6 {
+            t.endpoints.insert(k6, entry);
+            t.ipcache6 = Arc::new(ipcache_with::<V6>(&cur.ipcache6, &ic6));
+        }
         let known = cur.identities.contains(&sec_id) || self.pod_labels.contains_key(&sec_id);
         t.identities.insert(sec_id);
         let had_labels = self.pod_labels.insert(sec_id, labels);
@@ -433,15 +475,55 @@ impl<K: KernelMaps> Datapath<K> {
         };
         let prefix = Ipv4Cidr::host(ip);
         let old_ipcache = cur.ipcache.get(prefix).copied();
-        self.kernel.remove_endpoint(&key)?;
+        // Its IPv6 keys (dual stack): the entries on the same slot, and their /128s.
+        let v6: Vec<(EndpointKey, Ipv6Cidr, Option<RemoteEndpointInfo>)> = cur
+            .endpoints
+            .iter()
+            .filter(|(k, e)| k.family == ENDPOINT_KEY_IPV6 && e.port == Some(slot))
+            .map(|(k, _)| {
+                let p6 = Ipv6Cidr::host(k.ip.into());
+                (*k, p6, cur.ipcache6.get(p6).copied())
+            })
+            .collect();
+        let put_back_v6 = |k: &mut K, upto: usize| {
+            for (k6, p6, old) in &v6[..upto] {
+                let _ = k.upsert_endpoint(k6, &entry.info);
+                if let Some(o) = old {
+                    let _ = k.upsert_ipcache(&IpcacheKey::v6(*p6), o);
+                }
+            }
+        };
+        for (i, (k6, p6, old)) in v6.iter().enumerate() {
+            let r = self.kernel.remove_endpoint(k6).and_then(|()| match old {
+                Some(_) => self.kernel.remove_ipcache(&IpcacheKey::v6(*p6)),
+                None => Ok(()),
+            });
+            if let Err(e) = r {
+                put_back_v6(&mut self.kernel, i + 1);
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = self.kernel.remove_endpoint(&key) {
+            put_back_v6(&mut self.kernel, v6.len());
+            return Err(e.into());
+        }
         if old_ipcache.is_some()
             && let Err(e) = self.kernel.remove_ipcache(&IpcacheKey::v4(prefix))
         {
             let _ = self.kernel.upsert_endpoint(&key, &entry.info);
+            put_back_v6(&mut self.kernel, v6.len());
             return Err(e.into());
         }
         let mut t = (*cur).clone();
         t.endpoints.remove(&key);
+        if !v6.is_empty() {
+            let mut ic6 = (*cur.ipcache6).clone();
+            for (k6, p6, _) in &v6 {
+                t.endpoints.remove(k6);
+                ic6.remove(*p6);
+            }
+            t.ipcache6 = Arc::new(ic6);
+        }
         if let Some(p) = t.ports.get_mut(slot as usize) {
             *p = None;
         }
@@ -478,6 +560,7 @@ impl<K: KernelMaps> Datapath<K> {
                 if let Some(v) = old_ipcache {
                     let _ = self.kernel.upsert_ipcache(&IpcacheKey::v4(prefix), &v);
                 }
+                put_back_v6(&mut self.kernel, v6.len());
                 Err(e)
             }
         }
@@ -568,17 +651,27 @@ impl<K: KernelMaps> Datapath<K> {
     }
 
     /// Add or replace `cilium_ipcache_v2` entries, all or nothing (kernel map first, rolled
-    /// back on failure; then one publish to the workers).
+    /// back on failure; then one publish to the workers). The IPv4 arm of
+    /// [`Datapath::upsert_ipcache_of`].
     pub fn upsert_ipcache(
         &mut self,
         batch: &[(Ipv4Cidr, RemoteEndpointInfo)],
+    ) -> Result<u64, DatapathError> {
+        self.upsert_ipcache_of::<V4>(batch)
+    }
+
+    /// [`Datapath::upsert_ipcache`] for prefixes of family `F`.
+    pub fn upsert_ipcache_of<F: TableFamily>(
+        &mut self,
+        batch: &[(F::Prefix, RemoteEndpointInfo)],
     ) -> Result<u64, DatapathError> {
         for (p, v) in batch {
             let bad = |msg: &str| DatapathError::InvalidIpcache {
                 prefix: p.to_string(),
                 msg: msg.into(),
             };
-            if !p.is_network() {
+            let (net, len) = F::split(*p);
+            if F::join(net, len) != *p {
                 return Err(bad("host bits set beyond the prefix length"));
             }
             if v.sec_identity == identity::RESERVED_UNKNOWN {
@@ -591,25 +684,33 @@ impl<K: KernelMaps> Datapath<K> {
             }
         }
         let cur = self.writer.current();
-        let changes: Vec<(Ipv4Cidr, Option<RemoteEndpointInfo>)> =
+        let changes: Vec<(F::Prefix, Option<RemoteEndpointInfo>)> =
             batch.iter().map(|(p, v)| (*p, Some(*v))).collect();
-        write_ipcache(&mut self.kernel, &changes, &cur.ipcache)?;
+        write_ipcache::<K, F>(&mut self.kernel, &changes, F::ipcache(&cur))?;
         let mut next = (*cur).clone();
-        next.ipcache = Arc::new(ipcache_with(&cur.ipcache, &changes));
+        *F::ipcache_mut(&mut next) = Arc::new(ipcache_with::<F>(F::ipcache(&cur), &changes));
         Ok(self.writer.publish(next))
     }
 
     /// Remove one `cilium_ipcache_v2` prefix (kernel first, then workers).
     pub fn remove_ipcache(&mut self, prefix: Ipv4Cidr) -> Result<u64, DatapathError> {
+        self.remove_ipcache_of::<V4>(prefix)
+    }
+
+    /// [`Datapath::remove_ipcache`] for a prefix of family `F`.
+    pub fn remove_ipcache_of<F: TableFamily>(
+        &mut self,
+        prefix: F::Prefix,
+    ) -> Result<u64, DatapathError> {
         let cur = self.writer.current();
-        if cur.ipcache.get(prefix).is_none() {
+        if F::ipcache(&cur).get(prefix).is_none() {
             return Err(DatapathError::NoSuchIpcache(prefix.to_string()));
         }
-        self.kernel.remove_ipcache(&IpcacheKey::v4(prefix))?;
+        self.kernel.remove_ipcache(&F::ipcache_key(prefix))?;
         let mut next = (*cur).clone();
-        let mut ic = (*cur.ipcache).clone();
+        let mut ic = F::ipcache(&cur).clone();
         ic.remove(prefix);
-        next.ipcache = Arc::new(ic);
+        *F::ipcache_mut(&mut next) = Arc::new(ic);
         Ok(self.writer.publish(next))
     }
 
@@ -649,6 +750,10 @@ impl<K: KernelMaps> Datapath<K> {
             accepted_identities(cfg),
         )?;
         self.upsert_ipcache(&node_ipcache(cfg))?;
+        let v6 = node_ipcache6(cfg);
+        if !v6.is_empty() {
+            self.upsert_ipcache_of::<V6>(&v6)?;
+        }
         self.set_services(&cfg.services, &cfg.lb_settings())?;
         self.set_identity_labels(cfg.identity_labels());
         let policies = cfg
@@ -746,11 +851,19 @@ fn validate_endpoint(t: &Tables, k: &EndpointKey, e: &EndpointEntry) -> Result<(
         key: k.to_string(),
         msg,
     };
-    if k.family != ENDPOINT_KEY_IPV4 {
-        return Err(bad("only IPv4 endpoints are served so far".into()));
+    match k.family {
+        ENDPOINT_KEY_IPV4 if k.ip[4..].iter().any(|&b| b != 0) => {
+            return Err(bad("key bytes beyond the IPv4 address must be zero".into()));
+        }
+        ENDPOINT_KEY_IPV4 | ENDPOINT_KEY_IPV6 => {}
+        f => {
+            return Err(bad(format!(
+                "family {f} is neither IPv4 ({ENDPOINT_KEY_IPV4}) nor IPv6 ({ENDPOINT_KEY_IPV6})"
+            )));
+        }
     }
-    if k.key != 0 || k.ip[4..].iter().any(|&b| b != 0) {
-        return Err(bad("key bytes beyond the IPv4 address must be zero".into()));
+    if k.key != 0 {
+        return Err(bad("the key byte must be 0 in cilium_lxc".into()));
     }
     match (e.info.is_host(), e.port) {
         (true, Some(_)) => Err(bad("a host entry has no lxc port".into())),
@@ -770,20 +883,20 @@ fn validate_endpoint(t: &Tables, k: &EndpointKey, e: &EndpointEntry) -> Result<(
 /// Write `cilium_ipcache_v2` changes (`Some`: upsert, `None`: remove) to the kernel in order.
 /// On a failure the ones already written are put back as `old` (the contents the workers run)
 /// has them, so a failed batch leaves the kernel map as it was.
-fn write_ipcache<K: KernelMaps>(
+fn write_ipcache<K: KernelMaps, F: TableFamily>(
     kernel: &mut K,
-    changes: &[(Ipv4Cidr, Option<RemoteEndpointInfo>)],
-    old: &Lpm4<RemoteEndpointInfo>,
+    changes: &[(F::Prefix, Option<RemoteEndpointInfo>)],
+    old: &Lpm<F, RemoteEndpointInfo>,
 ) -> Result<(), MapWriteError> {
     for (i, (p, v)) in changes.iter().enumerate() {
-        let k = IpcacheKey::v4(*p);
+        let k = F::ipcache_key(*p);
         let r = match v {
             Some(v) => kernel.upsert_ipcache(&k, v),
             None => kernel.remove_ipcache(&k),
         };
         if let Err(err) = r {
             for (p, _) in changes[..i].iter().rev() {
-                let k = IpcacheKey::v4(*p);
+                let k = F::ipcache_key(*p);
                 let _ = match old.get(*p) {
                     Some(o) => kernel.upsert_ipcache(&k, o),
                     None => kernel.remove_ipcache(&k),
@@ -796,10 +909,10 @@ fn write_ipcache<K: KernelMaps>(
 }
 
 /// The workers' ipcache copy with `changes` applied.
-fn ipcache_with(
-    cur: &Lpm4<RemoteEndpointInfo>,
-    changes: &[(Ipv4Cidr, Option<RemoteEndpointInfo>)],
-) -> Lpm4<RemoteEndpointInfo> {
+fn ipcache_with<F: TableFamily>(
+    cur: &Lpm<F, RemoteEndpointInfo>,
+    changes: &[(F::Prefix, Option<RemoteEndpointInfo>)],
+) -> Lpm<F, RemoteEndpointInfo> {
     let mut ic = cur.clone();
     for (p, v) in changes {
         match v {
@@ -842,20 +955,22 @@ pub fn node_endpoints(
                 ),
             });
         };
-        out.push((
-            EndpointKey::v4(pod.ip.octets()),
-            EndpointEntry {
-                info: EndpointInfo {
-                    ifindex: port.ifindex,
-                    lxc_id: ids[i],
-                    mac: EndpointInfo::encode_mac(pod.mac),
-                    node_mac: EndpointInfo::encode_mac(port.mac),
-                    sec_id: sec_ids[i],
-                    ..Default::default()
-                },
-                port: Some(i as u16),
+        let entry = EndpointEntry {
+            info: EndpointInfo {
+                ifindex: port.ifindex,
+                lxc_id: ids[i],
+                mac: EndpointInfo::encode_mac(pod.mac),
+                node_mac: EndpointInfo::encode_mac(port.mac),
+                sec_id: sec_ids[i],
+                ..Default::default()
             },
-        ));
+            port: Some(i as u16),
+        };
+        out.push((EndpointKey::v4(pod.ip.octets()), entry));
+        // Dual stack: the same endpoint under its IPv6 key, as Cilium writes both.
+        if let Some(v6) = pod.ipv6 {
+            out.push((EndpointKey::v6(v6.octets()), entry));
+        }
     }
     for ip in std::iter::once(&cfg.node.router_ip)
         .chain(&cfg.node.host_ips)
@@ -919,6 +1034,39 @@ pub fn node_ipcache(cfg: &Config) -> Vec<(Ipv4Cidr, RemoteEndpointInfo)> {
         ));
         for (pod, id) in node.pods.iter().zip(ids) {
             out.push((Ipv4Cidr::host(pod.ip), remote_info(*id, node.ip)));
+        }
+    }
+    out
+}
+
+/// The IPv6 part of `cilium_ipcache_v2` a config describes (dual-stack pods and pod
+/// CIDRs), as [`node_ipcache`] does for IPv4: local pods `/128` → their identity; a remote
+/// node's IPv6 pod CIDR → world behind its (IPv4) tunnel endpoint, its pods `/128` → their
+/// identities behind it. Empty for an IPv4-only config.
+pub fn node_ipcache6(cfg: &Config) -> Vec<(Ipv6Cidr, RemoteEndpointInfo)> {
+    let (local, remote) = cfg.identities();
+    let tunnel = cfg.datapath.routing == RoutingMode::Tunnel;
+    let remote_info = |id: u32, node: std::net::Ipv4Addr| {
+        if tunnel {
+            RemoteEndpointInfo::tunnelled(id, node)
+        } else {
+            RemoteEndpointInfo::local(id)
+        }
+    };
+    let mut out = Vec::new();
+    for (pod, id) in cfg.pods.iter().zip(&local) {
+        if let Some(v6) = pod.ipv6 {
+            out.push((Ipv6Cidr::host(v6), RemoteEndpointInfo::local(*id)));
+        }
+    }
+    for (node, ids) in cfg.remote_nodes.iter().zip(&remote) {
+        if let Some(c) = node.pod_cidr_v6 {
+            out.push((c, remote_info(identity::RESERVED_WORLD, node.ip)));
+        }
+        for (pod, id) in node.pods.iter().zip(ids) {
+            if let Some(v6) = pod.ipv6 {
+                out.push((Ipv6Cidr::host(v6), remote_info(*id, node.ip)));
+            }
         }
     }
     out
@@ -1215,6 +1363,105 @@ remote_nodes:
         assert!(!acc.contains(&identity::RESERVED_HOST));
     }
 
+    /// Dual stack: a pod's IPv6 address is the same `cilium_lxc` endpoint under its IPv6
+    /// key, and the IPv6 ipcache arm (kernel and workers) holds local and remote pods and the
+    /// remote pod CIDR behind the tunnel; a bad IPv6 prefix is refused before any write.
+    #[test]
+    fn dual_stack_pods_are_written_under_both_families() {
+        let cfg = Config::parse(
+            r#"
+node: { name: n1, router_ip: 10.1.0.1, pod_cidr: 10.1.0.0/24, pod_cidr_v6: "fd00:10:1::/64",
+        underlay: { device: eth1, address: 192.168.50.1/24 } }
+pods:
+  - { name: a, ip: 10.1.0.11, ipv6: "fd00:10:1::11", mac: "0a:00:00:00:00:0b", lxc: lxc-a, labels: { app: a } }
+remote_nodes:
+  - name: n2
+    ip: 192.168.50.2
+    pod_cidr: 10.2.0.0/24
+    pod_cidr_v6: "fd00:10:2::/64"
+    pods: [ { name: b, ip: 10.2.0.11, ipv6: "fd00:10:2::11", labels: { app: b } } ]
+"#,
+            "n1.yaml",
+        )
+        .unwrap();
+        let ports = vec![
+            Port::lxc(
+                "lxc-a",
+                7,
+                MacAddr([2, 0, 0, 0, 0, 7]),
+                "10.1.0.11".parse().unwrap(),
+                1,
+                1500,
+            ),
+            Port::underlay(
+                "eth1",
+                8,
+                MacAddr([2, 0, 0, 0, 0, 8]),
+                "192.168.50.1".parse().unwrap(),
+                1500,
+            ),
+        ];
+        let mut dp = Datapath::new(ports, 1, Flaky::default());
+        dp.load_node(&cfg).unwrap();
+        let (local, remote) = cfg.identities();
+        let a6: std::net::Ipv6Addr = "fd00:10:1::11".parse().unwrap();
+        let t = dp.tables();
+        let e4 = t.endpoint_v4([10, 1, 0, 11]).unwrap();
+        let e6 = t.endpoint::<V6>(a6.octets()).unwrap();
+        assert_eq!(e4, e6, "one endpoint, two keys");
+        assert_eq!(
+            dp.kernel().map[&EndpointKey::v6(a6.octets())].sec_id,
+            local[0]
+        );
+        assert_eq!(t.ipcache::<V6>(a6.octets()).unwrap().sec_identity, local[0]);
+        let b6: std::net::Ipv6Addr = "fd00:10:2::11".parse().unwrap();
+        let b = t.ipcache::<V6>(b6.octets()).unwrap();
+        assert_eq!(
+            (b.sec_identity, b.tunnel_v4()),
+            (remote[0][0], Some([192, 168, 50, 2]))
+        );
+        let other: std::net::Ipv6Addr = "fd00:10:2::99".parse().unwrap();
+        let o = t.ipcache::<V6>(other.octets()).unwrap();
+        assert_eq!(
+            (o.sec_identity, o.tunnel_v4()),
+            (identity::RESERVED_WORLD, Some([192, 168, 50, 2]))
+        );
+        let k = IpcacheKey::v6(Ipv6Cidr::host(b6));
+        assert_eq!(
+            dp.kernel().ipcache[&k].sec_identity,
+            remote[0][0],
+            "in the kernel map too"
+        );
+        assert!(
+            t.ipcache::<V6>([0xfe; 16]).is_none(),
+            "no IPv6 world entry was written"
+        );
+        // The IPv4 arm is what it was.
+        assert_eq!(
+            t.ipcache_v4([10, 2, 0, 11]).unwrap().sec_identity,
+            remote[0][0]
+        );
+        // A prefix with host bits set is refused and writes nothing.
+        let writes = dp.kernel().writes;
+        let bad: Ipv6Cidr = "fd00:10:3::1/64".parse().unwrap();
+        let e = dp
+            .upsert_ipcache_of::<V6>(&[(bad, RemoteEndpointInfo::local(300))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fd00:10:3::1/64") && e.contains("host bits"),
+            "{e}"
+        );
+        assert_eq!(dp.kernel().writes, writes);
+        dp.remove_ipcache_of::<V6>(Ipv6Cidr::host(b6)).unwrap();
+        assert!(!dp.kernel().ipcache.contains_key(&k));
+        assert_eq!(
+            dp.tables().ipcache::<V6>(b6.octets()).unwrap().sec_identity,
+            identity::RESERVED_WORLD,
+            "the /64 answers once the /128 is gone"
+        );
+    }
+
     #[test]
     fn invalid_endpoint_rejected_before_any_write() {
         let mut dp = Datapath::new(ports(), 1, Flaky::default());
@@ -1363,6 +1610,7 @@ remote_nodes:
                 3,
                 web_port(9, "10.1.1.9", 42),
                 MacAddr([0xa, 0, 0, 0, 0, 9]),
+                None,
                 id,
                 web_labels(),
             )
@@ -1429,6 +1677,7 @@ remote_nodes:
                 3,
                 web_port(9, "10.1.1.9", 42),
                 MacAddr([0xa, 0, 0, 0, 0, 9]),
+                None,
                 id,
                 web_labels(),
             )
@@ -1451,6 +1700,7 @@ remote_nodes:
                     slot,
                     web_port(9, ip, epid),
                     MacAddr([0xa, 0, 0, 0, 0, 9]),
+                    None,
                     id,
                     web_labels(),
                 )
@@ -1464,11 +1714,88 @@ remote_nodes:
                 3,
                 web_port(9, "10.1.1.2", 43),
                 MacAddr([0xa, 0, 0, 0, 0, 9]),
+                None,
                 id,
                 web_labels(),
             )
             .unwrap_err();
         assert!(e.to_string().contains("already an endpoint"), "{e}");
+    }
+
+    /// A dual-stack pod added at run time: its IPv6 key and /128 join with the IPv4 ones in
+    /// the same switch and leave with them; a failure on the IPv6 writes takes every write
+    /// back; an IPv6 address already in use is refused before any write.
+    #[test]
+    fn runtime_dual_stack_endpoint_joins_and_leaves_with_both_families() {
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        let id = dp.identity_for(&web_labels()).unwrap();
+        let mac = MacAddr([0xa, 0, 0, 0, 0, 9]);
+        let v6: std::net::Ipv6Addr = "fd00:10:1::9".parse().unwrap();
+        let k6 = EndpointKey::v6(v6.octets());
+        let ik6 = IpcacheKey::v6(Ipv6Cidr::host(v6));
+        let before = (dp.kernel().map.len(), dp.kernel().ipcache.len());
+        // The IPv4 writes succeed, the IPv6 cilium_lxc one fails: all taken back.
+        dp.kernel().fail_at = dp.kernel().writes + 3;
+        let e = dp
+            .add_local_endpoint(
+                3,
+                web_port(9, "10.1.1.9", 42),
+                mac,
+                Some(v6),
+                id,
+                web_labels(),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("E2BIG"), "{e}");
+        assert_eq!((dp.kernel().map.len(), dp.kernel().ipcache.len()), before);
+        assert!(dp.tables().port(3).is_none());
+        dp.kernel().fail_at = 0;
+        let g0 = dp.tables().generation;
+        let g = dp
+            .add_local_endpoint(
+                3,
+                web_port(9, "10.1.1.9", 42),
+                mac,
+                Some(v6),
+                id,
+                web_labels(),
+            )
+            .unwrap();
+        assert_eq!(g, g0 + 1, "one table switch for both families");
+        let t = dp.tables();
+        assert_eq!(t.endpoint::<V6>(v6.octets()), t.endpoint_v4([10, 1, 1, 9]));
+        assert_eq!(t.ipcache::<V6>(v6.octets()).unwrap().sec_identity, id);
+        assert_eq!(dp.kernel().map[&k6].sec_id, id);
+        assert_eq!(dp.kernel().ipcache[&ik6].sec_identity, id);
+        // Another pod on the same IPv6 address: refused, nothing written.
+        let writes = dp.kernel().writes;
+        let e = dp
+            .add_local_endpoint(
+                4,
+                Port {
+                    ifname: "lxc-web2".into(),
+                    ..web_port(10, "10.1.1.10", 43)
+                },
+                mac,
+                Some(v6),
+                id,
+                web_labels(),
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("IPv6 address is already an endpoint"),
+            "{e}"
+        );
+        assert_eq!(dp.kernel().writes, writes);
+        dp.remove_local_endpoint("10.1.1.9".parse().unwrap())
+            .unwrap();
+        let t = dp.tables();
+        assert!(t.endpoint::<V6>(v6.octets()).is_none());
+        assert!(t.ipcache::<V6>(v6.octets()).is_none());
+        assert!(!dp.kernel().map.contains_key(&k6));
+        assert!(!dp.kernel().ipcache.contains_key(&ik6));
+        assert_eq!((dp.kernel().map.len(), dp.kernel().ipcache.len()), before);
     }
 
     /// Two runtime pods with one label set share an identity; it stays while either is
@@ -1484,7 +1811,7 @@ remote_nodes:
         let id = dp.identity_for(&web_labels()).unwrap();
         assert_ne!(id, taken, "probed past a number in use");
         let mac = MacAddr([0xa, 0, 0, 0, 0, 9]);
-        dp.add_local_endpoint(3, web_port(9, "10.1.1.9", 42), mac, id, web_labels())
+        dp.add_local_endpoint(3, web_port(9, "10.1.1.9", 42), mac, None, id, web_labels())
             .unwrap();
         dp.add_local_endpoint(
             4,
@@ -1493,6 +1820,7 @@ remote_nodes:
                 ..web_port(10, "10.1.1.10", 43)
             },
             mac,
+            None,
             id,
             web_labels(),
         )

@@ -672,6 +672,7 @@ fn load_maps(
                 *slot,
                 devs.ports[*slot as usize].clone(),
                 pod.mac,
+                pod.ipv6,
                 id,
                 labels,
             )

@@ -68,6 +68,9 @@ pub struct EndpointRow {
     pub namespace: String,
     pub name: String,
     pub ipv4: String,
+    /// The IPv6 address of a dual-stack endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
     pub mac: String,
     pub lxc: String,
     pub ifindex: u32,
@@ -172,6 +175,8 @@ pub struct Endpoints {
     netns: Option<String>,
     /// Host addresses of the node (router, host IPs, underlay): never a pod's.
     host_ips: Vec<std::net::Ipv4Addr>,
+    /// `node.pod_cidr_v6`: where an endpoint's `ipv6` must be.
+    pod_cidr_v6: Option<control::net::Ipv6Cidr>,
     /// Changes finished, for status.
     pub added: u64,
     pub deleted: u64,
@@ -277,6 +282,7 @@ impl Endpoints {
             max_pods: shape.max_pods,
             netns: cfg.node.netns.clone(),
             host_ips,
+            pod_cidr_v6: cfg.node.pod_cidr_v6,
             added: 0,
             deleted: 0,
             failed: 0,
@@ -442,6 +448,27 @@ impl Endpoints {
                 r.sec_identity,
                 r.tunnel_endpoint_v4()
             );
+        }
+        if let Some(v6) = pod.ipv6 {
+            match self.pod_cidr_v6 {
+                None => bail!(
+                    "ipv6: {v6}: the node has no pod_cidr_v6 (node.pod_cidr_v6 in its config)"
+                ),
+                Some(c) if !c.contains(v6) => bail!("ipv6: {v6} is outside node.pod_cidr_v6 {c}"),
+                Some(c) if v6 == c.addr => bail!("ipv6: {v6} is the network address of {c}"),
+                Some(_) => {}
+            }
+            if t.endpoint::<control::net::V6>(v6.octets()).is_some()
+                || self.served.values().any(|s| s.pod.ipv6 == Some(v6))
+            {
+                bail!("ipv6: {v6} is already an endpoint of this node");
+            }
+            if let Some(r) = t.ipcache6.get(control::net::Ipv6Cidr::host(v6)) {
+                bail!(
+                    "ipv6: {v6} is in cilium_ipcache_v2 already (identity {}): an address of another node or pod",
+                    r.sec_identity
+                );
+            }
         }
         let in_ns = || {
             format!(
@@ -953,6 +980,7 @@ impl Endpoints {
             ep.slot,
             ep.port.clone(),
             ep.pod.mac,
+            ep.pod.ipv6,
             ep.identity,
             ep.labels.clone(),
         ) {
@@ -1022,6 +1050,7 @@ fn row(s: &Served) -> EndpointRow {
         namespace: s.pod.namespace.clone(),
         name: s.pod.name.clone(),
         ipv4: s.pod.ip.to_string(),
+        ipv6: s.pod.ipv6.map(|a| a.to_string()),
         mac: s.pod.mac.to_string(),
         lxc: s.pod.lxc.clone(),
         ifindex: s.port.ifindex,
@@ -1069,6 +1098,15 @@ pub fn check_pod_fields(p: &PodConfig) -> anyhow::Result<()> {
     {
         bail!("ip: {} cannot be a pod address", p.ip);
     }
+    if let Some(v6) = p.ipv6
+        && (v6.is_unspecified()
+            || v6.is_loopback()
+            || v6.is_multicast()
+            || v6.is_unicast_link_local()
+            || v6.to_ipv4_mapped().is_some())
+    {
+        bail!("ipv6: {v6} cannot be a pod address");
+    }
     if p.mac.is_multicast() || p.mac.is_zero() {
         bail!("mac: {} is not a unicast Ethernet address", p.mac);
     }
@@ -1095,6 +1133,7 @@ mod tests {
             name: "web-1".into(),
             namespace: "default".into(),
             ip: "10.1.1.9".parse().unwrap(),
+            ipv6: None,
             mac: "0a:58:0a:01:01:09".parse().unwrap(),
             lxc: "lxc-web".into(),
             id: None,

@@ -244,6 +244,11 @@ enum EndpointCmd {
         /// The pod's IPv4 address.
         #[arg(long, required_unless_present = "file")]
         ip: Option<std::net::Ipv4Addr>,
+        /// The pod's IPv6 address (dual stack), inside the node's `pod_cidr_v6`: written to
+        /// `cilium_lxc` and the ipcache beside the IPv4 one (IPv6 frames are not forwarded
+        /// yet; docs/endpoints.md).
+        #[arg(long)]
+        ipv6: Option<std::net::Ipv6Addr>,
         /// MAC of the pod's eth0.
         #[arg(long, required_unless_present = "file")]
         mac: Option<control::maps::MacAddr>,
@@ -258,7 +263,7 @@ enum EndpointCmd {
         labels: Vec<String>,
         /// The pod as YAML or JSON, with the fields of a `pods:` entry of the node config
         /// (instead of the flags above).
-        #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "ip", "mac", "lxc"])]
+        #[arg(short = 'f', long = "file", conflicts_with_all = ["name", "ip", "ipv6", "mac", "lxc"])]
         file: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
@@ -491,6 +496,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     namespace,
                     ip,
+                    ipv6,
                     mac,
                     lxc,
                     id,
@@ -523,6 +529,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         name: name.context("--name")?,
                         namespace,
                         ip: ip.context("--ip")?,
+                        ipv6,
                         mac: mac.context("--mac")?,
                         lxc: lxc.context("--lxc")?,
                         id,

@@ -379,16 +379,17 @@ pub fn endpoint_list_json(entries: &[(String, String)]) -> serde_json::Value {
 /// `fastpath endpoint list` as text: one row per endpoint, like `cilium-dbg endpoint list`.
 pub fn render_endpoints(rows: &[crate::endpoints::EndpointRow]) -> String {
     let mut s = format!(
-        "{:<10}{:<10}{:<40}{:<16}{:<18}{:<16}{:<8}{}\n",
-        "ENDPOINT", "IDENTITY", "POD", "IPv4", "MAC", "LXC", "SOURCE", "LABELS"
+        "{:<10}{:<10}{:<40}{:<16}{:<26}{:<18}{:<16}{:<8}{}\n",
+        "ENDPOINT", "IDENTITY", "POD", "IPv4", "IPv6", "MAC", "LXC", "SOURCE", "LABELS"
     );
     for r in rows {
         s += &format!(
-            "{:<10}{:<10}{:<40}{:<16}{:<18}{:<16}{:<8}{}\n",
+            "{:<10}{:<10}{:<40}{:<16}{:<26}{:<18}{:<16}{:<8}{}\n",
             r.id,
             r.identity,
             format!("{}/{}", r.namespace, r.name),
             r.ipv4,
+            r.ipv6.as_deref().unwrap_or("-"),
             r.mac,
             r.lxc,
             match r.source {

@@ -23,6 +23,7 @@ fn new_pod(n: &TestNode, name: &str, host: u8, lxc: &str, app: &str) -> PodConfi
         name: name.into(),
         namespace: "default".into(),
         ip: Ipv4Addr::new(o[0], o[1], o[2], host),
+        ipv6: None,
         mac: format!("0a:58:0a:{:02x}:{:02x}:{host:02x}", o[1], o[2])
             .parse()
             .unwrap(),
@@ -47,6 +48,10 @@ fn add_args(p: &PodConfig) -> Vec<String> {
         "--lxc".into(),
         p.lxc.clone(),
     ];
+    if let Some(v6) = p.ipv6 {
+        a.push("--ipv6".into());
+        a.push(v6.to_string());
+    }
     for (k, v) in &p.labels {
         a.push("--label".into());
         a.push(format!("{k}={v}"));
@@ -194,7 +199,13 @@ fn endpoints_come_and_go_while_traffic_flows() {
         return;
     }
     let y = cluster_yaml(&unique("ep"), &[Kind::Fastpath, Kind::Fastpath], 2, "");
-    let mut n0 = TestNode::start(&y[0], 1, &["--cores", "0"]);
+    // n0 is dual stack: its pods' IPv6 addresses go into cilium_lxc and the ipcache too.
+    let y0 = y[0].replacen(
+        "  pod_cidr: ",
+        "  pod_cidr_v6: \"fd00:ee::/64\"\n  pod_cidr: ",
+        1,
+    );
+    let mut n0 = TestNode::start(&y0, 1, &["--cores", "0"]);
     let n1 = TestNode::start(&y[1], 1, &["--cores", "1"]);
     n0.wait_overlay_ready();
     n1.wait_overlay_ready();
@@ -212,7 +223,8 @@ fn endpoints_come_and_go_while_traffic_flows() {
     // The new pod has the labels of n0p1, so n1 (which knows that identity) accepts its
     // traffic from the tunnel; a pod with labels no other node knows only talks same-node
     // until the identity reaches them (docs/endpoints.md).
-    let pod = new_pod(&n0, "web", 50, "lxc-web", "n0p1");
+    let mut pod = new_pod(&n0, "web", 50, "lxc-web", "n0p1");
+    pod.ipv6 = Some("fd00:ee::50".parse().unwrap());
     let pod_ns = PodNs::up(&n0.cfg, &pod, 1).unwrap();
     add_with_traffic(&n0, &n1, &pod);
     restart_restores(&mut n0, &n1, &pod);
@@ -290,6 +302,20 @@ fn refusals(n0: &TestNode) {
     bad.ip = "224.0.0.1".parse().unwrap();
     let (ok, _, err) = cli(n0, &add_args(&bad));
     assert!(!ok && err.contains("ip:"), "{err}");
+    // Dual stack: the IPv6 address must be in the node's pod_cidr_v6, and usable.
+    let mut v6 = new_pod(n0, "six", 63, "lxc-six", "x");
+    v6.ipv6 = Some("fd00:99::63".parse().unwrap());
+    let (ok, _, err) = cli(n0, &add_args(&v6));
+    assert!(
+        !ok && err.contains("ipv6: fd00:99::63 is outside node.pod_cidr_v6 fd00:ee::/64"),
+        "{err}"
+    );
+    v6.ipv6 = Some("fe80::63".parse().unwrap());
+    let (ok, _, err) = cli(n0, &add_args(&v6));
+    assert!(
+        !ok && err.contains("ipv6: fe80::63 cannot be a pod address"),
+        "{err}"
+    );
 
     let cfg_pod = format!("default/{}", n0.cfg.pods[0].name);
     let (ok, _, err) = cli(n0, &["endpoint".into(), "delete".into(), cfg_pod]);
@@ -330,6 +356,14 @@ fn add_with_traffic(n0: &TestNode, n1: &TestNode, pod: &PodConfig) {
         lxc.iter().any(|(k, _)| k.contains(&pod.ip.to_string())),
         "cilium_lxc has it: {lxc:?}"
     );
+    assert_eq!(web.ipv6.as_deref(), Some("fd00:ee::50"));
+    assert!(
+        lxc.iter().any(|(k, _)| k == "[fd00:ee::50]:0"),
+        "cilium_lxc has its IPv6 key too: {lxc:?}"
+    );
+    let ipc = n0.cli(&["bpf", "ipcache", "list"]);
+    let ipc = String::from_utf8_lossy(&ipc.stdout);
+    assert!(ipc.contains("fd00:ee::50/128"), "{ipc}");
 
     let ip = pod.ip.to_string();
     let ns = pod.netns.clone().unwrap();

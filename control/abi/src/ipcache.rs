@@ -55,6 +55,24 @@ impl IpcacheKey {
         }
     }
 
+    /// The key for an IPv6 prefix; host bits are cleared.
+    pub fn v6(prefix: crate::net::Ipv6Cidr) -> IpcacheKey {
+        IpcacheKey {
+            prefixlen: PREFIX_FIXED_BITS + prefix.len as u32,
+            cluster_id: 0,
+            pad1: 0,
+            family: FAMILY_IPV6,
+            ip: prefix.network().addr.octets(),
+        }
+    }
+
+    /// The IPv6 prefix, if this is a well-formed IPv6 key.
+    pub fn prefix_v6(&self) -> Option<crate::net::Ipv6Cidr> {
+        let len = self.prefixlen.checked_sub(PREFIX_FIXED_BITS)?;
+        (self.family == FAMILY_IPV6 && len <= 128)
+            .then(|| crate::net::Ipv6Cidr::new(self.ip.into(), len as u8))
+    }
+
     /// The IPv4 prefix, if this is a well-formed IPv4 key.
     pub fn prefix_v4(&self) -> Option<Ipv4Cidr> {
         let len = self.prefixlen.checked_sub(PREFIX_FIXED_BITS)?;
@@ -70,10 +88,15 @@ impl IpcacheKey {
 impl fmt::Display for IpcacheKey {
     /// `10.0.1.5/32`, as `cilium-dbg bpf ipcache list` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.prefix_v4() {
-            Some(p) if self.cluster_id == 0 => write!(f, "{p}"),
-            Some(p) => write!(f, "{p}@{}", self.cluster_id),
-            None => write!(f, "<family {} prefixlen {}>", self.family, self.prefixlen),
+        let p = match (self.prefix_v4(), self.prefix_v6()) {
+            (Some(p), _) => p.to_string(),
+            (_, Some(p)) => p.to_string(),
+            _ => return write!(f, "<family {} prefixlen {}>", self.family, self.prefixlen),
+        };
+        if self.cluster_id == 0 {
+            write!(f, "{p}")
+        } else {
+            write!(f, "{p}@{}", self.cluster_id)
         }
     }
 }
@@ -212,5 +235,25 @@ mod tests {
             RemoteEndpointInfo::local(1).to_string(),
             "identity=1 encryptkey=0 tunnelendpoint=0.0.0.0 flags=<none>"
         );
+    }
+
+    /// The IPv6 key: family 2, the full address, prefixlen counted from byte 4 as for v4.
+    #[test]
+    fn ipv6_keys_as_cilium_writes_them() {
+        let p: crate::net::Ipv6Cidr = "fd00:10:1::11/128".parse().unwrap();
+        let k = IpcacheKey::v6(p);
+        assert_eq!((k.family, k.prefixlen), (FAMILY_IPV6, 32 + 128));
+        assert_eq!(
+            k.ip,
+            "fd00:10:1::11"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+        );
+        assert_eq!(k.prefix_v6(), Some(p));
+        assert_eq!(k.prefix_v4(), None);
+        assert_eq!(k.to_string(), "fd00:10:1::11/128");
+        let net = IpcacheKey::v6("fd00:10:1::5/64".parse().unwrap());
+        assert_eq!(net.to_string(), "fd00:10:1::/64", "host bits cleared");
     }
 }

@@ -147,11 +147,98 @@ impl Ipv6Cidr {
         assert!(len <= 128, "IPv6 prefix length {len} > 128");
         Ipv6Cidr { addr, len }
     }
+
+    /// The host route for one address.
+    pub const fn host(addr: std::net::Ipv6Addr) -> Ipv6Cidr {
+        Ipv6Cidr { addr, len: 128 }
+    }
+
+    /// The prefix with the host bits cleared.
+    pub fn network(&self) -> Ipv6Cidr {
+        Ipv6Cidr {
+            addr: (u128::from(self.addr) & mask6(self.len)).into(),
+            len: self.len,
+        }
+    }
+
+    /// Are the host bits zero?
+    pub fn is_network(&self) -> bool {
+        u128::from(self.addr) & !mask6(self.len) == 0
+    }
+
+    pub fn contains(&self, ip: std::net::Ipv6Addr) -> bool {
+        (u128::from(ip) ^ u128::from(self.addr)) & mask6(self.len) == 0
+    }
+
+    /// Do the two prefixes share any address?
+    pub fn overlaps(&self, other: &Ipv6Cidr) -> bool {
+        let m = mask6(self.len.min(other.len));
+        (u128::from(self.addr) ^ u128::from(other.addr)) & m == 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid IPv6 prefix `{0}`: expected ADDRESS/LENGTH with LENGTH 0-128 (e.g. fd00:10:1::/64)"
+)]
+pub struct Cidr6ParseError(pub String);
+
+impl FromStr for Ipv6Cidr {
+    type Err = Cidr6ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || Cidr6ParseError(s.into());
+        let (a, l) = s.split_once('/').ok_or_else(err)?;
+        let addr: std::net::Ipv6Addr = a.parse().map_err(|_| err())?;
+        let len: u8 = l.parse().map_err(|_| err())?;
+        if len > 128 {
+            return Err(err());
+        }
+        Ok(Ipv6Cidr { addr, len })
+    }
+}
+
+impl Serialize for Ipv6Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Ipv6Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl fmt::Display for Ipv6Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+#[cfg(test)]
+mod v6_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_prefixes_parse_contain_and_overlap() {
+        let c: Ipv6Cidr = "fd00:10:1::/64".parse().unwrap();
+        assert!(c.is_network());
+        assert!(c.contains("fd00:10:1::11".parse().unwrap()));
+        assert!(!c.contains("fd00:10:2::11".parse().unwrap()));
+        let a: Ipv6Cidr = "fd00:10:1::5/64".parse().unwrap();
+        assert!(!a.is_network());
+        assert_eq!(a.network(), c);
+        assert!(c.overlaps(&"fd00::/16".parse().unwrap()));
+        assert!(!c.overlaps(&"fd00:10:2::/64".parse().unwrap()));
+        assert_eq!(
+            Ipv6Cidr::host("fd00::1".parse().unwrap()).to_string(),
+            "fd00::1/128"
+        );
+        for bad in ["fd00::", "fd00::/129", "10.0.0.0/8", "x/1"] {
+            let e = bad.parse::<Ipv6Cidr>().unwrap_err().to_string();
+            assert!(e.contains("IPv6 prefix"), "{bad}: {e}");
+        }
     }
 }
 
@@ -162,7 +249,7 @@ pub trait Family: Copy + fmt::Debug + 'static {
     /// Wire bytes of an address (`[u8; 4]` / `[u8; 16]`).
     type Addr: Copy + Eq + fmt::Debug;
     /// A prefix type (`Ipv4Cidr` / `Ipv6Cidr`).
-    type Prefix: Copy + fmt::Debug;
+    type Prefix: Copy + Eq + fmt::Debug + fmt::Display;
     /// The address as an integer, host order.
     type Bits: Copy + Eq + std::hash::Hash + fmt::Debug;
     /// Address width in bits (the longest prefix).

@@ -28,7 +28,7 @@ use hashbrown::HashMap;
 use crate::ct::{Conntrack, CtSizes};
 use crate::lb::LbTables;
 use crate::lpm::{Lpm, Lpm4};
-use crate::maps::{EndpointInfo, EndpointKey, MacAddr, RemoteEndpointInfo};
+use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, MacAddr, RemoteEndpointInfo};
 use crate::net::{Family, V4, V6};
 use crate::policy::{PolicyStats, PolicyTables};
 use crate::settings::RoutingMode;
@@ -213,6 +213,10 @@ pub trait TableFamily: Family {
     fn endpoint_key(ip: Self::Addr) -> EndpointKey;
     /// This family's part of `cilium_ipcache_v2`.
     fn ipcache(t: &Tables) -> &Lpm<Self, RemoteEndpointInfo>;
+    /// The same, to replace in a version being built.
+    fn ipcache_mut(t: &mut Tables) -> &mut Arc<Lpm<Self, RemoteEndpointInfo>>;
+    /// The kernel map's key of a prefix of this family.
+    fn ipcache_key(p: Self::Prefix) -> IpcacheKey;
 }
 
 impl TableFamily for V4 {
@@ -224,6 +228,12 @@ impl TableFamily for V4 {
     fn ipcache(t: &Tables) -> &Lpm<V4, RemoteEndpointInfo> {
         &t.ipcache
     }
+    fn ipcache_mut(t: &mut Tables) -> &mut Arc<Lpm<V4, RemoteEndpointInfo>> {
+        &mut t.ipcache
+    }
+    fn ipcache_key(p: crate::net::Ipv4Cidr) -> IpcacheKey {
+        IpcacheKey::v4(p)
+    }
 }
 
 impl TableFamily for V6 {
@@ -234,6 +244,12 @@ impl TableFamily for V6 {
     #[inline]
     fn ipcache(t: &Tables) -> &Lpm<V6, RemoteEndpointInfo> {
         &t.ipcache6
+    }
+    fn ipcache_mut(t: &mut Tables) -> &mut Arc<Lpm<V6, RemoteEndpointInfo>> {
+        &mut t.ipcache6
+    }
+    fn ipcache_key(p: crate::net::Ipv6Cidr) -> IpcacheKey {
+        IpcacheKey::v6(p)
     }
 }
 
