@@ -252,6 +252,8 @@ impl<K: KernelMaps> Datapath<K> {
             })
             .collect();
         eps.sort_by_key(|e| e.ep_id);
+        // A dual-stack pod is one endpoint under two keys: compiled once.
+        eps.dedup_by_key(|e| e.ep_id);
         let compiled = next
             .compile(&eps, &self.pod_labels, t.policy_stats.slots())
             .map_err(|e| DatapathError::Policy(e.to_string()))?;

@@ -476,6 +476,24 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
                         pod.ip
                     );
                 }
+                if let Some(v6) = pod.ipv6 {
+                    // The checks `endpoint add` made, against the config as it is now.
+                    match cfg.node.pod_cidr_v6 {
+                        None => bail!("its ipv6 {v6}: the config has no node.pod_cidr_v6 now"),
+                        Some(c) if !c.contains(v6) => {
+                            bail!("its ipv6 {v6} is outside node.pod_cidr_v6 {c} now")
+                        }
+                        Some(_) => {}
+                    }
+                    let me6 = control::net::Ipv6Cidr::host(v6);
+                    if cfg.pods.iter().any(|p| p.ipv6 == Some(v6))
+                        || control::datapath::node_ipcache6(cfg)
+                            .iter()
+                            .any(|(p, _)| *p == me6)
+                    {
+                        bail!("the config now has {v6} (a pod, remote node or pod)");
+                    }
+                }
                 let id = pod.id.context("no endpoint ID recorded")?;
                 if taken_ids.contains(&id) {
                     bail!("its endpoint ID {id} is taken");
@@ -1629,7 +1647,13 @@ struct NextHops {
     /// The neighbour table's netlink socket (opened by `start`).
     table: Option<neigh::NeighTable>,
     read_failing: bool,
+    /// Per target: when it may be asked for again while missing or FAILED, and the wait
+    /// after that (doubling from 1 s to 30 s; back to 1 s once it resolves).
+    probes: Vec<(Instant, Duration)>,
 }
+
+/// The longest wait between two re-probes of a next hop that does not resolve.
+const REPROBE_MAX: Duration = Duration::from_secs(30);
 
 /// How often the neighbour table is re-read.
 const NEIGH_REFRESH: Duration = Duration::from_secs(1);
@@ -1652,6 +1676,7 @@ impl NextHops {
             last: Instant::now(),
             table: None,
             read_failing: false,
+            probes: Vec::new(),
         }
     }
 
@@ -1665,6 +1690,7 @@ impl NextHops {
             mac: None,
             state: "unknown".into(),
         });
+        self.probes.push((Instant::now(), NEIGH_REFRESH));
     }
 
     /// Ask the kernel to resolve every next hop and wait up to 2 s for them; publish what
@@ -1730,24 +1756,41 @@ impl NextHops {
             self.read_failing = false;
         }
         let mut changes = Vec::with_capacity(self.targets.len());
-        for (t, seen) in self.targets.iter().zip(&mut self.seen) {
+        let now = Instant::now();
+        for ((t, seen), probe) in self
+            .targets
+            .iter()
+            .zip(&mut self.seen)
+            .zip(&mut self.probes)
+        {
+            // Asking again runs `ip`: at most once per backoff period per target.
+            let mut ask = |f: &dyn Fn() -> anyhow::Result<()>| {
+                if now >= probe.0 {
+                    let _ = f();
+                    probe.0 = now + probe.1;
+                    probe.1 = (probe.1 * 2).min(REPROBE_MAX);
+                }
+            };
             let n = match table.iter().find(|(ip, _)| *ip == t.via) {
                 Some((_, n)) => {
                     if n.state.contains("FAILED") {
                         // The peer did not answer (down, or not up yet): probe again.
-                        let _ = neigh::reprobe(t.via, &u.dev);
+                        ask(&|| neigh::reprobe(t.via, &u.dev));
                     }
                     n.clone()
                 }
                 None => {
                     // Flushed or garbage-collected: ask again.
-                    let _ = neigh::ensure_managed(t.via, &u.dev);
+                    ask(&|| neigh::ensure_managed(t.via, &u.dev));
                     neigh::Neighbour {
                         mac: None,
                         state: "none".into(),
                     }
                 }
             };
+            if n.usable().is_some() {
+                *probe = (now, NEIGH_REFRESH);
+            }
             changes.push((
                 t.ip.octets(),
                 n.usable().map(|mac| NextHop {

@@ -7,8 +7,10 @@
 //! changes (a MAC move, a failover) to the workers.
 //!
 //! The periodic re-read is an `RTM_GETNEIGH` dump over one netlink socket held open
-//! ([`NeighTable`]); the one-off steps (route lookup, address check, making an entry
-//! managed) use iproute2. All of it runs on the control thread only, never per packet.
+//! ([`NeighTable`]); the rarer steps use iproute2: the route lookup and address check at
+//! start, and making an entry managed again when it is missing or FAILED (with a backoff,
+//! so a peer that is down costs one `ip` run per up to 30 s, not one per second). All of it
+//! runs on the control thread only, never per packet.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -144,23 +146,36 @@ impl NeighTable {
         })
     }
 
-    /// Every IPv4 neighbour on the device with `ifindex`.
+    /// Every IPv4 neighbour on the device with `ifindex`. A dump that fails part-way (a
+    /// timeout, a bound, a bad message) leaves the kernel's dump running on the socket and
+    /// the next request would be refused (`EBUSY`), so the socket is replaced: closing it
+    /// ends that dump.
     pub fn neighbours(&mut self, ifindex: u32) -> anyhow::Result<Vec<(Ipv4Addr, Neighbour)>> {
+        let r = self.dump(ifindex);
+        if r.is_err() {
+            self.sock = crate::xsk::sys::RtNetlink::open(DUMP_TIMEOUT)
+                .context("reopening the NETLINK_ROUTE socket after a failed dump")?;
+        }
+        r
+    }
+
+    fn dump(&mut self, ifindex: u32) -> anyhow::Result<Vec<(Ipv4Addr, Neighbour)>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         self.sock
             .send(&nl::dump_request(seq))
             .context("sending the neighbour dump request")?;
         let mut out = Vec::new();
+        let mut seen = 0usize;
         let deadline = std::time::Instant::now() + DUMP_TIMEOUT;
         loop {
             let n = self
                 .sock
                 .recv(&mut self.buf)
                 .context("reading the neighbour dump")?;
-            match nl::parse(&self.buf[..n], seq, ifindex, &mut out)? {
+            match nl::parse(&self.buf[..n], seq, ifindex, &mut out, &mut seen)? {
                 nl::Parsed::Done => return Ok(out),
-                nl::Parsed::More if out.len() > DUMP_MAX_ENTRIES => {
+                nl::Parsed::More if seen > DUMP_MAX_ENTRIES => {
                     bail!("neighbour dump: more than {DUMP_MAX_ENTRIES} entries")
                 }
                 nl::Parsed::More if std::time::Instant::now() > deadline => {
@@ -245,13 +260,15 @@ pub mod nl {
     }
 
     /// Parse one datagram of the dump answering `seq`: IPv4 entries on `ifindex` are added
-    /// to `out`; messages of other requests are skipped. A malformed message is an error
-    /// (the kernel does not send one; the bound checks keep a bad one from panicking).
+    /// to `out`, every neighbour message of the dump counted in `seen` (the bound on a
+    /// dump); messages of other requests are skipped. A malformed message is an error (the
+    /// kernel does not send one; the bound checks keep a bad one from panicking).
     pub fn parse(
         b: &[u8],
         seq: u32,
         ifindex: u32,
         out: &mut Vec<(Ipv4Addr, Neighbour)>,
+        seen: &mut usize,
     ) -> anyhow::Result<Parsed> {
         let mut off = 0;
         while off + NLMSG_HDR <= b.len() {
@@ -272,11 +289,10 @@ pub mod nl {
             match ty {
                 NLMSG_DONE => return Ok(Parsed::Done),
                 NLMSG_ERROR => {
-                    let code = if body.len() >= 4 {
-                        i32::from_ne_bytes([body[0], body[1], body[2], body[3]])
-                    } else {
-                        0
-                    };
+                    if body.len() < 4 {
+                        bail!("netlink: error message of {} bytes", body.len());
+                    }
+                    let code = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
                     if code == 0 {
                         return Ok(Parsed::Done);
                     }
@@ -286,6 +302,7 @@ pub mod nl {
                     );
                 }
                 RTM_NEWNEIGH if body.len() >= NDMSG => {
+                    *seen += 1;
                     if body[0] != AF_INET || u32_at(body, 4) != ifindex {
                         continue;
                     }
@@ -433,14 +450,25 @@ mod tests {
             &ndmsg(2, 7, 0x40, &[attr(1, &[0, 0, 0, 0]), attr(2, &[0; 6])]),
         ));
         let mut out = Vec::new();
-        assert_eq!(nl::parse(&d, 5, 7, &mut out).unwrap(), nl::Parsed::More);
+        let mut seen = 0;
+        assert_eq!(
+            nl::parse(&d, 5, 7, &mut out, &mut seen).unwrap(),
+            nl::Parsed::More
+        );
         assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            seen, 5,
+            "every neighbour message of the dump counts towards its bound"
+        );
         assert_eq!(out[0].0, Ipv4Addr::new(192, 168, 1, 2));
         assert_eq!(out[0].1.usable(), Some(MacAddr(mac)));
         assert_eq!(out[0].1.state, "REACHABLE");
         assert_eq!((out[1].1.mac, out[1].1.state.as_str()), (None, "FAILED"));
         let done = nlmsg(3, 5, &0i32.to_ne_bytes());
-        assert_eq!(nl::parse(&done, 5, 7, &mut out).unwrap(), nl::Parsed::Done);
+        assert_eq!(
+            nl::parse(&done, 5, 7, &mut out, &mut 0).unwrap(),
+            nl::Parsed::Done
+        );
         assert_eq!(nl::state_names(0x02 | 0x80), "REACHABLE,PERMANENT");
         assert_eq!(nl::state_names(0), "NONE");
         let req = nl::dump_request(9);
@@ -454,14 +482,21 @@ mod tests {
         let mut out = Vec::new();
         let mut d = nlmsg(28, 1, &ndmsg(2, 7, 2, &[attr(1, &[10, 0, 0, 1])]));
         d[0] = 200; // longer than the datagram
-        assert!(nl::parse(&d, 1, 7, &mut out).is_err());
+        assert!(nl::parse(&d, 1, 7, &mut out, &mut 0).is_err());
         let mut bad_attr = ndmsg(2, 7, 2, &[attr(1, &[10, 0, 0, 1])]);
         bad_attr[12] = 60; // attribute longer than the message
-        assert!(nl::parse(&nlmsg(28, 1, &bad_attr), 1, 7, &mut out).is_err());
-        assert!(nl::parse(&nlmsg(28, 1, &[2, 0, 0]), 1, 7, &mut out).is_err());
-        let e = nl::parse(&nlmsg(2, 1, &(-libc::EPERM).to_ne_bytes()), 1, 7, &mut out)
-            .unwrap_err()
-            .to_string();
+        assert!(nl::parse(&nlmsg(28, 1, &bad_attr), 1, 7, &mut out, &mut 0).is_err());
+        assert!(nl::parse(&nlmsg(28, 1, &[2, 0, 0]), 1, 7, &mut out, &mut 0).is_err());
+        assert!(nl::parse(&nlmsg(2, 1, &[0, 0]), 1, 7, &mut out, &mut 0).is_err());
+        let e = nl::parse(
+            &nlmsg(2, 1, &(-libc::EPERM).to_ne_bytes()),
+            1,
+            7,
+            &mut out,
+            &mut 0,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not permitted"), "{e}");
         assert!(out.is_empty());
     }

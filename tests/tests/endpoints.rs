@@ -199,7 +199,8 @@ fn endpoints_come_and_go_while_traffic_flows() {
         return;
     }
     let y = cluster_yaml(&unique("ep"), &[Kind::Fastpath, Kind::Fastpath], 2, "");
-    // n0 is dual stack: its pods' IPv6 addresses go into cilium_lxc and the ipcache too.
+    // n0 has an IPv6 pod CIDR, so the pod added below is dual stack: its IPv6 address goes
+    // into cilium_lxc and the ipcache too (and through the 200 cycles).
     let y0 = y[0].replacen(
         "  pod_cidr: ",
         "  pod_cidr_v6: \"fd00:ee::/64\"\n  pod_cidr: ",
@@ -390,6 +391,19 @@ fn restart_restores(n0: &mut TestNode, n1: &TestNode, pod: &PodConfig) {
             .any(|r| r.name == pod.name && r.source == fastpath::endpoints::Source::Api),
         "{rows:?}"
     );
+    if let Some(v6) = pod.ipv6 {
+        let r = rows.iter().find(|r| r.name == pod.name).unwrap();
+        assert_eq!(
+            r.ipv6,
+            Some(v6.to_string()),
+            "its IPv6 address came back too"
+        );
+        let lxc = api::endpoint_list(&n0.socket).unwrap();
+        assert!(
+            lxc.iter().any(|(k, _)| *k == format!("[{v6}]:0")),
+            "and its IPv6 cilium_lxc key: {lxc:?}"
+        );
+    }
     assert!(n0.ping(0, &pod.ip.to_string(), 3), "{}", n0.log());
     assert!(n1.ping(0, &pod.ip.to_string(), 3), "{}", n0.log());
 }
@@ -429,6 +443,13 @@ fn delete_with_traffic(n0: &TestNode, pod: &PodConfig) {
     );
     let lxc = api::endpoint_list(&n0.socket).unwrap();
     assert!(!lxc.iter().any(|(k, _)| k.contains(&ip)), "{lxc:?}");
+    if let Some(v6) = pod.ipv6 {
+        let v6 = v6.to_string();
+        assert!(!lxc.iter().any(|(k, _)| k.contains(&v6)), "{lxc:?}");
+        let ipc = n0.cli(&["bpf", "ipcache", "list"]);
+        let ipc = String::from_utf8_lossy(&ipc.stdout);
+        assert!(!ipc.contains(&v6), "its /128 is gone: {ipc}");
+    }
     let rows = api::endpoints(&n0.socket).unwrap();
     assert!(!rows.iter().any(|r| r.name == pod.name));
     // The state dir forgot it too: a restart would not bring it back.

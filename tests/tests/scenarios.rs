@@ -273,15 +273,46 @@ fn cluster_ip(c: &Cluster) {
             c.n1.pod_ip(1)
         ),
     );
-    let _s0 = c.n0.echo_server(1, 7104);
-    let _s1 = c.n1.echo_server(1, 7104);
-    // From pods of both nodes, several connections (new source ports): every one answered
-    // through the VIP, whichever backend it went to.
+    // Each backend answers with its own name, so the client sees which one it reached. It
+    // reads the request line first: closing with unread data would reset the connection.
+    let named = |n: &TestNode, who: &str| {
+        let answer = format!("SYSTEM:read line; echo {who}");
+        let s = n.spawn_in_pod(
+            1,
+            &[
+                "socat",
+                "-T",
+                "3",
+                "TCP-LISTEN:7104,fork,reuseaddr",
+                &answer,
+            ],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        s
+    };
+    let _s0 = named(&c.n0, "local");
+    let _s1 = named(&c.n1, "remote");
+    // From a pod of n0, 16 connections (new source ports: a backend is chosen per flow): every
+    // one answered through the VIP, and both backends reached (the chance that 16 flows
+    // all pick one of two is 2^-15). From n1's pod too.
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..16 {
+        let got = c.n0.echo(0, "TCP", &vip, 9100, &format!("vip {round}\n"));
+        assert!(
+            got == "local\n" || got == "remote\n",
+            "round {round}: {got:?}\n{}",
+            c.n0.log()
+        );
+        seen.insert(got);
+    }
+    assert_eq!(seen.len(), 2, "both backends answered: {seen:?}");
     for round in 0..4 {
-        for (n, i) in [(&c.n0, 0), (&c.n1, 0)] {
-            let msg = format!("vip {round}\n");
-            assert_eq!(n.echo(i, "TCP", &vip, 9100, &msg), msg, "{}", n.log());
-        }
+        let got = c.n1.echo(0, "TCP", &vip, 9100, &format!("vip {round}\n"));
+        assert!(
+            got == "local\n" || got == "remote\n",
+            "{got:?}\n{}",
+            c.n1.log()
+        );
     }
     svc.delete();
     assert!(

@@ -159,8 +159,9 @@ pub struct Tables {
     /// `cilium_ipcache_v2` (IPv4 part). Behind an `Arc` so that publishing a change to
     /// another table does not copy it.
     pub ipcache: Arc<Lpm4<RemoteEndpointInfo>>,
-    /// `cilium_ipcache_v2` (IPv6 part): the IPv6 arm of [`TableFamily::ipcache`]. Empty
-    /// until the IPv6 datapath writes it; the lookups already go through the family seam.
+    /// `cilium_ipcache_v2` (IPv6 part): the IPv6 arm of [`TableFamily::ipcache`] —
+    /// dual-stack pods' `/128`s and remote nodes' IPv6 pod CIDRs. No step reads it yet (IPv6
+    /// frames are not forwarded); the lookups already go through the family seam.
     pub ipcache6: Arc<Lpm<V6, RemoteEndpointInfo>>,
     /// Native routing: remote pod CIDR → gateway (the owning node's address), wire order.
     pub routes: Arc<Lpm4<[u8; 4]>>,

@@ -258,10 +258,11 @@ fn vxlan_with(
     out
 }
 
-/// What a datapath may choose in an encapsulated frame: the outer IP ID and DF bit (Linux
-/// sets DF per `df` config, Cilium leaves it to the tunnel device), the outer header
-/// checksum (checked valid instead), the UDP source port (a flow hash: checked in range)
-/// and the UDP checksum (0 or valid; Linux sends 0 for IPv4 by default).
+/// What a datapath may choose in an encapsulated frame: the outer IP ID, the DF bit (Linux
+/// sets DF per `df` config, Cilium leaves it to the tunnel device; no other bit of the
+/// flags/offset word may be set), the outer header checksum, the UDP source port (a flow
+/// hash) and the UDP checksum (0, as Linux sends for IPv4 by default, or valid) — each
+/// checked for what it must be instead.
 fn encap_free() -> Vec<Range<usize>> {
     vec![18..22, 24..26, 34..36, 40..42]
 }
@@ -658,10 +659,30 @@ fn check(b: &dyn Backend, f: &Fixture, i: usize, step: &Step, r: &Ran) {
                 );
             }
             // The masked fields, checked for what they must be.
-            let ip = Ipv4Packet::new_checked(&r.bytes[14..]).expect("outer ipv4");
+            let b = &r.bytes;
+            let ip = Ipv4Packet::new_checked(&b[14..]).expect("outer ipv4");
             assert!(ip.verify_checksum(), "{name:?}: outer ip checksum");
-            let sport = u16::from_be_bytes([r.bytes[34], r.bytes[35]]);
+            assert!(
+                b[20] & 0xbf == 0 && b[21] == 0,
+                "{name:?}: only DF may be set in the outer flags/offset ({:02x}{:02x})",
+                b[20],
+                b[21]
+            );
+            let sport = u16::from_be_bytes([b[34], b[35]]);
             assert!(sport >= 1024, "{name:?}: outer source port {sport}");
+            let csum = u16::from_be_bytes([b[40], b[41]]);
+            if csum != 0 {
+                let mut pseudo = Vec::new();
+                pseudo.extend_from_slice(&b[26..34]);
+                pseudo.extend_from_slice(&[0, 17]);
+                pseudo.extend_from_slice(&((b.len() - 34) as u16).to_be_bytes());
+                pseudo.extend_from_slice(&b[34..]);
+                assert_eq!(
+                    crate::wire::checksum(&pseudo),
+                    0,
+                    "{name:?}: a non-zero outer UDP checksum must verify"
+                );
+            }
         }
         // Nothing leaves: what the buffer holds is the backend's business (the userspace
         // pipeline may have decapsulated it before the drop).
