@@ -11,6 +11,9 @@
 pub mod api;
 pub mod daemon;
 pub mod endpoints;
+/// Test fixtures (unit tests; `bench/` and other datapaths with the `fixtures` feature).
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod metrics;
 pub mod neigh;
 pub mod server;

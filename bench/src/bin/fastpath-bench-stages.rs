@@ -1,0 +1,262 @@
+//! The pipeline per fixture: ns per frame for every step of the backend-neutral fixture
+//! table (`fastpath::fixtures::table`, the same rows the unit tests check and a second
+//! datapath will run), on tiny tables and on large ones.
+//!
+//! For each fixture the steps are first run once in order on a fresh node and checked
+//! against the table (so what is timed is what the table says: a request that created its
+//! conntrack entry, then the reply that finds it); then each step is timed on its own,
+//! repeated: the frame is copied into a 2 KiB chunk behind the kernel's 256-byte headroom
+//! and run through `stage::process`, as a worker does after RX. Established flows are what
+//! repeats measure (the first packet's conntrack create happens once). The copy alone is
+//! timed too and reported as its own row, so the pipeline's cost is the difference.
+//!
+//! "large" adds, to every setup's tables, `--ipcache` random remote /32s in 10.128.0.0/9
+//! behind the peer node and `--ct` established conntrack entries between random addresses:
+//! lookups then miss the caches as a busy node's do.
+//!
+//! `fastpath-bench-stages [--iters 200000] [--rounds 5] [--core 1] [--only TEXT]
+//! [--ipcache 1000000] [--ct 1000000] [--json FILE]`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use control::ct::{CtSizes, CtState};
+use control::maps::RemoteEndpointInfo;
+use control::maps::ct::{CtTuple4, TUPLE_F_OUT};
+use control::net::Ipv4Cidr;
+use control::tables::{PortId, Tables};
+use fastpath::fixtures::table::{Backend, Fixture, Setup, Userspace, table};
+use fastpath::stage::{self, Scratch};
+use fastpath::wire::Buf;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Frames per sample.
+    #[arg(long, default_value_t = 200_000)]
+    iters: u64,
+    /// Samples per step and table size (interleaved tiny, large, tiny, …); the median is
+    /// reported with the min and max.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Core to pin to.
+    #[arg(long, default_value_t = 1)]
+    core: usize,
+    /// Only the fixtures whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Remote /32s added to the ipcache for the large tables.
+    #[arg(long, default_value_t = 1_000_000)]
+    ipcache: u32,
+    /// Conntrack entries added for the large tables.
+    #[arg(long, default_value_t = 1_000_000)]
+    ct: u32,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+const HEADROOM: usize = 256;
+
+/// xorshift64*: reproducible filler addresses.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// `t` with `ipcache` random /32s (behind the peer's tunnel endpoint when it has one) and
+/// `ct` established entries added; the rows' own entries are kept (they are inserted after
+/// the filler is, as the table's first run).
+fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> Tables {
+    let mut big = t.clone();
+    let mut ic = (*t.ipcache).clone();
+    let peer = t
+        .ipcache
+        .iter()
+        .find_map(|(_, v)| v.tunnel_v4())
+        .map(std::net::Ipv4Addr::from);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..ipcache {
+        let a = 0x0a80_0000u32 | (next(&mut x) as u32 & 0x007f_ffff);
+        let v = match peer {
+            Some(p) => RemoteEndpointInfo::tunnelled(300 + (a & 0xfff), p),
+            None => RemoteEndpointInfo::local(300 + (a & 0xfff)),
+        };
+        ic.insert(Ipv4Cidr::host(a.into()), v);
+    }
+    big.ipcache = Arc::new(ic);
+    let sizes = CtSizes {
+        tcp: (ct as usize * 2).max(1024),
+        any: (ct as usize).max(1024),
+    };
+    let table = control::ct::Conntrack::new(sizes);
+    let now = Scratch::default().now;
+    for i in 0..ct {
+        let r = next(&mut x);
+        let proto = if i % 3 == 0 { 17 } else { 6 };
+        let k = CtTuple4::connection(
+            (r as u32).to_be_bytes(),
+            ((r >> 32) as u32).to_be_bytes(),
+            (r >> 16) as u16,
+            80,
+            proto,
+            TUPLE_F_OUT,
+        );
+        let _ = table.create(&k, &CtState::default(), now + 100_000, now);
+    }
+    big.ct = Arc::new(table);
+    big
+}
+
+/// One timed sample: `iters` frames of `input` arriving on `port`; ns per frame.
+fn sample(t: &Tables, port: PortId, input: &[u8], iters: u64, pipeline: bool) -> f64 {
+    let mut chunk = vec![0u8; 2048];
+    let mut s = Scratch::default();
+    let start = Instant::now();
+    for _ in 0..iters {
+        chunk[HEADROOM..HEADROOM + input.len()].copy_from_slice(input);
+        if pipeline {
+            let mut b = Buf::new(&mut chunk, HEADROOM, input.len());
+            black_box(stage::process(&mut b, port, t, &mut s));
+        } else {
+            black_box(&mut chunk);
+        }
+    }
+    start.elapsed().as_nanos() as f64 / iters as f64
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    fixture: String,
+    step: usize,
+    tiny_ns: [f64; 3],
+    large_ns: [f64; 3],
+}
+
+fn stats(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(f64::total_cmp);
+    [v[v.len() / 2], v[0], v[v.len() - 1]]
+}
+
+/// A fresh node for `f`, with its steps run once and checked: returns the tables as they
+/// are after the steps (conntrack entries made), or why the row failed.
+fn prepared(f: &Fixture) -> Result<Tables, String> {
+    let mut u = Userspace::new();
+    u.load(f.setup);
+    for (i, s) in f.steps.iter().enumerate() {
+        let r = u.run(s.port, &s.input);
+        if r.tx != s.expect.tx {
+            return Err(format!(
+                "step {i}: left on {:?}, the table says {:?}",
+                r.tx, s.expect.tx
+            ));
+        }
+    }
+    Ok((*u.tables()).clone())
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if let Some(c) = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.id == a.core)
+    {
+        core_affinity::set_for_current(c);
+    }
+    let fixtures: Vec<Fixture> = table()
+        .into_iter()
+        .filter(|f| a.only.as_ref().is_none_or(|o| f.name.contains(o.as_str())))
+        .collect();
+    eprintln!(
+        "{} fixtures; large tables: +{} ipcache /32s, +{} conntrack entries",
+        fixtures.len(),
+        a.ipcache,
+        a.ct
+    );
+    let setups = [
+        Setup::SameNode,
+        Setup::Services,
+        Setup::EchoPolicy,
+        Setup::Overlay,
+        Setup::OverlayPolicy,
+        Setup::NodePort,
+    ];
+    let mut large_base = std::collections::HashMap::new();
+    for s in setups {
+        let t = s.tables();
+        large_base.insert(s, enlarge(&t, a.ipcache, a.ct));
+    }
+    let mut rows = Vec::new();
+    // The copy alone, on the first fixture's frame.
+    if let Some(f) = fixtures.first() {
+        let t = f.setup.tables();
+        let v: Vec<f64> = (0..a.rounds)
+            .map(|_| sample(&t, f.steps[0].port, &f.steps[0].input, a.iters, false))
+            .collect();
+        let s = stats(v);
+        rows.push(Row {
+            fixture: "(frame copy into the chunk only)".into(),
+            step: 0,
+            tiny_ns: s,
+            large_ns: s,
+        });
+    }
+    for f in &fixtures {
+        let tiny = match prepared(f) {
+            Ok(t) => t,
+            Err(e) => anyhow::bail!("{}: {e}", f.name),
+        };
+        // The large node: the filler first, then the fixture's own steps once (its
+        // conntrack entries among a million others).
+        let mut large = large_base[&f.setup].clone();
+        {
+            let mut s = Scratch::default();
+            let mut chunk = vec![0u8; 2048];
+            for st in &f.steps {
+                chunk[HEADROOM..HEADROOM + st.input.len()].copy_from_slice(&st.input);
+                let mut b = Buf::new(&mut chunk, HEADROOM, st.input.len());
+                let v = stage::process(&mut b, st.port, &large, &mut s);
+                if v.tx_port() != st.expect.tx {
+                    anyhow::bail!("{}: on the large tables the verdict is {v:?}", f.name);
+                }
+            }
+            large.generation += 1;
+        }
+        for (i, st) in f.steps.iter().enumerate() {
+            let (mut tv, mut lv) = (Vec::new(), Vec::new());
+            for _ in 0..a.rounds {
+                tv.push(sample(&tiny, st.port, &st.input, a.iters, true));
+                lv.push(sample(&large, st.port, &st.input, a.iters, true));
+            }
+            rows.push(Row {
+                fixture: f.name.clone(),
+                step: i,
+                tiny_ns: stats(tv),
+                large_ns: stats(lv),
+            });
+        }
+    }
+    println!("| fixture | step | tiny ns/frame (min–max) | large ns/frame (min–max) |");
+    println!("|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.1} ({:.1}–{:.1}) | {:.1} ({:.1}–{:.1}) |",
+            r.fixture,
+            r.step,
+            r.tiny_ns[0],
+            r.tiny_ns[1],
+            r.tiny_ns[2],
+            r.large_ns[0],
+            r.large_ns[1],
+            r.large_ns[2]
+        );
+    }
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(())
+}
