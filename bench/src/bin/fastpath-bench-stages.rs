@@ -52,6 +52,11 @@ struct Args {
     /// Conntrack entries added for the large tables.
     #[arg(long, default_value_t = 1_000_000)]
     ct: u32,
+    /// Distinct flows of the "many flows" rows: pod a of the overlay node to random
+    /// destinations among the large ipcache's /32s, random source ports; each timed pass
+    /// walks all of them, so every lookup (ipcache, conntrack) goes where a cold one goes.
+    #[arg(long, default_value_t = 262_144)]
+    flows: u32,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -70,7 +75,7 @@ fn next(x: &mut u64) -> u64 {
 /// `t` with `ipcache` random /32s (behind the peer's tunnel endpoint when it has one) and
 /// `ct` established entries added; the rows' own entries are kept (they are inserted after
 /// the filler is, as the table's first run).
-fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> Tables {
+fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> (Tables, Vec<u32>) {
     let mut big = t.clone();
     let mut ic = (*t.ipcache).clone();
     let peer = t
@@ -79,8 +84,10 @@ fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> Tables {
         .find_map(|(_, v)| v.tunnel_v4())
         .map(std::net::Ipv4Addr::from);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut addrs = Vec::with_capacity(ipcache as usize);
     for _ in 0..ipcache {
         let a = 0x0a80_0000u32 | (next(&mut x) as u32 & 0x007f_ffff);
+        addrs.push(a);
         let v = match peer {
             Some(p) => RemoteEndpointInfo::tunnelled(300 + (a & 0xfff), p),
             None => RemoteEndpointInfo::local(300 + (a & 0xfff)),
@@ -88,9 +95,10 @@ fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> Tables {
         ic.insert(Ipv4Cidr::host(a.into()), v);
     }
     big.ipcache = Arc::new(ic);
+    // Room for the filler and the many-flows rows' own entries.
     let sizes = CtSizes {
         tcp: (ct as usize * 2).max(1024),
-        any: (ct as usize).max(1024),
+        any: (ct as usize * 2).max(1 << 20),
     };
     let table = control::ct::Conntrack::new(sizes);
     let now = Scratch::default().now;
@@ -108,7 +116,45 @@ fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> Tables {
         let _ = table.create(&k, &CtState::default(), now + 100_000, now);
     }
     big.ct = Arc::new(table);
-    big
+    (big, addrs)
+}
+
+/// The many-flows frames: UDP from pod a of the overlay node to `addrs[i]` (random
+/// remote /32s), random source ports, valid checksums.
+fn many_flows(addrs: &[u32], n: u32) -> Vec<Vec<u8>> {
+    use fastpath::fixtures::overlay::{A_IP, A_MAC, LXC};
+    let mut x = 0x1234_5678_9abc_def1u64;
+    (0..n)
+        .map(|_| {
+            let r = next(&mut x);
+            let dst = addrs[(r as usize) % addrs.len()].to_be_bytes();
+            let sport = 1024 + ((r >> 40) as u16 % 60000);
+            let mut out = Vec::with_capacity(64);
+            etherparse::PacketBuilder::ethernet2(A_MAC.0, LXC[0].0)
+                .ipv4(A_IP, dst, 64)
+                .udp(sport, 7)
+                .write(&mut out, b"many flows")
+                .expect("a frame");
+            out
+        })
+        .collect()
+}
+
+/// One timed pass over every frame of `frames` arriving on `port`; ns per frame.
+fn sample_many(t: &Tables, port: PortId, frames: &[Vec<u8>], pipeline: bool) -> f64 {
+    let mut chunk = vec![0u8; 2048];
+    let mut s = Scratch::default();
+    let start = Instant::now();
+    for f in frames {
+        chunk[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
+        if pipeline {
+            let mut b = Buf::new(&mut chunk, HEADROOM, f.len());
+            black_box(stage::process(&mut b, port, t, &mut s));
+        } else {
+            black_box(&mut chunk);
+        }
+    }
+    start.elapsed().as_nanos() as f64 / frames.len() as f64
 }
 
 /// One timed sample: `iters` frames of `input` arriving on `port`; ns per frame.
@@ -186,9 +232,12 @@ fn main() -> anyhow::Result<()> {
         Setup::NodePort,
     ];
     let mut large_base = std::collections::HashMap::new();
+    let mut filler = Vec::new();
     for s in setups {
         let t = s.tables();
-        large_base.insert(s, enlarge(&t, a.ipcache, a.ct));
+        let (big, addrs) = enlarge(&t, a.ipcache, a.ct);
+        large_base.insert(s, big);
+        filler = addrs;
     }
     let mut rows = Vec::new();
     // The copy alone, on the first fixture's frame.
@@ -239,6 +288,66 @@ fn main() -> anyhow::Result<()> {
                 large_ns: stats(lv),
             });
         }
+    }
+    // Many flows: the same encap step as the overlay fixture, over `flows` distinct flows
+    // on the large tables (first pass creates their conntrack entries, untimed).
+    if a.flows > 0 && !filler.is_empty() {
+        use fastpath::fixtures::overlay::A_PORT;
+        let frames = many_flows(&filler, a.flows);
+        let big = large_base[&Setup::Overlay].clone();
+        let mut s = Scratch::default();
+        let mut chunk = vec![0u8; 2048];
+        let mut encapsulated = 0u32;
+        for f in &frames {
+            chunk[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
+            let mut b = Buf::new(&mut chunk, HEADROOM, f.len());
+            if matches!(
+                stage::process(&mut b, A_PORT, &big, &mut s),
+                stage::Verdict::Encap { .. }
+            ) {
+                encapsulated += 1;
+            }
+        }
+        anyhow::ensure!(
+            encapsulated == a.flows,
+            "many flows: {encapsulated} of {} encapsulated",
+            a.flows
+        );
+        // The tiny-table column: the one hot flow of the overlay fixture, for comparison.
+        let hot = fixtures
+            .iter()
+            .find(|f| f.setup == Setup::Overlay && f.name.contains("encapsulated"))
+            .map(|f| f.steps[0].clone());
+        let (mut tv, mut lv, mut cv) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..a.rounds {
+            if let Some(h) = &hot {
+                tv.push(sample(
+                    &Setup::Overlay.tables(),
+                    h.port,
+                    &h.input,
+                    a.iters,
+                    true,
+                ));
+            }
+            lv.push(sample_many(&big, A_PORT, &frames, true));
+            cv.push(sample_many(&big, A_PORT, &frames, false));
+        }
+        let c = stats(cv);
+        rows.push(Row {
+            fixture: format!("(many flows: copying {} frames from memory only)", a.flows),
+            step: 0,
+            tiny_ns: c,
+            large_ns: c,
+        });
+        rows.push(Row {
+            fixture: format!(
+                "many flows: pod a to {} random remote /32s of the large ipcache, encapsulated (tiny = one hot flow)",
+                a.flows
+            ),
+            step: 0,
+            tiny_ns: if tv.is_empty() { [0.0; 3] } else { stats(tv) },
+            large_ns: stats(lv),
+        });
     }
     println!("| fixture | step | tiny ns/frame (min–max) | large ns/frame (min–max) |");
     println!("|---|---|---|---|");
