@@ -1001,14 +1001,7 @@ pub fn node_endpoints(
 /// In native routing mode the remote entries carry no tunnel endpoint.
 pub fn node_ipcache(cfg: &Config) -> Vec<(Ipv4Cidr, RemoteEndpointInfo)> {
     let (local, remote) = cfg.identities();
-    let tunnel = cfg.datapath.routing == RoutingMode::Tunnel;
-    let remote_info = |id: u32, node: std::net::Ipv4Addr| {
-        if tunnel {
-            RemoteEndpointInfo::tunnelled(id, node)
-        } else {
-            RemoteEndpointInfo::local(id)
-        }
-    };
+    let remote_info = |id: u32, node: std::net::Ipv4Addr| remote_entry(cfg, id, node);
     let mut out = vec![(
         Ipv4Cidr::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
         RemoteEndpointInfo::local(identity::RESERVED_WORLD),
@@ -1041,20 +1034,23 @@ pub fn node_ipcache(cfg: &Config) -> Vec<(Ipv4Cidr, RemoteEndpointInfo)> {
     out
 }
 
+/// The ipcache value of something behind remote node `node` with identity `id`: its
+/// tunnel endpoint in tunnel mode, none with native routing (both families' entries).
+fn remote_entry(cfg: &Config, id: u32, node: std::net::Ipv4Addr) -> RemoteEndpointInfo {
+    if cfg.datapath.routing == RoutingMode::Tunnel {
+        RemoteEndpointInfo::tunnelled(id, node)
+    } else {
+        RemoteEndpointInfo::local(id)
+    }
+}
+
 /// The IPv6 part of `cilium_ipcache_v2` a config describes (dual-stack pods and pod
 /// CIDRs), as [`node_ipcache`] does for IPv4: local pods `/128` → their identity; a remote
 /// node's IPv6 pod CIDR → world behind its (IPv4) tunnel endpoint, its pods `/128` → their
 /// identities behind it. Empty for an IPv4-only config.
 pub fn node_ipcache6(cfg: &Config) -> Vec<(Ipv6Cidr, RemoteEndpointInfo)> {
     let (local, remote) = cfg.identities();
-    let tunnel = cfg.datapath.routing == RoutingMode::Tunnel;
-    let remote_info = |id: u32, node: std::net::Ipv4Addr| {
-        if tunnel {
-            RemoteEndpointInfo::tunnelled(id, node)
-        } else {
-            RemoteEndpointInfo::local(id)
-        }
-    };
+    let remote_info = |id: u32, node: std::net::Ipv4Addr| remote_entry(cfg, id, node);
     let mut out = Vec::new();
     for (pod, id) in cfg.pods.iter().zip(&local) {
         if let Some(v6) = pod.ipv6 {
