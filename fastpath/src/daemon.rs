@@ -440,6 +440,9 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    // What the config puts in the ipcache, computed once (it hashes every pod's labels).
+    let config_ipcache = control::datapath::node_ipcache(cfg);
+    let config_ipcache6 = control::datapath::node_ipcache6(cfg);
     for (key, pod) in restored_pods {
         let why =
             (|| -> anyhow::Result<(Port, u32)> {
@@ -467,10 +470,7 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
                     bail!("`{}` is now the node's underlay device", pod.lxc);
                 }
                 let me = control::net::Ipv4Cidr::host(pod.ip);
-                if control::datapath::node_ipcache(cfg)
-                    .iter()
-                    .any(|(p, _)| *p == me)
-                {
+                if config_ipcache.iter().any(|(p, _)| *p == me) {
                     bail!(
                         "the config now has {} in its ipcache (a remote node or pod)",
                         pod.ip
@@ -487,9 +487,7 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
                     }
                     let me6 = control::net::Ipv6Cidr::host(v6);
                     if cfg.pods.iter().any(|p| p.ipv6 == Some(v6))
-                        || control::datapath::node_ipcache6(cfg)
-                            .iter()
-                            .any(|(p, _)| *p == me6)
+                        || config_ipcache6.iter().any(|(p, _)| *p == me6)
                     {
                         bail!("the config now has {v6} (a pod, remote node or pod)");
                     }
