@@ -72,57 +72,39 @@ pub trait CtKey<const K: usize>: Copy + Eq + std::fmt::Debug {
     fn has_addr(&self, a: Self::Addr) -> bool;
 }
 
-impl CtKey<2> for CtTuple4 {
-    type Addr = [u8; 4];
-    const TCP_MAP: &'static str = CT_TCP_MAP;
-    const ANY_MAP: &'static str = CT_ANY_MAP;
-    #[inline]
-    fn words(&self) -> [u64; 2] {
-        CtTuple4::words(self)
-    }
-    #[inline]
-    fn from_words(w: [u64; 2]) -> Self {
-        CtTuple4::from_words(w)
-    }
-    #[inline]
-    fn nexthdr(&self) -> u8 {
-        self.nexthdr
-    }
-    #[inline]
-    fn tuple_flags(&self) -> u8 {
-        self.flags
-    }
-    #[inline]
-    fn has_addr(&self, a: [u8; 4]) -> bool {
-        self.saddr == a || self.daddr == a
-    }
+/// The two tuples have the same fields and differ only in address width: one impl for both.
+macro_rules! ct_key {
+    ($tuple:ty, $k:literal, $addr:ty, $tcp:expr, $any:expr) => {
+        impl CtKey<$k> for $tuple {
+            type Addr = $addr;
+            const TCP_MAP: &'static str = $tcp;
+            const ANY_MAP: &'static str = $any;
+            #[inline]
+            fn words(&self) -> [u64; $k] {
+                <$tuple>::words(self)
+            }
+            #[inline]
+            fn from_words(w: [u64; $k]) -> Self {
+                <$tuple>::from_words(w)
+            }
+            #[inline]
+            fn nexthdr(&self) -> u8 {
+                self.nexthdr
+            }
+            #[inline]
+            fn tuple_flags(&self) -> u8 {
+                self.flags
+            }
+            #[inline]
+            fn has_addr(&self, a: $addr) -> bool {
+                self.saddr == a || self.daddr == a
+            }
+        }
+    };
 }
 
-impl CtKey<5> for CtTuple6 {
-    type Addr = [u8; 16];
-    const TCP_MAP: &'static str = CT6_TCP_MAP;
-    const ANY_MAP: &'static str = CT6_ANY_MAP;
-    #[inline]
-    fn words(&self) -> [u64; 5] {
-        CtTuple6::words(self)
-    }
-    #[inline]
-    fn from_words(w: [u64; 5]) -> Self {
-        CtTuple6::from_words(w)
-    }
-    #[inline]
-    fn nexthdr(&self) -> u8 {
-        self.nexthdr
-    }
-    #[inline]
-    fn tuple_flags(&self) -> u8 {
-        self.flags
-    }
-    #[inline]
-    fn has_addr(&self, a: [u8; 16]) -> bool {
-        self.saddr == a || self.daddr == a
-    }
-}
+ct_key!(CtTuple4, 2, [u8; 4], CT_TCP_MAP, CT_ANY_MAP);
+ct_key!(CtTuple6, 5, [u8; 16], CT6_TCP_MAP, CT6_ANY_MAP);
 
 /// `struct ipv4_ct_tuple` (14 B, packed).
 #[repr(C)]
