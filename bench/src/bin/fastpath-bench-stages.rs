@@ -140,10 +140,17 @@ fn many_flows(addrs: &[u32], n: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// One timed pass over every frame of `frames` arriving on `port`; ns per frame.
-fn sample_many(t: &Tables, port: PortId, frames: &[Vec<u8>], pipeline: bool) -> f64 {
+/// One timed sample: each frame of `frames` arriving on `port` (copied into a chunk, then
+/// through the pipeline unless `pipeline` is false); ns per frame.
+fn time_frames<'a>(
+    t: &Tables,
+    port: PortId,
+    frames: impl Iterator<Item = &'a [u8]>,
+    pipeline: bool,
+) -> f64 {
     let mut chunk = vec![0u8; 2048];
     let mut s = Scratch::default();
+    let mut n = 0u64;
     let start = Instant::now();
     for f in frames {
         chunk[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
@@ -153,25 +160,24 @@ fn sample_many(t: &Tables, port: PortId, frames: &[Vec<u8>], pipeline: bool) -> 
         } else {
             black_box(&mut chunk);
         }
+        n += 1;
     }
-    start.elapsed().as_nanos() as f64 / frames.len() as f64
+    start.elapsed().as_nanos() as f64 / n.max(1) as f64
 }
 
-/// One timed sample: `iters` frames of `input` arriving on `port`; ns per frame.
+/// `iters` frames of `input` (one hot flow).
 fn sample(t: &Tables, port: PortId, input: &[u8], iters: u64, pipeline: bool) -> f64 {
-    let mut chunk = vec![0u8; 2048];
-    let mut s = Scratch::default();
-    let start = Instant::now();
-    for _ in 0..iters {
-        chunk[HEADROOM..HEADROOM + input.len()].copy_from_slice(input);
-        if pipeline {
-            let mut b = Buf::new(&mut chunk, HEADROOM, input.len());
-            black_box(stage::process(&mut b, port, t, &mut s));
-        } else {
-            black_box(&mut chunk);
-        }
-    }
-    start.elapsed().as_nanos() as f64 / iters as f64
+    time_frames(
+        t,
+        port,
+        std::iter::repeat_n(input, iters as usize),
+        pipeline,
+    )
+}
+
+/// One pass over every frame of `frames` (many flows).
+fn sample_many(t: &Tables, port: PortId, frames: &[Vec<u8>], pipeline: bool) -> f64 {
+    time_frames(t, port, frames.iter().map(Vec::as_slice), pipeline)
 }
 
 #[derive(serde::Serialize)]
@@ -261,19 +267,12 @@ fn main() -> anyhow::Result<()> {
         };
         // The large node: the filler first, then the fixture's own steps once (its
         // conntrack entries among a million others).
-        let mut large = large_base[&f.setup].clone();
-        {
-            let mut s = Scratch::default();
-            let mut chunk = vec![0u8; 2048];
-            for st in &f.steps {
-                chunk[HEADROOM..HEADROOM + st.input.len()].copy_from_slice(&st.input);
-                let mut b = Buf::new(&mut chunk, HEADROOM, st.input.len());
-                let v = stage::process(&mut b, st.port, &large, &mut s);
-                if v.tx_port() != st.expect.tx {
-                    anyhow::bail!("{}: on the large tables the verdict is {v:?}", f.name);
-                }
+        let large = large_base[&f.setup].clone();
+        for st in &f.steps {
+            let (v, _) = fastpath::fixtures::run(&st.input, st.port, &large);
+            if v.tx_port() != st.expect.tx {
+                anyhow::bail!("{}: on the large tables the verdict is {v:?}", f.name);
             }
-            large.generation += 1;
         }
         for (i, st) in f.steps.iter().enumerate() {
             let (mut tv, mut lv) = (Vec::new(), Vec::new());
@@ -295,19 +294,15 @@ fn main() -> anyhow::Result<()> {
         use fastpath::fixtures::overlay::A_PORT;
         let frames = many_flows(&filler, a.flows);
         let big = large_base[&Setup::Overlay].clone();
-        let mut s = Scratch::default();
-        let mut chunk = vec![0u8; 2048];
-        let mut encapsulated = 0u32;
-        for f in &frames {
-            chunk[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
-            let mut b = Buf::new(&mut chunk, HEADROOM, f.len());
-            if matches!(
-                stage::process(&mut b, A_PORT, &big, &mut s),
-                stage::Verdict::Encap { .. }
-            ) {
-                encapsulated += 1;
-            }
-        }
+        let encapsulated = frames
+            .iter()
+            .filter(|f| {
+                matches!(
+                    fastpath::fixtures::run(f, A_PORT, &big).0,
+                    stage::Verdict::Encap { .. }
+                )
+            })
+            .count() as u32;
         anyhow::ensure!(
             encapsulated == a.flows,
             "many flows: {encapsulated} of {} encapsulated",
