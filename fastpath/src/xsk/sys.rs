@@ -201,59 +201,56 @@ impl RtNetlink {
         // SAFETY: zeroed is a valid sockaddr_nl; pid 0 is the kernel.
         let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        loop {
-            // SAFETY: `msg` and `sa` are valid for reads of their lengths for the call.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    0,
-                    (&sa as *const libc::sockaddr_nl).cast(),
-                    size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if r >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        // SAFETY: `msg` and `sa` are valid for reads of their lengths for the call.
+        retry_eintr(|| unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&sa as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        })
+        .map(|_| ())
     }
 
     /// Receive one datagram (a batch of messages) into `buf`; its length. A datagram larger
     /// than `buf` is an error (`MSG_TRUNC`), never a silently cut message. Times out with
     /// `WouldBlock` after the timeout given to [`RtNetlink::open`].
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            // SAFETY: `buf` is valid for writes of its length for the call.
-            let r = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if r >= 0 {
-                let n = r as usize;
-                if n > buf.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "netlink message of {n} bytes > the {} byte buffer",
-                            buf.len()
-                        ),
-                    ));
-                }
-                return Ok(n);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
+        // SAFETY: `buf` is valid for writes of its length for the call.
+        let n = retry_eintr(|| unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC,
+            )
+        })?;
+        if n > buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "netlink message of {n} bytes > the {} byte buffer",
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Run a syscall returning a byte count until it is not interrupted (`EINTR`).
+fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let r = call();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
