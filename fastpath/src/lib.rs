@@ -126,8 +126,8 @@ mod layering {
         // Lowest first: a file may use the ones before it (and mod.rs's Verdict/Scratch).
         let order = [
             "flow",
-            "ct",
             "policy",
+            "ct",
             "icmp",
             "forward",
             "lb",

@@ -70,6 +70,18 @@ pub trait CtKey<const K: usize>: Copy + Eq + std::fmt::Debug {
     fn tuple_flags(&self) -> u8;
     /// Is `a` either address of the key?
     fn has_addr(&self, a: Self::Addr) -> bool;
+    /// The key the other direction of the same connection looks up: addresses and ports
+    /// swapped and `TUPLE_F_IN` flipped (Cilium's `ipv4_ct_tuple_reverse` plus the direction
+    /// bit). A packet's reply key and forward key are each other's `reversed()`.
+    fn reversed(&self) -> Self;
+    /// The direction-free form of the key: the smaller (as words) of it and its reverse. Both
+    /// directions of a connection have the same `flow_words`, so a table hashed on them keeps
+    /// a connection's entries in one bucket and finds either direction in one probe.
+    #[inline]
+    fn flow_words(&self) -> [u64; K] {
+        let (a, b) = (self.words(), self.reversed().words());
+        if a <= b { a } else { b }
+    }
 }
 
 /// The two tuples have the same fields and differ only in address width: one impl for both.
@@ -98,6 +110,17 @@ macro_rules! ct_key {
             #[inline]
             fn has_addr(&self, a: $addr) -> bool {
                 self.saddr == a || self.daddr == a
+            }
+            #[inline]
+            fn reversed(&self) -> Self {
+                Self {
+                    daddr: self.saddr,
+                    saddr: self.daddr,
+                    dport: self.sport,
+                    sport: self.dport,
+                    nexthdr: self.nexthdr,
+                    flags: self.flags ^ TUPLE_F_IN,
+                }
             }
         }
     };
@@ -304,6 +327,44 @@ pub fn format_line(k: &CtTuple4, v: &CtEntry) -> String {
 mod tests {
     use super::*;
     use std::mem::offset_of;
+
+    /// The reply key the pipeline builds for a packet is the reverse of the forward key of
+    /// the same packet (so one symmetric-hashed probe finds either), and reversing twice is
+    /// the identity; different connections keep different flow words.
+    #[test]
+    fn reply_and_forward_keys_are_each_others_reverse() {
+        let (a, b) = ([10, 0, 1, 5], [10, 0, 2, 9]);
+        let fwd = CtTuple4::connection(a, b, 40000, 53, 17, TUPLE_F_OUT);
+        let reply = CtTuple4::connection(b, a, 53, 40000, 17, TUPLE_F_IN);
+        assert_eq!(fwd.reversed(), reply);
+        assert_eq!(reply.reversed(), fwd);
+        assert_eq!(fwd.flow_words(), reply.flow_words());
+        // The to-container pair (IN forward, OUT reply) too.
+        let fwd_in = CtTuple4::connection(a, b, 40000, 53, 17, TUPLE_F_IN);
+        let reply_out = CtTuple4::connection(b, a, 53, 40000, 17, TUPLE_F_OUT);
+        assert_eq!(fwd_in.reversed(), reply_out);
+        assert_eq!(fwd_in.flow_words(), reply_out.flow_words());
+        // Another source port, another protocol, or the service flag: another flow.
+        for other in [
+            CtTuple4::connection(a, b, 40001, 53, 17, TUPLE_F_OUT),
+            CtTuple4::connection(a, b, 40000, 53, 6, TUPLE_F_OUT),
+            CtTuple4::service(a, b, 40000, 53, 17),
+        ] {
+            assert_ne!(other.flow_words(), fwd.flow_words(), "{other:?}");
+        }
+        let v6 = CtTuple6 {
+            daddr: [1; 16],
+            saddr: [2; 16],
+            dport: [0, 80],
+            sport: [0x9c, 0x40],
+            nexthdr: 6,
+            flags: TUPLE_F_OUT,
+        };
+        assert_eq!(v6.reversed().reversed(), v6);
+        assert_eq!(v6.reversed().saddr, [1; 16]);
+        assert_eq!(v6.reversed().flags, TUPLE_F_IN);
+        assert_eq!(v6.flow_words(), v6.reversed().flow_words());
+    }
 
     #[test]
     fn layouts_match_cilium() {

@@ -24,6 +24,15 @@
 //! - w2: flags (u16) | tx_flags_seen << 16 | rx_flags_seen << 24 | reply port + 1 << 32
 //! - w3: the MAC a NodePort request came from (reply next hop; Cilium keeps it in
 //!   `cilium_nodeport_neigh4`)
+//! - w4: the cached policy verdict ([`Conntrack::cache_policy`]): bit 63 set when present;
+//!   bits 32–62 the policy entry that allowed it; bits 0–31 the table generation it was
+//!   decided at XOR the slot's generation (so a store that lands after the slot went to
+//!   another connection never validates for that one). Not part of `ct_entry`.
+//!
+//! Both directions of a connection hash to the same bucket ([`CtHash`]), so the pipeline's
+//! "is this a reply?" and "is this connection known?" are one probe
+//! ([`Conntrack::lookup_flow`]); with the slot layout of [`SharedTable`] a hit reads two
+//! cache lines.
 
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
@@ -31,9 +40,23 @@ use std::sync::atomic::Ordering;
 use crate::maps::ct::*;
 use crate::maps::lb::RevNat;
 use crate::maps::{MacAddr, ct::CtEntry};
-use crate::shared_table::{SharedTable, SlotRef, expired};
+use crate::shared_table::{BucketHash, SharedTable, SlotRef, expired, mix};
 
-const W: usize = 4;
+const W: usize = 5;
+/// The value word with the cached policy verdict.
+const W_POLICY: usize = 4;
+
+/// Conntrack's bucket hash: of the key's direction-free form ([`CtKey::flow_words`]), so a
+/// connection's reply key and forward key (and its IN and OUT entries) share a bucket.
+#[derive(Debug)]
+pub struct CtHash<T>(PhantomData<T>);
+
+impl<T: CtKey<K>, const K: usize> BucketHash<K> for CtHash<T> {
+    #[inline]
+    fn hash(key: &[u64; K]) -> u64 {
+        mix(&T::from_words(*key).flow_words())
+    }
+}
 
 /// TCP header flag bits (the low byte of the flags field).
 pub const TCP_FIN: u8 = 0x01;
@@ -71,6 +94,7 @@ impl CtState {
                 | (self.rx_flags_seen as u64) << 24
                 | (self.reply_port.map_or(0, |p| p as u64 + 1)) << 32,
             mac_to_u64(self.reply_mac),
+            0,
         ]
     }
 
@@ -134,6 +158,47 @@ pub struct CtHit {
     tcp: bool,
     pub state: CtState,
     pub lifetime: u32,
+    /// The cached policy verdict, if any: (table generation it was decided at, the policy
+    /// entry that allowed it). See [`Conntrack::cache_policy`].
+    pub policy: Option<(u32, u32)>,
+}
+
+impl CtHit {
+    /// The allowing policy entry, if the verdict cached in this entry was decided at table
+    /// generation `generation` (low 32 bits; any newer table version decides again).
+    #[inline]
+    pub fn cached_allow(&self, generation: u64) -> Option<u32> {
+        match self.policy {
+            Some((g, slot)) if g == generation_tag(generation) => Some(slot),
+            _ => None,
+        }
+    }
+}
+
+/// The 32-bit form of a table generation kept in an entry (never 0, which means "none").
+#[inline]
+fn generation_tag(generation: u64) -> u32 {
+    (generation as u32).max(1)
+}
+
+const POLICY_PRESENT: u64 = 1 << 63;
+const POLICY_SLOT_MASK: u64 = 0x7fff_ffff;
+
+#[inline]
+fn decode_policy(w: u64, slot: SlotRef) -> Option<(u32, u32)> {
+    (w & POLICY_PRESENT != 0).then(|| {
+        (
+            (w as u32) ^ slot.generation(),
+            ((w >> 32) & POLICY_SLOT_MASK) as u32,
+        )
+    })
+}
+
+#[inline]
+fn encode_policy(generation: u64, policy_slot: u32, slot: SlotRef) -> u64 {
+    POLICY_PRESENT
+        | ((policy_slot as u64) & POLICY_SLOT_MASK) << 32
+        | (generation_tag(generation) ^ slot.generation()) as u64
 }
 
 /// Sizes of the two maps.
@@ -158,8 +223,8 @@ impl Default for CtSizes {
 /// IPv6 datapath.
 #[derive(Debug)]
 pub struct Conntrack<T = CtTuple4, const K: usize = 2> {
-    pub tcp: SharedTable<W, K>,
-    pub any: SharedTable<W, K>,
+    pub tcp: SharedTable<W, K, CtHash<T>>,
+    pub any: SharedTable<W, K, CtHash<T>>,
     key: PhantomData<T>,
 }
 
@@ -178,7 +243,7 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
     }
 
     #[inline]
-    fn map(&self, tcp: bool) -> &SharedTable<W, K> {
+    fn map(&self, tcp: bool) -> &SharedTable<W, K, CtHash<T>> {
         if tcp { &self.tcp } else { &self.any }
     }
 
@@ -192,12 +257,46 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
         if expired(lifetime, now) {
             return None;
         }
-        Some(CtHit {
+        Some(Self::hit(slot, tcp, w, lifetime))
+    }
+
+    #[inline]
+    fn hit(slot: SlotRef, tcp: bool, w: [u64; W], lifetime: u32) -> CtHit {
+        CtHit {
             slot,
             tcp,
             state: CtState::decode(w),
             lifetime,
-        })
+            policy: decode_policy(w[W_POLICY], slot),
+        }
+    }
+
+    /// One probe for both directions of the packet whose forward key is `fwd`: its reply
+    /// entry (`fwd.reversed()`) and its own, as `(reply, forward)`. Expired entries are
+    /// absent.
+    #[inline]
+    pub fn lookup_flow(&self, fwd: &T, now: u32) -> (Option<CtHit>, Option<CtHit>) {
+        let tcp = fwd.nexthdr() == crate::maps::ct::PROTO_TCP;
+        let m = self.map(tcp);
+        let (r, f) = m.lookup_pair(&fwd.reversed().words(), &fwd.words());
+        let get = |s: Option<SlotRef>| {
+            let s = s?;
+            let (w, lifetime) = m.read(s)?;
+            (!expired(lifetime, now)).then(|| Self::hit(s, tcp, w, lifetime))
+        };
+        (get(r), get(f))
+    }
+
+    /// Remember in a found entry that the policy allowed its connection at table generation
+    /// `generation` by entry `slot`: later packets of the connection skip the policy lookup
+    /// until the tables change ([`CtHit::cached_allow`]).
+    #[inline]
+    pub fn cache_policy(&self, hit: &CtHit, generation: u64, slot: u32) {
+        let v = encode_policy(generation, slot, hit.slot);
+        let w = self.map(hit.tcp).word(hit.slot, W_POLICY);
+        if w.load(Ordering::Relaxed) != v {
+            w.store(v, Ordering::Relaxed);
+        }
     }
 
     /// Create (or replace) `key` with `state`; `None` only if the map could not take it.
@@ -211,6 +310,7 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
             tcp,
             state: *state,
             lifetime,
+            policy: None,
         })
     }
 
@@ -349,6 +449,73 @@ mod tests {
             tcp: 1024,
             any: 1024,
         })
+    }
+
+    /// One probe answers both questions: the reply entry and the forward entry of a packet,
+    /// whichever exist; expired ones are absent.
+    #[test]
+    fn lookup_flow_finds_reply_and_forward_in_one_probe() {
+        let ct = small();
+        let now = 1000;
+        let fwd = CtTuple4::connection([10, 0, 0, 1], [10, 0, 0, 2], 40000, 53, 17, TUPLE_F_OUT);
+        let (r, f) = ct.lookup_flow(&fwd, now);
+        assert!(r.is_none() && f.is_none());
+        ct.create(&fwd, &CtState::default(), now + 60, now).unwrap();
+        let (r, f) = ct.lookup_flow(&fwd, now);
+        assert!(r.is_none());
+        assert_eq!(f.unwrap().lifetime, now + 60);
+        // The other side's packet: its forward key is our reply key; it finds our entry as
+        // its reply.
+        let (r, f) = ct.lookup_flow(&fwd.reversed(), now);
+        assert!(f.is_none());
+        assert_eq!(r.unwrap().lifetime, now + 60);
+        // Both present.
+        ct.create(&fwd.reversed(), &CtState::default(), now + 30, now)
+            .unwrap();
+        let (r, f) = ct.lookup_flow(&fwd, now);
+        assert_eq!(
+            (r.unwrap().lifetime, f.unwrap().lifetime),
+            (now + 30, now + 60)
+        );
+        // Expired entries are absent.
+        let (r, f) = ct.lookup_flow(&fwd, now + 45);
+        assert!(r.is_none() && f.is_some());
+    }
+
+    /// A verdict cached at one table generation is used only at that generation, survives
+    /// touches, is gone when the entry is replaced, and a store through a handle whose slot
+    /// went to another connection never validates for that one.
+    #[test]
+    fn cached_policy_verdict_is_tied_to_generation_and_slot_owner() {
+        let ct = small();
+        let now = 1000;
+        let k = CtTuple4::connection([10, 0, 0, 1], [10, 0, 0, 2], 40000, 53, 17, TUPLE_F_OUT);
+        let hit = ct.create(&k, &CtState::default(), now + 60, now).unwrap();
+        assert_eq!(hit.cached_allow(7), None);
+        ct.cache_policy(&hit, 7, 12345);
+        let hit = ct.lookup(&k, now).unwrap();
+        assert_eq!(hit.cached_allow(7), Some(12345));
+        assert_eq!(
+            hit.cached_allow(8),
+            None,
+            "a newer table version decides again"
+        );
+        ct.touch(&hit, false, 0, now + 1, false);
+        assert_eq!(ct.lookup(&k, now).unwrap().cached_allow(7), Some(12345));
+        ct.create(&k, &CtState::default(), now + 60, now).unwrap();
+        assert_eq!(
+            ct.lookup(&k, now).unwrap().cached_allow(7),
+            None,
+            "replaced"
+        );
+        // A stale handle: the slot is emptied and taken by another connection, then the old
+        // holder caches its verdict into it.
+        let stale = ct.lookup(&k, now).unwrap();
+        assert!(ct.remove(&stale));
+        let other = ct.create(&k, &CtState::default(), now + 60, now).unwrap();
+        ct.cache_policy(&stale, 7, 1);
+        let found = ct.lookup(&k, now).unwrap();
+        assert_eq!(found.cached_allow(7), None, "{found:?} {other:?}");
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! - Set-associative: a key hashes to one bucket of [`WAYS`] slots and lives in one of them;
 //!   a lookup reads the bucket's tag words (one cache line), then the key of a slot whose
 //!   16-bit fingerprint matches. No chains, no tombstones: deleting empties the slot.
+//! - Layout: the tags of a bucket in one cache line; each slot's key, value words and
+//!   lifetime together in its own cache-line-aligned slot (one line for an IPv4
+//!   conntrack entry). A hit reads two lines, wherever the table is in memory.
+//! - The hash is a parameter ([`BucketHash`]): conntrack's puts both directions of a
+//!   connection in the same bucket, and [`SharedTable::lookup_pair`] finds the reply and the
+//!   forward entry in one pass over it.
 //! - Each slot's tag word is a seqlock: `state (2 bits) | generation (30) | fingerprint (16)`.
 //!   A writer claims a slot by CAS to BUSY with the next generation, writes key and value
 //!   words, and publishes VALID with a Release store. A reader loads the tag (Acquire), reads
@@ -24,6 +30,7 @@
 //! between a successful CAS to BUSY and the Release store of VALID; in-place value updates
 //! touch only value words of a VALID slot.
 
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 /// Slots per bucket: eight 8-byte tags fill one cache line.
@@ -34,6 +41,7 @@ const ST_BUSY: u64 = 1;
 const ST_VALID: u64 = 2;
 const ST_MASK: u64 = 3;
 const GEN_MASK: u64 = 0x3fff_ffff;
+const FP_MASK: u64 = 0xffff << 32;
 
 #[inline]
 fn state(tag: u64) -> u64 {
@@ -42,10 +50,6 @@ fn state(tag: u64) -> u64 {
 #[inline]
 fn generation(tag: u64) -> u64 {
     (tag >> 2) & GEN_MASK
-}
-#[inline]
-fn fingerprint(tag: u64) -> u16 {
-    (tag >> 32) as u16
 }
 #[inline]
 fn make_tag(st: u64, generation: u64, fp: u16) -> u64 {
@@ -65,6 +69,15 @@ pub struct SlotRef {
     tag: u64,
 }
 
+impl SlotRef {
+    /// The slot's generation when found: it changes whenever the slot is emptied or given to
+    /// another key, so a value tied to it cannot be mistaken for the next owner's.
+    #[inline]
+    pub fn generation(&self) -> u32 {
+        generation(self.tag) as u32
+    }
+}
+
 /// Counters of the table's rare events.
 #[derive(Debug, Default)]
 pub struct TableStats {
@@ -75,44 +88,108 @@ pub struct TableStats {
     pub swept: AtomicU64,
 }
 
+/// How a table spreads keys over buckets: a 64-bit hash of the key words. The bucket index
+/// and the 16-bit fingerprint both come from it.
+pub trait BucketHash<const K: usize> {
+    fn hash(key: &[u64; K]) -> u64;
+}
+
+/// The default: every key word counts, in order.
+#[derive(Debug)]
+pub struct MixHash;
+
+impl<const K: usize> BucketHash<K> for MixHash {
+    #[inline]
+    fn hash(key: &[u64; K]) -> u64 {
+        mix(key)
+    }
+}
+
+/// The words folded by multiply-xor (for two words: k0·φ ⊕ k1), then two rounds of
+/// multiply-xorshift (a fast, well-mixing 64K→64 bit hash).
+#[inline]
+pub fn mix<const K: usize>(key: &[u64; K]) -> u64 {
+    let mut h = key[0].wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for (i, w) in key.iter().enumerate().skip(1) {
+        h ^= *w;
+        if i + 1 < K {
+            h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^= h >> 32;
+    h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^ (h >> 29)
+}
+
+/// One bucket's tags: eight 8-byte seqlock words in one cache line, so a probe reads one
+/// line to find the way.
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct Bucket([AtomicU64; WAYS]);
+
+/// One slot's key, value words and lifetime, together and cache-line aligned: a probe that
+/// matched a fingerprint reads one more line (for the IPv4 conntrack entry, 16 + 40 + 4 =
+/// 60 bytes: exactly one; the IPv6 key makes it two).
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct Slot<const W: usize, const K: usize> {
+    key: [AtomicU64; K],
+    val: [AtomicU64; W],
+    life: AtomicU32,
+}
+
+impl<const W: usize, const K: usize> Slot<W, K> {
+    fn empty() -> Self {
+        Slot {
+            key: std::array::from_fn(|_| AtomicU64::new(0)),
+            val: std::array::from_fn(|_| AtomicU64::new(0)),
+            life: AtomicU32::new(0),
+        }
+    }
+}
+
 /// The table: `K` key words (2 by default: an IPv4 conntrack tuple or an affinity key; an
 /// IPv6 tuple needs 5) and `W` value words per entry, plus a lifetime (seconds of
-/// CLOCK_MONOTONIC). The key width is the address-family seam of the shared tables.
+/// CLOCK_MONOTONIC). The key width is the address-family seam of the shared tables; `H`
+/// chooses the bucket of a key (conntrack hashes both directions of a connection alike).
 #[derive(Debug)]
-pub struct SharedTable<const W: usize, const K: usize = 2> {
-    tags: Box<[AtomicU64]>,
-    keys: Box<[[AtomicU64; K]]>,
-    vals: Box<[[AtomicU64; W]]>,
-    life: Box<[AtomicU32]>,
+pub struct SharedTable<const W: usize, const K: usize = 2, H = MixHash> {
+    buckets: Box<[Bucket]>,
+    slots: Box<[Slot<W, K>]>,
     bucket_mask: usize,
     len: AtomicUsize,
     pub stats: TableStats,
+    hash: PhantomData<fn() -> H>,
 }
 
-impl<const W: usize, const K: usize> SharedTable<W, K> {
+impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
     /// A table for at least `max_entries` entries (rounded up to a power-of-two number of
     /// buckets).
     pub fn new(max_entries: usize) -> Self {
         let buckets = max_entries.div_ceil(WAYS).next_power_of_two().max(1);
         let n = buckets * WAYS;
         SharedTable {
-            tags: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            keys: (0..n)
-                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            buckets: (0..buckets)
+                .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
-            vals: (0..n)
-                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-                .collect(),
-            life: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            slots: (0..n).map(|_| Slot::empty()).collect(),
             bucket_mask: buckets - 1,
             len: AtomicUsize::new(0),
             stats: TableStats::default(),
+            hash: PhantomData,
         }
     }
 
     /// Number of slots (the effective `max_entries`).
     pub fn capacity(&self) -> usize {
-        self.tags.len()
+        self.slots.len()
+    }
+
+    /// Bytes of memory the table holds (tags, slots).
+    pub fn memory_bytes(&self) -> usize {
+        size_of_val(&*self.buckets) + size_of_val(&*self.slots)
     }
 
     /// Entries currently published (expired ones included until swept).
@@ -125,43 +202,83 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
     }
 
     #[inline]
-    fn hash(key: &[u64; K]) -> u64 {
-        // The words folded by multiply-xor (for two words: k0·φ ⊕ k1), then two rounds of
-        // multiply-xorshift (a fast, well-mixing 64K→64 bit hash).
-        let mut h = key[0].wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        for (i, w) in key.iter().enumerate().skip(1) {
-            h ^= *w;
-            if i + 1 < K {
-                h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            }
-        }
-        h ^= h >> 32;
-        h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
-        h ^= h >> 32;
-        h = h.wrapping_mul(0xd6e8_feb8_6659_fd93);
-        h ^ (h >> 29)
+    fn tag(&self, idx: usize) -> &AtomicU64 {
+        &self.buckets[idx / WAYS].0[idx % WAYS]
     }
 
     #[inline]
     fn bucket_fp(&self, key: &[u64; K]) -> (usize, u16) {
-        let h = Self::hash(key);
+        let h = H::hash(key);
         (((h as usize) & self.bucket_mask) * WAYS, (h >> 48) as u16)
+    }
+
+    /// A bucket's tags and slots, and the tag bits a valid entry with fingerprint `fp` has.
+    #[inline]
+    fn bucket(&self, base: usize, fp: u16) -> (&[AtomicU64; WAYS], &[Slot<W, K>], u64) {
+        let want = ST_VALID | (fp as u64) << 32;
+        (
+            &self.buckets[base / WAYS].0,
+            &self.slots[base..base + WAYS],
+            want,
+        )
+    }
+
+    /// Slot `s`'s key if its tag is still `t1` afterwards (the seqlock read).
+    #[inline]
+    fn key_if(tag: &AtomicU64, s: &Slot<W, K>, t1: u64) -> Option<[u64; K]> {
+        let k: [u64; K] = std::array::from_fn(|i| s.key[i].load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        (tag.load(Ordering::Relaxed) == t1).then_some(k)
+    }
+
+    /// Find `a` and `b`, two keys that `H` puts in the same bucket (the two directions of a
+    /// connection), in one pass over that bucket.
+    #[inline]
+    pub fn lookup_pair(&self, a: &[u64; K], b: &[u64; K]) -> (Option<SlotRef>, Option<SlotRef>) {
+        let (base, fp) = self.bucket_fp(a);
+        debug_assert_eq!(
+            self.bucket_fp(b),
+            (base, fp),
+            "the pair must share a bucket"
+        );
+        let (tags, slots, want) = self.bucket(base, fp);
+        let (mut ra, mut rb) = (None, None);
+        for (w, (tag, slot)) in tags.iter().zip(slots).enumerate() {
+            let t1 = tag.load(Ordering::Acquire);
+            if t1 & (ST_MASK | FP_MASK) != want {
+                continue;
+            }
+            let Some(k) = Self::key_if(tag, slot, t1) else {
+                continue;
+            };
+            let r = Some(SlotRef {
+                idx: base + w,
+                tag: t1,
+            });
+            if k == *a {
+                ra = r;
+            } else if k == *b {
+                rb = r;
+            }
+            if ra.is_some() && rb.is_some() {
+                break;
+            }
+        }
+        (ra, rb)
     }
 
     /// Find `key`; `None` if absent.
     #[inline]
     pub fn lookup(&self, key: &[u64; K]) -> Option<SlotRef> {
         let (base, fp) = self.bucket_fp(key);
-        for idx in base..base + WAYS {
-            let t1 = self.tags[idx].load(Ordering::Acquire);
-            if state(t1) != ST_VALID || fingerprint(t1) != fp {
-                continue;
-            }
-            let k: [u64; K] = std::array::from_fn(|i| self.keys[idx][i].load(Ordering::Relaxed));
-            fence(Ordering::Acquire);
-            let t2 = self.tags[idx].load(Ordering::Relaxed);
-            if t1 == t2 && k == *key {
-                return Some(SlotRef { idx, tag: t1 });
+        let (tags, slots, want) = self.bucket(base, fp);
+        for (w, (tag, slot)) in tags.iter().zip(slots).enumerate() {
+            let t1 = tag.load(Ordering::Acquire);
+            if t1 & (ST_MASK | FP_MASK) == want && Self::key_if(tag, slot, t1) == Some(*key) {
+                return Some(SlotRef {
+                    idx: base + w,
+                    tag: t1,
+                });
             }
         }
         None
@@ -171,23 +288,23 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
     /// since it was found.
     #[inline]
     pub fn read(&self, s: SlotRef) -> Option<([u64; W], u32)> {
-        let v: [u64; W] = std::array::from_fn(|i| self.vals[s.idx][i].load(Ordering::Relaxed));
-        let l = self.life[s.idx].load(Ordering::Relaxed);
+        let v: [u64; W] = std::array::from_fn(|i| self.slots[s.idx].val[i].load(Ordering::Relaxed));
+        let l = self.slots[s.idx].life.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
-        (self.tags[s.idx].load(Ordering::Relaxed) == s.tag).then_some((v, l))
+        (self.tag(s.idx).load(Ordering::Relaxed) == s.tag).then_some((v, l))
     }
 
     /// Value word `i` of a slot, for in-place atomic updates.
     #[inline]
     pub fn word(&self, s: SlotRef, i: usize) -> &AtomicU64 {
-        &self.vals[s.idx][i]
+        &self.slots[s.idx].val[i]
     }
 
     /// Push a slot's lifetime to `lifetime` (a store only when it changes, so a flow's
     /// cache line is written about once a second, not per packet).
     #[inline]
     pub fn set_lifetime(&self, s: SlotRef, lifetime: u32) {
-        let l = &self.life[s.idx];
+        let l = &self.slots[s.idx].life;
         if l.load(Ordering::Relaxed) != lifetime {
             l.store(lifetime, Ordering::Relaxed);
         }
@@ -203,24 +320,47 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
         lifetime: u32,
         now: u32,
     ) -> Option<SlotRef> {
-        if let Some(s) = self.lookup(&key) {
-            // Replace in place: value words one by one, then the lifetime.
-            for (i, v) in vals.iter().enumerate() {
-                self.vals[s.idx][i].store(*v, Ordering::Relaxed);
-            }
-            self.life[s.idx].store(lifetime, Ordering::Relaxed);
-            return Some(s);
-        }
         let (base, fp) = self.bucket_fp(&key);
+        for attempt in 0..=4 {
+            let Some(s) = self.lookup(&key) else {
+                break;
+            };
+            if attempt == 4 {
+                // Still there and still contended: fail as a full bucket does, rather
+                // than write a second entry for the key.
+                self.stats.insert_failures.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            // Replace under the seqlock, as a new entry is written: the slot may have been
+            // emptied and given to another key since the lookup, and writing its words
+            // unclaimed would give that key our values. A lost race looks again.
+            let busy = make_tag(ST_BUSY, generation(s.tag) + 1, 0);
+            if self
+                .tag(s.idx)
+                .compare_exchange(s.tag, busy, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            fence(Ordering::Release);
+            for (i, v) in vals.iter().enumerate() {
+                self.slots[s.idx].val[i].store(*v, Ordering::Relaxed);
+            }
+            self.slots[s.idx].life.store(lifetime, Ordering::Relaxed);
+            let tag = make_tag(ST_VALID, generation(s.tag) + 1, fp);
+            self.tag(s.idx).store(tag, Ordering::Release);
+            self.stats.inserts.fetch_add(1, Ordering::Relaxed);
+            return Some(SlotRef { idx: s.idx, tag });
+        }
         for _attempt in 0..4 {
             // Prefer an empty slot, then an expired one, then the one expiring first.
             let mut pick: Option<(usize, u64, u8, u32)> = None; // idx, tag, class, lifetime
             for idx in base..base + WAYS {
-                let t = self.tags[idx].load(Ordering::Acquire);
+                let t = self.tag(idx).load(Ordering::Acquire);
                 let (class, l) = match state(t) {
                     ST_EMPTY => (0u8, 0u32),
                     ST_VALID => {
-                        let l = self.life[idx].load(Ordering::Relaxed);
+                        let l = self.slots[idx].life.load(Ordering::Relaxed);
                         (if expired(l, now) { 1 } else { 2 }, l)
                     }
                     _ => continue,
@@ -242,7 +382,8 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
                 continue;
             };
             let busy = make_tag(ST_BUSY, generation(t) + 1, 0);
-            if self.tags[idx]
+            if self
+                .tag(idx)
                 .compare_exchange(t, busy, Ordering::AcqRel, Ordering::Relaxed)
                 .is_err()
             {
@@ -251,14 +392,14 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
             // Readers that saw the old tag must not pair it with the new words.
             fence(Ordering::Release);
             for (i, w) in key.iter().enumerate() {
-                self.keys[idx][i].store(*w, Ordering::Relaxed);
+                self.slots[idx].key[i].store(*w, Ordering::Relaxed);
             }
             for (i, v) in vals.iter().enumerate() {
-                self.vals[idx][i].store(*v, Ordering::Relaxed);
+                self.slots[idx].val[i].store(*v, Ordering::Relaxed);
             }
-            self.life[idx].store(lifetime, Ordering::Relaxed);
+            self.slots[idx].life.store(lifetime, Ordering::Relaxed);
             let tag = make_tag(ST_VALID, generation(t) + 1, fp);
-            self.tags[idx].store(tag, Ordering::Release);
+            self.tag(idx).store(tag, Ordering::Release);
             self.stats.inserts.fetch_add(1, Ordering::Relaxed);
             if class == 0 {
                 self.len.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +417,8 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
     /// Delete a found slot (if it still holds what was found).
     pub fn remove(&self, s: SlotRef) -> bool {
         let empty = make_tag(ST_EMPTY, generation(s.tag) + 1, 0);
-        let ok = self.tags[s.idx]
+        let ok = self
+            .tag(s.idx)
             .compare_exchange(s.tag, empty, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok();
         if ok {
@@ -294,9 +436,9 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
     /// the control thread; workers keep going while it does.
     pub fn sweep(&self, now: u32) -> usize {
         let mut n = 0;
-        for idx in 0..self.tags.len() {
-            let t = self.tags[idx].load(Ordering::Acquire);
-            if state(t) != ST_VALID || !expired(self.life[idx].load(Ordering::Relaxed), now) {
+        for idx in 0..self.slots.len() {
+            let t = self.tag(idx).load(Ordering::Acquire);
+            if state(t) != ST_VALID || !expired(self.slots[idx].life.load(Ordering::Relaxed), now) {
                 continue;
             }
             if self.remove(SlotRef { idx, tag: t }) {
@@ -309,12 +451,13 @@ impl<const W: usize, const K: usize> SharedTable<W, K> {
 
     /// Visit a consistent snapshot of every published entry: `(key, values, lifetime)`.
     pub fn for_each(&self, mut f: impl FnMut([u64; K], [u64; W], u32)) {
-        for idx in 0..self.tags.len() {
-            let t = self.tags[idx].load(Ordering::Acquire);
+        for idx in 0..self.slots.len() {
+            let t = self.tag(idx).load(Ordering::Acquire);
             if state(t) != ST_VALID {
                 continue;
             }
-            let k: [u64; K] = std::array::from_fn(|i| self.keys[idx][i].load(Ordering::Relaxed));
+            let k: [u64; K] =
+                std::array::from_fn(|i| self.slots[idx].key[i].load(Ordering::Relaxed));
             if let Some((v, l)) = self.read(SlotRef { idx, tag: t }) {
                 f(k, v, l);
             }
@@ -422,6 +565,33 @@ mod tests {
             n += 1;
         });
         assert_eq!(n, t.len());
+    }
+
+    /// One pass over a bucket finds both keys of a pair the hash puts together, either
+    /// alone, or neither; a slot is one cache line for the IPv4 conntrack entry.
+    #[test]
+    fn lookup_pair_finds_either_direction_in_one_bucket() {
+        /// Buckets by the first word only: [x, 1] and [x, 2] share one.
+        #[derive(Debug)]
+        struct First;
+        impl BucketHash<2> for First {
+            fn hash(k: &[u64; 2]) -> u64 {
+                mix(&[k[0], 0])
+            }
+        }
+        let t: SharedTable<5, 2, First> = SharedTable::new(1024);
+        let (a, b) = ([7, 1], [7, 2]);
+        assert_eq!(t.lookup_pair(&a, &b), (None, None));
+        let sa = t.insert(a, [1; 5], 100, 0).unwrap();
+        assert_eq!(t.lookup_pair(&a, &b), (Some(sa), None));
+        assert_eq!(t.lookup_pair(&b, &a), (None, Some(sa)));
+        let sb = t.insert(b, [2; 5], 100, 0).unwrap();
+        assert_eq!(t.lookup_pair(&a, &b), (Some(sa), Some(sb)));
+        assert!(t.remove(sa));
+        assert_eq!(t.lookup_pair(&a, &b), (None, Some(sb)));
+        assert_eq!(size_of::<Slot<5, 2>>(), 64);
+        assert_eq!(size_of::<Bucket>(), 64);
+        assert_eq!(t.memory_bytes(), 1024 * 64 + 128 * 64);
     }
 
     /// The address-family seam: the same table with the 5 key words an IPv6 conntrack tuple

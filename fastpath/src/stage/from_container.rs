@@ -4,7 +4,7 @@
 //! local delivery ([`super::to_container`]) or off the node ([`super::forward`]).
 //! Direction: egress.
 
-use abi::ct::{CtTuple4, TUPLE_F_OUT};
+use abi::ct::TUPLE_F_OUT;
 use abi::identity;
 use abi::lb::RevNat;
 use abi::policy::DIR_EGRESS;
@@ -12,10 +12,9 @@ use abi::{DropReason, MetricDir};
 use tables::ct::CtState;
 use tables::{PortId, Tables};
 
-use super::ct::{Egress, ct_egress, ct_forward};
+use super::ct::{Egress, ct_egress, ct_policy_forward, forward_key};
 use super::flow::check_ipv4;
 use super::forward::to_remote_node;
-use super::policy::policy;
 use super::to_container::local_delivery;
 use super::{Scratch, Verdict, drop, lb, nodeport};
 use crate::wire::{ArpPacket, Buf, EtherType, EthernetFrame, arp, ethernet};
@@ -116,14 +115,16 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
             Err(v) => return v,
         }
     }
-    let reply = if ip.tracked {
-        match ct_egress(&ip, t, s) {
+    // One conntrack probe: a reply to a connection the pod accepted, or the pod's own
+    // connection's entry (new: none).
+    let fwd = ip.tracked.then(|| forward_key(&ip, TUPLE_F_OUT));
+    let (reply, fwd_hit) = match &fwd {
+        Some(k) => match ct_egress(k, &ip, t, s) {
             Egress::NodePortReply(st) => return nodeport::nodeport_reply(b, &st, t),
-            Egress::Reply => true,
-            Egress::Original => false,
-        }
-    } else {
-        false
+            Egress::Reply => (true, None),
+            Egress::Original(h) => (false, h),
+        },
+        None => (false, None),
     };
     let dst_ep = t.endpoint_v4(ip.dst);
     // Not local: one ipcache lookup serves the policy (identity) and the forwarding (tunnel
@@ -134,24 +135,20 @@ fn ipv4_from_container(b: &mut Buf<'_>, in_port: PortId, t: &Tables, s: &mut Scr
     };
     if !reply {
         // Egress policy on the (translated) destination's identity, before encap or
-        // delivery; only then does the connection get its OUT entry.
+        // delivery; only then does the connection get (or refresh) its OUT entry.
         let dst_id = match (dst_ep, remote) {
             (Some(e), _) => e.info.sec_id,
             (None, Some(i)) => i.sec_identity,
             (None, None) => identity::RESERVED_WORLD,
         };
-        if let Err(v) = policy(t, s, src_ep, DIR_EGRESS, dst_id, &ip) {
+        let st = CtState {
+            rev_nat,
+            src_sec_id: src_id,
+            ..Default::default()
+        };
+        let who = (src_ep, DIR_EGRESS, dst_id);
+        if let Err(v) = ct_policy_forward(fwd.as_ref(), fwd_hit, &st, who, &ip, t, s) {
             return v;
-        }
-        if ip.tracked {
-            let fwd =
-                CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_OUT);
-            let st = CtState {
-                rev_nat,
-                src_sec_id: src_id,
-                ..Default::default()
-            };
-            ct_forward(&fwd, &st, &ip, t, s);
         }
     }
     if let Some(ep) = dst_ep {

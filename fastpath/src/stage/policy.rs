@@ -15,7 +15,7 @@ use super::{Scratch, Verdict};
 /// The policy verdict of endpoint `ep_id` for `ip` with the remote identity `id` in `dir`
 /// ([`DIR_INGRESS`]/[`DIR_EGRESS`]), counted per entry and per verdict. A denied packet
 /// becomes Cilium's drop: 133 (no allow), 181 (deny rule), or 157 for a later fragment
-/// (no ports to judge).
+/// (no ports to judge). Allowed: the allowing entry's counter slot (what conntrack caches).
 #[inline]
 pub(super) fn policy(
     t: &Tables,
@@ -24,7 +24,7 @@ pub(super) fn policy(
     dir: u8,
     id: u32,
     ip: &Ip,
-) -> Result<(), Verdict> {
+) -> Result<u32, Verdict> {
     let (allowed, denied, metric_dir) = if dir == DIR_EGRESS {
         (STAT_ALLOWED_EGRESS, STAT_DENIED_EGRESS, MetricDir::Egress)
     } else {
@@ -39,7 +39,7 @@ pub(super) fn policy(
         PolicyVerdict::Allow { slot } => {
             stats.count(s.worker, slot, len);
             stats.count(s.worker, allowed, len);
-            Ok(())
+            Ok(slot)
         }
         PolicyVerdict::Deny { reason, slot } => {
             stats.count(s.worker, slot, len);
@@ -55,4 +55,18 @@ pub(super) fn policy(
             })
         }
     }
+}
+
+/// A packet of an established connection whose allow verdict its conntrack entry cached at
+/// the current table generation: no lookup, but counted as the lookup would have counted it
+/// (on the entry that allowed the connection, and as allowed in `dir`).
+#[inline]
+pub(super) fn policy_cached(t: &Tables, s: &Scratch, dir: u8, slot: u32, ip: &Ip) {
+    let allowed = if dir == DIR_EGRESS {
+        STAT_ALLOWED_EGRESS
+    } else {
+        STAT_ALLOWED_INGRESS
+    };
+    t.policy_stats.count(s.worker, slot, ip.total_len);
+    t.policy_stats.count(s.worker, allowed, ip.total_len);
 }

@@ -97,6 +97,41 @@ mod overlay {
         );
     }
 
+    /// Established connections skip the policy lookup through the verdict their conntrack
+    /// entry cached, counted as if looked up; a new table version (what every control-plane
+    /// change publishes) decides again, and a sender of another identity on the same tuple is
+    /// never let in by a verdict cached for the first (that case: the test above).
+    #[test]
+    fn established_flows_reuse_the_cached_verdict_until_the_tables_change() {
+        use tables::policy::STAT_ALLOWED_EGRESS;
+        let open = n1();
+        let f = a_to_c_udp(20);
+        let encap = Verdict::Encap {
+            port: UL,
+            dir: MetricDir::Egress,
+        };
+        for _ in 0..3 {
+            assert_eq!(run(&f, A_PORT, &open).0, encap);
+        }
+        assert_eq!(open.policy_stats.get(STAT_ALLOWED_EGRESS).0, 3, "counted");
+        // Same conntrack, a policy that denies a → c. At the same generation the cached
+        // verdict is what decides (the lookup is skipped) ...
+        let mut denying = (*n1_with_policy()).clone();
+        denying.ct = open.ct.clone();
+        denying.policy_stats = open.policy_stats.clone();
+        denying.generation = open.generation;
+        assert_eq!(run(&f, A_PORT, &denying).0, encap, "cached allow used");
+        assert_eq!(open.policy_stats.get(STAT_ALLOWED_EGRESS).0, 4);
+        // ... and the published change (a new generation) denies the established flow.
+        denying.generation = open.generation + 1;
+        for _ in 0..2 {
+            assert_eq!(
+                run(&f, A_PORT, &denying).0,
+                drop(DropReason::Policy, MetricDir::Egress)
+            );
+        }
+    }
+
     #[test]
     fn encap_to_remote_pod() {
         let t = n1();

@@ -3,15 +3,14 @@
 //! the packet — a same-node pod, another node, or an outside client of a NodePort.
 
 use abi::MetricDir;
-use abi::ct::{CtTuple4, TUPLE_F_IN, TUPLE_F_OUT};
+use abi::ct::TUPLE_F_IN;
 use abi::policy::DIR_INGRESS;
 use tables::ct::CtState;
 use tables::{EndpointEntry, PortId, Tables};
 
-use super::ct::ct_forward;
+use super::ct::{ct_policy_forward, forward_key};
 use super::flow::Ip;
 use super::forward::l3_forward;
-use super::policy::policy;
 use super::{Scratch, Verdict, lb};
 use crate::wire::{Buf, ethernet};
 
@@ -33,11 +32,12 @@ pub(super) fn local_delivery(
     t: &Tables,
     s: &Scratch,
 ) -> Verdict {
-    let reply_hit = if ip.tracked {
-        let reply = CtTuple4::connection(ip.dst, ip.src, ip.dport, ip.sport, ip.proto, TUPLE_F_OUT);
-        t.ct.lookup(&reply, s.now)
-    } else {
-        None
+    // One conntrack probe: the reply of a connection the pod made (an OUT entry), or this
+    // connection's IN entry.
+    let fwd = ip.tracked.then(|| forward_key(ip, TUPLE_F_IN));
+    let (reply_hit, fwd_hit) = match &fwd {
+        Some(k) => t.ct.lookup_flow(k, s.now),
+        None => (None, None),
     };
     match reply_hit {
         Some(hit) => {
@@ -49,13 +49,9 @@ pub(super) fn local_delivery(
             }
         }
         None => {
-            if let Err(v) = policy(t, s, ep.info.lxc_id, DIR_INGRESS, src.src_sec_id, ip) {
+            let who = (ep.info.lxc_id, DIR_INGRESS, src.src_sec_id);
+            if let Err(v) = ct_policy_forward(fwd.as_ref(), fwd_hit, &src, who, ip, t, s) {
                 return v;
-            }
-            if ip.tracked {
-                let fwd =
-                    CtTuple4::connection(ip.src, ip.dst, ip.sport, ip.dport, ip.proto, TUPLE_F_IN);
-                ct_forward(&fwd, &src, ip, t, s);
             }
         }
     }
