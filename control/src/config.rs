@@ -178,6 +178,10 @@ pub struct DatapathConfig {
     pub cores: Vec<usize>,
     #[serde(default)]
     pub poll: PollMode,
+    /// Adaptive poll: microseconds an idle worker keeps spinning after its last frame before
+    /// it sleeps in poll(2) (docs/benchmarks.md "Choosing the spin budget").
+    #[serde(default = "default_spin_us")]
+    pub poll_spin_us: u32,
     /// Frames per RX poll and per TX burst.
     #[serde(default = "default_batch")]
     pub batch_size: u32,
@@ -239,6 +243,13 @@ fn default_seed() -> String {
 fn default_ct_tcp() -> u32 {
     crate::maps::ct::CT_TCP_MAX
 }
+/// The adaptive poll's spin budget, µs (chosen by measurement: docs/benchmarks.md).
+pub const DEFAULT_SPIN_US: u32 = 50;
+/// The longest spin budget accepted, µs.
+pub const MAX_SPIN_US: u32 = 10_000;
+fn default_spin_us() -> u32 {
+    DEFAULT_SPIN_US
+}
 fn default_ct_any() -> u32 {
     crate::maps::ct::CT_ANY_MAX
 }
@@ -250,6 +261,7 @@ impl Default for DatapathConfig {
             queues: 1,
             cores: Vec::new(),
             poll: PollMode::Adaptive,
+            poll_spin_us: default_spin_us(),
             batch_size: default_batch(),
             ring_size: default_ring(),
             routing: RoutingMode::Tunnel,
@@ -442,6 +454,15 @@ impl Config {
                     "{} cores listed for {} queues; give one core per queue",
                     d.cores.len(),
                     d.queues
+                ),
+            );
+        }
+        if d.poll_spin_us > MAX_SPIN_US {
+            bad(
+                "datapath.poll_spin_us".into(),
+                format!(
+                    "{} µs is more than {MAX_SPIN_US} (use poll: busy to never sleep)",
+                    d.poll_spin_us
                 ),
             );
         }
@@ -1147,8 +1168,14 @@ pods:
 
     #[test]
     fn datapath_limits() {
-        let t = format!("{GOOD}datapath: {{ queues: 2, cores: [0], ring_size: 1000 }}\n");
+        let t = format!(
+            "{GOOD}datapath: {{ queues: 2, cores: [0], ring_size: 1000, poll_spin_us: 20000 }}\n"
+        );
         let e = err(&t);
+        assert!(
+            e.contains("datapath.poll_spin_us: 20000 µs is more than 10000"),
+            "{e}"
+        );
         assert!(
             e.contains("datapath.cores: 1 cores listed for 2 queues"),
             "{e}"

@@ -742,6 +742,7 @@ fn make_workers(
             ring_size: cfg.datapath.ring_size,
             frame_size: devs.frame_size,
             poll: cfg.datapath.poll,
+            spin: std::time::Duration::from_micros(cfg.datapath.poll_spin_us.into()),
             bare: opts.bare,
         };
         let w = Worker::new(

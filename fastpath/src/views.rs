@@ -173,7 +173,7 @@ pub fn status(st: &Status) -> String {
         .join(" ");
     s += "\n\n";
     s += &format!(
-        "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
+        "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>9}{:>9}{:>11}{:>9}\n",
         "QUEUE",
         "CORE",
         "DEVICE",
@@ -183,14 +183,20 @@ pub fn status(st: &Status) -> String {
         "TX_PKTS",
         "TX_BYTES",
         "TX_FULL",
-        "XSK_RXDROP"
+        "RX_FULL",
+        "FILL_EMPTY",
+        "XSK_DROP"
     );
     for w in &this.workers {
         let core = w.core.map_or("-".into(), |c| c.to_string());
         for p in &w.ports {
             let rxqs: Vec<String> = p.rx_queues.iter().map(|q| q.to_string()).collect();
+            // The drops of the I/O stages, in order: our TX ring was full (fastpath's
+            // counter); the kernel's XDP_STATISTICS of the device's sockets: RX ring full (the
+            // worker did not keep up), fill ring found empty (no chunk to receive into), and
+            // every frame the kernel dropped at the socket.
             s += &format!(
-                "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>10}{:>12}\n",
+                "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>9}{:>9}{:>11}{:>9}\n",
                 w.queue,
                 core,
                 p.ifname,
@@ -200,7 +206,9 @@ pub fn status(st: &Status) -> String {
                 p.tx_packets,
                 p.tx_bytes,
                 p.tx_ring_full,
-                p.xsk.rx_dropped + p.xsk.rx_ring_full
+                p.xsk.rx_ring_full,
+                p.xsk.rx_fill_ring_empty_descs,
+                p.xsk.rx_dropped
             );
         }
     }

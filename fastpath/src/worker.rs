@@ -7,11 +7,13 @@
 //! ring: everything the worker sends to that device leaves through it. Its other sockets on
 //! the device are receive-only.
 //!
-//! Loop (OVS `pmd_thread_main` shape): poll each socket's RX ring → pipeline → queue on the
-//! destination device's home TX ring (moving the descriptor; no copy) → flush/kick TX → reap
-//! completions → refill fill rings. Every [`HOUSEKEEPING_EVERY`] loops it passes a quiescent
-//! point (picks up a new table version) and checks the stop flag. When idle in adaptive mode
-//! it sleeps in poll(2) on its RX sockets instead of burning the core.
+//! Loop (OVS `pmd_thread_main` shape): reap completions → refill fill rings → poll each
+//! socket's RX ring → pipeline → queue on the destination device's home TX ring (moving the
+//! descriptor; no copy) → kick TX while the kernel has work it has not taken. Every [`HOUSEKEEPING_EVERY`] loops it passes a quiescent
+//! point (picks up a new table version) and checks the stop flag. In adaptive mode a worker
+//! that has had no frame for `spin` (`datapath.poll_spin_us`, a time, not a loop count)
+//! sleeps in poll(2) on its RX sockets instead of burning the core; a sleep that times out
+//! goes straight back to sleep.
 //!
 //! The loop allocates nothing: the RX batch vector is sized once.
 
@@ -29,8 +31,10 @@ use crate::xsk::{Frame, Socket, Umem, UmemRef};
 
 /// Loops between quiescent points / stop checks.
 pub const HOUSEKEEPING_EVERY: u64 = 64;
-/// Empty loops before an adaptive worker sleeps.
-const SPIN_BEFORE_SLEEP: u32 = 256;
+/// Empty loops between two looks at the clock while spinning idle (a vDSO read, no syscall).
+const CLOCK_EVERY: u32 = 16;
+/// Kicks per TX socket and loop at most (copy mode moves up to 32 frames per kick).
+const MAX_KICKS: u32 = 8;
 /// Longest sleep: bounds how late a stop request or a table change is noticed.
 const SLEEP_MS: i32 = 10;
 
@@ -46,6 +50,9 @@ pub struct WorkerConfig {
     pub ring_size: u32,
     pub frame_size: u32,
     pub poll: PollMode,
+    /// Adaptive poll: how long an idle worker keeps spinning after its last frame before it
+    /// sleeps in poll(2) (`datapath.poll_spin_us`).
+    pub spin: std::time::Duration,
     /// Skip the pipeline: forward everything from port i to port i^1 (the bench ceiling).
     pub bare: bool,
 }
@@ -406,6 +413,7 @@ impl Worker {
             };
         rebuild(&mut self.socks, &mut pending, &mut pollfds);
         let mut idle_streak = 0u32;
+        let mut idle_since = std::time::Instant::now();
         // One worker per queue: the queue index is this worker's counter stripe. Its random
         // state comes from the kernel's entropy, never from the queue number alone.
         let mut scratch = Scratch::for_worker(self.cfg.queue as usize);
@@ -429,6 +437,16 @@ impl Worker {
                 }
             }
             c.loops.add(1);
+            // Completions back to the UMEM, and the fill rings topped up from them, before
+            // receiving: the kernel has chunks for the next frames while this loop works.
+            for s in &mut self.socks {
+                s.s.complete(&mut self.umem, self.cfg.ring_size);
+                if s.s.fill(&mut self.umem, self.cfg.ring_size, s.info.id) > 0
+                    && s.s.fill_needs_wakeup()
+                {
+                    s.s.wake_rx();
+                }
+            }
             let mut got = 0u32;
             let nsocks = self.socks.len();
             for i in 0..nsocks {
@@ -499,46 +517,57 @@ impl Worker {
             let mut tx_busy = false;
             for (sock, pend) in self.socks.iter_mut().zip(pending.iter_mut()) {
                 if *pend == TX_ACTIVE {
-                    let before = sock.s.tx_outstanding();
-                    if sock.s.flush() {
-                        c.ports[sock.info.port as usize].tx_kicks.add(1);
+                    // Copy-mode TX sends at most 32 frames per kick (the kernel's
+                    // TX_BATCH_SIZE), in this thread: kick again while a kick moves frames and
+                    // some are left, up to MAX_KICKS, so one loop drains what it queued instead
+                    // of leaving it to hold UMEM chunks (and starve the fill rings) until the
+                    // next loop. A kick that moves none (the device is gone and its socket
+                    // unbound, the peer's queue momentarily full, or a zero-copy driver
+                    // draining on its own) is retried only at housekeeping and on waking, and
+                    // does not keep the worker from sleeping: no spin on sendto.
+                    let mut state = TX_IDLE;
+                    for _ in 0..MAX_KICKS {
+                        let before = sock.s.tx_outstanding();
+                        if sock.s.flush() {
+                            c.ports[sock.info.port as usize].tx_kicks.add(1);
+                        }
+                        let after = sock.s.tx_outstanding();
+                        state = if after == 0 {
+                            TX_IDLE
+                        } else if after < before {
+                            TX_ACTIVE
+                        } else {
+                            TX_STALLED
+                        };
+                        if state != TX_ACTIVE || !sock.s.tx_kick_needed() {
+                            break;
+                        }
                     }
-                    // Copy-mode TX sends at most 32 frames per kick: keep kicking every loop
-                    // while a kick moves frames. One that moves none (the device is gone and
-                    // its socket unbound, the peer's queue momentarily full, or a zero-copy
-                    // driver draining on its own) is retried only at housekeeping and on
-                    // waking, and does not keep the worker from sleeping: no spin on sendto.
-                    let after = sock.s.tx_outstanding();
-                    *pend = if after == 0 {
-                        TX_IDLE
-                    } else if after < before {
-                        TX_ACTIVE
-                    } else {
-                        TX_STALLED
-                    };
+                    *pend = state;
                     tx_busy |= *pend == TX_ACTIVE;
-                }
-                sock.s.complete(&mut self.umem, self.cfg.ring_size);
-            }
-            for s in &mut self.socks {
-                if s.s.fill(&mut self.umem, self.cfg.ring_size, s.info.id) > 0
-                    && s.s.fill_needs_wakeup()
-                {
-                    s.s.wake_rx();
                 }
             }
             if got == 0 {
                 c.idle_loops.add(1);
                 idle_streak += 1;
-                if self.cfg.poll == PollMode::Adaptive
-                    && idle_streak > SPIN_BEFORE_SLEEP
+                let adaptive = self.cfg.poll == PollMode::Adaptive;
+                if adaptive && idle_streak == 1 {
+                    // The first empty loop after work: the spin budget starts now.
+                    idle_since = std::time::Instant::now();
+                }
+                if adaptive
                     && !tx_busy
+                    && idle_streak.is_multiple_of(CLOCK_EVERY)
+                    && idle_since.elapsed() >= self.cfg.spin
                 {
                     self.tables.idle();
                     c.sleeps.add(1);
                     self.gauges();
-                    crate::xsk::poll_readable(&mut pollfds, SLEEP_MS);
-                    idle_streak = 0;
+                    let woke = crate::xsk::poll_readable(&mut pollfds, SLEEP_MS);
+                    // A timeout (nothing to read) goes back to sleep at the next check
+                    // instead of spinning a new budget: an idle worker wakes SLEEP_MS apart
+                    // for housekeeping only. A frame starts a new budget after it is served.
+                    idle_streak = if woke { 0 } else { CLOCK_EVERY - 1 };
                     // A quiescent point on waking: the frames that woke us (and everything
                     // after) see any table version published while we slept, and queued
                     // commands run.

@@ -794,6 +794,13 @@ impl Socket {
         n
     }
 
+    /// Does queued TX need a kick to move (copy mode always: the kernel transmits only in
+    /// `sendto`; zero-copy when the driver asks through need_wakeup)?
+    #[inline]
+    pub fn tx_kick_needed(&self) -> bool {
+        self.mode == BindMode::Copy || self.tx.as_ref().is_some_and(|t| t.needs_wakeup())
+    }
+
     /// Does the kernel want a wakeup to take more fill descriptors?
     pub fn fill_needs_wakeup(&self) -> bool {
         self.fill.needs_wakeup()
