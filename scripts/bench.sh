@@ -1,12 +1,85 @@
 #!/usr/bin/env bash
-# Benchmarks, one run (as root):
-#  1. same node: fastpath vs bare AF_XDP vs kernel routing (live traffic through namespaces);
-#  2. ipcache at 1M prefixes and the cross-node encap pipeline (no I/O, one pinned core).
-# Tables on stdout; raw results in bench/results/<date>-*.json.
+# The benchmark, one command (as root): builds everything, builds the testbed (namespaces and
+# veths it creates and deletes), and measures side by side, interleaved, in one run:
+#  1. the pipeline per fixture, ns/frame, tiny vs large tables (1M ipcache, 1M conntrack) and
+#     many flows (fastpath-bench-stages; no I/O, one pinned core);
+#  2. same-node UDP throughput for 64, 512 and 1518-byte frames: fastpath (native XDP),
+#     fastpath (generic XDP), bare AF_XDP forwarding on the same veths (the ceiling), kernel
+#     routing; offered vs received; then the no-drop rate of each, checked at 90 % (must
+#     lose nothing) and 120 % (every lost frame attributed to a stage) (fastpath-bench);
+#  3. request/response RTT p50/p99/p99.9 with the forwarder's CPU: kernel routing, fastpath
+#     adaptive (default spin budget), fastpath busy, twice: apps sleeping in recv (the usual
+#     case) and apps polling (separates vCPU wake-up cost) (fastpath-bench-rtt);
+#  4. plots (throughput.svg, rtt.svg) and README.md with every table, in
+#     bench/results/<date>-<commit>/.
+#
+#   bash scripts/bench.sh            # the full run: about 25 minutes on 2 cores
+#   bash scripts/bench.sh --quick    # shorter runs, fewer repetitions: about 6 minutes
+#
+# Every result records machine, kernel, commit, cores, queues, XDP mode, frame size, load
+# average and the steal share; docs/benchmarks.md says how to read them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+QUICK=0
+for a in "$@"; do
+  case "$a" in
+    --quick) QUICK=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown option $a (use --quick or nothing)" >&2; exit 2 ;;
+  esac
+done
+if [[ $(id -u) != 0 ]]; then echo "bench.sh: run as root (namespaces, XDP, AF_XDP)" >&2; exit 1; fi
 bash scripts/setup.sh
 cargo build --release --bins
-mkdir -p bench/results
-target/release/fastpath-bench-ipcache --json "bench/results/$(date +%F)-ipcache.json"
-exec target/release/fastpath-bench --json "bench/results/$(date +%F)-same-node.json" "$@"
+B=target/release
+commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo "-dirty")
+R="bench/results/$(date -u +%F)-$commit"
+mkdir -p "$R"
+if ((QUICK)); then
+  STAGES=(--iters 50000 --rounds 3 --ipcache 200000 --ct 200000 --flows 65536)
+  SAME=(--secs 2 --reps 2 --ndr --ndr-secs 1 --ndr-steps 5)
+  RTT=(--count 5000 --reps 2) IDLE=1
+else
+  STAGES=()
+  SAME=(--secs 4 --reps 3 --ndr --ndr-secs 2 --ndr-steps 7)
+  RTT=(--count 20000 --reps 3) IDLE=3
+fi
+steal() { awk '/^cpu /{print $9}' /proc/stat; }
+total() { awk '/^cpu /{s=0; for(i=2;i<=9;i++) s+=$i; print s}' /proc/stat; }
+s0=$(steal) t0=$(total) start=$(date -u +%FT%TZ)
+{
+  echo "# fastpath benchmark $start"
+  echo
+  echo "- commit: $commit"
+  echo "- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
+  echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- queues: 1; AF_XDP copy mode (veth has no zero-copy); XDP native unless a mode says generic"
+  echo "- command: bash scripts/bench.sh $*"
+  echo
+} > "$R/README.md"
+
+echo "== 1/3 pipeline per fixture" >&2
+$B/fastpath-bench-stages "${STAGES[@]}" --json "$R/stages.json" | tee "$R/stages.md"
+for size in 64 512 1518; do
+  echo "== 2/3 same-node throughput, $size B" >&2
+  $B/fastpath-bench --modes fastpath,fastpath-generic,bare,kernel --size "$size" "${SAME[@]}" \
+    --json "$R/same-node-$size.json" | tee "$R/same-node-$size.md"
+done
+echo "== 3/3 request/response latency" >&2
+$B/fastpath-bench-rtt --modes kernel,fastpath,busy "${RTT[@]}" --idle-secs "$IDLE" --json "$R/rtt.json" | tee "$R/rtt.md"
+$B/fastpath-bench-rtt --modes kernel,fastpath,busy --app-busy "${RTT[@]}" --idle-secs 0 \
+  --json "$R/rtt-apps-polling.json" | tee "$R/rtt-apps-polling.md"
+$B/fastpath-bench-plot "$R"
+
+s1=$(steal) t1=$(total)
+{
+  echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); steal during the run: $(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{printf "%.2f", (b-a)/((d-c)>0?(d-c):1)*100}') % of all CPU time"
+  echo
+  echo "![throughput](throughput.svg) ![rtt](rtt.svg)"
+  for f in stages same-node-64 same-node-512 same-node-1518 rtt rtt-apps-polling; do
+    echo
+    echo "## $f"
+    cat "$R/$f.md"
+  done
+} >> "$R/README.md"
+echo "bench.sh: results in $R (README.md, *.json, throughput.svg, rtt.svg)" >&2

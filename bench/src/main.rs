@@ -1,5 +1,7 @@
-//! Same-node 64-byte UDP forwarding, side by side, in one run:
-//! - `fastpath`: the full pipeline (`fastpath run`);
+//! Same-node UDP forwarding (`--size`, 64 B by default), side by side, in one run:
+//! - `fastpath`: the full pipeline (`fastpath run`), native XDP;
+//! - `fastpath-generic`: the same with `xdp_mode: generic` (the skb path devices without
+//!   native XDP get);
 //! - `bare`: fastpath's bare AF_XDP forwarding (`--bare`: no pipeline), the ceiling on these veths;
 //! - `kernel`: Linux's own IPv4 routing between the same pods (ip_forward=1, RPS moves the
 //!   forwarding softirq to the forwarder's core so it gets its own core too).
@@ -8,6 +10,8 @@
 //! Receiver: an XDP program on the receiver pod's eth0 that counts and drops. The forwarder
 //! (fastpath's worker, or the kernel's softirq via RPS) runs on `--fwd-core`. Each mode runs
 //! `--reps` times, interleaved; the table shows min/median/max of received pps.
+//! `--ndr` then searches each mode's no-drop rate and checks it (see `Ctx::ndr`): offered,
+//! received and every lost frame's stage.
 //! Everything happens in namespaces this program creates and deletes.
 
 use std::path::PathBuf;
@@ -40,6 +44,23 @@ struct Args {
     /// Modes to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "fastpath,bare,kernel")]
     modes: Vec<String>,
+    /// Also search each mode's no-drop rate (RFC 2544-style: binary search on the offered
+    /// rate for the highest one with zero loss), then check it: a run at 90 % of it must lose
+    /// nothing, and a run at 120 % has every loss attributed to a stage.
+    #[arg(long)]
+    ndr: bool,
+    /// Frame size on a wire, FCS included (64–1518): 64, 512 and 1518 are the usual rows.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(64..=1518))]
+    size: u16,
+    /// fastpath's `datapath.ring_size` (the bursts a stalled worker absorbs: ring / rate).
+    #[arg(long, default_value_t = 2048)]
+    ring_size: u32,
+    /// Seconds per search trial.
+    #[arg(long, default_value_t = 2)]
+    ndr_secs: u64,
+    /// Search steps (each halves the interval).
+    #[arg(long, default_value_t = 7)]
+    ndr_steps: u32,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -47,35 +68,54 @@ struct Args {
 
 const FLOWS: u16 = 64;
 
-fn config(name: &str) -> String {
+fn config(name: &str, ring: u32, xdp_mode: &str) -> String {
     format!(
-        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: 1\n  poll: busy\npods:\n\
+        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: 1\n  poll: busy\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\npods:\n\
          \x20 - {{ name: gen, ip: 10.250.1.11, mac: \"0a:58:0a:fa:01:0b\", lxc: lxc-gen, netns: {name}-gen }}\n\
          \x20 - {{ name: sink, ip: 10.250.1.12, mac: \"0a:58:0a:fa:01:0c\", lxc: lxc-sink, netns: {name}-sink }}\n"
     )
 }
 
-/// Frames of 60 bytes (+ FCS = 64 on a wire): UDP gen → sink, `FLOWS` source ports.
-fn frames(dst_mac: MacAddr, src_mac: MacAddr, src: [u8; 4], dst: [u8; 4]) -> Vec<Vec<u8>> {
+/// Frames of `size` bytes on a wire (FCS included: the frame is 4 bytes shorter), UDP gen →
+/// sink, `FLOWS` source ports.
+fn frames(
+    size: usize,
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Vec<Vec<u8>> {
+    let len = size - 4;
+    let ip_len = (len - 14) as u16;
     (0..FLOWS)
         .map(|i| {
-            let mut b = vec![0u8; 60];
+            let mut b = vec![0u8; len];
             ethernet::emit(&mut b, dst_mac, src_mac, EtherType::Ipv4);
-            ipv4::emit(&mut b[14..], src, dst, ipv4::PROTO_UDP, 64, 26);
+            ipv4::emit(
+                &mut b[14..],
+                src,
+                dst,
+                ipv4::PROTO_UDP,
+                64,
+                ip_len as usize - 20,
+            );
             let sport = 10000 + i;
             b[34..36].copy_from_slice(&sport.to_be_bytes());
             b[36..38].copy_from_slice(&9u16.to_be_bytes());
-            b[38..40].copy_from_slice(&26u16.to_be_bytes());
+            b[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
             b
         })
         .collect()
 }
 
-/// AF_XDP TX loop in `ns` on eth0 until `stop`; counts frames the kernel completed.
+/// AF_XDP TX loop in `ns` on eth0 until `stop`, at `rate` frames/s (0: as fast as it can);
+/// counts frames the kernel completed. After `stop` it waits (at most 200 ms) for what it
+/// queued to complete, so a trial's count is exact.
 fn generator(
     ns: String,
     core: usize,
     frames: Vec<Vec<u8>>,
+    rate: f64,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
@@ -85,21 +125,34 @@ fn generator(
     let mut umem = Umem::new(4096, 2048)?;
     let mut sock = Socket::new(&umem.share(), ifindex, 0, 2048, None, true)?;
     let mut i = 0usize;
-    let mut done = 0u64;
+    let (mut done, mut queued) = (0u64, 0u64);
+    let t0 = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        for _ in 0..64 {
+        let allowed = if rate > 0.0 {
+            ((t0.elapsed().as_secs_f64() * rate) as u64).saturating_sub(queued)
+        } else {
+            u64::MAX
+        };
+        for _ in 0..allowed.min(64) {
             let Some(mut f) = umem.alloc() else { break };
             umem.write(&mut f, &frames[i % frames.len()]);
-            i += 1;
             if let Err(f) = sock.send(f) {
                 umem.release(f);
                 break;
             }
+            i += 1;
+            queued += 1;
         }
         sock.flush();
         done += sock.complete(&mut umem, 2048) as u64;
         sent.store(done, Ordering::Relaxed);
     }
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while done < queued && Instant::now() < deadline {
+        sock.flush();
+        done += sock.complete(&mut umem, 2048) as u64;
+    }
+    sent.store(done, Ordering::Relaxed);
     Ok(())
 }
 
@@ -154,9 +207,278 @@ fn start_fastpath(
     Ok(fp)
 }
 
+/// The testbed, as one trial needs it.
+struct Ctx {
+    cfg_path: PathBuf,
+    cfg_generic: PathBuf,
+    node_name: String,
+    node: String,
+    gen_ns: String,
+    frames: Vec<Vec<u8>>,
+    sink: xdp_redirect::Sink,
+    gen_core: usize,
+    fwd_core: usize,
+}
+
+/// One bounded trial: frames the generator sent, the sink received, and the drops each
+/// stage counted meanwhile.
+#[derive(serde::Serialize, Debug, Clone, Default)]
+struct Trial {
+    rate_pps: f64,
+    sent: u64,
+    received: u64,
+    /// (stage, frames) with a count > 0.
+    stages: Vec<(String, u64)>,
+    /// fastpath: worker loops that took ≥ 100 µs and ≥ 1 ms during the trial (not drops:
+    /// stalls, which explain RX_FULL / XSK_DROP below capacity).
+    stalls: (u64, u64),
+    /// Steal share of the forwarder's core during the trial, % (other tenants of the host).
+    steal_pct: f64,
+}
+
+impl Trial {
+    fn lost(&self) -> u64 {
+        self.sent.saturating_sub(self.received)
+    }
+    fn attributed(&self) -> u64 {
+        self.stages.iter().map(|(_, n)| n).sum()
+    }
+    fn by_stage(&self) -> String {
+        if self.stages.is_empty() {
+            return "none".into();
+        }
+        self.stages
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[derive(serde::Serialize, Debug, Clone)]
+struct Ndr {
+    mode: String,
+    size: u16,
+    ndr_pps: f64,
+    steps: Vec<Trial>,
+    below: Trial,
+    above: Trial,
+}
+
+/// Worker loops ≥ 100 µs and ≥ 1 ms so far (fastpath).
+fn stall_counters(ctx: &Ctx) -> anyhow::Result<(u64, u64)> {
+    let st = fastpath::api::status(&fastpath::api::socket_path(&ctx.node_name))?;
+    let (mut a, mut b) = (0, 0);
+    for w in &st.workers {
+        a += w.loop_hist.iter().skip(2).sum::<u64>();
+        b += w.loop_hist.iter().skip(3).sum::<u64>();
+    }
+    Ok((a, b))
+}
+
+/// (steal, total) jiffies of `core` (/proc/stat).
+fn core_ticks(core: usize) -> (u64, u64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{core} ");
+    let Some(l) = s.lines().find(|l| l.starts_with(&name)) else {
+        return (0, 0);
+    };
+    let f: Vec<u64> = l
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.get(7).copied().unwrap_or(0), f.iter().take(8).sum())
+}
+
+/// Drop counters of every stage, cumulative: fastpath's (when it runs) and the veths'.
+fn stage_counters(ctx: &Ctx, fastpath: bool) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut v = Vec::new();
+    if fastpath {
+        let st = fastpath::api::status(&fastpath::api::socket_path(&ctx.node_name))?;
+        let (mut tx_full, mut rx_full, mut xsk_drop, mut pipeline) = (0, 0, 0, 0);
+        for w in &st.workers {
+            pipeline += w.drops();
+            for p in &w.ports {
+                tx_full += p.tx_ring_full;
+                rx_full += p.xsk.rx_ring_full;
+                xsk_drop += p.xsk.rx_dropped;
+            }
+        }
+        v.push(("RX_FULL".into(), rx_full));
+        v.push(("XSK_DROP".into(), xsk_drop));
+        v.push(("TX_FULL".into(), tx_full));
+        v.push(("pipeline".into(), pipeline));
+    }
+    // The veth to the sink: frames the node's side could not hand over. (lxc-gen's
+    // rx_dropped is not a stage of its own: it counts the same frames as RX_FULL + XSK_DROP,
+    // the XDP redirect into a socket that had no room, and kernel routing's drops.)
+    for (ns, dev, c) in [(ctx.node.as_str(), "lxc-sink", "tx_dropped")]
+        .into_iter()
+        .chain((!fastpath).then_some((ctx.node.as_str(), "lxc-gen", "rx_dropped")))
+    {
+        let out = in_ns(
+            ns,
+            &["cat", &format!("/sys/class/net/{dev}/statistics/{c}")],
+        )?;
+        let n = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        v.push((format!("{dev} {c}"), n));
+    }
+    Ok(v)
+}
+
+impl Ctx {
+    fn start(&self, mode: &str) -> anyhow::Result<Option<Fastpath>> {
+        Ok(match mode {
+            "fastpath" => Some(start_fastpath(
+                &self.cfg_path,
+                &self.node_name,
+                self.fwd_core,
+                false,
+            )?),
+            "fastpath-generic" => Some(start_fastpath(
+                &self.cfg_generic,
+                &self.node_name,
+                self.fwd_core,
+                false,
+            )?),
+            "bare" => Some(start_fastpath(
+                &self.cfg_path,
+                &self.node_name,
+                self.fwd_core,
+                true,
+            )?),
+            "kernel" => {
+                in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+                let mask = format!("{:x}", 1u64 << self.fwd_core);
+                in_ns(
+                    &self.node,
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("echo {mask} > /sys/class/net/lxc-gen/queues/rx-0/rps_cpus"),
+                    ],
+                )?;
+                None
+            }
+            m => bail!("unknown mode {m}"),
+        })
+    }
+
+    fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        if mode == "kernel" {
+            in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+            in_ns(
+                &self.node,
+                &[
+                    "sh",
+                    "-c",
+                    "echo 0 > /sys/class/net/lxc-gen/queues/rx-0/rps_cpus",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn spawn_generator(
+        &self,
+        rate: f64,
+        stop: &Arc<AtomicBool>,
+        sent: &Arc<AtomicU64>,
+    ) -> std::thread::JoinHandle<anyhow::Result<()>> {
+        let (ns, f, s, n, core) = (
+            self.gen_ns.clone(),
+            self.frames.clone(),
+            stop.clone(),
+            sent.clone(),
+            self.gen_core,
+        );
+        std::thread::spawn(move || generator(ns, core, f, rate, s, n))
+    }
+
+    /// `secs` at `rate`, then the generator stops, what it queued completes, and 200 ms
+    /// let frames in flight land before the sink is read: loss is exact, not a window edge.
+    fn trial(&self, mode: &str, rate: f64, secs: f64) -> anyhow::Result<Trial> {
+        let fastpath = mode != "kernel";
+        let c0 = stage_counters(self, fastpath)?;
+        let s0 = if fastpath {
+            stall_counters(self)?
+        } else {
+            (0, 0)
+        };
+        let k0 = core_ticks(self.fwd_core);
+        let r0 = self.sink.count()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let g = self.spawn_generator(rate, &stop, &sent);
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        g.join().expect("generator")?;
+        std::thread::sleep(Duration::from_millis(200));
+        let r1 = self.sink.count()?;
+        let c1 = stage_counters(self, fastpath)?;
+        let s1 = if fastpath {
+            stall_counters(self)?
+        } else {
+            (0, 0)
+        };
+        let k1 = core_ticks(self.fwd_core);
+        let stages = c1
+            .iter()
+            .zip(&c0)
+            .map(|((n, b), (_, a))| (n.clone(), b.saturating_sub(*a)))
+            .filter(|(_, d)| *d > 0)
+            .collect();
+        Ok(Trial {
+            rate_pps: rate,
+            sent: sent.load(Ordering::Relaxed),
+            received: r1 - r0,
+            stages,
+            stalls: (s1.0 - s0.0, s1.1 - s0.1),
+            steal_pct: (k1.0 - k0.0) as f64 / (k1.1 - k0.1).max(1) as f64 * 100.0,
+        })
+    }
+
+    /// Binary search between 0 and `top` (the unpaced offered rate) for the highest rate
+    /// with zero loss, then the checks at 90 % and 120 % of it.
+    fn ndr(&self, mode: &str, top: f64, a: &Args) -> anyhow::Result<Ndr> {
+        let fp = self.start(mode)?;
+        // Warm-up: ARP, the first conntrack entries, page faults.
+        self.trial(mode, top / 10.0, 0.5)?;
+        let (mut lo, mut hi) = (0.0f64, top);
+        let mut steps = Vec::new();
+        for _ in 0..a.ndr_steps {
+            let mid = (lo + hi) / 2.0;
+            let t = self.trial(mode, mid, a.ndr_secs as f64)?;
+            if t.lost() == 0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+            steps.push(t);
+        }
+        let below = self.trial(mode, lo * 0.9, a.secs as f64)?;
+        let above = self.trial(mode, lo * 1.2, a.secs as f64)?;
+        drop(fp);
+        self.stop(mode)?;
+        Ok(Ndr {
+            mode: mode.to_string(),
+            size: a.size,
+            ndr_pps: lo,
+            steps,
+            below,
+            above,
+        })
+    }
+}
+
 #[derive(serde::Serialize, Debug, Clone)]
 struct Run {
     mode: String,
+    size: u16,
     rep: usize,
     offered_pps: f64,
     received_pps: f64,
@@ -168,11 +490,13 @@ fn main() -> anyhow::Result<()> {
         bail!("needs root (namespaces, XDP, AF_XDP)");
     }
     let name = format!("fpb{}", std::process::id() % 100000);
-    let yaml = config(&name);
+    let yaml = config(&name, a.ring_size, "native");
     let cfg = Config::parse(&yaml, "bench")?;
     let _lab = Lab::up(&cfg, 1)?;
     let cfg_path = std::env::temp_dir().join(format!("{name}.yaml"));
     std::fs::write(&cfg_path, &yaml)?;
+    let cfg_generic = std::env::temp_dir().join(format!("{name}-generic.yaml"));
+    std::fs::write(&cfg_generic, config(&name, a.ring_size, "generic"))?;
     let node = cfg.node.netns.clone().unwrap();
     let (gen_ns, sink_ns) = (
         cfg.pods[0].netns.clone().unwrap(),
@@ -187,6 +511,7 @@ fn main() -> anyhow::Result<()> {
     .expect("sink thread")?;
     let lxc_gen: MacAddr = fastpath::daemon::link_info_in(&node, "lxc-gen")?.mac;
     let gen_frames = frames(
+        a.size as usize,
         lxc_gen,
         cfg.pods[0].mac,
         cfg.pods[0].ip.octets(),
@@ -209,67 +534,43 @@ fn main() -> anyhow::Result<()> {
         ],
     )?;
 
+    let ctx = Ctx {
+        cfg_path: cfg_path.clone(),
+        cfg_generic: cfg_generic.clone(),
+        node_name: cfg.node.name.clone(),
+        node,
+        gen_ns,
+        frames: gen_frames,
+        sink,
+        gen_core: a.gen_core,
+        fwd_core: a.fwd_core,
+    };
     let mut runs = Vec::new();
     for rep in 0..a.reps {
         for mode in &a.modes {
-            let _fp = match mode.as_str() {
-                "fastpath" => Some(start_fastpath(
-                    &cfg_path,
-                    &cfg.node.name,
-                    a.fwd_core,
-                    false,
-                )?),
-                "bare" => Some(start_fastpath(&cfg_path, &cfg.node.name, a.fwd_core, true)?),
-                "kernel" => {
-                    in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-                    let mask = format!("{:x}", 1u64 << a.fwd_core);
-                    in_ns(
-                        &node,
-                        &[
-                            "sh",
-                            "-c",
-                            &format!("echo {mask} > /sys/class/net/lxc-gen/queues/rx-0/rps_cpus"),
-                        ],
-                    )?;
-                    None
-                }
-                m => bail!("unknown mode {m}"),
-            };
+            let fp = ctx.start(mode)?;
             let stop = Arc::new(AtomicBool::new(false));
             let sent = Arc::new(AtomicU64::new(0));
-            let g = {
-                let (ns, f, s, n) = (
-                    gen_ns.clone(),
-                    gen_frames.clone(),
-                    stop.clone(),
-                    sent.clone(),
-                );
-                let core = a.gen_core;
-                std::thread::spawn(move || generator(ns, core, f, s, n))
-            };
+            let g = ctx.spawn_generator(0.0, &stop, &sent);
             std::thread::sleep(Duration::from_secs(1));
-            let (s0, r0, t0) = (sent.load(Ordering::Relaxed), sink.count()?, Instant::now());
+            let (s0, r0, t0) = (
+                sent.load(Ordering::Relaxed),
+                ctx.sink.count()?,
+                Instant::now(),
+            );
             std::thread::sleep(Duration::from_secs(a.secs));
             let (s1, r1, dt) = (
                 sent.load(Ordering::Relaxed),
-                sink.count()?,
+                ctx.sink.count()?,
                 t0.elapsed().as_secs_f64(),
             );
             stop.store(true, Ordering::Relaxed);
             g.join().expect("generator")?;
-            if mode == "kernel" {
-                in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
-                in_ns(
-                    &node,
-                    &[
-                        "sh",
-                        "-c",
-                        "echo 0 > /sys/class/net/lxc-gen/queues/rx-0/rps_cpus",
-                    ],
-                )?;
-            }
+            drop(fp);
+            ctx.stop(mode)?;
             let r = Run {
                 mode: mode.clone(),
+                size: a.size,
                 rep,
                 offered_pps: (s1 - s0) as f64 / dt,
                 received_pps: (r1 - r0) as f64 / dt,
@@ -282,15 +583,41 @@ fn main() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+    let mut ndrs = Vec::new();
+    if a.ndr {
+        for mode in &a.modes {
+            let top = runs
+                .iter()
+                .filter(|r| &r.mode == mode)
+                .map(|r| r.offered_pps)
+                .fold(0.0, f64::max);
+            let n = ctx.ndr(mode, top, &a)?;
+            eprintln!(
+                "{mode:<9} no-drop rate {:.0} pps; at 90 %: {} of {} lost ({}; stalls ≥100µs {} ≥1ms {}, steal {:.1} %); at 120 %: {} lost, {} attributed ({})",
+                n.ndr_pps,
+                n.below.lost(),
+                n.below.sent,
+                n.below.by_stage(),
+                n.below.stalls.0,
+                n.below.stalls.1,
+                n.below.steal_pct,
+                n.above.lost(),
+                n.above.attributed(),
+                n.above.by_stage()
+            );
+            ndrs.push(n);
+        }
+    }
     let _ = std::fs::remove_file(&cfg_path);
+    let _ = std::fs::remove_file(&cfg_generic);
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)
         .trim()
         .to_string();
     println!(
-        "\nsame-node 64 B UDP, {} flows, 1 queue, native XDP, AF_XDP copy mode (veth)",
-        FLOWS
+        "\nsame-node {} B UDP, {} flows, 1 queue, AF_XDP copy mode (veth); XDP native unless the mode says generic",
+        a.size, FLOWS
     );
     println!(
         "machine: {} cores, kernel {kernel}, loadavg {}",
@@ -333,8 +660,36 @@ fn main() -> anyhow::Result<()> {
     if let (Some(f), Some(k)) = (med.get("fastpath"), med.get("kernel")) {
         println!("fastpath / kernel routing      = {:.2}", f / k);
     }
+    if !ndrs.is_empty() {
+        println!(
+            "\nno-drop rate (zero loss over {} s trials, {} halvings), then 90 % and 120 % of it for {} s\n",
+            a.ndr_secs, a.ndr_steps, a.secs
+        );
+        println!(
+            "| mode | no-drop rate pps | at 90 %: sent | lost | lost by stage | worker loops ≥100 µs / ≥1 ms | steal % | at 120 %: sent | lost | attributed | by stage |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for n in &ndrs {
+            println!(
+                "| {} | {:.0} | {} | {} | {} | {} / {} | {:.1} | {} | {} | {} | {} |",
+                n.mode,
+                n.ndr_pps,
+                n.below.sent,
+                n.below.lost(),
+                n.below.by_stage(),
+                n.below.stalls.0,
+                n.below.stalls.1,
+                n.below.steal_pct,
+                n.above.sent,
+                n.above.lost(),
+                n.above.attributed(),
+                n.above.by_stage()
+            );
+        }
+    }
     if let Some(p) = a.json {
-        std::fs::write(&p, serde_json::to_string_pretty(&runs)?)?;
+        let out = serde_json::json!({ "runs": runs, "ndr": ndrs });
+        std::fs::write(&p, serde_json::to_string_pretty(&out)?)?;
     }
     Ok(())
 }

@@ -365,6 +365,12 @@ pub struct WorkerStatus {
     pub idle_loops: u64,
     pub sleeps: u64,
     pub batch_hist: Vec<u64>,
+    /// Loops by duration, top to top (sleeps excluded): < 10 µs, 10–100 µs, 100 µs–1 ms, 1–10 ms, ≥ 10 ms.
+    #[serde(default)]
+    pub loop_hist: Vec<u64>,
+    /// The longest loop, ns (a stall: the worker preempted or a slow kick).
+    #[serde(default)]
+    pub longest_loop_ns: u64,
     pub table_switches: u64,
     #[serde(default)]
     pub encapsulated: u64,

@@ -287,8 +287,21 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     );
     // 7. Start the workers and serve until SIGINT/SIGTERM.
     let handles = start_workers(workers, &cores)?;
+    // The control thread (GC sweeps, neighbour dumps, table builds) keeps off the workers'
+    // cores when there are others: sharing one, it would take time slices from a busy
+    // worker, whose RX ring then overflows (docs/benchmarks.md "No loss below capacity").
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let control_cores: Vec<usize> = (0..online).filter(|c| !cores.contains(c)).collect();
+    let control_on = if control_cores.is_empty() {
+        "any core (every core has a worker)".to_string()
+    } else {
+        match xsk::sys::set_thread_affinity(&control_cores) {
+            Ok(()) => format!("cores {control_cores:?}"),
+            Err(e) => format!("any core (pinning to {control_cores:?} failed: {e})"),
+        }
+    };
     eprintln!(
-        "fastpath: node {} serving {} pods with {} worker(s) on cores {:?}; control socket {}",
+        "fastpath: node {} serving {} pods with {} worker(s) on cores {:?}, control thread on {control_on}; control socket {}",
         cfg.node.name,
         cfg.pods.len() + devs.restored.len(),
         cfg.datapath.queues,

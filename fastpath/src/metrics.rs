@@ -123,6 +123,8 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
                 idle_loops: c.idle_loops.get(),
                 sleeps: c.sleeps.get(),
                 batch_hist: c.batch_hist.iter().map(|b| b.get()).collect(),
+                loop_hist: c.loop_hist.iter().map(|b| b.get()).collect(),
+                longest_loop_ns: c.longest_loop_ns.get(),
                 table_switches: c.table_switches.get(),
                 encapsulated: c.encapsulated.get(),
                 decapsulated: c.decapsulated.get(),

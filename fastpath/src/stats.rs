@@ -86,6 +86,12 @@ pub struct WorkerCounters {
     pub sleeps: Counter,
     /// RX batch sizes, log2 buckets: [1], [2-3], [4-7], [8-15], [16-31], [32-63], [64+].
     pub batch_hist: [Counter; 7],
+    /// Loop iterations by the time from the previous one's start (a stall shows here: the
+    /// worker preempted, or a slow kick): < 10 µs, 10–100 µs, 100 µs–1 ms, 1–10 ms, ≥ 10 ms.
+    /// A loop that follows a sleep in poll(2) is not counted.
+    pub loop_hist: [Counter; 5],
+    /// The longest such loop so far, ns.
+    pub longest_loop_ns: Counter,
     /// Descriptors the kernel gave us that failed the bounds check.
     pub invalid_descs: Counter,
     /// Table versions this worker switched to.
@@ -117,6 +123,8 @@ impl WorkerCounters {
             idle_loops: Counter::default(),
             sleeps: Counter::default(),
             batch_hist: Default::default(),
+            loop_hist: Default::default(),
+            longest_loop_ns: Counter::default(),
             invalid_descs: Counter::default(),
             table_switches: Counter::default(),
             sockets: Counter::default(),
@@ -186,6 +194,22 @@ impl WorkerCounters {
         }
     }
 
+    /// A loop took `ns` (top to top).
+    #[inline]
+    pub fn loop_time(&self, ns: u64) {
+        let b = match ns {
+            0..10_000 => 0,
+            10_000..100_000 => 1,
+            100_000..1_000_000 => 2,
+            1_000_000..10_000_000 => 3,
+            _ => 4,
+        };
+        self.loop_hist[b].add(1);
+        if ns > self.longest_loop_ns.get() {
+            self.longest_loop_ns.set(ns);
+        }
+    }
+
     /// (reason code, dir, packets, bytes) for every non-zero metric; reason 0 = forwarded.
     pub fn metrics(&self) -> Vec<(u8, MetricDir, u64, u64)> {
         let mut out = Vec::new();
@@ -228,5 +252,11 @@ mod tests {
         c.batch(33);
         assert_eq!(c.batch_hist[0].get(), 1);
         assert_eq!(c.batch_hist[5].get(), 2);
+        for ns in [500, 9_999, 10_000, 250_000, 5_000_000, 40_000_000] {
+            c.loop_time(ns);
+        }
+        let h: Vec<u64> = c.loop_hist.iter().map(|b| b.get()).collect();
+        assert_eq!(h, [2, 1, 1, 1, 1]);
+        assert_eq!(c.longest_loop_ns.get(), 40_000_000);
     }
 }

@@ -213,7 +213,7 @@ pub fn status(st: &Status) -> String {
         }
     }
     s += &format!(
-        "\n{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}  {}\n",
+        "\n{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}{:>8}{:>12}  {}\n",
         "QUEUE",
         "FWD_EGRESS",
         "FWD_INGRESS",
@@ -225,11 +225,16 @@ pub fn status(st: &Status) -> String {
         "ARP",
         "LOOPS",
         "SLEEPS",
+        "STALLS",
+        "LONGEST_US",
         "RX BATCH (1,2-3,4-7,..,64+)"
     );
     for w in &this.workers {
+        // Loops of 100 µs or more: the worker held frames that long (preempted, or a slow
+        // kick); its rings absorb ring_size / rate of it.
+        let stalls: u64 = w.loop_hist.iter().skip(2).sum();
         s += &format!(
-            "{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}  {:?}\n",
+            "{:<6}{:>12}{:>12}{:>10}{:>10}{:>10}{:>10}{:>12}{:>8}{:>12}{:>10}{:>8}{:>12}  {:?}\n",
             w.queue,
             w.forwarded("egress"),
             w.forwarded("ingress"),
@@ -241,6 +246,8 @@ pub fn status(st: &Status) -> String {
             w.arp_replies,
             w.loops,
             w.sleeps,
+            stalls,
+            w.longest_loop_ns / 1000,
             w.batch_hist
         );
     }

@@ -414,6 +414,7 @@ impl Worker {
         rebuild(&mut self.socks, &mut pending, &mut pollfds);
         let mut idle_streak = 0u32;
         let mut idle_since = std::time::Instant::now();
+        let (mut last_top, mut slept) = (std::time::Instant::now(), true);
         // One worker per queue: the queue index is this worker's counter stripe. Its random
         // state comes from the kernel's entropy, never from the queue number alone.
         let mut scratch = Scratch::for_worker(self.cfg.queue as usize);
@@ -437,6 +438,15 @@ impl Worker {
                 }
             }
             c.loops.add(1);
+            // Time from the previous loop's top to this one's: the longest a frame that
+            // arrived meanwhile waited for this worker (preemption anywhere in the loop
+            // shows). A sleep in poll(2) is not a stall: it restarts the clock.
+            let top = std::time::Instant::now();
+            if !slept {
+                c.loop_time(top.duration_since(last_top).as_nanos() as u64);
+            }
+            slept = false;
+            last_top = top;
             // Completions back to the UMEM, and the fill rings topped up from them, before
             // receiving: the kernel has chunks for the next frames while this loop works.
             for s in &mut self.socks {
@@ -564,6 +574,7 @@ impl Worker {
                     c.sleeps.add(1);
                     self.gauges();
                     let woke = crate::xsk::poll_readable(&mut pollfds, SLEEP_MS);
+                    slept = true;
                     // A timeout (nothing to read) goes back to sleep at the next check
                     // instead of spinning a new budget: an idle worker wakes SLEEP_MS apart
                     // for housekeeping only. A frame starts a new budget after it is served.

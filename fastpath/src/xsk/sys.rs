@@ -52,6 +52,29 @@ pub fn peer_uid(fd: &impl AsRawFd) -> io::Result<u32> {
 }
 
 /// The effective uid of this process.
+/// Restrict the calling thread (and the threads it starts later) to `cores`.
+pub fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it for any core
+    // below CPU_SETSIZE (checked), and sched_setaffinity reads exactly size_of::<cpu_set_t>().
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cores {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("core {c} is beyond CPU_SETSIZE"),
+            ));
+        }
+        // SAFETY: as above.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: as above; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
