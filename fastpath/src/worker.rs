@@ -9,8 +9,9 @@
 //!
 //! Loop (OVS `pmd_thread_main` shape): reap completions → refill fill rings → poll each
 //! socket's RX ring → pipeline → queue on the destination device's home TX ring (moving the
-//! descriptor; no copy) → kick TX while the kernel has work it has not taken. Every [`HOUSEKEEPING_EVERY`] loops it passes a quiescent
-//! point (picks up a new table version) and checks the stop flag. In adaptive mode a worker
+//! descriptor; no copy) → kick TX while the kernel has work it has not taken. Every
+//! [`HOUSEKEEPING_EVERY`] loops it passes a quiescent point (picks up a new table version)
+//! and checks the stop flag. In adaptive mode a worker
 //! that has had no frame for `spin` (`datapath.poll_spin_us`, a time, not a loop count)
 //! sleeps in poll(2) on its RX sockets instead of burning the core; a sleep that times out
 //! goes straight back to sleep.
@@ -575,6 +576,12 @@ impl Worker {
                     self.gauges();
                     let woke = crate::xsk::poll_readable(&mut pollfds, SLEEP_MS);
                     slept = true;
+                    // A worker that keeps sleeping runs few loops: check the stop flag on
+                    // every wake, not only at housekeeping, so SLEEP_MS bounds how late a stop
+                    // is noticed.
+                    if self.stop.load(Ordering::Acquire) {
+                        break;
+                    }
                     // A timeout (nothing to read) goes back to sleep at the next check
                     // instead of spinning a new budget: an idle worker wakes SLEEP_MS apart
                     // for housekeeping only. A frame starts a new budget after it is served.
