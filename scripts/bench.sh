@@ -7,6 +7,7 @@
 #     fastpath (generic XDP), bare AF_XDP forwarding on the same veths (the ceiling), kernel
 #     routing; offered vs received; then the no-drop rate of each, checked at 90 % (must
 #     lose nothing) and 120 % (every lost frame attributed to a stage) (fastpath-bench);
+#     and 64 B again with --queues 2 (two workers, two-queue veths) against --queues 1;
 #  3. request/response RTT p50/p99/p99.9 with the forwarder's CPU: kernel routing, fastpath
 #     adaptive (default spin budget), fastpath busy, twice: apps sleeping in recv (the usual
 #     case) and apps polling (separates vCPU wake-up cost) (fastpath-bench-rtt);
@@ -37,11 +38,11 @@ R="bench/results/$(date -u +%F)-$commit"
 mkdir -p "$R"
 if ((QUICK)); then
   STAGES=(--iters 50000 --rounds 3 --ipcache 200000 --ct 200000 --flows 65536)
-  SAME=(--secs 2 --reps 2 --ndr --ndr-secs 1 --ndr-steps 5)
+  SAME=(--secs 2 --reps 2 --ndr --ndr-secs 1 --ndr-steps 5) Q2=(--secs 2 --reps 2)
   RTT=(--count 5000 --reps 2) IDLE=1
 else
   STAGES=()
-  SAME=(--secs 4 --reps 3 --ndr --ndr-secs 2 --ndr-steps 7)
+  SAME=(--secs 4 --reps 3 --ndr --ndr-secs 2 --ndr-steps 7) Q2=(--secs 4 --reps 3)
   RTT=(--count 20000 --reps 3) IDLE=3
 fi
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
@@ -65,6 +66,9 @@ for size in 64 512 1518; do
   $B/fastpath-bench --modes fastpath,fastpath-generic,bare,kernel --size "$size" "${SAME[@]}" \
     --json "$R/same-node-$size.json" | tee "$R/same-node-$size.md"
 done
+echo "== 2/3 same-node throughput, 64 B, --queues 2" >&2
+$B/fastpath-bench --modes fastpath,bare,kernel --size 64 --queues 2 "${Q2[@]}" \
+  --json "$R/queues-2.json" | tee "$R/queues-2.md"
 echo "== 3/3 request/response latency" >&2
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy "${RTT[@]}" --idle-secs "$IDLE" --json "$R/rtt.json" | tee "$R/rtt.md"
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy --app-busy "${RTT[@]}" --idle-secs 0 \
@@ -76,7 +80,7 @@ s1=$(steal) t1=$(total)
   echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); steal during the run: $(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{printf "%.2f", (b-a)/((d-c)>0?(d-c):1)*100}') % of all CPU time"
   echo
   echo "![throughput](throughput.svg) ![rtt](rtt.svg)"
-  for f in stages same-node-64 same-node-512 same-node-1518 rtt rtt-apps-polling; do
+  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 rtt rtt-apps-polling; do
     echo
     echo "## $f"
     cat "$R/$f.md"

@@ -52,6 +52,11 @@ struct Args {
     /// Frame size on a wire, FCS included (64–1518): 64, 512 and 1518 are the usual rows.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(64..=1518))]
     size: u16,
+    /// Queues of every veth and fastpath workers (`--queues`), on cores `fwd_core`,
+    /// `fwd_core + 1`, … (wrapping over the machine's cores); the generator sends on as many
+    /// TX queues.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    queues: u32,
     /// fastpath's `datapath.ring_size` (the bursts a stalled worker absorbs: ring / rate).
     #[arg(long, default_value_t = 2048)]
     ring_size: u32,
@@ -68,9 +73,9 @@ struct Args {
 
 const FLOWS: u16 = 64;
 
-fn config(name: &str, ring: u32, xdp_mode: &str) -> String {
+fn config(name: &str, ring: u32, xdp_mode: &str, queues: u32) -> String {
     format!(
-        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: 1\n  poll: busy\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\npods:\n\
+        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: {queues}\n  poll: busy\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\npods:\n\
          \x20 - {{ name: gen, ip: 10.250.1.11, mac: \"0a:58:0a:fa:01:0b\", lxc: lxc-gen, netns: {name}-gen }}\n\
          \x20 - {{ name: sink, ip: 10.250.1.12, mac: \"0a:58:0a:fa:01:0c\", lxc: lxc-sink, netns: {name}-sink }}\n"
     )
@@ -108,13 +113,15 @@ fn frames(
         .collect()
 }
 
-/// AF_XDP TX loop in `ns` on eth0 until `stop`, at `rate` frames/s (0: as fast as it can);
+/// AF_XDP TX loop in `ns` on eth0's first `queues` TX queues until `stop`, at `rate` frames/s
+/// in all (0: as fast as it can);
 /// counts frames the kernel completed. After `stop` it waits (at most 200 ms) for what it
 /// queued to complete, so a trial's count is exact.
 fn generator(
     ns: String,
     core: usize,
     frames: Vec<Vec<u8>>,
+    queues: u32,
     rate: f64,
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
@@ -122,35 +129,45 @@ fn generator(
     sys::enter_netns(&ns)?;
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
     let ifindex = sys::if_index("eth0").context("eth0")?;
-    let mut umem = Umem::new(4096, 2048)?;
-    let mut sock = Socket::new(&umem.share(), ifindex, 0, 2048, None, true)?;
+    // One socket per TX queue, each with its own UMEM: the veth hands a frame sent on queue
+    // q to rx queue q of its peer, so the frames spread over the forwarder's queues.
+    let mut socks = Vec::new();
+    for q in 0..queues {
+        let umem = Umem::new(4096, 2048)?;
+        let sock = Socket::new(&umem.share(), ifindex, q, 2048, None, true)?;
+        socks.push((umem, sock));
+    }
     let mut i = 0usize;
     let (mut done, mut queued) = (0u64, 0u64);
     let t0 = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let allowed = if rate > 0.0 {
-            ((t0.elapsed().as_secs_f64() * rate) as u64).saturating_sub(queued)
-        } else {
-            u64::MAX
-        };
-        for _ in 0..allowed.min(64) {
-            let Some(mut f) = umem.alloc() else { break };
-            umem.write(&mut f, &frames[i % frames.len()]);
-            if let Err(f) = sock.send(f) {
-                umem.release(f);
-                break;
+        for (umem, sock) in socks.iter_mut() {
+            let allowed = if rate > 0.0 {
+                ((t0.elapsed().as_secs_f64() * rate) as u64).saturating_sub(queued)
+            } else {
+                u64::MAX
+            };
+            for _ in 0..allowed.min(64) {
+                let Some(mut f) = umem.alloc() else { break };
+                umem.write(&mut f, &frames[i % frames.len()]);
+                if let Err(f) = sock.send(f) {
+                    umem.release(f);
+                    break;
+                }
+                i += 1;
+                queued += 1;
             }
-            i += 1;
-            queued += 1;
+            sock.flush();
+            done += sock.complete(umem, 2048) as u64;
         }
-        sock.flush();
-        done += sock.complete(&mut umem, 2048) as u64;
         sent.store(done, Ordering::Relaxed);
     }
     let deadline = Instant::now() + Duration::from_millis(200);
     while done < queued && Instant::now() < deadline {
-        sock.flush();
-        done += sock.complete(&mut umem, 2048) as u64;
+        for (umem, sock) in socks.iter_mut() {
+            sock.flush();
+            done += sock.complete(umem, 2048) as u64;
+        }
     }
     sent.store(done, Ordering::Relaxed);
     Ok(())
@@ -172,9 +189,10 @@ impl Drop for Fastpath {
 fn start_fastpath(
     cfg_path: &std::path::Path,
     node: &str,
-    core: usize,
+    cores: &[usize],
     bare: bool,
 ) -> anyhow::Result<Fastpath> {
+    let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
     let bin = std::env::current_exe()?
         .parent()
         .context("exe dir")?
@@ -186,7 +204,8 @@ fn start_fastpath(
         .arg(cfg_path)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--cores", &core.to_string()]);
+        .args(["--queues", &cores.len().to_string()])
+        .args(["--cores", &cores.join(",")]);
     if bare {
         cmd.arg("--bare");
     }
@@ -218,6 +237,9 @@ struct Ctx {
     sink: xdp_redirect::Sink,
     gen_core: usize,
     fwd_core: usize,
+    /// The forwarder's cores: one per queue from `fwd_core` on, wrapping.
+    fwd_cores: Vec<usize>,
+    queues: u32,
 }
 
 /// One bounded trial: frames the generator sent, the sink received, and the drops each
@@ -336,32 +358,36 @@ impl Ctx {
             "fastpath" => Some(start_fastpath(
                 &self.cfg_path,
                 &self.node_name,
-                self.fwd_core,
+                &self.fwd_cores,
                 false,
             )?),
             "fastpath-generic" => Some(start_fastpath(
                 &self.cfg_generic,
                 &self.node_name,
-                self.fwd_core,
+                &self.fwd_cores,
                 false,
             )?),
             "bare" => Some(start_fastpath(
                 &self.cfg_path,
                 &self.node_name,
-                self.fwd_core,
+                &self.fwd_cores,
                 true,
             )?),
             "kernel" => {
                 in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-                let mask = format!("{:x}", 1u64 << self.fwd_core);
-                in_ns(
-                    &self.node,
-                    &[
-                        "sh",
-                        "-c",
-                        &format!("echo {mask} > /sys/class/net/lxc-gen/queues/rx-0/rps_cpus"),
-                    ],
-                )?;
+                // RPS moves each rx queue's forwarding to the forwarder's core(s), as
+                // fastpath's workers have theirs.
+                let mask = format!("{:x}", self.fwd_cores.iter().fold(0u64, |m, c| m | 1 << c));
+                for q in 0..self.queues {
+                    in_ns(
+                        &self.node,
+                        &[
+                            "sh",
+                            "-c",
+                            &format!("echo {mask} > /sys/class/net/lxc-gen/queues/rx-{q}/rps_cpus"),
+                        ],
+                    )?;
+                }
                 None
             }
             m => bail!("unknown mode {m}"),
@@ -371,14 +397,16 @@ impl Ctx {
     fn stop(&self, mode: &str) -> anyhow::Result<()> {
         if mode == "kernel" {
             in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
-            in_ns(
-                &self.node,
-                &[
-                    "sh",
-                    "-c",
-                    "echo 0 > /sys/class/net/lxc-gen/queues/rx-0/rps_cpus",
-                ],
-            )?;
+            for q in 0..self.queues {
+                in_ns(
+                    &self.node,
+                    &[
+                        "sh",
+                        "-c",
+                        &format!("echo 0 > /sys/class/net/lxc-gen/queues/rx-{q}/rps_cpus"),
+                    ],
+                )?;
+            }
         }
         Ok(())
     }
@@ -389,14 +417,15 @@ impl Ctx {
         stop: &Arc<AtomicBool>,
         sent: &Arc<AtomicU64>,
     ) -> std::thread::JoinHandle<anyhow::Result<()>> {
-        let (ns, f, s, n, core) = (
+        let (ns, f, s, n, core, q) = (
             self.gen_ns.clone(),
             self.frames.clone(),
             stop.clone(),
             sent.clone(),
             self.gen_core,
+            self.queues,
         );
-        std::thread::spawn(move || generator(ns, core, f, rate, s, n))
+        std::thread::spawn(move || generator(ns, core, f, q, rate, s, n))
     }
 
     /// `secs` at `rate`, then the generator stops, what it queued completes, and 200 ms
@@ -479,6 +508,7 @@ impl Ctx {
 struct Run {
     mode: String,
     size: u16,
+    queues: u32,
     rep: usize,
     offered_pps: f64,
     received_pps: f64,
@@ -490,13 +520,17 @@ fn main() -> anyhow::Result<()> {
         bail!("needs root (namespaces, XDP, AF_XDP)");
     }
     let name = format!("fpb{}", std::process::id() % 100000);
-    let yaml = config(&name, a.ring_size, "native");
+    let yaml = config(&name, a.ring_size, "native", a.queues);
     let cfg = Config::parse(&yaml, "bench")?;
-    let _lab = Lab::up(&cfg, 1)?;
+    let _lab = Lab::up(&cfg, a.queues)?;
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg_path = std::env::temp_dir().join(format!("{name}.yaml"));
     std::fs::write(&cfg_path, &yaml)?;
     let cfg_generic = std::env::temp_dir().join(format!("{name}-generic.yaml"));
-    std::fs::write(&cfg_generic, config(&name, a.ring_size, "generic"))?;
+    std::fs::write(
+        &cfg_generic,
+        config(&name, a.ring_size, "generic", a.queues),
+    )?;
     let node = cfg.node.netns.clone().unwrap();
     let (gen_ns, sink_ns) = (
         cfg.pods[0].netns.clone().unwrap(),
@@ -544,6 +578,10 @@ fn main() -> anyhow::Result<()> {
         sink,
         gen_core: a.gen_core,
         fwd_core: a.fwd_core,
+        fwd_cores: (0..a.queues as usize)
+            .map(|i| (a.fwd_core + i) % online)
+            .collect(),
+        queues: a.queues,
     };
     let mut runs = Vec::new();
     for rep in 0..a.reps {
@@ -571,6 +609,7 @@ fn main() -> anyhow::Result<()> {
             let r = Run {
                 mode: mode.clone(),
                 size: a.size,
+                queues: a.queues,
                 rep,
                 offered_pps: (s1 - s0) as f64 / dt,
                 received_pps: (r1 - r0) as f64 / dt,
@@ -616,8 +655,8 @@ fn main() -> anyhow::Result<()> {
         .trim()
         .to_string();
     println!(
-        "\nsame-node {} B UDP, {} flows, 1 queue, AF_XDP copy mode (veth); XDP native unless the mode says generic",
-        a.size, FLOWS
+        "\nsame-node {} B UDP, {} flows, {} queue(s), AF_XDP copy mode (veth); XDP native unless the mode says generic",
+        a.size, FLOWS, a.queues
     );
     println!(
         "machine: {} cores, kernel {kernel}, loadavg {}",
@@ -625,8 +664,8 @@ fn main() -> anyhow::Result<()> {
         load.trim()
     );
     println!(
-        "generator core {}, forwarder core {}, {} s x {} reps, medians of received pps\n",
-        a.gen_core, a.fwd_core, a.secs, a.reps
+        "generator core {}, forwarder core(s) {:?}, {} s x {} reps, medians of received pps\n",
+        a.gen_core, ctx.fwd_cores, a.secs, a.reps
     );
     println!("| mode | received pps min | median | max | offered pps median |");
     println!("|---|---|---|---|---|");
