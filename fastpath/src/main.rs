@@ -17,6 +17,24 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `println!` that hands a failed write back as an error instead of panicking: a reader that
+/// closed the pipe early (`fastpath bpf ct list | head`) ends the command quietly
+/// ([`main`] treats a broken pipe as success), never with a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    }};
+}
+
+/// `print!` the same way (see [`outln`]).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($t)*)?
+    }};
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Output {
     Text,
@@ -357,10 +375,12 @@ fn socket_of(t: &Target) -> anyhow::Result<PathBuf> {
 /// Print what a policy change did and how long it took to reach every worker.
 fn report_policy_change(what: &str, c: api::PolicyChange, out: Output) -> anyhow::Result<()> {
     match out {
-        Output::Json => println!("{}", serde_json::to_string(&c)?),
-        Output::Text => println!(
+        Output::Json => outln!("{}", serde_json::to_string(&c)?),
+        Output::Text => outln!(
             "{what}: table generation {}, compiled and published in {} µs, in force on every worker after {} µs",
-            c.generation, c.compile_us, c.applied_us
+            c.generation,
+            c.compile_us,
+            c.applied_us
         ),
     }
     Ok(())
@@ -371,11 +391,21 @@ fn report_policy_change(what: &str, c: api::PolicyChange, out: Output) -> anyhow
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of our output went away (`… | head`): it has what it wanted.
+        Err(e) if broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Is `e` (or what caused it) a write to a closed pipe?
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -410,8 +440,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status(t) => {
             let sock = socket_of(&t)?;
             match t.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&api::status(&sock)?)?),
-                Output::Text => print!("{}", api::text(&sock, api::Request::Status, false)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&api::status(&sock)?)?),
+                Output::Text => out!("{}", api::text(&sock, api::Request::Status, false)?),
             }
             Ok(())
         }
@@ -443,12 +473,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match target.output {
                 Output::Json => {
                     let e = api::list(&sock, api::Request::LbList { view })?;
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&views::endpoint_list_json(&e))?
                     )
                 }
-                Output::Text => print!(
+                Output::Text => out!(
                     "{}",
                     api::text(&sock, api::Request::LbList { view }, false)?
                 ),
@@ -462,10 +492,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (rows, left_out) = api::ct_list(&socket_of(&target)?)?;
             match target.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Text => {
                     for r in rows {
-                        println!("{}", r.line);
+                        outln!("{}", r.line);
                     }
                 }
             }
@@ -487,7 +517,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let n = services.len();
             let g = api::service_apply(&socket_of(&target)?, services)?;
-            println!("{n} service(s) applied (table generation {g})");
+            outln!("{n} service(s) applied (table generation {g})");
             Ok(())
         }
         Cmd::Endpoint {
@@ -540,10 +570,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let (row, g) = api::endpoint_add(&socket_of(&target)?, pod)?;
             match target.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),
-                Output::Text => println!(
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&row)?),
+                Output::Text => outln!(
                     "endpoint {} {}/{} {} on {} (identity {}) added (table generation {g})",
-                    row.id, row.namespace, row.name, row.ipv4, row.lxc, row.identity
+                    row.id,
+                    row.namespace,
+                    row.name,
+                    row.ipv4,
+                    row.lxc,
+                    row.identity
                 ),
             }
             Ok(())
@@ -553,10 +588,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (row, flushed) = api::endpoint_delete(&socket_of(&target)?, &id)?;
             match target.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&row)?),
-                Output::Text => println!(
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&row)?),
+                Output::Text => outln!(
                     "endpoint {} {}/{} {} deleted ({flushed} conntrack entries flushed)",
-                    row.id, row.namespace, row.name, row.ipv4
+                    row.id,
+                    row.namespace,
+                    row.name,
+                    row.ipv4
                 ),
             }
             Ok(())
@@ -567,9 +605,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sock = socket_of(&target)?;
             match target.output {
                 Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&api::endpoints(&sock)?)?)
+                    outln!("{}", serde_json::to_string_pretty(&api::endpoints(&sock)?)?)
                 }
-                Output::Text => print!("{}", api::text(&sock, api::Request::Endpoints, false)?),
+                Output::Text => out!("{}", api::text(&sock, api::Request::Endpoints, false)?),
             }
             Ok(())
         }
@@ -582,7 +620,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 format!("default/{id}")
             };
             let g = api::service_delete(&socket_of(&target)?, &id)?;
-            println!("service {id} deleted (table generation {g})");
+            outln!("service {id} deleted (table generation {g})");
             Ok(())
         }
         Cmd::Bpf {
@@ -600,11 +638,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let sock = socket_of(&target)?;
             let endpoint = if all { None } else { endpoint };
             match target.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::to_string_pretty(&api::policy_get(&sock, endpoint)?)?
                 ),
-                Output::Text => print!(
+                Output::Text => out!(
                     "{}",
                     api::text(&sock, api::Request::PolicyGet { endpoint }, numeric)?
                 ),
@@ -636,11 +674,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let sock = socket_of(&target)?;
             match target.output {
-                Output::Json => println!(
+                Output::Json => outln!(
                     "{}",
                     serde_json::to_string_pretty(&api::policy_list(&sock)?)?
                 ),
-                Output::Text => print!("{}", api::text(&sock, api::Request::PolicyList, false)?),
+                Output::Text => out!("{}", api::text(&sock, api::Request::PolicyList, false)?),
             }
             Ok(())
         }
@@ -663,12 +701,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match t.output {
                 Output::Json => {
                     let e = api::list(&sock, req)?;
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&views::endpoint_list_json(&e))?
                     )
                 }
-                Output::Text => print!("{}", api::text(&sock, req, false)?),
+                Output::Text => out!("{}", api::text(&sock, req, false)?),
             }
             Ok(())
         }
@@ -681,14 +719,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     DEMO_CLUSTER.map(|(n, _)| n).join(", ")
                 );
             };
-            print!("{y}");
+            out!("{y}");
             Ok(())
         }
         Cmd::Config {
             what: ConfigCmd::Check { file },
         } => {
             let c = Config::load(&file)?;
-            println!(
+            outln!(
                 "{}: ok (node {}, {} pods)",
                 file.display(),
                 c.node.name,
@@ -711,7 +749,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 lab::Lab::up(&cfg, queues)
             };
             l.context("building the lab topology")?.keep();
-            println!(
+            outln!(
                 "lab up: node netns {}",
                 cfg.node.netns.as_deref().unwrap_or("-")
             );

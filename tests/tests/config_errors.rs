@@ -123,3 +123,23 @@ fn missing_device_rejected_before_attach() {
     );
     drop(lab);
 }
+
+/// A reader that closes the pipe before the CLI writes (`fastpath … | head`) ends the
+/// command quietly with success: no panic, no backtrace (the demo's `bpf ct list | head`
+/// once died of "failed printing to stdout: Broken pipe").
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(fastpath_bin())
+        .env("RUST_BACKTRACE", "1")
+        .args(["config", "default"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "nothing on stderr: {err}");
+}
