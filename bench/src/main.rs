@@ -15,7 +15,7 @@
 //! Everything happens in namespaces this program creates and deletes.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use control::config::Config;
 use control::maps::MacAddr;
 use fastpath::wire::{EtherType, ethernet, ipv4};
 use fastpath::xsk::{Socket, Umem, sys};
+use fastpath_bench::{Fastpath, cpu_ticks, start_fastpath};
 use lab::{Lab, in_ns};
 
 #[derive(Parser, Debug)]
@@ -173,59 +174,6 @@ fn generator(
     Ok(())
 }
 
-/// A running fastpath and its (temporary) state directory.
-struct Fastpath(Child, std::path::PathBuf);
-impl Drop for Fastpath {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn start_fastpath(
-    cfg_path: &std::path::Path,
-    node: &str,
-    cores: &[usize],
-    bare: bool,
-) -> anyhow::Result<Fastpath> {
-    let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join("fastpath");
-    let state = std::env::temp_dir().join(format!("fastpath-bench-{node}-state"));
-    let mut cmd = Command::new(&bin);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(cfg_path)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--queues", &cores.len().to_string()])
-        .args(["--cores", &cores.join(",")]);
-    if bare {
-        cmd.arg("--bare");
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("{}", bin.display()))?;
-    let fp = Fastpath(child, state);
-    let sock = fastpath::api::socket_path(node);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fastpath::api::status(&sock).is_err() {
-        if Instant::now() > deadline {
-            bail!("fastpath did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(fp)
-}
-
 /// The testbed, as one trial needs it.
 struct Ctx {
     cfg_path: PathBuf,
@@ -236,8 +184,8 @@ struct Ctx {
     frames: Vec<Vec<u8>>,
     sink: xdp_redirect::Sink,
     gen_core: usize,
-    fwd_core: usize,
-    /// The forwarder's cores: one per queue from `fwd_core` on, wrapping.
+    /// The forwarder's cores: one per queue from `--fwd-core` on, wrapping (the first one's
+    /// steal is what a trial records).
     fwd_cores: Vec<usize>,
     queues: u32,
 }
@@ -300,16 +248,7 @@ fn stall_counters(ctx: &Ctx) -> anyhow::Result<(u64, u64)> {
 
 /// (steal, total) jiffies of `core` (/proc/stat).
 fn core_ticks(core: usize) -> (u64, u64) {
-    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let name = format!("cpu{core} ");
-    let Some(l) = s.lines().find(|l| l.starts_with(&name)) else {
-        return (0, 0);
-    };
-    let f: Vec<u64> = l
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
+    let f = cpu_ticks(&format!("cpu{core}")).unwrap_or_default();
     (f.get(7).copied().unwrap_or(0), f.iter().take(8).sum())
 }
 
@@ -360,18 +299,21 @@ impl Ctx {
                 &self.node_name,
                 &self.fwd_cores,
                 false,
+                Vec::new(),
             )?),
             "fastpath-generic" => Some(start_fastpath(
                 &self.cfg_generic,
                 &self.node_name,
                 &self.fwd_cores,
                 false,
+                Vec::new(),
             )?),
             "bare" => Some(start_fastpath(
                 &self.cfg_path,
                 &self.node_name,
                 &self.fwd_cores,
                 true,
+                Vec::new(),
             )?),
             "kernel" => {
                 in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
@@ -438,7 +380,7 @@ impl Ctx {
         } else {
             (0, 0)
         };
-        let k0 = core_ticks(self.fwd_core);
+        let k0 = core_ticks(self.fwd_cores[0]);
         let r0 = self.sink.count()?;
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
@@ -454,7 +396,7 @@ impl Ctx {
         } else {
             (0, 0)
         };
-        let k1 = core_ticks(self.fwd_core);
+        let k1 = core_ticks(self.fwd_cores[0]);
         let stages = c1
             .iter()
             .zip(&c0)
@@ -577,7 +519,6 @@ fn main() -> anyhow::Result<()> {
         frames: gen_frames,
         sink,
         gen_core: a.gen_core,
-        fwd_core: a.fwd_core,
         fwd_cores: (0..a.queues as usize)
             .map(|i| (a.fwd_core + i) % online)
             .collect(),

@@ -18,7 +18,7 @@
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use control::config::Config;
 use fastpath::xsk::sys;
+use fastpath_bench::{Fastpath, clk_tck, cpu_ticks, start_fastpath};
 use hdrhistogram::Histogram;
 use lab::{Lab, in_ns};
 
@@ -77,49 +78,11 @@ fn config(name: &str, poll: &str, spin: Option<u32>) -> String {
     )
 }
 
-/// A running fastpath and its (temporary) state directory and config file.
-struct Fastpath(Child, PathBuf, PathBuf);
-impl Drop for Fastpath {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-        let _ = std::fs::remove_file(&self.2);
-    }
-}
-
-fn start_fastpath(yaml: &str, node: &str, core: usize) -> anyhow::Result<Fastpath> {
-    let bin = std::env::current_exe()?
-        .parent()
-        .context("exe dir")?
-        .join("fastpath");
-    let state = std::env::temp_dir().join(format!("fastpath-bench-rtt-{node}-state"));
+/// `fastpath run` on `yaml` (written to a file removed when it stops), one worker on `core`.
+fn start(yaml: &str, node: &str, core: usize) -> anyhow::Result<Fastpath> {
     let cfg = std::env::temp_dir().join(format!("fastpath-bench-rtt-{node}.yaml"));
     std::fs::write(&cfg, yaml)?;
-    let child = Command::new(&bin)
-        .arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--cores", &core.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("{}", bin.display()))?;
-    let fp = Fastpath(child, state, cfg);
-    let sock = fastpath::api::socket_path(node);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fastpath::api::status(&sock).is_err() {
-        if Instant::now() > deadline {
-            bail!("fastpath did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(fp)
+    start_fastpath(&cfg.clone(), node, &[core], false, vec![cfg])
 }
 
 /// CPU seconds of process `pid` so far, all its threads: the sum of their schedstat run
@@ -137,24 +100,11 @@ fn proc_cpu(pid: u32) -> anyhow::Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
 /// Softirq seconds of all CPUs so far (/proc/stat), and the steal seconds.
 fn softirq_and_steal() -> anyhow::Result<(f64, f64)> {
-    let s = std::fs::read_to_string("/proc/stat")?;
-    let l = s.lines().next().context("/proc/stat")?;
-    let f: Vec<f64> = l
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    Ok((
-        f[6] / clk_tck(),
-        f.get(7).copied().unwrap_or(0.0) / clk_tck(),
-    ))
+    let f = cpu_ticks("cpu").context("/proc/stat")?;
+    let at = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / clk_tck();
+    Ok((at(6), at(7)))
 }
 
 /// The echo server in `ns`, until `stop`.
@@ -308,11 +258,9 @@ fn main() -> anyhow::Result<()> {
         for mode in &a.modes {
             let poll = mode_poll(mode)?;
             let fp = match poll {
-                Some((p, spin)) => Some(start_fastpath(
-                    &config(&name, p, spin),
-                    &cfg.node.name,
-                    a.fwd_core,
-                )?),
+                Some((p, spin)) => {
+                    Some(start(&config(&name, p, spin), &cfg.node.name, a.fwd_core)?)
+                }
                 None => {
                     in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
                     None
@@ -322,15 +270,15 @@ fn main() -> anyhow::Result<()> {
                 Some(f) if a.idle_secs > 0 => {
                     // Let start-up settle, then measure a quiet node.
                     std::thread::sleep(Duration::from_millis(500));
-                    let c0 = proc_cpu(f.0.id())?;
+                    let c0 = proc_cpu(f.pid())?;
                     std::thread::sleep(Duration::from_secs(a.idle_secs));
-                    Some((proc_cpu(f.0.id())? - c0) / a.idle_secs as f64 * 100.0)
+                    Some((proc_cpu(f.pid())? - c0) / a.idle_secs as f64 * 100.0)
                 }
                 _ => None,
             };
             let cpu = |fp: &Option<Fastpath>| -> anyhow::Result<f64> {
                 Ok(match fp {
-                    Some(f) => proc_cpu(f.0.id())?,
+                    Some(f) => proc_cpu(f.pid())?,
                     None => softirq_and_steal()?.0,
                 })
             };

@@ -229,17 +229,9 @@ fn main() -> anyhow::Result<()> {
         a.ipcache,
         a.ct
     );
-    let setups = [
-        Setup::SameNode,
-        Setup::Services,
-        Setup::EchoPolicy,
-        Setup::Overlay,
-        Setup::OverlayPolicy,
-        Setup::NodePort,
-    ];
     let mut large_base = std::collections::HashMap::new();
     let mut filler = Vec::new();
-    for s in setups {
+    for s in Setup::ALL {
         let t = s.tables();
         let (big, addrs) = enlarge(&t, a.ipcache, a.ct);
         large_base.insert(s, big);
