@@ -83,23 +83,28 @@ pub struct CtState {
 }
 
 impl CtState {
-    fn encode(&self) -> [u64; W] {
+    /// The value words of an entry that slot generation `generation` holds: word 2 (flags
+    /// and flags seen, the word packets update in place) is stamped with it, so an update
+    /// through a stale handle is refused ([`SharedTable::fetch_or_stamped`]).
+    fn encode(&self, generation: u32) -> [u64; W] {
         [
             self.backend_id as u64 | (self.src_sec_id as u64) << 32,
             u32::from_le_bytes(self.nat_addr) as u64
                 | (self.nat_port as u64) << 32
                 | (self.rev_nat.0 as u64) << 48,
-            self.flags as u64
-                | (self.tx_flags_seen as u64) << 16
-                | (self.rx_flags_seen as u64) << 24
-                | (self.reply_port.map_or(0, |p| p as u64 + 1)) << 32,
-            mac_to_u64(self.reply_mac),
+            crate::shared_table::stamp(
+                generation,
+                self.flags as u32
+                    | (self.tx_flags_seen as u32) << 16
+                    | (self.rx_flags_seen as u32) << 24,
+            ),
+            mac_to_u64(self.reply_mac) | (self.reply_port.map_or(0, |p| p as u64 + 1)) << 48,
             0,
         ]
     }
 
     fn decode(w: [u64; W]) -> CtState {
-        let rp = (w[2] >> 32) as u16;
+        let rp = (w[3] >> 48) as u16;
         CtState {
             backend_id: w[0] as u32,
             src_sec_id: (w[0] >> 32) as u32,
@@ -302,9 +307,9 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
     /// Create (or replace) `key` with `state`; `None` only if the map could not take it.
     pub fn create(&self, key: &T, state: &CtState, lifetime: u32, now: u32) -> Option<CtHit> {
         let tcp = key.nexthdr() == crate::maps::ct::PROTO_TCP;
-        let slot = self
-            .map(tcp)
-            .insert(key.words(), state.encode(), lifetime, now)?;
+        let slot =
+            self.map(tcp)
+                .insert_with(key.words(), |g| state.encode(g), lifetime, now)?;
         Some(CtHit {
             slot,
             tcp,
@@ -331,15 +336,14 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
             m.set_lifetime(hit.slot, now.wrapping_add(life));
             return hit.state.flags;
         }
-        let w = m.word(hit.slot, 2);
-        let cur = w.load(Ordering::Relaxed);
+        let cur = m.word(hit.slot, 2).load(Ordering::Relaxed);
         let mut flags = cur as u16;
         let (seen_shift, closing_bit) = if reply {
             (24, CT_RX_CLOSING)
         } else {
             (16, CT_TX_CLOSING)
         };
-        let mut add: u64 = (tcp_flags as u64) << seen_shift;
+        let mut add: u32 = (tcp_flags as u32) << seen_shift;
         if service && tcp_flags & (TCP_RST | TCP_FIN) != 0 {
             // A service entry sees only the client's direction: the client closing is all
             // it will learn, so it closes (a new SYN on the tuple chooses again).
@@ -357,9 +361,11 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
         if tcp_flags & TCP_SYN == 0 {
             flags |= CT_SEEN_NON_SYN;
         }
-        add |= flags as u64;
-        if cur & add != add {
-            w.fetch_or(add, Ordering::Relaxed);
+        add |= flags as u32;
+        if (cur as u32) & add != add && m.fetch_or_stamped(hit.slot, 2, add).is_none() {
+            // The slot was emptied and taken by another connection since the lookup: this
+            // packet's entry is gone, and nothing of it lands in the new one's.
+            return flags;
         }
         let closing = flags & (CT_RX_CLOSING | CT_TX_CLOSING) == CT_RX_CLOSING | CT_TX_CLOSING;
         let life = if closing {
@@ -518,6 +524,41 @@ mod tests {
         assert_eq!(found.cached_allow(7), None, "{found:?} {other:?}");
     }
 
+    /// A packet whose handle went stale (its entry was deleted and the slot given to another
+    /// connection between lookup and touch) changes neither the new entry's TCP flags nor
+    /// its lifetime: a FIN of a dead flow must not close a live one.
+    #[test]
+    fn touch_through_a_stale_handle_leaves_the_new_owner_alone() {
+        // One bucket per map: an emptied bucket's next entry takes its first slot again.
+        let ct: Conntrack = Conntrack::new(CtSizes { tcp: 8, any: 8 });
+        let now = 1000;
+        for proto in [6u8, 17] {
+            let old = CtTuple4::connection([10, 0, 0, 1], [10, 0, 0, 2], 40000, 80, proto, 0);
+            let new = CtTuple4::connection([10, 0, 0, 3], [10, 0, 0, 4], 40001, 80, proto, 0);
+            let stale = ct.create(&old, &CtState::default(), now + 60, now).unwrap();
+            assert!(ct.remove(&stale));
+            let owner = ct.create(&new, &CtState::default(), now + 60, now).unwrap();
+            assert_eq!(ct.map(proto == 6).len(), 1);
+            let flags = ct.touch(&stale, false, TCP_FIN | TCP_ACK, now + 5, false);
+            if proto == 6 {
+                assert_eq!(flags & CT_TX_CLOSING, CT_TX_CLOSING, "the caller learns its flags");
+            }
+            let after = ct.lookup(&new, now).unwrap();
+            assert_eq!(after.state, owner.state, "no flag of the dead flow lands");
+            assert_eq!(after.lifetime, now + 60, "nor its lifetime");
+            // Through its own handle the owner is updated as before.
+            ct.touch(&after, false, TCP_FIN | TCP_ACK, now + 5, false);
+            let touched = ct.lookup(&new, now).unwrap();
+            if proto == 6 {
+                assert_eq!(touched.state.flags & CT_TX_CLOSING, CT_TX_CLOSING);
+                assert_eq!(touched.lifetime, now + 5 + LIFETIME_TCP);
+            } else {
+                assert_eq!(touched.lifetime, now + 5 + LIFETIME_NONTCP);
+            }
+            assert!(ct.remove(&touched));
+        }
+    }
+
     #[test]
     fn state_round_trips() {
         let s = CtState {
@@ -532,7 +573,7 @@ mod tests {
             reply_port: Some(0),
             reply_mac: MacAddr([2, 0, 0, 0, 0, 9]),
         };
-        assert_eq!(CtState::decode(s.encode()), s);
+        assert_eq!(CtState::decode(s.encode(5)), s);
         let e = s.to_entry(false, 99);
         assert_eq!(e.rev_nat_index, 4u16.to_be());
         assert_eq!(e.nat_port, 40000u16.to_be());

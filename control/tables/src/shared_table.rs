@@ -21,6 +21,13 @@
 //! - Value words are atomics that a holder of a slot handle updates in place (lifetime,
 //!   TCP flags); one flow's fields may be updated by two workers at once (the request on one
 //!   queue, the reply on another) and each update is a single atomic operation.
+//! - A handle can go stale between its lookup and its update: the GC or an eviction empties
+//!   the slot and another key takes it. In-place updates therefore only land on the entry
+//!   they were meant for: the lifetime word carries the slot's generation next to the
+//!   lifetime, and a *stamped* value word (one the owner wrote with
+//!   [`SharedTable::insert_with`], the generation in its upper 32 bits) is changed only by a
+//!   CAS that checks it ([`SharedTable::fetch_or_stamped`]). A stale update is refused, not
+//!   written into the next key's entry.
 //! - Capacity is fixed, like a BPF LRU hash's `max_entries`: a full bucket evicts the entry
 //!   closest to expiry (an expired one first), so creation never fails for lack of room.
 //! - Expired entries are deleted by [`SharedTable::sweep`], called from the control thread
@@ -31,7 +38,7 @@
 //! touch only value words of a VALID slot.
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
 
 /// Slots per bucket: eight 8-byte tags fill one cache line.
 pub const WAYS: usize = 8;
@@ -130,14 +137,27 @@ pub fn mix<const K: usize>(key: &[u64; K]) -> u64 {
 struct Bucket([AtomicU64; WAYS]);
 
 /// One slot's key, value words and lifetime, together and cache-line aligned: a probe that
-/// matched a fingerprint reads one more line (for the IPv4 conntrack entry, 16 + 40 + 4 =
-/// 60 bytes: exactly one; the IPv6 key makes it two).
+/// matched a fingerprint reads one more line (for the IPv4 conntrack entry, 16 + 40 + 8 =
+/// 64 bytes: exactly one; the IPv6 key makes it two).
 #[repr(C, align(64))]
 #[derive(Debug)]
 struct Slot<const W: usize, const K: usize> {
     key: [AtomicU64; K],
     val: [AtomicU64; W],
-    life: AtomicU32,
+    /// `generation << 32 | lifetime`: see [`stamp`].
+    life: AtomicU64,
+}
+
+/// A word stamped with a slot generation: `generation << 32 | low` (the generation is 30
+/// bits). An update through a handle of another generation is refused.
+#[inline]
+pub fn stamp(generation: u32, low: u32) -> u64 {
+    (generation as u64) << 32 | low as u64
+}
+
+#[inline]
+fn stamp_of(w: u64) -> u32 {
+    (w >> 32) as u32
 }
 
 impl<const W: usize, const K: usize> Slot<W, K> {
@@ -145,7 +165,7 @@ impl<const W: usize, const K: usize> Slot<W, K> {
         Slot {
             key: std::array::from_fn(|_| AtomicU64::new(0)),
             val: std::array::from_fn(|_| AtomicU64::new(0)),
-            life: AtomicU32::new(0),
+            life: AtomicU64::new(0),
         }
     }
 }
@@ -289,24 +309,61 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
     #[inline]
     pub fn read(&self, s: SlotRef) -> Option<([u64; W], u32)> {
         let v: [u64; W] = std::array::from_fn(|i| self.slots[s.idx].val[i].load(Ordering::Relaxed));
-        let l = self.slots[s.idx].life.load(Ordering::Relaxed);
+        let l = self.slots[s.idx].life.load(Ordering::Relaxed) as u32;
         fence(Ordering::Acquire);
         (self.tag(s.idx).load(Ordering::Relaxed) == s.tag).then_some((v, l))
     }
 
-    /// Value word `i` of a slot, for in-place atomic updates.
+    /// Value word `i` of a slot, for in-place atomic updates of a word whose every value is
+    /// safe for any owner to see (the caller ties it to the handle otherwise, as conntrack's
+    /// cached policy verdict is XOR-tied to [`SlotRef::generation`]).
     #[inline]
     pub fn word(&self, s: SlotRef, i: usize) -> &AtomicU64 {
         &self.slots[s.idx].val[i]
     }
 
-    /// Push a slot's lifetime to `lifetime` (a store only when it changes, so a flow's
-    /// cache line is written about once a second, not per packet).
+    /// OR `bits` (below bit 32) into value word `i`, a word stamped with the slot's generation
+    /// at insertion ([`SharedTable::insert_with`]), if the slot still belongs to the entry `s`
+    /// found. Returns the word after the update, or `None` if the slot changed hands (then
+    /// nothing is written). A store only when a bit is new.
     #[inline]
-    pub fn set_lifetime(&self, s: SlotRef, lifetime: u32) {
+    pub fn fetch_or_stamped(&self, s: SlotRef, i: usize, bits: u32) -> Option<u64> {
+        let w = &self.slots[s.idx].val[i];
+        let mut cur = w.load(Ordering::Relaxed);
+        loop {
+            if stamp_of(cur) != s.generation() {
+                return None;
+            }
+            let next = cur | bits as u64;
+            if next == cur {
+                return Some(cur);
+            }
+            match w.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(next),
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+
+    /// Push a slot's lifetime to `lifetime` if the slot still belongs to the entry `s` found
+    /// (a stale handle changes nothing and gets `false`). A write only when it changes, so a
+    /// flow's cache line is written about once a second, not per packet.
+    #[inline]
+    pub fn set_lifetime(&self, s: SlotRef, lifetime: u32) -> bool {
         let l = &self.slots[s.idx].life;
-        if l.load(Ordering::Relaxed) != lifetime {
-            l.store(lifetime, Ordering::Relaxed);
+        let want = stamp(s.generation(), lifetime);
+        let mut cur = l.load(Ordering::Relaxed);
+        loop {
+            if stamp_of(cur) != s.generation() {
+                return false;
+            }
+            if cur == want {
+                return true;
+            }
+            match l.compare_exchange_weak(cur, want, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => cur = seen,
+            }
         }
     }
 
@@ -317,6 +374,19 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
         &self,
         key: [u64; K],
         vals: [u64; W],
+        lifetime: u32,
+        now: u32,
+    ) -> Option<SlotRef> {
+        self.insert_with(key, |_| vals, lifetime, now)
+    }
+
+    /// [`SharedTable::insert`], with the value words made from the generation the entry gets
+    /// (what [`SlotRef::generation`] of the returned handle says), so a word can be stamped
+    /// with it for [`SharedTable::fetch_or_stamped`].
+    pub fn insert_with(
+        &self,
+        key: [u64; K],
+        vals: impl Fn(u32) -> [u64; W],
         lifetime: u32,
         now: u32,
     ) -> Option<SlotRef> {
@@ -343,11 +413,14 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
                 continue;
             }
             fence(Ordering::Release);
-            for (i, v) in vals.iter().enumerate() {
+            let g = (generation(s.tag) + 1) & GEN_MASK;
+            for (i, v) in vals(g as u32).iter().enumerate() {
                 self.slots[s.idx].val[i].store(*v, Ordering::Relaxed);
             }
-            self.slots[s.idx].life.store(lifetime, Ordering::Relaxed);
-            let tag = make_tag(ST_VALID, generation(s.tag) + 1, fp);
+            self.slots[s.idx]
+                .life
+                .store(stamp(g as u32, lifetime), Ordering::Relaxed);
+            let tag = make_tag(ST_VALID, g, fp);
             self.tag(s.idx).store(tag, Ordering::Release);
             self.stats.inserts.fetch_add(1, Ordering::Relaxed);
             return Some(SlotRef { idx: s.idx, tag });
@@ -360,7 +433,7 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
                 let (class, l) = match state(t) {
                     ST_EMPTY => (0u8, 0u32),
                     ST_VALID => {
-                        let l = self.slots[idx].life.load(Ordering::Relaxed);
+                        let l = self.slots[idx].life.load(Ordering::Relaxed) as u32;
                         (if expired(l, now) { 1 } else { 2 }, l)
                     }
                     _ => continue,
@@ -394,11 +467,14 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
             for (i, w) in key.iter().enumerate() {
                 self.slots[idx].key[i].store(*w, Ordering::Relaxed);
             }
-            for (i, v) in vals.iter().enumerate() {
+            let g = (generation(t) + 1) & GEN_MASK;
+            for (i, v) in vals(g as u32).iter().enumerate() {
                 self.slots[idx].val[i].store(*v, Ordering::Relaxed);
             }
-            self.slots[idx].life.store(lifetime, Ordering::Relaxed);
-            let tag = make_tag(ST_VALID, generation(t) + 1, fp);
+            self.slots[idx]
+                .life
+                .store(stamp(g as u32, lifetime), Ordering::Relaxed);
+            let tag = make_tag(ST_VALID, g, fp);
             self.tag(idx).store(tag, Ordering::Release);
             self.stats.inserts.fetch_add(1, Ordering::Relaxed);
             if class == 0 {
@@ -438,7 +514,9 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
         let mut n = 0;
         for idx in 0..self.slots.len() {
             let t = self.tag(idx).load(Ordering::Acquire);
-            if state(t) != ST_VALID || !expired(self.slots[idx].life.load(Ordering::Relaxed), now) {
+            if state(t) != ST_VALID
+                || !expired(self.slots[idx].life.load(Ordering::Relaxed) as u32, now)
+            {
                 continue;
             }
             if self.remove(SlotRef { idx, tag: t }) {
