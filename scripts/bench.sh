@@ -8,6 +8,10 @@
 #     routing; offered vs received; then the no-drop rate of each, checked at 90 % (must
 #     lose nothing) and 120 % (every lost frame attributed to a stage) (fastpath-bench);
 #     and 64 B again with --queues 2 (two workers, two-queue veths) against --queues 1;
+#     cross-node, the sending node, 64 and 512 B: fastpath (plain, with a policy selecting
+#     the pod, to a ClusterIP, generic XDP) against the Linux VXLAN path, offered vs
+#     received vs drops by stage, and CPU per packet over all cores at a paced rate
+#     (fastpath-bench-xnode);
 #  3. request/response RTT p50/p99/p99.9 with the forwarder's CPU: kernel routing, fastpath
 #     adaptive (default spin budget), fastpath busy, twice: apps sleeping in recv (the usual
 #     case) and apps polling (separates vCPU wake-up cost) (fastpath-bench-rtt);
@@ -39,10 +43,12 @@ mkdir -p "$R"
 if ((QUICK)); then
   STAGES=(--iters 50000 --rounds 3 --ipcache 200000 --ct 200000 --flows 65536)
   SAME=(--secs 2 --reps 2 --ndr --ndr-secs 1 --ndr-steps 5) Q2=(--secs 2 --reps 2)
+  XNODE=(--secs 2 --reps 1)
   RTT=(--count 5000 --reps 2) IDLE=1
 else
   STAGES=()
   SAME=(--secs 4 --reps 3 --ndr --ndr-secs 2 --ndr-steps 7) Q2=(--secs 4 --reps 3)
+  XNODE=(--secs 4 --reps 3)
   RTT=(--count 20000 --reps 3) IDLE=3
 fi
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
@@ -69,6 +75,11 @@ done
 echo "== 2/3 same-node throughput, 64 B, --queues 2" >&2
 $B/fastpath-bench --modes fastpath,bare,kernel --size 64 --queues 2 "${Q2[@]}" \
   --json "$R/queues-2.json" | tee "$R/queues-2.md"
+for size in 64 512; do
+  echo "== 2/3 cross-node (sending node), $size B" >&2
+  $B/fastpath-bench-xnode --size "$size" "${XNODE[@]}" --json "$R/cross-node-$size.json" \
+    | tee "$R/cross-node-$size.md"
+done
 echo "== 3/3 request/response latency" >&2
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy "${RTT[@]}" --idle-secs "$IDLE" --json "$R/rtt.json" | tee "$R/rtt.md"
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy --app-busy "${RTT[@]}" --idle-secs 0 \
@@ -80,7 +91,7 @@ s1=$(steal) t1=$(total)
   echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); steal during the run: $(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{printf "%.2f", (b-a)/((d-c)>0?(d-c):1)*100}') % of all CPU time"
   echo
   echo "![throughput](throughput.svg) ![rtt](rtt.svg)"
-  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 rtt rtt-apps-polling; do
+  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 rtt rtt-apps-polling; do
     echo
     echo "## $f"
     cat "$R/$f.md"

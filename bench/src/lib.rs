@@ -1,11 +1,19 @@
 //! What the benchmark binaries share: starting a `fastpath run` next to them and stopping
-//! it, and reading /proc/stat.
+//! it, the UDP frames and the AF_XDP generator that sends them, and reading /proc/stat.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use control::maps::MacAddr;
+use fastpath::wire::{EtherType, ethernet, ipv4};
+use fastpath::xsk::{Socket, Umem, sys};
+
+/// UDP flows (source ports) the generator cycles through.
+pub const FLOWS: u16 = 64;
 
 /// A running `fastpath run`, stopped (SIGTERM, waited for) on drop, which then removes its
 /// state directory and the other files given to [`start_fastpath`].
@@ -83,6 +91,27 @@ pub fn start_fastpath(
     Ok(fp)
 }
 
+/// fastpath's drop counters by stage, cumulative over its workers and ports: RX_FULL and
+/// XSK_DROP (the kernel's XDP_STATISTICS), TX_FULL, and the pipeline's drops (every reason).
+pub fn fastpath_drops(node: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let st = fastpath::api::status(&fastpath::api::socket_path(node))?;
+    let (mut tx_full, mut rx_full, mut xsk_drop, mut pipeline) = (0, 0, 0, 0);
+    for w in &st.workers {
+        pipeline += w.drops();
+        for p in &w.ports {
+            tx_full += p.tx_ring_full;
+            rx_full += p.xsk.rx_ring_full;
+            xsk_drop += p.xsk.rx_dropped;
+        }
+    }
+    Ok(vec![
+        ("RX_FULL".into(), rx_full),
+        ("XSK_DROP".into(), xsk_drop),
+        ("TX_FULL".into(), tx_full),
+        ("pipeline".into(), pipeline),
+    ])
+}
+
 /// The jiffy counters of the /proc/stat line `name` (`cpu` for all CPUs, `cpu0`, …): user,
 /// nice, system, idle, iowait, irq, softirq, steal, …; `None` if there is no such line.
 pub fn cpu_ticks(name: &str) -> Option<Vec<u64>> {
@@ -102,4 +131,107 @@ pub fn cpu_ticks(name: &str) -> Option<Vec<u64>> {
 pub fn clk_tck() -> f64 {
     // SAFETY: sysconf has no memory effects.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// Frames of `size` bytes on a wire (FCS included: the frame is 4 bytes shorter), UDP gen →
+/// sink, `FLOWS` source ports.
+pub fn frames(
+    size: usize,
+    dst_mac: MacAddr,
+    src_mac: MacAddr,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Vec<Vec<u8>> {
+    let len = size - 4;
+    let ip_len = (len - 14) as u16;
+    (0..FLOWS)
+        .map(|i| {
+            let mut b = vec![0u8; len];
+            ethernet::emit(&mut b, dst_mac, src_mac, EtherType::Ipv4);
+            ipv4::emit(
+                &mut b[14..],
+                src,
+                dst,
+                ipv4::PROTO_UDP,
+                64,
+                ip_len as usize - 20,
+            );
+            let sport = 10000 + i;
+            b[34..36].copy_from_slice(&sport.to_be_bytes());
+            b[36..38].copy_from_slice(&9u16.to_be_bytes());
+            b[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+            b
+        })
+        .collect()
+}
+
+/// AF_XDP TX loop in `ns` on eth0's first `queues` TX queues until `stop`, at `rate` frames/s
+/// in all (0: as fast as it can);
+/// counts frames the kernel completed. `sleep`: when ahead of a paced rate, sleep until the
+/// next batch is due instead of spinning (the generator's core then shows only the work of
+/// sending, so CPU per packet over all cores means something; batches of up to 64 frames). After `stop` it waits (at most 200 ms) for what it
+/// queued to complete, so a trial's count is exact.
+#[allow(clippy::too_many_arguments)]
+pub fn generator(
+    ns: String,
+    core: usize,
+    frames: Vec<Vec<u8>>,
+    queues: u32,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    sleep: bool,
+) -> anyhow::Result<()> {
+    sys::enter_netns(&ns)?;
+    core_affinity::set_for_current(core_affinity::CoreId { id: core });
+    let ifindex = sys::if_index("eth0").context("eth0")?;
+    // One socket per TX queue, each with its own UMEM: the veth hands a frame sent on queue
+    // q to rx queue q of its peer, so the frames spread over the forwarder's queues.
+    let mut socks = Vec::new();
+    for q in 0..queues {
+        let umem = Umem::new(4096, 2048)?;
+        let sock = Socket::new(&umem.share(), ifindex, q, 2048, None, true)?;
+        socks.push((umem, sock));
+    }
+    let mut i = 0usize;
+    let (mut done, mut queued) = (0u64, 0u64);
+    let t0 = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        for (umem, sock) in socks.iter_mut() {
+            let allowed = if rate > 0.0 {
+                ((t0.elapsed().as_secs_f64() * rate) as u64).saturating_sub(queued)
+            } else {
+                u64::MAX
+            };
+            for _ in 0..allowed.min(64) {
+                let Some(mut f) = umem.alloc() else { break };
+                umem.write(&mut f, &frames[i % frames.len()]);
+                if let Err(f) = sock.send(f) {
+                    umem.release(f);
+                    break;
+                }
+                i += 1;
+                queued += 1;
+            }
+            sock.flush();
+            done += sock.complete(umem, 2048) as u64;
+        }
+        sent.store(done, Ordering::Relaxed);
+        if sleep && rate > 0.0 {
+            let due = (queued + 64) as f64 / rate;
+            let ahead = due - t0.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(ahead.min(0.002)));
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while done < queued && Instant::now() < deadline {
+        for (umem, sock) in socks.iter_mut() {
+            sock.flush();
+            done += sock.complete(umem, 2048) as u64;
+        }
+    }
+    sent.store(done, Ordering::Relaxed);
+    Ok(())
 }

@@ -2,9 +2,15 @@
 //! - `fastpath`: the full pipeline (`fastpath run`), native XDP;
 //! - `fastpath-generic`: the same with `xdp_mode: generic` (the skb path devices without
 //!   native XDP get);
+//! - `fastpath-rt`: the same with `rt_priority: 10` (the worker under SCHED_FIFO: no normal
+//!   thread on its core preempts it);
 //! - `bare`: fastpath's bare AF_XDP forwarding (`--bare`: no pipeline), the ceiling on these veths;
 //! - `kernel`: Linux's own IPv4 routing between the same pods (ip_forward=1, RPS moves the
-//!   forwarding softirq to the forwarder's core so it gets its own core too).
+//!   forwarding softirq to the forwarder's core so it gets its own core too);
+//! - `xdp-redirect`: an in-kernel XDP program on the sender's lxc that only rewrites (TTL − 1,
+//!   MACs) and redirects to the receiver's lxc (`xdp_redirect::KernelForward`): no lookups,
+//!   no conntrack, no policy — what the kernel's fastest path costs on these veths, reported
+//!   beside fastpath, not instead of it.
 //!
 //! Generator: an AF_XDP TX loop on the sender pod's eth0 (64 flows), pinned to `--gen-core`.
 //! Receiver: an XDP program on the receiver pod's eth0 that counts and drops. The forwarder
@@ -20,13 +26,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use control::config::Config;
 use control::maps::MacAddr;
-use fastpath::wire::{EtherType, ethernet, ipv4};
-use fastpath::xsk::{Socket, Umem, sys};
-use fastpath_bench::{Fastpath, cpu_ticks, start_fastpath};
+use fastpath::xsk::sys;
+use fastpath_bench::{
+    FLOWS, Fastpath, cpu_ticks, fastpath_drops, frames, generator, start_fastpath,
+};
 use lab::{Lab, in_ns};
 
 #[derive(Parser, Debug)]
@@ -42,7 +49,8 @@ struct Args {
     gen_core: usize,
     #[arg(long, default_value_t = 0)]
     fwd_core: usize,
-    /// Modes to run, in order.
+    /// Modes to run, in order: fastpath, fastpath-generic, fastpath-rt, bare, kernel,
+    /// xdp-redirect.
     #[arg(long, value_delimiter = ',', default_value = "fastpath,bare,kernel")]
     modes: Vec<String>,
     /// Also search each mode's no-drop rate (RFC 2544-style: binary search on the offered
@@ -72,112 +80,22 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const FLOWS: u16 = 64;
-
-fn config(name: &str, ring: u32, xdp_mode: &str, queues: u32) -> String {
+/// A SCHED_FIFO worker (`rt` > 0) polls adaptively (a busy one would be throttled by the
+/// kernel: `datapath.rt_priority` refuses it); the others busy-poll.
+fn config(name: &str, ring: u32, xdp_mode: &str, queues: u32, rt: u8) -> String {
+    let poll = if rt > 0 { "adaptive" } else { "busy" };
     format!(
-        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: {queues}\n  poll: busy\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\npods:\n\
+        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: {queues}\n  poll: {poll}\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\n  rt_priority: {rt}\npods:\n\
          \x20 - {{ name: gen, ip: 10.250.1.11, mac: \"0a:58:0a:fa:01:0b\", lxc: lxc-gen, netns: {name}-gen }}\n\
          \x20 - {{ name: sink, ip: 10.250.1.12, mac: \"0a:58:0a:fa:01:0c\", lxc: lxc-sink, netns: {name}-sink }}\n"
     )
-}
-
-/// Frames of `size` bytes on a wire (FCS included: the frame is 4 bytes shorter), UDP gen →
-/// sink, `FLOWS` source ports.
-fn frames(
-    size: usize,
-    dst_mac: MacAddr,
-    src_mac: MacAddr,
-    src: [u8; 4],
-    dst: [u8; 4],
-) -> Vec<Vec<u8>> {
-    let len = size - 4;
-    let ip_len = (len - 14) as u16;
-    (0..FLOWS)
-        .map(|i| {
-            let mut b = vec![0u8; len];
-            ethernet::emit(&mut b, dst_mac, src_mac, EtherType::Ipv4);
-            ipv4::emit(
-                &mut b[14..],
-                src,
-                dst,
-                ipv4::PROTO_UDP,
-                64,
-                ip_len as usize - 20,
-            );
-            let sport = 10000 + i;
-            b[34..36].copy_from_slice(&sport.to_be_bytes());
-            b[36..38].copy_from_slice(&9u16.to_be_bytes());
-            b[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
-            b
-        })
-        .collect()
-}
-
-/// AF_XDP TX loop in `ns` on eth0's first `queues` TX queues until `stop`, at `rate` frames/s
-/// in all (0: as fast as it can);
-/// counts frames the kernel completed. After `stop` it waits (at most 200 ms) for what it
-/// queued to complete, so a trial's count is exact.
-fn generator(
-    ns: String,
-    core: usize,
-    frames: Vec<Vec<u8>>,
-    queues: u32,
-    rate: f64,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
-    sys::enter_netns(&ns)?;
-    core_affinity::set_for_current(core_affinity::CoreId { id: core });
-    let ifindex = sys::if_index("eth0").context("eth0")?;
-    // One socket per TX queue, each with its own UMEM: the veth hands a frame sent on queue
-    // q to rx queue q of its peer, so the frames spread over the forwarder's queues.
-    let mut socks = Vec::new();
-    for q in 0..queues {
-        let umem = Umem::new(4096, 2048)?;
-        let sock = Socket::new(&umem.share(), ifindex, q, 2048, None, true)?;
-        socks.push((umem, sock));
-    }
-    let mut i = 0usize;
-    let (mut done, mut queued) = (0u64, 0u64);
-    let t0 = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        for (umem, sock) in socks.iter_mut() {
-            let allowed = if rate > 0.0 {
-                ((t0.elapsed().as_secs_f64() * rate) as u64).saturating_sub(queued)
-            } else {
-                u64::MAX
-            };
-            for _ in 0..allowed.min(64) {
-                let Some(mut f) = umem.alloc() else { break };
-                umem.write(&mut f, &frames[i % frames.len()]);
-                if let Err(f) = sock.send(f) {
-                    umem.release(f);
-                    break;
-                }
-                i += 1;
-                queued += 1;
-            }
-            sock.flush();
-            done += sock.complete(umem, 2048) as u64;
-        }
-        sent.store(done, Ordering::Relaxed);
-    }
-    let deadline = Instant::now() + Duration::from_millis(200);
-    while done < queued && Instant::now() < deadline {
-        for (umem, sock) in socks.iter_mut() {
-            sock.flush();
-            done += sock.complete(umem, 2048) as u64;
-        }
-    }
-    sent.store(done, Ordering::Relaxed);
-    Ok(())
 }
 
 /// The testbed, as one trial needs it.
 struct Ctx {
     cfg_path: PathBuf,
     cfg_generic: PathBuf,
+    cfg_rt: PathBuf,
     node_name: String,
     node: String,
     gen_ns: String,
@@ -188,6 +106,20 @@ struct Ctx {
     /// steal is what a trial records).
     fwd_cores: Vec<usize>,
     queues: u32,
+    /// `xdp-redirect`: lxc-sink's ifindex, the sink pod's MAC, lxc-sink's MAC.
+    kfwd: (u32, MacAddr, MacAddr),
+}
+
+/// What runs a mode while it is measured; stopped when dropped.
+enum Running {
+    Fastpath(#[allow(dead_code)] Fastpath),
+    Kfwd(#[allow(dead_code)] xdp_redirect::KernelForward),
+    Kernel,
+}
+
+/// Modes whose drops fastpath's status counts.
+fn is_fastpath(mode: &str) -> bool {
+    mode.starts_with("fastpath") || mode == "bare"
 }
 
 /// One bounded trial: frames the generator sent, the sink received, and the drops each
@@ -256,20 +188,7 @@ fn core_ticks(core: usize) -> (u64, u64) {
 fn stage_counters(ctx: &Ctx, fastpath: bool) -> anyhow::Result<Vec<(String, u64)>> {
     let mut v = Vec::new();
     if fastpath {
-        let st = fastpath::api::status(&fastpath::api::socket_path(&ctx.node_name))?;
-        let (mut tx_full, mut rx_full, mut xsk_drop, mut pipeline) = (0, 0, 0, 0);
-        for w in &st.workers {
-            pipeline += w.drops();
-            for p in &w.ports {
-                tx_full += p.tx_ring_full;
-                rx_full += p.xsk.rx_ring_full;
-                xsk_drop += p.xsk.rx_dropped;
-            }
-        }
-        v.push(("RX_FULL".into(), rx_full));
-        v.push(("XSK_DROP".into(), xsk_drop));
-        v.push(("TX_FULL".into(), tx_full));
-        v.push(("pipeline".into(), pipeline));
+        v.extend(fastpath_drops(&ctx.node_name)?);
     }
     // The veth to the sink: frames the node's side could not hand over. (lxc-gen's
     // rx_dropped is not a stage of its own: it counts the same frames as RX_FULL + XSK_DROP,
@@ -292,23 +211,47 @@ fn stage_counters(ctx: &Ctx, fastpath: bool) -> anyhow::Result<Vec<(String, u64)
 }
 
 impl Ctx {
-    fn start(&self, mode: &str) -> anyhow::Result<Option<Fastpath>> {
+    fn start(&self, mode: &str) -> anyhow::Result<Running> {
         Ok(match mode {
-            "fastpath" => Some(start_fastpath(
+            "xdp-redirect" => {
+                let (node, (out, dmac, smac)) = (self.node.clone(), self.kfwd);
+                let f =
+                    std::thread::spawn(move || -> anyhow::Result<xdp_redirect::KernelForward> {
+                        sys::enter_netns(&node)?;
+                        Ok(xdp_redirect::KernelForward::attach(
+                            "lxc-gen",
+                            out,
+                            dmac.0,
+                            smac.0,
+                            xdp_redirect::AttachedMode::Native,
+                        )?)
+                    })
+                    .join()
+                    .expect("attach thread")?;
+                Running::Kfwd(f)
+            }
+            "fastpath" => Running::Fastpath(start_fastpath(
                 &self.cfg_path,
                 &self.node_name,
                 &self.fwd_cores,
                 false,
                 Vec::new(),
             )?),
-            "fastpath-generic" => Some(start_fastpath(
+            "fastpath-rt" => Running::Fastpath(start_fastpath(
+                &self.cfg_rt,
+                &self.node_name,
+                &self.fwd_cores,
+                false,
+                Vec::new(),
+            )?),
+            "fastpath-generic" => Running::Fastpath(start_fastpath(
                 &self.cfg_generic,
                 &self.node_name,
                 &self.fwd_cores,
                 false,
                 Vec::new(),
             )?),
-            "bare" => Some(start_fastpath(
+            "bare" => Running::Fastpath(start_fastpath(
                 &self.cfg_path,
                 &self.node_name,
                 &self.fwd_cores,
@@ -330,9 +273,11 @@ impl Ctx {
                         ],
                     )?;
                 }
-                None
+                Running::Kernel
             }
-            m => bail!("unknown mode {m}"),
+            m => bail!(
+                "unknown mode {m} (fastpath, fastpath-generic, fastpath-rt, bare, kernel, xdp-redirect)"
+            ),
         })
     }
 
@@ -367,13 +312,13 @@ impl Ctx {
             self.gen_core,
             self.queues,
         );
-        std::thread::spawn(move || generator(ns, core, f, q, rate, s, n))
+        std::thread::spawn(move || generator(ns, core, f, q, rate, s, n, false))
     }
 
     /// `secs` at `rate`, then the generator stops, what it queued completes, and 200 ms
     /// let frames in flight land before the sink is read: loss is exact, not a window edge.
     fn trial(&self, mode: &str, rate: f64, secs: f64) -> anyhow::Result<Trial> {
-        let fastpath = mode != "kernel";
+        let fastpath = is_fastpath(mode);
         let c0 = stage_counters(self, fastpath)?;
         let s0 = if fastpath {
             stall_counters(self)?
@@ -462,7 +407,7 @@ fn main() -> anyhow::Result<()> {
         bail!("needs root (namespaces, XDP, AF_XDP)");
     }
     let name = format!("fpb{}", std::process::id() % 100000);
-    let yaml = config(&name, a.ring_size, "native", a.queues);
+    let yaml = config(&name, a.ring_size, "native", a.queues, 0);
     let cfg = Config::parse(&yaml, "bench")?;
     let _lab = Lab::up(&cfg, a.queues)?;
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -471,8 +416,10 @@ fn main() -> anyhow::Result<()> {
     let cfg_generic = std::env::temp_dir().join(format!("{name}-generic.yaml"));
     std::fs::write(
         &cfg_generic,
-        config(&name, a.ring_size, "generic", a.queues),
+        config(&name, a.ring_size, "generic", a.queues, 0),
     )?;
+    let cfg_rt = std::env::temp_dir().join(format!("{name}-rt.yaml"));
+    std::fs::write(&cfg_rt, config(&name, a.ring_size, "native", a.queues, 10))?;
     let node = cfg.node.netns.clone().unwrap();
     let (gen_ns, sink_ns) = (
         cfg.pods[0].netns.clone().unwrap(),
@@ -510,9 +457,14 @@ fn main() -> anyhow::Result<()> {
         ],
     )?;
 
+    let kfwd = {
+        let l = fastpath::daemon::link_info_in(&node, "lxc-sink")?;
+        (l.ifindex, cfg.pods[1].mac, l.mac)
+    };
     let ctx = Ctx {
         cfg_path: cfg_path.clone(),
         cfg_generic: cfg_generic.clone(),
+        cfg_rt: cfg_rt.clone(),
         node_name: cfg.node.name.clone(),
         node,
         gen_ns,
@@ -523,6 +475,7 @@ fn main() -> anyhow::Result<()> {
             .map(|i| (a.fwd_core + i) % online)
             .collect(),
         queues: a.queues,
+        kfwd,
     };
     let mut runs = Vec::new();
     for rep in 0..a.reps {
@@ -590,6 +543,7 @@ fn main() -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&cfg_path);
     let _ = std::fs::remove_file(&cfg_generic);
+    let _ = std::fs::remove_file(&cfg_rt);
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)

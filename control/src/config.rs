@@ -182,6 +182,10 @@ pub struct DatapathConfig {
     /// it sleeps in poll(2) (docs/benchmarks.md "Choosing the spin budget").
     #[serde(default = "default_spin_us")]
     pub poll_spin_us: u32,
+    /// Workers under SCHED_FIFO at this priority (1–99), so that no normal thread on their
+    /// cores preempts them; 0 (the default): normal scheduling.
+    #[serde(default)]
+    pub rt_priority: u8,
     /// Frames per RX poll and per TX burst.
     #[serde(default = "default_batch")]
     pub batch_size: u32,
@@ -262,6 +266,7 @@ impl Default for DatapathConfig {
             cores: Vec::new(),
             poll: PollMode::Adaptive,
             poll_spin_us: default_spin_us(),
+            rt_priority: 0,
             batch_size: default_batch(),
             ring_size: default_ring(),
             routing: RoutingMode::Tunnel,
@@ -463,6 +468,24 @@ impl Config {
                 format!(
                     "{} µs is more than {MAX_SPIN_US} (use poll: busy to never sleep)",
                     d.poll_spin_us
+                ),
+            );
+        }
+        if d.rt_priority > 99 {
+            bad(
+                "datapath.rt_priority".into(),
+                format!(
+                    "{} is not a SCHED_FIFO priority: 0 (normal scheduling) or 1 to 99",
+                    d.rt_priority
+                ),
+            );
+        }
+        if d.rt_priority > 0 && d.poll == PollMode::Busy {
+            bad(
+                "datapath.rt_priority".into(),
+                format!(
+                    "{} needs poll: adaptive: a busy-polling SCHED_FIFO worker never sleeps, and the kernel throttles real-time threads for 50 ms of every second (kernel.sched_rt_runtime_us), losing every frame meanwhile",
+                    d.rt_priority
                 ),
             );
         }
@@ -1169,9 +1192,13 @@ pods:
     #[test]
     fn datapath_limits() {
         let t = format!(
-            "{GOOD}datapath: {{ queues: 2, cores: [0], ring_size: 1000, poll_spin_us: 20000 }}\n"
+            "{GOOD}datapath: {{ queues: 2, cores: [0], ring_size: 1000, poll_spin_us: 20000, rt_priority: 100 }}\n"
         );
         let e = err(&t);
+        assert!(
+            e.contains("datapath.rt_priority: 100 is not a SCHED_FIFO priority: 0 (normal scheduling) or 1 to 99"),
+            "{e}"
+        );
         assert!(
             e.contains("datapath.poll_spin_us: 20000 µs is more than 10000"),
             "{e}"
@@ -1182,6 +1209,13 @@ pods:
         );
         assert!(
             e.contains("datapath.ring_size: 1000 must be a power of two"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{GOOD}datapath: {{ poll: busy, rt_priority: 5 }}\n"
+        ));
+        assert!(
+            e.contains("datapath.rt_priority: 5 needs poll: adaptive"),
             "{e}"
         );
         let e = err(&GOOD.replace("10.1.0.1", "10.1.1.2"));

@@ -225,6 +225,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let cfg = settle_config(&mut opts)?;
     // 2. Root, cores, the node's network namespace (before any thread exists).
     let cores = enter_node(&cfg)?;
+    check_rt_priority(cfg.datapath.rt_priority)?;
     // The runtime state: services, policies and endpoints applied at run time.
     let state_dir = opts
         .state_dir
@@ -301,11 +302,15 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         }
     };
     eprintln!(
-        "fastpath: node {} serving {} pods with {} worker(s) on cores {:?}, control thread on {control_on}; control socket {}",
+        "fastpath: node {} serving {} pods with {} worker(s) on cores {:?}{}, control thread on {control_on}; control socket {}",
         cfg.node.name,
         cfg.pods.len() + devs.restored.len(),
         cfg.datapath.queues,
         cores,
+        match cfg.datapath.rt_priority {
+            0 => String::new(),
+            p => format!(" (SCHED_FIFO {p})"),
+        },
         sock_path.display()
     );
     let res = serve(
@@ -756,6 +761,7 @@ fn make_workers(
             frame_size: devs.frame_size,
             poll: cfg.datapath.poll,
             spin: std::time::Duration::from_micros(cfg.datapath.poll_spin_us.into()),
+            rt_priority: cfg.datapath.rt_priority,
             bare: opts.bare,
         };
         let w = Worker::new(
@@ -815,6 +821,22 @@ fn attach_devices(
         );
     }
     Ok(())
+}
+
+/// Step 2b: a real-time priority the workers could not get is refused before anything is
+/// made (a thread tries it and ends).
+fn check_rt_priority(priority: u8) -> anyhow::Result<()> {
+    if priority == 0 {
+        return Ok(());
+    }
+    std::thread::spawn(move || xsk::sys::set_fifo(priority))
+        .join()
+        .expect("probe thread")
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "datapath.rt_priority: {priority}: the workers cannot run under SCHED_FIFO ({e}); it needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least {priority}, or set 0"
+            )
+        })
 }
 
 /// Step 7a: one pinned thread per worker.

@@ -54,6 +54,8 @@ pub struct WorkerConfig {
     /// Adaptive poll: how long an idle worker keeps spinning after its last frame before it
     /// sleeps in poll(2) (`datapath.poll_spin_us`).
     pub spin: std::time::Duration,
+    /// SCHED_FIFO priority (`datapath.rt_priority`); 0: normal scheduling.
+    pub rt_priority: u8,
     /// Skip the pipeline: forward everything from port i to port i^1 (the bench ceiling).
     pub bare: bool,
 }
@@ -386,6 +388,15 @@ impl Worker {
     pub fn run(mut self) {
         if let Some(core) = self.cfg.core {
             core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        }
+        if self.cfg.rt_priority > 0
+            && let Err(e) = crate::xsk::sys::set_fifo(self.cfg.rt_priority)
+        {
+            // `fastpath run` checked this before anything was made; said once, at start.
+            eprintln!(
+                "fastpath: worker {}: SCHED_FIFO {} refused ({e}); running with normal scheduling",
+                self.cfg.queue, self.cfg.rt_priority
+            );
         }
         let batch = self.cfg.batch_size;
         let mut rx: Vec<Frame> = Vec::with_capacity(batch as usize);

@@ -240,6 +240,11 @@ impl TestNode {
     }
 
     /// SIGKILL fastpath (a crash: no cleanup of its own) and wait for it to be gone.
+    /// The running fastpath's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

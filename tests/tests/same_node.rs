@@ -239,6 +239,56 @@ fn generic_mode_is_reported_and_forwards() {
     assert!(node.status().forwarded() >= 4);
 }
 
+/// (policy, rt_priority) of every thread of `pid` by name, from /proc/<pid>/task/*/stat
+/// (fields 41 and 40).
+fn thread_sched(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(t.join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3.
+        let (prio, policy) = (f[40 - 3].parse().unwrap(), f[41 - 3].parse().unwrap());
+        v.push((comm.trim().to_string(), policy, prio));
+    }
+    v
+}
+
+/// `datapath.rt_priority`: the worker runs under SCHED_FIFO at that priority (so no normal
+/// thread on its core preempts it), the control thread stays normal, and pods are served.
+#[test]
+fn rt_priority_runs_workers_under_sched_fifo() {
+    if !require_root() {
+        return;
+    }
+    let name = unique("rt");
+    let node = TestNode::start(&node_yaml(&name, 2, 1, "  rt_priority: 7\n"), 1, &[]);
+    assert!(node.ping(0, &node.pod_ip(1), 2));
+    let threads = thread_sched(node.pid().unwrap());
+    let workers: Vec<_> = threads
+        .iter()
+        .filter(|(n, _, _)| n.starts_with("fp-worker"))
+        .collect();
+    assert_eq!(workers.len(), 1, "{threads:?}");
+    assert_eq!(
+        (workers[0].1, workers[0].2),
+        (1, 7),
+        "SCHED_FIFO 7: {threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .filter(|(n, _, _)| !n.starts_with("fp-worker"))
+            .all(|(_, policy, _)| *policy == 0),
+        "only workers are real-time: {threads:?}"
+    );
+    assert!(node.log().contains("(SCHED_FIFO 7)"), "{}", node.log());
+}
+
 /// `ethtool -S` counter `name` of device `dev` in namespace `ns`.
 fn ethtool_stat(ns: &str, dev: &str, name: &str) -> u64 {
     let out = lab::in_ns(ns, &["ethtool", "-S", dev]).unwrap();

@@ -808,7 +808,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// The bench sink program (counts and drops everything), loaded separately by bench/.
+/// The bench sink program (counts and drops everything but ARP), loaded separately by bench/.
 #[derive(Debug)]
 pub struct Sink {
     ebpf: Ebpf,
@@ -832,6 +832,73 @@ impl Sink {
     }
 
     /// Frames dropped so far (all CPUs).
+    pub fn count(&self) -> Result<u64, SteeringError> {
+        percpu_counter(&self.ebpf, 0)
+    }
+}
+
+/// `struct fp_kfwd_cfg` of fp_xdp.c: where the bench's in-kernel forwarder sends frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct KfwdConfig {
+    ifindex: u32,
+    dmac: [u8; 6],
+    smac: [u8; 6],
+}
+const _: () = assert!(size_of::<KfwdConfig>() == 16);
+
+#[allow(unsafe_code)]
+mod pod_kfwd {
+    // SAFETY: repr(C), u32, [u8; 6] x2: 16 bytes, no implicit padding; every bit pattern is
+    // valid.
+    unsafe impl aya::Pod for super::KfwdConfig {}
+}
+
+/// The bench's in-kernel XDP forwarder (`fp_kfwd_prog`): on `ifname`, every IPv4 frame gets
+/// TTL − 1, MACs `smac` → `dmac`, and is redirected to `out_ifindex` — the ceiling of an XDP
+/// program that does no lookups. Detached when dropped.
+#[derive(Debug)]
+pub struct KernelForward {
+    ebpf: Ebpf,
+}
+
+impl KernelForward {
+    pub fn attach(
+        ifname: &str,
+        out_ifindex: u32,
+        dmac: [u8; 6],
+        smac: [u8; 6],
+        mode: AttachedMode,
+    ) -> Result<Self, SteeringError> {
+        let mut ebpf = EbpfLoader::new().load(FP_XDP_OBJ)?;
+        {
+            let mut m: Array<&mut MapData, KfwdConfig> = map(&mut ebpf, "fp_kfwd")?;
+            m.set(
+                0,
+                KfwdConfig {
+                    ifindex: out_ifindex,
+                    dmac,
+                    smac,
+                },
+                0,
+            )
+            .map_err(|source| SteeringError::Map {
+                map: "fp_kfwd",
+                source,
+            })?;
+        }
+        let prog: &mut Xdp = program(&mut ebpf, "fp_kfwd_prog")?;
+        prog.load().map_err(|source| SteeringError::Program {
+            prog: "fp_kfwd_prog",
+            source,
+        })?;
+        let ifindex =
+            if_index(ifname).ok_or_else(|| SteeringError::Limit(format!("no device {ifname}")))?;
+        attach_one(prog, ifname, ifindex, mode)?;
+        Ok(KernelForward { ebpf })
+    }
+
+    /// Frames redirected so far (all CPUs).
     pub fn count(&self) -> Result<u64, SteeringError> {
         percpu_counter(&self.ebpf, 0)
     }

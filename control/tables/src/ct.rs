@@ -307,9 +307,9 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
     /// Create (or replace) `key` with `state`; `None` only if the map could not take it.
     pub fn create(&self, key: &T, state: &CtState, lifetime: u32, now: u32) -> Option<CtHit> {
         let tcp = key.nexthdr() == crate::maps::ct::PROTO_TCP;
-        let slot =
-            self.map(tcp)
-                .insert_with(key.words(), |g| state.encode(g), lifetime, now)?;
+        let slot = self
+            .map(tcp)
+            .insert_with(key.words(), |g| state.encode(g), lifetime, now)?;
         Some(CtHit {
             slot,
             tcp,
@@ -541,7 +541,11 @@ mod tests {
             assert_eq!(ct.map(proto == 6).len(), 1);
             let flags = ct.touch(&stale, false, TCP_FIN | TCP_ACK, now + 5, false);
             if proto == 6 {
-                assert_eq!(flags & CT_TX_CLOSING, CT_TX_CLOSING, "the caller learns its flags");
+                assert_eq!(
+                    flags & CT_TX_CLOSING,
+                    CT_TX_CLOSING,
+                    "the caller learns its flags"
+                );
             }
             let after = ct.lookup(&new, now).unwrap();
             assert_eq!(after.state, owner.state, "no flag of the dead flow lands");

@@ -51,7 +51,21 @@ pub fn peer_uid(fd: &impl AsRawFd) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// The effective uid of this process.
+/// Run the calling thread under the real-time policy SCHED_FIFO at `priority` (1–99): no
+/// normal thread on its core can preempt it (a worker's `datapath.rt_priority`). Needs
+/// CAP_SYS_NICE (root) or an RLIMIT_RTPRIO that allows the priority.
+pub fn set_fifo(priority: u8) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: priority as libc::c_int,
+    };
+    // SAFETY: sched_setscheduler reads exactly one sched_param; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Restrict the calling thread (and the threads it starts later) to `cores`.
 pub fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it for any core
@@ -75,6 +89,7 @@ pub fn set_thread_affinity(cores: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// The effective uid of this process.
 pub fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
