@@ -143,6 +143,9 @@ fn reader(mut r: TableReader, core: usize, rt: u8, stop: Arc<AtomicBool>, p: Arc
     std::hint::black_box(acc);
 }
 
+/// How a phase is recorded: name, batch, calls, updates, seconds, call latencies (µs).
+type Record<'a> = dyn FnMut(&mut Datapath<NoKernel>, &str, usize, u64, u64, f64, Vec<f64>) + 'a;
+
 #[derive(serde::Serialize, Debug)]
 struct Phase {
     phase: String,
@@ -235,15 +238,12 @@ fn main() -> anyhow::Result<()> {
     };
 
     // 0. Baseline: nothing changes.
-    let idle =
-        |dp: &mut Datapath<NoKernel>,
-         record: &mut dyn FnMut(&mut Datapath<NoKernel>, &str, usize, u64, u64, f64, Vec<f64>),
-         name: &str| {
-            pauses.take();
-            let t0 = Instant::now();
-            std::thread::sleep(Duration::from_secs(a.secs));
-            record(dp, name, 0, 0, 0, t0.elapsed().as_secs_f64(), Vec::new());
-        };
+    let idle = |dp: &mut Datapath<NoKernel>, record: &mut Record, name: &str| {
+        pauses.take();
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(a.secs));
+        record(dp, name, 0, 0, 0, t0.elapsed().as_secs_f64(), Vec::new());
+    };
     idle(&mut dp, &mut record, "baseline, no updates (empty)");
     // 1. Fill.
     pauses.take();
