@@ -4,22 +4,26 @@
 #  1. the pipeline per fixture, ns/frame, tiny vs large tables (1M ipcache, 1M conntrack) and
 #     many flows (fastpath-bench-stages; no I/O, one pinned core);
 #  2. same-node UDP throughput for 64, 512 and 1518-byte frames: fastpath (native XDP),
-#     fastpath (generic XDP), bare AF_XDP forwarding on the same veths (the ceiling), kernel
-#     routing; offered vs received; then the no-drop rate of each, checked at 90 % (must
+#     fastpath (generic XDP), fastpath with SCHED_FIFO workers (rt_priority), bare AF_XDP
+#     forwarding on the same veths (the ceiling), kernel routing, an in-kernel XDP redirect
+#     (no lookups: the kernel's fastest path); offered vs received; then the no-drop rate of each, checked at 90 % (must
 #     lose nothing) and 120 % (every lost frame attributed to a stage) (fastpath-bench);
 #     and 64 B again with --queues 2 (two workers, two-queue veths) against --queues 1;
 #     cross-node, the sending node, 64 and 512 B: fastpath (plain, with a policy selecting
 #     the pod, to a ClusterIP, generic XDP) against the Linux VXLAN path, offered vs
 #     received vs drops by stage, and CPU per packet over all cores at a paced rate
 #     (fastpath-bench-xnode);
+#     control-plane churn: ipcache updates/s at 1M prefixes by batch size, services with 32
+#     backends, and the pauses a table reader sees against an idle baseline
+#     (fastpath-bench-churn);
 #  3. request/response RTT p50/p99/p99.9 with the forwarder's CPU: kernel routing, fastpath
 #     adaptive (default spin budget), fastpath busy, twice: apps sleeping in recv (the usual
 #     case) and apps polling (separates vCPU wake-up cost) (fastpath-bench-rtt);
 #  4. plots (throughput.svg, rtt.svg) and README.md with every table, in
 #     bench/results/<date>-<commit>/.
 #
-#   bash scripts/bench.sh            # the full run: about 25 minutes on 2 cores
-#   bash scripts/bench.sh --quick    # shorter runs, fewer repetitions: about 6 minutes
+#   bash scripts/bench.sh            # the full run: about 30 minutes on 2 cores
+#   bash scripts/bench.sh --quick    # shorter runs, fewer repetitions: about 9 minutes
 #
 # Every result records machine, kernel, commit, cores, queues, XDP mode, frame size, load
 # average and the steal share; docs/benchmarks.md says how to read them.
@@ -29,7 +33,7 @@ QUICK=0
 for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option $a (use --quick or nothing)" >&2; exit 2 ;;
   esac
 done
@@ -43,12 +47,12 @@ mkdir -p "$R"
 if ((QUICK)); then
   STAGES=(--iters 50000 --rounds 3 --ipcache 200000 --ct 200000 --flows 65536)
   SAME=(--secs 2 --reps 2 --ndr --ndr-secs 1 --ndr-steps 5) Q2=(--secs 2 --reps 2)
-  XNODE=(--secs 2 --reps 1)
+  XNODE=(--secs 2 --reps 1) CHURN=(--secs 1)
   RTT=(--count 5000 --reps 2) IDLE=1
 else
   STAGES=()
   SAME=(--secs 4 --reps 3 --ndr --ndr-secs 2 --ndr-steps 7) Q2=(--secs 4 --reps 3)
-  XNODE=(--secs 4 --reps 3)
+  XNODE=(--secs 4 --reps 3) CHURN=()
   RTT=(--count 20000 --reps 3) IDLE=3
 fi
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
@@ -69,7 +73,8 @@ echo "== 1/3 pipeline per fixture" >&2
 $B/fastpath-bench-stages "${STAGES[@]}" --json "$R/stages.json" | tee "$R/stages.md"
 for size in 64 512 1518; do
   echo "== 2/3 same-node throughput, $size B" >&2
-  $B/fastpath-bench --modes fastpath,fastpath-generic,bare,kernel --size "$size" "${SAME[@]}" \
+  $B/fastpath-bench --modes fastpath,fastpath-generic,fastpath-rt,bare,kernel,xdp-redirect \
+    --size "$size" "${SAME[@]}" \
     --json "$R/same-node-$size.json" | tee "$R/same-node-$size.md"
 done
 echo "== 2/3 same-node throughput, 64 B, --queues 2" >&2
@@ -80,6 +85,8 @@ for size in 64 512; do
   $B/fastpath-bench-xnode --size "$size" "${XNODE[@]}" --json "$R/cross-node-$size.json" \
     | tee "$R/cross-node-$size.md"
 done
+echo "== 2/3 control-plane churn" >&2
+$B/fastpath-bench-churn "${CHURN[@]}" --json "$R/churn.json" | tee "$R/churn.md"
 echo "== 3/3 request/response latency" >&2
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy "${RTT[@]}" --idle-secs "$IDLE" --json "$R/rtt.json" | tee "$R/rtt.md"
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy --app-busy "${RTT[@]}" --idle-secs 0 \
@@ -91,7 +98,7 @@ s1=$(steal) t1=$(total)
   echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); steal during the run: $(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{printf "%.2f", (b-a)/((d-c)>0?(d-c):1)*100}') % of all CPU time"
   echo
   echo "![throughput](throughput.svg) ![rtt](rtt.svg)"
-  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 rtt rtt-apps-polling; do
+  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 churn rtt rtt-apps-polling; do
     echo
     echo "## $f"
     cat "$R/$f.md"
