@@ -13,6 +13,8 @@
 #     the pod, to a ClusterIP, generic XDP) against the Linux VXLAN path, offered vs
 #     received vs drops by stage, and CPU per packet over all cores at a paced rate
 #     (fastpath-bench-xnode);
+#     TCP pod → pod with iperf3: fastpath, kernel routing with the same offloads, kernel
+#     routing with GSO/TSO (fastpath-bench-tcp);
 #     control-plane churn: ipcache updates/s at 1M prefixes by batch size, services with 32
 #     backends, and the pauses a table reader sees against an idle baseline
 #     (fastpath-bench-churn);
@@ -47,12 +49,12 @@ mkdir -p "$R"
 if ((QUICK)); then
   STAGES=(--iters 50000 --rounds 3 --ipcache 200000 --ct 200000 --flows 65536)
   SAME=(--secs 2 --reps 2 --ndr --ndr-secs 1 --ndr-steps 5) Q2=(--secs 2 --reps 2)
-  XNODE=(--secs 2 --reps 1) CHURN=(--secs 1)
+  XNODE=(--secs 2 --reps 1) CHURN=(--secs 1) TCP=(--secs 2 --reps 1)
   RTT=(--count 5000 --reps 2) IDLE=1
 else
   STAGES=()
   SAME=(--secs 4 --reps 3 --ndr --ndr-secs 2 --ndr-steps 7) Q2=(--secs 4 --reps 3)
-  XNODE=(--secs 4 --reps 3) CHURN=()
+  XNODE=(--secs 4 --reps 3) CHURN=() TCP=(--secs 5 --reps 3)
   RTT=(--count 20000 --reps 3) IDLE=3
 fi
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
@@ -85,6 +87,8 @@ for size in 64 512; do
   $B/fastpath-bench-xnode --size "$size" "${XNODE[@]}" --json "$R/cross-node-$size.json" \
     | tee "$R/cross-node-$size.md"
 done
+echo "== 2/3 TCP (iperf3)" >&2
+$B/fastpath-bench-tcp "${TCP[@]}" --json "$R/tcp.json" | tee "$R/tcp.md"
 echo "== 2/3 control-plane churn" >&2
 $B/fastpath-bench-churn "${CHURN[@]}" --json "$R/churn.json" | tee "$R/churn.md"
 echo "== 3/3 request/response latency" >&2
@@ -98,7 +102,7 @@ s1=$(steal) t1=$(total)
   echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); steal during the run: $(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{printf "%.2f", (b-a)/((d-c)>0?(d-c):1)*100}') % of all CPU time"
   echo
   echo "![throughput](throughput.svg) ![rtt](rtt.svg)"
-  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 churn rtt rtt-apps-polling; do
+  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 tcp churn rtt rtt-apps-polling; do
     echo
     echo "## $f"
     cat "$R/$f.md"

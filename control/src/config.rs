@@ -182,6 +182,11 @@ pub struct DatapathConfig {
     /// it sleeps in poll(2) (docs/benchmarks.md "Choosing the spin budget").
     #[serde(default = "default_spin_us")]
     pub poll_spin_us: u32,
+    /// Hold frames queued for a device up to this many microseconds (or until a batch is
+    /// full) before kicking its TX: one kick for many frames (OVS `tx-flush-interval`); 0:
+    /// kick at the end of every loop that queued something.
+    #[serde(default)]
+    pub tx_flush_us: u32,
     /// Workers under SCHED_FIFO at this priority (1–99), so that no normal thread on their
     /// cores preempts them; 0 (the default): normal scheduling.
     #[serde(default)]
@@ -251,6 +256,8 @@ fn default_ct_tcp() -> u32 {
 pub const DEFAULT_SPIN_US: u32 = 50;
 /// The longest spin budget accepted, µs.
 pub const MAX_SPIN_US: u32 = 10_000;
+/// The most `datapath.tx_flush_us` accepts.
+pub const MAX_TX_FLUSH_US: u32 = 1000;
 fn default_spin_us() -> u32 {
     DEFAULT_SPIN_US
 }
@@ -267,6 +274,7 @@ impl Default for DatapathConfig {
             poll: PollMode::Adaptive,
             poll_spin_us: default_spin_us(),
             rt_priority: 0,
+            tx_flush_us: 0,
             batch_size: default_batch(),
             ring_size: default_ring(),
             routing: RoutingMode::Tunnel,
@@ -468,6 +476,15 @@ impl Config {
                 format!(
                     "{} µs is more than {MAX_SPIN_US} (use poll: busy to never sleep)",
                     d.poll_spin_us
+                ),
+            );
+        }
+        if d.tx_flush_us > MAX_TX_FLUSH_US {
+            bad(
+                "datapath.tx_flush_us".into(),
+                format!(
+                    "{} µs is more than {MAX_TX_FLUSH_US}: every frame may wait that long at each hop",
+                    d.tx_flush_us
                 ),
             );
         }
@@ -1209,6 +1226,11 @@ pods:
         );
         assert!(
             e.contains("datapath.ring_size: 1000 must be a power of two"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}datapath: {{ tx_flush_us: 5000 }}\n"));
+        assert!(
+            e.contains("datapath.tx_flush_us: 5000 µs is more than 1000"),
             "{e}"
         );
         let e = err(&format!(

@@ -762,6 +762,7 @@ fn make_workers(
             poll: cfg.datapath.poll,
             spin: std::time::Duration::from_micros(cfg.datapath.poll_spin_us.into()),
             rt_priority: cfg.datapath.rt_priority,
+            tx_flush: std::time::Duration::from_micros(cfg.datapath.tx_flush_us.into()),
             bare: opts.bare,
         };
         let w = Worker::new(

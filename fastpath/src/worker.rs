@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     pub spin: std::time::Duration,
     /// SCHED_FIFO priority (`datapath.rt_priority`); 0: normal scheduling.
     pub rt_priority: u8,
+    /// How long queued TX may wait for more frames before its kick (`datapath.tx_flush_us`);
+    /// zero: kick at the end of the loop that queued it.
+    pub tx_flush: std::time::Duration,
     /// Skip the pipeline: forward everything from port i to port i^1 (the bench ceiling).
     pub bare: bool,
 }
@@ -424,6 +427,9 @@ impl Worker {
                 }));
             };
         rebuild(&mut self.socks, &mut pending, &mut pollfds);
+        // Per socket: when its oldest frame not yet kicked was queued (`tx_flush`).
+        let mut held_since: Vec<std::time::Instant> = Vec::new();
+        let tx_flush = self.cfg.tx_flush;
         let mut idle_streak = 0u32;
         let mut idle_since = std::time::Instant::now();
         let (mut last_top, mut slept) = (std::time::Instant::now(), true);
@@ -459,6 +465,9 @@ impl Worker {
             }
             slept = false;
             last_top = top;
+            if held_since.len() != self.socks.len() {
+                held_since.resize(self.socks.len(), top);
+            }
             // Completions back to the UMEM, and the fill rings topped up from them, before
             // receiving: the kernel has chunks for the next frames while this loop works.
             for s in &mut self.socks {
@@ -527,6 +536,9 @@ impl Worker {
                             self.umem.set_owner(addr, self.socks[o].info.id);
                             c.ports[out].tx_packets.add(1);
                             c.ports[out].tx_bytes.add(len as u64);
+                            if pending[o] == TX_IDLE {
+                                held_since[o] = top;
+                            }
                             pending[o] = TX_ACTIVE;
                         }
                         Err(f) => {
@@ -537,7 +549,23 @@ impl Worker {
                 }
             }
             let mut tx_busy = false;
-            for (sock, pend) in self.socks.iter_mut().zip(pending.iter_mut()) {
+            for ((sock, pend), held) in self
+                .socks
+                .iter_mut()
+                .zip(pending.iter_mut())
+                .zip(held_since.iter())
+            {
+                if *pend == TX_ACTIVE
+                    && !tx_flush.is_zero()
+                    && sock.s.tx_outstanding() < batch
+                    && top.duration_since(*held) < tx_flush
+                {
+                    // Held for more frames (`tx_flush_us`): kicked when a batch is full or
+                    // the oldest has waited long enough; never left behind by a sleep, as a
+                    // worker with TX to kick does not sleep.
+                    tx_busy = true;
+                    continue;
+                }
                 if *pend == TX_ACTIVE {
                     // Copy-mode TX sends at most 32 frames per kick (the kernel's
                     // TX_BATCH_SIZE), in this thread: kick again while a kick moves frames and

@@ -289,6 +289,72 @@ fn rt_priority_runs_workers_under_sched_fifo() {
     assert!(node.log().contains("(SCHED_FIFO 7)"), "{}", node.log());
 }
 
+/// `datapath.tx_flush_us`: frames for a device are held for more before its TX is kicked, so a
+/// trickle of 2000 frames costs a few kicks instead of about one per frame — and every frame
+/// still arrives (a held frame is flushed by time, not only by a full batch).
+#[test]
+fn tx_flush_us_coalesces_kicks_and_delivers_everything() {
+    if !require_root() {
+        return;
+    }
+    let run = |flush: u32| -> (u64, u64, u64) {
+        let name = unique("tf");
+        let node = TestNode::start(
+            &node_yaml(&name, 2, 1, &format!("  tx_flush_us: {flush}\n")),
+            1,
+            &[],
+        );
+        assert!(node.ping(0, &node.pod_ip(1), 1));
+        let gw = node.lxc_mac(0).0;
+        let me = node.cfg.pods[0].mac.0;
+        let (src, dst) = (
+            node.cfg.pods[0].ip.octets(),
+            node.cfg.pods[1].ip.octets(),
+        );
+        let mut ip = vec![0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
+        let c = fastpath::wire::checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        // UDP to port 9 (discard; nothing listens: the kernel of p1 drops it after counting).
+        let udp = [0x30, 0x39, 0, 9, 0, 12, 0, 0, b't', b'r', b'a', b'n'];
+        let f = hex(&[&gw[..], &me[..], &[8, 0], &ip[..], &udp[..]].concat());
+        let lxc1 = "lxc-p1";
+        let tx = |s: &fastpath::api::Status| -> (u64, u64) {
+            s.workers
+                .iter()
+                .flat_map(|w| &w.ports)
+                .filter(|p| p.ifname == lxc1)
+                .fold((0, 0), |(a, b), p| (a + p.tx_packets, b + p.tx_kicks))
+        };
+        let (p0, k0) = tx(&node.status());
+        // One frame, sent 2000 times 20 µs apart (a trickle: without holding, a worker kicks
+        // TX for about every frame; 40 ms in all).
+        let script = format!(
+            "import socket, time\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('eth0',0))\nf=bytes.fromhex('{f}')\nfor _ in range(2000):\n    t=time.perf_counter()\n    s.send(f)\n    while time.perf_counter()-t < 2e-5: pass\n"
+        );
+        let ns = node.cfg.pods[0].netns.clone().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let s = node.status();
+        let (p1, k1) = tx(&s);
+        (p1 - p0, k1 - k0, s.workers.iter().map(|w| w.drops()).sum())
+    };
+    let (sent0, kicks0, drops0) = run(0);
+    let (sent1, kicks1, drops1) = run(500);
+    eprintln!("TX kicks for 2000 frames: {kicks0} without holding, {kicks1} holding 500 µs");
+    assert_eq!((sent0, drops0), (2000, 0), "all delivered without holding");
+    assert_eq!((sent1, drops1), (2000, 0), "all delivered while holding");
+    assert!(
+        kicks1 * 4 <= kicks0,
+        "holding for 500 µs should take far fewer kicks: {kicks1} vs {kicks0} without"
+    );
+}
+
 /// `ethtool -S` counter `name` of device `dev` in namespace `ns`.
 fn ethtool_stat(ns: &str, dev: &str, name: &str) -> u64 {
     let out = lab::in_ns(ns, &["ethtool", "-S", dev]).unwrap();

@@ -4,7 +4,8 @@
 //! - `fastpath`: the full pipeline, adaptive poll with the default spin budget;
 //! - `spin=N`: the same with `datapath.poll_spin_us: N` (the budget sweep that chose the
 //!   default, docs/benchmarks.md "Choosing the spin budget");
-//! - `busy`: `poll: busy` (never sleeps; a full core whatever the load).
+//! - `busy`: `poll: busy` (never sleeps; a full core whatever the load);
+//! - `flush=N`: adaptive with `datapath.tx_flush_us: N` (TX kicks held up to N µs).
 //!
 //! Each request crosses the forwarder twice (request and answer). RTTs go into an
 //! hdrhistogram (ns); the table gives p50/p99/p99.9 and the CPU the forwarder used during the
@@ -14,7 +15,13 @@
 //! medians over repetitions are reported with min and max. Every loop is bounded: `--count`
 //! requests per run, each waiting at most 200 ms (a lost one is counted).
 //!
-//! `fastpath-bench-rtt [--count 20000] [--reps 3] [--modes kernel,fastpath,busy] [--json F]`
+//! Under load (`--load-pps N`): two more pods, and an AF_XDP generator in one of them sends N
+//! UDP frames/s of 64 B (paced, in batches of up to 64, sleeping between them, on the
+//! client's core) through the same forwarder to the other, whose XDP program counts and drops
+//! them, while the requests run; the table adds the load's delivered share.
+//!
+//! `fastpath-bench-rtt [--count 20000] [--reps 3] [--modes kernel,fastpath,busy]
+//! [--load-pps 0] [--json F]`
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -40,7 +47,8 @@ struct Args {
     /// Repetitions per mode (interleaved).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Modes, in order: kernel, fastpath, busy, spin=<µs>.
+    /// Modes, in order: kernel, fastpath, busy, spin=<µs> (`poll_spin_us`), flush=<µs>
+    /// (`tx_flush_us`).
     #[arg(long, value_delimiter = ',', default_value = "kernel,fastpath,busy")]
     modes: Vec<String>,
     /// Core of the forwarder (fastpath's worker; the kernel's softirq runs where the pods'
@@ -58,6 +66,9 @@ struct Args {
     /// Seconds of no traffic over which fastpath's idle CPU is measured (0: skip).
     #[arg(long, default_value_t = 2)]
     idle_secs: u64,
+    /// Background load through the same forwarder while requests run, frames/s (0: none).
+    #[arg(long, default_value_t = 0)]
+    load_pps: u64,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -69,13 +80,29 @@ const PORT: u16 = 7;
 /// UDP payload: 18 bytes make a 60-byte frame (64 with FCS).
 const PAYLOAD: usize = 18;
 
-fn config(name: &str, poll: &str, spin: Option<u32>) -> String {
-    let spin = spin.map_or(String::new(), |s| format!("  poll_spin_us: {s}\n"));
-    format!(
+fn config(name: &str, poll: &str, spin: &str, load: bool) -> String {
+    let mut y = format!(
         "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.251.0.1\ndatapath:\n  queues: 1\n  poll: {poll}\n{spin}pods:\n\
          \x20 - {{ name: cli, ip: {CLIENT_IP}, mac: \"0a:58:0a:fb:01:0b\", lxc: lxc-cli, netns: {name}-cli }}\n\
          \x20 - {{ name: srv, ip: {SERVER_IP}, mac: \"0a:58:0a:fb:01:0c\", lxc: lxc-srv, netns: {name}-srv }}\n"
-    )
+    );
+    if load {
+        y += &format!(
+            "  - {{ name: gen, ip: {GEN_IP}, mac: \"0a:58:0a:fb:01:0d\", lxc: lxc-gen, netns: {name}-gen }}\n\
+             \x20 - {{ name: sink, ip: {SINK_IP}, mac: \"0a:58:0a:fb:01:0e\", lxc: lxc-sink, netns: {name}-sink }}\n"
+        );
+    }
+    y
+}
+
+const GEN_IP: &str = "10.251.1.13";
+const SINK_IP: &str = "10.251.1.14";
+
+/// The background load: where it is sent from and counted.
+struct Load {
+    gen_ns: String,
+    frames: Vec<Vec<u8>>,
+    sink: xdp_redirect::Sink,
 }
 
 /// `fastpath run` on `yaml` (written to a file removed when it stops), one worker on `core`.
@@ -206,15 +233,25 @@ struct Run {
     /// fastpath only: its CPU with no traffic, in % of a core.
     idle_pct: Option<f64>,
     steal_pct: f64,
+    /// Under `--load-pps`: (frames the generator sent, frames the sink received).
+    load: Option<(u64, u64)>,
 }
 
-fn mode_poll(mode: &str) -> anyhow::Result<Option<(&'static str, Option<u32>)>> {
+/// A mode's poll and the extra `datapath:` lines of its config (`None`: kernel routing).
+fn mode_poll(mode: &str) -> anyhow::Result<Option<(&'static str, String)>> {
     Ok(match mode {
         "kernel" => None,
-        "fastpath" => Some(("adaptive", None)),
-        "busy" => Some(("busy", None)),
-        m if m.starts_with("spin=") => Some(("adaptive", Some(m[5..].parse()?))),
-        m => bail!("unknown mode {m}"),
+        "fastpath" => Some(("adaptive", String::new())),
+        "busy" => Some(("busy", String::new())),
+        m if m.starts_with("spin=") => Some((
+            "adaptive",
+            format!("  poll_spin_us: {}\n", m[5..].parse::<u32>()?),
+        )),
+        m if m.starts_with("flush=") => Some((
+            "adaptive",
+            format!("  tx_flush_us: {}\n", m[6..].parse::<u32>()?),
+        )),
+        m => bail!("unknown mode {m} (kernel, fastpath, busy, spin=<µs>, flush=<µs>)"),
     })
 }
 
@@ -227,8 +264,32 @@ fn main() -> anyhow::Result<()> {
         mode_poll(m)?;
     }
     let name = format!("fpr{}", std::process::id() % 100000);
-    let cfg = Config::parse(&config(&name, "adaptive", None), "bench")?;
+    let loaded = a.load_pps > 0;
+    let cfg = Config::parse(&config(&name, "adaptive", "", loaded), "bench")?;
     let _lab = Lab::up(&cfg, 1)?;
+    let load = if loaded {
+        let sink_ns = cfg.pods[3].netns.clone().unwrap();
+        let sink = std::thread::spawn(move || -> anyhow::Result<xdp_redirect::Sink> {
+            sys::enter_netns(&sink_ns)?;
+            Ok(xdp_redirect::Sink::attach("eth0")?)
+        })
+        .join()
+        .expect("sink thread")?;
+        let lxc = fastpath::daemon::link_info_in(cfg.node.netns.as_ref().unwrap(), "lxc-gen")?;
+        Some(Load {
+            gen_ns: cfg.pods[2].netns.clone().unwrap(),
+            frames: fastpath_bench::frames(
+                64,
+                lxc.mac,
+                cfg.pods[2].mac,
+                cfg.pods[2].ip.octets(),
+                cfg.pods[3].ip.octets(),
+            ),
+            sink,
+        })
+    } else {
+        None
+    };
     let node = cfg.node.netns.clone().unwrap();
     let (cli_ns, srv_ns) = (
         cfg.pods[0].netns.clone().unwrap(),
@@ -257,9 +318,13 @@ fn main() -> anyhow::Result<()> {
     for rep in 0..a.reps {
         for mode in &a.modes {
             let poll = mode_poll(mode)?;
-            let fp = match poll {
+            let fp = match &poll {
                 Some((p, spin)) => {
-                    Some(start(&config(&name, p, spin), &cfg.node.name, a.fwd_core)?)
+                    Some(start(
+                        &config(&name, p, spin, loaded),
+                        &cfg.node.name,
+                        a.fwd_core,
+                    )?)
                 }
                 None => {
                     in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
@@ -282,12 +347,43 @@ fn main() -> anyhow::Result<()> {
                     None => softirq_and_steal()?.0,
                 })
             };
+            // The load starts first and stops after the requests.
+            let bg = match &load {
+                Some(l) => {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let r0 = l.sink.count()?;
+                    let (ns, f, st, n, core, rate) = (
+                        l.gen_ns.clone(),
+                        l.frames.clone(),
+                        stop.clone(),
+                        sent.clone(),
+                        a.app_core,
+                        a.load_pps as f64,
+                    );
+                    let g = std::thread::spawn(move || {
+                        fastpath_bench::generator(ns, core, f, 1, rate, st, n, true)
+                    });
+                    std::thread::sleep(Duration::from_millis(200));
+                    Some((stop, sent, r0, g))
+                }
+                None => None,
+            };
             let (c0, st0, t0) = (cpu(&fp)?, softirq_and_steal()?.1, Instant::now());
             let (h, lost) = {
                 let (ns, core, busy, count) = (cli_ns.clone(), a.app_core, a.app_busy, a.count);
                 std::thread::spawn(move || client(ns, core, busy, count))
                     .join()
                     .expect("client")?
+            };
+            let load_counts = match (bg, &load) {
+                (Some((stop, sent, r0, g)), Some(l)) => {
+                    stop.store(true, Ordering::Relaxed);
+                    g.join().expect("generator")?;
+                    std::thread::sleep(Duration::from_millis(100));
+                    Some((sent.load(Ordering::Relaxed), l.sink.count()? - r0))
+                }
+                _ => None,
             };
             let dt = t0.elapsed().as_secs_f64();
             let (c1, st1) = (cpu(&fp)?, softirq_and_steal()?.1);
@@ -307,6 +403,7 @@ fn main() -> anyhow::Result<()> {
                 fwd_cores: (c1 - c0) / dt,
                 idle_pct,
                 steal_pct: (st1 - st0) / dt / cores() as f64 * 100.0,
+                load: load_counts,
             };
             eprintln!(
                 "{:<10} rep {} p50 {:>7.1} µs p99 {:>7.1} p99.9 {:>7.1} lost {} {:>7.0} req/s fwd {:.2} cores idle {}",
@@ -359,7 +456,15 @@ fn report(a: &Args, runs: &[Run]) -> anyhow::Result<()> {
     .trim()
     .to_string();
     println!(
-        "\nsame-node UDP request/response, 64 B frames, 1 queue, native XDP, AF_XDP copy mode (veth)"
+        "\nsame-node UDP request/response, 64 B frames, 1 queue, native XDP, AF_XDP copy mode (veth){}",
+        if a.load_pps > 0 {
+            format!(
+                "; under a load of {} frames/s of 64 B UDP through the same forwarder",
+                a.load_pps
+            )
+        } else {
+            String::new()
+        }
     );
     println!(
         "machine: {} cores, kernel {kernel}, commit {commit}, loadavg {}",
@@ -378,10 +483,17 @@ fn report(a: &Args, runs: &[Run]) -> anyhow::Result<()> {
         a.count,
         a.reps
     );
-    println!(
-        "| mode | RTT p50 µs | p99 µs | p99.9 µs | lost | forwarder CPU (cores) | idle CPU % | steal % |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
+    if a.load_pps > 0 {
+        println!(
+            "| mode | RTT p50 µs | p99 µs | p99.9 µs | lost | forwarder CPU (cores) | idle CPU % | load delivered | steal % |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+    } else {
+        println!(
+            "| mode | RTT p50 µs | p99 µs | p99.9 µs | lost | forwarder CPU (cores) | idle CPU % | steal % |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+    }
     let f = |(m, lo, hi): (f64, f64, f64)| format!("{m:.1} ({lo:.1}–{hi:.1})");
     for mode in &a.modes {
         let idle = if runs.iter().any(|r| &r.mode == mode && r.idle_pct.is_some()) {
@@ -389,6 +501,16 @@ fn report(a: &Args, runs: &[Run]) -> anyhow::Result<()> {
             format!("{m:.2} ({lo:.2}–{hi:.2})")
         } else {
             "—".into()
+        };
+        let (ls, lr) = runs
+            .iter()
+            .filter(|r| &r.mode == mode)
+            .filter_map(|r| r.load)
+            .fold((0, 0), |(a, b), (s, r)| (a + s, b + r));
+        let idle = if a.load_pps > 0 {
+            format!("{idle} | {lr} of {ls}")
+        } else {
+            idle
         };
         println!(
             "| {mode} | {} | {} | {} | {} | {:.2} | {idle} | {:.1} |",

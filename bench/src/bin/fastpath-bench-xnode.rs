@@ -9,6 +9,7 @@
 //! - `fastpath-clusterip`: the pod sends to a ClusterIP (10.96.77.10:9) whose one backend is
 //!   the remote pod: service lookup, DNAT, conntrack service entry, encap;
 //! - `fastpath-generic`: `fastpath` with `xdp_mode: generic`;
+//! - `fastpath-txflush`: `fastpath` with `tx_flush_us: 50` (a TX kick for many frames);
 //! - `fastpath-rt`: `fastpath` with `rt_priority: 10` (the worker under SCHED_FIFO, so no
 //!   normal thread on its core preempts it: what loss below capacity comes from here);
 //! - `kernel-vxlan`: the plain Linux VXLAN path on a node built as `fastpath lab` builds the
@@ -31,7 +32,8 @@
 //! Everything happens in namespaces this program creates and deletes.
 //!
 //! `fastpath-bench-xnode [--secs 4] [--reps 3] [--size 64] [--cpu-rate 100000]
-//! [--systems fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,kernel-vxlan]
+//! [--systems fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,
+//! fastpath-txflush,kernel-vxlan]
 //! [--json FILE]`
 
 use std::path::PathBuf;
@@ -75,7 +77,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,kernel-vxlan"
+        default_value = "fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,fastpath-txflush,kernel-vxlan"
     )]
     systems: Vec<String>,
     /// Write the results as JSON here.
@@ -326,12 +328,13 @@ fn main() -> anyhow::Result<()> {
             "fastpath-clusterip",
             "fastpath-generic",
             "fastpath-rt",
+            "fastpath-txflush",
             "kernel-vxlan",
         ]
         .contains(&s.as_str())
         {
             bail!(
-                "unknown system `{s}` (fastpath, fastpath-policy, fastpath-clusterip, fastpath-generic, fastpath-rt, kernel-vxlan)"
+                "unknown system `{s}` (fastpath, fastpath-policy, fastpath-clusterip, fastpath-generic, fastpath-rt, fastpath-txflush, kernel-vxlan)"
             );
         }
     }
@@ -369,6 +372,10 @@ fn main() -> anyhow::Result<()> {
             "fastpath-rt" => (
                 &fcfg,
                 Some(sender_yaml(&tag, "a", 1, "  rt_priority: 10\n", "")),
+            ),
+            "fastpath-txflush" => (
+                &fcfg,
+                Some(sender_yaml(&tag, "a", 1, "  tx_flush_us: 50\n", "")),
             ),
             _ => unreachable!("checked"),
         };
