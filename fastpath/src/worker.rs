@@ -549,6 +549,9 @@ impl Worker {
                 }
             }
             let mut tx_busy = false;
+            // Frames went out in this loop: work, for the spin budget (held frames flushed in
+            // a loop that received nothing must not have used up the budget meanwhile).
+            let mut moved = false;
             for ((sock, pend), held) in self
                 .socks
                 .iter_mut()
@@ -582,6 +585,7 @@ impl Worker {
                             c.ports[sock.info.port as usize].tx_kicks.add(1);
                         }
                         let after = sock.s.tx_outstanding();
+                        moved |= after < before;
                         state = if after == 0 {
                             TX_IDLE
                         } else if after < before {
@@ -597,7 +601,7 @@ impl Worker {
                     tx_busy |= *pend == TX_ACTIVE;
                 }
             }
-            if got == 0 {
+            if got == 0 && !moved {
                 c.idle_loops.add(1);
                 idle_streak += 1;
                 let adaptive = self.cfg.poll == PollMode::Adaptive;

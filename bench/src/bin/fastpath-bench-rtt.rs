@@ -319,13 +319,11 @@ fn main() -> anyhow::Result<()> {
         for mode in &a.modes {
             let poll = mode_poll(mode)?;
             let fp = match &poll {
-                Some((p, spin)) => {
-                    Some(start(
-                        &config(&name, p, spin, loaded),
-                        &cfg.node.name,
-                        a.fwd_core,
-                    )?)
-                }
+                Some((p, spin)) => Some(start(
+                    &config(&name, p, spin, loaded),
+                    &cfg.node.name,
+                    a.fwd_core,
+                )?),
                 None => {
                     in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
                     None

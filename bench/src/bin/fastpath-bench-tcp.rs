@@ -31,7 +31,9 @@ use fastpath_bench::{Fastpath, start_fastpath};
 use lab::{Lab, in_ns};
 
 #[derive(Parser, Debug)]
-#[command(about = "fastpath TCP throughput (iperf3): fastpath vs kernel routing, with and without GSO/TSO")]
+#[command(
+    about = "fastpath TCP throughput (iperf3): fastpath vs kernel routing, with and without GSO/TSO"
+)]
 struct Args {
     /// Seconds per iperf3 run.
     #[arg(long, default_value_t = 5)]
@@ -43,7 +45,11 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     streams: u32,
     /// Modes, in order: fastpath, kernel, kernel-gso.
-    #[arg(long, value_delimiter = ',', default_value = "fastpath,kernel,kernel-gso")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fastpath,kernel,kernel-gso"
+    )]
     modes: Vec<String>,
     #[arg(long, default_value_t = 0)]
     fwd_core: usize,
