@@ -112,6 +112,41 @@ pub fn fastpath_drops(node: &str) -> anyhow::Result<Vec<(String, u64)>> {
     ])
 }
 
+/// A device's counter from /sys/class/net/<dev>/statistics (`rx_dropped`, `tx_dropped`, …)
+/// inside namespace `ns`; 0 if it cannot be read.
+pub fn dev_counter(ns: &str, dev: &str, counter: &str) -> anyhow::Result<u64> {
+    let out = lab::in_ns(
+        ns,
+        &["cat", &format!("/sys/class/net/{dev}/statistics/{counter}")],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+/// This process's resident memory, KiB (/proc/self/statm).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
+/// xorshift64: the benches' reproducible source of keys (not for anything secret).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    #[inline]
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// The jiffy counters of the /proc/stat line `name` (`cpu` for all CPUs, `cpu0`, …): user,
 /// nice, system, idle, iowait, irq, softirq, steal, …; `None` if there is no such line.
 pub fn cpu_ticks(name: &str) -> Option<Vec<u64>> {

@@ -32,7 +32,7 @@ use control::config::Config;
 use control::maps::MacAddr;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    FLOWS, Fastpath, cpu_ticks, fastpath_drops, frames, generator, start_fastpath,
+    FLOWS, Fastpath, cpu_ticks, dev_counter, fastpath_drops, frames, generator, start_fastpath,
 };
 use lab::{Lab, in_ns};
 
@@ -197,15 +197,7 @@ fn stage_counters(ctx: &Ctx, fastpath: bool) -> anyhow::Result<Vec<(String, u64)
         .into_iter()
         .chain((!fastpath).then_some((ctx.node.as_str(), "lxc-gen", "rx_dropped")))
     {
-        let out = in_ns(
-            ns,
-            &["cat", &format!("/sys/class/net/{dev}/statistics/{c}")],
-        )?;
-        let n = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        v.push((format!("{dev} {c}"), n));
+        v.push((format!("{dev} {c}"), dev_counter(ns, dev, c)?));
     }
     Ok(v)
 }

@@ -43,6 +43,7 @@ use control::lb::ServiceConfig;
 use control::maps::RemoteEndpointInfo;
 use control::net::Ipv4Cidr;
 use control::tables::TableReader;
+use fastpath_bench::{Rng, rss_kib};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -67,20 +68,7 @@ struct Args {
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0.0, |pages| pages as f64 * 4096.0 / (1 << 20) as f64)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+    rss_kib() as f64 / 1024.0
 }
 
 /// The reader's loop-time record, reset per phase by the writer.
@@ -120,7 +108,7 @@ fn reader(mut r: TableReader, core: usize, rt: u8, stop: Arc<AtomicBool>, p: Arc
         }
         let t = r.get();
         for _ in 0..32 {
-            let a = 0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff);
+            let a = 0x0a00_0000 | (rng.next_u64() as u32 & 0x00ff_ffff);
             acc += t
                 .ipcache_v4(a.to_be_bytes())
                 .map_or(0, |v| v.sec_identity as u64);
@@ -229,7 +217,7 @@ fn main() -> anyhow::Result<()> {
     let node = |i: u64| Ipv4Addr::new(192, 168, (i >> 8) as u8, i as u8);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let entry = |rng: &mut Rng| {
-        let x = rng.next();
+        let x = rng.next_u64();
         let a = 0x0a00_0000 | (x as u32 & 0x00ff_ffff);
         (
             Ipv4Cidr::host(Ipv4Addr::from(a)),

@@ -18,6 +18,7 @@ use control::net::Ipv4Cidr;
 use control::tables::{NextHop, Port, Tables};
 use fastpath::stage::{self, Scratch, Verdict};
 use fastpath::wire::{Buf, ethernet, ipv4};
+use fastpath_bench::{Rng, rss_kib};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -30,23 +31,6 @@ struct Args {
     core: usize,
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// A Kubernetes-shaped ipcache: `n` entries, nearly all pod /32s under 10.0.0.0/8, 4096 node
@@ -74,7 +58,7 @@ fn build(n: usize) -> (Lpm4<RemoteEndpointInfo>, Vec<[u8; 4]>) {
     let mut pods = Vec::with_capacity(n);
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     while t.len() < n {
-        let a = 0x0a00_0000 | (r.next() as u32 & 0x00ff_ffff);
+        let a = 0x0a00_0000 | (r.next_u64() as u32 & 0x00ff_ffff);
         let ip = Ipv4Addr::from(a);
         if t.insert(
             Ipv4Cidr::host(ip),
@@ -227,7 +211,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut r = Rng(42);
     let mut shuffled: Vec<[u8; 4]> = (0..1_000_000)
-        .map(|_| pods[r.next() as usize % pods.len()])
+        .map(|_| pods[r.next_u64() as usize % pods.len()])
         .collect();
     shuffled.dedup();
     // /24 hits: addresses in node CIDRs that are not pods; misses fall to 0.0.0.0/0.
@@ -236,7 +220,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| big.lookup_prefix(*a).map(|(l, _)| l) == Some(24))
         .collect();
     let misses: Vec<[u8; 4]> = (0..1_000_000u32)
-        .map(|i| (0x0b00_0000 | (r.next() as u32 & 0xffffff) ^ i).to_be_bytes())
+        .map(|i| (0x0b00_0000 | (r.next_u64() as u32 & 0xffffff) ^ i).to_be_bytes())
         .collect();
 
     let rows = [

@@ -36,6 +36,7 @@ use control::maps::policy::{
     DIR_EGRESS, DIR_INGRESS, POLICY_MAP_MAX, PolicyEntry, PolicyKey, port_prefixes,
 };
 use control::shared_table::{SharedTable, WAYS};
+use fastpath_bench::Rng;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -504,17 +505,6 @@ impl<'a> Replica<'a> {
 // Fixtures
 // ---------------------------------------------------------------------------------------
 
-struct Rng(u64);
-impl Rng {
-    #[inline]
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// `n` distinct TCP connections pod → pod, as OUT conntrack keys.
 fn ct_keys(n: usize) -> Vec<CtTuple4> {
     (0..n)
@@ -547,7 +537,7 @@ fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
     let mut r = Rng(seed);
     for i in (1..n).rev() {
-        v.swap(i, (r.next() % (i as u64 + 1)) as usize);
+        v.swap(i, (r.next_u64() % (i as u64 + 1)) as usize);
     }
     v
 }
@@ -749,19 +739,19 @@ fn raw_atomics(words: &[AtomicU64], ops: usize) -> [f64; 3] {
     let mut acc = 0u64;
     let t = Instant::now();
     for _ in 0..ops {
-        acc = acc.wrapping_add(words[r.next() as usize & mask].load(Ordering::Acquire));
+        acc = acc.wrapping_add(words[r.next_u64() as usize & mask].load(Ordering::Acquire));
     }
     let load = ns(t, ops);
     black_box(acc);
     let t = Instant::now();
     for _ in 0..ops {
-        let x = r.next();
+        let x = r.next_u64();
         words[x as usize & mask].store(x, Ordering::Release);
     }
     let store = ns(t, ops);
     let t = Instant::now();
     for _ in 0..ops {
-        let w = &words[r.next() as usize & mask];
+        let w = &words[r.next_u64() as usize & mask];
         let cur = w.load(Ordering::Acquire);
         let _ = black_box(w.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Relaxed));
     }

@@ -47,7 +47,7 @@ use clap::Parser;
 use control::config::Config;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    Fastpath, clk_tck, cpu_ticks, fastpath_drops, frames, generator, start_fastpath,
+    Fastpath, clk_tck, cpu_ticks, dev_counter, fastpath_drops, frames, generator, start_fastpath,
 };
 use lab::{Lab, in_ns};
 
@@ -292,15 +292,7 @@ impl Bed {
             &[("lxc-gen", "rx_dropped"), ("eth1", "tx_dropped")]
         };
         for (dev, c) in devs {
-            let out = in_ns(
-                &s.node_ns,
-                &["cat", &format!("/sys/class/net/{dev}/statistics/{c}")],
-            )?;
-            let n = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            v.push((format!("{dev} {c}"), n));
+            v.push((format!("{dev} {c}"), dev_counter(&s.node_ns, dev, c)?));
         }
         Ok(v)
     }
