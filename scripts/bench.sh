@@ -19,8 +19,9 @@
 #     backends, and the pauses a table reader sees against an idle baseline
 #     (fastpath-bench-churn);
 #  3. request/response RTT p50/p99/p99.9 with the forwarder's CPU: kernel routing, fastpath
-#     adaptive (default spin budget), fastpath busy, twice: apps sleeping in recv (the usual
-#     case) and apps polling (separates vCPU wake-up cost) (fastpath-bench-rtt);
+#     adaptive (default spin budget), fastpath busy, three times: apps sleeping in recv (the
+#     usual case), apps polling (separates vCPU wake-up cost), and under a load of 100 kpps
+#     through the same forwarder (fastpath-bench-rtt);
 #  4. plots (throughput.svg, rtt.svg) and README.md with every table, in
 #     bench/results/<date>-<commit>/.
 #
@@ -95,6 +96,8 @@ echo "== 3/3 request/response latency" >&2
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy "${RTT[@]}" --idle-secs "$IDLE" --json "$R/rtt.json" | tee "$R/rtt.md"
 $B/fastpath-bench-rtt --modes kernel,fastpath,busy --app-busy "${RTT[@]}" --idle-secs 0 \
   --json "$R/rtt-apps-polling.json" | tee "$R/rtt-apps-polling.md"
+$B/fastpath-bench-rtt --modes kernel,fastpath,busy --load-pps 100000 "${RTT[@]}" --idle-secs 0 \
+  --json "$R/rtt-under-load.json" | tee "$R/rtt-under-load.md"
 $B/fastpath-bench-plot "$R"
 
 s1=$(steal) t1=$(total)
@@ -102,7 +105,7 @@ s1=$(steal) t1=$(total)
   echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); steal during the run: $(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{printf "%.2f", (b-a)/((d-c)>0?(d-c):1)*100}') % of all CPU time"
   echo
   echo "![throughput](throughput.svg) ![rtt](rtt.svg)"
-  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 tcp churn rtt rtt-apps-polling; do
+  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 tcp churn rtt rtt-apps-polling rtt-under-load; do
     echo
     echo "## $f"
     cat "$R/$f.md"
