@@ -407,28 +407,32 @@ impl Worker {
         // housekeeping and on waking, IDLE nothing queued.
         let mut pending: Vec<u8> = Vec::new();
         let mut pollfds: Vec<libc::pollfd> = Vec::new();
-        let rebuild =
-            |socks: &mut [Sock], pending: &mut Vec<u8>, pollfds: &mut Vec<libc::pollfd>| {
-                // A socket that still has TX queued keeps being kicked: the set changing
-                // elsewhere must not strand another pod's frames in its ring.
-                pending.clear();
-                pending.extend(socks.iter_mut().map(|s| {
-                    if s.s.tx_outstanding() > 0 {
-                        TX_ACTIVE
-                    } else {
-                        TX_IDLE
-                    }
-                }));
-                pollfds.clear();
-                pollfds.extend(socks.iter().map(|s| libc::pollfd {
-                    fd: s.s.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                }));
-            };
-        rebuild(&mut self.socks, &mut pending, &mut pollfds);
         // Per socket: when its oldest frame not yet kicked was queued (`tx_flush`).
         let mut held_since: Vec<std::time::Instant> = Vec::new();
+        let rebuild = |socks: &mut [Sock],
+                       pending: &mut Vec<u8>,
+                       held_since: &mut Vec<std::time::Instant>,
+                       pollfds: &mut Vec<libc::pollfd>| {
+            // A socket that still has TX queued keeps being kicked: the set changing
+            // elsewhere must not strand another pod's frames in its ring.
+            held_since.clear();
+            held_since.resize(socks.len(), std::time::Instant::now());
+            pending.clear();
+            pending.extend(socks.iter_mut().map(|s| {
+                if s.s.tx_outstanding() > 0 {
+                    TX_ACTIVE
+                } else {
+                    TX_IDLE
+                }
+            }));
+            pollfds.clear();
+            pollfds.extend(socks.iter().map(|s| libc::pollfd {
+                fd: s.s.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }));
+        };
+        rebuild(&mut self.socks, &mut pending, &mut held_since, &mut pollfds);
         let tx_flush = self.cfg.tx_flush;
         let mut idle_streak = 0u32;
         let mut idle_since = std::time::Instant::now();
@@ -448,7 +452,7 @@ impl Worker {
                     c.table_switches.add(1);
                 }
                 if self.commands() {
-                    rebuild(&mut self.socks, &mut pending, &mut pollfds);
+                    rebuild(&mut self.socks, &mut pending, &mut held_since, &mut pollfds);
                 }
                 retry_stalled(&mut pending);
                 if loops.is_multiple_of(HOUSEKEEPING_EVERY * 64) {
@@ -465,9 +469,6 @@ impl Worker {
             }
             slept = false;
             last_top = top;
-            if held_since.len() != self.socks.len() {
-                held_since.resize(self.socks.len(), top);
-            }
             // Completions back to the UMEM, and the fill rings topped up from them, before
             // receiving: the kernel has chunks for the next frames while this loop works.
             for s in &mut self.socks {
@@ -636,7 +637,7 @@ impl Worker {
                         c.table_switches.add(1);
                     }
                     if self.commands() {
-                        rebuild(&mut self.socks, &mut pending, &mut pollfds);
+                        rebuild(&mut self.socks, &mut pending, &mut held_since, &mut pollfds);
                     }
                     retry_stalled(&mut pending);
                 }
