@@ -112,6 +112,22 @@ pub fn fastpath_drops(node: &str) -> anyhow::Result<Vec<(String, u64)>> {
     ])
 }
 
+/// The config of a one-node testbed `name` (namespace `<name>-n`) on network 10.`net`.0.0/16
+/// (router 10.`net`.0.1): `datapath` lines (each `  key: value\n`) and one pod per `(name,
+/// host)` at 10.`net`.1.`host`, MAC 0a:58:0a:`net`:01:`host`, lxc `lxc-<pod>`, namespace
+/// `<name>-<pod>`.
+pub fn single_node_yaml(name: &str, net: u8, datapath: &str, pods: &[(&str, u8)]) -> String {
+    let mut y = format!(
+        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.{net}.0.1\ndatapath:\n{datapath}pods:\n"
+    );
+    for (p, h) in pods {
+        y += &format!(
+            "  - {{ name: {p}, ip: 10.{net}.1.{h}, mac: \"0a:58:0a:{net:02x}:01:{h:02x}\", lxc: lxc-{p}, netns: {name}-{p} }}\n"
+        );
+    }
+    y
+}
+
 /// A device's counter from /sys/class/net/<dev>/statistics (`rx_dropped`, `tx_dropped`, …)
 /// inside namespace `ns`; 0 if it cannot be read.
 pub fn dev_counter(ns: &str, dev: &str, counter: &str) -> anyhow::Result<u64> {
@@ -269,4 +285,25 @@ pub fn generator(
     }
     sent.store(done, Ordering::Relaxed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The helper writes what the benches wrote by hand before it (the same-node bench's
+    /// node), and the node config accepts it.
+    #[test]
+    fn single_node_yaml_is_the_hand_written_config() {
+        let y = super::single_node_yaml("b", 250, "  queues: 1\n", &[("gen", 11), ("sink", 12)]);
+        assert_eq!(
+            y,
+            "node:\n  name: b\n  netns: b-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: 1\npods:\n\
+             \x20 - { name: gen, ip: 10.250.1.11, mac: \"0a:58:0a:fa:01:0b\", lxc: lxc-gen, netns: b-gen }\n\
+             \x20 - { name: sink, ip: 10.250.1.12, mac: \"0a:58:0a:fa:01:0c\", lxc: lxc-sink, netns: b-sink }\n"
+        );
+        let c = control::config::Config::parse(&y, "test").expect("valid");
+        assert_eq!(
+            c.pods[1].mac.to_string().to_lowercase(),
+            "0a:58:0a:fa:01:0c"
+        );
+    }
 }

@@ -32,7 +32,8 @@ use control::config::Config;
 use control::maps::MacAddr;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    FLOWS, Fastpath, cpu_ticks, dev_counter, fastpath_drops, frames, generator, start_fastpath,
+    FLOWS, Fastpath, cpu_ticks, dev_counter, fastpath_drops, frames, generator, single_node_yaml,
+    start_fastpath,
 };
 use lab::{Lab, in_ns};
 
@@ -84,10 +85,13 @@ struct Args {
 /// kernel: `datapath.rt_priority` refuses it); the others busy-poll.
 fn config(name: &str, ring: u32, xdp_mode: &str, queues: u32, rt: u8) -> String {
     let poll = if rt > 0 { "adaptive" } else { "busy" };
-    format!(
-        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.250.0.1\ndatapath:\n  queues: {queues}\n  poll: {poll}\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\n  rt_priority: {rt}\npods:\n\
-         \x20 - {{ name: gen, ip: 10.250.1.11, mac: \"0a:58:0a:fa:01:0b\", lxc: lxc-gen, netns: {name}-gen }}\n\
-         \x20 - {{ name: sink, ip: 10.250.1.12, mac: \"0a:58:0a:fa:01:0c\", lxc: lxc-sink, netns: {name}-sink }}\n"
+    single_node_yaml(
+        name,
+        250,
+        &format!(
+            "  queues: {queues}\n  poll: {poll}\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\n  rt_priority: {rt}\n"
+        ),
+        &[("gen", 11), ("sink", 12)],
     )
 }
 

@@ -34,7 +34,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use control::config::Config;
 use fastpath::xsk::sys;
-use fastpath_bench::{Fastpath, clk_tck, cpu_ticks, start_fastpath};
+use fastpath_bench::{Fastpath, clk_tck, cpu_ticks, single_node_yaml, start_fastpath};
 use hdrhistogram::Histogram;
 use lab::{Lab, in_ns};
 
@@ -81,22 +81,18 @@ const PORT: u16 = 7;
 const PAYLOAD: usize = 18;
 
 fn config(name: &str, poll: &str, spin: &str, load: bool) -> String {
-    let mut y = format!(
-        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.251.0.1\ndatapath:\n  queues: 1\n  poll: {poll}\n{spin}pods:\n\
-         \x20 - {{ name: cli, ip: {CLIENT_IP}, mac: \"0a:58:0a:fb:01:0b\", lxc: lxc-cli, netns: {name}-cli }}\n\
-         \x20 - {{ name: srv, ip: {SERVER_IP}, mac: \"0a:58:0a:fb:01:0c\", lxc: lxc-srv, netns: {name}-srv }}\n"
-    );
-    if load {
-        y += &format!(
-            "  - {{ name: gen, ip: {GEN_IP}, mac: \"0a:58:0a:fb:01:0d\", lxc: lxc-gen, netns: {name}-gen }}\n\
-             \x20 - {{ name: sink, ip: {SINK_IP}, mac: \"0a:58:0a:fb:01:0e\", lxc: lxc-sink, netns: {name}-sink }}\n"
-        );
-    }
-    y
+    let pods: &[(&str, u8)] = if load {
+        &[("cli", 11), ("srv", 12), ("gen", 13), ("sink", 14)]
+    } else {
+        &[("cli", 11), ("srv", 12)]
+    };
+    single_node_yaml(
+        name,
+        251,
+        &format!("  queues: 1\n  poll: {poll}\n{spin}"),
+        pods,
+    )
 }
-
-const GEN_IP: &str = "10.251.1.13";
-const SINK_IP: &str = "10.251.1.14";
 
 /// The background load: where it is sent from and counted.
 struct Load {

@@ -27,7 +27,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use control::config::Config;
 use fastpath::xsk::sys;
-use fastpath_bench::{Fastpath, start_fastpath};
+use fastpath_bench::{Fastpath, single_node_yaml, start_fastpath};
 use lab::{Lab, in_ns};
 
 #[derive(Parser, Debug)]
@@ -60,15 +60,10 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const CLIENT_IP: &str = "10.252.1.11";
 const SERVER_IP: &str = "10.252.1.12";
 
 fn config(name: &str) -> String {
-    format!(
-        "node:\n  name: {name}\n  netns: {name}-n\n  router_ip: 10.252.0.1\ndatapath:\n  queues: 1\npods:\n\
-         \x20 - {{ name: cli, ip: {CLIENT_IP}, mac: \"0a:58:0a:fc:01:0b\", lxc: lxc-cli, netns: {name}-cli }}\n\
-         \x20 - {{ name: srv, ip: {SERVER_IP}, mac: \"0a:58:0a:fc:01:0c\", lxc: lxc-srv, netns: {name}-srv }}\n"
-    )
+    single_node_yaml(name, 252, "  queues: 1\n", &[("cli", 11), ("srv", 12)])
 }
 
 /// The iperf3 server, stopped on drop.
