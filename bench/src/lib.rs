@@ -128,6 +128,23 @@ pub fn single_node_yaml(name: &str, net: u8, datapath: &str, pods: &[(&str, u8)]
     y
 }
 
+/// RPS on the first `queues` rx queues of `dev` in namespace `ns`: their receive softirq on
+/// the cores of `mask` (0: where the frame arrived). How the benches give the kernel's
+/// forwarding a core of its own, as fastpath's worker has.
+pub fn set_rps(ns: &str, dev: &str, queues: u32, mask: u64) -> anyhow::Result<()> {
+    for q in 0..queues {
+        lab::in_ns(
+            ns,
+            &[
+                "sh",
+                "-c",
+                &format!("echo {mask:x} > /sys/class/net/{dev}/queues/rx-{q}/rps_cpus"),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// A device's counter from /sys/class/net/<dev>/statistics (`rx_dropped`, `tx_dropped`, …)
 /// inside namespace `ns`; 0 if it cannot be read.
 pub fn dev_counter(ns: &str, dev: &str, counter: &str) -> anyhow::Result<u64> {

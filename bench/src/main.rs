@@ -32,8 +32,8 @@ use control::config::Config;
 use control::maps::MacAddr;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    FLOWS, Fastpath, cpu_ticks, dev_counter, fastpath_drops, frames, generator, single_node_yaml,
-    start_fastpath,
+    FLOWS, Fastpath, cpu_ticks, dev_counter, fastpath_drops, frames, generator, set_rps,
+    single_node_yaml, start_fastpath,
 };
 use lab::{Lab, in_ns};
 
@@ -258,17 +258,8 @@ impl Ctx {
                 in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
                 // RPS moves each rx queue's forwarding to the forwarder's core(s), as
                 // fastpath's workers have theirs.
-                let mask = format!("{:x}", self.fwd_cores.iter().fold(0u64, |m, c| m | 1 << c));
-                for q in 0..self.queues {
-                    in_ns(
-                        &self.node,
-                        &[
-                            "sh",
-                            "-c",
-                            &format!("echo {mask} > /sys/class/net/lxc-gen/queues/rx-{q}/rps_cpus"),
-                        ],
-                    )?;
-                }
+                let mask = self.fwd_cores.iter().fold(0u64, |m, c| m | 1 << c);
+                set_rps(&self.node, "lxc-gen", self.queues, mask)?;
                 Running::Kernel
             }
             m => bail!(
@@ -280,16 +271,7 @@ impl Ctx {
     fn stop(&self, mode: &str) -> anyhow::Result<()> {
         if mode == "kernel" {
             in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
-            for q in 0..self.queues {
-                in_ns(
-                    &self.node,
-                    &[
-                        "sh",
-                        "-c",
-                        &format!("echo 0 > /sys/class/net/lxc-gen/queues/rx-{q}/rps_cpus"),
-                    ],
-                )?;
-            }
+            set_rps(&self.node, "lxc-gen", self.queues, 0)?;
         }
         Ok(())
     }

@@ -47,9 +47,10 @@ use clap::Parser;
 use control::config::Config;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    Fastpath, clk_tck, cpu_ticks, dev_counter, fastpath_drops, frames, generator, start_fastpath,
+    Fastpath, clk_tck, cpu_ticks, dev_counter, fastpath_drops, frames, generator, set_rps,
+    start_fastpath,
 };
-use lab::{Lab, in_ns};
+use lab::Lab;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -205,15 +206,7 @@ impl Bed {
 
     /// RPS on the kernel node's lxc: its forwarding softirq on the forwarder's core.
     fn rps(&self, s: &System, mask: u64) -> anyhow::Result<()> {
-        in_ns(
-            &s.node_ns,
-            &[
-                "sh",
-                "-c",
-                &format!("echo {mask:x} > /sys/class/net/lxc-gen/queues/rx-0/rps_cpus"),
-            ],
-        )?;
-        Ok(())
+        set_rps(&s.node_ns, "lxc-gen", 1, mask)
     }
 
     /// Send at `rate` (0: unpaced) for `secs` after `warm` seconds.
