@@ -14,6 +14,7 @@ pub(crate) use abi as maps;
 pub(crate) use abi::net;
 
 pub mod clock;
+pub mod cow_map;
 pub mod ct;
 pub mod lb;
 pub mod lpm;
