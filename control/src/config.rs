@@ -221,6 +221,12 @@ pub struct DatapathConfig {
     pub ct_tcp_max: u32,
     #[serde(default = "default_ct_any")]
     pub ct_any_max: u32,
+    /// Entries of each LB map (Cilium's `bpf-lb-map-max`): `cilium_lb4_services_v2` needs
+    /// one per frontend plus one per backend slot, `cilium_lb4_backends_v3` one per backend;
+    /// the affinity map is sized with it too. `cilium_lb4_reverse_nat` is keyed by a 16-bit
+    /// service ID and holds at most 65536 whatever this says.
+    #[serde(default = "default_lb_map_max")]
+    pub lb_map_max: u32,
     /// The most pods the node serves at once, from the config and added at run time
     /// (`fastpath endpoint add`) together. The workers' UMEM and port table are sized for it
     /// at start. Default: the config's pods plus [`SPARE_PODS`].
@@ -249,6 +255,11 @@ fn default_maglev_m() -> usize {
 fn default_seed() -> String {
     crate::maglev::DEFAULT_HASH_SEED.into()
 }
+fn default_lb_map_max() -> u32 {
+    crate::maps::lb::LB_MAP_MAX
+}
+/// The largest `datapath.lb_map_max` accepted (16M entries).
+pub const MAX_LB_MAP_MAX: u32 = 16 << 20;
 fn default_ct_tcp() -> u32 {
     crate::maps::ct::CT_TCP_MAX
 }
@@ -285,6 +296,7 @@ impl Default for DatapathConfig {
             maglev_hash_seed: default_seed(),
             ct_tcp_max: default_ct_tcp(),
             ct_any_max: default_ct_any(),
+            lb_map_max: default_lb_map_max(),
             max_pods: None,
         }
     }
@@ -764,7 +776,11 @@ impl Config {
         if let Err(e) = crate::maglev::Seeds::parse(&d.maglev_hash_seed) {
             bad("datapath.maglev_hash_seed".into(), e);
         }
-        for (f, v) in [("ct_tcp_max", d.ct_tcp_max), ("ct_any_max", d.ct_any_max)] {
+        for (f, v) in [
+            ("ct_tcp_max", d.ct_tcp_max),
+            ("ct_any_max", d.ct_any_max),
+            ("lb_map_max", d.lb_map_max),
+        ] {
             if !(1024..=16 << 20).contains(&v) {
                 bad(
                     format!("datapath.{f}"),
@@ -964,6 +980,7 @@ impl Config {
             algorithm: self.datapath.lb_algorithm,
             maglev_m: self.datapath.maglev_table_size,
             seeds: crate::maglev::Seeds::parse(&self.datapath.maglev_hash_seed).unwrap_or_default(),
+            map_max: self.datapath.lb_map_max as usize,
         }
     }
 
@@ -1233,6 +1250,23 @@ pods:
             e.contains("datapath.tx_flush_us: 5000 µs is more than 1000"),
             "{e}"
         );
+        let e = err(&format!(
+            "{GOOD}datapath: {{ lb_map_max: 100, ct_tcp_max: 33554432 }}\n"
+        ));
+        assert!(
+            e.contains("datapath.lb_map_max: 100 must be between 1024 and 16777216"),
+            "{e}"
+        );
+        assert!(
+            e.contains("datapath.ct_tcp_max: 33554432 must be between 1024 and 16777216"),
+            "{e}"
+        );
+        let c = Config::parse(
+            &format!("{GOOD}datapath: {{ lb_map_max: 2228224 }}\n"),
+            "ok.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.lb_settings().map_max, 2_228_224);
         let e = err(&format!(
             "{GOOD}datapath: {{ poll: busy, rt_priority: 5 }}\n"
         ));

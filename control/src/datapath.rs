@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::{Config, RoutingMode};
 use crate::ct::{Conntrack, CtSizes};
 use crate::identity;
-use crate::lb::{LbError, LbSettings, LbState, LbTables, ServiceConfig};
+use crate::lb::{LbError, LbSettings, LbState, ServiceConfig};
 use crate::lpm::{Lpm, Lpm4};
 use crate::maps::lb::{Lb4Key, Lb4Service, RevNat};
 use crate::maps::lxc::{ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6};
@@ -130,38 +130,37 @@ impl<K: KernelMaps> Datapath<K> {
         services: &[ServiceConfig],
         settings: &LbSettings,
     ) -> Result<u64, DatapathError> {
-        let next = self.lb.with_services(services, settings)?;
+        let plan = self.lb.plan_replace(services, settings)?;
+        let g = self.apply_lb(plan)?;
         self.lb_settings = settings.clone();
-        self.apply_lb(next)
+        Ok(g)
     }
 
     /// Add or replace services (by namespace/name), all of them in one table switch or none.
     pub fn upsert_services(&mut self, svcs: &[ServiceConfig]) -> Result<u64, DatapathError> {
-        let next = self.lb.with_upserts(svcs, &self.lb_settings)?;
-        self.apply_lb(next)
+        let plan = self.lb.plan_upserts(svcs, &self.lb_settings)?;
+        self.apply_lb(plan)
     }
 
     /// Delete one service (`namespace/name`).
     pub fn delete_service(&mut self, id: &str) -> Result<u64, DatapathError> {
-        let next = self.lb.with_delete(id, &self.lb_settings)?;
-        self.apply_lb(next)
+        let plan = self.lb.plan_delete(id, &self.lb_settings)?;
+        self.apply_lb(plan)
     }
 
-    /// Write a new LB state to the kernel maps in Cilium's order (backends, slots, masters,
-    /// reverse NAT and Maglev; then deletions of what is gone) and publish it. On a kernel
-    /// failure everything written is restored and the old state stays in force.
-    fn apply_lb(&mut self, mut next: LbState) -> Result<u64, DatapathError> {
-        let cur = self.writer.current();
-        let old: Arc<LbTables> = cur.lb.clone();
-        let new = next.compile(&self.lb_settings);
-        if let Err(e) = write_lb_diff(&mut self.kernel, &old, &new) {
+    /// Write a planned LB change to the kernel maps in Cilium's order (backends, slots,
+    /// masters, reverse NAT; then deletions of what is gone), then put it in force and
+    /// publish. On a kernel failure everything written is put back and the old state stays
+    /// in force. A plan holds only what changes, so this costs what the change touches.
+    fn apply_lb(&mut self, plan: crate::lb::LbPlan) -> Result<u64, DatapathError> {
+        if let Err(e) = write_lb_delta(&mut self.kernel, &plan.delta, false) {
             // Put back the old contents (best effort: these writes succeeded before).
-            let _ = write_lb_diff(&mut self.kernel, &new, &old);
+            let _ = write_lb_delta(&mut self.kernel, &plan.delta, true);
             return Err(e.into());
         }
-        self.lb = next;
-        let mut t = (*cur).clone();
-        t.lb = Arc::new(new);
+        self.lb.commit(plan);
+        let mut t = (*self.writer.current()).clone();
+        t.lb = Arc::new(self.lb.tables().clone());
         Ok(self.writer.publish(t))
     }
 
@@ -180,9 +179,8 @@ impl<K: KernelMaps> Datapath<K> {
         };
         if !self.lb.retained_backends().is_empty() {
             let in_use = t.ct.backends_in_use(now);
-            let mut next = self.lb.clone();
-            if next.release_unused(&in_use) {
-                self.apply_lb(next)?;
+            if let Some(plan) = self.lb.plan_release_unused(&in_use) {
+                self.apply_lb(plan)?;
                 report.backends_released = true;
             }
         }
@@ -796,53 +794,61 @@ impl<K: KernelMaps> Datapath<K> {
     }
 }
 
-/// Make the kernel's LB maps go from `old` to `new`: additions and changes first (backends,
-/// slots, masters, reverse NAT, Maglev), removals after, so a reader never meets a slot whose
-/// backend is missing or a master counting slots that are not there yet.
-fn write_lb_diff<K: KernelMaps>(
+/// Write an LB change to the kernel maps: additions and changes first (backends, slots,
+/// masters, reverse NAT), removals after (masters before their slots, backends last), so a
+/// reader never meets a slot whose backend is missing or a master counting slots that are
+/// not there yet. `undo` writes every entry's value before instead (a rollback), in the
+/// same order, trying every entry whatever fails.
+fn write_lb_delta<K: KernelMaps>(
     k: &mut K,
-    old: &LbTables,
-    new: &LbTables,
+    d: &crate::lb::LbDelta,
+    undo: bool,
 ) -> Result<(), MapWriteError> {
-    for (id, b) in &new.backends {
-        if old.backends.get(id) != Some(b) {
-            k.upsert_backend(*id, b)?;
+    // A rollback tries every entry (some of the forward writes never happened).
+    let go = |r: Result<(), MapWriteError>| if undo { Ok(()) } else { r };
+    for (id, old, new) in &d.backends {
+        if let Some(b) = if undo { old } else { new } {
+            go(k.upsert_backend(*id, b))?;
         }
     }
-    let mut keys: Vec<(&Lb4Key, &Lb4Service)> = new
+    let mut ups: Vec<(&Lb4Key, &Lb4Service)> = d
         .services
         .iter()
-        .filter(|(key, v)| old.services.get(*key) != Some(*v))
+        .filter_map(|(key, old, new)| if undo { old } else { new }.as_ref().map(|v| (key, v)))
         .collect();
     // Slots before masters.
-    keys.sort_by_key(|(key, _)| std::cmp::Reverse(key.backend_slot));
-    for (key, v) in keys {
-        k.upsert_service(key, v)?;
+    ups.sort_by_key(|(key, _)| std::cmp::Reverse(key.backend_slot));
+    for (key, v) in ups {
+        go(k.upsert_service(key, v))?;
     }
-    for (id, v) in &new.revnat {
-        if old.revnat.get(id) != Some(v) {
-            k.upsert_revnat(RevNat(*id), v)?;
+    for (id, old, new) in &d.revnat {
+        if let Some(v) = if undo { old } else { new } {
+            go(k.upsert_revnat(RevNat(*id), v))?;
         }
     }
     // Maglev lookup tables stay in the workers' memory only (docs/decisions.md, "Kernel
     // maps"): no kernel program reads cilium_lb4_maglev yet.
-    let mut gone: Vec<&Lb4Key> = old
+    let mut gone: Vec<&Lb4Key> = d
         .services
-        .keys()
-        .filter(|key| !new.services.contains_key(*key))
+        .iter()
+        .filter(|(_, old, new)| if undo { old.is_none() } else { new.is_none() })
+        .map(|(key, _, _)| key)
         .collect();
     gone.sort_by_key(|key| key.backend_slot);
     for key in gone {
-        k.remove_service(key)?;
+        go(k.remove_service(key))?;
     }
-    for id in old.revnat.keys() {
-        if !new.revnat.contains_key(id) {
-            k.remove_revnat(RevNat(*id))?;
+    for (id, old, new) in &d.revnat {
+        if (if undo { old } else { new }).is_none() {
+            go(k.remove_revnat(RevNat(*id)))?;
         }
     }
-    for (id, b) in &old.backends {
-        if !new.backends.contains_key(id) {
-            k.remove_backend(*id, b)?;
+    for (id, old, new) in &d.backends {
+        let (before, after) = if undo { (new, old) } else { (old, new) };
+        if after.is_none()
+            && let Some(b) = before
+        {
+            go(k.remove_backend(*id, b))?;
         }
     }
     Ok(())
@@ -1154,6 +1160,32 @@ mod tests {
         writes: usize,
         map: std::collections::HashMap<EndpointKey, EndpointInfo>,
         ipcache: std::collections::HashMap<IpcacheKey, RemoteEndpointInfo>,
+        /// The LB maps, like the kernel's: removing an absent key fails (ENOENT).
+        lb: std::collections::BTreeMap<String, String>,
+    }
+
+    impl Flaky {
+        fn lb_write(&mut self, key: String, v: Option<String>) -> Result<(), MapWriteError> {
+            self.writes += 1;
+            let err = |msg: &str| MapWriteError {
+                map: "lb",
+                op: "write",
+                key: key.clone(),
+                msg: msg.into(),
+            };
+            if self.writes == self.fail_at {
+                return Err(err("ENOSPC"));
+            }
+            match v {
+                Some(v) => {
+                    self.lb.insert(key, v);
+                }
+                None => {
+                    self.lb.remove(&key).ok_or_else(|| err("ENOENT"))?;
+                }
+            }
+            Ok(())
+        }
     }
     impl EndpointMap for Flaky {
         fn upsert_endpoint(
@@ -1210,24 +1242,86 @@ mod tests {
     }
 
     impl LbMaps for Flaky {
-        fn upsert_service(&mut self, _: &Lb4Key, _: &Lb4Service) -> Result<(), MapWriteError> {
-            Ok(())
+        fn upsert_service(&mut self, k: &Lb4Key, v: &Lb4Service) -> Result<(), MapWriteError> {
+            self.lb_write(format!("svc {k:?}"), Some(format!("{v:?}")))
         }
-        fn remove_service(&mut self, _: &Lb4Key) -> Result<(), MapWriteError> {
-            Ok(())
+        fn remove_service(&mut self, k: &Lb4Key) -> Result<(), MapWriteError> {
+            self.lb_write(format!("svc {k:?}"), None)
         }
-        fn upsert_backend(&mut self, _: u32, _: &Lb4Backend) -> Result<(), MapWriteError> {
-            Ok(())
+        fn upsert_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
+            self.lb_write(format!("be {id}"), Some(format!("{v:?}")))
         }
-        fn remove_backend(&mut self, _: u32, _: &Lb4Backend) -> Result<(), MapWriteError> {
-            Ok(())
+        fn remove_backend(&mut self, id: u32, _: &Lb4Backend) -> Result<(), MapWriteError> {
+            self.lb_write(format!("be {id}"), None)
         }
-        fn upsert_revnat(&mut self, _: RevNat, _: &RevNat4Value) -> Result<(), MapWriteError> {
-            Ok(())
+        fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError> {
+            self.lb_write(format!("rev {}", id.0), Some(format!("{v:?}")))
         }
-        fn remove_revnat(&mut self, _: RevNat) -> Result<(), MapWriteError> {
-            Ok(())
+        fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
+            self.lb_write(format!("rev {}", id.0), None)
         }
+    }
+
+    /// A service change the kernel fails half-way is rolled back: the kernel maps hold what
+    /// they held, the workers' tables and the services in force are unchanged, and the next
+    /// change applies as if nothing had happened. The kernel maps always equal the tables.
+    #[test]
+    fn a_service_change_the_kernel_fails_leaves_the_old_state_in_force() {
+        use crate::lb::ServiceConfig;
+        let svc = |name: &str, vip: u8, backends: &[u8]| -> ServiceConfig {
+            serde_json::from_value(serde_json::json!({
+                "name": name,
+                "cluster_ip": format!("10.96.0.{vip}"),
+                "ports": [{ "port": 80, "target_port": 8080 }],
+                "backends": backends.iter().map(|b| serde_json::json!({ "ip": format!("10.200.0.{b}") })).collect::<Vec<_>>(),
+            }))
+            .unwrap()
+        };
+        let kernel_view = |dp: &Datapath<Flaky>| {
+            let t = dp.tables();
+            let mut want = std::collections::BTreeMap::new();
+            for (k, v) in t.lb.services.iter() {
+                want.insert(format!("svc {k:?}"), format!("{v:?}"));
+            }
+            for (id, v) in t.lb.backends.iter() {
+                want.insert(format!("be {id}"), format!("{v:?}"));
+            }
+            for (id, v) in t.lb.revnat.iter() {
+                want.insert(format!("rev {id}"), format!("{v:?}"));
+            }
+            want
+        };
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        dp.set_services(
+            &[svc("a", 10, &[1, 2, 3]), svc("b", 11, &[3, 4])],
+            &LbSettings::default(),
+        )
+        .unwrap();
+        assert_eq!(dp.kernel_ref().lb, kernel_view(&dp));
+        let (before, g) = (dp.kernel_ref().lb.clone(), dp.tables().generation);
+        let writes = dp.kernel().writes;
+        for fail in 1..=6 {
+            dp.kernel().fail_at = dp.kernel().writes + fail;
+            let e = dp
+                .upsert_services(&[svc("a", 10, &[2, 5, 6]), svc("c", 12, &[7])])
+                .unwrap_err();
+            assert!(e.to_string().contains("ENOSPC"), "{e}");
+            assert_eq!(dp.kernel().lb, before, "write {fail} failed: kernel restored");
+            assert_eq!(dp.tables().generation, g, "nothing published");
+            assert_eq!(dp.services().len(), 2);
+        }
+        assert!(dp.kernel().writes > writes);
+        dp.kernel().fail_at = 0;
+        dp.upsert_services(&[svc("a", 10, &[2, 5, 6]), svc("c", 12, &[7])])
+            .unwrap();
+        assert_eq!(dp.kernel_ref().lb, kernel_view(&dp), "kernel = tables after the change");
+        dp.delete_service("default/b").unwrap();
+        assert_eq!(dp.kernel_ref().lb, kernel_view(&dp), "kernel = tables after a delete");
+        // Backends 1, 3 (and 4) are retained terminating; released when no flow uses them.
+        assert!(!dp.retained_backends().is_empty());
+        dp.gc(0).unwrap();
+        assert!(dp.retained_backends().is_empty());
+        assert_eq!(dp.kernel_ref().lb, kernel_view(&dp), "kernel = tables after the GC");
     }
 
     fn cidr(s: &str) -> Ipv4Cidr {

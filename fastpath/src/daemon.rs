@@ -654,7 +654,8 @@ fn load_maps(
     devs: &Devices,
     state: &mut crate::state::StateFile,
 ) -> anyhow::Result<Datapath<Steering>> {
-    let mut steering = Steering::load().context("loading the XDP steering program")?;
+    let mut steering = Steering::load_sized(cfg.datapath.lb_map_max)
+        .context("loading the XDP steering program")?;
     let pin_dir = opts.pin_dir.clone().or_else(|| {
         bpffs_mounted()
             .then(|| PathBuf::from(format!("/sys/fs/bpf/fastpath/{}/tc/globals", cfg.node.name)))
@@ -680,7 +681,7 @@ fn load_maps(
             tcp: cfg.datapath.ct_tcp_max as usize,
             any: cfg.datapath.ct_any_max as usize,
         },
-        control::tables::AFFINITY_MAX,
+        cfg.datapath.lb_map_max as usize,
     );
     dp.load_node(cfg)
         .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;

@@ -294,9 +294,26 @@ fn from_lpm_key(k: &LpmKey<[u8; 20]>) -> IpcacheKey {
 }
 
 impl Steering {
-    /// Load the steering program and create its maps (not attached anywhere yet).
+    /// Load the steering program and create its maps (not attached anywhere yet), the LB
+    /// maps at their default size ([`control::maps::lb::LB_MAP_MAX`]).
     pub fn load() -> Result<Self, SteeringError> {
-        let mut ebpf = EbpfLoader::new().load(FP_XDP_OBJ)?;
+        Self::load_sized(control::maps::lb::LB_MAP_MAX)
+    }
+
+    /// [`Steering::load`] with the LB maps sized to `lb_map_max` entries each
+    /// (`datapath.lb_map_max`, Cilium's `bpf-lb-map-max`); `cilium_lb4_reverse_nat`, keyed
+    /// by a 16-bit service ID, to at most 65536.
+    pub fn load_sized(lb_map_max: u32) -> Result<Self, SteeringError> {
+        let mut loader = EbpfLoader::new();
+        for name in [
+            control::maps::lb::SERVICES_MAP,
+            control::maps::lb::BACKENDS_MAP,
+            "fp_lb_backend_addrs",
+        ] {
+            loader.map_max_entries(name, lb_map_max);
+        }
+        loader.map_max_entries(control::maps::lb::REVNAT_MAP, lb_map_max.min(1 << 16));
+        let mut ebpf = loader.load(FP_XDP_OBJ)?;
         let prog: &mut Xdp = program(&mut ebpf, "fp_steer")?;
         prog.load().map_err(|source| SteeringError::Program {
             prog: "fp_steer",
@@ -965,6 +982,39 @@ mod tests {
                 String::from_utf8_lossy(&s[..s.iter().position(|&c| c == 0).unwrap()]).into_owned()
             })
             .collect()
+    }
+
+    /// `datapath.lb_map_max` sizes the kernel's LB maps: a map sized 1024 takes 1024 backends
+    /// and refuses the next one; the default takes it; a size above 65536 loads (the
+    /// reverse-NAT map stays at its 16-bit key's 65536).
+    #[test]
+    fn lb_map_max_sizes_the_kernel_lb_maps() {
+        if !crate::is_root() {
+            return;
+        }
+        use control::kernel::LbMaps;
+        use control::maps::lb::{BE_STATE_ACTIVE, Lb4Backend};
+        let fill = |st: &mut crate::Steering, n: u32| -> Result<(), String> {
+            for id in 1..=n {
+                let b = Lb4Backend::new(
+                    std::net::Ipv4Addr::from(0x0a00_0000 + id),
+                    8080,
+                    6,
+                    BE_STATE_ACTIVE,
+                );
+                st.maps
+                    .upsert_backend(id, &b)
+                    .map_err(|e| format!("backend {id}: {e}"))?;
+            }
+            Ok(())
+        };
+        let mut small = crate::Steering::load_sized(1024).unwrap();
+        fill(&mut small, 1024).unwrap();
+        let e = fill(&mut small, 1025).unwrap_err();
+        assert!(e.starts_with("backend 1025"), "{e}");
+        let mut dflt = crate::Steering::load().unwrap();
+        fill(&mut dflt, 1025).unwrap();
+        crate::Steering::load_sized(1 << 21).unwrap();
     }
 
     /// The map set lives apart from the program: every map the steering program uses is in

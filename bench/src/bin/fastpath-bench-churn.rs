@@ -15,13 +15,16 @@
 //!    tenants), to read the others against;
 //! 1. the ipcache filled to `--prefixes` (1M) pod /32s in one batch;
 //! 2. ipcache updates at that size in batches of 1, 100, 10 000 and 100 000 entries
-//!    (`Datapath::upsert_ipcache`: one publication per batch), for `--secs` each;
+//!    (`Datapath::upsert_ipcache`: one publication per batch), for `--secs` each; each
+//!    update gives a prefix already there a new identity and node, so the table stays at
+//!    its size;
 //! 3. `--services` (1984) services with `--backends` (32) backends each, applied in batches
 //!    of 1024 (`Datapath::upsert_services`), then the same services again (a change of every
-//!    backend address: each service's backends are replaced). `cilium_lb4_services_v2` holds
-//!    65 536 entries (Cilium's default `bpf-lb-map-max`), one per frontend plus one per
-//!    backend slot: 1984 × 33 fills it; 64k services × 32 backends would need 2.1M entries,
-//!    which the map size does not allow (docs/benchmarks.md says so).
+//!    backend address: each service's backends are replaced), then single-service changes
+//!    (batch 1) for `--secs`. `cilium_lb4_services_v2` needs one entry per frontend plus one
+//!    per backend slot: 1984 × 33 fills Cilium's default `bpf-lb-map-max` (65 536); the LB
+//!    maps are sized to fit `--services` × (1 + `--backends`) (`datapath.lb_map_max`), or to
+//!    `--lb-map-max` when given. `--services 64000` is the 64k × 32 (2.1M entries).
 //!
 //! Updates/s counts entries changed (an ipcache prefix; a service with its backends counts
 //! 1 + backends). Memory is the process RSS after each phase.
@@ -30,7 +33,7 @@
 //! worker: it separates pauses the publication causes from preemption by other threads.
 //!
 //! `fastpath-bench-churn [--prefixes 1000000] [--services 1984] [--backends 32] [--secs 2]
-//! [--reader-rt 0] [--json FILE]`
+//! [--lb-map-max N] [--reader-rt 0] [--json FILE]`
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -53,6 +56,9 @@ struct Args {
     services: usize,
     #[arg(long, default_value_t = 32)]
     backends: usize,
+    /// LB map size (`datapath.lb_map_max`); default: 65536, or what the services need.
+    #[arg(long)]
+    lb_map_max: Option<usize>,
     /// Seconds per ipcache batch size.
     #[arg(long, default_value_t = 2)]
     secs: u64,
@@ -248,6 +254,9 @@ fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     dp.upsert_ipcache(&fill)?;
     let dt = t0.elapsed().as_secs_f64();
+    // Updates change prefixes that are there (a pod's identity or node), so the table stays
+    // at its size.
+    let keys: Vec<Ipv4Cidr> = fill.iter().map(|(p, _)| *p).collect();
     drop(fill);
     record(
         &mut dp,
@@ -266,7 +275,12 @@ fn main() -> anyhow::Result<()> {
         let (mut calls, mut lat) = (0u64, Vec::new());
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(a.secs) {
-            let b: Vec<_> = (0..batch).map(|_| entry(&mut rng)).collect();
+            let b: Vec<_> = (0..batch)
+                .map(|_| {
+                    let k = keys[rng.next_u64() as usize % keys.len()];
+                    (k, entry(&mut rng).1)
+                })
+                .collect();
             timed(&mut lat, || dp.upsert_ipcache(&b))?;
             calls += 1;
         }
@@ -282,7 +296,17 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    // 3. Services.
+    // 3. Services, into LB maps sized for them.
+    let map_max = a.lb_map_max.unwrap_or_else(|| {
+        (a.services * (1 + a.backends)).max(control::maps::lb::LB_MAP_MAX as usize)
+    });
+    dp.set_services(
+        &[],
+        &control::lb::LbSettings {
+            map_max,
+            ..Default::default()
+        },
+    )?;
     for (round, name) in [(0, "services add"), (1, "services change backends")] {
         pauses.take();
         let (mut calls, mut lat) = (0u64, Vec::new());
@@ -305,15 +329,38 @@ fn main() -> anyhow::Result<()> {
             lat,
         );
     }
+    // One service at a time, at that size (at least one call).
+    pauses.take();
+    let (mut calls, mut lat) = (0u64, Vec::new());
+    let t0 = Instant::now();
+    while calls == 0 || t0.elapsed() < Duration::from_secs(a.secs) {
+        let i = (rng.next_u64() as usize) % a.services.max(1);
+        let round = 2 + calls as usize;
+        timed(&mut lat, || {
+            dp.upsert_services(&[service(i, a.backends, round)])
+        })?;
+        calls += 1;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    record(
+        &mut dp,
+        "service change",
+        1,
+        calls,
+        calls * (1 + a.backends) as u64,
+        dt,
+        lat,
+    );
     stop.store(true, Ordering::Relaxed);
     rt.join().expect("reader");
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "control-plane churn: {} ipcache prefixes, {} services x {} backends; writer core {}, reader core {}{}; loadavg {}\n",
+        "control-plane churn: {} ipcache prefixes, {} services x {} backends (lb_map_max {}); writer core {}, reader core {}{}; loadavg {}\n",
         a.prefixes,
         a.services,
         a.backends,
+        map_max,
         a.writer_core,
         a.reader_core,
         if a.reader_rt > 0 {

@@ -4,23 +4,26 @@
 
 use std::sync::Arc;
 
+use crate::cow_map::CowMap;
 use crate::maglev::Seeds;
 use crate::maps::lb::*;
 use crate::net::{Family, V4, V6};
 
 /// The worker-facing LB tables: one immutable version, published with the other tables.
+/// Every map is a [`CowMap`]: a new version shares what a change did not touch, so a
+/// service change at 64k services × 32 backends copies a few shards, not 2M entries.
 #[derive(Debug, Clone, Default)]
 pub struct LbTables {
     /// `cilium_lb4_services_v2`: master entries and slots.
-    pub services: hashbrown::HashMap<Lb4Key, Lb4Service>,
+    pub services: CowMap<Lb4Key, Lb4Service>,
     /// `cilium_lb4_backends_v3`.
-    pub backends: hashbrown::HashMap<u32, Lb4Backend>,
+    pub backends: CowMap<u32, Lb4Backend>,
     /// `cilium_lb4_reverse_nat`, keyed by the host-order service ID.
-    pub revnat: hashbrown::HashMap<u16, RevNat4Value>,
+    pub revnat: CowMap<u16, RevNat4Value>,
     /// `cilium_lb4_maglev`: service ID (host order) → M backend IDs.
-    pub maglev: hashbrown::HashMap<u16, Arc<[u32]>>,
-    /// `cilium_lb_affinity_match`.
-    pub affinity_match: hashbrown::HashSet<AffinityMatchKey>,
+    pub maglev: CowMap<u16, Arc<[u32]>>,
+    /// `cilium_lb_affinity_match` (the value is unused, as in the BPF map).
+    pub affinity_match: CowMap<AffinityMatchKey, ()>,
     pub seeds: Seeds,
     pub maglev_m: usize,
     /// Node default algorithm (`ALG_*`), for masters that say 0.
@@ -29,7 +32,7 @@ pub struct LbTables {
     pub node_ip: [u8; 4],
     /// `cilium_lb6_services_v2`: the IPv6 arm of [`LbTables::frontend`] (empty until the
     /// IPv6 datapath compiles services into it).
-    pub services6: hashbrown::HashMap<Lb6Key, Lb6Service>,
+    pub services6: CowMap<Lb6Key, Lb6Service>,
     /// This node's IPv6 address (the `::` NodePort surrogate matches it).
     pub node_ip6: [u8; 16],
 }
@@ -40,7 +43,7 @@ pub trait LbFamily: Family {
     type Key: Copy + Eq + std::hash::Hash + std::fmt::Debug;
     /// The master key of `addr:port/proto`.
     fn master(addr: Self::Addr, port: u16, proto: u8) -> Self::Key;
-    fn services(t: &LbTables) -> &hashbrown::HashMap<Self::Key, Lb4Service>;
+    fn services(t: &LbTables) -> &CowMap<Self::Key, Lb4Service>;
     /// This node's address and the any-address of the family (the NodePort surrogate).
     fn node_ip(t: &LbTables) -> Self::Addr;
     const ANY: Self::Addr;
@@ -53,7 +56,7 @@ impl LbFamily for V4 {
         Lb4Key::master(addr, port, proto)
     }
     #[inline]
-    fn services(t: &LbTables) -> &hashbrown::HashMap<Lb4Key, Lb4Service> {
+    fn services(t: &LbTables) -> &CowMap<Lb4Key, Lb4Service> {
         &t.services
     }
     #[inline]
@@ -70,7 +73,7 @@ impl LbFamily for V6 {
         Lb6Key::master(addr, port, proto)
     }
     #[inline]
-    fn services(t: &LbTables) -> &hashbrown::HashMap<Lb6Key, Lb6Service> {
+    fn services(t: &LbTables) -> &CowMap<Lb6Key, Lb6Service> {
         &t.services6
     }
     #[inline]

@@ -87,7 +87,7 @@ fn select_backend(
         && !tables::shared_table::expired(life, s.now)
         && t.lb
             .affinity_match
-            .contains(&AffinityMatchKey::new(id as u32, rev))
+            .contains_key(&AffinityMatchKey::new(id as u32, rev))
     {
         t.affinity.set_lifetime(slot, s.now.wrapping_add(timeout));
         return Some(id as u32);
