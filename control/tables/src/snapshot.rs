@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use hashbrown::HashMap;
 
+use crate::cow_map::CowMap;
 use crate::ct::{Conntrack, CtSizes};
 use crate::lb::LbTables;
 use crate::lpm::{Lpm, Lpm4};
@@ -151,8 +152,9 @@ pub const AFFINITY_MAX: usize = 65536;
 #[derive(Debug, Clone)]
 pub struct Tables {
     pub generation: u64,
-    /// `cilium_lxc`.
-    pub endpoints: HashMap<EndpointKey, EndpointEntry>,
+    /// `cilium_lxc` (copy-on-write shards: publishing a change to another table, or to one
+    /// endpoint among 64k, does not copy them all).
+    pub endpoints: CowMap<EndpointKey, EndpointEntry>,
     /// Devices, indexed by [`PortId`]; `None` is a free slot (an endpoint removed at run
     /// time, or one not added yet).
     pub ports: Vec<Option<Port>>,
@@ -186,7 +188,7 @@ impl Default for Tables {
     fn default() -> Self {
         Tables {
             generation: 0,
-            endpoints: HashMap::new(),
+            endpoints: CowMap::default(),
             ports: Vec::new(),
             ipcache: Arc::default(),
             ipcache6: Arc::default(),
@@ -525,8 +527,12 @@ mod tests {
         });
         for id in 1..=2000u16 {
             let mut t = with_endpoint([10, 0, 0, 1], id);
-            t.endpoints
-                .extend(with_endpoint([10, 0, 0, 2], id).endpoints);
+            t.endpoints.extend(
+                with_endpoint([10, 0, 0, 2], id)
+                    .endpoints
+                    .iter()
+                    .map(|(k, v)| (*k, *v)),
+            );
             w.publish(t);
         }
         let switches = h.join().unwrap();
