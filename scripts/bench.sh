@@ -15,8 +15,9 @@
 #     (fastpath-bench-xnode);
 #     TCP pod → pod with iperf3: fastpath, kernel routing with the same offloads, kernel
 #     routing with GSO/TSO (fastpath-bench-tcp);
-#     control-plane churn: ipcache updates/s at 1M prefixes by batch size, services with 32
-#     backends, and the pauses a table reader sees against an idle baseline
+#     control-plane churn: ipcache updates/s at 1M prefixes by batch size, 64k services with
+#     32 backends (8000 with --quick) added, changed and changed one at a time, and the
+#     pauses a table reader sees against an idle baseline
 #     (fastpath-bench-churn);
 #  3. request/response RTT p50/p99/p99.9 with the forwarder's CPU: kernel routing, fastpath
 #     adaptive (default spin budget), fastpath busy, three times: apps sleeping in recv (the
@@ -50,12 +51,12 @@ mkdir -p "$R"
 if ((QUICK)); then
   STAGES=(--iters 50000 --rounds 3 --ipcache 200000 --ct 200000 --flows 65536)
   SAME=(--secs 2 --reps 2 --ndr --ndr-secs 1 --ndr-steps 5) Q2=(--secs 2 --reps 2)
-  XNODE=(--secs 2 --reps 1) CHURN=(--secs 1) TCP=(--secs 2 --reps 1)
+  XNODE=(--secs 2 --reps 1) CHURN=(--secs 1 --services 8000) TCP=(--secs 2 --reps 1)
   RTT=(--count 5000 --reps 2) IDLE=1
 else
   STAGES=()
   SAME=(--secs 4 --reps 3 --ndr --ndr-secs 2 --ndr-steps 7) Q2=(--secs 4 --reps 3)
-  XNODE=(--secs 4 --reps 3) CHURN=() TCP=(--secs 5 --reps 3)
+  XNODE=(--secs 4 --reps 3) CHURN=(--services 64000) TCP=(--secs 5 --reps 3)
   RTT=(--count 20000 --reps 3) IDLE=3
 fi
 steal() { awk '/^cpu /{print $9}' /proc/stat; }

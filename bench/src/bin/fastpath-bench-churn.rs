@@ -18,7 +18,9 @@
 //!    (`Datapath::upsert_ipcache`: one publication per batch), for `--secs` each; each
 //!    update gives a prefix already there a new identity and node, so the table stays at
 //!    its size;
-//! 3. `--services` (1984) services with `--backends` (32) backends each, applied in batches
+//! 3. `--endpoints` (64 000) `cilium_lxc` entries added in batches of 1024, then changed
+//!    one at a time for `--secs` (`Datapath::upsert_endpoints`);
+//! 4. `--services` (1984) services with `--backends` (32) backends each, applied in batches
 //!    of 1024 (`Datapath::upsert_services`), then the same services again (a change of every
 //!    backend address: each service's backends are replaced), then single-service changes
 //!    (batch 1) for `--secs`. `cilium_lb4_services_v2` needs one entry per frontend plus one
@@ -33,7 +35,7 @@
 //! worker: it separates pauses the publication causes from preemption by other threads.
 //!
 //! `fastpath-bench-churn [--prefixes 1000000] [--services 1984] [--backends 32] [--secs 2]
-//! [--lb-map-max N] [--reader-rt 0] [--json FILE]`
+//! [--endpoints 64000] [--lb-map-max N] [--reader-rt 0] [--json FILE]`
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -56,6 +58,9 @@ struct Args {
     services: usize,
     #[arg(long, default_value_t = 32)]
     backends: usize,
+    /// `cilium_lxc` entries for the endpoints phase (Cilium's map holds 65535).
+    #[arg(long, default_value_t = 64_000)]
+    endpoints: usize,
     /// LB map size (`datapath.lb_map_max`); default: 65536, or what the services need.
     #[arg(long)]
     lb_map_max: Option<usize>,
@@ -190,7 +195,17 @@ fn service(i: usize, backends: usize, round: usize) -> ServiceConfig {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     core_affinity::set_for_current(core_affinity::CoreId { id: a.writer_core });
-    let mut dp = Datapath::new(Vec::new(), 1, NoKernel);
+    // One lxc port: the `--endpoints` phase's entries sit behind it (cilium_lxc is checked
+    // against the ports, not against one endpoint per port).
+    let port = control::tables::Port::lxc(
+        "lxc-bench",
+        7,
+        control::maps::MacAddr([2, 0, 0, 0, 0, 7]),
+        Ipv4Addr::new(10, 250, 0, 1),
+        1,
+        1500,
+    );
+    let mut dp = Datapath::new(vec![port], 1, NoKernel);
     let stop = Arc::new(AtomicBool::new(false));
     let pauses = Arc::new(Pauses::default());
     let r = dp.reader();
@@ -296,7 +311,56 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    // 3. Services, into LB maps sized for them.
+    // 3. Endpoints: cilium_lxc filled to `--endpoints` in batches of 1024, then changed one
+    // at a time (a pod's identity).
+    let ep = |i: usize, sec: u32| {
+        let ip = Ipv4Addr::from(0x0b00_0000u32 + i as u32);
+        (
+            control::maps::EndpointKey::v4(ip.octets()),
+            control::tables::EndpointEntry {
+                info: control::maps::EndpointInfo {
+                    ifindex: 7,
+                    lxc_id: 1 + (i % 4000) as u16,
+                    sec_id: sec,
+                    ..Default::default()
+                },
+                port: Some(0),
+            },
+        )
+    };
+    pauses.take();
+    let (mut calls, mut lat) = (0u64, Vec::new());
+    let t0 = Instant::now();
+    for start in (0..a.endpoints).step_by(1024) {
+        let b: Vec<_> = (start..(start + 1024).min(a.endpoints))
+            .map(|i| ep(i, 1000))
+            .collect();
+        timed(&mut lat, || dp.upsert_endpoints(&b))?;
+        calls += 1;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    record(
+        &mut dp,
+        "endpoints add",
+        1024,
+        calls,
+        a.endpoints as u64,
+        dt,
+        lat,
+    );
+    pauses.take();
+    let (mut calls, mut lat) = (0u64, Vec::new());
+    let t0 = Instant::now();
+    while a.endpoints > 0 && t0.elapsed() < Duration::from_secs(a.secs) {
+        let i = rng.next_u64() as usize % a.endpoints;
+        let b = [ep(i, 1001 + calls as u32 % 1000)];
+        timed(&mut lat, || dp.upsert_endpoints(&b))?;
+        calls += 1;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    record(&mut dp, "endpoint change", 1, calls, calls, dt, lat);
+
+    // 4. Services, into LB maps sized for them.
     let map_max = a.lb_map_max.unwrap_or_else(|| {
         (a.services * (1 + a.backends)).max(control::maps::lb::LB_MAP_MAX as usize)
     });
@@ -356,8 +420,9 @@ fn main() -> anyhow::Result<()> {
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "control-plane churn: {} ipcache prefixes, {} services x {} backends (lb_map_max {}); writer core {}, reader core {}{}; loadavg {}\n",
+        "control-plane churn: {} ipcache prefixes, {} endpoints, {} services x {} backends (lb_map_max {}); writer core {}, reader core {}{}; loadavg {}\n",
         a.prefixes,
+        a.endpoints,
         a.services,
         a.backends,
         map_max,
