@@ -1306,7 +1306,11 @@ mod tests {
                 .upsert_services(&[svc("a", 10, &[2, 5, 6]), svc("c", 12, &[7])])
                 .unwrap_err();
             assert!(e.to_string().contains("ENOSPC"), "{e}");
-            assert_eq!(dp.kernel().lb, before, "write {fail} failed: kernel restored");
+            assert_eq!(
+                dp.kernel().lb,
+                before,
+                "write {fail} failed: kernel restored"
+            );
             assert_eq!(dp.tables().generation, g, "nothing published");
             assert_eq!(dp.services().len(), 2);
         }
@@ -1314,14 +1318,26 @@ mod tests {
         dp.kernel().fail_at = 0;
         dp.upsert_services(&[svc("a", 10, &[2, 5, 6]), svc("c", 12, &[7])])
             .unwrap();
-        assert_eq!(dp.kernel_ref().lb, kernel_view(&dp), "kernel = tables after the change");
+        assert_eq!(
+            dp.kernel_ref().lb,
+            kernel_view(&dp),
+            "kernel = tables after the change"
+        );
         dp.delete_service("default/b").unwrap();
-        assert_eq!(dp.kernel_ref().lb, kernel_view(&dp), "kernel = tables after a delete");
+        assert_eq!(
+            dp.kernel_ref().lb,
+            kernel_view(&dp),
+            "kernel = tables after a delete"
+        );
         // Backends 1, 3 (and 4) are retained terminating; released when no flow uses them.
         assert!(!dp.retained_backends().is_empty());
         dp.gc(0).unwrap();
         assert!(dp.retained_backends().is_empty());
-        assert_eq!(dp.kernel_ref().lb, kernel_view(&dp), "kernel = tables after the GC");
+        assert_eq!(
+            dp.kernel_ref().lb,
+            kernel_view(&dp),
+            "kernel = tables after the GC"
+        );
     }
 
     fn cidr(s: &str) -> Ipv4Cidr {

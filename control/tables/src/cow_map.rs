@@ -14,8 +14,9 @@
 //! - Lookups hash the key once: the shard is chosen from bits 32..48 of the hash, and the
 //!   same hash probes the shard's `hashbrown::HashTable` (whose own bucket index uses the low
 //!   bits and whose tag the top seven, so neither is starved by the shard choice).
-//! - The shard count is a power of two that grows ×8 when the average shard passes
-//!   [`SHARD_MAX`] entries (a rebuild of every shard, amortised over the inserts that caused
+//! - Up to [`SHARD_MAX`] entries the map is one plain table (no indirection on lookups; a
+//!   clone copies it whole, a few microseconds). Beyond, it is sharded: the shard count is a
+//!   power of two that grows ×8 when the average shard passes [`SHARD_MAX`] entries (a rebuild of every shard, amortised over the inserts that caused
 //!   it); it never shrinks, so a map that once held 1M entries keeps ~1k shard pointers.
 //! - Lookups do not allocate; writes happen on the control thread only.
 
@@ -32,16 +33,30 @@ pub const MAX_SHARDS: usize = 1 << 16;
 #[derive(Clone)]
 pub struct CowMap<K, V> {
     hasher: DefaultHashBuilder,
-    /// Never empty; a power of two long.
-    shards: Vec<Arc<HashTable<(K, V)>>>,
+    repr: Repr<K, V>,
     len: usize,
+}
+
+/// Up to [`SHARD_MAX`] entries the map is one plain table, copied whole by a clone (a few
+/// microseconds) and probed without any indirection: the small tables of the hot path
+/// (endpoints, a small cluster's services, short prefix lengths) cost what a `HashMap` costs.
+/// Beyond, it is sharded.
+#[derive(Clone)]
+enum Repr<K, V> {
+    Small(HashTable<(K, V)>),
+    /// A power of two long.
+    Sharded(Vec<Arc<HashTable<(K, V)>>>),
 }
 
 impl<K, V> std::fmt::Debug for CowMap<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shards = match &self.repr {
+            Repr::Small(_) => 1,
+            Repr::Sharded(s) => s.len(),
+        };
         f.debug_struct("CowMap")
             .field("len", &self.len)
-            .field("shards", &self.shards.len())
+            .field("shards", &shards)
             .finish_non_exhaustive()
     }
 }
@@ -50,10 +65,15 @@ impl<K, V> Default for CowMap<K, V> {
     fn default() -> Self {
         CowMap {
             hasher: DefaultHashBuilder::default(),
-            shards: vec![Arc::new(HashTable::new())],
+            repr: Repr::Small(HashTable::new()),
             len: 0,
         }
     }
+}
+
+#[inline(always)]
+fn shard_of(hash: u64, shards: usize) -> usize {
+    ((hash >> 32) as usize) & (shards - 1)
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
@@ -69,35 +89,53 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         self.len == 0
     }
 
-    /// Number of shards (what a clone copies).
+    /// Shards behind `Arc`s (what a clone shares); 0 while the map is one plain table
+    /// (which a clone copies whole).
     pub fn shards(&self) -> usize {
-        self.shards.len()
+        match &self.repr {
+            Repr::Small(_) => 0,
+            Repr::Sharded(s) => s.len(),
+        }
     }
 
-    #[inline]
-    fn shard_of(&self, hash: u64) -> usize {
-        ((hash >> 32) as usize) & (self.shards.len() - 1)
-    }
-
-    #[inline]
+    /// Always inlined: it is on every packet's path (ipcache, endpoints, services), and
+    /// out of line it cost the encap pipeline ~40 ns/frame (measured, docs/decisions.md).
+    #[inline(always)]
     pub fn get(&self, k: &K) -> Option<&V> {
+        // An empty map is not hashed into (as hashbrown's `HashMap::get`): the pipeline
+        // asks empty tables (no services, no IPv6) on every packet.
+        if self.len == 0 {
+            return None;
+        }
         let h = self.hasher.hash_one(k);
-        self.shards[self.shard_of(h)]
-            .find(h, |(x, _)| x == k)
-            .map(|(_, v)| v)
+        let t = match &self.repr {
+            Repr::Small(t) => t,
+            Repr::Sharded(s) => &s[shard_of(h, s.len())],
+        };
+        t.find(h, |(x, _)| x == k).map(|(_, v)| v)
     }
 
     pub fn contains_key(&self, k: &K) -> bool {
         self.get(k).is_some()
     }
 
+    /// The table holding `h`, made private to this version (copied if a clone shares it).
+    fn table_mut(&mut self, h: u64) -> &mut HashTable<(K, V)> {
+        match &mut self.repr {
+            Repr::Small(t) => t,
+            Repr::Sharded(s) => {
+                let n = s.len();
+                Arc::make_mut(&mut s[shard_of(h, n)])
+            }
+        }
+    }
+
     /// Insert or replace. Returns the old value.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
         let h = self.hasher.hash_one(&k);
-        let s = self.shard_of(h);
-        let hasher = &self.hasher;
-        let shard = Arc::make_mut(&mut self.shards[s]);
-        match shard.entry(h, |(x, _)| *x == k, |(x, _)| hasher.hash_one(x)) {
+        let hasher = self.hasher;
+        let t = self.table_mut(h);
+        match t.entry(h, |(x, _)| *x == k, |(x, _)| hasher.hash_one(x)) {
             hashbrown::hash_table::Entry::Occupied(mut e) => {
                 Some(std::mem::replace(&mut e.get_mut().1, v))
             }
@@ -112,21 +150,30 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
 
     /// Remove a key. Returns its value.
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        let h = self.hasher.hash_one(k);
-        let s = self.shard_of(h);
         // Do not copy a shared shard that does not hold the key.
-        self.shards[s].find(h, |(x, _)| x == k)?;
-        let shard = Arc::make_mut(&mut self.shards[s]);
-        let (_, v) = shard.find_entry(h, |(x, _)| x == k).ok()?.remove().0;
+        self.get(k)?;
+        let h = self.hasher.hash_one(k);
+        let (_, v) = self
+            .table_mut(h)
+            .find_entry(h, |(x, _)| x == k)
+            .ok()?
+            .remove()
+            .0;
         self.len -= 1;
         Some(v)
     }
 
+    fn tables(&self) -> impl Iterator<Item = &HashTable<(K, V)>> {
+        let (small, sharded) = match &self.repr {
+            Repr::Small(t) => (Some(t), None),
+            Repr::Sharded(s) => (None, Some(s.iter().map(|a| &**a))),
+        };
+        small.into_iter().chain(sharded.into_iter().flatten())
+    }
+
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards
-            .iter()
-            .flat_map(|s| s.iter().map(|(k, v)| (k, v)))
+        self.tables().flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {
@@ -139,19 +186,30 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
 
     /// Keep the entries `f` accepts (copies only the shards it changes).
     pub fn retain(&mut self, mut f: impl FnMut(&K, &V) -> bool) {
-        for s in &mut self.shards {
-            if s.iter().all(|(k, v)| f(k, v)) {
-                continue;
+        let mut removed = 0;
+        match &mut self.repr {
+            Repr::Small(t) => {
+                let before = t.len();
+                t.retain(|(k, v)| f(k, v));
+                removed = before - t.len();
             }
-            let shard = Arc::make_mut(s);
-            let before = shard.len();
-            shard.retain(|(k, v)| f(k, v));
-            self.len -= before - shard.len();
+            Repr::Sharded(shards) => {
+                for s in shards {
+                    if s.iter().all(|(k, v)| f(k, v)) {
+                        continue;
+                    }
+                    let shard = Arc::make_mut(s);
+                    let before = shard.len();
+                    shard.retain(|(k, v)| f(k, v));
+                    removed += before - shard.len();
+                }
+            }
         }
+        self.len -= removed;
     }
 
     fn grow_if_needed(&mut self) {
-        let n = self.shards.len();
+        let n = self.shards().max(1);
         if self.len <= n * SHARD_MAX || n >= MAX_SHARDS {
             return;
         }
@@ -159,15 +217,12 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         let per = self.len / want + 1;
         let mut shards: Vec<HashTable<(K, V)>> =
             (0..want).map(|_| HashTable::with_capacity(per)).collect();
-        for s in &self.shards {
-            for (k, v) in s.iter() {
-                let h = self.hasher.hash_one(k);
-                let i = ((h >> 32) as usize) & (want - 1);
-                shards[i]
-                    .insert_unique(h, (k.clone(), v.clone()), |(x, _)| self.hasher.hash_one(x));
-            }
+        for (k, v) in self.iter() {
+            let h = self.hasher.hash_one(k);
+            shards[shard_of(h, want)]
+                .insert_unique(h, (k.clone(), v.clone()), |(x, _)| self.hasher.hash_one(x));
         }
-        self.shards = shards.into_iter().map(Arc::new).collect();
+        self.repr = Repr::Sharded(shards.into_iter().map(Arc::new).collect());
     }
 }
 
@@ -246,12 +301,11 @@ mod tests {
         let shards = m.shards();
         assert!(shards >= 8, "{shards}");
         let mut next = m.clone();
-        let shared = |a: &CowMap<u32, u64>, b: &CowMap<u32, u64>| {
-            a.shards
-                .iter()
-                .zip(&b.shards)
-                .filter(|(x, y)| Arc::ptr_eq(x, y))
-                .count()
+        let shared = |a: &CowMap<u32, u64>, b: &CowMap<u32, u64>| match (&a.repr, &b.repr) {
+            (Repr::Sharded(a), Repr::Sharded(b)) => {
+                a.iter().zip(b).filter(|(x, y)| Arc::ptr_eq(x, y)).count()
+            }
+            _ => 0,
         };
         assert_eq!(shared(&m, &next), shards);
         next.insert(7, 700);
