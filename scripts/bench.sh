@@ -12,7 +12,9 @@
 #     cross-node, the sending node, 64 and 512 B: fastpath (plain, with a policy selecting
 #     the pod, to a ClusterIP, generic XDP) against the Linux VXLAN path, offered vs
 #     received vs drops by stage, and CPU per packet over all cores at a paced rate
-#     (fastpath-bench-xnode);
+#     (fastpath-bench-xnode); and the receiving node at 64 B: a remote node's VXLAN frames
+#     decapsulated and delivered to a pod, fastpath (plain, an ingress policy, generic XDP)
+#     against the Linux VXLAN path (--direction receive);
 #     TCP pod → pod with iperf3: fastpath, kernel routing with the same offloads, kernel
 #     routing with GSO/TSO (fastpath-bench-tcp);
 #     control-plane churn: ipcache updates/s at 1M prefixes by batch size, 64k services with
@@ -89,6 +91,10 @@ for size in 64 512; do
   $B/fastpath-bench-xnode --size "$size" "${XNODE[@]}" --json "$R/cross-node-$size.json" \
     | tee "$R/cross-node-$size.md"
 done
+echo "== 2/3 cross-node (receiving node), 64 B" >&2
+$B/fastpath-bench-xnode --direction receive --size 64 \
+  --systems fastpath,fastpath-policy,fastpath-generic,kernel-vxlan "${XNODE[@]}" \
+  --json "$R/cross-node-receive-64.json" | tee "$R/cross-node-receive-64.md"
 echo "== 2/3 TCP (iperf3)" >&2
 $B/fastpath-bench-tcp "${TCP[@]}" --json "$R/tcp.json" | tee "$R/tcp.md"
 echo "== 2/3 control-plane churn" >&2
@@ -106,7 +112,7 @@ s1=$(steal) t1=$(total)
   echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg); steal during the run: $(awk -v a="$s0" -v b="$s1" -v c="$t0" -v d="$t1" 'BEGIN{printf "%.2f", (b-a)/((d-c)>0?(d-c):1)*100}') % of all CPU time"
   echo
   echo "![throughput](throughput.svg) ![rtt](rtt.svg)"
-  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 tcp churn rtt rtt-apps-polling rtt-under-load; do
+  for f in stages same-node-64 same-node-512 same-node-1518 queues-2 cross-node-64 cross-node-512 cross-node-receive-64 tcp churn rtt rtt-apps-polling rtt-under-load; do
     echo
     echo "## $f"
     cat "$R/$f.md"

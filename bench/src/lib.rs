@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use control::maps::MacAddr;
-use fastpath::wire::{EtherType, ethernet, ipv4};
+use fastpath::wire::{EtherType, ethernet, ipv4, vxlan};
 use fastpath::xsk::{Socket, Umem, sys};
 
 /// UDP flows (source ports) the generator cycles through.
@@ -233,6 +233,30 @@ pub fn frames(
         .collect()
 }
 
+/// `inner` frames (from [`frames`]) as a remote node puts them on the wire: VXLAN over UDP
+/// 8472 with `outer`'s addresses and VNI, the outer UDP source port from the inner flow's
+/// hash (as Linux and fastpath choose it), so each inner flow keeps one outer flow.
+pub fn vxlan_frames(inner: &[Vec<u8>], outer: vxlan::Outer) -> Vec<Vec<u8>> {
+    inner
+        .iter()
+        .map(|f| {
+            let mut b = vec![0u8; vxlan::ENCAP_LEN + f.len()];
+            let ports = u32::from_be_bytes([f[34], f[35], f[36], f[37]]);
+            let mut src = [0u8; 4];
+            src.copy_from_slice(&f[26..30]);
+            let mut dst = [0u8; 4];
+            dst.copy_from_slice(&f[30..34]);
+            let o = vxlan::Outer {
+                sport: vxlan::flow_src_port(vxlan::flow_hash(src, dst, f[23], ports)),
+                ..outer
+            };
+            vxlan::emit(&mut b, &o, f.len());
+            b[vxlan::ENCAP_LEN..].copy_from_slice(f);
+            b
+        })
+        .collect()
+}
+
 /// AF_XDP TX loop in `ns` on eth0's first `queues` TX queues until `stop`, at `rate` frames/s
 /// in all (0: as fast as it can);
 /// counts frames the kernel completed. `sleep`: when ahead of a paced rate, sleep until the
@@ -250,9 +274,25 @@ pub fn generator(
     sent: Arc<AtomicU64>,
     sleep: bool,
 ) -> anyhow::Result<()> {
+    generator_on(ns, "eth0", core, frames, queues, rate, stop, sent, sleep)
+}
+
+/// [`generator`] on device `dev` of `ns` (a node's `eth1`, to send what a remote node sends).
+#[allow(clippy::too_many_arguments)]
+pub fn generator_on(
+    ns: String,
+    dev: &str,
+    core: usize,
+    frames: Vec<Vec<u8>>,
+    queues: u32,
+    rate: f64,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    sleep: bool,
+) -> anyhow::Result<()> {
     sys::enter_netns(&ns)?;
     core_affinity::set_for_current(core_affinity::CoreId { id: core });
-    let ifindex = sys::if_index("eth0").context("eth0")?;
+    let ifindex = sys::if_index(dev).context(dev.to_string())?;
     // One socket per TX queue, each with its own UMEM: the veth hands a frame sent on queue
     // q to rx queue q of its peer, so the frames spread over the forwarder's queues.
     let mut socks = Vec::new();
@@ -306,6 +346,47 @@ pub fn generator(
 
 #[cfg(test)]
 mod tests {
+    /// What the receiving-node bench sends: each frame is the inner frame behind 50 bytes of
+    /// VXLAN that fastpath's parser takes (I flag, the VNI), to UDP 8472, with a valid outer
+    /// IPv4 checksum; flows get different outer source ports, a flow always the same one.
+    #[test]
+    fn vxlan_frames_wrap_the_inner_frames_as_a_remote_node_does() {
+        use fastpath::wire::vxlan;
+        let mac = |b| control::maps::MacAddr([2, 0, 0, 0, 0, b]);
+        let inner = super::frames(64, mac(1), mac(2), [10, 77, 2, 9], [10, 77, 1, 11]);
+        let outer = vxlan::Outer {
+            dst_mac: mac(3),
+            src_mac: mac(4),
+            src_ip: [192, 168, 77, 2],
+            dst_ip: [192, 168, 77, 1],
+            ip_id: 0,
+            sport: 0,
+            dport: 8472,
+            vni: 48123,
+        };
+        let v = super::vxlan_frames(&inner, outer);
+        assert_eq!(v.len(), inner.len());
+        let mut sports = std::collections::BTreeSet::new();
+        for (o, i) in v.iter().zip(&inner) {
+            assert_eq!(o.len(), i.len() + vxlan::ENCAP_LEN);
+            assert_eq!(&o[vxlan::ENCAP_LEN..], &i[..]);
+            assert_eq!(&o[36..38], &8472u16.to_be_bytes());
+            assert_eq!(vxlan::parse(&o[42..50]).unwrap().vni, 48123);
+            assert_eq!(
+                fastpath::wire::checksum(&o[14..34]),
+                0,
+                "outer IPv4 checksum"
+            );
+            sports.insert([o[34], o[35]]);
+        }
+        assert!(sports.len() > inner.len() / 2, "{} ports", sports.len());
+        assert_eq!(
+            super::vxlan_frames(&inner, outer),
+            v,
+            "a flow keeps its port"
+        );
+    }
+
     /// The helper writes what the benches wrote by hand before it (the same-node bench's
     /// node), and the node config accepts it.
     #[test]

@@ -29,11 +29,21 @@
 //! core) is included in every row alike. fastpath runs with its default adaptive poll (it
 //! spins only while there is work, and 50 µs after).
 //!
+//! `--direction receive` measures the other end, the receiving node's work: the remote node
+//! (the namespace above, no sink on it now) sends VXLAN-encapsulated frames from its NIC
+//! (an AF_XDP TX loop on its `eth1`: VNI = the remote pod's identity, UDP 8472, the outer
+//! source port from the inner flow's hash), the system under test decapsulates them and
+//! delivers them to its pod, whose `eth0` has the XDP sink. fastpath: from-overlay (VNI
+//! check, ipcache, endpoint, conntrack, ingress policy with `fastpath-policy`) and delivery
+//! on the lxc; `kernel-vxlan`: the `external` VXLAN device's decap and routing to the lxc,
+//! RPS moving the NIC's softirq to the forwarder core. `fastpath-clusterip` has no meaning
+//! there and is refused.
+//!
 //! Everything happens in namespaces this program creates and deletes.
 //!
 //! `fastpath-bench-xnode [--secs 4] [--reps 3] [--size 64] [--cpu-rate 100000]
 //! [--systems fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,
-//! fastpath-txflush,kernel-vxlan]
+//! fastpath-txflush,kernel-vxlan] [--direction send|receive]
 //! [--json FILE]`
 
 use std::path::PathBuf;
@@ -47,8 +57,8 @@ use clap::Parser;
 use control::config::Config;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    Fastpath, clk_tck, cpu_ticks, dev_counter, fastpath_drops, frames, generator, set_rps,
-    start_fastpath,
+    Fastpath, clk_tck, cpu_ticks, dev_counter, fastpath_drops, frames, generator_on, set_rps,
+    start_fastpath, vxlan_frames,
 };
 use lab::Lab;
 
@@ -81,6 +91,9 @@ struct Args {
         default_value = "fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,fastpath-txflush,kernel-vxlan"
     )]
     systems: Vec<String>,
+    /// `send`: the sending node's work (encap); `receive`: the receiving node's (decap).
+    #[arg(long, default_value = "send", value_parser = ["send", "receive"])]
+    direction: String,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -96,15 +109,23 @@ fn receiver_yaml(tag: &str) -> String {
     )
 }
 
-/// A sending node `n` (`a` for fastpath, `k` for the kernel) with pod `gen` at 10.77.<c>.11.
+/// The MAC of the kernel node's VXLAN device: the inner destination MAC the receiving-node
+/// frames carry (fastpath does not check it; Linux delivers only frames addressed to it).
+const KERNEL_OVERLAY_MAC: &str = "02:00:00:77:00:03";
+
+/// A node `n` under test (`a` for fastpath, `k` for the kernel) with pod `gen` at
+/// 10.77.<c>.11 (the sender, or with `--direction receive` the receiver).
 fn sender_yaml(tag: &str, n: &str, c: u8, datapath: &str, extra: &str) -> String {
     format!(
-        "node:\n  name: {tag}{n}\n  netns: {tag}{n}\n  router_ip: 10.77.{c}.1\n  pod_cidr: 10.77.{c}.0/24\n  underlay: {{ device: eth1, address: 192.168.77.{c}/24, fabric_netns: {tag}f }}\n\
+        "node:\n  name: {tag}{n}\n  netns: {tag}{n}\n  router_ip: 10.77.{c}.1\n  pod_cidr: 10.77.{c}.0/24\n  underlay: {{ device: eth1, address: 192.168.77.{c}/24, fabric_netns: {tag}f, overlay_mac: \"{KERNEL_OVERLAY_MAC}\" }}\n\
          datapath:\n  queues: 1\n{datapath}\
          pods:\n  - {{ name: gen, ip: 10.77.{c}.11, mac: \"0a:58:0a:4d:{c:02x}:0b\", lxc: lxc-gen, netns: {tag}{n}-gen, labels: {{ app: gen }} }}\n\
          remote_nodes:\n  - name: {tag}b\n    ip: 192.168.77.2\n    pod_cidr: 10.77.2.0/24\n    pods:\n      - {{ name: sink, ip: {SINK_IP}, labels: {{ app: sink }} }}\n{extra}"
     )
 }
+
+/// With `--direction receive`: an ingress policy selecting the receiving pod.
+const POLICY_IN: &str = "policies:\n  - kind: CiliumNetworkPolicy\n    metadata: { name: sink-to-gen, namespace: default }\n    spec:\n      endpointSelector: { matchLabels: { app: gen } }\n      ingress:\n        - fromEndpoints: [{ matchLabels: { app: sink } }]\n          toPorts: [{ ports: [{ port: \"9\", protocol: UDP }] }]\n";
 
 const POLICY: &str = "policies:\n  - kind: CiliumNetworkPolicy\n    metadata: { name: gen-to-sink, namespace: default }\n    spec:\n      endpointSelector: { matchLabels: { app: gen } }\n      egress:\n        - toEndpoints: [{ matchLabels: { app: sink } }]\n          toPorts: [{ ports: [{ port: \"9\", protocol: UDP }] }]\n";
 
@@ -122,7 +143,19 @@ struct System {
     node_name: String,
     node_ns: String,
     gen_ns: String,
+    /// The generator's device in `gen_ns`.
+    gen_dev: &'static str,
     frames: Vec<Vec<u8>>,
+    /// Receiving-node runs: the sink on this system's pod (else the remote node's); systems
+    /// on one node share it.
+    sink: Option<Arc<xdp_redirect::Sink>>,
+    receive: bool,
+}
+
+impl System {
+    fn count(&self, bed: &Bed) -> anyhow::Result<u64> {
+        Ok(self.sink.as_deref().unwrap_or(&bed.sink).count()?)
+    }
 }
 
 #[derive(serde::Serialize, Debug, Clone)]
@@ -177,6 +210,7 @@ struct Window {
 }
 
 struct Bed {
+    /// The remote node's NIC sink (sending-node runs).
     sink: xdp_redirect::Sink,
     gen_core: usize,
     fwd_core: usize,
@@ -204,9 +238,15 @@ impl Bed {
         Ok(())
     }
 
-    /// RPS on the kernel node's lxc: its forwarding softirq on the forwarder's core.
+    /// RPS on the kernel node's receiving device (the lxc when sending, the NIC when
+    /// receiving): its forwarding softirq on the forwarder's core.
     fn rps(&self, s: &System, mask: u64) -> anyhow::Result<()> {
-        set_rps(&s.node_ns, "lxc-gen", 1, mask)
+        set_rps(
+            &s.node_ns,
+            if s.receive { "eth1" } else { "lxc-gen" },
+            1,
+            mask,
+        )
     }
 
     /// Send at `rate` (0: unpaced) for `secs` after `warm` seconds.
@@ -218,30 +258,31 @@ impl Bed {
         secs: f64,
         sleep: bool,
     ) -> anyhow::Result<Window> {
-        let (d0, r_start) = (self.drops(s)?, self.sink.count()?);
+        let (d0, r_start) = (self.drops(s)?, s.count(self)?);
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let g = {
-            let (ns, f, st, n, core) = (
+            let (ns, dev, f, st, n, core) = (
                 s.gen_ns.clone(),
+                s.gen_dev,
                 s.frames.clone(),
                 stop.clone(),
                 sent.clone(),
                 self.gen_core,
             );
-            std::thread::spawn(move || generator(ns, core, f, 1, rate, st, n, sleep))
+            std::thread::spawn(move || generator_on(ns, dev, core, f, 1, rate, st, n, sleep))
         };
         std::thread::sleep(Duration::from_secs_f64(warm));
         let (s0, r0, c0, t0) = (
             sent.load(Ordering::Relaxed),
-            self.sink.count()?,
+            s.count(self)?,
             per_core(),
             Instant::now(),
         );
         std::thread::sleep(Duration::from_secs_f64(secs));
         let (s1, r1, c1, dt) = (
             sent.load(Ordering::Relaxed),
-            self.sink.count()?,
+            s.count(self)?,
             per_core(),
             t0.elapsed(),
         );
@@ -249,7 +290,7 @@ impl Bed {
         g.join().expect("generator")?;
         // What was sent is in flight for a few microseconds: let it land.
         std::thread::sleep(Duration::from_millis(100));
-        let (s2, r2) = (sent.load(Ordering::Relaxed), self.sink.count()?);
+        let (s2, r2) = (sent.load(Ordering::Relaxed), s.count(self)?);
         let d1 = self.drops(s)?;
         Ok(Window {
             offered_pps: (s1 - s0) as f64 / dt.as_secs_f64(),
@@ -279,10 +320,12 @@ impl Bed {
         };
         // lxc-gen's rx_dropped under fastpath counts the frames RX_FULL + XSK_DROP count (the
         // redirect into a socket without room): a stage of its own only for the kernel.
-        let devs: &[(&str, &str)] = if s.cfg.is_some() {
-            &[("eth1", "tx_dropped")]
-        } else {
-            &[("lxc-gen", "rx_dropped"), ("eth1", "tx_dropped")]
+        let devs: &[(&str, &str)] = match (s.cfg.is_some(), s.receive) {
+            (true, false) => &[("eth1", "tx_dropped")],
+            (false, false) => &[("lxc-gen", "rx_dropped"), ("eth1", "tx_dropped")],
+            // Receiving: eth1's rx_dropped under fastpath is RX_FULL + XSK_DROP again.
+            (true, true) => &[("lxc-gen", "tx_dropped")],
+            (false, true) => &[("eth1", "rx_dropped"), ("lxc-gen", "tx_dropped")],
         };
         for (dev, c) in devs {
             v.push((format!("{dev} {c}"), dev_counter(&s.node_ns, dev, c)?));
@@ -323,6 +366,12 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let receive = a.direction == "receive";
+    if receive && a.systems.iter().any(|s| s == "fastpath-clusterip") {
+        bail!(
+            "fastpath-clusterip measures the sending node only (drop it with --direction receive)"
+        );
+    }
     let tag = format!("fpx{}", std::process::id() % 100000);
     // The receiver first: it creates the fabric, which goes last.
     let rcfg = Config::parse(&receiver_yaml(&tag), "receiver")?;
@@ -344,11 +393,22 @@ fn main() -> anyhow::Result<()> {
     let tmp = std::env::temp_dir();
     let mut files = Vec::new();
     let mut systems = Vec::new();
+    let mut pod_sinks: std::collections::HashMap<String, Arc<xdp_redirect::Sink>> =
+        std::collections::HashMap::new();
     for name in &a.systems {
         let (cfg, yaml) = match name.as_str() {
             "kernel-vxlan" => (&kcfg, None),
             "fastpath" => (&fcfg, Some(fp_base.clone())),
-            "fastpath-policy" => (&fcfg, Some(sender_yaml(&tag, "a", 1, "", POLICY))),
+            "fastpath-policy" => (
+                &fcfg,
+                Some(sender_yaml(
+                    &tag,
+                    "a",
+                    1,
+                    "",
+                    if receive { POLICY_IN } else { POLICY },
+                )),
+            ),
             "fastpath-clusterip" => (&fcfg, Some(sender_yaml(&tag, "a", 1, "", &service()))),
             "fastpath-generic" => (
                 &fcfg,
@@ -375,18 +435,75 @@ fn main() -> anyhow::Result<()> {
             None => None,
         };
         let node_ns = cfg.node.netns.clone().unwrap();
+        let pod_ns = cfg.pods[0].netns.clone().unwrap();
         let lxc = fastpath::daemon::link_info_in(&node_ns, "lxc-gen")?.mac;
         let dst: std::net::Ipv4Addr = if name == "fastpath-clusterip" {
             VIP.parse()?
         } else {
             SINK_IP.parse()?
         };
+        if receive {
+            // The remote pod's identity, as the node under test knows it: the VNI.
+            let sink_ip: std::net::Ipv4Addr = SINK_IP.parse()?;
+            let vni = control::datapath::node_ipcache(&fcfg)
+                .iter()
+                .find(|(p, _)| p.addr == sink_ip && p.len == 32)
+                .map(|(_, v)| v.sec_identity)
+                .context("the remote pod in the node's ipcache")?;
+            let remote_ns = rcfg.node.netns.clone().unwrap();
+            let inner = frames(
+                a.size as usize,
+                KERNEL_OVERLAY_MAC.parse()?,
+                "0a:58:0a:4d:02:0c".parse()?,
+                sink_ip.octets(),
+                cfg.pods[0].ip.octets(),
+            );
+            let outer = fastpath::wire::vxlan::Outer {
+                dst_mac: fastpath::daemon::link_info_in(&node_ns, "eth1")?.mac,
+                src_mac: fastpath::daemon::link_info_in(&remote_ns, "eth1")?.mac,
+                src_ip: [192, 168, 77, 2],
+                dst_ip: cfg.node.underlay.as_ref().unwrap().address.addr.octets(),
+                ip_id: 0,
+                sport: 0,
+                dport: 8472,
+                vni,
+            };
+            let sink = match pod_sinks.get(&pod_ns) {
+                Some(s) => Arc::clone(s),
+                None => {
+                    let ns = pod_ns.clone();
+                    let s = std::thread::spawn(move || -> anyhow::Result<xdp_redirect::Sink> {
+                        sys::enter_netns(&ns)?;
+                        Ok(xdp_redirect::Sink::attach("eth0")?)
+                    })
+                    .join()
+                    .expect("sink thread")
+                    .with_context(|| format!("the sink on eth0 in {pod_ns}"))?;
+                    let s = Arc::new(s);
+                    pod_sinks.insert(pod_ns.clone(), Arc::clone(&s));
+                    s
+                }
+            };
+            systems.push(System {
+                name: name.clone(),
+                cfg: path,
+                node_name: cfg.node.name.clone(),
+                node_ns,
+                gen_ns: remote_ns,
+                gen_dev: "eth1",
+                frames: vxlan_frames(&inner, outer),
+                sink: Some(sink),
+                receive,
+            });
+            continue;
+        }
         systems.push(System {
             name: name.clone(),
             cfg: path,
             node_name: cfg.node.name.clone(),
             node_ns,
-            gen_ns: cfg.pods[0].netns.clone().unwrap(),
+            gen_ns: pod_ns,
+            gen_dev: "eth0",
             frames: frames(
                 a.size as usize,
                 lxc,
@@ -394,6 +511,8 @@ fn main() -> anyhow::Result<()> {
                 cfg.pods[0].ip.octets(),
                 dst.octets(),
             ),
+            sink: None,
+            receive,
         });
     }
     let bed = Bed {
@@ -468,7 +587,8 @@ fn main() -> anyhow::Result<()> {
         .trim()
         .to_string();
     println!(
-        "\ncross-node (sending node) {} B UDP pod → remote pod, VXLAN, 1 queue, AF_XDP copy mode (veth); XDP native unless generic",
+        "\ncross-node ({} node) {} B UDP pod → remote pod, VXLAN, 1 queue, AF_XDP copy mode (veth); XDP native unless generic",
+        if receive { "receiving" } else { "sending" },
         a.size
     );
     println!(
