@@ -788,7 +788,28 @@ impl Config {
                 );
             }
         }
-        for problem in crate::lb::validate(&self.services, "services") {
+        let lb_problems = crate::lb::validate(&self.services, "services");
+        if lb_problems.is_empty()
+            && (n.underlay.is_some()
+                || self
+                    .services
+                    .iter()
+                    .all(|s| s.kind != crate::lb::ServiceType::NodePort))
+        {
+            // What only compiling them shows: frontends on the node's address claimed twice,
+            // the LB maps' sizes, the Maglev memory bound (`config check` says it, not the
+            // start).
+            match crate::lb::LbState::default().plan_replace(&self.services, &self.lb_settings()) {
+                Ok(_) => {}
+                Err(crate::lb::LbError::Invalid(ps)) => {
+                    for p in ps {
+                        bad(p.field, p.msg);
+                    }
+                }
+                Err(e) => bad("services".into(), e.to_string()),
+            }
+        }
+        for problem in lb_problems {
             bad(problem.field, problem.msg);
         }
         for (i, svc) in self.services.iter().enumerate() {
@@ -1221,6 +1242,41 @@ pods:
             e.contains("pods[1].id: 5000 must be between 1 and 4095"),
             "{e}"
         );
+    }
+
+    /// What only compiling the services shows is refused by the config check, with the
+    /// field: a node-address frontend claimed twice, and services beyond `lb_map_max`.
+    #[test]
+    fn services_that_do_not_compile_are_config_errors() {
+        let node = GOOD.replace(
+            "node: { name: n1, router_ip: 10.1.0.1 }",
+            "node: { name: n1, router_ip: 10.1.0.1, underlay: { device: eth1, address: 192.168.9.1/24 } }",
+        );
+        let t = format!(
+            "{node}services:\n  - {{ name: np, type: NodePort, cluster_ip: 10.96.0.1, ports: [{{ port: 80, node_port: 30080 }}] }}\n  - {{ name: ext, cluster_ip: 10.96.0.2, external_ips: [192.168.9.1], ports: [{{ port: 30080 }}] }}\n"
+        );
+        let e = err(&t);
+        assert!(
+            e.contains("services[1].ports[0].port: frontend 192.168.9.1:30080/TCP is already used by default/np"),
+            "{e}"
+        );
+        let backends: Vec<String> = (0..1100)
+            .map(|i| format!("{{ ip: 10.200.{}.{} }}", i / 200, 1 + i % 200))
+            .collect();
+        let t = format!(
+            "{GOOD}datapath: {{ lb_map_max: 1024 }}\nservices:\n  - {{ name: big, cluster_ip: 10.96.0.3, ports: [{{ port: 80 }}], backends: [{}] }}\n",
+            backends.join(", ")
+        );
+        let e = err(&t);
+        assert!(
+            e.contains("services: cilium_lb4_backends_v3 would need 1100 entries and holds 1024"),
+            "{e}"
+        );
+        Config::parse(
+            &t.replace("lb_map_max: 1024", "lb_map_max: 2048"),
+            "ok.yaml",
+        )
+        .unwrap();
     }
 
     #[test]

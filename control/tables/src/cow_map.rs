@@ -184,7 +184,9 @@ impl<K: Hash + Eq + Clone, V: Clone> CowMap<K, V> {
         self.iter().map(|(_, v)| v)
     }
 
-    /// Keep the entries `f` accepts (copies only the shards it changes).
+    /// Keep the entries `f` accepts (copies only the shards it changes). `f` may be asked
+    /// twice about an entry of a shard it changes (once to see whether it does): it must be
+    /// a pure test.
     pub fn retain(&mut self, mut f: impl FnMut(&K, &V) -> bool) {
         let mut removed = 0;
         match &mut self.repr {
