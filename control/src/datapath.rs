@@ -148,8 +148,8 @@ impl<K: KernelMaps> Datapath<K> {
         self.apply_lb(plan)
     }
 
-    /// Write a planned LB change to the kernel maps in Cilium's order (backends, slots,
-    /// masters, reverse NAT; then deletions of what is gone), then put it in force and
+    /// Write a planned LB change to the kernel maps (backends, reverse NAT, slots, masters;
+    /// then deletions of what is gone), then put it in force and
     /// publish. On a kernel failure everything written is put back and the old state stays
     /// in force. A plan holds only what changes, so this costs what the change touches.
     fn apply_lb(&mut self, plan: crate::lb::LbPlan) -> Result<u64, DatapathError> {
@@ -794,10 +794,10 @@ impl<K: KernelMaps> Datapath<K> {
     }
 }
 
-/// Write an LB change to the kernel maps: additions and changes first (backends, slots,
-/// masters, reverse NAT), removals after (masters before their slots, backends last), so a
-/// reader never meets a slot whose backend is missing or a master counting slots that are
-/// not there yet. `undo` writes every entry's value before instead (a rollback), in the
+/// Write an LB change to the kernel maps: additions and changes first (backends, reverse
+/// NAT, slots, masters), removals after (masters before their slots, backends last), so a
+/// reader never meets a slot whose backend is missing, a master counting slots that are not
+/// there yet, or a new frontend without its reverse NAT. `undo` writes every entry's value before instead (a rollback), in the
 /// same order, trying every entry whatever fails.
 fn write_lb_delta<K: KernelMaps>(
     k: &mut K,
@@ -811,6 +811,13 @@ fn write_lb_delta<K: KernelMaps>(
             go(k.upsert_backend(*id, b))?;
         }
     }
+    // Reverse NAT before the masters that use it: a connection DNATed through a new master
+    // finds its reply translation already there.
+    for (id, old, new) in &d.revnat {
+        if let Some(v) = if undo { old } else { new } {
+            go(k.upsert_revnat(RevNat(*id), v))?;
+        }
+    }
     let mut ups: Vec<(&Lb4Key, &Lb4Service)> = d
         .services
         .iter()
@@ -820,11 +827,6 @@ fn write_lb_delta<K: KernelMaps>(
     ups.sort_by_key(|(key, _)| std::cmp::Reverse(key.backend_slot));
     for (key, v) in ups {
         go(k.upsert_service(key, v))?;
-    }
-    for (id, old, new) in &d.revnat {
-        if let Some(v) = if undo { old } else { new } {
-            go(k.upsert_revnat(RevNat(*id), v))?;
-        }
     }
     // Maglev lookup tables stay in the workers' memory only (docs/decisions.md, "Kernel
     // maps"): no kernel program reads cilium_lb4_maglev yet.
