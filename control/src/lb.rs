@@ -6,7 +6,8 @@
 //! agent does:
 //! - one **frontend** per (address, port, protocol): the ClusterIP; for `NodePort` the
 //!   node's address and the `0.0.0.0` surrogate; every external IP. Each frontend gets its
-//!   own service ID (`rev_nat_index`), allocated lowest-free and kept while it exists;
+//!   own service ID (`rev_nat_index`), kept while it exists, from a rolling allocator (as
+//!   Cilium's: an ID given back is not handed out again until the counter has gone round);
 //! - one **backend ID** per (address, port, protocol), shared by every service using it;
 //! - a master entry (slot 0, with the count, flags, algorithm and affinity timeout) and
 //!   slots 1..=count per frontend, the reverse-NAT entry, and for Maglev services the
@@ -461,7 +462,11 @@ fn state_index(s: BackendState) -> usize {
     }
 }
 
-/// Lowest-free ID allocation in O(log n): IDs below `next` are in use unless in `free`.
+/// ID allocation in O(log n), rolling like Cilium's: new IDs come from a counter (`next`),
+/// and IDs given back (`free`, all below `next`) are handed out again only once the counter
+/// has reached `max`, lowest first. So a service ID or backend ID that was just released is
+/// not at once given to another frontend or backend, whose traffic established flows of the
+/// old one (their conntrack entries carry the ID) would otherwise be translated to.
 #[derive(Debug, Clone)]
 struct IdPool {
     next: u32,
@@ -478,32 +483,30 @@ impl IdPool {
         }
     }
 
-    /// The `n` IDs [`IdPool::commit`] hands out after `released` are given back (lowest
-    /// first), without changing anything; `None` if there are not that many.
+    /// The `n` IDs [`IdPool::commit`] hands out after `released` are given back (the
+    /// counter's first, then the lowest given back), without changing anything; `None` if
+    /// there are not that many.
     fn preview(&self, released: &[u32], n: usize) -> Option<Vec<u32>> {
+        let mut out = Vec::with_capacity(n);
+        let mut next = self.next as u64;
+        while out.len() < n && next <= self.max as u64 {
+            out.push(next as u32);
+            next += 1;
+        }
         let mut rel: Vec<u32> = released.to_vec();
         rel.sort_unstable();
         let (mut a, mut b) = (
             self.free.iter().copied().peekable(),
             rel.into_iter().peekable(),
         );
-        let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let pick = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) if x < y => a.next(),
                 (Some(_), Some(_)) | (None, Some(_)) => b.next(),
                 (Some(_), None) => a.next(),
-                (None, None) => break,
+                (None, None) => return None,
             };
             out.extend(pick);
-        }
-        let mut next = self.next as u64;
-        while out.len() < n {
-            if next > self.max as u64 {
-                return None;
-            }
-            out.push(next as u32);
-            next += 1;
         }
         Some(out)
     }
@@ -1695,7 +1698,7 @@ backends: [{ ip: 10.200.1.12 }, { ip: 10.201.1.11 }]
         let t = st.tables().clone();
         assert_eq!(t.revnat.len(), 20_000);
         let ids: BTreeSet<u16> = t.revnat.keys().copied().collect();
-        assert_eq!(ids.last(), Some(&20_000), "lowest free IDs, dense");
+        assert_eq!(ids.last(), Some(&20_000), "dense IDs from the counter");
         assert!(
             t0.elapsed() < std::time::Duration::from_secs(30),
             "{:?}",
@@ -1924,6 +1927,41 @@ backends: [{ ip: 10.200.1.12 }, { ip: 10.201.1.11 }]
         // Every frontend in force has one owner: the compiled frontends and the IDs agree.
         let fronts: usize = st.compiled.values().map(|c| c.fronts.len()).sum();
         assert_eq!(fronts, st.frontend_ids.len());
+    }
+
+    /// IDs roll: one given back is not handed out again until the counter reaches the top,
+    /// then the lowest given back comes first; preview and commit agree.
+    #[test]
+    fn released_ids_are_reused_only_after_the_counter_went_round() {
+        let mut p = IdPool::new(5);
+        let t = p.preview(&[], 3).unwrap();
+        assert_eq!(t, [1, 2, 3]);
+        p.commit(&[], &t);
+        let t = p.preview(&[2], 1).unwrap();
+        assert_eq!(t, [4], "2 was just given back: the counter's next one");
+        p.commit(&[2], &t);
+        let t = p.preview(&[1], 3).unwrap();
+        assert_eq!(t, [5, 1, 2], "top reached: then the lowest given back");
+        p.commit(&[1], &t);
+        assert_eq!(p.preview(&[], 1), None, "all five in use");
+        assert_eq!(p.preview(&[3], 1), Some(vec![3]));
+        // Through the LB state: a deleted service's ID is not the next service's.
+        let s = settings();
+        let st = LbState::default()
+            .with_upserts(&[clusterip(1), clusterip(2)], &s)
+            .unwrap();
+        let id = |st: &LbState, i: u32| {
+            st.tables()
+                .frontend(Ipv4Addr::from(0x0a60_0000 + i).octets(), 80, 6)
+                .unwrap()
+                .1
+                .rev_nat()
+                .0
+        };
+        let gone = id(&st, 1);
+        let st = st.with_delete("default/s1", &s).unwrap();
+        let st = st.with_upserts(&[clusterip(3)], &s).unwrap();
+        assert_ne!(id(&st, 3), gone, "the released ID is not reused at once");
     }
 
     /// A NodePort on the node's address and an external IP equal to that address on the same
