@@ -799,8 +799,8 @@ impl Config {
             // What only compiling them shows: frontends on the node's address claimed twice,
             // the LB maps' sizes, the Maglev memory bound (`config check` says it, not the
             // start).
-            match crate::lb::LbState::default().plan_replace(&self.services, &self.lb_settings()) {
-                Ok(_) => {}
+            match crate::lb::LbState::check_services(&self.services, &self.lb_settings()) {
+                Ok(()) => {}
                 Err(crate::lb::LbError::Invalid(ps)) => {
                     for p in ps {
                         bad(p.field, p.msg);

@@ -677,6 +677,29 @@ fn compile_service(svc: &ServiceConfig, s: &LbSettings) -> Result<Compiled, LbEr
     })
 }
 
+/// The change from `old` (the leaving services' entries, as in force in `cur`) to `new`:
+/// every new entry that differs from what `cur` holds, with its value before, and every old
+/// key no new entry keeps, removed.
+fn entry_delta<K: Copy + Eq + std::hash::Hash, V: Copy + PartialEq>(
+    cur: &tables::cow_map::CowMap<K, V>,
+    old: &HashMap<K, V>,
+    new: &HashMap<K, V>,
+) -> Vec<(K, Option<V>, Option<V>)> {
+    let mut d: Vec<(K, Option<V>, Option<V>)> = new
+        .iter()
+        .filter_map(|(k, v)| {
+            let before = cur.get(k).copied();
+            (before != Some(*v)).then_some((*k, before, Some(*v)))
+        })
+        .collect();
+    d.extend(
+        old.iter()
+            .filter(|(k, _)| !new.contains_key(*k))
+            .map(|(k, v)| (*k, Some(*v), None)),
+    );
+    d
+}
+
 /// One frontend's map contents, given the IDs.
 struct FrontEntries {
     rev: RevNat,
@@ -877,6 +900,32 @@ impl LbState {
         upserted: &[ServiceConfig],
         s: &LbSettings,
     ) -> Result<LbPlan, LbError> {
+        Ok(self
+            .plan_core(removed, upserted, s, true)?
+            .expect("a plan with its delta"))
+    }
+
+    /// Would `services` (already through [`validate`]) be taken by an empty state under `s`?
+    /// Everything a plan checks — frontend clashes `validate` cannot see, IDs, map sizes, the
+    /// Maglev memory bound — without building the map delta (no Maglev table is computed):
+    /// what `config check` asks.
+    ///
+    /// # Errors
+    /// As [`LbState::plan_replace`].
+    pub fn check_services(services: &[ServiceConfig], s: &LbSettings) -> Result<(), LbError> {
+        LbState::default()
+            .plan_core(Vec::new(), services, s, false)
+            .map(|_| ())
+    }
+
+    /// [`LbState::plan`]; with `with_delta` false it stops after the checks (`None`).
+    fn plan_core(
+        &self,
+        removed: Vec<String>,
+        upserted: &[ServiceConfig],
+        s: &LbSettings,
+        with_delta: bool,
+    ) -> Result<Option<LbPlan>, LbError> {
         let resettle = self.settings.as_ref().is_some_and(|old| old != s);
         let batch: HashMap<String, usize> = upserted
             .iter()
@@ -1084,6 +1133,9 @@ impl LbState {
             });
         }
 
+        if !with_delta {
+            return Ok(None);
+        }
         // The map delta: entries of the leaving services' frontends against the new ones.
         let mut old_svc: HashMap<Lb4Key, Lb4Service> = HashMap::new();
         let mut old_rev: HashMap<u16, RevNat4Value> = HashMap::new();
@@ -1170,28 +1222,8 @@ impl LbState {
                 maglev_cache.push((*rev, None));
             }
         }
-        for (k, v) in &new_svc {
-            let old = self.tables.services.get(k).copied();
-            if old != Some(*v) {
-                delta.services.push((*k, old, Some(*v)));
-            }
-        }
-        for (k, v) in &old_svc {
-            if !new_svc.contains_key(k) {
-                delta.services.push((*k, Some(*v), None));
-            }
-        }
-        for (k, v) in &new_rev {
-            let old = self.tables.revnat.get(k).copied();
-            if old != Some(*v) {
-                delta.revnat.push((*k, old, Some(*v)));
-            }
-        }
-        for (k, v) in &old_rev {
-            if !new_rev.contains_key(k) {
-                delta.revnat.push((*k, Some(*v), None));
-            }
-        }
+        delta.services = entry_delta(&self.tables.services, &old_svc, &new_svc);
+        delta.revnat = entry_delta(&self.tables.revnat, &old_rev, &new_rev);
         for k in &new_aff {
             if !self.tables.affinity_match.contains_key(k) {
                 delta.affinity_match.push((*k, true));
@@ -1220,7 +1252,7 @@ impl LbState {
                 delta.backends.push((r.id, old, Some(v)));
             }
         }
-        Ok(LbPlan {
+        Ok(Some(LbPlan {
             removed,
             upserted: upserts.into_iter().map(|(_, c, comp)| (c, comp)).collect(),
             fe_released,
@@ -1233,7 +1265,7 @@ impl LbState {
             maglev_tables,
             settings: s.clone(),
             delta,
-        })
+        }))
     }
 
     /// Put a plan in force: the state and [`LbState::tables`] (the caller has written
