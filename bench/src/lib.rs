@@ -257,7 +257,8 @@ pub fn vxlan_frames(inner: &[Vec<u8>], outer: vxlan::Outer) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// AF_XDP TX loop in `ns` on eth0's first `queues` TX queues until `stop`, at `rate` frames/s
+/// AF_XDP TX loop in `ns` on `dev`'s first `queues` TX queues (a pod's `eth0`; a node's
+/// `eth1` to send what a remote node sends) until `stop`, at `rate` frames/s
 /// in all (0: as fast as it can);
 /// counts frames the kernel completed. `sleep`: when ahead of a paced rate, sleep until the
 /// next batch is due instead of spinning (the generator's core then shows only the work of
@@ -265,21 +266,6 @@ pub fn vxlan_frames(inner: &[Vec<u8>], outer: vxlan::Outer) -> Vec<Vec<u8>> {
 /// queued to complete, so a trial's count is exact.
 #[allow(clippy::too_many_arguments)]
 pub fn generator(
-    ns: String,
-    core: usize,
-    frames: Vec<Vec<u8>>,
-    queues: u32,
-    rate: f64,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-    sleep: bool,
-) -> anyhow::Result<()> {
-    generator_on(ns, "eth0", core, frames, queues, rate, stop, sent, sleep)
-}
-
-/// [`generator`] on device `dev` of `ns` (a node's `eth1`, to send what a remote node sends).
-#[allow(clippy::too_many_arguments)]
-pub fn generator_on(
     ns: String,
     dev: &str,
     core: usize,

@@ -290,7 +290,7 @@ impl Ctx {
             self.gen_core,
             self.queues,
         );
-        std::thread::spawn(move || generator(ns, core, f, q, rate, s, n, false))
+        std::thread::spawn(move || generator(ns, "eth0", core, f, q, rate, s, n, false))
     }
 
     /// `secs` at `rate`, then the generator stops, what it queued completes, and 200 ms

@@ -356,7 +356,7 @@ fn main() -> anyhow::Result<()> {
                         a.load_pps as f64,
                     );
                     let g = std::thread::spawn(move || {
-                        fastpath_bench::generator(ns, core, f, 1, rate, st, n, true)
+                        fastpath_bench::generator(ns, "eth0", core, f, 1, rate, st, n, true)
                     });
                     std::thread::sleep(Duration::from_millis(200));
                     Some((stop, sent, r0, g))

@@ -57,7 +57,7 @@ use clap::Parser;
 use control::config::Config;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    Fastpath, clk_tck, cpu_ticks, dev_counter, fastpath_drops, frames, generator_on, set_rps,
+    Fastpath, clk_tck, cpu_ticks, dev_counter, fastpath_drops, frames, generator, set_rps,
     start_fastpath, vxlan_frames,
 };
 use lab::Lab;
@@ -270,7 +270,7 @@ impl Bed {
                 sent.clone(),
                 self.gen_core,
             );
-            std::thread::spawn(move || generator_on(ns, dev, core, f, 1, rate, st, n, sleep))
+            std::thread::spawn(move || generator(ns, dev, core, f, 1, rate, st, n, sleep))
         };
         std::thread::sleep(Duration::from_secs_f64(warm));
         let (s0, r0, c0, t0) = (
