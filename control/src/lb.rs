@@ -14,7 +14,7 @@
 //!   lookup table;
 //! - a backend that leaves every service is not deleted at once: it stays in the backends
 //!   map as *terminating*, without slots, while conntrack still has service entries pointing
-//!   at it ([`LbState::release_unused`], run by the GC), so established connections finish
+//!   at it ([`LbState::plan_release_unused`], run by the GC), so established connections finish
 //!   while new ones avoid it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -756,6 +756,7 @@ impl LbState {
         &self.tables
     }
 
+    #[cfg(test)]
     /// A state with these services replacing every other one; `self` is unchanged.
     ///
     /// # Errors
@@ -771,6 +772,7 @@ impl LbState {
         Ok(next)
     }
 
+    #[cfg(test)]
     /// A state with `svcs` added or replaced; `self` is unchanged.
     ///
     /// # Errors
@@ -782,6 +784,7 @@ impl LbState {
         Ok(next)
     }
 
+    #[cfg(test)]
     /// A state without service `id`; `self` is unchanged.
     ///
     /// # Errors
@@ -876,6 +879,7 @@ impl LbState {
         })
     }
 
+    #[cfg(test)]
     /// Drop retained backends no connection uses any more; true if any went.
     pub fn release_unused(&mut self, in_use: &hashbrown::HashSet<u32>) -> bool {
         match self.plan_release_unused(in_use) {

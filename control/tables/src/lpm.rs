@@ -119,12 +119,6 @@ impl<F: Family, V: Clone> Lpm<F, V> {
             .enumerate()
             .flat_map(|(l, m)| m.iter().map(move |(a, v)| (F::join(*a, l as u8), v)))
     }
-
-    /// Shard pointers a clone copies (all lengths): what one published change costs besides
-    /// the shard it rewrites.
-    pub fn shards(&self) -> usize {
-        self.by_len.iter().map(CowMap::shards).sum()
-    }
 }
 
 #[cfg(test)]
