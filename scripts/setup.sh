@@ -8,6 +8,8 @@ PKGS=(
   iproute2 ethtool                     # namespaces, veth, offload control
   iputils-ping socat iperf3 curl       # real clients/servers in the demo and tests
   tcpdump tshark                       # captures and decodes in tests/docs
+  podman containernetworking-plugins   # a real container runtime driving fastpath-cni (CNI backend)
+  runc busybox-static                  # podman's OCI runtime here; the containers' root filesystem
 )
 missing=()
 for p in "${PKGS[@]}"; do

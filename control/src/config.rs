@@ -326,6 +326,20 @@ pub struct PodConfig {
     /// Network namespace of the pod, for `fastpath lab`; the datapath does not use it.
     #[serde(default)]
     pub netns: Option<String>,
+    /// The CNI attachment that made this endpoint (`fastpath-cni`): what a CNI DEL or GC
+    /// names it by. Only for endpoints added at run time; refused in `pods:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniAttachment>,
+}
+
+/// A CNI attachment: the network (conflist `name`), container ID and interface name that
+/// identify one ADD (CNI spec 1.1, "attachment").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniAttachment {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
 }
 
 fn default_ns() -> String {
@@ -572,6 +586,12 @@ impl Config {
         let mut ids: HashMap<u16, usize> = HashMap::new();
         for (i, pod) in self.pods.iter().enumerate() {
             let f = |s: &str| format!("pods[{i}].{s}");
+            if pod.cni.is_some() {
+                bad(
+                    f("cni"),
+                    "only endpoints a CNI plugin added at run time carry an attachment".into(),
+                );
+            }
             if pod.name.is_empty() {
                 bad(f("name"), "must not be empty".into());
             } else if let Some(j) = names.insert(&pod.name, i) {
@@ -1142,6 +1162,7 @@ pods:
                     id: None,
                     labels: Default::default(),
                     netns: None,
+                    cni: None,
                 })
                 .collect()
         };

@@ -62,6 +62,18 @@ pub enum Request {
     },
     /// Every endpoint the node serves (config and runtime).
     Endpoints,
+    /// A CNI ADD (`fastpath-cni`): serve a pod whose address host-scope IPAM picks (or the
+    /// one it asks for). Answered like `endpoint_add`, once it is in force on every worker.
+    CniAdd {
+        endpoint: CniEndpoint,
+    },
+    /// A CNI DEL: stop serving the endpoint of this attachment; `endpoint_absent` when no
+    /// endpoint has it (DEL is idempotent).
+    CniDelete {
+        attachment: control::config::CniAttachment,
+    },
+    /// What a CNI plugin needs to know of the node before an ADD (and for STATUS).
+    NodeInfo,
     /// The answer to `of` rendered as text by the server (`crate::views`): what the CLI
     /// prints. `numeric`: identities as numbers in policy dumps.
     Text {
@@ -69,6 +81,80 @@ pub enum Request {
         #[serde(default)]
         numeric: bool,
     },
+}
+
+/// A pod as a CNI ADD describes it: the fields of a `pods:` entry without the address
+/// (IPAM's), with the attachment that names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CniEndpoint {
+    pub name: String,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub mac: control::maps::MacAddr,
+    pub lxc: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub attachment: control::config::CniAttachment,
+    /// The address asked for (`runtimeConfig.ips`); IPAM picks one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Allocate inside this part of the node's pod CIDR (the conflist's `ipam.pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<control::net::Ipv4Cidr>,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+impl CniEndpoint {
+    /// The endpoint change it asks for.
+    pub fn into_change(self) -> crate::endpoints::Change {
+        crate::endpoints::Change::CniAdd {
+            pod: control::config::PodConfig {
+                name: self.name,
+                namespace: self.namespace,
+                // Chosen by IPAM when the change starts.
+                ip: std::net::Ipv4Addr::UNSPECIFIED,
+                ipv6: None,
+                mac: self.mac,
+                lxc: self.lxc,
+                id: None,
+                labels: self.labels,
+                netns: None,
+                cni: Some(self.attachment),
+            },
+            requested: self.ip,
+            pool: self.pool,
+        }
+    }
+}
+
+/// What a CNI plugin needs of a node: where its pods' host ends go, their gateway, MTU,
+/// and how much room IPAM has.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node: String,
+    /// The network namespace fastpath serves (the lxc devices go there); `None`: the one
+    /// it was started in.
+    pub netns: Option<String>,
+    /// The pods' gateway.
+    pub router_ip: std::net::Ipv4Addr,
+    /// `node.pod_cidr`: what IPAM allocates from (`None`: no IPAM on this node).
+    pub pod_cidr: Option<control::net::Ipv4Cidr>,
+    /// The MTU a pod's links get: the underlay's less the VXLAN overhead in tunnel mode,
+    /// and at most what the node's UMEM frames hold.
+    pub pod_mtu: u32,
+    /// Addresses of the pod CIDR that IPAM can still hand out.
+    pub ipam_free: u64,
+    /// Workers (`--queues`): a pod's veth needs at least this many rx and tx queues.
+    pub queues: u32,
+    /// Pods served and the most the node takes (`datapath.max_pods`).
+    pub pods: usize,
+    pub max_pods: u32,
+    /// Endpoint changes queued or in progress.
+    pub pending: usize,
 }
 
 /// Which LB listing.
@@ -156,12 +242,12 @@ pub enum Response {
     },
     /// An endpoint is served on every worker from table generation `generation`.
     EndpointAdded {
-        endpoint: crate::endpoints::EndpointRow,
+        endpoint: Box<crate::endpoints::EndpointRow>,
         generation: u64,
     },
     /// An endpoint is no longer served; its conntrack entries were flushed.
     EndpointDeleted {
-        endpoint: crate::endpoints::EndpointRow,
+        endpoint: Box<crate::endpoints::EndpointRow>,
         conntrack_flushed: usize,
     },
     Endpoints {
@@ -169,6 +255,9 @@ pub enum Response {
         /// Changes queued or in progress.
         pending: usize,
     },
+    /// A CNI DEL named an attachment no endpoint has (deleted already, or never added).
+    EndpointAbsent,
+    NodeInfo(Box<NodeInfo>),
     /// A listing or status as text ([`Request::Text`]).
     Text {
         text: String,
@@ -657,7 +746,7 @@ pub fn endpoint_add(
         Response::EndpointAdded {
             endpoint,
             generation,
-        } => Ok((endpoint, generation)),
+        } => Ok((*endpoint, generation)),
         Response::Error { message } => Err(ClientError::Remote(message)),
         other => Err(ClientError::Protocol(format!(
             "unexpected answer {other:?}"
@@ -674,7 +763,7 @@ pub fn endpoint_delete(
         Response::EndpointDeleted {
             endpoint,
             conntrack_flushed,
-        } => Ok((endpoint, conntrack_flushed)),
+        } => Ok((*endpoint, conntrack_flushed)),
         Response::Error { message } => Err(ClientError::Remote(message)),
         other => Err(ClientError::Protocol(format!(
             "unexpected answer {other:?}"

@@ -168,6 +168,26 @@ fn frame_size_for(mtu: u32) -> Option<u32> {
     [2048u32, 4096].into_iter().find(|&f| need <= f)
 }
 
+/// The MTU for a pod's links that a CNI plugin gives them: the underlay's less the VXLAN
+/// overhead (50) in tunnel mode, the underlay's with native routing, 1500 without an
+/// underlay; never more than the node's UMEM frames hold.
+fn pod_mtu(cfg: &Config, devs: &Devices) -> u32 {
+    let underlay = cfg.node.underlay.as_ref().and_then(|u| {
+        devs.ports
+            .iter()
+            .find(|p| p.ifname == u.device)
+            .map(|p| p.mtu)
+    });
+    let mtu = match underlay {
+        Some(m) if cfg.datapath.routing == control::config::RoutingMode::Tunnel => {
+            m.saturating_sub(50)
+        }
+        Some(m) => m,
+        None => 1500,
+    };
+    mtu.min(frame_mtu(devs.frame_size))
+}
+
 /// The largest MTU a UMEM chunk of `frame_size` bytes holds.
 pub(crate) fn frame_mtu(frame_size: u32) -> u32 {
     frame_size - 256 - 14
@@ -266,6 +286,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             xdp_mode: cfg.datapath.xdp_mode,
             max_pods: cfg.max_pods(),
             slots: sizing.slots,
+            pod_mtu: pod_mtu(&cfg, &devs),
         },
         workers.iter().map(|w| w.control()).collect(),
         ack_rx,
@@ -800,7 +821,10 @@ fn attach_devices(
 ) -> anyhow::Result<()> {
     for (slot, p) in ports.iter().enumerate() {
         let role = match p.role {
-            PortRole::Lxc => ROLE_LXC,
+            PortRole::Lxc => {
+                no_kernel_forwarding(&p.ifname)?;
+                ROLE_LXC
+            }
             PortRole::Underlay => ROLE_UNDERLAY,
         };
         let d = dp.kernel().attach(
@@ -823,6 +847,18 @@ fn attach_devices(
         );
     }
     Ok(())
+}
+
+/// The kernel must not forward what a pod sends: only fastpath moves pod traffic, with
+/// policy. IPv4 forwarding is decided by the *receiving* device's `forwarding` setting,
+/// so turning it off on the lxc device keeps a pod's frames from being routed by the kernel
+/// while fastpath is not running (a restart, a crash) even where the node forwards
+/// (`net.ipv4.ip_forward=1`, as podman and most hosts set it); what is addressed to the node
+/// itself is still delivered. Set for every lxc device fastpath serves, before XDP.
+pub(crate) fn no_kernel_forwarding(dev: &str) -> anyhow::Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{dev}/forwarding");
+    std::fs::write(&path, "0")
+        .with_context(|| format!("turning kernel forwarding off on `{dev}` ({path})"))
 }
 
 /// Step 2b: a real-time priority the workers could not get is refused before anything is
@@ -1036,16 +1072,17 @@ fn endpoint_response(o: crate::endpoints::Outcome) -> Response {
             endpoint,
             generation,
         } => Response::EndpointAdded {
-            endpoint,
+            endpoint: Box::new(endpoint),
             generation,
         },
         Outcome::Deleted {
             endpoint,
             conntrack_flushed,
         } => Response::EndpointDeleted {
-            endpoint,
+            endpoint: Box::new(endpoint),
             conntrack_flushed,
         },
+        Outcome::Absent => Response::EndpointAbsent,
         Outcome::Failed(message) => Response::Error { message },
     }
 }
@@ -1224,6 +1261,11 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
         }),
         Request::EndpointAdd { endpoint } => submit(v, crate::endpoints::Change::Add(endpoint)),
         Request::EndpointDelete { id } => submit(v, crate::endpoints::Change::Delete(id)),
+        Request::CniAdd { endpoint } => submit(v, endpoint.into_change()),
+        Request::CniDelete { attachment } => {
+            submit(v, crate::endpoints::Change::CniDelete(attachment))
+        }
+        Request::NodeInfo => now(Response::NodeInfo(Box::new(v.endpoints.node_info(v.cfg)))),
         Request::ServiceDelete { id } => {
             let before = v.dp.services();
             now(match v.dp.delete_service(&id) {

@@ -58,6 +58,19 @@ pub enum Source {
     Config,
     /// Added through the control socket (kept in the state dir across restarts).
     Api,
+    /// Added by a CNI ADD (`fastpath-cni`): as `Api`, and named by its attachment.
+    Cni,
+}
+
+impl Source {
+    /// Where a run-time endpoint came from: a CNI ADD if it carries an attachment.
+    fn runtime(pod: &PodConfig) -> Source {
+        if pod.cni.is_some() {
+            Source::Cni
+        } else {
+            Source::Api
+        }
+    }
 }
 
 /// One endpoint, as `fastpath endpoint list` shows it.
@@ -82,6 +95,9 @@ pub struct EndpointRow {
     pub slot: u16,
     /// Rx queues served (one AF_XDP socket each).
     pub rx_queues: u32,
+    /// The CNI attachment that added it (`source: cni`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<control::config::CniAttachment>,
 }
 
 /// An endpoint this node serves, with what was reserved for it.
@@ -101,6 +117,18 @@ struct Served {
 pub enum Change {
     Add(PodConfig),
     Delete(String),
+    /// A CNI ADD: the pod (with its attachment in `cni`) and the address it asks for, if
+    /// any (`runtimeConfig.ips`); without one, host-scope IPAM picks it from `pool` (the
+    /// node's pod CIDR when `None`) when the change starts — after every change queued
+    /// before it, so two adds never get one address.
+    CniAdd {
+        pod: PodConfig,
+        requested: Option<std::net::Ipv4Addr>,
+        pool: Option<control::net::Ipv4Cidr>,
+    },
+    /// A CNI DEL: the endpoint of this attachment, if any (none is a success: DEL is
+    /// idempotent).
+    CniDelete(control::config::CniAttachment),
 }
 
 /// What a finished change answers.
@@ -114,6 +142,8 @@ pub enum Outcome {
         endpoint: EndpointRow,
         conntrack_flushed: usize,
     },
+    /// A CNI DEL of an attachment no endpoint has (deleted already, or never added).
+    Absent,
     Failed(String),
 }
 
@@ -177,6 +207,13 @@ pub struct Endpoints {
     host_ips: Vec<std::net::Ipv4Addr>,
     /// `node.pod_cidr_v6`: where an endpoint's `ipv6` must be.
     pod_cidr_v6: Option<control::net::Ipv6Cidr>,
+    /// `node.pod_cidr`: host-scope IPAM's range.
+    pod_cidr: Option<control::net::Ipv4Cidr>,
+    /// The address IPAM handed out last: the next search starts after it, so a released
+    /// address is not reused at once (as CNI's host-local does).
+    ipam_last: Option<std::net::Ipv4Addr>,
+    /// [`Shape::pod_mtu`].
+    pod_mtu: u32,
     /// Changes finished, for status.
     pub added: u64,
     pub deleted: u64,
@@ -207,6 +244,8 @@ pub struct Shape {
     pub max_pods: u32,
     /// Port slots in all: pods (`max_pods`) plus the underlay.
     pub slots: usize,
+    /// The MTU a CNI plugin gives a pod's links ([`crate::api::NodeInfo::pod_mtu`]).
+    pub pod_mtu: u32,
 }
 
 impl Endpoints {
@@ -234,7 +273,7 @@ impl Endpoints {
         });
         let runtime = restored
             .iter()
-            .map(|(p, id, labels)| (p, *id, labels.clone(), Source::Api));
+            .map(|(p, id, labels)| (p, *id, labels.clone(), Source::runtime(p)));
         let mut slot = 0usize;
         for (n, (pod, identity, labels, source)) in config.chain(runtime).enumerate() {
             if n == cfg.pods.len() && cfg.node.underlay.is_some() {
@@ -283,6 +322,14 @@ impl Endpoints {
             netns: cfg.node.netns.clone(),
             host_ips,
             pod_cidr_v6: cfg.node.pod_cidr_v6,
+            pod_cidr: cfg.node.pod_cidr,
+            pod_mtu: shape.pod_mtu,
+            // After a restart: past the highest address a restored CNI endpoint has.
+            ipam_last: restored
+                .iter()
+                .filter(|(p, _, _)| p.cni.is_some())
+                .map(|(p, _, _)| p.ip)
+                .max(),
             added: 0,
             deleted: 0,
             failed: 0,
@@ -292,6 +339,37 @@ impl Endpoints {
     /// Worker `w`'s live sockets.
     pub fn sockets(&self, w: usize) -> &[SocketInfo] {
         self.socks.get(w).map_or(&[], |s| s.as_slice())
+    }
+
+    /// What a CNI plugin asks of the node before an ADD, and for STATUS.
+    pub fn node_info(&self, cfg: &Config) -> crate::api::NodeInfo {
+        let ipam_free = self.pod_cidr.map_or(0, |c| {
+            let size = 1u64 << (32 - c.len);
+            let reserved = if c.len >= 31 { 0 } else { 2 };
+            // The addresses of the CIDR that `allocate` skips for the node and its pods
+            // (a remote pod's `/32` inside this node's pod CIDR, a misconfiguration, is
+            // not counted here; `allocate` still skips it).
+            let taken: std::collections::HashSet<std::net::Ipv4Addr> = self
+                .host_ips
+                .iter()
+                .copied()
+                .chain(self.served.values().map(|s| s.pod.ip))
+                .filter(|ip| c.contains(*ip))
+                .collect();
+            size.saturating_sub(reserved + taken.len() as u64)
+        });
+        crate::api::NodeInfo {
+            node: cfg.node.name.clone(),
+            netns: self.netns.clone(),
+            router_ip: cfg.node.router_ip,
+            pod_cidr: self.pod_cidr,
+            pod_mtu: self.pod_mtu,
+            ipam_free,
+            queues: self.workers_n,
+            pods: self.served.len(),
+            max_pods: self.max_pods,
+            pending: self.pending(),
+        }
     }
 
     /// Changes queued or in progress.
@@ -310,7 +388,7 @@ impl Endpoints {
     pub fn runtime(&self) -> Vec<PodConfig> {
         self.served
             .values()
-            .filter(|s| s.source == Source::Api)
+            .filter(|s| s.source != Source::Config)
             .map(|s| s.pod.clone())
             .collect()
     }
@@ -363,6 +441,7 @@ impl Endpoints {
         match &o {
             Outcome::Added { .. } => self.added += 1,
             Outcome::Deleted { .. } => self.deleted += 1,
+            Outcome::Absent => {}
             Outcome::Failed(_) => self.failed += 1,
         }
         self.done.push((ticket, o));
@@ -370,7 +449,35 @@ impl Endpoints {
 
     fn start(&mut self, ticket: u64, change: Change, dp: &mut Datapath<Steering>) {
         let deadline = Instant::now() + CHANGE_TIMEOUT;
+        let change = match change {
+            Change::CniAdd {
+                mut pod,
+                requested,
+                pool,
+            } => match self.allocate(&pod, requested, pool, dp) {
+                Ok(ip) => {
+                    pod.ip = ip;
+                    if requested.is_none() {
+                        self.ipam_last = Some(ip);
+                    }
+                    Change::Add(pod)
+                }
+                Err(e) => return self.finish(ticket, Outcome::Failed(format!("{e:#}"))),
+            },
+            Change::CniDelete(att) => {
+                match self
+                    .served
+                    .values()
+                    .find(|s| s.pod.cni.as_ref() == Some(&att))
+                {
+                    Some(s) => Change::Delete(pod_id(&s.pod)),
+                    None => return self.finish(ticket, Outcome::Absent),
+                }
+            }
+            c => c,
+        };
         match change {
+            Change::CniAdd { .. } | Change::CniDelete(_) => unreachable!("resolved above"),
             Change::Add(pod) => match self.check_add(pod, dp) {
                 Ok(ep) => {
                     let mut made = Vec::new();
@@ -417,6 +524,84 @@ impl Endpoints {
                 }
             }
         }
+    }
+
+    /// Host-scope IPAM: `requested` if it is inside the pod CIDR and free, else the first
+    /// free address of `pool` (or the node's pod CIDR) after the one handed out last,
+    /// wrapping around. Never the network or broadcast address of the pod CIDR, the gateway
+    /// (`router_ip`) or another node address, an endpoint's address (served, config or run
+    /// time) or one the ipcache has as a `/32` (a remote pod). Allocation is by the
+    /// endpoints themselves: an address is in use exactly while an endpoint has it, and
+    /// the endpoints are in the state dir — so no restart can hand one out twice.
+    fn allocate(
+        &self,
+        pod: &PodConfig,
+        requested: Option<std::net::Ipv4Addr>,
+        pool: Option<control::net::Ipv4Cidr>,
+        dp: &Datapath<Steering>,
+    ) -> anyhow::Result<std::net::Ipv4Addr> {
+        let Some(cidr) = self.pod_cidr else {
+            bail!(
+                "ipam: the node has no pod CIDR (node.pod_cidr in its config): addresses cannot be allocated"
+            );
+        };
+        let range = match pool {
+            None => cidr,
+            Some(p) if p.len < cidr.len || !cidr.contains(p.addr) => {
+                bail!("ipam.pool: {p} is not inside the node's pod CIDR {cidr}")
+            }
+            Some(p) => p.network(),
+        };
+        if let Some(c) = &pod.cni
+            && let Some(s) = self.served.values().find(|s| s.pod.cni.as_ref() == Some(c))
+        {
+            bail!(
+                "cni: container {} interface {} on network {} is endpoint {} already",
+                c.container_id,
+                c.ifname,
+                c.network,
+                pod_id(&s.pod)
+            );
+        }
+        let base = u32::from(range.network().addr);
+        let size = 1u64 << (32 - range.len);
+        let net = u32::from(cidr.network().addr);
+        let bcast = net | u32::MAX.checked_shr(cidr.len.into()).unwrap_or(0);
+        let t = dp.tables();
+        let free = |a: u32| {
+            let ip = std::net::Ipv4Addr::from(a);
+            (cidr.len >= 31 || (a != net && a != bcast))
+                && !self.host_ips.contains(&ip)
+                && !self.served.values().any(|s| s.pod.ip == ip)
+                && t.endpoint_v4(ip.octets()).is_none()
+                && t.ipcache.get(control::net::Ipv4Cidr::host(ip)).is_none()
+        };
+        let start = match self.ipam_last {
+            Some(l) if range.contains(l) => (u32::from(l) - base) as u64 + 1,
+            _ => 0,
+        };
+        if let Some(ip) = requested {
+            if !range.contains(ip) {
+                bail!("ips: {ip} is outside {range}, the range this network allocates from");
+            }
+            if !free(u32::from(ip)) {
+                bail!(
+                    "ips: {ip} is taken (an endpoint, a node address, or the network or broadcast address of {cidr})"
+                );
+            }
+            return Ok(ip);
+        }
+        let mut in_use = 0u64;
+        for i in 0..size {
+            let a = base.wrapping_add(((start + i) % size) as u32);
+            if free(a) {
+                return Ok(std::net::Ipv4Addr::from(a));
+            }
+            in_use += 1;
+        }
+        bail!(
+            "ipam: no free address in {range}: all {in_use} are taken (endpoints, the gateway and node addresses, the pod CIDR's network and broadcast addresses)"
+        )
     }
 
     /// Everything about an add that can be checked before anything is made.
@@ -541,13 +726,14 @@ impl Endpoints {
             .position(Option::is_none)
             .context("no port slot left (datapath.max_pods)")? as PortId;
         let port = Port::lxc(&pod.lxc, li.ifindex, li.mac, pod.ip, ep_id, li.mtu);
+        let source = Source::runtime(&pod);
         Ok(Served {
             pod,
             slot,
             port,
             identity,
             labels,
-            source: Source::Api,
+            source,
             rx_queues: q.rx,
         })
     }
@@ -990,6 +1176,11 @@ impl Endpoints {
                 return Err(anyhow::anyhow!("{e}"));
             }
         };
+        if let Err(e) = crate::daemon::no_kernel_forwarding(&ep.pod.lxc) {
+            let _ = dp.remove_local_endpoint(ep.pod.ip);
+            undo_xsks(dp);
+            return Err(e.context("lxc"));
+        }
         if let Err(e) = dp.kernel().attach(
             &ep.pod.lxc,
             ep.port.ifindex,
@@ -1059,6 +1250,7 @@ fn row(s: &Served) -> EndpointRow {
         source: s.source,
         slot: s.slot,
         rx_queues: s.rx_queues,
+        cni: s.pod.cni.clone(),
     }
 }
 
@@ -1121,6 +1313,48 @@ pub fn check_pod_fields(p: &PodConfig) -> anyhow::Result<()> {
     if p.netns.is_some() {
         bail!("netns: only `fastpath lab` reads it; leave it out of an endpoint request");
     }
+    if let Some(c) = &p.cni {
+        check_attachment(c)?;
+    }
+    Ok(())
+}
+
+/// The bounds of a CNI attachment (CNI spec 1.1: a network name and a container ID are
+/// alphanumerics, `_`, `.` and `-`, starting with an alphanumeric; an interface name is a
+/// Linux device name).
+pub fn check_attachment(c: &control::config::CniAttachment) -> anyhow::Result<()> {
+    let id_ok = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    if !id_ok(&c.network, 128) {
+        bail!(
+            "cni.network: `{}` must be 1-128 characters of a-z, A-Z, 0-9, '_', '.', '-', starting with a letter or digit",
+            c.network
+        );
+    }
+    if !id_ok(&c.container_id, 256) {
+        bail!(
+            "cni.container_id: `{}` must be 1-256 characters of a-z, A-Z, 0-9, '_', '.', '-', starting with a letter or digit",
+            c.container_id
+        );
+    }
+    if c.ifname.is_empty()
+        || c.ifname.len() > 15
+        || c.ifname == "."
+        || c.ifname == ".."
+        || c.ifname
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+    {
+        bail!(
+            "cni.ifname: `{}` is not an interface name (1-15 characters, no '/', ':' or space, not . or ..)",
+            c.ifname
+        );
+    }
     Ok(())
 }
 
@@ -1139,6 +1373,7 @@ mod tests {
             id: None,
             labels: [("app".to_string(), "web".to_string())].into(),
             netns: None,
+            cni: None,
         }
     }
 

@@ -565,6 +565,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         id,
                         labels: l,
                         netns: None,
+                        cni: None,
                     }
                 }
             };

@@ -144,7 +144,7 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
             served: list.len(),
             runtime: list
                 .iter()
-                .filter(|r| r.source == crate::endpoints::Source::Api)
+                .filter(|r| r.source != crate::endpoints::Source::Config)
                 .count(),
             max_pods: cfg.max_pods(),
             pending: src.endpoints.pending(),

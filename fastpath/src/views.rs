@@ -410,6 +410,7 @@ pub fn render_endpoints(rows: &[crate::endpoints::EndpointRow]) -> String {
             match r.source {
                 crate::endpoints::Source::Config => "config",
                 crate::endpoints::Source::Api => "api",
+                crate::endpoints::Source::Cni => "cni",
             },
             r.labels.join(",")
         );

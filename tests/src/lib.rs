@@ -21,6 +21,8 @@ use fastpath::api::{self, Status};
 use fastpath::daemon::link_info_in;
 use lab::{Lab, in_ns};
 
+pub mod podman;
+
 /// True (and a message) when the test cannot run here.
 pub fn require_root() -> bool {
     if fastpath::xsk::sys::euid() != 0 {
@@ -124,7 +126,11 @@ pub fn cluster_yaml(tag: &str, kinds: &[Kind], pods: usize, datapath_extra: &str
             y += &format!("datapath:\n  queues: 1\n{datapath_extra}");
             y += "pods:\n";
             y += &pod_lines(k, false);
-            y += "remote_nodes:\n";
+            y += if kinds.len() == 1 {
+                "remote_nodes: []\n"
+            } else {
+                "remote_nodes:\n"
+            };
             for r in (0..kinds.len()).filter(|&r| r != k) {
                 y += &format!(
                     "  - name: {}\n    ip: 192.168.{net}.{}\n    pod_cidr: 10.{net}.{}.0/24\n",
@@ -620,5 +626,73 @@ impl Drop for LongConn {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a leak would show: counted by the kernel where it can say, by fastpath otherwise.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Open fds by kind (`socket`, `anon_inode:bpf-map`, `pipe`, ...): a leak says what leaked.
+    pub fds: std::collections::BTreeMap<String, usize>,
+    pub xdp_sockets: usize,
+    pub xsk_entries: usize,
+    pub attached: usize,
+    pub worker_sockets: u64,
+    /// Per worker: UMEM chunks accounted for (pool + fill/TX rings) when idle.
+    pub umem_accounted: Vec<u64>,
+    pub cilium_lxc: usize,
+    pub ipcache: usize,
+    pub policy_maps: usize,
+}
+
+pub fn footprint(n: &TestNode) -> Footprint {
+    // Idle first: the workers refresh their gauges before they sleep.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = n.status().pid;
+    // The status connection itself is closed once its answer is written.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fds = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue; // closed between the listing and the read
+        };
+        let t = target.to_string_lossy();
+        // `socket:[123]`, `pipe:[45]`, `anon_inode:[eventfd]`, `anon_inode:bpf-map`, a path.
+        let kind = match t.split_once(":[") {
+            Some((k, _)) => k.to_string(),
+            None if t.starts_with('/') => "file".to_string(),
+            None => t.to_string(),
+        };
+        *fds.entry(kind).or_insert(0) += 1;
+    }
+    let st = n.status();
+    // The kernel's count of AF_XDP sockets in the node's namespace (`sockets` column of the
+    // XDP row; this kernel has no xsk_diag for `ss --xdp`).
+    let p = in_ns(n.node_ns(), &["cat", "/proc/net/protocols"]).unwrap();
+    let xdp_sockets = String::from_utf8_lossy(&p.stdout)
+        .lines()
+        .find(|l| l.starts_with("XDP "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .expect("an XDP row in /proc/net/protocols");
+    let lxc = api::endpoint_list(&n.socket).unwrap().len();
+    let policy = api::policy_get(&n.socket, None).unwrap().len();
+    Footprint {
+        fds,
+        xdp_sockets,
+        xsk_entries: st.endpoints.xsk_entries,
+        attached: st.endpoints.attached,
+        worker_sockets: st.workers.iter().map(|w| w.sockets).sum(),
+        umem_accounted: st
+            .workers
+            .iter()
+            .map(|w| w.umem_free + w.umem_in_rings)
+            .collect(),
+        cilium_lxc: lxc,
+        ipcache: st.overlay.as_ref().map_or(0, |o| o.ipcache_entries),
+        policy_maps: policy,
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use control::config::PodConfig;
 use fastpath::api;
-use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, require_root, unique};
+use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, footprint, require_root, unique};
 use lab::{PodNs, in_ns};
 
 /// A pod for node `n` that is not in its config: address .`host` of its pod CIDR.
@@ -31,6 +31,7 @@ fn new_pod(n: &TestNode, name: &str, host: u8, lxc: &str, app: &str) -> PodConfi
         id: None,
         labels: [("app".to_string(), app.to_string())].into(),
         netns: Some(format!("{}{name}", n.cfg.node.name)),
+        cni: None,
     }
 }
 
@@ -122,74 +123,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// What a leak would show: counted by the kernel where it can say, by fastpath otherwise.
-#[derive(Debug, PartialEq, Eq)]
-struct Footprint {
-    /// Open fds by kind (`socket`, `anon_inode:bpf-map`, `pipe`, ...): a leak says what leaked.
-    fds: std::collections::BTreeMap<String, usize>,
-    xdp_sockets: usize,
-    xsk_entries: usize,
-    attached: usize,
-    worker_sockets: u64,
-    /// Per worker: UMEM chunks accounted for (pool + fill/TX rings) when idle.
-    umem_accounted: Vec<u64>,
-    cilium_lxc: usize,
-    ipcache: usize,
-    policy_maps: usize,
-}
-
-fn footprint(n: &TestNode) -> Footprint {
-    // Idle first: the workers refresh their gauges before they sleep.
-    std::thread::sleep(Duration::from_millis(300));
-    let pid = n.status().pid;
-    // The status connection itself is closed once its answer is written.
-    std::thread::sleep(Duration::from_millis(200));
-    let mut fds = std::collections::BTreeMap::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(target) = std::fs::read_link(e.path()) else {
-            continue; // closed between the listing and the read
-        };
-        let t = target.to_string_lossy();
-        // `socket:[123]`, `pipe:[45]`, `anon_inode:[eventfd]`, `anon_inode:bpf-map`, a path.
-        let kind = match t.split_once(":[") {
-            Some((k, _)) => k.to_string(),
-            None if t.starts_with('/') => "file".to_string(),
-            None => t.to_string(),
-        };
-        *fds.entry(kind).or_insert(0) += 1;
-    }
-    let st = n.status();
-    // The kernel's count of AF_XDP sockets in the node's namespace (`sockets` column of the
-    // XDP row; this kernel has no xsk_diag for `ss --xdp`).
-    let p = in_ns(n.node_ns(), &["cat", "/proc/net/protocols"]).unwrap();
-    let xdp_sockets = String::from_utf8_lossy(&p.stdout)
-        .lines()
-        .find(|l| l.starts_with("XDP "))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|n| n.parse().ok())
-        .expect("an XDP row in /proc/net/protocols");
-    let lxc = api::endpoint_list(&n.socket).unwrap().len();
-    let policy = api::policy_get(&n.socket, None).unwrap().len();
-    Footprint {
-        fds,
-        xdp_sockets,
-        xsk_entries: st.endpoints.xsk_entries,
-        attached: st.endpoints.attached,
-        worker_sockets: st.workers.iter().map(|w| w.sockets).sum(),
-        umem_accounted: st
-            .workers
-            .iter()
-            .map(|w| w.umem_free + w.umem_in_rings)
-            .collect(),
-        cilium_lxc: lxc,
-        ipcache: st.overlay.as_ref().map_or(0, |o| o.ipcache_entries),
-        policy_maps: policy,
     }
 }
 
