@@ -17,7 +17,10 @@ TMP=$(mktemp -d)
 $FP config default --node demo2 > "$TMP/demo2.yaml"
 $FP config default --node demo-kernel > "$TMP/kernel.yaml"
 cleanup() {
+  CONTAINERS_CONF="$TMP/containers.conf" podman rm -f -t 0 fp-demo-c1 >/dev/null 2>&1 || true
   for p in ${FP_PID:-} ${FP2_PID:-}; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+  # What fastpath keeps for its next start: the LB map pins (conntrack's service IDs).
+  rm -rf /sys/fs/bpf/fastpath/demo /sys/fs/bpf/fastpath/demo2
   [[ -n "${BG_PIDS:-}" ]] && kill $BG_PIDS 2>/dev/null || true
   ip netns del fp-demo-live 2>/dev/null || true
   $FP lab down --config "$TMP/kernel.yaml"; $FP lab down --config "$TMP/demo2.yaml"; $FP lab down
@@ -30,8 +33,10 @@ x $FP lab up --config "$TMP/demo2.yaml"               # demo2
 x $FP lab up --config "$TMP/kernel.yaml" --kernel-vxlan   # demo-kernel: vxlan0 external, dstport 8472
 # Runtime changes (the policy applied below) are kept in --state-dir across restarts; the
 # demo keeps them in its temp dir so every run starts from the embedded config.
-$FP run --cores 0 --state-dir "$TMP/state-demo" & FP_PID=$!           # the embedded default config
-$FP run --config "$TMP/demo2.yaml" --cores 1 --state-dir "$TMP/state-demo2" & FP2_PID=$!
+# Conntrack lives in --run-dir (memory-mapped files, kept across restarts); the demo keeps it
+# in its temp dir too.
+$FP run --cores 0 --state-dir "$TMP/state-demo" --run-dir "$TMP/run-demo" & FP_PID=$!           # the embedded default config
+$FP run --config "$TMP/demo2.yaml" --cores 1 --state-dir "$TMP/state-demo2" --run-dir "$TMP/run-demo2" & FP2_PID=$!
 for _ in $(seq 100); do
   $FP status --node demo -o json 2>/dev/null | grep -q '"mac": "' && \
   $FP status --node demo2 -o json 2>/dev/null | grep -q '"mac": "' && break
@@ -126,6 +131,39 @@ if ip netns exec fp-demo-client ping -c 1 -W 1 10.200.1.50 >/dev/null 2>&1; then
 fi
 echo "deleted: the pod no longer answers, the others are untouched"
 x ip netns del fp-demo-live
+
+echo; echo "== a container from podman (CNI backend) on node demo, through fastpath-cni (docs/cni.md)"
+mkdir -p "$TMP/cni/net.d" "$TMP/cni/bin" "$TMP/rootfs"/{bin,proc,sys,dev,etc,tmp}
+ln -sf "$PWD/target/release/fastpath-cni" "$TMP/cni/bin/fastpath-cni"
+cp /bin/busybox "$TMP/rootfs/bin/"
+for a in sh ip ping sleep; do ln -sf busybox "$TMP/rootfs/bin/$a"; done
+# Labels of an identity demo2 knows (app: client), so its tunnel accepts the container.
+cat > "$TMP/cni/net.d/fpdemo.conflist" <<'JSON'
+{ "cniVersion": "1.0.0", "name": "fpdemo",
+  "plugins": [ { "type": "fastpath-cni", "node": "demo", "labels": { "app": "client" } } ] }
+JSON
+cat > "$TMP/containers.conf" <<CONF
+[containers]
+default_ulimits = []
+[network]
+network_backend = "cni"
+network_config_dir = "$TMP/cni/net.d"
+cni_plugin_dirs = ["$TMP/cni/bin", "/usr/lib/cni"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"
+CONF
+cat "$TMP/cni/net.d/fpdemo.conflist"
+export CONTAINERS_CONF="$TMP/containers.conf"
+x podman run -d --name fp-demo-c1 --network fpdemo --rootfs "$TMP/rootfs" sleep 100000
+x podman exec fp-demo-c1 ip -4 -o addr show eth0                    # its address from demo's pod CIDR
+x $FP endpoint list --node demo                                      # SOURCE cni
+x podman exec fp-demo-c1 ping -c 2 -i 0.2 10.200.1.12               # to echo, same node
+x podman exec fp-demo-c1 ping -c 2 -i 0.2 10.201.1.11               # to db on demo2, through the tunnel
+x podman rm -f -t 0 fp-demo-c1                                       # CNI DEL: veth, endpoint, address gone
+x $FP endpoint list --node demo
+unset CONTAINERS_CONF
 
 echo; echo "== fastpath status (node demo)"
 x $FP status --node demo

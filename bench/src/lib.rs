@@ -61,6 +61,9 @@ pub fn start_fastpath(
         .context("exe dir")?
         .join("fastpath");
     let state = std::env::temp_dir().join(format!("fastpath-bench-{node}-state"));
+    // Conntrack of its own: a table a previous run kept would start the bench non-empty.
+    let run = std::env::temp_dir().join(format!("fastpath-bench-{node}-run"));
+    let _ = std::fs::remove_dir_all(&run);
     let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
     let mut cmd = Command::new(&bin);
     cmd.arg("run")
@@ -68,6 +71,8 @@ pub fn start_fastpath(
         .arg(cfg)
         .arg("--state-dir")
         .arg(&state)
+        .arg("--run-dir")
+        .arg(&run)
         .args(["--queues", &cores.len().to_string()])
         .args(["--cores", &cores.join(",")]);
     if bare {
@@ -79,6 +84,8 @@ pub fn start_fastpath(
         .spawn()
         .with_context(|| format!("{}", bin.display()))?;
     cleanup.push(state);
+    cleanup.push(run);
+    cleanup.push(PathBuf::from(format!("/sys/fs/bpf/fastpath/{node}")));
     let fp = Fastpath { child, cleanup };
     let sock = fastpath::api::socket_path(node);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -587,6 +587,84 @@ impl<K: KernelMaps> Datapath<K> {
         None
     }
 
+    /// After a restart, before any worker reads them: take the conntrack and affinity maps
+    /// kept from the last run (`ct`, `affinity`), drop what expired, renumber the service
+    /// and backend IDs their entries carry from the last run's (`old`, read from its pinned
+    /// LB maps) to this run's — by frontend and backend address — and delete the entries
+    /// whose service or backend is gone (or all that name one, when `old` is unknown), then
+    /// publish them. Call after the services are in force.
+    pub fn restore_datapath_maps(
+        &mut self,
+        mut ct: Conntrack,
+        mut affinity: crate::tables::AffinityMap,
+        old: Option<&LbIds>,
+        now: u32,
+    ) -> RestoreReport {
+        let remap = IdRemap::new(old, self.lb.tables());
+        let (ct_kept, ct_dropped) = ct.restore(now, |_, st| {
+            let rev = remap.service(st.rev_nat.0);
+            let be = remap.backend(st.backend_id);
+            match (rev, be) {
+                (Some(r), Some(b)) => {
+                    st.rev_nat = RevNat(r);
+                    st.backend_id = b;
+                    true
+                }
+                _ => false,
+            }
+        });
+        // Affinity keys hold the service ID: taken out, renumbered, put back.
+        let mut entries = Vec::new();
+        affinity.retain_mut(|k, v, life| {
+            if !crate::shared_table::expired(*life, now) {
+                entries.push((*k, *v, *life));
+            }
+            false
+        });
+        let mut aff_kept = 0;
+        for (k, v, life) in entries {
+            let rev = crate::tables::lb::affinity_rev_nat(&k).0;
+            let (Some(r), Some(id)) = (remap.service(rev), remap.backend(v[0] as u32)) else {
+                continue;
+            };
+            let k = crate::tables::lb::affinity_with_rev_nat(k, RevNat(r));
+            if affinity.insert(k, [id as u64], life, now).is_some() {
+                aff_kept += 1;
+            }
+        }
+        let mut next = (*self.writer.current()).clone();
+        next.ct = Arc::new(ct);
+        next.affinity = Arc::new(affinity);
+        self.writer.publish(next);
+        RestoreReport {
+            ct_kept,
+            ct_dropped,
+            affinity_kept: aff_kept,
+        }
+    }
+
+    /// The identity for a restored endpoint that had `had` before the restart: `had` again
+    /// when it is free or already these labels' (so a restart renumbers nothing), else
+    /// what [`Datapath::identity_for`] gives.
+    pub fn identity_for_restored(&self, labels: &[String], had: Option<u32>) -> Option<u32> {
+        match had {
+            Some(id)
+                if (identity::MIN_ALLOCATED..=identity::MAX_ALLOCATED).contains(&id)
+                    && self
+                        .pod_labels
+                        .get(&id)
+                        .is_none_or(|l| l.as_slice() == labels)
+                    && self
+                        .pod_labels
+                        .iter()
+                        .all(|(i, l)| *i == id || l.as_slice() != labels) =>
+            {
+                Some(id)
+            }
+            _ => self.identity_for(labels),
+        }
+    }
+
     /// Delete every conntrack entry with `ip` as either end (an endpoint that is gone).
     /// Returns how many.
     pub fn flush_conntrack(&mut self, ip: std::net::Ipv4Addr) -> usize {
@@ -1109,6 +1187,70 @@ pub fn node_routes(cfg: &Config) -> Vec<(Ipv4Cidr, std::net::Ipv4Addr)> {
         .collect()
 }
 
+/// The service and backend IDs of a previous run (from its pinned LB maps): each
+/// frontend's master key with its service ID, and each backend ID with its backend.
+#[derive(Debug, Clone, Default)]
+pub struct LbIds {
+    pub services: Vec<(crate::maps::lb::Lb4Key, u16)>,
+    pub backends: Vec<(u32, crate::maps::lb::Lb4Backend)>,
+}
+
+/// What [`Datapath::restore_datapath_maps`] kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub ct_kept: usize,
+    pub ct_dropped: usize,
+    pub affinity_kept: usize,
+}
+
+/// The last run's service and backend IDs → this run's, matched by frontend (master key)
+/// and by backend (address, port, protocol). ID 0 ("none") maps to itself.
+struct IdRemap {
+    services: std::collections::HashMap<u16, u16>,
+    backends: std::collections::HashMap<u32, u32>,
+}
+
+impl IdRemap {
+    fn new(old: Option<&LbIds>, now: &crate::lb::LbTables) -> IdRemap {
+        let mut services = std::collections::HashMap::new();
+        let mut backends = std::collections::HashMap::new();
+        if let Some(old) = old {
+            for (k, rev) in &old.services {
+                if let Some(m) = now.services.get(k) {
+                    services.insert(*rev, m.rev_nat().0);
+                }
+            }
+            let by_addr: std::collections::HashMap<([u8; 4], [u8; 2], u8), u32> = now
+                .backends
+                .iter()
+                .map(|(id, b)| ((b.address, b.port, b.proto), *id))
+                .collect();
+            for (id, b) in &old.backends {
+                if let Some(n) = by_addr.get(&(b.address, b.port, b.proto)) {
+                    backends.insert(*id, *n);
+                }
+            }
+        }
+        IdRemap { services, backends }
+    }
+
+    fn service(&self, old: u16) -> Option<u16> {
+        if old == 0 {
+            Some(0)
+        } else {
+            self.services.get(&old).copied()
+        }
+    }
+
+    fn backend(&self, old: u32) -> Option<u32> {
+        if old == 0 {
+            Some(0)
+        } else {
+            self.backends.get(&old).copied()
+        }
+    }
+}
+
 /// The node-wide forwarding settings of a config, given its resolved ports (the underlay
 /// port, if any, gives the MTU).
 pub fn node_overlay(cfg: &Config, ports: &[Port]) -> Overlay {
@@ -1262,6 +1404,131 @@ mod tests {
         fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
             self.lb_write(format!("rev {}", id.0), None)
         }
+    }
+
+    /// Conntrack and affinity kept from a run that numbered services and backends
+    /// differently are renumbered to this run's by frontend and backend address; entries of
+    /// a service or backend that is gone, expired entries and cached verdicts are dropped;
+    /// entries that name no service are kept as they are.
+    #[test]
+    fn restored_conntrack_is_renumbered_to_this_runs_service_ids() {
+        use crate::ct::{CtSizes, CtState};
+        use crate::lb::ServiceConfig;
+        use crate::maps::ct::CtTuple4;
+        let svc = |name: &str, vip: u8, backends: &[u8]| -> ServiceConfig {
+            serde_json::from_value(serde_json::json!({
+                "name": name,
+                "cluster_ip": format!("10.96.0.{vip}"),
+                "ports": [{ "port": 80, "target_port": 8080 }],
+                "backends": backends.iter().map(|b| serde_json::json!({ "ip": format!("10.200.0.{b}") })).collect::<Vec<_>>(),
+            }))
+            .unwrap()
+        };
+        let find = |t: &crate::tables::Tables, vip: [u8; 4]| {
+            let (k, m) =
+                t.lb.services
+                    .iter()
+                    .find(|(k, _)| k.address == vip && k.backend_slot == 0)
+                    .unwrap();
+            let be = t.lb.services.get(&k.slot(1)).unwrap().backend_id();
+            (*k, m.rev_nat().0, be)
+        };
+        let mut dp = Datapath::new(ports(), 1, NoKernel);
+        dp.set_services(
+            &[svc("b", 5, &[4, 5]), svc("a", 10, &[1])],
+            &LbSettings::default(),
+        )
+        .unwrap();
+        let (key_a, rev_a, be_a) = find(&dp.tables(), [10, 96, 0, 10]);
+        // The last run gave a's frontend and backend other IDs, and had a service (and a
+        // backend) this run does not.
+        let (rev_a_old, be_a_old, rev_g_old, be_g_old) = (77u16, 99u32, 78u16, 98u32);
+        let backend_a = *dp.tables().lb.backends.get(&be_a).unwrap();
+        let mut key_g = key_a;
+        key_g.address = [10, 96, 0, 12];
+        let mut backend_g = backend_a;
+        backend_g.address = [10, 200, 0, 9];
+        let old = LbIds {
+            services: vec![(key_a, rev_a_old), (key_g, rev_g_old)],
+            backends: vec![(be_a_old, backend_a), (be_g_old, backend_g)],
+        };
+        let now = 1000;
+        let ct = crate::ct::Conntrack::new(CtSizes {
+            tcp: 1024,
+            any: 1024,
+        });
+        let key = |sport: u16, vip: u8| CtTuple4 {
+            daddr: [10, 96, 0, vip],
+            saddr: [10, 200, 0, 50],
+            dport: 80u16.to_be_bytes(),
+            sport: sport.to_be_bytes(),
+            nexthdr: 6,
+            flags: 0,
+        };
+        let st = |rev: u16, be: u32| CtState {
+            backend_id: be,
+            rev_nat: RevNat(rev),
+            src_sec_id: 4242,
+            ..Default::default()
+        };
+        let hit = ct
+            .create(&key(1000, 10), &st(rev_a_old, be_a_old), now + 100, now)
+            .unwrap();
+        ct.cache_policy(&hit, 7, 3);
+        ct.create(&key(1001, 12), &st(rev_g_old, be_g_old), now + 100, now)
+            .unwrap();
+        ct.create(&key(1002, 99), &st(0, 0), now + 100, now)
+            .unwrap();
+        ct.create(&key(1003, 10), &st(rev_a_old, be_a_old), now - 1, now - 50)
+            .unwrap();
+        let aff = crate::tables::AffinityMap::new(64);
+        let client = [10, 200, 0, 50];
+        let aw = |rev: u16| crate::tables::lb::affinity_words(client, RevNat(rev));
+        aff.insert(aw(rev_a_old), [be_a_old as u64], now + 100, now)
+            .unwrap();
+        aff.insert(aw(rev_g_old), [be_g_old as u64], now + 100, now)
+            .unwrap();
+        let r = dp.restore_datapath_maps(ct, aff, Some(&old), now);
+        assert_eq!(
+            (r.ct_kept, r.ct_dropped, r.affinity_kept),
+            (2, 2, 1),
+            "{r:?}"
+        );
+        let t = dp.tables();
+        let s = t
+            .affinity
+            .lookup(&aw(rev_a))
+            .expect("a's client keeps its backend");
+        assert_eq!(t.affinity.read(s).map(|(v, _)| v), Some([be_a as u64]));
+        assert!(t.affinity.lookup(&aw(rev_a_old)).is_none());
+        let t = dp.tables();
+        let a = t.ct.lookup(&key(1000, 10), now).expect("a's flow kept");
+        let s = a.state;
+        assert_eq!(
+            (s.rev_nat.0, s.backend_id, s.src_sec_id),
+            (rev_a, be_a, 4242)
+        );
+        assert_eq!(a.policy, None, "verdicts of the last run are forgotten");
+        assert!(
+            t.ct.lookup(&key(1001, 12), now).is_none(),
+            "its service is gone"
+        );
+        assert!(
+            t.ct.lookup(&key(1002, 99), now).is_some(),
+            "no service: kept as is"
+        );
+        // Without the last run's IDs, only entries that name no service are kept.
+        let mut dp2 = Datapath::new(ports(), 1, NoKernel);
+        let ct = crate::ct::Conntrack::new(CtSizes {
+            tcp: 1024,
+            any: 1024,
+        });
+        ct.create(&key(1000, 10), &st(rev_a_old, be_a_old), now + 100, now)
+            .unwrap();
+        ct.create(&key(1002, 99), &st(0, 0), now + 100, now)
+            .unwrap();
+        let r = dp2.restore_datapath_maps(ct, crate::tables::AffinityMap::new(64), None, now);
+        assert_eq!((r.ct_kept, r.ct_dropped), (1, 1));
     }
 
     /// A service change the kernel fails half-way is rolled back: the kernel maps hold what

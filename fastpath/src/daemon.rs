@@ -54,6 +54,9 @@ pub struct RunOptions {
     /// Where services and policies applied at run time are kept across restarts (default
     /// `/var/lib/fastpath/<node>`; see [`crate::state`]).
     pub state_dir: Option<PathBuf>,
+    /// Where conntrack and affinity are kept, mapped into memory, across restarts (default
+    /// `/run/fastpath/<node>`).
+    pub run_dir: Option<PathBuf>,
 }
 
 /// A device as the kernel reports it.
@@ -276,6 +279,14 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         .first()
         .map_or("none", |w| w.socket_mode())
         .to_string();
+    sweep_guards(
+        &devs
+            .ports
+            .iter()
+            .filter(|p| p.role == PortRole::Lxc)
+            .map(|p| p.ifname.as_str())
+            .collect::<Vec<_>>(),
+    );
     attach_devices(&cfg, &devs.ports, &mut dp, &socket_mode)?;
     let mut endpoints = crate::endpoints::Endpoints::new(
         &cfg,
@@ -564,6 +575,7 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
         let mut next = state.state.clone();
         for k in &dropped {
             next.endpoints.remove(k);
+            next.identities.remove(k);
         }
         state.save(next)?;
     }
@@ -678,8 +690,21 @@ fn load_maps(
     let mut steering = Steering::load_sized(cfg.datapath.lb_map_max)
         .context("loading the XDP steering program")?;
     let pin_dir = opts.pin_dir.clone().or_else(|| {
-        bpffs_mounted()
+        mount_bpffs()
             .then(|| PathBuf::from(format!("/sys/fs/bpf/fastpath/{}/tc/globals", cfg.node.name)))
+    });
+    // The service and backend IDs the last run left pinned, read before the pins are
+    // replaced: the conntrack entries kept from it are renumbered with them (below).
+    let kept_lb = pin_dir.as_ref().and_then(|d| match xdp_redirect::read_kept_lb(d) {
+        Ok(ids) => ids,
+        Err(e) => {
+            eprintln!(
+                "fastpath: the LB maps pinned under {} by the last run cannot be read ({}): conntrack entries of services are not restored",
+                d.display(),
+                xdp_redirect::error_chain(&e)
+            );
+            None
+        }
     });
     if let Some(dir) = &pin_dir {
         steering
@@ -697,13 +722,17 @@ fn load_maps(
         cfg.datapath.queues as usize,
         steering,
     );
-    dp.size_datapath_maps(
-        control::ct::CtSizes {
-            tcp: cfg.datapath.ct_tcp_max as usize,
-            any: cfg.datapath.ct_any_max as usize,
-        },
-        cfg.datapath.lb_map_max as usize,
-    );
+    let ct_sizes = control::ct::CtSizes {
+        tcp: cfg.datapath.ct_tcp_max as usize,
+        any: cfg.datapath.ct_any_max as usize,
+    };
+    // Conntrack and affinity: kept in files of the run dir, opened (and checked against
+    // the services now in force) once those are restored, below.
+    let run_dir = opts
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/fastpath/{}", cfg.node.name)));
+    let (ct, affinity) = open_kept_maps(&run_dir, ct_sizes, cfg.datapath.lb_map_max as usize)?;
     dp.load_node(cfg)
         .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;
     if !state.state.is_empty() {
@@ -720,8 +749,13 @@ fn load_maps(
         dp.set_policies(&policies).with_context(fix)?;
         for (pod, slot) in &devs.restored {
             let labels = control::identity::pod_labels(&pod.namespace, &pod.labels);
+            let had = state
+                .state
+                .identities
+                .get(&crate::endpoints::pod_id(pod))
+                .copied();
             let id = dp
-                .identity_for(&labels)
+                .identity_for_restored(&labels, had)
                 .context("no security identity left in 256-65535")
                 .with_context(fix)?;
             dp.add_local_endpoint(
@@ -745,7 +779,62 @@ fn load_maps(
             path.display()
         );
     }
+    let r = dp.restore_datapath_maps(ct, affinity, kept_lb.as_ref(), control::clock::now());
+    if r.ct_kept + r.ct_dropped + r.affinity_kept > 0 {
+        eprintln!(
+            "fastpath: restored {} conntrack and {} affinity entries from {} ({} conntrack entries dropped: expired, or their service or backend is gone)",
+            r.ct_kept,
+            r.affinity_kept,
+            run_dir.display(),
+            r.ct_dropped
+        );
+    }
     Ok(dp)
+}
+
+/// Conntrack (`ct4_tcp.table`, `ct4_any.table`) and affinity (`affinity.table`) as files of
+/// `dir` (mode 0700), mapped into memory: what the last run left is used again when its
+/// layout and sizes match (and it is from this boot); otherwise the table starts empty and
+/// the log says why.
+fn open_kept_maps(
+    dir: &std::path::Path,
+    ct: control::ct::CtSizes,
+    affinity: usize,
+) -> anyhow::Result<(control::ct::Conntrack, control::tables::AffinityMap)> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the run dir {} (--run-dir)", dir.display()))?;
+    let fix = || {
+        format!(
+            "conntrack and affinity tables in {} (--run-dir; remove the directory to start afresh)",
+            dir.display()
+        )
+    };
+    let (ct, opened) = control::ct::Conntrack::open_files(dir, "ct4", ct).with_context(fix)?;
+    let (aff, a) =
+        control::tables::AffinityMap::open_file(&dir.join("affinity.table"), "affinity", affinity)
+            .with_context(fix)?;
+    for (name, o) in ["ct4_tcp", "ct4_any", "affinity"]
+        .iter()
+        .zip(opened.iter().chain([&a]))
+    {
+        match o {
+            control::shared_table::Opened::Kept { torn, .. } if *torn > 0 => eprintln!(
+                "fastpath: {name}: {torn} entries half-written by the last run were dropped"
+            ),
+            control::shared_table::Opened::Fresh { why } if why != "no table was kept" => {
+                eprintln!(
+                    "fastpath: {name}: starting empty, the table in {} is not used: {why}",
+                    dir.display()
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok((ct, aff))
 }
 
 /// Step 6a: the workers, each with its UMEM and sockets; every socket registered in the
@@ -822,7 +911,7 @@ fn attach_devices(
     for (slot, p) in ports.iter().enumerate() {
         let role = match p.role {
             PortRole::Lxc => {
-                no_kernel_forwarding(&p.ifname)?;
+                guard_device(&p.ifname)?;
                 ROLE_LXC
             }
             PortRole::Underlay => ROLE_UNDERLAY,
@@ -849,16 +938,66 @@ fn attach_devices(
     Ok(())
 }
 
-/// The kernel must not forward what a pod sends: only fastpath moves pod traffic, with
-/// policy. IPv4 forwarding is decided by the *receiving* device's `forwarding` setting,
-/// so turning it off on the lxc device keeps a pod's frames from being routed by the kernel
-/// while fastpath is not running (a restart, a crash) even where the node forwards
-/// (`net.ipv4.ip_forward=1`, as podman and most hosts set it); what is addressed to the node
-/// itself is still delivered. Set for every lxc device fastpath serves, before XDP.
-pub(crate) fn no_kernel_forwarding(dev: &str) -> anyhow::Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{dev}/forwarding");
-    std::fs::write(&path, "0")
-        .with_context(|| format!("turning kernel forwarding off on `{dev}` ({path})"))
+/// Priority of the policy-routing rules that keep the kernel from forwarding pod traffic
+/// ([`guard_device`]); `ip rule show priority 40` lists them.
+pub const GUARD_RULE_PRIORITY: &str = "40";
+
+/// The kernel must never route what a pod sends around fastpath: only fastpath moves pod
+/// traffic, with policy. A policy-routing rule `priority 40 iif <lxc> blackhole` makes
+/// every frame from the device that is not for the node itself (the `local` table, at
+/// priority 0, still delivers those) go nowhere — whatever `net.ipv4.ip_forward` and the
+/// device's `forwarding` say, and however often they are rewritten (podman and most hosts
+/// turn forwarding on). While fastpath runs the rule is not reached (XDP takes the pod's
+/// frames first); it matters while fastpath is stopped, restarting or crashed, and it is
+/// left in place when fastpath exits for that reason. Set for every lxc device before XDP.
+pub(crate) fn guard_device(dev: &str) -> anyhow::Result<()> {
+    guard_rule("add", &["iif", dev]).with_context(|| {
+        format!("adding the rule that keeps the kernel from forwarding for `{dev}`")
+    })
+}
+
+/// Take the rule of [`guard_device`] away (the device is no longer fastpath's); absent is
+/// fine.
+pub(crate) fn unguard_device(dev: &str) {
+    let _ = guard_rule("del", &["iif", dev]);
+}
+
+fn guard_rule(op: &str, sel: &[&str]) -> anyhow::Result<()> {
+    let mut a = vec!["rule", op, "priority", GUARD_RULE_PRIORITY];
+    a.extend_from_slice(sel);
+    a.push("blackhole");
+    let out = std::process::Command::new("ip")
+        .args(&a)
+        .output()
+        .context("running `ip rule`")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The rule kept from the last run is the one wanted: never taken down to be re-added,
+    // which would open a window for the kernel to forward.
+    let kept = op == "add" && err.contains("File exists");
+    if !out.status.success() && !kept {
+        bail!("`ip {}`: {}", a.join(" "), err.trim());
+    }
+    Ok(())
+}
+
+/// At start: the guard rules of devices this run does not serve (a pod deleted while
+/// fastpath was down) are removed; the served ones get theirs in [`attach_devices`].
+fn sweep_guards(keep: &[&str]) {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-j", "rule", "show", "priority", GUARD_RULE_PRIORITY])
+        .output()
+    else {
+        return;
+    };
+    let rules: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    for r in rules.as_array().into_iter().flatten() {
+        if let Some(dev) = r["iif"].as_str()
+            && r["action"] == "blackhole"
+            && !keep.contains(&dev)
+        {
+            unguard_device(dev);
+        }
+    }
 }
 
 /// Step 2b: a real-time priority the workers could not get is refused before anything is
@@ -964,9 +1103,13 @@ fn serve(
         }
         endpoints.tick(dp, &mut |eps| {
             let mut next = state.state.clone();
+            next.identities = eps
+                .iter()
+                .map(|(p, id)| (crate::endpoints::pod_id(p), *id))
+                .collect();
             next.endpoints = eps
                 .into_iter()
-                .map(|p| (crate::endpoints::pod_id(&p), p))
+                .map(|(p, _)| (crate::endpoints::pod_id(&p), p))
                 .collect();
             if next == state.state {
                 return Ok(());
@@ -1098,6 +1241,38 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// bpffs at `/sys/fs/bpf`, mounted if it is not (as Cilium's agent does): the maps are
+/// pinned there, and the LB maps' pins carry the service and backend IDs a restart needs to
+/// keep its conntrack entries. False (and a log line) if it cannot be mounted.
+fn mount_bpffs() -> bool {
+    if bpffs_mounted() {
+        return true;
+    }
+    let _ = std::fs::create_dir_all("/sys/fs/bpf");
+    match std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            eprintln!("fastpath: mounted bpffs at /sys/fs/bpf");
+            true
+        }
+        Ok(o) => {
+            eprintln!(
+                "fastpath: bpffs is not mounted and `mount -t bpf bpf /sys/fs/bpf` failed ({}): maps are not pinned, and a restart drops the conntrack entries of services",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            false
+        }
+        Err(e) => {
+            eprintln!(
+                "fastpath: bpffs is not mounted and `mount` cannot run ({e}): maps are not pinned"
+            );
+            false
+        }
     }
 }
 

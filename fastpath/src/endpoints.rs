@@ -384,12 +384,13 @@ impl Endpoints {
         v
     }
 
-    /// The runtime endpoints, for the state file: the pod with its endpoint ID.
-    pub fn runtime(&self) -> Vec<PodConfig> {
+    /// The runtime endpoints, for the state file: the pod with its endpoint ID, and its
+    /// security identity.
+    pub fn runtime(&self) -> Vec<(PodConfig, u32)> {
         self.served
             .values()
             .filter(|s| s.source != Source::Config)
-            .map(|s| s.pod.clone())
+            .map(|s| (s.pod.clone(), s.identity))
             .collect()
     }
 
@@ -413,7 +414,7 @@ impl Endpoints {
     pub fn tick(
         &mut self,
         dp: &mut Datapath<Steering>,
-        persist: &mut dyn FnMut(Vec<PodConfig>) -> anyhow::Result<()>,
+        persist: &mut dyn FnMut(Vec<(PodConfig, u32)>) -> anyhow::Result<()>,
     ) {
         let mut acks = Vec::new();
         while let Ok(a) = self.acks.try_recv() {
@@ -552,17 +553,7 @@ impl Endpoints {
             }
             Some(p) => p.network(),
         };
-        if let Some(c) = &pod.cni
-            && let Some(s) = self.served.values().find(|s| s.pod.cni.as_ref() == Some(c))
-        {
-            bail!(
-                "cni: container {} interface {} on network {} is endpoint {} already",
-                c.container_id,
-                c.ifname,
-                c.network,
-                pod_id(&s.pod)
-            );
-        }
+        self.check_attachment_free(pod)?;
         let base = u32::from(range.network().addr);
         let size = 1u64 << (32 - range.len);
         let net = u32::from(cidr.network().addr);
@@ -604,10 +595,27 @@ impl Endpoints {
         )
     }
 
+    /// A CNI attachment is one endpoint at most.
+    fn check_attachment_free(&self, pod: &PodConfig) -> anyhow::Result<()> {
+        if let Some(c) = &pod.cni
+            && let Some(s) = self.served.values().find(|s| s.pod.cni.as_ref() == Some(c))
+        {
+            bail!(
+                "cni: container {} interface {} on network {} is endpoint {} already",
+                c.container_id,
+                c.ifname,
+                c.network,
+                pod_id(&s.pod)
+            );
+        }
+        Ok(())
+    }
+
     /// Everything about an add that can be checked before anything is made.
     fn check_add(&mut self, mut pod: PodConfig, dp: &Datapath<Steering>) -> anyhow::Result<Served> {
         let id = pod_id(&pod);
         check_pod_fields(&pod)?;
+        self.check_attachment_free(&pod)?;
         if self.served.contains_key(&id) {
             bail!("endpoint {id} exists already (fastpath endpoint delete {id} first)");
         }
@@ -742,7 +750,7 @@ impl Endpoints {
     fn step(
         &mut self,
         dp: &mut Datapath<Steering>,
-        persist: &mut dyn FnMut(Vec<PodConfig>) -> anyhow::Result<()>,
+        persist: &mut dyn FnMut(Vec<(PodConfig, u32)>) -> anyhow::Result<()>,
     ) -> bool {
         let Some(cur) = self.current.take() else {
             return false;
@@ -1176,7 +1184,7 @@ impl Endpoints {
                 return Err(anyhow::anyhow!("{e}"));
             }
         };
-        if let Err(e) = crate::daemon::no_kernel_forwarding(&ep.pod.lxc) {
+        if let Err(e) = crate::daemon::guard_device(&ep.pod.lxc) {
             let _ = dp.remove_local_endpoint(ep.pod.ip);
             undo_xsks(dp);
             return Err(e.context("lxc"));
@@ -1221,6 +1229,7 @@ impl Endpoints {
         // Then steering: frames the pod sends from here on go to the kernel. Errors are
         // expected when the device went away with the pod (the kernel dropped its link).
         let _ = dp.kernel().detach(ep.port.ifindex);
+        crate::daemon::unguard_device(&ep.pod.lxc);
         let queues: Vec<u32> = self
             .socks
             .iter()

@@ -81,6 +81,11 @@ enum Cmd {
         /// the file to start from the config alone.
         #[arg(long, value_name = "DIR", default_value = "/var/lib/fastpath/<node>")]
         state_dir: PathBuf,
+        /// Where conntrack and the session-affinity map live (files mapped into memory, on
+        /// tmpfs): a restart or crash finds every connection there. Survives the process,
+        /// not a reboot; remove the directory to start with empty tables.
+        #[arg(long, value_name = "DIR", default_value = "/run/fastpath/<node>")]
+        run_dir: PathBuf,
     },
     /// Per-queue counters, XDP modes, cores and drop reasons of a running node.
     Status(Target),
@@ -418,6 +423,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bare,
             socket,
             state_dir,
+            run_dir,
         } => {
             let cfg = load(&config)?;
             daemon::run(daemon::RunOptions {
@@ -435,6 +441,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 pin_dir: None,
                 state_dir: (state_dir.as_os_str() != "/var/lib/fastpath/<node>")
                     .then_some(state_dir),
+                run_dir: (run_dir.as_os_str() != "/run/fastpath/<node>").then_some(run_dir),
             })
         }
         Cmd::Status(t) => {

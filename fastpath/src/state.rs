@@ -61,6 +61,11 @@ pub struct RuntimeState {
     /// Endpoints added at run time, by `namespace/name`, with the endpoint ID they got.
     #[serde(default)]
     pub endpoints: BTreeMap<String, control::config::PodConfig>,
+    /// The security identity each of those endpoints had, by `namespace/name`: taken again
+    /// on restore (when still free for its labels), so a restart renumbers nothing that
+    /// other nodes, conntrack or policy counters know it by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub identities: BTreeMap<String, u32>,
 }
 
 impl RuntimeState {

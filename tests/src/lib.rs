@@ -178,6 +178,8 @@ pub struct TestNode {
     pub socket: PathBuf,
     /// `--state-dir` of this node (kept across restarts of the process, removed on drop).
     pub state_dir: PathBuf,
+    /// `--run-dir` (conntrack and affinity), kept across restarts, removed on drop.
+    pub run_dir: PathBuf,
     child: Option<Child>,
     _lab: Lab,
 }
@@ -192,11 +194,14 @@ impl TestNode {
         let socket = api::socket_path(&cfg.node.name);
         let state_dir = std::env::temp_dir().join(format!("{}-state", cfg.node.name));
         let _ = std::fs::remove_dir_all(&state_dir);
+        let run_dir = std::env::temp_dir().join(format!("{}-run", cfg.node.name));
+        let _ = std::fs::remove_dir_all(&run_dir);
         let mut n = TestNode {
             cfg,
             config_path,
             socket,
             state_dir,
+            run_dir,
             child: None,
             _lab: lab,
         };
@@ -223,6 +228,8 @@ impl TestNode {
             .arg(&self.config_path)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir)
             .args(args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -366,6 +373,9 @@ impl Drop for TestNode {
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.config_path);
         let _ = std::fs::remove_dir_all(&self.state_dir);
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        // The LB map pins a run keeps for the next one (xdp_redirect::KEPT_PINS).
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/fastpath/{}", self.cfg.node.name));
     }
 }
 

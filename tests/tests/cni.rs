@@ -270,6 +270,7 @@ fn plugin_binary_speaks_cni_1_1() {
     let yamls = cluster_yaml(&tag, &[Kind::Fastpath], 1, "");
     let n0 = TestNode::start(&yamls[0], 1, &[]);
     let node = n0.cfg.node.name.clone();
+    let cidr = n0.cfg.node.pod_cidr.unwrap();
     let conf = |v: &str| {
         format!(
             "{{\"cniVersion\":\"{v}\",\"name\":\"{tag}\",\"type\":\"fastpath-cni\",\"node\":\"{node}\",\"labels\":{{\"app\":\"direct\"}}}}"
@@ -357,6 +358,59 @@ fn plugin_binary_speaks_cni_1_1() {
     assert_eq!(again.error_code(), 7, "{again:?}");
     assert!(again.details().contains("exists already"), "{again:?}");
     assert_eq!(cni_rows(&n0).len(), 1);
+
+    // Chained after another plugin: its result (prevResult) is kept and ours is added to it,
+    // the address pointing at our container interface.
+    let prev = serde_json::json!({"cniVersion": "1.1.0", "interfaces": [{"name": "host-side0"}],
+        "ips": [{"address": "192.0.2.1/24"}], "dns": {"nameservers": ["192.0.2.53"]}});
+    let mut chained: serde_json::Value = serde_json::from_str(&conf("1.1.0")).unwrap();
+    chained["prevResult"] = prev;
+    let ns_c = NsGuard(format!("{tag}xc"));
+    lab::sh(&["ip", "netns", "add", &ns_c.0]).unwrap();
+    let mut e = env("ADD", 0);
+    e[1].1 = "chained".into();
+    e[2].1 = format!("/run/netns/{}", ns_c.0);
+    e[5].1 = "K8S_POD_NAME=chained".into();
+    let ch = call(&e, &chained.to_string());
+    assert_eq!(ch.code, 0, "{ch:?}");
+    let j = &ch.json;
+    assert_eq!(j["interfaces"][0]["name"], "host-side0");
+    assert_eq!(j["interfaces"][2]["name"], "eth0");
+    assert_eq!(j["ips"][0]["address"], "192.0.2.1/24");
+    assert_eq!(j["ips"][1]["interface"], 2, "{j}");
+    assert_eq!(j["dns"]["nameservers"][0], "192.0.2.53");
+    e[0].1 = "DEL".into();
+    assert_eq!(call(&e, &conf("1.1.0")).code, 0);
+    // A legacy config version gets the 0.4.0 result layout.
+    let mut e = env("ADD", 0);
+    e[1].1 = "legacy".into();
+    e[2].1 = format!("/run/netns/{}", ns_c.0);
+    e[5].1 = "K8S_POD_NAME=legacy".into();
+    let lg = call(&e, &conf("0.4.0"));
+    assert_eq!(lg.code, 0, "{lg:?}");
+    assert_eq!(lg.json["cniVersion"], "0.4.0");
+    assert_eq!(lg.json["ips"][0]["version"], "4", "{}", lg.json);
+    e[0].1 = "DEL".into();
+    assert_eq!(call(&e, &conf("0.4.0")).code, 0);
+    // An address asked for in the pod CIDR is the one given.
+    let mut e = env("ADD", 0);
+    e[1].1 = "pinned".into();
+    e[2].1 = format!("/run/netns/{}", ns_c.0);
+    e[5].1 = format!(
+        "K8S_POD_NAME=pinned;IP={}",
+        std::net::Ipv4Addr::from(u32::from(cidr.network().addr) + 200)
+    );
+    let pinned = call(&e, &conf("1.1.0"));
+    assert_eq!(pinned.code, 0, "{pinned:?}");
+    assert_eq!(
+        pinned.json["ips"][0]["address"],
+        format!(
+            "{}/32",
+            std::net::Ipv4Addr::from(u32::from(cidr.network().addr) + 200)
+        )
+    );
+    e[0].1 = "DEL".into();
+    assert_eq!(call(&e, &conf("1.1.0")).code, 0);
 
     // CHECK with the ADD's result: fine; with the address taken off the interface: code 103.
     let with_prev = |c: &str| {
@@ -460,4 +514,260 @@ impl Drop for NsGuard {
     fn drop(&mut self) {
         let _ = lab::sh(&["ip", "netns", "del", &self.0]);
     }
+}
+
+/// A TCP client for a restart: connects, then only reads the numbered lines the server
+/// pushes every 10 ms, for `secs` seconds (it sends nothing but ACKs, so after a restart
+/// the first packet of the connection is the server's: without the conntrack entry of the
+/// last run, the client's ingress policy would drop it, and a ClusterIP's reply would not
+/// be reverse-NATed). Prints `received last max_gap_ms error`.
+const STREAM_CLIENT: &str = r#"
+import socket, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.create_connection((ip, port), timeout=5)
+s.settimeout(30)
+f = s.makefile('r')
+got = 0
+gap = 0.0
+err = '-'
+last = time.monotonic()
+end = last + secs
+try:
+    while time.monotonic() < end:
+        line = f.readline()
+        if line.strip() != str(got):
+            err = 'bad-line:%r' % line
+            break
+        got += 1
+        now = time.monotonic()
+        gap = max(gap, now - last)
+        last = now
+except Exception as e:
+    err = type(e).__name__
+print(got, got - 1, int(gap * 1000), err, flush=True)
+"#;
+
+/// For `secs` seconds: a TCP server that pushes a numbered line every 10 ms to each client,
+/// and a UDP counter (port+1); prints the datagrams received per source address at the end.
+const SERVERS: &str = r#"
+import socket, sys, threading, time, collections
+port, secs = int(sys.argv[1]), float(sys.argv[2])
+end = time.monotonic() + secs
+def push(c):
+    i = 0
+    try:
+        while time.monotonic() < end:
+            c.sendall(b'%d\n' % i); i += 1
+            time.sleep(0.01)
+    except Exception:
+        pass
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(('0.0.0.0', port)); t.listen(16); t.settimeout(0.2)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', port + 1)); u.settimeout(0.01)
+seen = collections.Counter()
+print('ready', flush=True)
+while time.monotonic() < end:
+    try:
+        c, _ = t.accept(); threading.Thread(target=push, args=(c,), daemon=True).start()
+    except socket.timeout:
+        pass
+    for _ in range(200):
+        try:
+            _, a = u.recvfrom(2048); seen[a[0]] += 1
+        except socket.timeout:
+            break
+print(' '.join('%s=%d' % kv for kv in seen.items()), flush=True)
+"#;
+
+/// Sends a UDP datagram to ip:port every 5 ms for `secs` seconds.
+const UDP_SENDER: &str = r#"
+import socket, sys, time
+ip, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.monotonic() + secs
+while time.monotonic() < end:
+    try:
+        u.sendto(b'x', (ip, port))
+    except OSError:
+        pass
+    time.sleep(0.005)
+"#;
+
+fn py(ns: &str, script: &str, args: &[&str]) -> std::process::Child {
+    let mut a = vec!["netns", "exec", ns, "python3", "-u", "-c", script];
+    a.extend_from_slice(args);
+    std::process::Command::new("ip")
+        .args(&a)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(c: std::process::Child) -> String {
+    let o = c.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_and_apply(n: &TestNode, what: &str, text: &str) {
+    let f = std::env::temp_dir().join(format!("{}-{what}.yaml", n.cfg.node.name));
+    std::fs::write(&f, text).unwrap();
+    let out = n.cli(&[what, "apply", "-f", f.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{what} apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_file(f);
+}
+
+/// fastpath stopped (SIGTERM) and killed (SIGKILL) under containers: everything it knew
+/// comes back before it serves again — the CNI endpoints with their addresses, endpoint
+/// IDs and identities, runtime services and policies, conntrack — so established TCP
+/// connections (direct, and through a ClusterIP, whose replies need conntrack's reverse
+/// NAT and the client's ingress policy needs conntrack to admit) survive; a container
+/// denied by policy never gets a frame through, even with the node forwarding IPv4; and a
+/// container created while fastpath is down is refused cleanly.
+#[test]
+fn restarts_keep_containers_connections_and_policy() {
+    if !require_root() || !podman_available() {
+        return;
+    }
+    let tag = unique("cr");
+    let yamls = cluster_yaml(&tag, &[Kind::Fastpath], 1, "");
+    let mut n = TestNode::start(&yamls[0], 1, &[]);
+    let node = n.cfg.node.name.clone();
+    let mut pm = Podman::new(&tag);
+    for app in ["web", "client", "bad"] {
+        pm.network(
+            &format!("{tag}{app}"),
+            "1.0.0",
+            &format!("\"node\":\"{node}\",\"labels\":{{\"app\":\"{app}\"}}"),
+        );
+    }
+    pm.run("web", &format!("{tag}web"));
+    pm.run("client", &format!("{tag}client"));
+    pm.run("bad", &format!("{tag}bad"));
+    let (web, client, bad) = (pm.ip("web"), pm.ip("client"), pm.ip("bad"));
+    let (web_ns, client_ns, bad_ns) = (pm.netns("web"), pm.netns("client"), pm.netns("bad"));
+    // The node forwards IPv4, as a podman host does: only fastpath's per-device setting
+    // keeps the kernel from routing pod traffic while fastpath is away.
+    in_ns(n.node_ns(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    // web admits only client (TCP 7000, UDP 7001); client admits nobody (replies to its own
+    // connections come in through conntrack); a ClusterIP in front of web.
+    write_and_apply(
+        &n,
+        "policy",
+        "kind: CiliumNetworkPolicy\nmetadata: { name: web }\nspec:\n  endpointSelector: { matchLabels: { app: web } }\n  ingress: [{ fromEndpoints: [{ matchLabels: { app: client } }] }]\n---\nkind: CiliumNetworkPolicy\nmetadata: { name: client }\nspec:\n  endpointSelector: { matchLabels: { app: client } }\n  ingress: [{ fromEndpoints: [{ matchLabels: { app: nobody } }] }]\n",
+    );
+    write_and_apply(
+        &n,
+        "service",
+        &format!(
+            "{{ name: web, cluster_ip: 10.96.50.5, ports: [{{ port: 80, target_port: 7000 }}], backends: [{{ ip: {web} }}] }}\n"
+        ),
+    );
+    let secs = "14";
+    let mut servers = py(&web_ns, SERVERS, &["7000", "22"]);
+    {
+        use std::io::BufRead;
+        let mut l = String::new();
+        std::io::BufReader::new(servers.stdout.as_mut().unwrap())
+            .read_line(&mut l)
+            .unwrap();
+        assert_eq!(l.trim(), "ready");
+    }
+    assert!(!pm.ping("bad", &web, 1), "bad is denied before anything");
+    let before_rows = api::endpoints(&n.socket).unwrap();
+    let before_free = node_info(&n).ipam_free;
+    let direct = py(&client_ns, STREAM_CLIENT, &[&web, "7000", secs]);
+    let via_vip = py(&client_ns, STREAM_CLIENT, &["10.96.50.5", "80", secs]);
+    let leak = py(&bad_ns, UDP_SENDER, &[&web, "7001", secs]);
+    let control = py(&client_ns, UDP_SENDER, &[&web, "7001", secs]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let ct_before = stdout_of(n.cli(&["bpf", "ct", "list", "global"]));
+    assert!(ct_before.contains("10.96.50.5:80"), "{ct_before}");
+
+    // SIGTERM, then start again.
+    let t = Instant::now();
+    n.stop();
+    // Down: a new container is refused cleanly (try again later), leaving nothing.
+    let veths_down = veths(&n);
+    let o = pm.try_run("late", &format!("{tag}client"));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("not serving"), "{err}");
+    assert_eq!(veths(&n), veths_down, "a refused ADD leaves no link");
+    // podman keeps the container it could not network (created, not running).
+    pm.rm("late");
+    n.launch(&[]);
+    eprintln!("SIGTERM -> serving again: {:?}", t.elapsed());
+    let log = n.log();
+    assert!(
+        log.contains("restored 1 service(s), 2 policy object(s) and 3 endpoint(s)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("conntrack and") && log.contains("(0 conntrack entries dropped"),
+        "conntrack restored whole: {log}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    // SIGKILL (nothing cleaned up), then start again.
+    let t = Instant::now();
+    n.crash();
+    n.launch(&[]);
+    eprintln!("SIGKILL -> serving again: {:?}", t.elapsed());
+    assert!(n.log().contains("conntrack and"), "{}", n.log());
+
+    let d = finish(direct);
+    let v = finish(via_vip);
+    let _ = finish(leak);
+    let _ = finish(control);
+    let counts = finish(servers);
+    eprintln!("direct: {d}via ClusterIP: {v}UDP received by web: {counts}");
+    for (what, out) in [("direct", &d), ("ClusterIP", &v)] {
+        let f: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(f.get(3), Some(&"-"), "{what} connection broke: {out}");
+        assert!(f[0].parse::<u32>().unwrap() > 200, "{what}: {out}");
+    }
+    assert!(
+        counts.contains(&format!("{client}=")),
+        "control datagrams arrive: {counts}"
+    );
+    assert!(
+        !counts.contains(&format!("{bad}=")),
+        "a frame of the denied container got through: {counts}"
+    );
+    // Everything as it was: endpoints (IDs, identities, addresses), IPAM, services, policy.
+    let key = |r: &fastpath::endpoints::EndpointRow| {
+        (
+            r.id,
+            r.identity,
+            r.ipv4.clone(),
+            r.lxc.clone(),
+            r.name.clone(),
+        )
+    };
+    let mut a: Vec<_> = before_rows.iter().map(key).collect();
+    let mut b: Vec<_> = api::endpoints(&n.socket).unwrap().iter().map(key).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    assert_eq!(node_info(&n).ipam_free, before_free);
+    assert!(stdout_of(n.cli(&["bpf", "lb", "list"])).contains("10.96.50.5:80"));
+    assert!(stdout_of(n.cli(&["policy", "list"])).contains("CiliumNetworkPolicy/default/web"));
+    assert!(!pm.ping("bad", &web, 1), "bad is still denied");
+    // After the restarts a new container is served.
+    pm.run("late", &format!("{tag}client"));
+    assert!(pm.ping("late", &client, 2) || pm.ping("late", &n.pod_ip(0), 2));
+}
+
+fn stdout_of(o: std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -5,6 +5,7 @@ use std::process::Command;
 
 fn run_with(yaml: &str, extra: &[&str]) -> (bool, String) {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique("cfg")));
+    let run_dir = path.with_extension("run");
     std::fs::write(&path, yaml).unwrap();
     // An operator's shell may well have RUST_BACKTRACE set: errors must still be one line.
     let out = Command::new(fastpath_bin())
@@ -12,10 +13,13 @@ fn run_with(yaml: &str, extra: &[&str]) -> (bool, String) {
         .arg("run")
         .arg("--config")
         .arg(&path)
+        .arg("--run-dir")
+        .arg(&run_dir)
         .args(extra)
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir_all(&run_dir);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

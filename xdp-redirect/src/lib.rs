@@ -138,6 +138,56 @@ pub const PINNED: &[&str] = &[
     "fp_xdp_stats",
 ];
 
+/// The maps whose pins outlive the process: the service and backend IDs a run gave out,
+/// which the next run reads ([`read_kept_lb`]) to renumber the conntrack and affinity
+/// entries it restores — as Cilium's agent restores its service IDs from its pinned maps.
+pub const KEPT_PINS: &[&str] = &["cilium_lb4_services_v2", "cilium_lb4_backends_v3"];
+
+/// The service and backend IDs a previous run of the node left pinned under `dir` (see
+/// [`KEPT_PINS`]); `None` if it left none. Read before [`MapSet::pin`] replaces the pins.
+///
+/// # Errors
+/// A pin exists but cannot be opened or read as the map it names.
+pub fn read_kept_lb(dir: &Path) -> Result<Option<control::datapath::LbIds>, SteeringError> {
+    let (sp, bp) = (dir.join(SERVICES_MAP), dir.join(BACKENDS_MAP));
+    if !sp.exists() || !bp.exists() {
+        return Ok(None);
+    }
+    let open = |p: &Path, map: &'static str| {
+        MapData::from_pin(p).map_err(|source| SteeringError::Map { map, source })
+    };
+    let sd = open(&sp, SERVICES_MAP)?;
+    let svc: BpfHashMap<MapData, Lb4Key, Lb4Service> =
+        BpfHashMap::try_from(aya::maps::Map::HashMap(sd)).map_err(|source| SteeringError::Map {
+            map: SERVICES_MAP,
+            source,
+        })?;
+    let bd = open(&bp, BACKENDS_MAP)?;
+    let be: BpfHashMap<MapData, u32, Lb4Backend> =
+        BpfHashMap::try_from(aya::maps::Map::HashMap(bd)).map_err(|source| SteeringError::Map {
+            map: BACKENDS_MAP,
+            source,
+        })?;
+    let mut ids = control::datapath::LbIds::default();
+    for r in svc.iter() {
+        let (k, v) = r.map_err(|source| SteeringError::Map {
+            map: SERVICES_MAP,
+            source,
+        })?;
+        if k.backend_slot == 0 {
+            ids.services.push((k, v.rev_nat().0));
+        }
+    }
+    for r in be.iter() {
+        let (id, b) = r.map_err(|source| SteeringError::Map {
+            map: BACKENDS_MAP,
+            source,
+        })?;
+        ids.backends.push((id, b));
+    }
+    Ok(Some(ids))
+}
+
 /// The map set: every map of the object (Cilium's `cilium_*` and fastpath's `fp_*`), taken
 /// out of the loaded object so they live on their own — created and opened by loading the
 /// object, pinned under bpffs ([`MapSet::pin`]), written through the per-family traits of
@@ -169,7 +219,7 @@ impl MapSet {
     /// Pin `cilium_lxc` (and every other map of the set) under `dir` (e.g.
     /// `/sys/fs/bpf/fastpath/<node>/tc/globals`, where Cilium pins its own), so
     /// `bpftool map dump pinned …` shows them and another program can open them by path.
-    /// The pins are removed when the set is dropped.
+    /// The pins are removed when the set is dropped, but for [`KEPT_PINS`].
     pub fn pin(&mut self, dir: &Path) -> Result<(), SteeringError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
@@ -201,7 +251,12 @@ impl MapSet {
 impl Drop for MapSet {
     fn drop(&mut self) {
         for p in &self.pins {
-            let _ = std::fs::remove_file(p);
+            let kept = p
+                .file_name()
+                .is_some_and(|n| KEPT_PINS.iter().any(|k| n == *k));
+            if !kept {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }

@@ -247,6 +247,65 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
         }
     }
 
+    /// Both maps kept in files of `dir` (`<name>_tcp.table`, `<name>_any.table`), so a
+    /// restarted process finds the connections of the last one
+    /// ([`SharedTable::open_file`]); call [`Conntrack::restore`] before any worker reads it.
+    ///
+    /// # Errors
+    /// A file cannot be opened, locked, sized or mapped.
+    pub fn open_files(
+        dir: &std::path::Path,
+        name: &str,
+        sizes: CtSizes,
+    ) -> std::io::Result<(Self, [crate::shared_table::Opened; 2])> {
+        let (tcp, o1) = SharedTable::open_file(
+            &dir.join(format!("{name}_tcp.table")),
+            &format!("{name}_tcp"),
+            sizes.tcp,
+        )?;
+        let (any, o2) = SharedTable::open_file(
+            &dir.join(format!("{name}_any.table")),
+            &format!("{name}_any"),
+            sizes.any,
+        )?;
+        Ok((
+            Conntrack {
+                tcp,
+                any,
+                key: PhantomData,
+            },
+            [o1, o2],
+        ))
+    }
+
+    /// After a restart, before any worker reads the maps: drop expired entries, forget
+    /// every cached policy verdict (they name table generations of the last run), and let
+    /// `fix` rewrite what the last run numbered differently (service and backend IDs) or
+    /// refuse the entry (`false`: it is deleted). Returns (kept, deleted).
+    pub fn restore(
+        &mut self,
+        now: u32,
+        mut fix: impl FnMut(&T, &mut CtState) -> bool,
+    ) -> (usize, usize) {
+        let mut one = |m: &mut SharedTable<W, K, CtHash<T>>| {
+            m.retain_mut(|k, w, life| {
+                if expired(*life, now) {
+                    return false;
+                }
+                let g = (w[2] >> 32) as u32;
+                let mut st = CtState::decode(*w);
+                if !fix(&T::from_words(*k), &mut st) {
+                    return false;
+                }
+                *w = st.encode(g);
+                true
+            })
+        };
+        let (a, b) = one(&mut self.tcp);
+        let (c, d) = one(&mut self.any);
+        (a + c, b + d)
+    }
+
     #[inline]
     fn map(&self, tcp: bool) -> &SharedTable<W, K, CtHash<T>> {
         if tcp { &self.tcp } else { &self.any }

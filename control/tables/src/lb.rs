@@ -112,6 +112,31 @@ impl LbTables {
     }
 }
 
+/// `cilium_lb4_affinity` key words of a client and a service, as the affinity shared table
+/// keys them: the client ID, then the service ID (network order, as in `AffinityKey`) and
+/// the netns-cookie flag.
+#[inline]
+pub fn affinity_words(client: [u8; 4], rev: RevNat) -> [u64; 2] {
+    let k = AffinityKey::v4(client, rev);
+    let mut hi = [0u8; 8];
+    hi[..2].copy_from_slice(&k.rev_nat_id.to_ne_bytes());
+    hi[2] = k.netns_cookie;
+    [u64::from_le_bytes(k.client_id), u64::from_le_bytes(hi)]
+}
+
+/// The service ID in affinity key words ([`affinity_words`]).
+pub fn affinity_rev_nat(words: &[u64; 2]) -> RevNat {
+    let hi = words[1].to_le_bytes();
+    RevNat(u16::from_be(u16::from_ne_bytes([hi[0], hi[1]])))
+}
+
+/// The same affinity key for service `rev`.
+pub fn affinity_with_rev_nat(words: [u64; 2], rev: RevNat) -> [u64; 2] {
+    let mut hi = words[1].to_le_bytes();
+    hi[..2].copy_from_slice(&rev.be().to_ne_bytes());
+    [words[0], u64::from_le_bytes(hi)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

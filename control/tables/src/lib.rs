@@ -22,6 +22,7 @@ pub mod maglev;
 pub mod policy;
 pub mod settings;
 pub mod shared_table;
+pub mod shm;
 mod snapshot;
 
 pub use settings::{PollMode, RoutingMode};

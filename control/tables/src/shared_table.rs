@@ -38,7 +38,11 @@
 //! touch only value words of a VALID slot.
 
 use std::marker::PhantomData;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+
+use crate::shm::{Mapping, Shareable, Store};
 
 /// Slots per bucket: eight 8-byte tags fill one cache line.
 pub const WAYS: usize = 8;
@@ -67,6 +71,61 @@ fn make_tag(st: u64, generation: u64, fp: u16) -> u64 {
 #[inline]
 pub fn expired(lifetime: u32, now: u32) -> bool {
     (now.wrapping_sub(lifetime) as i32) > 0
+}
+
+/// How [`SharedTable::open_file`] found its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The table of the last run, with `entries` published entries; `torn` half-written
+    /// slots (a writer that died mid-write) were emptied.
+    Kept { entries: usize, torn: usize },
+    /// A new, empty table, and why the file's content was not used.
+    Fresh { why: String },
+}
+
+/// Bytes before the first bucket of a table file (one page: the slots stay page aligned).
+pub const FILE_HEADER_BYTES: usize = 4096;
+/// The header bytes compared: magic, version, widths, counts, boot ID, name.
+const HEADER_USED: usize = 104;
+const FILE_MAGIC: &[u8; 8] = b"FPSHTBL1";
+const FILE_VERSION: u32 = 1;
+
+/// This boot's ID (a table from another boot holds connections that are gone, with
+/// lifetimes of another clock).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn file_header(name: &str, k: usize, w: usize, slot: usize, buckets: usize) -> Vec<u8> {
+    let mut h = vec![0u8; FILE_HEADER_BYTES];
+    h[0..8].copy_from_slice(FILE_MAGIC);
+    h[8..12].copy_from_slice(&FILE_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(k as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&(w as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&(slot as u32).to_le_bytes());
+    h[24..32].copy_from_slice(&(buckets as u64).to_le_bytes());
+    let b = boot_id();
+    let b = &b.as_bytes()[..b.len().min(40)];
+    h[32..32 + b.len()].copy_from_slice(b);
+    let n = &name.as_bytes()[..name.len().min(32)];
+    h[72..72 + n.len()].copy_from_slice(n);
+    h
+}
+
+/// Why a kept header is not this table's, in words for the log.
+fn header_difference(old: &[u8], new: &[u8]) -> String {
+    let field = |r: std::ops::Range<usize>| old.get(r.clone()) != new.get(r);
+    if old.len() < HEADER_USED || field(0..24) {
+        "it is not a table of this layout (another fastpath version)".into()
+    } else if field(32..72) {
+        "it is from another boot".into()
+    } else if field(72..104) {
+        "it holds another table".into()
+    } else {
+        "its size changed (datapath.ct_tcp_max, ct_any_max or lb_map_max)".into()
+    }
 }
 
 /// A handle on one published slot: its index and the tag it had when found.
@@ -136,6 +195,10 @@ pub fn mix<const K: usize>(key: &[u64; K]) -> u64 {
 #[derive(Debug)]
 struct Bucket([AtomicU64; WAYS]);
 
+// SAFETY: eight AtomicU64s (every bit pattern valid, mutated only atomically), align 64.
+#[allow(unsafe_code)]
+unsafe impl Shareable for Bucket {}
+
 /// One slot's key, value words and lifetime, together and cache-line aligned: a probe that
 /// matched a fingerprint reads one more line (for the IPv4 conntrack entry, 16 + 40 + 8 =
 /// 64 bytes: exactly one; the IPv6 key makes it two).
@@ -160,6 +223,10 @@ fn stamp_of(w: u64) -> u32 {
     (w >> 32) as u32
 }
 
+// SAFETY: AtomicU64s only (every bit pattern valid, mutated only atomically), align 64.
+#[allow(unsafe_code)]
+unsafe impl<const W: usize, const K: usize> Shareable for Slot<W, K> {}
+
 impl<const W: usize, const K: usize> Slot<W, K> {
     fn empty() -> Self {
         Slot {
@@ -176,8 +243,8 @@ impl<const W: usize, const K: usize> Slot<W, K> {
 /// chooses the bucket of a key (conntrack hashes both directions of a connection alike).
 #[derive(Debug)]
 pub struct SharedTable<const W: usize, const K: usize = 2, H = MixHash> {
-    buckets: Box<[Bucket]>,
-    slots: Box<[Slot<W, K>]>,
+    buckets: Store<Bucket>,
+    slots: Store<Slot<W, K>>,
     bucket_mask: usize,
     len: AtomicUsize,
     pub stats: TableStats,
@@ -191,15 +258,124 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
         let buckets = max_entries.div_ceil(WAYS).next_power_of_two().max(1);
         let n = buckets * WAYS;
         SharedTable {
-            buckets: (0..buckets)
-                .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
-                .collect(),
-            slots: (0..n).map(|_| Slot::empty()).collect(),
+            buckets: Store::heap(
+                (0..buckets)
+                    .map(|_| Bucket(std::array::from_fn(|_| AtomicU64::new(0))))
+                    .collect(),
+            ),
+            slots: Store::heap((0..n).map(|_| Slot::empty()).collect()),
             bucket_mask: buckets - 1,
             len: AtomicUsize::new(0),
             stats: TableStats::default(),
             hash: PhantomData,
         }
+    }
+
+    /// A table for at least `max_entries` entries kept in the file `path` (on tmpfs), so a
+    /// restarted process finds what the last one left ([`crate::shm`]). The file is used
+    /// again when its header matches — same layout version, key and value widths, slot and
+    /// bucket counts, table `name`, and boot — and started afresh otherwise (the reason is
+    /// in [`Opened::Fresh`]). A slot a writer left half-written (a crash) is emptied; the
+    /// entries are otherwise as they were, for the caller to check
+    /// ([`SharedTable::retain_mut`]) before any reader sees them.
+    ///
+    /// # Errors
+    /// The file cannot be opened, locked (another process has it), sized or mapped.
+    pub fn open_file(
+        path: &Path,
+        name: &str,
+        max_entries: usize,
+    ) -> std::io::Result<(Self, Opened)> {
+        let buckets = max_entries.div_ceil(WAYS).next_power_of_two().max(1);
+        let n = buckets * WAYS;
+        let head = file_header(name, K, W, size_of::<Slot<W, K>>(), buckets);
+        let slots_at = FILE_HEADER_BYTES + buckets * size_of::<Bucket>();
+        let total = slots_at + n * size_of::<Slot<W, K>>();
+        let (file, old, size) = crate::shm::open_locked(path, FILE_HEADER_BYTES)?;
+        let why_not = if size == 0 {
+            Some("no table was kept".to_string())
+        } else if old.get(..HEADER_USED) != Some(&head[..HEADER_USED]) {
+            Some(header_difference(&old, &head))
+        } else if size != total as u64 {
+            Some(format!("its size is {size} bytes, not {total}"))
+        } else {
+            None
+        };
+        if why_not.is_some() {
+            // Afresh: zero the file (every slot empty), then the header.
+            use std::os::unix::fs::FileExt;
+            file.set_len(0)?;
+            file.set_len(total as u64)?;
+            file.write_all_at(&head, 0)?;
+        }
+        let map = Arc::new(Mapping::new(file, total)?);
+        let t = SharedTable {
+            buckets: Store::mapped(&map, FILE_HEADER_BYTES, buckets),
+            slots: Store::mapped(&map, slots_at, n),
+            bucket_mask: buckets - 1,
+            len: AtomicUsize::new(0),
+            stats: TableStats::default(),
+            hash: PhantomData,
+        };
+        if let Some(why) = why_not {
+            return Ok((t, Opened::Fresh { why }));
+        }
+        // What a crashed writer left: a slot claimed (BUSY) but never published is emptied.
+        let (mut entries, mut torn) = (0, 0);
+        for idx in 0..n {
+            let tag = t.tag(idx);
+            let v = tag.load(Ordering::Relaxed);
+            match state(v) {
+                ST_VALID => entries += 1,
+                ST_EMPTY => {}
+                _ => {
+                    tag.store(make_tag(ST_EMPTY, generation(v) + 1, 0), Ordering::Relaxed);
+                    torn += 1;
+                }
+            }
+        }
+        t.len.store(entries, Ordering::Relaxed);
+        Ok((t, Opened::Kept { entries, torn }))
+    }
+
+    /// Is the table kept in a file (it outlives the process)?
+    pub fn is_persistent(&self) -> bool {
+        self.slots.is_mapped()
+    }
+
+    /// Before any reader has the table (a restart): visit every published entry with its
+    /// key, value words and lifetime, which `f` may change in place; entries for which it
+    /// returns `false` are deleted. Returns (kept, deleted).
+    pub fn retain_mut(
+        &mut self,
+        mut f: impl FnMut(&[u64; K], &mut [u64; W], &mut u32) -> bool,
+    ) -> (usize, usize) {
+        let (mut kept, mut gone) = (0, 0);
+        for idx in 0..self.slots.len() {
+            let t = self.tag(idx).load(Ordering::Relaxed);
+            if state(t) != ST_VALID {
+                continue;
+            }
+            let s = &self.slots[idx];
+            let key: [u64; K] = std::array::from_fn(|i| s.key[i].load(Ordering::Relaxed));
+            let mut vals: [u64; W] = std::array::from_fn(|i| s.val[i].load(Ordering::Relaxed));
+            let life_word = s.life.load(Ordering::Relaxed);
+            let mut life = life_word as u32;
+            if f(&key, &mut vals, &mut life) {
+                for (i, v) in vals.iter().enumerate() {
+                    s.val[i].store(*v, Ordering::Relaxed);
+                }
+                s.life
+                    .store(stamp(stamp_of(life_word), life), Ordering::Relaxed);
+                kept += 1;
+            } else {
+                self.tag(idx)
+                    .store(make_tag(ST_EMPTY, generation(t) + 1, 0), Ordering::Relaxed);
+                gone += 1;
+            }
+        }
+        self.len.store(kept, Ordering::Relaxed);
+        (kept, gone)
     }
 
     /// Number of slots (the effective `max_entries`).
@@ -547,6 +723,123 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("fp-shtbl-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&d);
+        d
+    }
+
+    /// What one process left in the file, the next finds: keys, values, lifetimes; a table
+    /// of another size or name starts empty and says why; a second opener is refused.
+    #[test]
+    fn a_file_table_outlives_its_process_and_refuses_what_is_not_its_own() {
+        let p = tmp("keep");
+        {
+            let (t, o): (SharedTable<2>, _) = SharedTable::open_file(&p, "t", 64).unwrap();
+            assert_eq!(
+                o,
+                Opened::Fresh {
+                    why: "no table was kept".into()
+                }
+            );
+            assert!(t.is_persistent());
+            for i in 0..20u64 {
+                t.insert([i, i + 1], [i * 10, i * 100], 1000 + i as u32, 0)
+                    .unwrap();
+            }
+            let again = SharedTable::<2>::open_file(&p, "t", 64);
+            assert!(again.is_err(), "the file is locked while mapped");
+        }
+        let (t, o): (SharedTable<2>, _) = SharedTable::open_file(&p, "t", 64).unwrap();
+        assert_eq!(
+            o,
+            Opened::Kept {
+                entries: 20,
+                torn: 0
+            }
+        );
+        assert_eq!(t.len(), 20);
+        for i in 0..20u64 {
+            let s = t.lookup(&[i, i + 1]).expect("kept");
+            assert_eq!(t.read(s), Some(([i * 10, i * 100], 1000 + i as u32)));
+        }
+        drop(t);
+        let (t, o): (SharedTable<2>, _) = SharedTable::open_file(&p, "t", 1024).unwrap();
+        assert!(
+            matches!(&o, Opened::Fresh { why } if why.contains("size changed")),
+            "{o:?}"
+        );
+        assert!(t.is_empty());
+        drop(t);
+        let (_, o): (SharedTable<2>, _) = SharedTable::open_file(&p, "other", 1024).unwrap();
+        assert!(
+            matches!(&o, Opened::Fresh { why } if why.contains("another table")),
+            "{o:?}"
+        );
+        let (_, o): (SharedTable<3>, _) = SharedTable::open_file(&p, "other", 1024).unwrap();
+        assert!(
+            matches!(&o, Opened::Fresh { why } if why.contains("layout")),
+            "{o:?}"
+        );
+        let _ = std::fs::remove_file(&p);
+    }
+
+    /// A slot a crashed writer claimed but never published is emptied on reopen, and the
+    /// rest is as it was.
+    #[test]
+    fn a_half_written_slot_of_a_crash_is_emptied() {
+        use std::os::unix::fs::FileExt;
+        let p = tmp("torn");
+        {
+            let (t, _): (SharedTable<1>, _) = SharedTable::open_file(&p, "t", 8).unwrap();
+            t.insert([1, 1], [7], 50, 0).unwrap();
+            t.insert([2, 2], [8], 50, 0).unwrap();
+        }
+        // Mark way 7 of the one bucket BUSY, as a writer dying after its CAS leaves it.
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        f.write_all_at(
+            &make_tag(ST_BUSY, 5, 0).to_le_bytes(),
+            (FILE_HEADER_BYTES + 7 * 8) as u64,
+        )
+        .unwrap();
+        drop(f);
+        let (t, o): (SharedTable<1>, _) = SharedTable::open_file(&p, "t", 8).unwrap();
+        assert_eq!(
+            o,
+            Opened::Kept {
+                entries: 2,
+                torn: 1
+            }
+        );
+        assert!(t.lookup(&[1, 1]).is_some() && t.lookup(&[2, 2]).is_some());
+        // The emptied slot takes new entries again.
+        for i in 3..9 {
+            assert!(t.insert([i, i], [i], 50, 0).is_some(), "slot for {i}");
+        }
+        assert_eq!(t.len(), 8);
+        drop(t);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn retain_mut_rewrites_and_deletes_before_readers_come() {
+        let mut t: SharedTable<1> = SharedTable::new(64);
+        for i in 0..10u64 {
+            t.insert([i, 0], [i], 100, 0).unwrap();
+        }
+        let (kept, gone) = t.retain_mut(|k, v, life| {
+            v[0] += 1000;
+            *life = 200;
+            k[0] % 2 == 0
+        });
+        assert_eq!((kept, gone, t.len()), (5, 5, 5));
+        assert_eq!(t.read(t.lookup(&[4, 0]).unwrap()), Some(([1004], 200)));
+        assert!(t.lookup(&[3, 0]).is_none());
+        // A stamped lifetime update still finds its entry.
+        let s = t.lookup(&[4, 0]).unwrap();
+        assert!(t.set_lifetime(s, 300));
+    }
 
     #[test]
     fn insert_lookup_remove() {

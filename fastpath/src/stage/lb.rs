@@ -13,8 +13,7 @@
 
 use abi::ct::CtTuple4;
 use abi::lb::{
-    ALG_DEFAULT, ALG_MAGLEV, AffinityKey, AffinityMatchKey, Lb4Backend, Lb4Key, Lb4Service, RevNat,
-    RevNat4Value,
+    ALG_DEFAULT, ALG_MAGLEV, AffinityMatchKey, Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value,
 };
 use abi::{DropReason, MetricDir};
 use tables::ct::{CtState, TCP_ACK, TCP_SYN};
@@ -79,7 +78,9 @@ fn select_backend(
     s: &mut Scratch,
 ) -> Option<u32> {
     let rev = m.rev_nat();
-    let aff_key = m.has_affinity().then(|| affinity_words(ip.src, rev));
+    let aff_key = m
+        .has_affinity()
+        .then(|| tables::lb::affinity_words(ip.src, rev));
     let timeout = m.affinity_timeout();
     if let Some(k) = &aff_key
         && let Some(slot) = t.affinity.lookup(k)
@@ -118,16 +119,6 @@ fn select_backend(
             .insert(k, [id as u64], s.now.wrapping_add(timeout), s.now);
     }
     Some(id)
-}
-
-/// `cilium_lb4_affinity` key words for a client and service.
-#[inline]
-fn affinity_words(client: [u8; 4], rev: RevNat) -> [u64; 2] {
-    let k = AffinityKey::v4(client, rev);
-    let mut hi = [0u8; 8];
-    hi[..2].copy_from_slice(&k.rev_nat_id.to_ne_bytes());
-    hi[2] = k.netns_cookie;
-    [u64::from_le_bytes(k.client_id), u64::from_le_bytes(hi)]
 }
 
 /// `lb4_local`: a pod's packet to a ClusterIP (or any frontend): pick or find the backend,
