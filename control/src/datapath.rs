@@ -590,24 +590,32 @@ impl<K: KernelMaps> Datapath<K> {
     /// After a restart, before any worker reads them: take the conntrack and affinity maps
     /// kept from the last run (`ct`, `affinity`), drop what expired, renumber the service
     /// and backend IDs their entries carry from the last run's (`old`, read from its pinned
-    /// LB maps) to this run's — by frontend and backend address — and delete the entries
-    /// whose service or backend is gone (or all that name one, when `old` is unknown), then
-    /// publish them. Call after the services are in force.
+    /// LB maps) to this run's — by frontend and backend address — and the port slots
+    /// NodePort entries send replies by (`slots`: last run's slot → this run's, by device),
+    /// and delete the entries whose service, backend or device is gone (or all that name
+    /// one, when `old` or `slots` is unknown), then publish them. Call after the services
+    /// are in force.
     pub fn restore_datapath_maps(
         &mut self,
         mut ct: Conntrack,
         mut affinity: crate::tables::AffinityMap,
         old: Option<&LbIds>,
+        slots: Option<&std::collections::HashMap<u16, u16>>,
         now: u32,
     ) -> RestoreReport {
         let remap = IdRemap::new(old, self.lb.tables());
         let (ct_kept, ct_dropped) = ct.restore(now, |_, st| {
             let rev = remap.service(st.rev_nat.0);
             let be = remap.backend(st.backend_id);
-            match (rev, be) {
-                (Some(r), Some(b)) => {
+            let port = match st.reply_port {
+                None => Some(None),
+                Some(p) => slots.and_then(|m| m.get(&p)).map(|n| Some(*n)),
+            };
+            match (rev, be, port) {
+                (Some(r), Some(b), Some(p)) => {
                     st.rev_nat = RevNat(r);
                     st.backend_id = b;
+                    st.reply_port = p;
                     true
                 }
                 _ => false,
@@ -1481,6 +1489,14 @@ mod tests {
             .unwrap();
         ct.create(&key(1003, 10), &st(rev_a_old, be_a_old), now - 1, now - 50)
             .unwrap();
+        // NodePort entries: their reply device's slot moves with it, or the entry goes.
+        let np = |p: u16| CtState {
+            reply_port: Some(p),
+            ..st(0, 0)
+        };
+        ct.create(&key(1004, 99), &np(3), now + 100, now).unwrap();
+        ct.create(&key(1005, 99), &np(5), now + 100, now).unwrap();
+        let slots: std::collections::HashMap<u16, u16> = [(3, 1)].into();
         let aff = crate::tables::AffinityMap::new(64);
         let client = [10, 200, 0, 50];
         let aw = |rev: u16| crate::tables::lb::affinity_words(client, RevNat(rev));
@@ -1488,10 +1504,17 @@ mod tests {
             .unwrap();
         aff.insert(aw(rev_g_old), [be_g_old as u64], now + 100, now)
             .unwrap();
-        let r = dp.restore_datapath_maps(ct, aff, Some(&old), now);
+        let r = dp.restore_datapath_maps(ct, aff, Some(&old), Some(&slots), now);
+        let n = dp
+            .tables()
+            .ct
+            .lookup(&key(1004, 99), now)
+            .expect("its device is there");
+        assert_eq!(n.state.reply_port, Some(1));
+        assert!(dp.tables().ct.lookup(&key(1005, 99), now).is_none());
         assert_eq!(
             (r.ct_kept, r.ct_dropped, r.affinity_kept),
-            (2, 2, 1),
+            (3, 3, 1),
             "{r:?}"
         );
         let t = dp.tables();
@@ -1527,7 +1550,7 @@ mod tests {
             .unwrap();
         ct.create(&key(1002, 99), &st(0, 0), now + 100, now)
             .unwrap();
-        let r = dp2.restore_datapath_maps(ct, crate::tables::AffinityMap::new(64), None, now);
+        let r = dp2.restore_datapath_maps(ct, crate::tables::AffinityMap::new(64), None, None, now);
         assert_eq!((r.ct_kept, r.ct_dropped), (1, 1));
     }
 

@@ -229,6 +229,8 @@ struct Devices {
     nexthops: NextHops,
     /// Restored runtime endpoints: (pod, port slot).
     restored: Vec<(control::config::PodConfig, PortId)>,
+    /// Addresses of the runtime endpoints not restored: their conntrack entries go.
+    dropped_ips: Vec<std::net::Ipv4Addr>,
 }
 
 /// What every worker's UMEM is sized for.
@@ -279,14 +281,17 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         .first()
         .map_or("none", |w| w.socket_mode())
         .to_string();
-    sweep_guards(
-        &devs
-            .ports
-            .iter()
-            .filter(|p| p.role == PortRole::Lxc)
-            .map(|p| p.ifname.as_str())
-            .collect::<Vec<_>>(),
-    );
+    // Before XDP: the kernel must never route to pods around the workers (crate::guard).
+    let local: Vec<std::net::IpAddr> = cfg
+        .pods
+        .iter()
+        .chain(devs.restored.iter().map(|(p, _)| p))
+        .flat_map(|p| {
+            std::iter::once(std::net::IpAddr::V4(p.ip)).chain(p.ipv6.map(std::net::IpAddr::V6))
+        })
+        .collect();
+    let guards = crate::guard::wanted(&cfg, &local);
+    crate::guard::sync(&guards)?;
     attach_devices(&cfg, &devs.ports, &mut dp, &socket_mode)?;
     let mut endpoints = crate::endpoints::Endpoints::new(
         &cfg,
@@ -298,6 +303,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             max_pods: cfg.max_pods(),
             slots: sizing.slots,
             pod_mtu: pod_mtu(&cfg, &devs),
+            run_dir: run_dir(&opts, &cfg),
         },
         workers.iter().map(|w| w.control()).collect(),
         ack_rx,
@@ -483,6 +489,7 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
     // there and still fits; dropped (and said so) otherwise.
     let mut restored = Vec::new();
     let mut dropped = Vec::new();
+    let mut dropped_ips = Vec::new();
     let mut taken_ids: Vec<u16> = ids.clone();
     let restored_pods: Vec<(String, control::config::PodConfig)> = state
         .state
@@ -568,6 +575,7 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
                     state.path().display()
                 );
                 dropped.push(key);
+                dropped_ips.push(pod.ip);
             }
         }
     }
@@ -603,6 +611,7 @@ fn check_devices(cfg: &Config, state: &mut crate::state::StateFile) -> anyhow::R
         frame_size,
         nexthops,
         restored,
+        dropped_ips,
     })
 }
 
@@ -728,10 +737,7 @@ fn load_maps(
     };
     // Conntrack and affinity: kept in files of the run dir, opened (and checked against
     // the services now in force) once those are restored, below.
-    let run_dir = opts
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("/run/fastpath/{}", cfg.node.name)));
+    let run_dir = run_dir(opts, cfg);
     let (ct, affinity) = open_kept_maps(&run_dir, ct_sizes, cfg.datapath.lb_map_max as usize)?;
     dp.load_node(cfg)
         .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;
@@ -779,7 +785,40 @@ fn load_maps(
             path.display()
         );
     }
-    let r = dp.restore_datapath_maps(ct, affinity, kept_lb.as_ref(), control::clock::now());
+    // Port slots of the last run (by device name) → this run's: NodePort entries name the
+    // device their replies leave by.
+    let names: Vec<String> = devs.ports.iter().map(|p| p.ifname.clone()).collect();
+    let slots = read_port_names(&run_dir).map(|old| {
+        old.into_iter()
+            .filter_map(|(slot, name)| {
+                let now = names.iter().position(|n| *n == name)?;
+                Some((slot, now as u16))
+            })
+            .collect::<std::collections::HashMap<u16, u16>>()
+    });
+    let r = dp.restore_datapath_maps(
+        ct,
+        affinity,
+        kept_lb.as_ref(),
+        slots.as_ref(),
+        control::clock::now(),
+    );
+    // Endpoints gone while fastpath was down: their flows too (the address is free again).
+    for ip in &devs.dropped_ips {
+        dp.flush_conntrack(*ip);
+    }
+    if let Err(e) = write_port_names(
+        &run_dir,
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u16, n.as_str())),
+    ) {
+        eprintln!(
+            "fastpath: recording the port slots in {}: {e}",
+            run_dir.display()
+        );
+    }
     if r.ct_kept + r.ct_dropped + r.affinity_kept > 0 {
         eprintln!(
             "fastpath: restored {} conntrack and {} affinity entries from {} ({} conntrack entries dropped: expired, or their service or backend is gone)",
@@ -790,6 +829,34 @@ fn load_maps(
         );
     }
     Ok(dp)
+}
+
+/// `--run-dir`, or `/run/fastpath/<node>`.
+fn run_dir(opts: &RunOptions, cfg: &Config) -> PathBuf {
+    opts.run_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("/run/fastpath/{}", cfg.node.name)))
+}
+
+/// `<run dir>/ports.json`: the device of every port slot, so that the next run can move
+/// the slots conntrack entries name (NodePort replies) to its own numbering.
+pub(crate) fn write_port_names<'a>(
+    dir: &std::path::Path,
+    names: impl Iterator<Item = (u16, &'a str)>,
+) -> std::io::Result<()> {
+    let v: Vec<(u16, &str)> = names.collect();
+    let tmp = dir.join("ports.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&v).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, dir.join("ports.json"))
+}
+
+/// What [`write_port_names`] left, if anything readable (at most 64 KiB of it).
+fn read_port_names(dir: &std::path::Path) -> Option<Vec<(u16, String)>> {
+    let b = std::fs::read(dir.join("ports.json")).ok()?;
+    if b.len() > 64 << 10 {
+        return None;
+    }
+    serde_json::from_slice(&b).ok()
 }
 
 /// Conntrack (`ct4_tcp.table`, `ct4_any.table`) and affinity (`affinity.table`) as files of
@@ -825,7 +892,7 @@ fn open_kept_maps(
             control::shared_table::Opened::Kept { torn, .. } if *torn > 0 => eprintln!(
                 "fastpath: {name}: {torn} entries half-written by the last run were dropped"
             ),
-            control::shared_table::Opened::Fresh { why } if why != "no table was kept" => {
+            control::shared_table::Opened::Fresh { why } => {
                 eprintln!(
                     "fastpath: {name}: starting empty, the table in {} is not used: {why}",
                     dir.display()
@@ -910,10 +977,7 @@ fn attach_devices(
 ) -> anyhow::Result<()> {
     for (slot, p) in ports.iter().enumerate() {
         let role = match p.role {
-            PortRole::Lxc => {
-                guard_device(&p.ifname)?;
-                ROLE_LXC
-            }
+            PortRole::Lxc => ROLE_LXC,
             PortRole::Underlay => ROLE_UNDERLAY,
         };
         let d = dp.kernel().attach(
@@ -936,68 +1000,6 @@ fn attach_devices(
         );
     }
     Ok(())
-}
-
-/// Priority of the policy-routing rules that keep the kernel from forwarding pod traffic
-/// ([`guard_device`]); `ip rule show priority 40` lists them.
-pub const GUARD_RULE_PRIORITY: &str = "40";
-
-/// The kernel must never route what a pod sends around fastpath: only fastpath moves pod
-/// traffic, with policy. A policy-routing rule `priority 40 iif <lxc> blackhole` makes
-/// every frame from the device that is not for the node itself (the `local` table, at
-/// priority 0, still delivers those) go nowhere — whatever `net.ipv4.ip_forward` and the
-/// device's `forwarding` say, and however often they are rewritten (podman and most hosts
-/// turn forwarding on). While fastpath runs the rule is not reached (XDP takes the pod's
-/// frames first); it matters while fastpath is stopped, restarting or crashed, and it is
-/// left in place when fastpath exits for that reason. Set for every lxc device before XDP.
-pub(crate) fn guard_device(dev: &str) -> anyhow::Result<()> {
-    guard_rule("add", &["iif", dev]).with_context(|| {
-        format!("adding the rule that keeps the kernel from forwarding for `{dev}`")
-    })
-}
-
-/// Take the rule of [`guard_device`] away (the device is no longer fastpath's); absent is
-/// fine.
-pub(crate) fn unguard_device(dev: &str) {
-    let _ = guard_rule("del", &["iif", dev]);
-}
-
-fn guard_rule(op: &str, sel: &[&str]) -> anyhow::Result<()> {
-    let mut a = vec!["rule", op, "priority", GUARD_RULE_PRIORITY];
-    a.extend_from_slice(sel);
-    a.push("blackhole");
-    let out = std::process::Command::new("ip")
-        .args(&a)
-        .output()
-        .context("running `ip rule`")?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    // The rule kept from the last run is the one wanted: never taken down to be re-added,
-    // which would open a window for the kernel to forward.
-    let kept = op == "add" && err.contains("File exists");
-    if !out.status.success() && !kept {
-        bail!("`ip {}`: {}", a.join(" "), err.trim());
-    }
-    Ok(())
-}
-
-/// At start: the guard rules of devices this run does not serve (a pod deleted while
-/// fastpath was down) are removed; the served ones get theirs in [`attach_devices`].
-fn sweep_guards(keep: &[&str]) {
-    let Ok(out) = std::process::Command::new("ip")
-        .args(["-j", "rule", "show", "priority", GUARD_RULE_PRIORITY])
-        .output()
-    else {
-        return;
-    };
-    let rules: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    for r in rules.as_array().into_iter().flatten() {
-        if let Some(dev) = r["iif"].as_str()
-            && r["action"] == "blackhole"
-            && !keep.contains(&dev)
-        {
-            unguard_device(dev);
-        }
-    }
 }
 
 /// Step 2b: a real-time priority the workers could not get is refused before anything is

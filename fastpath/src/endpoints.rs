@@ -214,6 +214,12 @@ pub struct Endpoints {
     ipam_last: Option<std::net::Ipv4Addr>,
     /// [`Shape::pod_mtu`].
     pod_mtu: u32,
+    /// [`Shape::run_dir`], and the underlay's device.
+    run_dir: std::path::PathBuf,
+    underlay: Option<String>,
+    /// The guarded prefixes of the config ([`crate::guard::base`]), and the set in force.
+    guard_base: std::collections::BTreeSet<crate::guard::Prefix>,
+    guards: std::collections::BTreeSet<crate::guard::Prefix>,
     /// Changes finished, for status.
     pub added: u64,
     pub deleted: u64,
@@ -246,6 +252,9 @@ pub struct Shape {
     pub slots: usize,
     /// The MTU a CNI plugin gives a pod's links ([`crate::api::NodeInfo::pod_mtu`]).
     pub pod_mtu: u32,
+    /// The run dir: where the port slots' devices are recorded after every change, for the
+    /// next run's conntrack (`ports.json`).
+    pub run_dir: std::path::PathBuf,
 }
 
 impl Endpoints {
@@ -304,7 +313,7 @@ impl Endpoints {
             .chain(cfg.node.host_ips.iter().copied())
             .chain(cfg.node.underlay.as_ref().map(|u| u.address.addr))
             .collect();
-        Endpoints {
+        let mut e = Endpoints {
             workers,
             acks,
             socks,
@@ -324,6 +333,10 @@ impl Endpoints {
             pod_cidr_v6: cfg.node.pod_cidr_v6,
             pod_cidr: cfg.node.pod_cidr,
             pod_mtu: shape.pod_mtu,
+            run_dir: shape.run_dir.clone(),
+            underlay: cfg.node.underlay.as_ref().map(|u| u.device.clone()),
+            guard_base: crate::guard::base(cfg),
+            guards: Default::default(),
             // After a restart: past the highest address a restored CNI endpoint has.
             ipam_last: restored
                 .iter()
@@ -333,7 +346,68 @@ impl Endpoints {
             added: 0,
             deleted: 0,
             failed: 0,
+        };
+        // What the daemon put in force before XDP (the same prefixes).
+        e.guards = e.wanted_guards(None);
+        e
+    }
+
+    /// The prefixes the kernel must not forward to: the config's, and the addresses of the
+    /// served pods (and `adding`) outside the pod CIDRs.
+    fn wanted_guards(
+        &self,
+        adding: Option<&PodConfig>,
+    ) -> std::collections::BTreeSet<crate::guard::Prefix> {
+        let local: Vec<std::net::IpAddr> = self
+            .served
+            .values()
+            .map(|s| &s.pod)
+            .chain(adding)
+            .flat_map(|p| {
+                std::iter::once(std::net::IpAddr::V4(p.ip)).chain(p.ipv6.map(std::net::IpAddr::V6))
+            })
+            .collect();
+        let mut w = self.guard_base.clone();
+        w.extend(crate::guard::outside(
+            self.pod_cidr,
+            self.pod_cidr_v6,
+            &local,
+        ));
+        w
+    }
+
+    /// Record every port slot's device (`<run dir>/ports.json`) after a change.
+    fn record_ports(&self) {
+        let names: Vec<(u16, &str)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_deref()?;
+                let dev = if s == "(underlay)" {
+                    self.underlay.as_deref()?
+                } else {
+                    self.served.get(s)?.pod.lxc.as_str()
+                };
+                Some((i as u16, dev))
+            })
+            .collect();
+        if let Err(e) = crate::daemon::write_port_names(&self.run_dir, names.into_iter()) {
+            eprintln!(
+                "fastpath: recording the port slots in {}: {e}",
+                self.run_dir.display()
+            );
         }
+    }
+
+    /// Bring the guard rules to what the served pods (and `adding`) need.
+    fn sync_guards(&mut self, adding: Option<&PodConfig>) -> anyhow::Result<()> {
+        let want = self.wanted_guards(adding);
+        if want != self.guards {
+            crate::guard::sync(&want).context("lxc")?;
+            self.guards = want;
+        }
+        Ok(())
     }
 
     /// Worker `w`'s live sockets.
@@ -439,6 +513,9 @@ impl Endpoints {
     }
 
     fn finish(&mut self, ticket: u64, o: Outcome) {
+        if matches!(o, Outcome::Added { .. } | Outcome::Deleted { .. }) {
+            self.record_ports();
+        }
         match &o {
             Outcome::Added { .. } => self.added += 1,
             Outcome::Deleted { .. } => self.deleted += 1,
@@ -455,7 +532,7 @@ impl Endpoints {
                 mut pod,
                 requested,
                 pool,
-            } => match self.allocate(&pod, requested, pool, dp) {
+            } => match self.allocate(requested, pool, dp) {
                 Ok(ip) => {
                     pod.ip = ip;
                     if requested.is_none() {
@@ -536,7 +613,6 @@ impl Endpoints {
     /// the endpoints are in the state dir — so no restart can hand one out twice.
     fn allocate(
         &self,
-        pod: &PodConfig,
         requested: Option<std::net::Ipv4Addr>,
         pool: Option<control::net::Ipv4Cidr>,
         dp: &Datapath<Steering>,
@@ -553,7 +629,6 @@ impl Endpoints {
             }
             Some(p) => p.network(),
         };
-        self.check_attachment_free(pod)?;
         let base = u32::from(range.network().addr);
         let size = 1u64 << (32 - range.len);
         let net = u32::from(cidr.network().addr);
@@ -936,6 +1011,12 @@ impl Endpoints {
                     Some(why) => self.finish(ticket, Outcome::Failed(why)),
                     None => {
                         self.served.remove(&pod_id(&ep.pod));
+                        if let Err(e) = self.sync_guards(None) {
+                            eprintln!(
+                                "fastpath: guard rules after deleting {}: {e:#}",
+                                pod_id(&ep.pod)
+                            );
+                        }
                         let out = match persist(self.runtime()) {
                             Ok(()) => Outcome::Deleted {
                                 endpoint: row(&ep),
@@ -1184,10 +1265,10 @@ impl Endpoints {
                 return Err(anyhow::anyhow!("{e}"));
             }
         };
-        if let Err(e) = crate::daemon::guard_device(&ep.pod.lxc) {
+        if let Err(e) = self.sync_guards(Some(&ep.pod)) {
             let _ = dp.remove_local_endpoint(ep.pod.ip);
             undo_xsks(dp);
-            return Err(e.context("lxc"));
+            return Err(e);
         }
         if let Err(e) = dp.kernel().attach(
             &ep.pod.lxc,
@@ -1229,7 +1310,6 @@ impl Endpoints {
         // Then steering: frames the pod sends from here on go to the kernel. Errors are
         // expected when the device went away with the pod (the kernel dropped its link).
         let _ = dp.kernel().detach(ep.port.ifindex);
-        crate::daemon::unguard_device(&ep.pod.lxc);
         let queues: Vec<u32> = self
             .socks
             .iter()

@@ -14,6 +14,7 @@ pub mod endpoints;
 /// Test fixtures (unit tests; `bench/` and other datapaths with the `fixtures` feature).
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod guard;
 pub mod metrics;
 pub mod neigh;
 pub mod server;

@@ -655,9 +655,17 @@ fn restarts_keep_containers_connections_and_policy() {
     pm.run("bad", &format!("{tag}bad"));
     let (web, client, bad) = (pm.ip("web"), pm.ip("client"), pm.ip("bad"));
     let (web_ns, client_ns, bad_ns) = (pm.netns("web"), pm.netns("client"), pm.netns("bad"));
-    // The node forwards IPv4, as a podman host does: only fastpath's per-device setting
-    // keeps the kernel from routing pod traffic while fastpath is away.
+    // The node forwards IPv4, as a podman host does: only fastpath's routing guard keeps the
+    // kernel from routing to pods while fastpath is away.
     in_ns(n.node_ns(), &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+    let cidr = n.cfg.node.pod_cidr.unwrap().to_string();
+    let rules =
+        String::from_utf8_lossy(&in_ns(n.node_ns(), &["ip", "rule", "show"]).unwrap().stdout)
+            .to_string();
+    assert!(
+        rules.contains(&format!("40:\tfrom all to {cidr} blackhole proto 251")),
+        "{rules}"
+    );
     // web admits only client (TCP 7000, UDP 7001); client admits nobody (replies to its own
     // connections come in through conntrack); a ClusterIP in front of web.
     write_and_apply(

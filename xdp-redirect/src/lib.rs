@@ -141,7 +141,7 @@ pub const PINNED: &[&str] = &[
 /// The maps whose pins outlive the process: the service and backend IDs a run gave out,
 /// which the next run reads ([`read_kept_lb`]) to renumber the conntrack and affinity
 /// entries it restores — as Cilium's agent restores its service IDs from its pinned maps.
-pub const KEPT_PINS: &[&str] = &["cilium_lb4_services_v2", "cilium_lb4_backends_v3"];
+pub const KEPT_PINS: &[&str] = &[SERVICES_MAP, BACKENDS_MAP];
 
 /// The service and backend IDs a previous run of the node left pinned under `dir` (see
 /// [`KEPT_PINS`]); `None` if it left none. Read before [`MapSet::pin`] replaces the pins.

@@ -83,6 +83,9 @@ pub struct CtState {
 }
 
 impl CtState {
+    /// (A change of this encoding changes what kept tables mean: bump `FILE_VERSION` in
+    /// `shared_table.rs` with it, so a restart does not read old entries the new way.)
+    ///
     /// The value words of an entry that slot generation `generation` holds: word 2 (flags
     /// and flags seen, the word packets update in place) is stamped with it, so an update
     /// through a stale handle is refused ([`SharedTable::fetch_or_stamped`]).

@@ -79,6 +79,8 @@ pub enum Opened {
     /// The table of the last run, with `entries` published entries; `torn` half-written
     /// slots (a writer that died mid-write) were emptied.
     Kept { entries: usize, torn: usize },
+    /// A new, empty table: there was no file.
+    New,
     /// A new, empty table, and why the file's content was not used.
     Fresh { why: String },
 }
@@ -292,8 +294,11 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
         let slots_at = FILE_HEADER_BYTES + buckets * size_of::<Bucket>();
         let total = slots_at + n * size_of::<Slot<W, K>>();
         let (file, old, size) = crate::shm::open_locked(path, FILE_HEADER_BYTES)?;
+        let boot_known = !boot_id().is_empty();
         let why_not = if size == 0 {
-            Some("no table was kept".to_string())
+            Some(String::new())
+        } else if !boot_known {
+            Some("this boot's ID cannot be read (/proc/sys/kernel/random/boot_id)".into())
         } else if old.get(..HEADER_USED) != Some(&head[..HEADER_USED]) {
             Some(header_difference(&old, &head))
         } else if size != total as u64 {
@@ -317,8 +322,10 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
             stats: TableStats::default(),
             hash: PhantomData,
         };
-        if let Some(why) = why_not {
-            return Ok((t, Opened::Fresh { why }));
+        match why_not {
+            Some(why) if why.is_empty() => return Ok((t, Opened::New)),
+            Some(why) => return Ok((t, Opened::Fresh { why })),
+            None => {}
         }
         // What a crashed writer left: a slot claimed (BUSY) but never published is emptied.
         let (mut entries, mut torn) = (0, 0);
@@ -737,12 +744,7 @@ mod tests {
         let p = tmp("keep");
         {
             let (t, o): (SharedTable<2>, _) = SharedTable::open_file(&p, "t", 64).unwrap();
-            assert_eq!(
-                o,
-                Opened::Fresh {
-                    why: "no table was kept".into()
-                }
-            );
+            assert_eq!(o, Opened::New);
             assert!(t.is_persistent());
             for i in 0..20u64 {
                 t.insert([i, i + 1], [i * 10, i * 100], 1000 + i as u32, 0)

@@ -46,16 +46,24 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Map `file` (already `len` bytes long, locked by the caller) read-write, shared.
+    /// Map `file` (locked by the caller) read-write, shared, after giving it all `len` bytes
+    /// of backing store: a page the file system could not supply later would kill the
+    /// process that touches it (SIGBUS), so a file system too small is an error here.
     ///
     /// # Errors
-    /// The kernel refused the mapping (a length of 0, no memory, a file system without
-    /// shared mappings).
-    pub fn new(file: File, len: usize) -> std::io::Result<Mapping> {
+    /// The file system has no room (`ENOSPC`), or the kernel refused the mapping (a length
+    /// of 0, no memory, a file system without shared mappings).
+    pub(crate) fn new(file: File, len: usize) -> std::io::Result<Mapping> {
         use rustix::mm::{MapFlags, ProtFlags};
+        rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len as u64)?;
+        if file.metadata()?.len() < len as u64 {
+            return Err(std::io::Error::other(
+                "the file is shorter than its mapping",
+            ));
+        }
         // SAFETY: a fresh mapping at an address the kernel chooses (no existing memory is
-        // replaced); `file` is open read-write and `len` bytes long, so every byte of the
-        // mapping is backed by the file.
+        // replaced); `file` is open read-write, at least `len` bytes long and allocated
+        // (checked above), so every byte of the mapping is backed by the file.
         let p = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -120,19 +128,13 @@ pub fn open_locked(path: &Path, header_len: usize) -> std::io::Result<(File, Vec
     Ok((f, head, size))
 }
 
-/// A slice of `T`s, owned on the heap or borrowed from a [`Mapping`] it keeps alive.
+/// A slice of `T`s, owned on the heap (a leaked box, freed on drop) or borrowed from a
+/// [`Mapping`] it keeps alive.
 pub struct Store<T: Shareable> {
     ptr: NonNull<T>,
     len: usize,
-    owner: Owner<T>,
-}
-
-enum Owner<T> {
-    Heap(#[allow(dead_code, reason = "kept to own the allocation `ptr` points into")] Box<[T]>),
-    Mapped(
-        #[allow(dead_code, reason = "kept to keep the mapping `ptr` points into alive")]
-        Arc<Mapping>,
-    ),
+    /// `None`: the heap allocation `Box::into_raw` gave `ptr`, ours to free.
+    map: Option<Arc<Mapping>>,
 }
 
 // SAFETY: a `Store` is a `Box<[T]>` or a range of a `Mapping`; with `T: Send + Sync` (atomics)
@@ -145,12 +147,13 @@ impl<T: Shareable> Store<T> {
     /// A heap slice.
     pub fn heap(b: Box<[T]>) -> Store<T> {
         let len = b.len();
-        let mut b = b;
-        let ptr = NonNull::new(b.as_mut_ptr()).unwrap_or(NonNull::dangling());
+        // The box is given up for its raw pointer (no `Box` is kept beside `ptr` to alias
+        // it); `Drop` rebuilds it to free the allocation.
+        let raw: *mut [T] = Box::into_raw(b);
         Store {
-            ptr,
+            ptr: NonNull::new(raw.cast::<T>()).expect("Box::into_raw is never null"),
             len,
-            owner: Owner::Heap(b),
+            map: None,
         }
     }
 
@@ -172,13 +175,29 @@ impl<T: Shareable> Store<T> {
         Store {
             ptr: NonNull::new(p.cast::<T>()).expect("inside a non-null mapping"),
             len,
-            owner: Owner::Mapped(map.clone()),
+            map: Some(map.clone()),
         }
     }
 
     /// Is it a file mapping (a table that survives the process)?
     pub fn is_mapped(&self) -> bool {
-        matches!(self.owner, Owner::Mapped(_))
+        self.map.is_some()
+    }
+}
+
+impl<T: Shareable> Drop for Store<T> {
+    fn drop(&mut self) {
+        if self.map.is_none() {
+            // SAFETY: `ptr`/`len` are exactly what `Box::into_raw` gave in `heap`, and this
+            // is the one place the box is rebuilt (once: `drop` runs once); no reference
+            // from `deref` outlives `self`.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.ptr.as_ptr(),
+                    self.len,
+                ))
+            });
+        }
     }
 }
 
@@ -187,8 +206,8 @@ impl<T: Shareable> Deref for Store<T> {
 
     #[inline]
     fn deref(&self) -> &[T] {
-        // SAFETY: `ptr` points at `len` initialised `T`s: a live box we own, or a range of
-        // a mapping we keep alive (bounds and alignment checked in `mapped`); any bit
+        // SAFETY: `ptr` points at `len` initialised `T`s: a leaked box we own (freed only in
+        // `drop`), or a range of a mapping we keep alive (bounds and alignment checked in `mapped`); any bit
         // pattern is a valid `T` (`Shareable`), and `T` is mutated only through atomics, so
         // a shared reference for as long as `self` lives is sound.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }

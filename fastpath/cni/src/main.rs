@@ -69,7 +69,13 @@ fn main() {
             "fastpath-cni {}: the CNI plugin of fastpath (docs/cni.md); run by a container runtime with CNI_COMMAND set.\nCNI protocol versions supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0",
             env!("CARGO_PKG_VERSION")
         );
-        std::process::exit(if std::env::args().len() > 1 { 0 } else { 1 });
+        if std::env::args().len() > 1 {
+            // `fastpath-cni --help` / `--version`: the text above is the answer.
+            std::process::exit(0);
+        }
+        let r = ErrorResult::new(info.cni_version(), &Error::missing_env(&["CNI_COMMAND"]));
+        let _ = serde_json::to_writer(std::io::stdout().lock(), &r);
+        std::process::exit(1);
     }
     // The version errors are reported under: the config's when it parsed, else ours.
     let mut version = info.cni_version();
@@ -231,7 +237,7 @@ fn call(pc: &PluginConf, req: &Request) -> Result<Response, Error> {
 }
 
 fn refused(message: String) -> Error {
-    if message.starts_with("ipam:") {
+    if message.starts_with("ipam: no free address") {
         custom(E_NO_ADDRESS, "no address left", message)
     } else {
         custom(E_REFUSED, "fastpath refused the endpoint", message)
@@ -379,6 +385,13 @@ fn add(pc: &PluginConf, env: &Env) -> Result<CNIResult, Error> {
         .and_then(|n| conf::dns_name(n, 253))
         .or_else(|| conf::dns_name(&att.container_id.chars().take(12).collect::<String>(), 253))
         .unwrap_or_else(|| "pod".into());
+    // A container on several networks has one interface each: eth0 keeps the pod's name,
+    // the others are `<name>-<ifname>` (one endpoint per interface).
+    let name = if env.ifname == "eth0" {
+        name
+    } else {
+        conf::dns_name(&format!("{name}-{}", env.ifname), 253).unwrap_or(name)
+    };
     let namespace = env
         .args
         .pod_namespace
@@ -398,24 +411,38 @@ fn add(pc: &PluginConf, env: &Env) -> Result<CNIResult, Error> {
             pool: pc.pool,
         },
     };
+    // Whatever went wrong after the request was sent (a refusal, or no answer in time while
+    // the node may still finish the add), the attachment is taken back out — a delete is
+    // idempotent and queues behind the add — and the link removed.
+    let undo_all = |e: Error| {
+        let _ = call(
+            pc,
+            &Request::CniDelete {
+                attachment: att.clone(),
+            },
+        );
+        undo_link();
+        e
+    };
     let row = match call(pc, &req) {
         Ok(Response::EndpointAdded { endpoint, .. }) => endpoint,
         Ok(other) => {
-            undo_link();
-            return Err(Error::IOFailure(format!("unexpected answer {other:?}")));
+            return Err(undo_all(Error::IOFailure(format!(
+                "unexpected answer {other:?}"
+            ))));
         }
-        Err(e) => {
-            undo_link();
-            return Err(e);
-        }
+        Err(e) => return Err(undo_all(e)),
     };
-    let ip: Ipv4Addr = row.ipv4.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let ip: Ipv4Addr = row.ipv4.parse().map_err(|_| {
+        undo_all(Error::IOFailure(format!(
+            "fastpath answered with address `{}`",
+            row.ipv4
+        )))
+    })?;
     if let Err(e) = link::configure_container(netns, &env.ifname, ip, gw)
         .and_then(|()| link::configure_node(node_ns, &lxc, ip))
     {
-        let _ = call(pc, &Request::CniDelete { attachment: att });
-        undo_link();
-        return Err(link_err(e));
+        return Err(undo_all(link_err(e)));
     }
     let mut r = pc.prev_result.clone().unwrap_or_default();
     let base = r.interfaces.len() as u32;
@@ -462,10 +489,15 @@ fn del(pc: &PluginConf, env: &Env) -> Result<(), Error> {
     // fastpath drops the endpoint when it starts and finds its device gone.
     let node_ns = match api::call(&pc.socket, &Request::NodeInfo) {
         Err(ClientError::Connect { .. }) => None,
-        _ => {
-            let info = node_info(pc)?;
+        Ok(Response::NodeInfo(info)) => {
             call(pc, &Request::CniDelete { attachment: att })?;
             Some(info.netns)
+        }
+        Ok(other) => return Err(Error::IOFailure(format!("unexpected answer {other:?}"))),
+        Err(e) => {
+            return Err(Error::TryAgainLater(format!(
+                "fastpath control socket: {e}"
+            )));
         }
     };
     // The pair goes with either end: the container's (while its namespace exists) and
@@ -484,6 +516,12 @@ fn check(pc: &PluginConf, env: &Env) -> Result<(), Error> {
     let prev = pc.prev_result.as_ref().ok_or_else(|| {
         Error::InvalidNetworkConfig("prevResult: CHECK needs the result of the ADD".into())
     })?;
+    let netns = env.netns.as_deref().unwrap_or_default();
+    if !Path::new(netns).exists() {
+        return Err(Error::InvalidNetNS(format!(
+            "CNI_NETNS: {netns}: no such network namespace"
+        )));
+    }
     let att = env.attachment(pc);
     let row = endpoints(pc)?
         .into_iter()
@@ -507,7 +545,6 @@ fn check(pc: &PluginConf, env: &Env) -> Result<(), Error> {
     if !lxc.up {
         return Err(diff(format!("device {} of the node is down", row.lxc)));
     }
-    let netns = env.netns.as_deref().unwrap_or_default();
     let ctr = link::container_link(netns, &env.ifname)
         .ok_or_else(|| diff(format!("the container has no {} in {netns}", env.ifname)))?;
     if !ctr.mac.eq_ignore_ascii_case(&row.mac) {
@@ -563,10 +600,13 @@ fn status(pc: &PluginConf) -> Result<(), Error> {
 /// deleted with its devices; then devices this plugin made for the network that no
 /// endpoint has (an ADD that died half-way). Goes on past a failure and reports the first.
 fn gc(pc: &PluginConf) -> Result<(), Error> {
-    let valid: Vec<(String, String)> = pc
-        .valid_attachments
+    let Some(valid) = &pc.valid_attachments else {
+        return Err(Error::InvalidNetworkConfig(
+            "cni.dev/valid-attachments: GC needs the list of attachments to keep (an empty list removes every one of this network)".into(),
+        ));
+    };
+    let valid: Vec<(String, String)> = valid
         .iter()
-        .flatten()
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
     let info = node_info(pc)?;
