@@ -1280,6 +1280,17 @@ mod tests {
     use crate::maps::MacAddr;
     use crate::maps::lb::{Lb4Backend, RevNat4Value};
 
+    /// Service `name` at ClusterIP 10.96.0.<vip>:80 → 8080 on backends 10.200.0.<b>.
+    fn svc(name: &str, vip: u8, backends: &[u8]) -> crate::lb::ServiceConfig {
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "cluster_ip": format!("10.96.0.{vip}"),
+            "ports": [{ "port": 80, "target_port": 8080 }],
+            "backends": backends.iter().map(|b| serde_json::json!({ "ip": format!("10.200.0.{b}") })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
     fn ports() -> Vec<Port> {
         vec![Port::lxc(
             "lxc-a",
@@ -1421,17 +1432,7 @@ mod tests {
     #[test]
     fn restored_conntrack_is_renumbered_to_this_runs_service_ids() {
         use crate::ct::{CtSizes, CtState};
-        use crate::lb::ServiceConfig;
         use crate::maps::ct::CtTuple4;
-        let svc = |name: &str, vip: u8, backends: &[u8]| -> ServiceConfig {
-            serde_json::from_value(serde_json::json!({
-                "name": name,
-                "cluster_ip": format!("10.96.0.{vip}"),
-                "ports": [{ "port": 80, "target_port": 8080 }],
-                "backends": backends.iter().map(|b| serde_json::json!({ "ip": format!("10.200.0.{b}") })).collect::<Vec<_>>(),
-            }))
-            .unwrap()
-        };
         let find = |t: &crate::tables::Tables, vip: [u8; 4]| {
             let (k, m) =
                 t.lb.services
@@ -1559,16 +1560,6 @@ mod tests {
     /// change applies as if nothing had happened. The kernel maps always equal the tables.
     #[test]
     fn a_service_change_the_kernel_fails_leaves_the_old_state_in_force() {
-        use crate::lb::ServiceConfig;
-        let svc = |name: &str, vip: u8, backends: &[u8]| -> ServiceConfig {
-            serde_json::from_value(serde_json::json!({
-                "name": name,
-                "cluster_ip": format!("10.96.0.{vip}"),
-                "ports": [{ "port": 80, "target_port": 8080 }],
-                "backends": backends.iter().map(|b| serde_json::json!({ "ip": format!("10.200.0.{b}") })).collect::<Vec<_>>(),
-            }))
-            .unwrap()
-        };
         let kernel_view = |dp: &Datapath<Flaky>| {
             let t = dp.tables();
             let mut want = std::collections::BTreeMap::new();

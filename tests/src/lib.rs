@@ -348,6 +348,20 @@ impl TestNode {
             .unwrap()
     }
 
+    /// `fastpath <what> apply -f` with `text` (`what`: `service` or `policy`); panics with
+    /// the CLI's error if it is refused.
+    pub fn apply(&self, what: &str, text: &str) {
+        let f = std::env::temp_dir().join(format!("{}-{what}.yaml", self.cfg.node.name));
+        std::fs::write(&f, text).unwrap();
+        let out = self.cli(&[what, "apply", "-f", f.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&f);
+        assert!(
+            out.status.success(),
+            "{what} apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Does `dev` in the node namespace have an XDP program attached?
     pub fn xdp_attached(&self, dev: &str) -> bool {
         let out = in_ns(self.node_ns(), &["ip", "-d", "link", "show", "dev", dev]).unwrap();

@@ -614,18 +614,6 @@ fn finish(c: std::process::Child) -> String {
     )
 }
 
-fn write_and_apply(n: &TestNode, what: &str, text: &str) {
-    let f = std::env::temp_dir().join(format!("{}-{what}.yaml", n.cfg.node.name));
-    std::fs::write(&f, text).unwrap();
-    let out = n.cli(&[what, "apply", "-f", f.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{what} apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_file(f);
-}
-
 /// fastpath stopped (SIGTERM) and killed (SIGKILL) under containers: everything it knew
 /// comes back before it serves again — the CNI endpoints with their addresses, endpoint
 /// IDs and identities, runtime services and policies, conntrack — so established TCP
@@ -668,13 +656,11 @@ fn restarts_keep_containers_connections_and_policy() {
     );
     // web admits only client (TCP 7000, UDP 7001); client admits nobody (replies to its own
     // connections come in through conntrack); a ClusterIP in front of web.
-    write_and_apply(
-        &n,
+    n.apply(
         "policy",
         "kind: CiliumNetworkPolicy\nmetadata: { name: web }\nspec:\n  endpointSelector: { matchLabels: { app: web } }\n  ingress: [{ fromEndpoints: [{ matchLabels: { app: client } }] }]\n---\nkind: CiliumNetworkPolicy\nmetadata: { name: client }\nspec:\n  endpointSelector: { matchLabels: { app: client } }\n  ingress: [{ fromEndpoints: [{ matchLabels: { app: nobody } }] }]\n",
     );
-    write_and_apply(
-        &n,
+    n.apply(
         "service",
         &format!(
             "{{ name: web, cluster_ip: 10.96.50.5, ports: [{{ port: 80, target_port: 7000 }}], backends: [{{ ip: {web} }}] }}\n"

@@ -10,18 +10,6 @@ use fastpath_tests::{Pods, TestNode, node_yaml, require_root, unique};
 /// Pod 1 admits nothing from pod 0 (its only ingress peer is an app nobody has).
 const LOCKDOWN: &str = "kind: CiliumNetworkPolicy\nmetadata: { name: lockdown }\nspec:\n  endpointSelector: { matchLabels: { app: p1 } }\n  ingress: [{ fromEndpoints: [{ matchLabels: { app: nobody } }] }]\n";
 
-fn apply(n: &TestNode, what: &str, text: &str) {
-    let f = std::env::temp_dir().join(format!("{}-{what}.yaml", n.cfg.node.name));
-    std::fs::write(&f, text).unwrap();
-    let out = n.cli(&[what, "apply", "-f", f.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{what} apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_file(f).unwrap();
-}
-
 fn stdout(o: std::process::Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -40,9 +28,8 @@ fn runtime_services_and_policies_survive_restart_and_crash() {
     assert_eq!(n.echo(0, "TCP", &p1, 7010, "open\n"), "open\n");
 
     // At run time: a policy that locks pod 1 down, and a ClusterIP to pod 0.
-    apply(&n, "policy", LOCKDOWN);
-    apply(
-        &n,
+    n.apply("policy", LOCKDOWN);
+    n.apply(
         "service",
         &format!(
             "{{ name: rt, cluster_ip: 10.96.77.7, ports: [{{ port: 80, target_port: 7011 }}], backends: [{{ ip: {p0} }}] }}\n"
