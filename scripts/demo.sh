@@ -20,7 +20,7 @@ cleanup() {
   CONTAINERS_CONF="$TMP/containers.conf" podman rm -f -t 0 fp-demo-c1 >/dev/null 2>&1 || true
   for p in ${FP_PID:-} ${FP2_PID:-}; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   # What fastpath keeps for its next start: the LB map pins (conntrack's service IDs).
-  rm -rf /sys/fs/bpf/fastpath/demo /sys/fs/bpf/fastpath/demo2
+  rm -rf /sys/fs/bpf/fastpath/demo /sys/fs/bpf/fastpath/demo2 /dev/shm/fastpath-demo /dev/shm/fastpath-demo2
   [[ -n "${BG_PIDS:-}" ]] && kill $BG_PIDS 2>/dev/null || true
   ip netns del fp-demo-live 2>/dev/null || true
   $FP lab down --config "$TMP/kernel.yaml"; $FP lab down --config "$TMP/demo2.yaml"; $FP lab down
@@ -33,10 +33,9 @@ x $FP lab up --config "$TMP/demo2.yaml"               # demo2
 x $FP lab up --config "$TMP/kernel.yaml" --kernel-vxlan   # demo-kernel: vxlan0 external, dstport 8472
 # Runtime changes (the policy applied below) are kept in --state-dir across restarts; the
 # demo keeps them in its temp dir so every run starts from the embedded config.
-# Conntrack lives in --run-dir (memory-mapped files, kept across restarts); the demo keeps it
-# in its temp dir too.
-$FP run --cores 0 --state-dir "$TMP/state-demo" --run-dir "$TMP/run-demo" & FP_PID=$!           # the embedded default config
-$FP run --config "$TMP/demo2.yaml" --cores 1 --state-dir "$TMP/state-demo2" --run-dir "$TMP/run-demo2" & FP2_PID=$!
+# Conntrack lives in --run-dir (memory-mapped files, kept across restarts), on tmpfs.
+$FP run --cores 0 --state-dir "$TMP/state-demo" --run-dir /dev/shm/fastpath-demo & FP_PID=$!           # the embedded default config
+$FP run --config "$TMP/demo2.yaml" --cores 1 --state-dir "$TMP/state-demo2" --run-dir /dev/shm/fastpath-demo2 & FP2_PID=$!
 for _ in $(seq 100); do
   $FP status --node demo -o json 2>/dev/null | grep -q '"mac": "' && \
   $FP status --node demo2 -o json 2>/dev/null | grep -q '"mac": "' && break

@@ -62,7 +62,7 @@ pub fn start_fastpath(
         .join("fastpath");
     let state = std::env::temp_dir().join(format!("fastpath-bench-{node}-state"));
     // Conntrack of its own: a table a previous run kept would start the bench non-empty.
-    let run = std::env::temp_dir().join(format!("fastpath-bench-{node}-run"));
+    let run = PathBuf::from(format!("/dev/shm/fastpath-bench-{node}-run"));
     let _ = std::fs::remove_dir_all(&run);
     let cores: Vec<String> = cores.iter().map(|c| c.to_string()).collect();
     let mut cmd = Command::new(&bin);

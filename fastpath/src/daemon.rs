@@ -831,6 +831,21 @@ fn load_maps(
     Ok(dp)
 }
 
+/// The file system a directory is on, if it is not one kept in memory (tmpfs, ramfs).
+fn not_in_memory(dir: &std::path::Path) -> Option<String> {
+    const TMPFS: u64 = 0x0102_1994;
+    const RAMFS: u64 = 0x8584_58f6;
+    let st = rustix::fs::statfs(dir).ok()?;
+    let t = st.f_type as u64;
+    (t != TMPFS && t != RAMFS).then(|| match t {
+        0xef53 => "ext4".to_string(),
+        0x5846_5342 => "xfs".to_string(),
+        0x9123_683e => "btrfs".to_string(),
+        0x794c_7630 => "overlayfs".to_string(),
+        other => format!("a file system of type {other:#x}"),
+    })
+}
+
 /// `--run-dir`, or `/run/fastpath/<node>`.
 fn run_dir(opts: &RunOptions, cfg: &Config) -> PathBuf {
     opts.run_dir
@@ -874,6 +889,12 @@ fn open_kept_maps(
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating the run dir {} (--run-dir)", dir.display()))?;
+    if let Some(fs) = not_in_memory(dir) {
+        eprintln!(
+            "fastpath: --run-dir {} is on {fs}, not tmpfs: the kernel writes conntrack's pages back to disk as they change (disk I/O, and a page fault the next time a worker writes a page that was written back); give it a tmpfs directory (/run usually is one; /dev/shm/fastpath/<node>)",
+            dir.display()
+        );
+    }
     let fix = || {
         format!(
             "conntrack and affinity tables in {} (--run-dir; remove the directory to start afresh)",

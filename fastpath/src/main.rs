@@ -81,9 +81,10 @@ enum Cmd {
         /// the file to start from the config alone.
         #[arg(long, value_name = "DIR", default_value = "/var/lib/fastpath/<node>")]
         state_dir: PathBuf,
-        /// Where conntrack and the session-affinity map live (files mapped into memory, on
-        /// tmpfs): a restart or crash finds every connection there. Survives the process,
-        /// not a reboot; remove the directory to start with empty tables.
+        /// Where conntrack and the session-affinity map live (files mapped into memory; the
+        /// directory must be on tmpfs, e.g. /run or /dev/shm): a restart or crash finds every
+        /// connection there. Survives the process, not a reboot; remove the directory to start
+        /// with empty tables.
         #[arg(long, value_name = "DIR", default_value = "/run/fastpath/<node>")]
         run_dir: PathBuf,
     },

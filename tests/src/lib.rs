@@ -194,7 +194,8 @@ impl TestNode {
         let socket = api::socket_path(&cfg.node.name);
         let state_dir = std::env::temp_dir().join(format!("{}-state", cfg.node.name));
         let _ = std::fs::remove_dir_all(&state_dir);
-        let run_dir = std::env::temp_dir().join(format!("{}-run", cfg.node.name));
+        // On tmpfs, as /run is on a node (this machine's /tmp is not).
+        let run_dir = PathBuf::from(format!("/dev/shm/{}-run", cfg.node.name));
         let _ = std::fs::remove_dir_all(&run_dir);
         let mut n = TestNode {
             cfg,

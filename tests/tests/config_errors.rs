@@ -5,7 +5,11 @@ use std::process::Command;
 
 fn run_with(yaml: &str, extra: &[&str]) -> (bool, String) {
     let path = std::env::temp_dir().join(format!("{}.yaml", unique("cfg")));
-    let run_dir = path.with_extension("run");
+    let run_dir = std::path::PathBuf::from(format!(
+        "/dev/shm/{}",
+        path.file_name().unwrap().to_string_lossy()
+    ))
+    .with_extension("run");
     std::fs::write(&path, yaml).unwrap();
     // An operator's shell may well have RUST_BACKTRACE set: errors must still be one line.
     let out = Command::new(fastpath_bin())
