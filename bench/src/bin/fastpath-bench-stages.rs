@@ -60,6 +60,11 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Keep the large tables' conntrack in files of this (tmpfs) directory, mapped into
+    /// memory as `fastpath run` keeps it (`--run-dir`), instead of on the heap: the A/B of
+    /// what the file backing costs (docs/benchmarks.md).
+    #[arg(long)]
+    ct_dir: Option<std::path::PathBuf>,
 }
 
 const HEADROOM: usize = 256;
@@ -75,7 +80,12 @@ fn next(x: &mut u64) -> u64 {
 /// `t` with `ipcache` random /32s (behind the peer's tunnel endpoint when it has one) and
 /// `ct` established entries added; the rows' own entries are kept (they are inserted after
 /// the filler is, as the table's first run).
-fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> (Tables, Vec<u32>) {
+fn enlarge(
+    t: &Tables,
+    ipcache: u32,
+    ct: u32,
+    ct_dir: Option<&std::path::Path>,
+) -> (Tables, Vec<u32>) {
     let mut big = t.clone();
     let mut ic = (*t.ipcache).clone();
     let peer = t
@@ -100,7 +110,16 @@ fn enlarge(t: &Tables, ipcache: u32, ct: u32) -> (Tables, Vec<u32>) {
         tcp: (ct as usize * 2).max(1024),
         any: (ct as usize * 2).max(1 << 20),
     };
-    let table = control::ct::Conntrack::new(sizes);
+    let table = match ct_dir {
+        None => control::ct::Conntrack::new(sizes),
+        Some(d) => {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d).expect("--ct-dir");
+            control::ct::Conntrack::open_files(d, "bench", sizes)
+                .expect("conntrack files in --ct-dir")
+                .0
+        }
+    };
     let now = Scratch::default().now;
     for i in 0..ct {
         let r = next(&mut x);
@@ -231,9 +250,10 @@ fn main() -> anyhow::Result<()> {
     );
     let mut large_base = std::collections::HashMap::new();
     let mut filler = Vec::new();
-    for s in Setup::ALL {
+    for (i, s) in Setup::ALL.into_iter().enumerate() {
         let t = s.tables();
-        let (big, addrs) = enlarge(&t, a.ipcache, a.ct);
+        let dir = a.ct_dir.as_ref().map(|d| d.join(i.to_string()));
+        let (big, addrs) = enlarge(&t, a.ipcache, a.ct, dir.as_deref());
         large_base.insert(s, big);
         filler = addrs;
     }
