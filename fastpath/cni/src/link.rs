@@ -169,33 +169,20 @@ pub fn make_veth(
     queues: u32,
 ) -> Result<(), String> {
     let (m, q) = (mtu.to_string(), queues.to_string());
-    node_ip(
-        node_ns,
-        &[
-            "link",
-            "add",
-            lxc,
-            "mtu",
-            &m,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            netns_path,
-            "mtu",
-            &m,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-        ],
-    )?;
+    // The same MTU and queue counts for both ends.
+    let each = [
+        "mtu",
+        m.as_str(),
+        "numrxqueues",
+        q.as_str(),
+        "numtxqueues",
+        q.as_str(),
+    ];
+    let mut a = vec!["link", "add", lxc];
+    a.extend(each);
+    a.extend(["type", "veth", "peer", "name", ifname, "netns", netns_path]);
+    a.extend(each);
+    node_ip(node_ns, &a)?;
     node_ip(node_ns, &["link", "set", "dev", lxc, "alias", alias])?;
     Ok(())
 }
