@@ -342,6 +342,26 @@ pub struct CniAttachment {
     pub ifname: String,
 }
 
+/// A node name: 1-63 characters of a-z, 0-9 and '-' (it names the control socket
+/// `/run/fastpath/<node>.sock`, the state, run and pin directories).
+///
+/// # Errors
+/// The name and the rule, for the field's message.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` must be 1-63 characters of a-z, 0-9 and '-' (it names the control socket)"
+        ))
+    }
+}
+
 fn default_ns() -> String {
     "default".into()
 }
@@ -430,20 +450,8 @@ impl Config {
         let mut bad = |field: String, msg: String| p.push(Problem { field, msg });
 
         let n = &self.node;
-        if n.name.is_empty()
-            || n.name.len() > 63
-            || !n
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            bad(
-                "node.name".into(),
-                format!(
-                    "`{}` must be 1-63 characters of a-z, 0-9 and '-' (it names the control socket)",
-                    n.name
-                ),
-            );
+        if let Err(msg) = check_node_name(&n.name) {
+            bad("node.name".into(), msg);
         }
         if let Some(ns) = n
             .netns

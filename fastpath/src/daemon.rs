@@ -282,15 +282,10 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         .map_or("none", |w| w.socket_mode())
         .to_string();
     // Before XDP: the kernel must never route to pods around the workers (crate::guard).
-    let local: Vec<std::net::IpAddr> = cfg
-        .pods
-        .iter()
-        .chain(devs.restored.iter().map(|(p, _)| p))
-        .flat_map(|p| {
-            std::iter::once(std::net::IpAddr::V4(p.ip)).chain(p.ipv6.map(std::net::IpAddr::V6))
-        })
-        .collect();
-    let guards = crate::guard::wanted(&cfg, &local);
+    let guards = crate::guard::wanted(
+        &cfg,
+        cfg.pods.iter().chain(devs.restored.iter().map(|(p, _)| p)),
+    );
     crate::guard::sync(&guards)?;
     attach_devices(&cfg, &devs.ports, &mut dp, &socket_mode)?;
     let mut endpoints = crate::endpoints::Endpoints::new(

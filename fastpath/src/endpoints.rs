@@ -358,22 +358,12 @@ impl Endpoints {
         &self,
         adding: Option<&PodConfig>,
     ) -> std::collections::BTreeSet<crate::guard::Prefix> {
-        let local: Vec<std::net::IpAddr> = self
-            .served
-            .values()
-            .map(|s| &s.pod)
-            .chain(adding)
-            .flat_map(|p| {
-                std::iter::once(std::net::IpAddr::V4(p.ip)).chain(p.ipv6.map(std::net::IpAddr::V6))
-            })
-            .collect();
-        let mut w = self.guard_base.clone();
-        w.extend(crate::guard::outside(
+        crate::guard::with_pods(
+            &self.guard_base,
             self.pod_cidr,
             self.pod_cidr_v6,
-            &local,
-        ));
-        w
+            self.served.values().map(|s| &s.pod).chain(adding),
+        )
     }
 
     /// Record every port slot's device (`<run dir>/ports.json`) after a change.

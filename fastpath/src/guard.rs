@@ -54,31 +54,33 @@ pub fn base(cfg: &control::config::Config) -> BTreeSet<Prefix> {
     out
 }
 
-/// [`base`], and the addresses of local pods (`local`) outside the node's pod CIDRs.
-pub fn wanted(cfg: &control::config::Config, local: &[std::net::IpAddr]) -> BTreeSet<Prefix> {
-    let mut out = base(cfg);
-    out.extend(outside(cfg.node.pod_cidr, cfg.node.pod_cidr_v6, local));
-    out
+/// [`base`], and the addresses of the local `pods` outside the node's pod CIDRs.
+pub fn wanted<'a>(
+    cfg: &control::config::Config,
+    pods: impl IntoIterator<Item = &'a control::config::PodConfig>,
+) -> BTreeSet<Prefix> {
+    with_pods(&base(cfg), cfg.node.pod_cidr, cfg.node.pod_cidr_v6, pods)
 }
 
-/// The addresses of `local` pods outside the pod CIDRs, as host prefixes.
-pub fn outside(
+/// `base`, and the addresses of `pods` outside the pod CIDRs `v4` / `v6`, as host prefixes.
+pub fn with_pods<'a>(
+    base: &BTreeSet<Prefix>,
     v4: Option<control::net::Ipv4Cidr>,
     v6: Option<control::net::Ipv6Cidr>,
-    local: &[std::net::IpAddr],
-) -> Vec<Prefix> {
-    local
-        .iter()
-        .filter_map(|ip| match ip {
-            std::net::IpAddr::V4(a) if v4.is_none_or(|c| !c.contains(*a)) => {
-                Some(format!("{a}/32"))
-            }
-            std::net::IpAddr::V6(a) if v6.is_none_or(|c| !c.contains(*a)) => {
-                Some(format!("{a}/128"))
-            }
-            _ => None,
-        })
-        .collect()
+    pods: impl IntoIterator<Item = &'a control::config::PodConfig>,
+) -> BTreeSet<Prefix> {
+    let mut out = base.clone();
+    for p in pods {
+        if v4.is_none_or(|c| !c.contains(p.ip)) {
+            out.insert(format!("{}/32", p.ip));
+        }
+        if let Some(a) = p.ipv6
+            && v6.is_none_or(|c| !c.contains(a))
+        {
+            out.insert(format!("{a}/128"));
+        }
+    }
+    out
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
@@ -195,14 +197,20 @@ mod tests {
             "t",
         )
         .unwrap();
-        let w = wanted(
-            &cfg,
-            &[
-                "10.1.1.9".parse().unwrap(),
-                "10.9.9.9".parse().unwrap(),
-                "fd00:10:1::9".parse().unwrap(),
-            ],
-        );
+        let pod = |ip: &str, v6: Option<&str>| control::config::PodConfig {
+            name: "p".into(),
+            namespace: "default".into(),
+            ip: ip.parse().unwrap(),
+            ipv6: v6.map(|a| a.parse().unwrap()),
+            mac: control::maps::MacAddr([2, 0, 0, 0, 0, 1]),
+            lxc: "lxc-p".into(),
+            id: None,
+            labels: Default::default(),
+            netns: None,
+            cni: None,
+        };
+        let pods = [pod("10.1.1.9", Some("fd00:10:1::9")), pod("10.9.9.9", None)];
+        let w = wanted(&cfg, &pods);
         let w: Vec<&str> = w.iter().map(String::as_str).collect();
         assert_eq!(
             w,

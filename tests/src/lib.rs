@@ -149,6 +149,17 @@ pub fn cluster_yaml(tag: &str, kinds: &[Kind], pods: usize, datapath_extra: &str
         .collect()
 }
 
+/// Two fastpath nodes of one cluster ([`cluster_yaml`], `pods` pods each), started with one
+/// worker and their overlay ready.
+pub fn two_fastpath_nodes(tag: &str, pods: usize) -> (TestNode, TestNode) {
+    let y = cluster_yaml(tag, &[Kind::Fastpath, Kind::Fastpath], pods, "");
+    let n0 = TestNode::start(&y[0], 1, &[]);
+    let n1 = TestNode::start(&y[1], 1, &[]);
+    n0.wait_overlay_ready();
+    n1.wait_overlay_ready();
+    (n0, n1)
+}
+
 /// A node run by the Linux kernel (VXLAN device, routes): the interop peer.
 #[derive(Debug)]
 pub struct KernelNode {

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use fastpath::api;
 use fastpath_tests::podman::{Podman, cni_call, podman_available};
-use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, footprint, require_root, unique};
+use fastpath_tests::{
+    Kind, Pods, TestNode, cluster_yaml, footprint, require_root, two_fastpath_nodes, unique,
+};
 use lab::in_ns;
 
 /// Frames the workers received on every device of a node.
@@ -55,11 +57,7 @@ fn podman_containers_are_served_through_fastpath() {
         return;
     }
     let tag = unique("cn");
-    let yamls = cluster_yaml(&tag, &[Kind::Fastpath, Kind::Fastpath], 1, "");
-    let n0 = TestNode::start(&yamls[0], 1, &[]);
-    let n1 = TestNode::start(&yamls[1], 1, &[]);
-    n0.wait_overlay_ready();
-    n1.wait_overlay_ready();
+    let (n0, n1) = two_fastpath_nodes(&tag, 1);
     let cidr = n0.cfg.node.pod_cidr.unwrap();
     let mut pm = Podman::new(&tag);
     std::fs::write(

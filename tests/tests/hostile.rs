@@ -8,7 +8,7 @@
 
 use control::maps::DropReason;
 use fastpath::wire::{self, vxlan};
-use fastpath_tests::{Kind, Outside, Pods, TestNode, cluster_yaml, require_root, unique};
+use fastpath_tests::{Outside, Pods, TestNode, require_root, two_fastpath_nodes, unique};
 
 /// What a frame must do.
 #[derive(Debug, Clone, Copy)]
@@ -141,11 +141,7 @@ fn hostile_frames_are_dropped_or_passed_as_documented_and_counted() {
         return;
     }
     let tag = unique("h");
-    let y = cluster_yaml(&tag, &[Kind::Fastpath, Kind::Fastpath], 2, "");
-    let n0 = TestNode::start(&y[0], 1, &[]);
-    let n1 = TestNode::start(&y[1], 1, &[]);
-    n0.wait_overlay_ready();
-    n1.wait_overlay_ready();
+    let (n0, n1) = two_fastpath_nodes(&tag, 2);
     assert!(n0.ping(0, &n0.pod_ip(1), 2), "same node before");
     assert!(n0.ping(0, &n1.pod_ip(0), 2), "cross node before");
 

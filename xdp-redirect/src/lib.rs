@@ -153,21 +153,8 @@ pub fn read_kept_lb(dir: &Path) -> Result<Option<control::datapath::LbIds>, Stee
     if !sp.exists() || !bp.exists() {
         return Ok(None);
     }
-    let open = |p: &Path, map: &'static str| {
-        MapData::from_pin(p).map_err(|source| SteeringError::Map { map, source })
-    };
-    let sd = open(&sp, SERVICES_MAP)?;
-    let svc: BpfHashMap<MapData, Lb4Key, Lb4Service> =
-        BpfHashMap::try_from(aya::maps::Map::HashMap(sd)).map_err(|source| SteeringError::Map {
-            map: SERVICES_MAP,
-            source,
-        })?;
-    let bd = open(&bp, BACKENDS_MAP)?;
-    let be: BpfHashMap<MapData, u32, Lb4Backend> =
-        BpfHashMap::try_from(aya::maps::Map::HashMap(bd)).map_err(|source| SteeringError::Map {
-            map: BACKENDS_MAP,
-            source,
-        })?;
+    let svc: BpfHashMap<MapData, Lb4Key, Lb4Service> = pinned_hash(&sp, SERVICES_MAP)?;
+    let be: BpfHashMap<MapData, u32, Lb4Backend> = pinned_hash(&bp, BACKENDS_MAP)?;
     let mut ids = control::datapath::LbIds::default();
     for r in svc.iter() {
         let (k, v) = r.map_err(|source| SteeringError::Map {
@@ -186,6 +173,16 @@ pub fn read_kept_lb(dir: &Path) -> Result<Option<control::datapath::LbIds>, Stee
         ids.backends.push((id, b));
     }
     Ok(Some(ids))
+}
+
+/// The hash map pinned at `p` (named `map` in errors).
+fn pinned_hash<K: aya::Pod, V: aya::Pod>(
+    p: &Path,
+    map: &'static str,
+) -> Result<BpfHashMap<MapData, K, V>, SteeringError> {
+    let d = MapData::from_pin(p).map_err(|source| SteeringError::Map { map, source })?;
+    BpfHashMap::try_from(aya::maps::Map::HashMap(d))
+        .map_err(|source| SteeringError::Map { map, source })
 }
 
 /// The map set: every map of the object (Cilium's `cilium_*` and fastpath's `fp_*`), taken

@@ -114,7 +114,8 @@ pub fn plugin_conf(conf: &NetConf, args: &CniArgs) -> Result<PluginConf, Error> 
             PathBuf::from(s)
         }
         (None, Some(n)) => {
-            check_node_name(n)?;
+            // The rule of the node config's `node.name`.
+            control::config::check_node_name(n).map_err(|m| invalid(format!("node: {m}")))?;
             fastpath::api::socket_path(n)
         }
         (None, None) => {
@@ -308,20 +309,6 @@ fn requested_ip(ips: &[(String, String)]) -> Result<Option<Ipv4Addr>, Error> {
         }
     }
     Ok(out)
-}
-
-fn check_node_name(n: &str) -> Result<(), Error> {
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "node: `{n}` must be 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.'"
-        )))
-    }
 }
 
 /// Parse `CNI_ARGS` (`K=V;K=V`). Keys other than the Kubernetes ones and `IP` are an error
