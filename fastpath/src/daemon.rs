@@ -733,7 +733,12 @@ fn load_maps(
     // Conntrack and affinity: kept in files of the run dir, opened (and checked against
     // the services now in force) once those are restored, below.
     let run_dir = run_dir(opts, cfg);
-    let (ct, affinity) = open_kept_maps(&run_dir, ct_sizes, cfg.datapath.lb_map_max as usize)?;
+    let (ct, affinity) = open_kept_maps(
+        &run_dir,
+        pin_dir.as_deref(),
+        ct_sizes,
+        cfg.datapath.lb_map_max as usize,
+    )?;
     dp.load_node(cfg)
         .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;
     if !state.state.is_empty() {
@@ -869,41 +874,83 @@ fn read_port_names(dir: &std::path::Path) -> Option<Vec<(u16, String)>> {
     serde_json::from_slice(&b).ok()
 }
 
-/// Conntrack (`ct4_tcp.table`, `ct4_any.table`) and affinity (`affinity.table`) as files of
-/// `dir` (mode 0700), mapped into memory: what the last run left is used again when its
-/// layout and sizes match (and it is from this boot); otherwise the table starts empty and
-/// the log says why.
+/// Conntrack and affinity, kept outside the process so a restart finds them: with bpffs
+/// (`pin_dir`), as pinned BPF arrays (`cilium_ct4_global`, `cilium_ct_any4_global`,
+/// `cilium_lb4_affinity`) that the tc datapath shares, with their lock files in `dir`;
+/// without, as files of `dir` (`ct4_tcp.table`, `ct4_any.table`, `affinity.table`). `dir`
+/// is made mode 0700. What the last run left is used again when its layout and sizes
+/// match (and it is from this boot); otherwise the table starts empty and the log says why.
 fn open_kept_maps(
     dir: &std::path::Path,
+    pin_dir: Option<&std::path::Path>,
     ct: control::ct::CtSizes,
     affinity: usize,
 ) -> anyhow::Result<(control::ct::Conntrack, control::tables::AffinityMap)> {
+    use control::shared_table::Keep;
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating the run dir {} (--run-dir)", dir.display()))?;
-    if let Some(fs) = not_in_memory(dir) {
-        eprintln!(
-            "fastpath: --run-dir {} is on {fs}, not tmpfs: the kernel writes conntrack's pages back to disk as they change (disk I/O, and a page fault the next time a worker writes a page that was written back); give it a tmpfs directory (/run usually is one; /dev/shm/fastpath/<node>)",
+    let fix = || match pin_dir {
+        Some(p) => format!(
+            "conntrack and affinity maps pinned in {} (lock files in --run-dir {}; remove the pins to start afresh)",
+            p.display(),
             dir.display()
-        );
-    }
-    let fix = || {
-        format!(
+        ),
+        None => format!(
             "conntrack and affinity tables in {} (--run-dir; remove the directory to start afresh)",
             dir.display()
-        )
+        ),
     };
-    let (ct, opened) = control::ct::Conntrack::open_files(dir, "ct4", ct).with_context(fix)?;
-    let (aff, a) =
-        control::tables::AffinityMap::open_file(&dir.join("affinity.table"), "affinity", affinity)
-            .with_context(fix)?;
-    for (name, o) in ["ct4_tcp", "ct4_any", "affinity"]
-        .iter()
-        .zip(opened.iter().chain([&a]))
-    {
+    let ((ct, opened), (aff, a)) = match pin_dir {
+        Some(p) => {
+            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+            let aff_pin = p.join(control::maps::lb::AFFINITY_MAP);
+            let aff_lock = dir.join(format!("{}.lock", control::maps::lb::AFFINITY_MAP));
+            (
+                control::ct::Conntrack::open_pinned(p, dir, ct).with_context(fix)?,
+                control::tables::AffinityMap::open_kept(
+                    Keep::Pinned {
+                        pin: &aff_pin,
+                        lock: &aff_lock,
+                    },
+                    control::maps::lb::AFFINITY_MAP,
+                    affinity,
+                )
+                .with_context(fix)?,
+            )
+        }
+        None => {
+            if let Some(fs) = not_in_memory(dir) {
+                eprintln!(
+                    "fastpath: --run-dir {} is on {fs}, not tmpfs: the kernel writes conntrack's pages back to disk as they change (disk I/O, and a page fault the next time a worker writes a page that was written back); give it a tmpfs directory (/run usually is one; /dev/shm/fastpath/<node>)",
+                    dir.display()
+                );
+            }
+            (
+                control::ct::Conntrack::open_files(dir, "ct4", ct).with_context(fix)?,
+                control::tables::AffinityMap::open_file(
+                    &dir.join("affinity.table"),
+                    "affinity",
+                    affinity,
+                )
+                .with_context(fix)?,
+            )
+        }
+    };
+    let names = if pin_dir.is_some() {
+        [
+            control::maps::ct::CT_TCP_MAP,
+            control::maps::ct::CT_ANY_MAP,
+            control::maps::lb::AFFINITY_MAP,
+        ]
+    } else {
+        ["ct4_tcp", "ct4_any", "affinity"]
+    };
+    let place = pin_dir.unwrap_or(dir);
+    for (name, o) in names.iter().zip(opened.iter().chain([&a])) {
         match o {
             control::shared_table::Opened::Kept { torn, .. } if *torn > 0 => eprintln!(
                 "fastpath: {name}: {torn} entries half-written by the last run were dropped"
@@ -911,7 +958,7 @@ fn open_kept_maps(
             control::shared_table::Opened::Fresh { why } => {
                 eprintln!(
                     "fastpath: {name}: starting empty, the table in {} is not used: {why}",
-                    dir.display()
+                    place.display()
                 )
             }
             _ => {}

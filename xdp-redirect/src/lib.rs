@@ -30,6 +30,9 @@ use control::tables::Overlay;
 /// The compiled program object.
 pub static FP_XDP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fp_xdp.o"));
 
+/// The tc datapath object (`src/bpf/fp_tc.c`): every map of it is opened by its pin.
+pub static FP_TC_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fp_tc.o"));
+
 /// Must match `FP_MAX_QUEUES` / `FP_MAX_DEVS` in fp_xdp.c.
 pub const MAX_QUEUES: u32 = 64;
 pub const MAX_DEVS: u32 = 4096;
@@ -258,6 +261,43 @@ impl Drop for MapSet {
     }
 }
 
+/// The tc datapath's object, loaded over the maps pinned in one directory: the ones the
+/// XDP object made ([`MapSet::pin`]) and the shared conntrack tables the control plane
+/// made (`control::ct::Conntrack::open_pinned`). A map of the object that is not pinned
+/// there yet is made and pinned there (aya's `LIBBPF_PIN_BY_NAME`).
+#[derive(Debug)]
+pub struct TcPrograms {
+    ebpf: Ebpf,
+}
+
+impl TcPrograms {
+    /// Load the object over the pins of `pin_dir`; no program is loaded into the kernel
+    /// yet ([`TcPrograms::program`]).
+    pub fn open(pin_dir: &Path) -> Result<Self, SteeringError> {
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(FP_TC_OBJ)?;
+        Ok(TcPrograms { ebpf })
+    }
+
+    /// Program `name` of the object (e.g. `fp_ct_probe`), verified and loaded into the
+    /// kernel on first use.
+    pub fn program(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut aya::programs::SchedClassifier, SteeringError> {
+        let p: &mut aya::programs::SchedClassifier = program(&mut self.ebpf, name)?;
+        if p.fd().is_err() {
+            p.load()
+                .map_err(|source| SteeringError::Program { prog: name, source })?;
+        }
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod layouts;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 struct FpDev {
@@ -432,7 +472,7 @@ impl Steering {
         };
         let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
         if let Err(source) = devs.insert(ifindex, FpDev { slot, role }, 0) {
-            if let Ok(prog) = program(&mut self.ebpf, "fp_steer") {
+            if let Ok(prog) = program::<Xdp>(&mut self.ebpf, "fp_steer") {
                 let _ = prog.detach(link);
             }
             return Err(SteeringError::Map {
@@ -534,7 +574,7 @@ impl Steering {
 
     /// Detach from every device now (also happens on drop).
     pub fn detach_all(&mut self) {
-        if let Ok(prog) = program(&mut self.ebpf, "fp_steer") {
+        if let Ok(prog) = program::<Xdp>(&mut self.ebpf, "fp_steer") {
             for link in self.links.drain(..) {
                 let _ = prog.detach(link);
             }
@@ -805,7 +845,10 @@ fn percpu_counter(ebpf: &impl MapSource, i: u32) -> Result<u64, SteeringError> {
     Ok(v.iter().sum())
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, SteeringError> {
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SteeringError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     let p = ebpf
         .program_mut(name)
         .ok_or_else(|| SteeringError::Limit(format!("program {name} missing from the object")))?;

@@ -281,6 +281,43 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
         ))
     }
 
+    /// Both maps as pinned BPF arrays under `pin_dir` (bpffs), named as Cilium's
+    /// (`cilium_ct4_global`, `cilium_ct_any4_global`), the memory the tc datapath shares
+    /// (`xdp-redirect/src/bpf/fp_ct.h`) and that outlives the process as
+    /// [`Conntrack::open_files`]' files do; `lock_dir` holds a lock file per map
+    /// (`<map>.lock`). Call [`Conntrack::restore`] before any worker reads them.
+    ///
+    /// # Errors
+    /// A map cannot be made, pinned, opened or mapped; a lock file cannot be made or is
+    /// held by another process.
+    pub fn open_pinned(
+        pin_dir: &std::path::Path,
+        lock_dir: &std::path::Path,
+        sizes: CtSizes,
+    ) -> std::io::Result<(Self, [crate::shared_table::Opened; 2])> {
+        use crate::shared_table::Keep;
+        let one = |map: &str, size| {
+            SharedTable::open_kept(
+                Keep::Pinned {
+                    pin: &pin_dir.join(map),
+                    lock: &lock_dir.join(format!("{map}.lock")),
+                },
+                map,
+                size,
+            )
+        };
+        let (tcp, o1) = one(T::TCP_MAP, sizes.tcp)?;
+        let (any, o2) = one(T::ANY_MAP, sizes.any)?;
+        Ok((
+            Conntrack {
+                tcp,
+                any,
+                key: PhantomData,
+            },
+            [o1, o2],
+        ))
+    }
+
     /// After a restart, before any worker reads the maps: drop expired entries, forget
     /// every cached policy verdict (they name table generations of the last run), and let
     /// `fix` rewrite what the last run numbered differently (service and backend IDs) or

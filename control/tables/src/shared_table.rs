@@ -40,9 +40,9 @@
 use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
-use crate::shm::{Mapping, Shareable, Store};
+use crate::shm::{Mapping, PinnedArray, Shareable, Store};
 
 /// Slots per bucket: eight 8-byte tags fill one cache line.
 pub const WAYS: usize = 8;
@@ -191,6 +191,32 @@ pub fn mix<const K: usize>(key: &[u64; K]) -> u64 {
     h ^ (h >> 29)
 }
 
+/// The entry count, alone in its cache line (every insertion and removal of every worker
+/// and of the tc datapath writes it).
+#[repr(C, align(64))]
+#[derive(Debug)]
+struct Count(AtomicU64);
+
+// SAFETY: one AtomicU64 (every bit pattern valid, mutated only atomically), align 64.
+#[allow(unsafe_code)]
+unsafe impl Shareable for Count {}
+
+/// Byte offset of the count in kept memory: line 2 of the header (`FPT_COUNT_LINE` of
+/// fp_table.h), past the bytes the header compares.
+const COUNT_AT: usize = 128;
+const _: () = assert!(COUNT_AT >= HEADER_USED && COUNT_AT.is_multiple_of(64));
+
+/// Where a kept table lives ([`SharedTable::open_kept`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Keep<'a> {
+    /// A file (on tmpfs), mapped shared and locked while mapped.
+    File(&'a Path),
+    /// A `BPF_F_MMAPABLE` array of 64-byte lines pinned at `pin` (bpffs), which the tc
+    /// datapath opens by its pin; `lock` is a file locked while it is mapped (one process
+    /// at a time, as for a file).
+    Pinned { pin: &'a Path, lock: &'a Path },
+}
+
 /// One bucket's tags: eight 8-byte seqlock words in one cache line, so a probe reads one
 /// line to find the way.
 #[repr(C, align(64))]
@@ -247,8 +273,10 @@ impl<const W: usize, const K: usize> Slot<W, K> {
 pub struct SharedTable<const W: usize, const K: usize = 2, H = MixHash> {
     buckets: Store<Bucket>,
     slots: Store<Slot<W, K>>,
+    /// The entry count: in the kept memory (line 2 of the header), where the tc datapath
+    /// counts its insertions too.
+    count: Store<Count>,
     bucket_mask: usize,
-    len: AtomicUsize,
     pub stats: TableStats,
     hash: PhantomData<fn() -> H>,
 }
@@ -266,20 +294,16 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
                     .collect(),
             ),
             slots: Store::heap((0..n).map(|_| Slot::empty()).collect()),
+            count: Store::heap(Box::new([Count(AtomicU64::new(0))])),
             bucket_mask: buckets - 1,
-            len: AtomicUsize::new(0),
             stats: TableStats::default(),
             hash: PhantomData,
         }
     }
 
     /// A table for at least `max_entries` entries kept in the file `path` (on tmpfs), so a
-    /// restarted process finds what the last one left ([`crate::shm`]). The file is used
-    /// again when its header matches — same layout version, key and value widths, slot and
-    /// bucket counts, table `name`, and boot — and started afresh otherwise (the reason is
-    /// in [`Opened::Fresh`]). A slot a writer left half-written (a crash) is emptied; the
-    /// entries are otherwise as they were, for the caller to check
-    /// ([`SharedTable::retain_mut`]) before any reader sees them.
+    /// restarted process finds what the last one left ([`crate::shm`]): [`SharedTable::open_kept`]
+    /// with [`Keep::File`].
     ///
     /// # Errors
     /// The file cannot be opened, locked (another process has it), sized or mapped.
@@ -288,37 +312,95 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
         name: &str,
         max_entries: usize,
     ) -> std::io::Result<(Self, Opened)> {
+        Self::open_kept(Keep::File(path), name, max_entries)
+    }
+
+    /// A table for at least `max_entries` entries kept outside the process (`keep`: a file
+    /// on tmpfs, or a pinned BPF array the tc datapath shares), so a restarted process finds
+    /// what the last one left. The memory is used again when its header matches — same
+    /// layout version, key and value widths, slot and bucket counts, table `name`, and
+    /// boot — and started afresh otherwise (the reason is in [`Opened::Fresh`]). A slot a
+    /// writer left half-written (a crash) is emptied; the entries are otherwise as they
+    /// were, for the caller to check ([`SharedTable::retain_mut`]) before any reader sees
+    /// them.
+    ///
+    /// # Errors
+    /// The file (or the lock file) cannot be opened, locked (another process has it),
+    /// sized or mapped; the BPF array cannot be made, pinned or opened.
+    pub fn open_kept(
+        keep: Keep<'_>,
+        name: &str,
+        max_entries: usize,
+    ) -> std::io::Result<(Self, Opened)> {
         let buckets = max_entries.div_ceil(WAYS).next_power_of_two().max(1);
         let n = buckets * WAYS;
         let head = file_header(name, K, W, size_of::<Slot<W, K>>(), buckets);
         let slots_at = FILE_HEADER_BYTES + buckets * size_of::<Bucket>();
         let total = slots_at + n * size_of::<Slot<W, K>>();
-        let (file, old, size) = crate::shm::open_locked(path, FILE_HEADER_BYTES)?;
         let boot_known = !boot_id().is_empty();
-        let why_not = if size == 0 {
-            Some(String::new())
-        } else if !boot_known {
-            Some("this boot's ID cannot be read (/proc/sys/kernel/random/boot_id)".into())
-        } else if old.get(..HEADER_USED) != Some(&head[..HEADER_USED]) {
-            Some(header_difference(&old, &head))
-        } else if size != total as u64 {
-            Some(format!("its size is {size} bytes, not {total}"))
-        } else {
-            None
+        let why_not = |old: &[u8], size: u64| -> Option<String> {
+            if size == 0 {
+                Some(String::new())
+            } else if !boot_known {
+                Some("this boot's ID cannot be read (/proc/sys/kernel/random/boot_id)".into())
+            } else if old.get(..HEADER_USED) != Some(&head[..HEADER_USED]) {
+                Some(header_difference(old, &head))
+            } else if size != total as u64 {
+                Some(format!("its size is {size} bytes, not {total}"))
+            } else {
+                None
+            }
         };
-        if why_not.is_some() {
-            // Afresh: zero the file (every slot empty), then the header.
-            use std::os::unix::fs::FileExt;
-            file.set_len(0)?;
-            file.set_len(total as u64)?;
-            file.write_all_at(&head, 0)?;
-        }
-        let map = Arc::new(Mapping::new(file, total)?);
+        let (map, why_not) = match keep {
+            Keep::File(path) => {
+                let (file, old, size) = crate::shm::open_locked(path, FILE_HEADER_BYTES)?;
+                let why = why_not(&old, size);
+                if why.is_some() {
+                    // Afresh: zero the file (every slot empty), then the header.
+                    use std::os::unix::fs::FileExt;
+                    file.set_len(0)?;
+                    file.set_len(total as u64)?;
+                    file.write_all_at(&head, 0)?;
+                }
+                (Arc::new(Mapping::new(file, total)?), why)
+            }
+            Keep::Pinned { pin, lock } => {
+                let (lock, _, _) = crate::shm::open_locked(lock, 0)?;
+                let lines = u32::try_from(total / crate::shm::LINE)
+                    .map_err(|_| std::io::Error::other("the table is too large for a BPF array"))?;
+                let (fd, made) = match crate::shm::pinned_array(pin, name, lines)? {
+                    PinnedArray::Kept(fd) => (fd, None),
+                    PinnedArray::Made { fd, why } => (fd, Some(why.unwrap_or_default())),
+                };
+                let map = Arc::new(Mapping::of_map(fd, lock, total)?);
+                let words: Store<AtomicU64> = Store::mapped(&map, 0, total / 8);
+                let why = made.or_else(|| {
+                    let old: Vec<u8> = words[..FILE_HEADER_BYTES / 8]
+                        .iter()
+                        .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+                        .collect();
+                    why_not(&old, total as u64)
+                });
+                if let Some(w) = &why {
+                    if !w.is_empty() {
+                        // A kept array of this shape holding something else: zero it.
+                        words.iter().for_each(|w| w.store(0, Ordering::Relaxed));
+                    }
+                    for (w, b) in words.iter().zip(head.chunks(8)) {
+                        w.store(
+                            u64::from_le_bytes(b.try_into().expect("8")),
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
+                (map, why)
+            }
+        };
         let t = SharedTable {
             buckets: Store::mapped(&map, FILE_HEADER_BYTES, buckets),
             slots: Store::mapped(&map, slots_at, n),
+            count: Store::mapped(&map, COUNT_AT, 1),
             bucket_mask: buckets - 1,
-            len: AtomicUsize::new(0),
             stats: TableStats::default(),
             hash: PhantomData,
         };
@@ -341,7 +423,7 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
                 }
             }
         }
-        t.len.store(entries, Ordering::Relaxed);
+        t.set_len(entries);
         Ok((t, Opened::Kept { entries, torn }))
     }
 
@@ -381,7 +463,7 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
                 gone += 1;
             }
         }
-        self.len.store(kept, Ordering::Relaxed);
+        self.set_len(kept);
         (kept, gone)
     }
 
@@ -397,7 +479,11 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
 
     /// Entries currently published (expired ones included until swept).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.count[0].0.load(Ordering::Relaxed) as usize
+    }
+
+    fn set_len(&self, n: usize) {
+        self.count[0].0.store(n as u64, Ordering::Relaxed);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -661,7 +747,7 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
             self.tag(idx).store(tag, Ordering::Release);
             self.stats.inserts.fetch_add(1, Ordering::Relaxed);
             if class == 0 {
-                self.len.fetch_add(1, Ordering::Relaxed);
+                self.count[0].0.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.stats
                     .evictions
@@ -681,7 +767,7 @@ impl<const W: usize, const K: usize, H: BucketHash<K>> SharedTable<W, K, H> {
             .compare_exchange(s.tag, empty, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok();
         if ok {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.count[0].0.fetch_sub(1, Ordering::Relaxed);
         }
         ok
     }
@@ -785,6 +871,65 @@ mod tests {
             "{o:?}"
         );
         let _ = std::fs::remove_file(&p);
+    }
+
+    /// The same for a pinned BPF array (bpffs, as root): what one opener left the next
+    /// finds; a size the pinned map cannot hold gets a new map (the reason says what the
+    /// old one was); a name mismatch zeroes it; the lock refuses a second opener.
+    #[test]
+    fn a_pinned_table_outlives_its_process_and_refuses_what_is_not_its_own() {
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/fp-shtbl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bpffs at /sys/fs/bpf (run as root)");
+        let (pin, lock) = (dir.join("t"), tmp("pinned.lock"));
+        let keep = Keep::Pinned {
+            pin: &pin,
+            lock: &lock,
+        };
+        {
+            let (t, o): (SharedTable<2>, _) = SharedTable::open_kept(keep, "t", 64).unwrap();
+            assert_eq!(o, Opened::New);
+            for i in 0..20u64 {
+                t.insert([i, i + 1], [i * 10, i * 100], 1000 + i as u32, 0)
+                    .unwrap();
+            }
+            assert!(
+                SharedTable::<2>::open_kept(keep, "t", 64).is_err(),
+                "locked"
+            );
+        }
+        assert!(pin.exists(), "the pin outlives the table");
+        let (t, o): (SharedTable<2>, _) = SharedTable::open_kept(keep, "t", 64).unwrap();
+        assert_eq!(
+            o,
+            Opened::Kept {
+                entries: 20,
+                torn: 0
+            }
+        );
+        assert_eq!(t.len(), 20);
+        for i in 0..20u64 {
+            let s = t.lookup(&[i, i + 1]).expect("kept");
+            assert_eq!(t.read(s), Some(([i * 10, i * 100], 1000 + i as u32)));
+        }
+        drop(t);
+        let (t, o): (SharedTable<2>, _) = SharedTable::open_kept(keep, "t", 1024).unwrap();
+        assert!(
+            matches!(&o, Opened::Fresh { why } if why.contains("entries of 64 bytes")),
+            "{o:?}"
+        );
+        assert!(t.is_empty() && t.lookup(&[1, 2]).is_none());
+        t.insert([7, 8], [1, 2], 5, 0).unwrap();
+        drop(t);
+        let (t, o): (SharedTable<2>, _) = SharedTable::open_kept(keep, "other", 1024).unwrap();
+        assert!(
+            matches!(&o, Opened::Fresh { why } if why.contains("another table")),
+            "{o:?}"
+        );
+        assert!(t.lookup(&[7, 8]).is_none(), "zeroed, not reused");
+        drop(t);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&lock);
     }
 
     /// A slot a crashed writer claimed but never published is emptied on reopen, and the

@@ -5,9 +5,15 @@
 //! survives the process, not a reboot; a boot ID in the file's header turns a table from
 //! another boot away.
 //!
+//! The same tables can instead live in a **BPF array map** made with `BPF_F_MMAPABLE` and
+//! pinned in bpffs ([`pinned_array`]): the kernel's tc datapath then reads and writes the
+//! very memory the workers do (`xdp-redirect/src/bpf/fp_table.h`), and the pin keeps it
+//! across restarts as the file does.
+//!
 //! # Rules
 //! - This module and [`crate::shared_table`]'s marker impls are the tables layer's only
-//!   `unsafe`: one `mmap`, one `munmap`, and the slices handed out over the mapping.
+//!   `unsafe`: one `mmap`, one `munmap`, the slices handed out over the mapping, and the
+//!   four `bpf(2)` commands that make, pin, open and describe a pinned array.
 //! - [`Store<T>`] gives `&[T]` over either a heap allocation or a range of a [`Mapping`];
 //!   `T` must be [`Shareable`]: made of atomics only, valid for every bit pattern, so what a
 //!   previous process (or a crash half-way through a write) left in the file is a value of
@@ -18,6 +24,7 @@
 
 use std::fs::File;
 use std::ops::Deref;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -30,13 +37,20 @@ use std::sync::Arc;
 /// must go through atomics (the memory is shared with every reader of the table).
 pub unsafe trait Shareable: Send + Sync {}
 
-/// A whole file mapped read-write and shared, locked against other openers.
+// SAFETY: an AtomicU64 is valid for every bit pattern and mutated only atomically; align 8.
+unsafe impl Shareable for std::sync::atomic::AtomicU64 {}
+
+/// A whole file (or pinned BPF array) mapped read-write and shared, locked against other
+/// openers.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
-    /// Held open (and locked) for as long as the mapping lives.
+    /// Held open (and locked) for as long as the mapping lives: the table's file, or the
+    /// lock file of a pinned array.
     _file: File,
+    /// The BPF map, for a pinned array.
+    _map: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is plain memory; what is stored in it is accessed only through
@@ -80,6 +94,39 @@ impl Mapping {
             ptr,
             len,
             _file: file,
+            _map: None,
+        })
+    }
+
+    /// Map the first `len` bytes of the BPF array `map` (made by [`pinned_array`], at
+    /// least `len` bytes of values) read-write, shared; `lock` is the caller's locked file,
+    /// held as long as the mapping.
+    ///
+    /// # Errors
+    /// The kernel refused the mapping (the map is not `BPF_F_MMAPABLE`, or too small).
+    pub(crate) fn of_map(map: OwnedFd, lock: File, len: usize) -> std::io::Result<Mapping> {
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: a fresh mapping at an address the kernel chooses (no existing memory is
+        // replaced) of an mmapable array map's values: the kernel allocated all of them
+        // when the map was made (vmalloc'd, zeroed, never paged out), and refuses a length
+        // beyond them, so every byte of the mapping is backed.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &map,
+                0,
+            )
+        }?;
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned a null address"))?;
+        Ok(Mapping {
+            ptr,
+            len,
+            _file: lock,
+            _map: Some(map),
         })
     }
 
@@ -221,4 +268,112 @@ impl<T: Shareable> std::fmt::Debug for Store<T> {
             .field("mapped", &self.is_mapped())
             .finish()
     }
+}
+
+/// `bpf(2)` commands and constants used here (`include/uapi/linux/bpf.h`).
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Bytes of one array value: one line of a shared table.
+pub const LINE: usize = 64;
+
+/// `bpf(cmd, attr, size)`: the result (an fd or 0), or the OS error.
+fn sys_bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a live, writable buffer of `attr.len()` bytes laid out as the
+    // command's `union bpf_attr` member (callers fill it at the uapi offsets); the kernel
+    // reads and writes at most `attr.len()` bytes of it and any pointer inside it points at
+    // memory the caller keeps alive across this call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: `fd` is a descriptor bpf(2) just returned to us; nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn c_path(p: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a pin path with a NUL byte"))
+}
+
+/// Type, key size, value size, max entries and flags of a BPF map.
+fn map_info(fd: &OwnedFd) -> std::io::Result<[u32; 5]> {
+    let mut info = [0u8; 88];
+    let mut attr = [0u8; 16];
+    attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let w = |i: usize| u32::from_ne_bytes(info[i * 4..i * 4 + 4].try_into().expect("4"));
+    // struct bpf_map_info: type, id, key_size, value_size, max_entries, map_flags, ...
+    Ok([w(0), w(2), w(3), w(4), w(5)])
+}
+
+/// How [`pinned_array`] found the pin.
+#[derive(Debug)]
+pub enum PinnedArray {
+    /// The pin was there, an array of this shape: its memory is the last run's.
+    Kept(OwnedFd),
+    /// A new array (zeroed), pinned; `why` says what was at the pin before, if anything.
+    Made { fd: OwnedFd, why: Option<String> },
+}
+
+/// The `BPF_F_MMAPABLE` array of `lines` 64-byte values pinned at `pin` (a bpffs path),
+/// named `name` (the kernel keeps 15 bytes of it): the one there if it has this shape,
+/// otherwise a new one, pinned in its place.
+///
+/// # Errors
+/// bpf(2) refused to make, pin or open the map (not root, bpffs not mounted, no memory).
+pub fn pinned_array(pin: &Path, name: &str, lines: u32) -> std::io::Result<PinnedArray> {
+    let path = c_path(pin)?;
+    let mut why = None;
+    if pin.exists() {
+        let mut attr = [0u8; 16];
+        attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+        match sys_bpf(BPF_OBJ_GET, &mut attr).map(owned) {
+            Ok(fd) => {
+                let want = [BPF_MAP_TYPE_ARRAY, 4, LINE as u32, lines, BPF_F_MMAPABLE];
+                match map_info(&fd) {
+                    Ok(have) if have == want => return Ok(PinnedArray::Kept(fd)),
+                    Ok(have) => {
+                        why = Some(format!(
+                            "the pinned map has {} entries of {} bytes (type {}, flags {:#x}), not {lines} of {LINE}",
+                            have[3], have[2], have[0], have[4]
+                        ))
+                    }
+                    Err(e) => why = Some(format!("the pinned map cannot be described: {e}")),
+                }
+            }
+            Err(e) => why = Some(format!("the pin cannot be opened: {e}")),
+        }
+        std::fs::remove_file(pin)?;
+    }
+    let mut attr = [0u8; 48];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_ARRAY.to_ne_bytes());
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&(LINE as u32).to_ne_bytes());
+    attr[12..16].copy_from_slice(&lines.to_ne_bytes());
+    attr[16..20].copy_from_slice(&BPF_F_MMAPABLE.to_ne_bytes());
+    // map_name at offset 28: [A-Za-z0-9_.] and at most 15 bytes (the kernel's BPF_OBJ_NAME_LEN).
+    let n: Vec<u8> = name
+        .bytes()
+        .filter(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
+        .take(15)
+        .collect();
+    attr[28..28 + n.len()].copy_from_slice(&n);
+    let fd = owned(sys_bpf(BPF_MAP_CREATE, &mut attr)?);
+    let mut attr = [0u8; 16];
+    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    sys_bpf(BPF_OBJ_PIN, &mut attr)?;
+    Ok(PinnedArray::Made { fd, why })
 }

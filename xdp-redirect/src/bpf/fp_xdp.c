@@ -40,8 +40,8 @@
  * loaded program serves all devices. An empty slot falls back to XDP_PASS
  * through bpf_redirect_map's flags argument.
  *
- * Map layouts are Cilium 1.19's (see docs/maps.md); the Rust side asserts
- * the same sizes.
+ * Map layouts are Cilium 1.19's (see docs/maps.md), in fp_maps.h, shared with the tc
+ * datapath (fp_tc.c) and checked against the Rust layouts (tests/layouts.rs).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -51,26 +51,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define FP_MAX_QUEUES 64
-/* One slot per device: up to 4095 pods (Cilium's endpoint IDs) and the node NIC. */
-#define FP_MAX_DEVS 4096
-
-#define ENDPOINT_F_HOST 1
-#define ENDPOINT_KEY_IPV4 1
-
-#define FP_ROLE_LXC 1
-#define FP_ROLE_UNDERLAY 2
-
-#define LB_MAP_MAX 65536
-
-#define FP_MODE_TUNNEL 0
-#define FP_MODE_NATIVE 1
-
-#define IPCACHE_FIXED_BITS 32
-#define IPCACHE_FAMILY_IPV4 1
-#define IPCACHE_F_SKIP_TUNNEL (1 << 0)
-#define IPCACHE_F_HAS_TUNNEL_EP (1 << 1)
-#define IPCACHE_F_IPV6_TUNNEL_EP (1 << 2)
+#include "fp_maps.h"
 
 /* Counter slots of fp_xdp_stats; keep in sync with xdp-redirect/src/lib.rs. */
 enum {
@@ -89,170 +70,6 @@ enum {
 	FP_STAT_PASSED_NO_SOCKET = 9,
 	FP_STAT_MAX = 10,
 };
-
-/* cilium_lxc key: struct endpoint_key (20 bytes). */
-struct endpoint_key {
-	__u32 ip4;
-	__u32 ip6_rest[3];
-	__u8 family;
-	__u8 key;
-	__u16 cluster_id;
-};
-
-/* cilium_lxc value: struct endpoint_info (48 bytes). */
-struct endpoint_info {
-	__u32 ifindex;
-	__u16 unused;
-	__u16 lxc_id;
-	__u32 flags;
-	__u32 pad0;
-	__u64 mac;
-	__u64 node_mac;
-	__u32 sec_id;
-	__u32 parent_ifindex;
-	__u32 pad[2];
-};
-
-/* cilium_ipcache_v2 key: struct ipcache_key (24 bytes, LPM). */
-struct ipcache_key {
-	__u32 prefixlen;
-	__u16 cluster_id;
-	__u8 pad1;
-	__u8 family;
-	__u32 ip4;
-	__u32 ip6_rest[3];
-};
-
-/* cilium_ipcache_v2 value: struct remote_endpoint_info (24 bytes). */
-struct remote_endpoint_info {
-	__u32 sec_identity;
-	__u32 tunnel_endpoint[4];
-	__u16 pad;
-	__u8 key;
-	__u8 flags;
-};
-
-/* cilium_lb4_services_v2 key: struct lb4_key (12 bytes). */
-struct lb4_key {
-	__be32 address;
-	__be16 dport;
-	__u16 backend_slot;
-	__u8 proto;
-	__u8 scope;
-	__u8 pad[2];
-};
-
-/* cilium_lb4_services_v2 value: struct lb4_service (12 bytes). */
-struct lb4_service {
-	__u32 backend_id;
-	__u16 count;
-	__be16 rev_nat_index;
-	__u8 flags;
-	__u8 flags2;
-	__u16 qcount;
-};
-
-/* cilium_lb4_backends_v3 value: struct lb4_backend (12 bytes). */
-struct lb4_backend {
-	__be32 address;
-	__be16 port;
-	__u8 proto;
-	__u8 flags;
-	__u16 cluster_id;
-	__u8 zone;
-	__u8 pad;
-};
-
-/* cilium_lb4_reverse_nat value: struct lb4_reverse_nat (6 bytes, packed). */
-struct lb4_reverse_nat {
-	__be32 address;
-	__be16 port;
-} __attribute__((packed));
-
-/* fastpath: a backend's (address, port, protocol), to steer its replies. */
-struct fp_backend_addr {
-	__be32 address;
-	__be16 port;
-	__u8 proto;
-	__u8 pad;
-};
-
-/* fastpath's node-wide settings (one entry, written by the control plane). */
-struct fp_config {
-	__u32 mode;
-	__be16 tunnel_port;
-	__u16 pad;
-	__be32 native_net;
-	__be32 native_mask;
-};
-
-/* fastpath's own device table: which devices it owns and their XSKMAP slot. */
-struct fp_dev {
-	__u32 slot;
-	__u32 role;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65535);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct endpoint_key);
-	__type(value, struct endpoint_info);
-} cilium_lxc SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 512000);
-	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_RDONLY_PROG);
-	__type(key, struct ipcache_key);
-	__type(value, struct remote_endpoint_info);
-} cilium_ipcache_v2 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_MAP_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct lb4_key);
-	__type(value, struct lb4_service);
-} cilium_lb4_services_v2 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_MAP_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct lb4_backend);
-} cilium_lb4_backends_v3 SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_MAP_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u16);
-	__type(value, struct lb4_reverse_nat);
-} cilium_lb4_reverse_nat SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, LB_MAP_MAX);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct fp_backend_addr);
-	__type(value, __u32);
-} fp_lb_backend_addrs SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct fp_config);
-} fp_config SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, FP_MAX_DEVS);
-	__type(key, __u32);
-	__type(value, struct fp_dev);
-} fp_devs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
