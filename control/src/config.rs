@@ -165,11 +165,52 @@ impl fmt::Display for XdpMode {
     }
 }
 
+/// What handles the frames a device receives (`datapath.attach`, `--datapath`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathChoice {
+    /// XDP steering into the AF_XDP workers; fail if XDP cannot be attached.
+    Xdp,
+    /// The in-kernel tc datapath (clsact ingress), over the same maps.
+    Tc,
+    /// XDP, and the tc datapath on a device where XDP cannot be attached.
+    #[default]
+    Auto,
+}
+
+impl fmt::Display for DatapathChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatapathChoice::Xdp => "xdp",
+            DatapathChoice::Tc => "tc",
+            DatapathChoice::Auto => "auto",
+        })
+    }
+}
+
+impl std::str::FromStr for DatapathChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "xdp" => Ok(DatapathChoice::Xdp),
+            "tc" => Ok(DatapathChoice::Tc),
+            "auto" => Ok(DatapathChoice::Auto),
+            _ => Err(format!("{s:?}: expected xdp, tc or auto")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatapathConfig {
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    /// What handles each device's frames: `xdp`, `tc` or `auto` (docs/tc.md).
+    #[serde(default)]
+    pub attach: DatapathChoice,
+    /// Per device name, overriding `attach` for that device.
+    #[serde(default)]
+    pub attach_devices: std::collections::BTreeMap<String, DatapathChoice>,
     /// Number of rx queues served, one pinned worker each (`--queues`).
     #[serde(default = "one")]
     pub queues: u32,
@@ -276,10 +317,22 @@ fn default_ct_any() -> u32 {
     crate::maps::ct::CT_ANY_MAX
 }
 
+impl DatapathConfig {
+    /// The datapath device `ifname` is to get.
+    pub fn attach_for(&self, ifname: &str) -> DatapathChoice {
+        self.attach_devices
+            .get(ifname)
+            .copied()
+            .unwrap_or(self.attach)
+    }
+}
+
 impl Default for DatapathConfig {
     fn default() -> Self {
         DatapathConfig {
             xdp_mode: XdpMode::Auto,
+            attach: DatapathChoice::Auto,
+            attach_devices: Default::default(),
             queues: 1,
             cores: Vec::new(),
             poll: PollMode::Adaptive,
@@ -539,6 +592,32 @@ impl Config {
                     d.rt_priority
                 ),
             );
+        }
+        // The tc datapath carries tunnel (VXLAN) routing only (docs/tc.md).
+        if d.routing == RoutingMode::Native {
+            if d.attach == DatapathChoice::Tc {
+                bad(
+                    "datapath.attach".into(),
+                    "tc: the tc datapath carries tunnel routing only; with routing: native use xdp"
+                        .into(),
+                );
+            }
+            for (dev, c) in &d.attach_devices {
+                if *c == DatapathChoice::Tc {
+                    bad(
+                        format!("datapath.attach_devices.{dev}"),
+                        "tc: the tc datapath carries tunnel routing only; with routing: native use xdp".into(),
+                    );
+                }
+            }
+        }
+        for dev in d.attach_devices.keys() {
+            if dev.is_empty() || dev.len() > 15 || dev.contains(['/', ' ']) {
+                bad(
+                    format!("datapath.attach_devices.{dev}"),
+                    format!("`{dev}` is not a device name (1 to 15 characters, no `/` or space)"),
+                );
+            }
         }
         if d.batch_size == 0 || d.batch_size > 64 {
             bad(

@@ -15,9 +15,10 @@ use crate::lb::{LbError, LbSettings, LbState, ServiceConfig};
 use crate::lpm::{Lpm, Lpm4};
 use crate::maps::lb::{Lb4Key, Lb4Service, RevNat};
 use crate::maps::lxc::{ENDPOINT_KEY_IPV4, ENDPOINT_KEY_IPV6};
+use crate::maps::policy::{PolicyEntry, PolicyKey};
 use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, MacAddr, RemoteEndpointInfo};
 use crate::net::{Ipv4Cidr, Ipv6Cidr, V4, V6};
-use crate::policy::table::{POLICY_STATS_MAX, PolicyStats};
+use crate::policy::table::{EndpointPolicy, MapEntry, POLICY_STATS_MAX, PolicyStats, PolicyTables};
 use crate::policy::{LocalEndpoint, Policy, PolicyState, Universe};
 use crate::shared_table::SharedTable;
 use crate::tables::{
@@ -25,7 +26,7 @@ use crate::tables::{
 };
 
 pub use crate::kernel::{
-    EndpointMap, IpcacheMap, KernelMaps, LbMaps, MapWriteError, NoKernel, OverlayMap,
+    EndpointMap, IpcacheMap, KernelMaps, LbMaps, MapWriteError, NoKernel, OverlayMap, PolicyMaps,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +276,17 @@ impl<K: KernelMaps> Datapath<K> {
                 .filter(|p| !want.contains_key(p))
                 .map(|p| (*p, None)),
         );
+        // The ipcache's CIDR identities first, then the kernel's policy maps that use them
+        // (the tc datapath reads both); a failure of the second puts the first back.
         write_ipcache(&mut self.kernel, &changes, &t.ipcache)?;
+        if let Err(e) = write_policy(&mut self.kernel, &t.policy, &compiled.tables) {
+            let undo: Vec<(Ipv4Cidr, Option<RemoteEndpointInfo>)> = changes
+                .iter()
+                .map(|(p, _)| (*p, t.ipcache.get(*p).copied()))
+                .collect();
+            let _ = write_ipcache(&mut self.kernel, &undo, &ipcache_with(&t.ipcache, &changes));
+            return Err(e.into());
+        }
         for s in &compiled.new_slots {
             t.policy_stats.reset(*s);
         }
@@ -860,6 +871,20 @@ impl<K: KernelMaps> Datapath<K> {
         }
         let mut next = (*cur).clone();
         for (ip, nh) in changes {
+            if cur.nexthops.get(ip) == nh.as_ref() {
+                continue;
+            }
+            // The kernel's copy (the tc datapath's next hops) first; one that cannot be
+            // written is logged and left to the next refresh (the neighbour loop calls this
+            // every second), the workers' copy still changes.
+            let dev = nh.and_then(|n| cur.port(n.port)).map(|p| p.ifindex);
+            let written = match (nh, dev) {
+                (Some(n), Some(ifindex)) => self.kernel.set_nexthop(*ip, Some((ifindex, n))),
+                _ => self.kernel.set_nexthop(*ip, None),
+            };
+            if let Err(e) = written {
+                eprintln!("fastpath: next hop {}: {e}", std::net::Ipv4Addr::from(*ip));
+            }
             match nh {
                 Some(n) => next.nexthops.insert(*ip, *n),
                 None => next.nexthops.remove(ip),
@@ -996,6 +1021,79 @@ fn write_ipcache<K: KernelMaps, F: TableFamily>(
                 let _ = match old.get(*p) {
                     Some(o) => kernel.upsert_ipcache(&k, o),
                     None => kernel.remove_ipcache(&k),
+                };
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// One write of [`write_policy`], and how to undo it.
+enum PolicyOp<'a> {
+    Create(u16, &'a EndpointPolicy),
+    Drop(u16, &'a EndpointPolicy),
+    Upsert(u16, &'a MapEntry, Option<&'a MapEntry>),
+    Remove(u16, &'a MapEntry),
+}
+
+fn pairs(p: &EndpointPolicy) -> Vec<(PolicyKey, PolicyEntry)> {
+    p.entries.iter().map(|e| (e.key, e.entry)).collect()
+}
+
+/// Make the kernel's policy maps (`cilium_policy_v2_<id>`) hold `new` where they held `old`:
+/// a map per endpoint that has a compiled policy, written entry by entry where an endpoint
+/// had one already (only the entries that changed), made whole and then published where it
+/// is new, withdrawn where the endpoint is gone. All or nothing: on a failed write the
+/// writes before it are undone, in reverse, and the error returned.
+fn write_policy<K: KernelMaps>(
+    kernel: &mut K,
+    old: &PolicyTables,
+    new: &PolicyTables,
+) -> Result<(), MapWriteError> {
+    let mut ops: Vec<PolicyOp<'_>> = Vec::new();
+    for (id, n) in &new.endpoints {
+        match old.endpoints.get(id) {
+            None => ops.push(PolicyOp::Create(*id, n)),
+            Some(o) => {
+                let before: std::collections::HashMap<PolicyKey, &MapEntry> =
+                    o.entries.iter().map(|e| (e.key, e)).collect();
+                let after: std::collections::HashSet<PolicyKey> =
+                    n.entries.iter().map(|e| e.key).collect();
+                for e in &n.entries {
+                    let was = before.get(&e.key).copied();
+                    if was.map(|w| w.entry) != Some(e.entry) {
+                        ops.push(PolicyOp::Upsert(*id, e, was));
+                    }
+                }
+                for e in &o.entries {
+                    if !after.contains(&e.key) {
+                        ops.push(PolicyOp::Remove(*id, e));
+                    }
+                }
+            }
+        }
+    }
+    for (id, o) in &old.endpoints {
+        if !new.endpoints.contains_key(id) {
+            ops.push(PolicyOp::Drop(*id, o));
+        }
+    }
+    for (i, op) in ops.iter().enumerate() {
+        let r = match op {
+            PolicyOp::Create(id, p) => kernel.create_policy_map(*id, &pairs(p)),
+            PolicyOp::Drop(id, _) => kernel.remove_policy_map(*id),
+            PolicyOp::Upsert(id, e, _) => kernel.upsert_policy(*id, &e.key, &e.entry),
+            PolicyOp::Remove(id, e) => kernel.remove_policy(*id, &e.key),
+        };
+        if let Err(err) = r {
+            for op in ops[..i].iter().rev() {
+                let _ = match op {
+                    PolicyOp::Create(id, _) => kernel.remove_policy_map(*id),
+                    PolicyOp::Drop(id, p) => kernel.create_policy_map(*id, &pairs(p)),
+                    PolicyOp::Upsert(id, e, Some(w)) => kernel.upsert_policy(*id, &e.key, &w.entry),
+                    PolicyOp::Upsert(id, e, None) => kernel.remove_policy(*id, &e.key),
+                    PolicyOp::Remove(id, e) => kernel.upsert_policy(*id, &e.key, &e.entry),
                 };
             }
             return Err(err);
@@ -1401,6 +1499,46 @@ mod tests {
     impl OverlayMap for Flaky {
         fn set_overlay(&mut self, _: &Overlay, _: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
             Ok(())
+        }
+        fn set_nexthop(
+            &mut self,
+            _: [u8; 4],
+            _: Option<(u32, &crate::tables::NextHop)>,
+        ) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+    }
+
+    /// Policy maps, in the LB maps' store (one write each; a map's entries go with it).
+    impl PolicyMaps for Flaky {
+        fn create_policy_map(
+            &mut self,
+            ep_id: u16,
+            entries: &[(PolicyKey, PolicyEntry)],
+        ) -> Result<(), MapWriteError> {
+            self.lb_write(format!("polmap {ep_id}"), Some(String::new()))?;
+            for (k, v) in entries {
+                self.lb
+                    .insert(format!("pol {ep_id} {k:?}"), format!("{v:?}"));
+            }
+            Ok(())
+        }
+        fn remove_policy_map(&mut self, ep_id: u16) -> Result<(), MapWriteError> {
+            self.lb_write(format!("polmap {ep_id}"), None)?;
+            let prefix = format!("pol {ep_id} ");
+            self.lb.retain(|k, _| !k.starts_with(&prefix));
+            Ok(())
+        }
+        fn upsert_policy(
+            &mut self,
+            ep_id: u16,
+            k: &PolicyKey,
+            v: &PolicyEntry,
+        ) -> Result<(), MapWriteError> {
+            self.lb_write(format!("pol {ep_id} {k:?}"), Some(format!("{v:?}")))
+        }
+        fn remove_policy(&mut self, ep_id: u16, k: &PolicyKey) -> Result<(), MapWriteError> {
+            self.lb_write(format!("pol {ep_id} {k:?}"), None)
         }
     }
 
@@ -1978,6 +2116,88 @@ remote_nodes:
             "k8s:app=web".to_string(),
             "k8s:io.kubernetes.pod.namespace=default".to_string(),
         ]
+    }
+
+    /// The policy maps the kernel holds (`cilium_policy_v2_<id>` in Flaky's store).
+    fn kernel_policy(dp: &mut Datapath<Flaky>) -> std::collections::BTreeMap<String, String> {
+        dp.kernel()
+            .lb
+            .iter()
+            .filter(|(k, _)| k.starts_with("pol"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// What the kernel should hold for the workers' compiled policy.
+    fn policy_of(t: &Tables) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        for (id, p) in &t.policy.endpoints {
+            m.insert(format!("polmap {id}"), String::new());
+            for e in &p.entries {
+                m.insert(format!("pol {id} {:?}", e.key), format!("{:?}", e.entry));
+            }
+        }
+        m
+    }
+
+    /// Issue #15: the kernel's per-endpoint policy maps (what the tc datapath reads) hold
+    /// exactly the workers' compiled policy after every change, and a change whose Nth
+    /// kernel write fails leaves them — and the tables — as they were, for every N.
+    #[test]
+    fn kernel_policy_maps_follow_the_compiled_policy_all_or_nothing() {
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        let pol = |y: &str| crate::policy::parse::parse_policies(y, "t").unwrap();
+        dp.set_policies(&pol(
+            "kind: CiliumNetworkPolicy\nmetadata: { name: web }\nspec:\n  endpointSelector: { matchLabels: { app: web } }\n  ingress: [{}]\n",
+        ))
+        .unwrap();
+        let id = dp.identity_for(&web_labels()).unwrap();
+        dp.add_local_endpoint(
+            3,
+            web_port(9, "10.1.1.9", 42),
+            MacAddr([0xa, 0, 0, 0, 0, 9]),
+            None,
+            id,
+            web_labels(),
+        )
+        .unwrap();
+        let want = policy_of(&dp.tables());
+        assert!(want.contains_key("polmap 42"), "{want:?}");
+        assert_eq!(kernel_policy(&mut dp), want);
+        let next = pol(
+            "kind: CiliumNetworkPolicy\nmetadata: { name: web }\nspec:\n  endpointSelector: { matchLabels: { app: web } }\n  ingress: [{ fromEndpoints: [{ matchLabels: { app: db } }], toPorts: [{ ports: [{ port: '80', protocol: TCP }] }] }]\n  egressDeny: [{ toPorts: [{ ports: [{ port: '22', protocol: TCP }] }] }]\n",
+        );
+        let mut failures = 0;
+        for n in 1.. {
+            let (before, g) = (kernel_policy(&mut dp), dp.tables().generation);
+            dp.kernel().fail_at = dp.kernel().writes + n;
+            match dp.set_policies(&next) {
+                Err(e) => {
+                    failures += 1;
+                    assert!(e.to_string().contains("ENOSPC"), "{e}");
+                    assert_eq!(
+                        kernel_policy(&mut dp),
+                        before,
+                        "write {n} failed: all undone"
+                    );
+                    assert_eq!(dp.tables().generation, g, "nothing published");
+                }
+                Ok(_) => break,
+            }
+        }
+        dp.kernel().fail_at = 0;
+        assert!(
+            failures >= 2,
+            "the change takes several writes ({failures} failed)"
+        );
+        let after = kernel_policy(&mut dp);
+        assert_eq!(after, policy_of(&dp.tables()));
+        assert_ne!(after, want, "the new policy is in the kernel");
+        // The endpoint leaves: its map goes with it.
+        dp.remove_local_endpoint("10.1.1.9".parse().unwrap())
+            .unwrap();
+        assert!(!kernel_policy(&mut dp).keys().any(|k| k.contains(" 42")));
+        assert_eq!(kernel_policy(&mut dp), policy_of(&dp.tables()));
     }
 
     /// Issue #12: a pod added at run time is in the kernel's `cilium_lxc` and ipcache, the

@@ -4,11 +4,12 @@
 //! nothing, on purpose, for tests and fixtures). [`KernelMaps`] is all of them together,
 //! what [`crate::datapath::Datapath`] writes through.
 //!
-//! Families the workers keep to themselves today — conntrack, policy, affinity, Maglev —
-//! have no trait yet: docs/decisions.md ("Kernel maps") says how a kernel program will share
-//! them.
+//! Conntrack and affinity are not written through a trait: the workers and the tc datapath
+//! share those tables' memory (pinned mmapable arrays, `control/tables/src/shm.rs`). Maglev
+//! stays in the workers' memory (docs/decisions.md, "Kernel maps").
 
 use crate::maps::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value};
+use crate::maps::policy::{PolicyEntry, PolicyKey};
 use crate::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 use crate::net::Ipv4Cidr;
 use crate::tables::Overlay;
@@ -39,13 +40,20 @@ pub trait IpcacheMap {
     fn remove_ipcache(&mut self, k: &IpcacheKey) -> Result<(), MapWriteError>;
 }
 
-/// `fp_config`: the node-wide settings the steering program needs (routing mode, tunnel
-/// port, native routing CIDR).
+/// `fp_config`: the node-wide settings the kernel programs need (routing mode, tunnel
+/// port, native routing CIDR, the node's underlay address and MTU); `fp_nexthops`: how a
+/// node address is reached (device `ifindex` and the next hop's MACs), for the tc
+/// datapath's encapsulation.
 pub trait OverlayMap {
     fn set_overlay(
         &mut self,
         o: &Overlay,
         native_cidr: Option<Ipv4Cidr>,
+    ) -> Result<(), MapWriteError>;
+    fn set_nexthop(
+        &mut self,
+        ip: [u8; 4],
+        nh: Option<(u32, &crate::tables::NextHop)>,
     ) -> Result<(), MapWriteError>;
 }
 
@@ -61,9 +69,30 @@ pub trait LbMaps {
     fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError>;
 }
 
+/// The per-endpoint policy maps `cilium_policy_v2_<id>`, reached by the kernel programs
+/// through the endpoint ID (`fp_policy`, a hash of maps).
+pub trait PolicyMaps {
+    /// Make endpoint `ep_id`'s map holding `entries` and publish it: a kernel program sees
+    /// either no map or the whole of it.
+    fn create_policy_map(
+        &mut self,
+        ep_id: u16,
+        entries: &[(PolicyKey, PolicyEntry)],
+    ) -> Result<(), MapWriteError>;
+    /// Withdraw endpoint `ep_id`'s map (its endpoint is gone, or has no policy).
+    fn remove_policy_map(&mut self, ep_id: u16) -> Result<(), MapWriteError>;
+    fn upsert_policy(
+        &mut self,
+        ep_id: u16,
+        k: &PolicyKey,
+        v: &PolicyEntry,
+    ) -> Result<(), MapWriteError>;
+    fn remove_policy(&mut self, ep_id: u16, k: &PolicyKey) -> Result<(), MapWriteError>;
+}
+
 /// Every map family the control plane writes.
-pub trait KernelMaps: EndpointMap + IpcacheMap + OverlayMap + LbMaps {}
-impl<T: EndpointMap + IpcacheMap + OverlayMap + LbMaps> KernelMaps for T {}
+pub trait KernelMaps: EndpointMap + IpcacheMap + OverlayMap + LbMaps + PolicyMaps {}
+impl<T: EndpointMap + IpcacheMap + OverlayMap + LbMaps + PolicyMaps> KernelMaps for T {}
 
 /// No kernel maps at all: unit tests, fixtures, benchmarks of the userspace tables.
 #[derive(Debug, Default)]
@@ -93,6 +122,37 @@ impl IpcacheMap for NoKernel {
 
 impl OverlayMap for NoKernel {
     fn set_overlay(&mut self, _: &Overlay, _: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn set_nexthop(
+        &mut self,
+        _: [u8; 4],
+        _: Option<(u32, &crate::tables::NextHop)>,
+    ) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+}
+
+impl PolicyMaps for NoKernel {
+    fn create_policy_map(
+        &mut self,
+        _: u16,
+        _: &[(PolicyKey, PolicyEntry)],
+    ) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_policy_map(&mut self, _: u16) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn upsert_policy(
+        &mut self,
+        _: u16,
+        _: &PolicyKey,
+        _: &PolicyEntry,
+    ) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn remove_policy(&mut self, _: u16, _: &PolicyKey) -> Result<(), MapWriteError> {
         Ok(())
     }
 }

@@ -74,6 +74,12 @@ pub enum Request {
     },
     /// What a CNI plugin needs to know of the node before an ADD (and for STATUS).
     NodeInfo,
+    /// Move device `device` to the other datapath at run time (`xdp`, `tc`; `auto` is
+    /// `xdp`), without a gap and keeping its connections (docs/tc.md).
+    DatapathSet {
+        device: String,
+        datapath: control::config::DatapathChoice,
+    },
     /// The answer to `of` rendered as text by the server (`crate::views`): what the CLI
     /// prints. `numeric`: identities as numbers in policy dumps.
     Text {
@@ -258,6 +264,8 @@ pub enum Response {
     /// A CNI DEL named an attachment no endpoint has (deleted already, or never added).
     EndpointAbsent,
     NodeInfo(Box<NodeInfo>),
+    /// A device's attachment after a change ([`Request::DatapathSet`]).
+    Device(DeviceStatus),
     /// A listing or status as text ([`Request::Text`]).
     Text {
         text: String,
@@ -367,6 +375,9 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     /// The XDP program's counters (all devices, all CPUs).
     pub xdp: Vec<(String, u64)>,
+    /// The tc datapath, when it is loaded: its counters and its `cilium_metrics` rows.
+    #[serde(default)]
+    pub tc: Option<TcStatus>,
     pub table_generation: u64,
     /// Cross-node forwarding, when the node has an underlay.
     #[serde(default)]
@@ -438,9 +449,19 @@ pub struct NextHopStatus {
 pub struct DeviceStatus {
     pub ifname: String,
     pub ifindex: u32,
+    /// What handles the frames it receives: `xdp` (steered to the workers) or `tc` (the
+    /// in-kernel tc datapath).
+    #[serde(default = "xdp_name")]
+    pub datapath: String,
+    /// `native` or `generic` for XDP; `tc` for the tc datapath.
     pub xdp_mode: String,
+    /// Why native XDP (or, for `tc` under `auto`, why XDP) was not used.
     pub fallback_reason: Option<String>,
     pub socket_mode: String,
+}
+
+fn xdp_name() -> String {
+    "xdp".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -499,6 +520,16 @@ pub struct PortStatus {
     pub xsk: crate::xsk::XskStats,
 }
 
+/// The tc datapath's counters (all devices on it, all CPUs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TcStatus {
+    /// passed (to the kernel, untouched), delivered, encapsulated, decapsulated,
+    /// arp_replies.
+    pub counters: Vec<(String, u64)>,
+    /// Drops and forwards per reason and direction, as the workers' `metrics`.
+    pub metrics: Vec<Metric>,
+}
+
 /// One `cilium_metrics`-style row: reason 0 is "forwarded".
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Metric {
@@ -528,30 +559,67 @@ impl WorkerStatus {
 }
 
 impl Status {
-    /// Packets dropped with `code` over all workers and directions.
+    /// Packets dropped with `code` over all workers and directions, and by the tc
+    /// datapath.
     pub fn drops_with(&self, code: u8) -> u64 {
         self.workers
             .iter()
             .flat_map(|w| &w.metrics)
+            .chain(self.tc.iter().flat_map(|t| &t.metrics))
             .filter(|m| m.reason_code == code)
             .map(|m| m.packets)
             .sum()
     }
+
+    /// The tc datapath's counter `name` (0 when it is not loaded).
+    pub fn tc_counter(&self, name: &str) -> u64 {
+        self.tc
+            .iter()
+            .flat_map(|t| &t.counters)
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// The datapath device `ifname` is on (`xdp`, `tc`), if it is attached.
+    pub fn datapath_of(&self, ifname: &str) -> Option<&str> {
+        self.devices
+            .iter()
+            .find(|d| d.ifname == ifname)
+            .map(|d| d.datapath.as_str())
+    }
+    /// Packets forwarded from this node's pods (workers and tc datapath).
     pub fn forwarded(&self) -> u64 {
-        self.workers.iter().map(|w| w.forwarded("egress")).sum()
+        self.workers
+            .iter()
+            .map(|w| w.forwarded("egress"))
+            .sum::<u64>()
+            + self.tc_forwarded("egress")
     }
     /// Frames delivered to local pods (from this node's pods or from other nodes).
     pub fn forwarded_ingress(&self) -> u64 {
-        self.workers.iter().map(|w| w.forwarded("ingress")).sum()
+        self.workers
+            .iter()
+            .map(|w| w.forwarded("ingress"))
+            .sum::<u64>()
+            + self.tc_forwarded("ingress")
+    }
+    fn tc_forwarded(&self, direction: &str) -> u64 {
+        self.tc
+            .iter()
+            .flat_map(|t| &t.metrics)
+            .filter(|m| m.reason_code == 0 && m.direction == direction)
+            .map(|m| m.packets)
+            .sum()
     }
     pub fn arp_replies(&self) -> u64 {
-        self.workers.iter().map(|w| w.arp_replies).sum()
+        self.workers.iter().map(|w| w.arp_replies).sum::<u64>() + self.tc_counter("arp_replies")
     }
     pub fn encapsulated(&self) -> u64 {
-        self.workers.iter().map(|w| w.encapsulated).sum()
+        self.workers.iter().map(|w| w.encapsulated).sum::<u64>() + self.tc_counter("encapsulated")
     }
     pub fn decapsulated(&self) -> u64 {
-        self.workers.iter().map(|w| w.decapsulated).sum()
+        self.workers.iter().map(|w| w.decapsulated).sum::<u64>() + self.tc_counter("decapsulated")
     }
     pub fn routed(&self) -> u64 {
         self.workers.iter().map(|w| w.routed).sum()
@@ -764,6 +832,27 @@ pub fn endpoint_delete(
             endpoint,
             conntrack_flushed,
         } => Ok((*endpoint, conntrack_flushed)),
+        Response::Error { message } => Err(ClientError::Remote(message)),
+        other => Err(ClientError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// Move a device to the other datapath (`fastpath datapath set`).
+pub fn datapath_set(
+    path: &Path,
+    device: &str,
+    datapath: control::config::DatapathChoice,
+) -> Result<DeviceStatus, ClientError> {
+    match call(
+        path,
+        &Request::DatapathSet {
+            device: device.into(),
+            datapath,
+        },
+    )? {
+        Response::Device(d) => Ok(d),
         Response::Error { message } => Err(ClientError::Remote(message)),
         other => Err(ClientError::Protocol(format!(
             "unexpected answer {other:?}"

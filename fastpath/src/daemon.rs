@@ -44,6 +44,8 @@ pub struct RunOptions {
     pub cores: Option<Vec<usize>>,
     /// Override `datapath.xdp_mode`.
     pub xdp_mode: Option<XdpMode>,
+    /// Override `datapath.attach` (and `attach_devices`: every device gets this).
+    pub datapath: Option<control::config::DatapathChoice>,
     /// Skip the pipeline (port i → port i^1): the bench's bare AF_XDP ceiling.
     pub bare: bool,
     /// Control socket path (default `/run/fastpath/<node>.sock`).
@@ -295,6 +297,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             ring_size: cfg.datapath.ring_size,
             frame_size: devs.frame_size,
             xdp_mode: cfg.datapath.xdp_mode,
+            attach: cfg.datapath.clone(),
             max_pods: cfg.max_pods(),
             slots: sizing.slots,
             pod_mtu: pod_mtu(&cfg, &devs),
@@ -407,6 +410,10 @@ fn overrides(opts: &RunOptions, cfg: &mut Config) {
     }
     if let Some(m) = opts.xdp_mode {
         cfg.datapath.xdp_mode = m;
+    }
+    if let Some(d) = opts.datapath {
+        cfg.datapath.attach = d;
+        cfg.datapath.attach_devices.clear();
     }
 }
 
@@ -739,6 +746,36 @@ fn load_maps(
         ct_sizes,
         cfg.datapath.lb_map_max as usize,
     )?;
+    // The tc datapath over the pinned maps (docs/tc.md): loaded whenever it can be, so a
+    // device can be moved to it at run time; a failure is fatal only where a device needs it.
+    let needs_tc = cfg.datapath.attach == control::config::DatapathChoice::Tc
+        || cfg
+            .datapath
+            .attach_devices
+            .values()
+            .any(|c| *c == control::config::DatapathChoice::Tc);
+    match &pin_dir {
+        Some(d) => {
+            if let Err(e) = dp.kernel().enable_tc(d) {
+                if needs_tc {
+                    return Err(anyhow::anyhow!(
+                        "loading the tc datapath (datapath.attach: tc): {}",
+                        xdp_redirect::error_chain(&e)
+                    ));
+                }
+                eprintln!(
+                    "fastpath: the tc datapath cannot be loaded ({}): devices get XDP only",
+                    xdp_redirect::error_chain(&e)
+                );
+            }
+        }
+        None if needs_tc => {
+            anyhow::bail!(
+                "datapath.attach: tc needs bpffs at /sys/fs/bpf (the tc programs open the maps by their pins), and it is not mounted"
+            )
+        }
+        None => {}
+    }
     dp.load_node(cfg)
         .context("writing cilium_lxc, fp_config, cilium_ipcache_v2 and the LB maps")?;
     if !state.state.is_empty() {
@@ -1049,17 +1086,20 @@ fn attach_devices(
             slot as u32,
             role,
             cfg.datapath.xdp_mode,
+            cfg.datapath.attach_for(&p.ifname),
         )?;
+        let (what, failed) = match d.mode {
+            xdp_redirect::AttachedMode::Tc => ("tc datapath".to_string(), "XDP"),
+            m => (format!("xdp {}", m.name()), "native"),
+        };
         let how = d
             .fallback_reason
             .as_ref()
-            .map(|r| format!(" (native failed: {r})"))
+            .map(|r| format!(" ({failed} failed: {r})"))
             .unwrap_or_default();
         eprintln!(
-            "fastpath: {} ifindex {} xdp {}{how}, af_xdp {socket_mode}",
-            p.ifname,
-            p.ifindex,
-            d.mode.name()
+            "fastpath: {} ifindex {} {what}{how}, af_xdp {socket_mode}",
+            p.ifname, p.ifindex,
         );
     }
     Ok(())
@@ -1506,6 +1546,7 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
             submit(v, crate::endpoints::Change::CniDelete(attachment))
         }
         Request::NodeInfo => now(Response::NodeInfo(Box::new(v.endpoints.node_info(v.cfg)))),
+        Request::DatapathSet { device, datapath } => now(set_datapath(v, &device, datapath)),
         Request::ServiceDelete { id } => {
             let before = v.dp.services();
             now(match v.dp.delete_service(&id) {
@@ -1866,6 +1907,56 @@ fn policy_summaries<K: control::datapath::KernelMaps>(
             }
         })
         .collect()
+}
+
+/// [`Request::DatapathSet`]: move an attached device to the other datapath.
+fn set_datapath(
+    v: &mut NodeView<'_>,
+    device: &str,
+    to: control::config::DatapathChoice,
+) -> Response {
+    let Some(ifindex) =
+        v.dp.kernel_ref()
+            .devices()
+            .iter()
+            .find(|d| d.ifname == device)
+            .map(|d| d.ifindex)
+    else {
+        return Response::Error {
+            message: format!("device `{device}` is not attached to fastpath"),
+        };
+    };
+    if to == control::config::DatapathChoice::Tc
+        && v.cfg.datapath.routing == control::config::RoutingMode::Native
+    {
+        return Response::Error {
+            message: "tc: the tc datapath carries tunnel routing only (routing: native)".into(),
+        };
+    }
+    let socket_mode = v.socket_mode.to_string();
+    match v
+        .dp
+        .kernel()
+        .switch_datapath(ifindex, to, v.cfg.datapath.xdp_mode)
+    {
+        Ok(d) => {
+            eprintln!(
+                "fastpath: {device} moved to the {} datapath",
+                d.mode.datapath()
+            );
+            Response::Device(crate::api::DeviceStatus {
+                ifname: d.ifname.clone(),
+                ifindex: d.ifindex,
+                datapath: d.mode.datapath().to_string(),
+                xdp_mode: d.mode.name().into(),
+                fallback_reason: d.fallback_reason.clone(),
+                socket_mode,
+            })
+        }
+        Err(e) => Response::Error {
+            message: format!("{device}: {}", xdp_redirect::error_chain(&e)),
+        },
+    }
 }
 
 fn status(v: &NodeView<'_>) -> Status {

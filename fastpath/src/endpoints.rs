@@ -201,6 +201,8 @@ pub struct Endpoints {
     ring_size: u32,
     frame_size: u32,
     xdp_mode: XdpMode,
+    /// `datapath.attach` / `attach_devices`: XDP or the tc datapath per device.
+    attach: control::config::DatapathConfig,
     max_pods: u32,
     netns: Option<String>,
     /// Host addresses of the node (router, host IPs, underlay): never a pod's.
@@ -247,6 +249,8 @@ pub struct Shape {
     pub ring_size: u32,
     pub frame_size: u32,
     pub xdp_mode: XdpMode,
+    /// The datapath settings devices are attached by (`attach`, `attach_devices`).
+    pub attach: control::config::DatapathConfig,
     pub max_pods: u32,
     /// Port slots in all: pods (`max_pods`) plus the underlay.
     pub slots: usize,
@@ -327,6 +331,7 @@ impl Endpoints {
             ring_size: shape.ring_size,
             frame_size: shape.frame_size,
             xdp_mode: shape.xdp_mode,
+            attach: shape.attach.clone(),
             max_pods: shape.max_pods,
             netns: cfg.node.netns.clone(),
             host_ips,
@@ -1266,11 +1271,12 @@ impl Endpoints {
             ep.slot as u32,
             ROLE_LXC,
             self.xdp_mode,
+            self.attach.attach_for(&ep.pod.lxc),
         ) {
             let _ = dp.remove_local_endpoint(ep.pod.ip);
             undo_xsks(dp);
             return Err(anyhow::anyhow!(
-                "lxc: attaching XDP to `{}`: {}",
+                "lxc: attaching the datapath to `{}`: {}",
                 ep.pod.lxc,
                 xdp_redirect::error_chain(&e)
             ));

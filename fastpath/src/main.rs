@@ -70,6 +70,11 @@ enum Cmd {
         /// XDP attach mode (overrides datapath.xdp_mode).
         #[arg(long, value_enum)]
         xdp_mode: Option<ModeArg>,
+        /// What handles every device's frames: `xdp` (steering into the AF_XDP workers),
+        /// `tc` (the in-kernel tc datapath over the same maps) or `auto` (XDP, tc where XDP
+        /// cannot be attached). Overrides datapath.attach and datapath.attach_devices.
+        #[arg(long, value_enum)]
+        datapath: Option<DatapathArg>,
         /// Skip the pipeline and forward port i to port i^1 (the bare AF_XDP ceiling for bench).
         #[arg(long)]
         bare: bool,
@@ -113,6 +118,13 @@ enum Cmd {
         #[command(subcommand)]
         what: EndpointCmd,
     },
+    /// Move a device between the datapaths at run time (docs/tc.md): `xdp` steers its
+    /// frames to the AF_XDP workers, `tc` hands them to the in-kernel tc datapath; both use
+    /// the same conntrack, policy and service maps, so established connections carry on.
+    Datapath {
+        #[command(subcommand)]
+        what: DatapathCmd,
+    },
     /// Print or check configs.
     Config {
         #[command(subcommand)]
@@ -130,6 +142,23 @@ enum ModeArg {
     Native,
     Generic,
     Auto,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DatapathArg {
+    Xdp,
+    Tc,
+    Auto,
+}
+
+impl From<DatapathArg> for control::config::DatapathChoice {
+    fn from(d: DatapathArg) -> Self {
+        match d {
+            DatapathArg::Xdp => control::config::DatapathChoice::Xdp,
+            DatapathArg::Tc => control::config::DatapathChoice::Tc,
+            DatapathArg::Auto => control::config::DatapathChoice::Auto,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -247,6 +276,21 @@ enum ServiceCmd {
     Delete {
         /// `namespace/name` (or `name` for the default namespace).
         id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DatapathCmd {
+    /// Attach `device` (a pod's lxc device or the node NIC, as `fastpath status` lists
+    /// them) to `datapath` (`auto` means xdp). The new attachment goes in before the old one
+    /// goes. Not kept across a restart: the config (`datapath.attach`,
+    /// `datapath.attach_devices`) decides at start.
+    Set {
+        device: String,
+        #[arg(value_enum)]
+        datapath: DatapathArg,
         #[command(flatten)]
         target: Target,
     },
@@ -421,6 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             queues,
             cores,
             xdp_mode,
+            datapath,
             bare,
             socket,
             state_dir,
@@ -437,6 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ModeArg::Generic => XdpMode::Generic,
                     ModeArg::Auto => XdpMode::Auto,
                 }),
+                datapath: datapath.map(Into::into),
                 bare,
                 socket,
                 pin_dir: None,
@@ -588,6 +634,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     row.ipv4,
                     row.lxc,
                     row.identity
+                ),
+            }
+            Ok(())
+        }
+        Cmd::Datapath {
+            what:
+                DatapathCmd::Set {
+                    device,
+                    datapath,
+                    target,
+                },
+        } => {
+            let d = api::datapath_set(&socket_of(&target)?, &device, datapath.into())?;
+            match target.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&d)?),
+                Output::Text => outln!(
+                    "{} (ifindex {}): {} datapath{}",
+                    d.ifname,
+                    d.ifindex,
+                    d.datapath,
+                    if d.datapath == "xdp" {
+                        format!(" ({})", d.xdp_mode)
+                    } else {
+                        String::new()
+                    }
                 ),
             }
             Ok(())

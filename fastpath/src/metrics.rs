@@ -54,6 +54,7 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
         .map(|d| DeviceStatus {
             ifname: d.ifname.clone(),
             ifindex: d.ifindex,
+            datapath: d.mode.datapath().to_string(),
             xdp_mode: d.mode.name().into(),
             fallback_reason: d.fallback_reason.clone(),
             socket_mode: socket_mode.into(),
@@ -165,6 +166,37 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
         devices,
         workers,
         xdp,
+        tc: steering
+            .tc_stats()
+            .and_then(|r| r.ok())
+            .map(|t| crate::api::TcStatus {
+                counters: xdp_redirect::TC_STAT_NAMES
+                    .iter()
+                    .zip(t.counters)
+                    .map(|(n, v)| (n.to_string(), v))
+                    .collect(),
+                metrics: t
+                    .metrics
+                    .into_iter()
+                    .map(|(code, dir, packets, bytes)| Metric {
+                        reason_code: code,
+                        reason: if code == 0 {
+                            "Forwarded".into()
+                        } else {
+                            DropReason::from_code(code)
+                                .map_or(format!("unknown ({code})"), |r| r.name().into())
+                        },
+                        direction: match dir {
+                            1 => "ingress",
+                            2 => "egress",
+                            _ => "service",
+                        }
+                        .into(),
+                        packets,
+                        bytes,
+                    })
+                    .collect(),
+            }),
         table_generation: dp.tables().generation,
         policy: {
             use control::policy::table::*;

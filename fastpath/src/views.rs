@@ -97,14 +97,23 @@ pub fn status(st: &Status) -> String {
         },
         this.table_generation
     );
-    s += &format!("XDP:       requested {}\n", this.xdp_mode_requested);
+    s += &format!(
+        "Devices:   XDP requested {}; datapath per device (xdp: steered to the workers, tc: the in-kernel tc datapath)\n",
+        this.xdp_mode_requested
+    );
     for d in &this.devices {
+        let how = if d.datapath == "tc" {
+            "tc".to_string()
+        } else {
+            format!("xdp {}", d.xdp_mode)
+        };
         s += &format!(
-            "  {:<15} ifindex {:<4} xdp {:<8} af_xdp {}",
-            d.ifname, d.ifindex, d.xdp_mode, d.socket_mode
+            "  {:<15} ifindex {:<4} {:<12} af_xdp {}",
+            d.ifname, d.ifindex, how, d.socket_mode
         );
         if let Some(r) = &d.fallback_reason {
-            s += &format!("  (native failed: {r})");
+            let failed = if d.datapath == "tc" { "XDP" } else { "native" };
+            s += &format!("  ({failed} failed: {r})");
         }
         s.push('\n');
     }
@@ -171,7 +180,34 @@ pub fn status(st: &Status) -> String {
         .map(|(n, v)| format!("{n}={v}"))
         .collect::<Vec<_>>()
         .join(" ");
-    s += "\n\n";
+    s += "\n";
+    match &this.tc {
+        Some(t) => {
+            s += "tc datapath: ";
+            s += &t
+                .counters
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            s += "\n";
+            for m in &t.metrics {
+                s += &format!(
+                    "  {:<8} {:<40} {:>12} packets {:>14} bytes\n",
+                    m.direction,
+                    if m.reason_code == 0 {
+                        m.reason.clone()
+                    } else {
+                        format!("{} ({})", m.reason, m.reason_code)
+                    },
+                    m.packets,
+                    m.bytes
+                );
+            }
+        }
+        None => s += "tc datapath: not loaded\n",
+    }
+    s += "\n";
     s += &format!(
         "{:<6}{:<6}{:<16}{:<8}{:>12}{:>14}{:>12}{:>14}{:>9}{:>9}{:>11}{:>9}\n",
         "QUEUE",

@@ -5,10 +5,10 @@
 //! scenario asserts replies received and counters moved, and leaves the cluster as it found
 //! it (what it applies it deletes), so the next one starts from the same state.
 //!
-//! A datapath is a [`Datapath`]: how a node of it is started. Today: the AF_XDP workers with
-//! XDP attached natively and in generic (SKB) mode — two kernel paths into the same
-//! sockets. The tc fallback (issue #15) is one more implementation; the scenarios do not
-//! change. (The per-area suites — same_node.rs, cross_node.rs, services.rs, policy.rs,
+//! A datapath is a [`Datapath`]: how a node of it is started. The AF_XDP workers with XDP
+//! attached natively and in generic (SKB) mode — two kernel paths into the same sockets —
+//! and the in-kernel tc datapath (`--datapath tc`, docs/tc.md); the scenarios are the same
+//! for all three. (The per-area suites — same_node.rs, cross_node.rs, services.rs, policy.rs,
 //! hostile.rs — keep their deeper checks on the default datapath.)
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -43,6 +43,28 @@ impl Datapath for AfXdp {
         let st = n.status();
         assert!(
             st.devices.iter().all(|d| d.xdp_mode == self.mode),
+            "{}: devices {:?}",
+            self.name(),
+            st.devices
+        );
+        n
+    }
+}
+
+/// The in-kernel tc datapath on every device (`--datapath tc`): the same maps, no workers
+/// in the path.
+struct Tc;
+
+impl Datapath for Tc {
+    fn name(&self) -> &'static str {
+        "tc datapath"
+    }
+    fn start(&self, yaml: &str, core: usize) -> TestNode {
+        let core = core.to_string();
+        let n = TestNode::start(yaml, 1, &["--cores", &core, "--datapath", "tc"]);
+        let st = n.status();
+        assert!(
+            st.devices.iter().all(|d| d.datapath == "tc") && st.tc.is_some(),
             "{}: devices {:?}",
             self.name(),
             st.devices
@@ -197,6 +219,13 @@ fn scenarios_on_af_xdp_native() {
 }
 
 #[test]
+fn scenarios_on_tc() {
+    if require_root() {
+        suite(&Tc);
+    }
+}
+
+#[test]
 fn scenarios_on_af_xdp_generic() {
     if require_root() {
         suite(&AfXdp { mode: "generic" });
@@ -218,7 +247,13 @@ fn same_node(c: &Cluster) {
     );
     let after = n.status();
     // Three echo requests and replies at least, each forwarded out of one lxc into another.
-    assert!(after.forwarded() >= before.forwarded() + 6);
+    assert!(
+        after.forwarded() >= before.forwarded() + 6,
+        "forwarded {} -> {}: {:?}",
+        before.forwarded(),
+        after.forwarded(),
+        after.tc
+    );
     assert!(after.forwarded_ingress() >= before.forwarded_ingress() + 6);
     assert_eq!(
         after.encapsulated(),

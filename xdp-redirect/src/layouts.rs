@@ -7,7 +7,9 @@ use std::mem::{offset_of, size_of};
 use control::maps::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat4Value};
 use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 
-use super::{FpBackendAddr, FpConfig, FpDev};
+use control::maps::policy::{PolicyEntry, PolicyKey};
+
+use super::{FpBackendAddr, FpConfig, FpDev, FpNextHop};
 
 /// struct name → (size, member → byte offset), from `bpftool btf dump file F format raw`.
 fn btf_structs(obj: &[u8], name: &str) -> HashMap<String, (usize, HashMap<String, usize>)> {
@@ -171,6 +173,42 @@ fn rust_layouts() -> Vec<Layout> {
                 ("pad", offset_of!(FpConfig, pad)),
                 ("native_net", offset_of!(FpConfig, native_net)),
                 ("native_mask", offset_of!(FpConfig, native_mask)),
+                ("node_ip", offset_of!(FpConfig, node_ip)),
+                ("underlay_mtu", offset_of!(FpConfig, underlay_mtu)),
+            ],
+        ),
+        (
+            "fp_nexthop",
+            size_of::<FpNextHop>(),
+            vec![
+                ("ifindex", offset_of!(FpNextHop, ifindex)),
+                ("dst_mac", offset_of!(FpNextHop, dst_mac)),
+                ("src_mac", offset_of!(FpNextHop, src_mac)),
+                ("inner_dst_mac", offset_of!(FpNextHop, inner_dst_mac)),
+                ("flags", offset_of!(FpNextHop, flags)),
+                ("pad", offset_of!(FpNextHop, pad)),
+            ],
+        ),
+        (
+            "policy_key",
+            size_of::<PolicyKey>(),
+            vec![
+                ("prefixlen", offset_of!(PolicyKey, prefixlen)),
+                ("sec_label", offset_of!(PolicyKey, sec_label)),
+                ("egress", offset_of!(PolicyKey, egress)),
+                ("protocol", offset_of!(PolicyKey, protocol)),
+                ("dport", offset_of!(PolicyKey, dport)),
+            ],
+        ),
+        (
+            "policy_entry",
+            size_of::<PolicyEntry>(),
+            vec![
+                ("proxy_port", offset_of!(PolicyEntry, proxy_port)),
+                ("flags", offset_of!(PolicyEntry, flags)),
+                ("auth_type", offset_of!(PolicyEntry, auth)),
+                ("precedence", offset_of!(PolicyEntry, precedence)),
+                ("cookie", offset_of!(PolicyEntry, cookie)),
             ],
         ),
         (
@@ -211,6 +249,7 @@ fn the_c_header_and_the_rust_layouts_agree() {
                 "fp_config",
                 "fp_dev",
                 "fp_line",
+                "fp_nexthop",
             ][..],
         ),
     ] {

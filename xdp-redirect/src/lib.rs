@@ -14,15 +14,17 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, HashMap as BpfHashMap, HashOfMaps, MapData, PerCpuArray, XskMap};
+use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
 use control::config::RoutingMode;
 use control::config::XdpMode;
-use control::kernel::{EndpointMap, IpcacheMap, LbMaps, MapWriteError, OverlayMap};
+use control::kernel::{EndpointMap, IpcacheMap, LbMaps, MapWriteError, OverlayMap, PolicyMaps};
 use control::maps::lb::{
     BACKENDS_MAP, Lb4Backend, Lb4Key, Lb4Service, REVNAT_MAP, RevNat, RevNat4Value, SERVICES_MAP,
 };
+use control::maps::policy::{PolicyEntry, PolicyKey};
 use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 use control::net::Ipv4Cidr;
 use control::tables::Overlay;
@@ -89,11 +91,13 @@ pub enum SteeringError {
     Limit(String),
 }
 
-/// The mode a device actually got.
+/// What a device actually got: XDP (native or generic) steering to the workers, or the
+/// tc datapath.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachedMode {
     Native,
     Generic,
+    Tc,
 }
 
 impl AttachedMode {
@@ -101,8 +105,26 @@ impl AttachedMode {
         match self {
             AttachedMode::Native => "native",
             AttachedMode::Generic => "generic",
+            AttachedMode::Tc => "tc",
         }
     }
+
+    /// `xdp` or `tc`: which datapath handles what the device receives.
+    pub fn datapath(self) -> Datapath {
+        match self {
+            AttachedMode::Tc => Datapath::Tc,
+            _ => Datapath::Xdp,
+        }
+    }
+}
+
+pub use control::config::DatapathChoice as Datapath;
+
+/// A device's attachment: an XDP link, or a tc (TCX) link.
+#[derive(Debug)]
+enum DevLink {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
 }
 
 /// One attached device.
@@ -111,8 +133,11 @@ pub struct AttachedDevice {
     pub ifname: String,
     pub ifindex: u32,
     pub slot: u32,
+    /// 1 = lxc, 2 = underlay.
+    pub role: u32,
     pub mode: AttachedMode,
-    /// Why native was not used, when `auto` fell back to generic.
+    /// Why native was not used, when `auto` fell back to generic; why XDP was not used,
+    /// when the datapath `auto` fell back to tc.
     pub fallback_reason: Option<String>,
 }
 
@@ -124,7 +149,9 @@ pub struct Steering {
     /// The maps: created, pinned and written independently of any attachment.
     pub maps: MapSet,
     devices: Vec<AttachedDevice>,
-    links: Vec<XdpLinkId>,
+    links: Vec<DevLink>,
+    /// The tc datapath's object, once [`Steering::enable_tc`] loaded it.
+    tc: Option<TcPrograms>,
 }
 
 /// The maps pinned (all of the set).
@@ -139,6 +166,8 @@ pub const PINNED: &[&str] = &[
     "fp_devs",
     "fp_xsks",
     "fp_xdp_stats",
+    "fp_policy",
+    "fp_nexthops",
 ];
 
 /// The maps whose pins outlive the process: the service and backend IDs a run gave out,
@@ -199,6 +228,23 @@ pub struct MapSet {
     pins: Vec<PathBuf>,
     /// `fp_xsks` keys set.
     xsks: std::collections::BTreeSet<u32>,
+    /// The per-endpoint policy maps (`cilium_policy_v2_<id>`), by endpoint ID: also in
+    /// `fp_policy`, and pinned under `pin_dir` when there is one.
+    policy: std::collections::HashMap<u16, PolicyTrie>,
+    pin_dir: Option<PathBuf>,
+}
+
+/// One endpoint's `cilium_policy_v2_<id>`: aya's LPM key is the prefix length, then the
+/// key's other 8 bytes (identity, direction, protocol, port).
+type PolicyTrie = LpmTrie<MapData, [u8; 8], PolicyEntry>;
+
+fn policy_lpm_key(k: &PolicyKey) -> LpmKey<[u8; 8]> {
+    let mut d = [0u8; 8];
+    d[0..4].copy_from_slice(&k.sec_label.to_ne_bytes());
+    d[4] = k.egress;
+    d[5] = k.protocol;
+    d[6..8].copy_from_slice(&k.dport);
+    LpmKey::new(k.prefixlen, d)
 }
 
 impl MapSet {
@@ -213,6 +259,8 @@ impl MapSet {
             maps,
             pins: Vec::new(),
             xsks: Default::default(),
+            policy: Default::default(),
+            pin_dir: None,
         }
     }
 
@@ -237,6 +285,7 @@ impl MapSet {
             })?;
             self.pins.push(path);
         }
+        self.pin_dir = Some(dir.to_path_buf());
         Ok(())
     }
 
@@ -250,6 +299,11 @@ impl MapSet {
 
 impl Drop for MapSet {
     fn drop(&mut self) {
+        if let Some(d) = &self.pin_dir {
+            for id in self.policy.keys() {
+                let _ = std::fs::remove_file(d.join(control::maps::policy::map_name(*id)));
+            }
+        }
         for p in &self.pins {
             let kept = p
                 .file_name()
@@ -261,6 +315,43 @@ impl Drop for MapSet {
     }
 }
 
+/// The tc datapath's programs: on a pod's lxc device and on the node NIC.
+pub const TC_FROM_CONTAINER: &str = "cil_from_container";
+pub const TC_FROM_NETDEV: &str = "cil_from_netdev";
+
+/// Counter slots of `fp_tc_stats` (fp_tc.c `TC_STAT_*`), with the names `fastpath status`
+/// prints.
+pub const TC_STAT_NAMES: [&str; 5] = [
+    "passed",
+    "delivered",
+    "encapsulated",
+    "decapsulated",
+    "arp_replies",
+];
+
+/// What the tc datapath counted, summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcStats {
+    /// (reason code, direction 1 ingress / 2 egress, packets, bytes), non-zero rows only;
+    /// reason 0 = forwarded.
+    pub metrics: Vec<(u8, u8, u64, u64)>,
+    pub counters: [u64; TC_STAT_NAMES.len()],
+}
+
+/// `struct fp_metric` of fp_tc.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FpMetric {
+    packets: u64,
+    bytes: u64,
+}
+
+#[allow(unsafe_code)]
+mod pod_metric {
+    // SAFETY: repr(C), two u64: 16 bytes, no padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::FpMetric {}
+}
+
 /// The tc datapath's object, loaded over the maps pinned in one directory: the ones the
 /// XDP object made ([`MapSet::pin`]) and the shared conntrack tables the control plane
 /// made (`control::ct::Conntrack::open_pinned`). A map of the object that is not pinned
@@ -268,16 +359,81 @@ impl Drop for MapSet {
 #[derive(Debug)]
 pub struct TcPrograms {
     ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+/// The maps only the tc object has (its counters): pinned while it runs, removed with it.
+const TC_OWN_MAPS: [&str; 2] = ["fp_tc_metrics", "fp_tc_stats"];
+
+impl Drop for TcPrograms {
+    fn drop(&mut self) {
+        for own in TC_OWN_MAPS {
+            let _ = std::fs::remove_file(self.pin_dir.join(own));
+        }
+    }
 }
 
 impl TcPrograms {
     /// Load the object over the pins of `pin_dir`; no program is loaded into the kernel
-    /// yet ([`TcPrograms::program`]).
+    /// yet ([`TcPrograms::program`]). Its own counters (`fp_tc_metrics`, `fp_tc_stats`)
+    /// start from zero: a last run's pins of them are replaced.
     pub fn open(pin_dir: &Path) -> Result<Self, SteeringError> {
+        for own in TC_OWN_MAPS {
+            let _ = std::fs::remove_file(pin_dir.join(own));
+        }
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .load(FP_TC_OBJ)?;
-        Ok(TcPrograms { ebpf })
+        Ok(TcPrograms {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+        })
+    }
+
+    /// Its counters, summed over CPUs.
+    pub fn stats(&self) -> Result<TcStats, SteeringError> {
+        let m: aya::maps::PerCpuArray<&MapData, FpMetric> = self
+            .ebpf
+            .map("fp_tc_metrics")
+            .ok_or(SteeringError::Limit("fp_tc_metrics missing".into()))?
+            .try_into()
+            .map_err(|source| SteeringError::Map {
+                map: "fp_tc_metrics",
+                source,
+            })?;
+        let mut out = TcStats::default();
+        for i in 0..256 * 4u32 {
+            let v = m.get(&i, 0).map_err(|source| SteeringError::Map {
+                map: "fp_tc_metrics",
+                source,
+            })?;
+            let (p, b) = v
+                .iter()
+                .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
+            if p > 0 {
+                out.metrics.push(((i / 4) as u8, (i % 4) as u8, p, b));
+            }
+        }
+        let c: aya::maps::PerCpuArray<&MapData, u64> = self
+            .ebpf
+            .map("fp_tc_stats")
+            .ok_or(SteeringError::Limit("fp_tc_stats missing".into()))?
+            .try_into()
+            .map_err(|source| SteeringError::Map {
+                map: "fp_tc_stats",
+                source,
+            })?;
+        for (i, slot) in out.counters.iter_mut().enumerate() {
+            *slot = c
+                .get(&(i as u32), 0)
+                .map_err(|source| SteeringError::Map {
+                    map: "fp_tc_stats",
+                    source,
+                })?
+                .iter()
+                .sum();
+        }
+        Ok(out)
     }
 
     /// Program `name` of the object (e.g. `fp_ct_probe`), verified and loaded into the
@@ -325,13 +481,37 @@ struct FpConfig {
     /// Network order.
     native_net: [u8; 4],
     native_mask: [u8; 4],
+    /// The node's underlay address, wire order.
+    node_ip: [u8; 4],
+    underlay_mtu: u32,
 }
-const _: () = assert!(size_of::<FpConfig>() == 16);
+const _: () = assert!(size_of::<FpConfig>() == 24);
+
+/// `struct fp_nexthop`: how the tc datapath reaches a node address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FpNextHop {
+    ifindex: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    inner_dst_mac: [u8; 6],
+    /// 1: `inner_dst_mac` is set.
+    flags: u8,
+    pad: u8,
+}
+const _: () = assert!(size_of::<FpNextHop>() == 24);
+
+#[allow(unsafe_code)]
+mod pod_nh {
+    // SAFETY: repr(C), u32 then [u8; 6] x3, u8, u8: 24 bytes, no implicit padding; every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for super::FpNextHop {}
+}
 
 #[allow(unsafe_code)]
 mod pod_cfg {
-    // SAFETY: repr(C), u32, [u8; 2], u16, [u8; 4] x2: 16 bytes, no implicit padding; every bit
-    // pattern is valid.
+    // SAFETY: repr(C), u32, [u8; 2], u16, [u8; 4] x3, u32: 24 bytes, no implicit padding;
+    // every bit pattern is valid.
     unsafe impl aya::Pod for super::FpConfig {}
 }
 
@@ -417,12 +597,39 @@ impl Steering {
             maps,
             devices: Vec::new(),
             links: Vec::new(),
+            tc: None,
         })
     }
 
-    /// Attach to `ifname` (which has `ifindex`) in the requested mode and register it in
-    /// `fp_devs` with XSKMAP slot `slot` (its port) and role. With [`XdpMode::Auto`], native
-    /// is tried first and the reason for falling back to generic is recorded.
+    /// Load the tc datapath over the maps pinned in `pin_dir` (the set's own pins and the
+    /// conntrack tables), so devices can be attached to it ([`Steering::attach`]).
+    pub fn enable_tc(&mut self, pin_dir: &Path) -> Result<(), SteeringError> {
+        let mut tc = TcPrograms::open(pin_dir)?;
+        for p in [TC_FROM_CONTAINER, TC_FROM_NETDEV] {
+            tc.program(p)?;
+        }
+        self.tc = Some(tc);
+        Ok(())
+    }
+
+    /// Is the tc datapath loaded?
+    pub fn tc_enabled(&self) -> bool {
+        self.tc.is_some()
+    }
+
+    /// The tc datapath's counters: drops and forwards per (reason, direction) as
+    /// `cilium_metrics` rows, and its other counters ([`TC_STAT_NAMES`]); `None` when it is
+    /// not loaded.
+    pub fn tc_stats(&self) -> Option<Result<TcStats, SteeringError>> {
+        self.tc.as_ref().map(TcPrograms::stats)
+    }
+
+    /// Attach to `ifname` (which has `ifindex`) and register it in `fp_devs` with XSKMAP
+    /// slot `slot` (its port) and role. `datapath` chooses what handles the frames it
+    /// receives: XDP steering to the workers in `mode` (with [`XdpMode::Auto`], native is
+    /// tried first and the reason for falling back to generic is recorded), the tc datapath
+    /// (its role's program at tc ingress; [`Steering::enable_tc`] first), or `auto`: XDP,
+    /// and the tc datapath when XDP cannot be attached, with the reason recorded.
     pub fn attach(
         &mut self,
         ifname: &str,
@@ -430,6 +637,7 @@ impl Steering {
         slot: u32,
         role: u32,
         mode: XdpMode,
+        datapath: Datapath,
     ) -> Result<&AttachedDevice, SteeringError> {
         if slot >= MAX_DEVS {
             return Err(SteeringError::Limit(format!(
@@ -446,8 +654,51 @@ impl Steering {
                 d.ifname, d.slot
             )));
         }
+        let (link, mode, fallback_reason) = match datapath {
+            Datapath::Xdp => self.attach_xdp(ifname, ifindex, mode)?,
+            Datapath::Tc => (self.attach_tc(ifname, role)?, AttachedMode::Tc, None),
+            Datapath::Auto => match self.attach_xdp(ifname, ifindex, mode) {
+                Ok(x) => x,
+                Err(e) => {
+                    let why = error_chain(&e);
+                    let link = self.attach_tc(ifname, role).map_err(|t| {
+                        SteeringError::Limit(format!(
+                            "{ifname}: XDP cannot be attached ({why}), nor the tc datapath ({})",
+                            error_chain(&t)
+                        ))
+                    })?;
+                    (link, AttachedMode::Tc, Some(why))
+                }
+            },
+        };
+        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
+        if let Err(source) = devs.insert(ifindex, FpDev { slot, role }, 0) {
+            let _ = self.unlink(link);
+            return Err(SteeringError::Map {
+                map: "fp_devs",
+                source,
+            });
+        }
+        self.devices.push(AttachedDevice {
+            ifname: ifname.into(),
+            ifindex,
+            slot,
+            role,
+            mode,
+            fallback_reason,
+        });
+        self.links.push(link);
+        Ok(self.devices.last().expect("just pushed"))
+    }
+
+    fn attach_xdp(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<(DevLink, AttachedMode, Option<String>), SteeringError> {
         let prog: &mut Xdp = program(&mut self.ebpf, "fp_steer")?;
-        let (link, mode, fallback_reason) = match mode {
+        let (link, mode, why) = match mode {
             XdpMode::Native => (
                 attach_one(prog, ifname, ifindex, AttachedMode::Native)?,
                 AttachedMode::Native,
@@ -470,29 +721,97 @@ impl Steering {
                 }
             },
         };
-        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
-        if let Err(source) = devs.insert(ifindex, FpDev { slot, role }, 0) {
-            if let Ok(prog) = program::<Xdp>(&mut self.ebpf, "fp_steer") {
-                let _ = prog.detach(link);
-            }
-            return Err(SteeringError::Map {
-                map: "fp_devs",
+        Ok((DevLink::Xdp(link), mode, why))
+    }
+
+    /// The tc datapath at `ifname`'s tc ingress: `cil_from_container` on a pod's device,
+    /// `cil_from_netdev` on the node NIC (a TCX link, which goes with the process).
+    fn attach_tc(&mut self, ifname: &str, role: u32) -> Result<DevLink, SteeringError> {
+        let tc = self.tc.as_mut().ok_or_else(|| {
+            SteeringError::Limit(
+                "the tc datapath is not loaded: it opens the maps by their pins, and bpffs is not mounted at /sys/fs/bpf".into(),
+            )
+        })?;
+        let name = if role == ROLE_UNDERLAY {
+            TC_FROM_NETDEV
+        } else {
+            TC_FROM_CONTAINER
+        };
+        let prog = tc.program(name)?;
+        let link = prog
+            .attach(ifname, aya::programs::TcAttachType::Ingress)
+            .map_err(|source| SteeringError::Attach {
+                dev: ifname.into(),
+                mode: "tc",
                 source,
-            });
+            })?;
+        Ok(DevLink::Tc(link))
+    }
+
+    fn unlink(&mut self, link: DevLink) -> Result<(), SteeringError> {
+        match link {
+            DevLink::Xdp(l) => program::<Xdp>(&mut self.ebpf, "fp_steer")?
+                .detach(l)
+                .map_err(|source| SteeringError::Program {
+                    prog: "fp_steer",
+                    source,
+                }),
+            DevLink::Tc(l) => {
+                let tc = self
+                    .tc
+                    .as_mut()
+                    .ok_or_else(|| SteeringError::Limit("the tc datapath is not loaded".into()))?;
+                // Either program: links detach by ID.
+                let p = tc.program(TC_FROM_CONTAINER)?;
+                match p.detach(l) {
+                    Ok(()) => Ok(()),
+                    Err(_) => Ok(()),
+                }
+            }
         }
-        self.devices.push(AttachedDevice {
-            ifname: ifname.into(),
-            ifindex,
-            slot,
-            mode,
-            fallback_reason,
-        });
-        self.links.push(link);
-        Ok(self.devices.last().expect("just pushed"))
     }
 
     pub fn devices(&self) -> &[AttachedDevice] {
         &self.devices
+    }
+
+    /// Move an attached device to the other datapath at run time, without a gap: the new
+    /// attachment goes in before the old one goes (XDP runs before tc ingress, so from
+    /// tc to XDP the XDP program takes the frames the moment it is attached; from XDP to
+    /// tc, tc sees them the moment XDP is gone). Connections carry on: both datapaths use
+    /// the same conntrack, policy and service maps. Returns the device as it is now.
+    pub fn switch_datapath(
+        &mut self,
+        ifindex: u32,
+        to: Datapath,
+        mode: XdpMode,
+    ) -> Result<&AttachedDevice, SteeringError> {
+        let Some(i) = self.devices.iter().position(|d| d.ifindex == ifindex) else {
+            return Err(SteeringError::Limit(format!(
+                "ifindex {ifindex} is not attached"
+            )));
+        };
+        let (ifname, role, cur) = {
+            let d = &self.devices[i];
+            (d.ifname.clone(), d.role, d.mode.datapath())
+        };
+        let want = match to {
+            Datapath::Auto => Datapath::Xdp,
+            d => d,
+        };
+        if want == cur {
+            return Ok(&self.devices[i]);
+        }
+        let (link, new_mode, why) = match want {
+            Datapath::Tc => (self.attach_tc(&ifname, role)?, AttachedMode::Tc, None),
+            _ => self.attach_xdp(&ifname, ifindex, mode)?,
+        };
+        let old = std::mem::replace(&mut self.links[i], link);
+        let d = &mut self.devices[i];
+        d.mode = new_mode;
+        d.fallback_reason = why;
+        self.unlink(old)?;
+        Ok(&self.devices[i])
     }
 
     /// Detach from one device (by ifindex) and forget its `fp_devs` entry. Frames it
@@ -503,18 +822,12 @@ impl Steering {
                 "ifindex {ifindex} is not attached"
             )));
         };
-        let prog: &mut Xdp = program(&mut self.ebpf, "fp_steer")?;
         let link = self.links.remove(i);
-        let dev = self.devices.remove(i);
-        let detached = prog.detach(link);
+        self.devices.remove(i);
+        let detached = self.unlink(link);
         let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
         let _ = devs.remove(&ifindex);
-        detached.map_err(|source| SteeringError::Program {
-            prog: "fp_steer",
-            source,
-        })?;
-        let _ = dev;
-        Ok(())
+        detached
     }
 
     /// Register a bound AF_XDP socket for (device slot, rx queue).
@@ -574,12 +887,10 @@ impl Steering {
 
     /// Detach from every device now (also happens on drop).
     pub fn detach_all(&mut self) {
-        if let Ok(prog) = program::<Xdp>(&mut self.ebpf, "fp_steer") {
-            for link in self.links.drain(..) {
-                let _ = prog.detach(link);
-            }
-            self.devices.clear();
+        for link in std::mem::take(&mut self.links) {
+            let _ = self.unlink(link);
         }
+        self.devices.clear();
     }
 }
 
@@ -677,16 +988,189 @@ impl OverlayMap for MapSet {
             pad: 0,
             native_net: net,
             native_mask: mask,
+            node_ip: o.node_ip,
+            underlay_mtu: o.underlay_mtu,
         };
         let mut m: Array<&mut MapData, FpConfig> =
             map(self, "fp_config").map_err(|e| err(e.to_string()))?;
         m.set(0, cfg, 0).map_err(|e| err(error_chain(&e)))
+    }
+    fn set_nexthop(
+        &mut self,
+        ip: [u8; 4],
+        nh: Option<(u32, &control::tables::NextHop)>,
+    ) -> Result<(), MapWriteError> {
+        let err = |op: &'static str, e: String| MapWriteError {
+            map: "fp_nexthops",
+            op,
+            key: std::net::Ipv4Addr::from(ip).to_string(),
+            msg: e,
+        };
+        let mut m: BpfHashMap<&mut MapData, [u8; 4], FpNextHop> =
+            map(self, "fp_nexthops").map_err(|e| err("update", e.to_string()))?;
+        match nh {
+            Some((ifindex, n)) => {
+                let v = FpNextHop {
+                    ifindex,
+                    dst_mac: n.dst_mac.0,
+                    src_mac: n.src_mac.0,
+                    inner_dst_mac: n.inner_dst_mac.map_or([0; 6], |m| m.0),
+                    flags: u8::from(n.inner_dst_mac.is_some()),
+                    pad: 0,
+                };
+                m.insert(ip, v, 0)
+                    .map_err(|e| err("update", error_chain(&e)))
+            }
+            None => match m.remove(&ip) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r.map_err(|e| err("delete", error_chain(&e))),
+            },
+        }
     }
 }
 
 impl OverlayMap for Steering {
     fn set_overlay(&mut self, o: &Overlay, native: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
         self.maps.set_overlay(o, native)
+    }
+    fn set_nexthop(
+        &mut self,
+        ip: [u8; 4],
+        nh: Option<(u32, &control::tables::NextHop)>,
+    ) -> Result<(), MapWriteError> {
+        self.maps.set_nexthop(ip, nh)
+    }
+}
+
+impl PolicyMaps for MapSet {
+    fn create_policy_map(
+        &mut self,
+        ep_id: u16,
+        entries: &[(PolicyKey, PolicyEntry)],
+    ) -> Result<(), MapWriteError> {
+        let name = control::maps::policy::map_name(ep_id);
+        let err = |op: &'static str, msg: String| MapWriteError {
+            map: "fp_policy",
+            op,
+            key: name.clone(),
+            msg,
+        };
+        // Cilium's inner map: LPM trie, 12-byte key and value, bpf-policy-map-max entries.
+        let obj = aya_obj::Map::new_from_params(
+            11, // BPF_MAP_TYPE_LPM_TRIE
+            12,
+            12,
+            control::maps::policy::POLICY_MAP_MAX as u32,
+            1, // BPF_F_NO_PREALLOC
+        );
+        let data = MapData::create(obj, &name, None).map_err(|e| err("create", error_chain(&e)))?;
+        // Pinned as Cilium names it, so `bpftool map dump pinned …/cilium_policy_v2_<id>`
+        // shows it; unpinned again if anything below fails.
+        let pin = self.pin_dir.as_ref().map(|d| d.join(&name));
+        if let Some(p) = &pin {
+            let _ = std::fs::remove_file(p);
+            data.pin(p).map_err(|e| err("pin", error_chain(&e)))?;
+        }
+        let unpin = || {
+            if let Some(p) = &pin {
+                let _ = std::fs::remove_file(p);
+            }
+        };
+        let filled = (|| {
+            let mut trie: PolicyTrie = LpmTrie::try_from(aya::maps::Map::LpmTrie(data))
+                .map_err(|e| err("create", error_chain(&e)))?;
+            for (k, v) in entries {
+                trie.insert(&policy_lpm_key(k), *v, 0)
+                    .map_err(|e| err("update", format!("{k}: {}", error_chain(&e))))?;
+            }
+            let mut outer: HashOfMaps<&mut MapData, u32, PolicyTrie> =
+                map(self, "fp_policy").map_err(|e| err("update", e.to_string()))?;
+            outer
+                .insert(u32::from(ep_id), &trie, 0)
+                .map_err(|e| err("update", error_chain(&e)))?;
+            Ok(trie)
+        })();
+        let trie = filled.inspect_err(|_| unpin())?;
+        self.policy.insert(ep_id, trie);
+        Ok(())
+    }
+    fn remove_policy_map(&mut self, ep_id: u16) -> Result<(), MapWriteError> {
+        let name = control::maps::policy::map_name(ep_id);
+        let mut outer: HashOfMaps<&mut MapData, u32, PolicyTrie> =
+            map(self, "fp_policy").map_err(|e| MapWriteError {
+                map: "fp_policy",
+                op: "delete",
+                key: name.clone(),
+                msg: e.to_string(),
+            })?;
+        outer.remove(&u32::from(ep_id)).map_err(|e| MapWriteError {
+            map: "fp_policy",
+            op: "delete",
+            key: name.clone(),
+            msg: error_chain(&e),
+        })?;
+        self.policy.remove(&ep_id);
+        if let Some(d) = &self.pin_dir {
+            let _ = std::fs::remove_file(d.join(&name));
+        }
+        Ok(())
+    }
+    fn upsert_policy(
+        &mut self,
+        ep_id: u16,
+        k: &PolicyKey,
+        v: &PolicyEntry,
+    ) -> Result<(), MapWriteError> {
+        let err = |msg: String| MapWriteError {
+            map: "cilium_policy_v2",
+            op: "update",
+            key: format!("{} {k}", control::maps::policy::map_name(ep_id)),
+            msg,
+        };
+        let t = self
+            .policy
+            .get_mut(&ep_id)
+            .ok_or_else(|| err("no map for the endpoint".into()))?;
+        t.insert(&policy_lpm_key(k), *v, 0)
+            .map_err(|e| err(error_chain(&e)))
+    }
+    fn remove_policy(&mut self, ep_id: u16, k: &PolicyKey) -> Result<(), MapWriteError> {
+        let err = |msg: String| MapWriteError {
+            map: "cilium_policy_v2",
+            op: "delete",
+            key: format!("{} {k}", control::maps::policy::map_name(ep_id)),
+            msg,
+        };
+        let t = self
+            .policy
+            .get_mut(&ep_id)
+            .ok_or_else(|| err("no map for the endpoint".into()))?;
+        t.remove(&policy_lpm_key(k))
+            .map_err(|e| err(error_chain(&e)))
+    }
+}
+
+impl PolicyMaps for Steering {
+    fn create_policy_map(
+        &mut self,
+        ep_id: u16,
+        entries: &[(PolicyKey, PolicyEntry)],
+    ) -> Result<(), MapWriteError> {
+        self.maps.create_policy_map(ep_id, entries)
+    }
+    fn remove_policy_map(&mut self, ep_id: u16) -> Result<(), MapWriteError> {
+        self.maps.remove_policy_map(ep_id)
+    }
+    fn upsert_policy(
+        &mut self,
+        ep_id: u16,
+        k: &PolicyKey,
+        v: &PolicyEntry,
+    ) -> Result<(), MapWriteError> {
+        self.maps.upsert_policy(ep_id, k, v)
+    }
+    fn remove_policy(&mut self, ep_id: u16, k: &PolicyKey) -> Result<(), MapWriteError> {
+        self.maps.remove_policy(ep_id, k)
     }
 }
 
@@ -898,7 +1382,7 @@ fn attach_one(
 ) -> Result<XdpLinkId, SteeringError> {
     let flags = match mode {
         AttachedMode::Native => AyaXdpMode::Driver,
-        AttachedMode::Generic => AyaXdpMode::Skb,
+        AttachedMode::Generic | AttachedMode::Tc => AyaXdpMode::Skb,
     };
     prog.attach_to_if_index(ifindex, flags)
         .map_err(|source| SteeringError::Attach {

@@ -53,6 +53,12 @@ fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, tcp: bool, flags: u
     ip[9] = if tcp { 6 } else { 17 };
     ip[12..16].copy_from_slice(&src);
     ip[16..20].copy_from_slice(&dst);
+    let sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!((folded & 0xffff) + (folded >> 16)) as u16).to_be_bytes());
     f.extend_from_slice(&ip);
     let mut h = vec![0u8; l4];
     h[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -286,4 +292,18 @@ fn a_table_of_another_layout_is_refused() {
     let mut tc = TcPrograms::open(&pins.0).unwrap();
     assert_eq!(probe(&mut tc, &frame(A, B, 1, 2, false, 0), 0).0, NO_TABLE);
     assert_eq!(probe(&mut tc, &frame(A, B, 1, 2, true, 2), 0).0, CREATED);
+}
+
+/// The datapath's programs load: the verifier takes them over the pinned maps.
+#[test]
+fn the_tc_programs_pass_the_verifier() {
+    let pins = PinDir::new("verify");
+    let (_ct, _): (Conntrack, _) =
+        Conntrack::open_pinned(&pins.0, &lock_dir("verify"), CtSizes { tcp: 64, any: 64 }).unwrap();
+    let mut tc = TcPrograms::open(&pins.0).unwrap();
+    for p in ["cil_from_container", "cil_from_netdev"] {
+        if let Err(e) = tc.program(p) {
+            panic!("{p}: {}", xdp_redirect::error_chain(&e));
+        }
+    }
 }

@@ -34,3 +34,6 @@ unsafe impl aya::Pod for Lb4Backend {}
 // SAFETY: repr(C), [u8; 4] and [u8; 2]: 6 bytes, alignment 1, no padding (asserted in
 // lb.rs); every bit pattern is a valid value.
 unsafe impl aya::Pod for RevNat4Value {}
+
+// SAFETY: repr(C), 12 bytes: u16-sized byte pair, two u8, two u32; no padding; any bits valid.
+unsafe impl aya::Pod for crate::policy::PolicyEntry {}

@@ -193,11 +193,18 @@ static __always_inline void ct_lookup_flow(const struct fpt *t, int tcp, struct 
 					   struct ct_hit *fwd_hit, int *has_fwd)
 {
 	struct ct_key rev = ct_reversed(fwd);
-	struct fpt_ref rr = {}, rf = {};
+	struct fpt_ref r[2] = {};
 
-	fpt_lookup_pair(t, ct_hash(fwd), rev.w0, rev.w1, fwd.w0, fwd.w1, &rr, &rf);
-	*has_reply = ct_hit_of(t, &rr, tcp, now, reply);
-	*has_fwd = ct_hit_of(t, &rf, tcp, now, fwd_hit);
+	fpt_lookup_pair(t, ct_hash(fwd), rev.w0, rev.w1, fwd.w0, fwd.w1, &r[0], &r[1]);
+	/* One decode for both (one value buffer on the stack, not two). */
+	for (int i = 0; i < 2; i++) {
+		int got = ct_hit_of(t, &r[i & 1], tcp, now, i ? fwd_hit : reply);
+
+		if (i)
+			*has_fwd = got;
+		else
+			*has_reply = got;
+	}
 }
 
 /* Conntrack::lookup: one key. */
@@ -271,6 +278,84 @@ static __always_inline __u16 ct_touch(const struct fpt *t, const struct ct_hit *
 		life = LIFETIME_TCP;
 	fpt_set_lifetime(t, &hit->ref, CT_WORDS, now + life);
 	return flags;
+}
+
+/*
+ * The conntrack steps as BPF-to-BPF functions of their own (global: the verifier checks
+ * each once, not once per call site, which keeps the programs that use them several times
+ * under its complexity limit). Each opens its table by `tcp` (one header read) and returns
+ * -1 when the pinned map is not a conntrack table of this layout.
+ */
+
+/* A key to look up or create, its map, and the time: the functions take five arguments at
+ * most. */
+struct ct_req {
+	__u64 k0;
+	__u64 k1;
+	__u32 tcp;
+	__u32 now;
+};
+
+static __always_inline struct ct_req ct_req(int tcp, struct ct_key k, __u32 now)
+{
+	struct ct_req q = { .k0 = k.w0, .k1 = k.w1, .tcp = tcp, .now = now };
+
+	return q;
+}
+
+/* Conntrack::lookup_flow: bit 0 = the reply entry was found (in *reply), bit 1 = the
+ * packet's own (in *fwd). */
+__attribute__((noinline)) int fp_ct_flow(const struct ct_req *q, struct ct_hit *reply,
+					 struct ct_hit *fwd)
+{
+	struct ct_key k;
+	int a = 0, b = 0;
+	struct fpt t;
+
+	if (!q || !reply || !fwd || ct_open(&t, q->tcp))
+		return -1;
+	k.w0 = q->k0;
+	k.w1 = q->k1;
+	ct_lookup_flow(&t, q->tcp, k, q->now, reply, &a, fwd, &b);
+	return a | b << 1;
+}
+
+/* Conntrack::lookup: 1 found (in *hit), 0 not. */
+__attribute__((noinline)) int fp_ct_get(const struct ct_req *q, struct ct_hit *hit)
+{
+	struct ct_key k;
+	struct fpt t;
+
+	if (!q || !hit || ct_open(&t, q->tcp))
+		return -1;
+	k.w0 = q->k0;
+	k.w1 = q->k1;
+	return ct_lookup(&t, q->tcp, k, q->now, hit);
+}
+
+/* Conntrack::create: 1 created (in *hit), 0 the bucket could not take it. */
+__attribute__((noinline)) int fp_ct_new(const struct ct_req *q, const struct ct_state *st,
+					__u32 lifetime, struct ct_hit *hit)
+{
+	struct ct_key k;
+	struct fpt t;
+
+	if (!q || !st || !hit || ct_open(&t, q->tcp))
+		return -1;
+	k.w0 = q->k0;
+	k.w1 = q->k1;
+	return ct_create(&t, q->tcp, k, st, lifetime, q->now, hit);
+}
+
+/* Conntrack::touch: the flags after the update. */
+__attribute__((noinline)) int fp_ct_touch(const struct ct_hit *hit, __u32 reply, __u32 tcp_flags,
+					  __u32 now, __u32 service)
+{
+	struct fpt t;
+
+	if (!hit || ct_open(&t, hit->tcp))
+		return -1;
+	return ct_touch(&t, hit, reply, tcp_flags, now, service);
 }
 
 /* The conntrack clock: whole seconds of CLOCK_MONOTONIC, as the workers' (clock.rs). */

@@ -140,6 +140,35 @@ struct ipv4_ct_tuple {
 } __attribute__((packed));
 _Static_assert(sizeof(struct ipv4_ct_tuple) == 14, "ipv4_ct_tuple is 14 bytes");
 
+/* cilium_policy_v2_<endpoint> key: struct policy_key (12 bytes, LPM: prefixlen = 40 fixed
+ * bits of identity and direction + the protocol/port prefix). */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 sec_label;
+	__u8 egress;
+	__u8 protocol;
+	__be16 dport;
+};
+
+/* Types the programs use only as locals are not in the objects' BTF, where the layout test
+ * reads the others: their shape is pinned here. */
+_Static_assert(sizeof(struct policy_key) == 12 && __builtin_offsetof(struct policy_key, dport) == 10,
+	       "policy_key as control/abi/src/policy.rs");
+
+/* cilium_policy_v2_<endpoint> value: struct policy_entry (12 bytes). Flags: bit 0 deny,
+ * bits 3-7 the entry's protocol/port prefix length. */
+struct policy_entry {
+	__be16 proxy_port;
+	__u8 flags;
+	__u8 auth_type;
+	__u32 precedence;
+	__u32 cookie;
+};
+
+_Static_assert(sizeof(struct policy_entry) == 12 &&
+		       __builtin_offsetof(struct policy_entry, precedence) == 4,
+	       "policy_entry as control/abi/src/policy.rs");
+
 /* fastpath: a backend's (address, port, protocol), to steer its replies. */
 struct fp_backend_addr {
 	__be32 address;
@@ -155,7 +184,39 @@ struct fp_config {
 	__u16 pad;
 	__be32 native_net;
 	__be32 native_mask;
+	/* The node's underlay address (source of encapsulated frames) and the underlay
+	 * device's MTU: what the tc datapath's encapsulation needs. */
+	__be32 node_ip;
+	__u32 underlay_mtu;
 };
+
+/* fastpath's next hops (fp_nexthops), kept by the control plane in step with the kernel's
+ * neighbour table as the workers' are: a node address -> the device and MACs frames to it
+ * go out with, and the inner destination MAC when the node wants one (a kernel VXLAN
+ * device, `overlay_mac`). */
+#define FP_NH_INNER_MAC 1
+struct fp_nexthop {
+	__u32 ifindex;
+	__u8 dst_mac[6];
+	__u8 src_mac[6];
+	__u8 inner_dst_mac[6];
+	__u8 flags;
+	__u8 pad;
+};
+
+/* An ARP packet for IPv4 over Ethernet. */
+struct arp_fixed {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[6];
+	__be32 sip;
+	__u8 tha[6];
+	__be32 tip;
+} __attribute__((packed));
+
 
 /* fastpath's own device table: which devices it owns and their XSKMAP slot. */
 struct fp_dev {
@@ -238,5 +299,35 @@ struct {
 	__type(value, struct fp_dev);
 	FP_PIN
 } fp_devs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __be32);
+	__type(value, struct fp_nexthop);
+	FP_PIN
+} fp_nexthops SEC(".maps");
+
+/* The per-endpoint policy maps cilium_policy_v2_<id> (Cilium 1.19's layout, one LPM trie
+ * per endpoint, each pinned under its own name), reached by endpoint ID: one program
+ * serves every endpoint, where Cilium compiles each endpoint's program against its map.
+ * An endpoint without a map has no policy computed (everything allowed). */
+struct fp_policy_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	/* Sizes rather than types: an object that never reads the maps would otherwise
+	 * carry the structs as forward declarations, which aya cannot load. */
+	__uint(key_size, sizeof(struct policy_key));
+	__uint(value_size, sizeof(struct policy_entry));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	FP_PIN
+	__array(values, struct fp_policy_inner);
+} fp_policy SEC(".maps");
 
 #endif /* FP_MAPS_H */

@@ -314,14 +314,12 @@ static __always_inline int fpt_insert(const struct fpt *t, __u64 h, __u64 k0, __
 		return fpt_fill(t, cur.idx, busy, g, fp, k0, k1, vals, W, stamp_at, lifetime,
 				out);
 	}
-#pragma unroll
 	for (int attempt = 0; attempt < 2; attempt++) {
 		__u32 pick = FPT_WAYS, pick_class = 3, pick_life = 0;
 		__u64 pick_tag = 0;
 
-#pragma unroll
 		for (__u32 w = 0; w < FPT_WAYS; w++) {
-			__u64 tg = READ_ONCE(bl->w[w]);
+			__u64 tg = READ_ONCE(bl->w[w & 7]);
 			__u32 class, l = 0;
 			struct fp_line *s;
 

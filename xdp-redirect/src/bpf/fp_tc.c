@@ -1,18 +1,36 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * fastpath's tc (clsact) datapath: the same pipeline as the AF_XDP workers, in the
- * kernel, over the same maps -- for devices where XDP cannot be attached or is turned
- * off (issue #15, docs/decisions.md "The tc datapath").
+ * fastpath's tc (clsact) datapath: the workers' pipeline, in the kernel, over the same
+ * maps -- for devices where XDP cannot be attached or is turned off (`--datapath tc`,
+ * docs/tc.md). Attached at tc ingress:
  *
- * Built from the same map header as the XDP program (fp_maps.h, with FP_PIN_SHARED: every
- * map is opened by its pin, none created) and the C twin of the workers' shared
- * conntrack table (fp_table.h, fp_ct.h). What is here so far is the conntrack step; the
- * from-container / from-netdev / from-overlay programs are built on it.
+ *   cil_from_container  on a pod's lxc device: what the pod sends (stage/from_container.rs)
+ *   cil_from_netdev     on the node NIC: VXLAN from other nodes (stage/from_netdev.rs,
+ *                       stage/from_overlay.rs)
+ *
+ * and both end in the same two steps: local delivery with the receiver's ingress policy
+ * (stage/to_container.rs) and VXLAN encapsulation to another node (stage/forward.rs).
+ *
+ * Everything it reads and writes is what the workers read and write: cilium_lxc,
+ * cilium_ipcache_v2, the per-endpoint policy maps (fp_policy -> cilium_policy_v2_<id>),
+ * cilium_lb4_reverse_nat, fastpath's next hops, and conntrack -- the very table the
+ * workers use (fp_table.h, fp_ct.h) -- so a connection one datapath saw is known to the
+ * other, and a device can move between them without breaking it. Built from the same map
+ * header as the XDP program (fp_maps.h, with FP_PIN_SHARED: every map is opened by its
+ * pin). Frames the workers would not see (the XDP program passes them to the kernel:
+ * pod -> host or world, ARP replies, IPv6, other ethertypes) are passed to the kernel
+ * here too (TC_ACT_OK), before any lookup.
+ *
+ * Every drop is counted in fp_tc_metrics with Cilium's reason code and direction, as the
+ * workers count theirs; forwarded packets as reason 0.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/icmp.h>
+#include <linux/if_packet.h>
+#include <linux/pkt_cls.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
@@ -22,75 +40,1055 @@
 #include "fp_maps.h"
 #include "fp_ct.h"
 
-/* What fp_ct_probe found, its return value. */
+/* Cilium's drop reasons (bpf/lib/drop_reasons.h), as control/abi/src/drop.rs. */
+#define DROP_INVALID_SMAC 130
+#define DROP_INVALID_DMAC 131
+#define DROP_INVALID_SIP 132
+#define DROP_POLICY 133
+#define DROP_INVALID 134
+#define DROP_CT_INVALID_HDR 135
+#define DROP_FRAG_NEEDED 136
+#define DROP_WRITE_ERROR 141
+#define DROP_NO_TUNNEL_KEY 147
+#define DROP_UNKNOWN_TARGET 150
+#define DROP_UNROUTABLE 151
+#define DROP_CT_CREATE_FAILED 155
+#define DROP_FRAG_NOSUPPORT 157
+#define DROP_NO_SERVICE 158
+#define DROP_HOST_UNREACH 164
+#define DROP_NO_FIB 169
+#define DROP_INVALID_IDENTITY 171
+#define DROP_UNKNOWN_SENDER 172
+#define DROP_POLICY_DENY 181
+#define DROP_TTL_EXCEEDED 196
+
+/* Metric directions (cilium_metrics). */
+#define DIR_INGRESS 1
+#define DIR_EGRESS 2
+
+/* policy_key.egress */
+#define POL_INGRESS 0
+#define POL_EGRESS 1
+#define PRECEDENCE_DENY 0xffffffffU
+
+#define IDENTITY_UNKNOWN 0
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+#define IDENTITY_REMOTE_NODE 6
+
+#define VXLAN_HLEN 8
+#define VXLAN_FLAG_VNI 0x08
+#define ENCAP_LEN (sizeof(struct iphdr) + sizeof(struct udphdr) + VXLAN_HLEN + ETH_HLEN)
+
+/* Counters other than drops, by slot of fp_tc_stats (xdp-redirect/src/lib.rs TC_STAT_NAMES). */
 enum {
-	PROBE_NOT_IPV4 = 0,
-	PROBE_REPLY = 1,       /* the reply entry of a connection (touched as a reply) */
-	PROBE_ESTABLISHED = 2, /* the packet's own entry (touched) */
-	PROBE_CREATED = 3,     /* neither: an OUT entry was created */
-	PROBE_FULL = 4,        /* neither, and the table could not take one */
-	PROBE_NO_TABLE = 5,    /* the pinned map is not a conntrack table of this layout */
+	TC_STAT_PASSED = 0,      /* handed to the kernel untouched */
+	TC_STAT_DELIVERED = 1,   /* to a local pod */
+	TC_STAT_ENCAPSULATED = 2,
+	TC_STAT_DECAPSULATED = 3,
+	TC_STAT_ARP_REPLIES = 4,
+	TC_STAT_MAX = 5,
 };
 
-/* Conntrack as from-container does it (ct.rs ct_egress, then ct_create): one probe for
- * both directions of the frame's connection; a reply or an established entry is touched,
- * a new connection gets an OUT entry whose source identity is skb->mark. cb[0] returns
- * the entry's flags, cb[1] its source identity. The step the tc programs run, as a
- * program of its own for tests (BPF_PROG_TEST_RUN) and `fastpath bench`. */
-SEC("classifier")
-int fp_ct_probe(struct __sk_buff *skb)
+/* One cilium_metrics row per (reason, direction): index reason * 4 + direction. */
+struct fp_metric {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 256 * 4);
+	__type(key, __u32);
+	__type(value, struct fp_metric);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fp_tc_metrics SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TC_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fp_tc_stats SEC(".maps");
+
+/* Conntrack results too big for the 512-byte stack that a program and the functions it
+ * calls share: one per CPU. tc programs run with bottom halves off and do not nest on a
+ * CPU, and each user below is done with it before the next one starts (service, then
+ * egress, then delivery). */
+struct fp_scratch {
+	struct ct_hit reply;
+	struct ct_hit fwd;
+	struct ct_state st;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_scratch);
+} fp_tc_scratch SEC(".maps");
+
+static __always_inline struct fp_scratch *scratch(void)
+{
+	__u32 zero = 0;
+	struct fp_scratch *s = bpf_map_lookup_elem(&fp_tc_scratch, &zero);
+
+	if (s)
+		__builtin_memset(s, 0, sizeof(*s));
+	return s;
+}
+
+/* What a parsed IPv4 packet carries (stage/flow.rs Ip). */
+struct flow {
+	__be32 src;
+	__be32 dst;
+	__u16 total_len;
+	__u16 l4_off; /* from the start of the frame */
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 tracked;
+	__u8 later_fragment;
+	__be16 sport; /* ICMP echo: the identifier as sport (request) or dport (reply) */
+	__be16 dport;
+	__u8 icmp_type;
+	__u8 pad[3];
+	__be16 icmp_id;
+	/* The service a from-container packet went through (lb4_local), host order; 0: none. */
+	__u16 rev_nat;
+};
+
+static __always_inline void stat(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&fp_tc_stats, &slot);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void metric(__u32 reason, __u32 dir, __u32 len)
+{
+	__u32 k = (reason & 0xff) * 4 + (dir & 3);
+	struct fp_metric *m = bpf_map_lookup_elem(&fp_tc_metrics, &k);
+
+	if (m) {
+		m->packets += 1;
+		m->bytes += len;
+	}
+}
+
+static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
+{
+	metric(reason, dir, skb->len);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int pass(void)
+{
+	stat(TC_STAT_PASSED);
+	return TC_ACT_OK;
+}
+
+/* Is the MAC at `a` the one in the low six bytes (memory order) of `m`? */
+static __always_inline int mac_is(const __u8 *a, __u64 m)
+{
+	const __u8 *b = (const __u8 *)&m;
+
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] &&
+	       a[5] == b[5];
+}
+
+static __always_inline struct endpoint_info *endpoint(__be32 ip)
+{
+	struct endpoint_key k = {};
+
+	k.ip4 = ip;
+	k.family = ENDPOINT_KEY_IPV4;
+	return bpf_map_lookup_elem(&cilium_lxc, &k);
+}
+
+static __always_inline struct remote_endpoint_info *ipcache(__be32 ip)
+{
+	struct ipcache_key k = {};
+
+	k.prefixlen = IPCACHE_FIXED_BITS + 32;
+	k.family = IPCACHE_FAMILY_IPV4;
+	k.ip4 = ip;
+	return bpf_map_lookup_elem(&cilium_ipcache_v2, &k);
+}
+
+/* The ipcache entry's IPv4 tunnel endpoint, 0 if it has none (tunnel_v4()). */
+static __always_inline __be32 tunnel_v4(const struct remote_endpoint_info *i)
+{
+	if (!i || (i->flags & (IPCACHE_F_HAS_TUNNEL_EP | IPCACHE_F_SKIP_TUNNEL |
+			       IPCACHE_F_IPV6_TUNNEL_EP)) != IPCACHE_F_HAS_TUNNEL_EP)
+		return 0;
+	return i->tunnel_endpoint[0];
+}
+
+static __always_inline __u16 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+/* check_ipv4 (stage/flow.rs): a whole, checksummed IPv4 header at `off`, and its L4 header
+ * when it is the first fragment. Returns 0 or a drop reason. */
+static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + off;
+	__u32 ihl, l4;
+	__s64 sum;
+
+	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < 5)
+		return DROP_INVALID;
+	ihl = ip->ihl * 4;
+	if (bpf_ntohs(ip->tot_len) < ihl || off + bpf_ntohs(ip->tot_len) > skb->len)
+		return DROP_INVALID;
+	if ((void *)ip + 60 <= end) {
+		sum = bpf_csum_diff(0, 0, (__be32 *)ip, ihl & 60, 0);
+	} else {
+		if (ihl != 20)
+			return DROP_INVALID; /* options reaching past the linear data */
+		sum = bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0);
+	}
+	if (sum < 0 || csum_fold(sum) != 0)
+		return DROP_INVALID;
+	f->src = ip->saddr;
+	f->dst = ip->daddr;
+	f->total_len = bpf_ntohs(ip->tot_len);
+	f->proto = ip->protocol;
+	f->later_fragment = (ip->frag_off & bpf_htons(0x1fff)) != 0;
+	f->tracked = 0;
+	f->tcp_flags = 0;
+	f->sport = 0;
+	f->dport = 0;
+	f->icmp_type = 0;
+	f->icmp_id = 0;
+	l4 = off + (ihl & 60);
+	f->l4_off = l4;
+	if (f->later_fragment)
+		return 0;
+	if (f->total_len < ihl)
+		return DROP_INVALID;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = data + l4;
+
+		if ((void *)(th + 1) > end || f->total_len - ihl < sizeof(*th))
+			return DROP_CT_INVALID_HDR;
+		f->sport = th->source;
+		f->dport = th->dest;
+		f->tcp_flags = ((__u8 *)th)[13];
+		f->tracked = 1;
+	} else if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *uh = data + l4;
+
+		if ((void *)(uh + 1) > end || f->total_len - ihl < sizeof(*uh))
+			return DROP_CT_INVALID_HDR;
+		f->sport = uh->source;
+		f->dport = uh->dest;
+		f->tracked = 1;
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		struct icmphdr *ih = data + l4;
+
+		if ((void *)(ih + 1) > end || f->total_len - ihl < sizeof(*ih))
+			return DROP_CT_INVALID_HDR;
+		f->icmp_type = ih->type;
+		f->icmp_id = ih->un.echo.id;
+		if (ih->type == ICMP_ECHO) {
+			f->sport = ih->un.echo.id;
+			f->tracked = 1;
+		} else if (ih->type == ICMP_ECHOREPLY) {
+			f->dport = ih->un.echo.id;
+			f->tracked = 1;
+		}
+	}
+	return 0;
+}
+
+/* Ip::policy_port: the port (ICMP: type) the policy judges, host order. */
+static __always_inline __be16 policy_port(const struct flow *f)
+{
+	if (f->later_fragment)
+		return 0;
+	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)
+		return f->dport;
+	if (f->proto == IPPROTO_ICMP)
+		return bpf_htons(f->icmp_type);
+	return 0;
+}
+
+static __always_inline struct policy_entry *policy_lpm(void *inner, __u32 id, __u8 dir,
+						       __u8 proto, __be16 port)
+{
+	struct policy_key k = {};
+
+	k.prefixlen = 64;
+	k.sec_label = id;
+	k.egress = dir;
+	k.protocol = proto;
+	k.dport = port;
+	return bpf_map_lookup_elem(inner, &k);
+}
+
+/* Cilium 1.19's verdict (control/tables/src/policy.rs EndpointPolicy::verdict) for
+ * endpoint `ep_id`, remote identity `id`, direction `dir`: 0 = allowed, or the drop reason
+ * (133 nothing allows, 181 a deny entry, 157 a later fragment nothing allows). An endpoint
+ * without a map has no policy computed: allowed. */
+__attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 port, __u32 what)
+{
+	__u32 key = ep_id & 0xffff;
+	__u8 dir = what & 1, proto = what >> 8;
+	int later_fragment = (what >> 16) & 1;
+	void *inner = bpf_map_lookup_elem(&fp_policy, &key);
+	struct policy_entry *e, *w = 0, *c;
+
+	if (!inner)
+		return 0;
+	e = policy_lpm(inner, id, dir, proto, port);
+	if (e && e->precedence == PRECEDENCE_DENY) {
+		c = e;
+	} else {
+		if (id != 0)
+			w = policy_lpm(inner, 0, dir, proto, port);
+		if (e && w)
+			c = (w->precedence > e->precedence ||
+			     (w->precedence == e->precedence && (w->flags >> 3) > (e->flags >> 3)))
+				    ? w
+				    : e;
+		else
+			c = e ? e : w;
+	}
+	if (!c)
+		return later_fragment ? DROP_FRAG_NOSUPPORT : DROP_POLICY;
+	if (c->flags & 1)
+		return DROP_POLICY_DENY;
+	return 0;
+}
+
+static __always_inline int policy_verdict(__u16 ep_id, __u8 dir, __u32 id, const struct flow *f)
+{
+	/* Direction, protocol and the later-fragment bit in one argument (five at most). */
+	return fp_policy_verdict(ep_id, id, policy_port(f),
+				 (dir & 1) | (__u32)f->proto << 8 | (__u32)f->later_fragment << 16);
+}
+
+static __always_inline __u32 new_lifetime(const struct flow *f, __u32 now)
+{
+	return now + (f->proto == IPPROTO_TCP ? LIFETIME_TCP_SYN : LIFETIME_NONTCP);
+}
+
+/* ct_policy_forward without the cached verdict (the tc programs always look policy up):
+ * the policy of endpoint `ep_id` in `dir` for identity `remote`, then the connection's
+ * entry `key` created (with `st`) or refreshed. 0 or a drop reason. */
+static __always_inline int ct_policy_forward(const struct ct_req *q, struct ct_hit *hit,
+					     int has_hit, const struct ct_state *st, __u16 ep_id,
+					     __u8 dir, __u32 remote, const struct flow *f)
+{
+	int r = policy_verdict(ep_id, dir, remote, f);
+
+	if (r)
+		return r;
+	if (!f->tracked)
+		return 0;
+	if (has_hit) {
+		fp_ct_touch(hit, 0, f->tcp_flags, q->now, 0);
+		return 0;
+	}
+	/* A bucket that cannot take it: the workers carry on too, the connection untracked. */
+	if (fp_ct_new(q, st, new_lifetime(f, q->now), hit) == 1)
+		fp_ct_touch(hit, 0, f->tcp_flags, q->now, 0);
+	return 0;
+}
+
+/* Rewrite the source address and port to `addr`:`port` (reverse NAT of a service reply,
+ * wire/nat.rs rewrite Side::Src), fixing the IPv4 and L4 checksums. */
+static __always_inline int rev_nat_src(struct __sk_buff *skb, const struct flow *f,
+				       __be32 addr, __be16 port)
+{
+	__u32 ip_off = ETH_HLEN;
+	__u32 csum_off = 0;
+	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(addr);
+
+	if (f->proto == IPPROTO_TCP)
+		csum_off = f->l4_off + offsetof(struct tcphdr, check);
+	else if (f->proto == IPPROTO_UDP) {
+		csum_off = f->l4_off + offsetof(struct udphdr, check);
+		flags |= BPF_F_MARK_MANGLED_0;
+	}
+	if (csum_off && !f->later_fragment) {
+		if (bpf_l4_csum_replace(skb, csum_off, f->src, addr, flags) ||
+		    bpf_l4_csum_replace(skb, csum_off, f->sport, port,
+					(flags & BPF_F_MARK_MANGLED_0) | sizeof(port)) ||
+		    bpf_skb_store_bytes(skb, f->l4_off, &port, sizeof(port), 0))
+			return -1;
+	}
+	if (bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), f->src, addr,
+				sizeof(addr)) ||
+	    bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, saddr), &addr, sizeof(addr), 0))
+		return -1;
+	return 0;
+}
+
+/* l3_forward (stage/forward.rs): TTL - 1 with the incremental checksum (196 when it was
+ * 1 or 0), the next hop's MACs. 0 or a drop reason. */
+static __always_inline int l3_forward(struct __sk_buff *skb, const __u8 *dmac, const __u8 *smac)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
-	__be16 sport = 0, dport = 0;
-	__u8 tcp_flags = 0;
+	__u32 check;
+
+	if ((void *)(ip + 1) > end)
+		return DROP_INVALID;
+	if (ip->ttl <= 1)
+		return DROP_TTL_EXCEEDED;
+	check = ip->check;
+	check += bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	return 0;
+}
+
+/* local_delivery (stage/to_container.rs): to the pod `ep` from identity `src_id`. A reply
+ * of a connection the pod made skips policy (and is reverse-NATed if it went through a
+ * service); anything else must pass the pod's ingress policy, and a new connection gets an
+ * IN entry. Then TTL - 1, the pod's MACs, and into the pod. */
+__attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct flow *f,
+						__u32 src_id, __u32 from_pod)
+{
+	struct endpoint_info *ep;
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 ifindex, now = ct_now();
+	__u16 lxc_id;
+	int r;
+
+	if (!f)
+		return TC_ACT_SHOT;
+	ep = endpoint(f->dst);
+	if (!ep)
+		return drop(skb, DROP_UNROUTABLE, DIR_INGRESS);
+	if (ep->flags & ENDPOINT_F_HOST)
+		return drop(skb, DROP_HOST_UNREACH, from_pod ? DIR_EGRESS : DIR_INGRESS);
+	ifindex = ep->ifindex;
+	lxc_id = ep->lxc_id;
+	__builtin_memcpy(dmac, &ep->mac, ETH_ALEN);
+	__builtin_memcpy(smac, &ep->node_mac, ETH_ALEN);
+	if (f->tracked) {
+		int tcp = f->proto == IPPROTO_TCP, found;
+		struct fp_scratch *sc = scratch();
+		struct ct_req q;
+
+		if (!sc)
+			return drop(skb, DROP_CT_CREATE_FAILED, DIR_INGRESS);
+		q = ct_req(tcp, ct_connection(f->src, f->dst, f->sport, f->dport, f->proto, TUPLE_F_IN),
+			   now);
+		found = fp_ct_flow(&q, &sc->reply, &sc->fwd);
+		if (found < 0)
+			return drop(skb, DROP_CT_CREATE_FAILED, DIR_INGRESS);
+		if (found & 1) {
+			fp_ct_touch(&sc->reply, 1, f->tcp_flags, now, 0);
+			if (sc->reply.st.rev_nat) {
+				__be16 id = bpf_htons(sc->reply.st.rev_nat);
+				struct lb4_reverse_nat *fe =
+					bpf_map_lookup_elem(&cilium_lb4_reverse_nat, &id);
+
+				if (fe && rev_nat_src(skb, f, fe->address, fe->port))
+					return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+			}
+		} else {
+			sc->st.src_sec_id = src_id;
+			r = ct_policy_forward(&q, &sc->fwd, found & 2, &sc->st, lxc_id, POL_INGRESS,
+					      src_id, f);
+			if (r)
+				return drop(skb, r, DIR_INGRESS);
+		}
+	} else {
+		r = policy_verdict(lxc_id, POL_INGRESS, src_id, f);
+		if (r)
+			return drop(skb, r, DIR_INGRESS);
+	}
+	r = l3_forward(skb, dmac, smac);
+	if (r)
+		return drop(skb, r, DIR_INGRESS);
+	/* A pod's packet to a pod of this node is counted out of one (egress) and into the
+	 * other (ingress), as the workers count it. */
+	if (from_pod)
+		metric(0, DIR_EGRESS, skb->len);
+	metric(0, DIR_INGRESS, skb->len);
+	stat(TC_STAT_DELIVERED);
+	/* Straight into the pod's namespace: the lxc's peer receives it (bpf_lxc's
+	 * redirect_ep with the peer flag). */
+	return bpf_redirect_peer(ifindex, 0);
+}
+
+#define SVC_FLAG_AFFINITY 0x10
+#define ALG_MAGLEV 2
+#define BE_STATE_ACTIVE 0
+
+/* Rewrite the destination address and port to `addr`:`port` (DNAT to a backend,
+ * wire/nat.rs rewrite Side::Dst), fixing the IPv4 and L4 checksums. */
+static __always_inline int dnat(struct __sk_buff *skb, struct flow *f, __be32 addr, __be16 port)
+{
+	__u32 csum_off = 0;
+	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(addr);
+
+	if (f->proto == IPPROTO_TCP)
+		csum_off = f->l4_off + offsetof(struct tcphdr, check);
+	else if (f->proto == IPPROTO_UDP) {
+		csum_off = f->l4_off + offsetof(struct udphdr, check);
+		flags |= BPF_F_MARK_MANGLED_0;
+	}
+	if (csum_off && !f->later_fragment) {
+		if (bpf_l4_csum_replace(skb, csum_off, f->dst, addr, flags) ||
+		    bpf_l4_csum_replace(skb, csum_off, f->dport, port,
+					(flags & BPF_F_MARK_MANGLED_0) | sizeof(port)) ||
+		    bpf_skb_store_bytes(skb, f->l4_off + 2, &port, sizeof(port), 0))
+			return -1;
+	}
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), f->dst, addr,
+				sizeof(addr)) ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &addr, sizeof(addr), 0))
+		return -1;
+	f->dst = addr;
+	f->dport = port;
+	return 0;
+}
+
+/* lb4_local (stage/lb.rs): a pod's packet to a service frontend `key`/`m`. The backend is
+ * the one the connection's service entry pins, or -- for a new connection, or a new SYN on
+ * a closed one or towards a backend going away -- a random slot of the service (a new
+ * service entry pins it); then DNAT. Returns 0 with *rev_nat set (the service ID the OUT
+ * entry records for the reverse translation), or a drop reason: 158 for a service without
+ * backends, and for what the tc datapath does not do yet (session affinity, Maglev:
+ * docs/tc.md). */
+static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, struct lb4_key *key,
+				     struct lb4_service *m, __u32 src_id, __u32 now)
+{
+	struct fp_scratch *sc = scratch();
+	struct lb4_backend *be = 0;
+	struct ct_key sk;
+	struct ct_req q;
+	int tcp = f->proto == IPPROTO_TCP, found;
+	__u16 rev = bpf_ntohs(m->rev_nat_index);
+	__u32 id;
+
+	if (!sc)
+		return DROP_CT_CREATE_FAILED;
+	if (!m->count)
+		return DROP_NO_SERVICE;
+	if ((m->flags & SVC_FLAG_AFFINITY) || (m->backend_id >> 24) == ALG_MAGLEV)
+		return DROP_NO_SERVICE;
+	/* CtTuple4::service: daddr = frontend, saddr = client, dport = client port, sport =
+	 * frontend port. */
+	sk = ct_connection(f->dst, f->src, f->dport, f->sport, f->proto, TUPLE_F_SERVICE);
+	q = ct_req(tcp, sk, now);
+	found = fp_ct_get(&q, &sc->fwd);
+	if (found < 0)
+		return DROP_CT_CREATE_FAILED;
+	if (found) {
+		id = sc->fwd.st.backend_id;
+		be = bpf_map_lookup_elem(&cilium_lb4_backends_v3, &id);
+		if (be) {
+			int new_syn = tcp && (f->tcp_flags & (FP_TCP_SYN | 0x10)) == FP_TCP_SYN;
+			int closing = (sc->fwd.st.flags & (CT_RX_CLOSING | CT_TX_CLOSING)) ==
+				      (CT_RX_CLOSING | CT_TX_CLOSING);
+
+			if (new_syn && (closing || be->flags != BE_STATE_ACTIVE))
+				be = 0;
+			else
+				fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 1);
+		}
+	}
+	if (!be) {
+		struct lb4_key sk2 = *key;
+		struct lb4_service *slot;
+
+		sk2.backend_slot = bpf_get_prandom_u32() % m->count + 1;
+		slot = bpf_map_lookup_elem(&cilium_lb4_services_v2, &sk2);
+		if (!slot)
+			return DROP_NO_SERVICE;
+		id = slot->backend_id;
+		be = bpf_map_lookup_elem(&cilium_lb4_backends_v3, &id);
+		if (!be)
+			return DROP_NO_SERVICE;
+		sc->st.backend_id = id;
+		sc->st.rev_nat = rev;
+		sc->st.src_sec_id = src_id;
+		if (fp_ct_new(&q, &sc->st, new_lifetime(f, now), &sc->fwd) == 1)
+			fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 1);
+	}
+	if (dnat(skb, f, be->address, be->port))
+		return DROP_WRITE_ERROR;
+	f->rev_nat = rev;
+	return 0;
+}
+
+/* vxlan::flow_hash: the inner flow's hash that picks the outer UDP source port. */
+static __always_inline __u32 flow_hash(const struct flow *f)
+{
+	__u64 a = bpf_ntohl(f->src), b = bpf_ntohl(f->dst), h, x;
+	__u32 ports = 0;
+
+	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)
+		ports = (__u32)bpf_ntohs(f->sport) << 16 | bpf_ntohs(f->dport);
+	else if (f->proto == IPPROTO_ICMP)
+		ports = bpf_ntohs(f->icmp_id);
+	x = (__u64)f->proto << 32 | ports;
+	h = (a << 32 | b) ^ (x << 17 | x >> 47);
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return (__u32)h;
+}
+
+/* The outer headers (vxlan::emit) for `encap`. */
+struct outer {
+	struct iphdr ip;
+	struct udphdr udp;
+	__u8 vx[VXLAN_HLEN];
+};
+_Static_assert(sizeof(struct outer) == 36, "outer IPv4 + UDP + VXLAN");
+
+/* encap (stage/forward.rs): wrap the frame in IPv4/UDP/VXLAN to `tunnel_ep`, VNI = the
+ * sender's identity (the host goes out as remote-node), the inner MACs as the workers set
+ * them, the outer MACs and device from the next-hop table the control plane keeps in step
+ * with the kernel's neighbours; then out of the node NIC. */
+__attribute__((noinline)) int fp_encap(struct __sk_buff *skb, const struct flow *f, __u32 tunnel_ep,
+				       __u32 src_id, __u64 lxc_mac)
+{
+	const __u32 dir = DIR_EGRESS; /* a pod's packet: the only sender so far */
+	struct fp_nexthop *nh = bpf_map_lookup_elem(&fp_nexthops, &tunnel_ep);
+	__u32 zero = 0, vni, inner_len;
+	struct fp_config *cfg = bpf_map_lookup_elem(&fp_config, &zero);
+	struct outer o = {};
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 ifindex;
+	void *data, *end;
+	struct ethhdr *eth;
+	__u16 sport;
+	__s64 sum;
+
+	if (!cfg || !f)
+		return drop(skb, DROP_UNROUTABLE, dir);
+	if (!nh || !nh->ifindex)
+		return drop(skb, DROP_NO_FIB, dir);
+	if (f->total_len + ETH_HLEN + ENCAP_LEN > cfg->underlay_mtu + ETH_HLEN)
+		return drop(skb, DROP_FRAG_NEEDED, dir);
+	vni = src_id == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : src_id;
+	ifindex = nh->ifindex;
+	__builtin_memcpy(dmac, nh->dst_mac, ETH_ALEN);
+	__builtin_memcpy(smac, nh->src_mac, ETH_ALEN);
+	/* The inner frame is exactly header + datagram (padding stripped). */
+	inner_len = ETH_HLEN + f->total_len;
+	if (skb->len > inner_len && bpf_skb_change_tail(skb, inner_len, 0))
+		return drop(skb, DROP_WRITE_ERROR, dir);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return drop(skb, DROP_INVALID, dir);
+	if (nh->flags & FP_NH_INNER_MAC) {
+		__builtin_memcpy(eth->h_dest, nh->inner_dst_mac, ETH_ALEN);
+		if (lxc_mac)
+			__builtin_memcpy(eth->h_source, &lxc_mac, ETH_ALEN);
+		else
+			__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	}
+	sport = 32768 + (__u16)(((__u64)flow_hash(f) * (61000 - 32768)) >> 32);
+	o.ip.version = 4;
+	o.ip.ihl = 5;
+	o.ip.tot_len = bpf_htons(sizeof(o) + inner_len);
+	o.ip.id = bpf_htons((__u16)bpf_get_prandom_u32());
+	o.ip.ttl = 64;
+	o.ip.protocol = IPPROTO_UDP;
+	o.ip.saddr = cfg->node_ip;
+	o.ip.daddr = tunnel_ep;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&o.ip, sizeof(o.ip), 0);
+	o.ip.check = csum_fold(sum);
+	o.udp.source = bpf_htons(sport);
+	o.udp.dest = cfg->tunnel_port;
+	o.udp.len = bpf_htons(sizeof(o.udp) + VXLAN_HLEN + inner_len);
+	o.vx[0] = VXLAN_FLAG_VNI;
+	o.vx[4] = vni >> 16;
+	o.vx[5] = vni >> 8;
+	o.vx[6] = vni;
+	/* Room for the outer IPv4/UDP/VXLAN and a new outer Ethernet header in front of the
+	 * inner frame: grow at the MAC layer, marked as UDP-tunnelled Ethernet so GSO (a pod's
+	 * TSO burst) is segmented per outer packet. */
+	if (bpf_skb_adjust_room(skb, sizeof(o) + ETH_HLEN, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+					BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+					BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN)))
+		return drop(skb, DROP_WRITE_ERROR, dir);
+	/* adjust_room opened the gap after the first 14 bytes, which are still the inner
+	 * Ethernet header: it is the outer one now; the inner one goes after VXLAN. */
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)eth + ETH_HLEN + sizeof(o) + ETH_HLEN > end)
+		return drop(skb, DROP_WRITE_ERROR, dir);
+	__builtin_memcpy((void *)eth + ETH_HLEN + sizeof(o), eth, ETH_HLEN);
+	__builtin_memcpy((void *)eth + ETH_HLEN, &o, sizeof(o));
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	metric(0, dir, skb->len);
+	stat(TC_STAT_ENCAPSULATED);
+	return bpf_redirect(ifindex, 0);
+}
+
+/* bpf_lxc's ARP responder: a request for any address but the pod's own is answered with
+ * the lxc MAC, back out of the device it came from. */
+static __always_inline int arp_respond(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct arp_fixed *arp = (void *)(eth + 1);
+	struct endpoint_info *ep;
+	__u8 lxc_mac[ETH_ALEN], req_mac[ETH_ALEN];
+	__be32 sip, tip;
+
+	if ((void *)(arp + 1) > end)
+		return drop(skb, DROP_INVALID, DIR_EGRESS);
+	if (arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != 6 ||
+	    arp->plen != 4 || arp->op != bpf_htons(1))
+		return drop(skb, DROP_INVALID, DIR_EGRESS);
+	sip = arp->sip;
+	tip = arp->tip;
+	ep = endpoint(sip);
+	if (!ep || (ep->flags & ENDPOINT_F_HOST) || ep->ifindex != skb->ifindex)
+		return drop(skb, DROP_UNKNOWN_SENDER, DIR_EGRESS);
+	if (tip == sip)
+		return drop(skb, DROP_UNKNOWN_TARGET, DIR_EGRESS);
+	__builtin_memcpy(lxc_mac, &ep->node_mac, ETH_ALEN);
+	__builtin_memcpy(req_mac, arp->sha, ETH_ALEN);
+	arp->op = bpf_htons(2);
+	__builtin_memcpy(arp->tha, req_mac, ETH_ALEN);
+	arp->tip = sip;
+	__builtin_memcpy(arp->sha, lxc_mac, ETH_ALEN);
+	arp->sip = tip;
+	__builtin_memcpy(eth->h_dest, req_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, lxc_mac, ETH_ALEN);
+	stat(TC_STAT_ARP_REPLIES);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* The service frontend (master entry) an IPv4 TCP/UDP first fragment at `ETH_HLEN` is
+ * addressed to, if any; `key` gets its key. */
+static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, struct lb4_key *key)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	struct lb4_key k = {};
+	__be16 *ports;
+
+	if ((void *)(ip + 1) > end || ip->ihl < 5 ||
+	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
+	    (ip->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	ports = (void *)ip + ip->ihl * 4;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	k.address = ip->daddr;
+	k.dport = ports[1];
+	k.proto = ip->protocol;
+	if (key)
+		*key = k;
+	return bpf_map_lookup_elem(&cilium_lb4_services_v2, &k);
+}
+
+/* The service step of from-container: a packet to a frontend is translated (lb4_local);
+ * anything else is left alone. 0, or a drop reason. */
+__attribute__((noinline)) int fp_lb4_local(struct __sk_buff *skb, struct flow *f, __u32 src_id)
+{
+	struct lb4_service *m, master;
+	struct lb4_key key;
+
+	if (!f)
+		return DROP_INVALID;
+	m = frontend_of(skb, &key);
+	if (!m)
+		return 0;
+	master = *m;
+	return lb4_local(skb, f, &key, &master, src_id, ct_now());
+}
+
+/* Would the XDP program steer this IPv4 frame from a pod to the workers (fp_steer)? The
+ * tc datapath takes the same frames; the rest is the kernel's. */
+static __always_inline int ours_from_pod(__be32 daddr, const struct fp_config *cfg)
+{
+	struct endpoint_info *ep = endpoint(daddr);
+
+	if (ep)
+		return !(ep->flags & ENDPOINT_F_HOST);
+	if (cfg->mode == FP_MODE_TUNNEL)
+		return tunnel_v4(ipcache(daddr)) != 0;
+	return 0;
+}
+
+/* Conntrack on from-container (ct_egress, then ct_policy_forward): one probe for both
+ * directions; a reply of a connection the pod accepted skips policy; anything else must
+ * pass the pod's egress policy towards the destination's identity (a local endpoint's, the
+ * ipcache's, or world), and the connection's OUT entry is created or refreshed (recording
+ * the service it went through, `f->rev_nat`). 0, or a drop reason. */
+__attribute__((noinline)) int fp_egress(const struct flow *f, __u32 src_id, __u32 src_lxc)
+{
+	struct fp_scratch *sc = scratch();
+	struct endpoint_info *dst_ep;
+	struct ct_req q = {};
+	__u32 now = ct_now(), dst_id;
+	int found = 0;
+
+	if (!f)
+		return DROP_INVALID;
+	if (!sc)
+		return DROP_CT_CREATE_FAILED;
+	if (f->tracked) {
+		q = ct_req(f->proto == IPPROTO_TCP,
+			   ct_connection(f->src, f->dst, f->sport, f->dport, f->proto, TUPLE_F_OUT),
+			   now);
+		found = fp_ct_flow(&q, &sc->reply, &sc->fwd);
+		if (found < 0)
+			return DROP_CT_CREATE_FAILED;
+		if (found & 1) {
+			fp_ct_touch(&sc->reply, 1, f->tcp_flags, now, 0);
+			return 0;
+		}
+	}
+	dst_ep = endpoint(f->dst);
+	if (dst_ep) {
+		dst_id = dst_ep->sec_id;
+	} else {
+		struct remote_endpoint_info *ri = ipcache(f->dst);
+
+		dst_id = ri ? ri->sec_identity : IDENTITY_WORLD;
+	}
+	sc->st.src_sec_id = src_id;
+	sc->st.rev_nat = f->rev_nat;
+	if (!f->tracked)
+		return policy_verdict(src_lxc, POL_EGRESS, dst_id, f);
+	return ct_policy_forward(&q, &sc->fwd, found & 2, &sc->st, src_lxc, POL_EGRESS, dst_id, f);
+}
+
+/* cil_from_container: tc ingress of a pod's lxc device. */
+SEC("classifier")
+int cil_from_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct endpoint_info *src_ep;
+	__u32 zero = 0, src_id, src_lxc;
+	__u64 lxc_mac = 0;
+	struct fp_config *cfg;
+	struct flow f = {};
+	__be32 tunnel_ep = 0;
+	int r;
+
+	if ((void *)(eth + 1) > end)
+		return drop(skb, DROP_INVALID, DIR_EGRESS);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		struct arp_fixed *arp = (void *)(eth + 1);
+
+		/* Replies, gratuitous announcements and DAD probes belong to the kernel. */
+		if ((void *)(arp + 1) <= end &&
+		    (arp->op != bpf_htons(1) || arp->sip == arp->tip || arp->sip == 0))
+			return pass();
+		return arp_respond(skb);
+	}
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return pass();
+	cfg = bpf_map_lookup_elem(&fp_config, &zero);
+	if (!cfg)
+		return pass();
+	if ((void *)(ip + 1) <= end && !ours_from_pod(ip->daddr, cfg) && !frontend_of(skb, 0))
+		return pass();
+	if (eth->h_source[0] & 1)
+		return drop(skb, DROP_INVALID_SMAC, DIR_EGRESS);
+	r = parse_ipv4(skb, ETH_HLEN, &f);
+	if (r)
+		return drop(skb, r, DIR_EGRESS);
+	/* The sender: the endpoint with this source address behind this very device, from its
+	 * own MAC, to the lxc's MAC (the gateway the pod's ARP got). */
+	src_ep = endpoint(f.src);
+	if (!src_ep || (src_ep->flags & ENDPOINT_F_HOST))
+		return drop(skb, DROP_INVALID_SIP, DIR_EGRESS);
+	if (src_ep->ifindex != skb->ifindex)
+		return drop(skb, DROP_INVALID_SIP, DIR_EGRESS);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return drop(skb, DROP_INVALID, DIR_EGRESS);
+	if (!mac_is(eth->h_dest, src_ep->node_mac))
+		return drop(skb, DROP_INVALID_DMAC, DIR_EGRESS);
+	if (!mac_is(eth->h_source, src_ep->mac))
+		return drop(skb, DROP_INVALID_SMAC, DIR_EGRESS);
+	src_id = src_ep->sec_id;
+	src_lxc = src_ep->lxc_id;
+	__builtin_memcpy(&lxc_mac, &src_ep->node_mac, ETH_ALEN);
+
+	/* Services (lb4_local): a frontend is translated to a backend before anything else
+	 * looks at the destination. */
+	if (f.tracked && f.proto != IPPROTO_ICMP) {
+		r = fp_lb4_local(skb, &f, src_id);
+		if (r)
+			return drop(skb, r, DIR_EGRESS);
+	}
+	r = fp_egress(&f, src_id, src_lxc);
+	if (r)
+		return drop(skb, r, DIR_EGRESS);
+	if (endpoint(f.dst))
+		return fp_local_delivery(skb, &f, src_id, 1);
+	tunnel_ep = tunnel_v4(ipcache(f.dst));
+	if (!tunnel_ep)
+		return drop(skb, DROP_UNROUTABLE, DIR_EGRESS);
+	return fp_encap(skb, &f, tunnel_ep, src_id, lxc_mac);
+}
+
+/* from-overlay (stage/from_overlay.rs): the VXLAN header at `vx_off` of a frame from the
+ * node NIC; the VNI is the sender's identity; strip the outer headers and deliver. */
+static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vx_off, __u32 end_off)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 *vx = data + vx_off;
+	struct flow f = {};
+	__u32 vni;
+	int r;
+
+	if ((void *)(vx + VXLAN_HLEN) > end)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
+	if (vx[0] != VXLAN_FLAG_VNI || vx[1] || vx[2] || vx[3] || vx[7])
+		return drop(skb, DROP_NO_TUNNEL_KEY, DIR_INGRESS);
+	vni = (__u32)vx[4] << 16 | (__u32)vx[5] << 8 | vx[6];
+	if (vni == IDENTITY_HOST || vni == IDENTITY_UNKNOWN)
+		return drop(skb, DROP_INVALID_IDENTITY, DIR_INGRESS);
+	/* Outer padding is not part of the inner frame; then the outer headers go (the
+	 * outer Ethernet header stays, rewritten below, and the inner one goes with them). */
+	if (skb->len > end_off && bpf_skb_change_tail(skb, end_off, 0))
+		return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+	/* Outer IPv4, UDP, VXLAN and the inner Ethernet header: everything between the outer
+	 * Ethernet header and the inner IPv4 header. */
+	if (bpf_skb_adjust_room(skb, -(__s32)(vx_off + VXLAN_HLEN), BPF_ADJ_ROOM_MAC, 0))
+		return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN > end)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
+	r = parse_ipv4(skb, ETH_HLEN, &f);
+	if (r)
+		return drop(skb, r, DIR_INGRESS);
+	stat(TC_STAT_DECAPSULATED);
+	return fp_local_delivery(skb, &f, vni, 0);
+}
+
+/* cil_from_netdev: tc ingress of the node NIC. VXLAN to this node's tunnel port goes to
+ * from-overlay; everything else is the kernel's (NodePort and native routing are the
+ * workers' only, docs/tc.md). */
+SEC("classifier")
+int cil_from_netdev(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp;
+	struct fp_config *cfg;
+	__u32 zero = 0, ihl, ulen;
+
+	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return pass();
+	cfg = bpf_map_lookup_elem(&fp_config, &zero);
+	if (!cfg || cfg->mode != FP_MODE_TUNNEL || ip->protocol != IPPROTO_UDP ||
+	    (ip->frag_off & bpf_htons(0x1fff)) || ip->ihl < 5)
+		return pass();
+	ihl = ip->ihl * 4;
+	udp = (void *)ip + ihl;
+	if ((void *)(udp + 1) > end || udp->dest != cfg->tunnel_port)
+		return pass();
+	/* VXLAN for some node: the outer headers Linux would accept (from_netdev.rs). */
+	if (skb->pkt_type != PACKET_HOST)
+		return drop(skb, DROP_INVALID_DMAC, DIR_INGRESS);
+	if (ip->frag_off & bpf_htons(0x2000))
+		return drop(skb, DROP_FRAG_NOSUPPORT, DIR_INGRESS);
+	if (ip->daddr != cfg->node_ip)
+		return drop(skb, DROP_UNKNOWN_TARGET, DIR_INGRESS);
+	{
+		__s64 sum = ihl == 20 ? bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0) : -1;
+
+		if (sum < 0 || csum_fold(sum) != 0)
+			return drop(skb, DROP_INVALID, DIR_INGRESS);
+	}
+	ulen = bpf_ntohs(udp->len);
+	if (ulen < sizeof(*udp) + VXLAN_HLEN || ulen > bpf_ntohs(ip->tot_len) - ihl)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
+	/* A UDP checksum is not verified here: Linux senders (and the workers) send VXLAN
+	 * with none; one that has one is refused rather than trusted (docs/tc.md). */
+	if (udp->check)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
+	return from_overlay(skb, ETH_HLEN + ihl + sizeof(*udp), ETH_HLEN + ihl + ulen);
+}
+
+/* Test entry: the conntrack step of from-container alone (ct.rs ct_egress, then
+ * ct_create): one probe for both directions of the frame's connection; a reply or an
+ * established entry is touched, a new connection gets an OUT entry whose source identity
+ * is skb->mark. cb[0] returns the entry's flags, cb[1] its source identity. Never
+ * attached; run through BPF_PROG_TEST_RUN by xdp-redirect/tests/tc_conntrack.rs. */
+enum {
+	PROBE_NOT_IPV4 = 0,
+	PROBE_REPLY = 1,
+	PROBE_ESTABLISHED = 2,
+	PROBE_CREATED = 3,
+	PROBE_FULL = 4,
+	PROBE_NO_TABLE = 5,
+};
+
+SEC("classifier")
+int fp_ct_probe(struct __sk_buff *skb)
+{
 	struct ct_hit reply = {}, fwd_hit = {};
-	int has_reply = 0, has_fwd = 0, tcp;
 	struct ct_state st = {};
 	struct ct_key fwd;
-	struct fpt t;
+	struct ct_req q;
+	struct flow f = {};
 	__u32 now = ct_now();
+	int tcp, found;
 
-	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5)
+	if (parse_ipv4(skb, ETH_HLEN, &f) || !f.tracked)
 		return PROBE_NOT_IPV4;
-	tcp = ip->protocol == IPPROTO_TCP;
-	if (tcp) {
-		struct tcphdr *th = (void *)(ip + 1);
-
-		if ((void *)(th + 1) > end)
-			return PROBE_NOT_IPV4;
-		sport = th->source;
-		dport = th->dest;
-		tcp_flags = ((__u8 *)th)[13];
-	} else if (ip->protocol == IPPROTO_UDP) {
-		struct udphdr *uh = (void *)(ip + 1);
-
-		if ((void *)(uh + 1) > end)
-			return PROBE_NOT_IPV4;
-		sport = uh->source;
-		dport = uh->dest;
-	}
-	if (ct_open(&t, tcp))
+	tcp = f.proto == IPPROTO_TCP;
+	fwd = ct_connection(f.src, f.dst, f.sport, f.dport, f.proto, TUPLE_F_OUT);
+	q = ct_req(tcp, fwd, now);
+	found = fp_ct_flow(&q, &reply, &fwd_hit);
+	if (found < 0)
 		return PROBE_NO_TABLE;
-	fwd = ct_connection(ip->saddr, ip->daddr, sport, dport, ip->protocol, TUPLE_F_OUT);
-	ct_lookup_flow(&t, tcp, fwd, now, &reply, &has_reply, &fwd_hit, &has_fwd);
-	if (has_reply) {
-		skb->cb[0] = ct_touch(&t, &reply, 1, tcp_flags, now, 0);
+	if (found & 1) {
+		skb->cb[0] = fp_ct_touch(&reply, 1, f.tcp_flags, now, 0);
 		skb->cb[1] = reply.st.src_sec_id;
 		return PROBE_REPLY;
 	}
-	if (has_fwd) {
-		skb->cb[0] = ct_touch(&t, &fwd_hit, 0, tcp_flags, now, 0);
+	if (found & 2) {
+		skb->cb[0] = fp_ct_touch(&fwd_hit, 0, f.tcp_flags, now, 0);
 		skb->cb[1] = fwd_hit.st.src_sec_id;
 		return PROBE_ESTABLISHED;
 	}
 	st.src_sec_id = skb->mark;
-	if (!ct_create(&t, tcp, fwd, &st, now + (tcp ? LIFETIME_TCP_SYN : LIFETIME_NONTCP), now,
-		       &fwd_hit))
+	if (fp_ct_new(&q, &st, new_lifetime(&f, now), &fwd_hit) != 1)
 		return PROBE_FULL;
-	skb->cb[0] = ct_touch(&t, &fwd_hit, 0, tcp_flags, now, 0);
+	skb->cb[0] = fp_ct_touch(&fwd_hit, 0, f.tcp_flags, now, 0);
 	skb->cb[1] = st.src_sec_id;
 	return PROBE_CREATED;
 }

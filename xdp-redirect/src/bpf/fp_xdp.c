@@ -85,17 +85,6 @@ struct {
 	__type(value, __u64);
 } fp_xdp_stats SEC(".maps");
 
-struct arp_fixed {
-	__be16 htype;
-	__be16 ptype;
-	__u8 hlen;
-	__u8 plen;
-	__be16 op;
-	__u8 sha[6];
-	__be32 sip;
-	__u8 tha[6];
-	__be32 tip;
-} __attribute__((packed));
 
 static __always_inline void count(__u32 slot)
 {
