@@ -103,6 +103,14 @@ pub fn start_fastpath(
 pub fn fastpath_drops(node: &str) -> anyhow::Result<Vec<(String, u64)>> {
     let st = fastpath::api::status(&fastpath::api::socket_path(node))?;
     let (mut tx_full, mut rx_full, mut xsk_drop, mut pipeline) = (0, 0, 0, 0);
+    // The tc datapath's drops are the pipeline's too.
+    pipeline += st
+        .tc
+        .iter()
+        .flat_map(|t| &t.metrics)
+        .filter(|m| m.reason_code != 0)
+        .map(|m| m.packets)
+        .sum::<u64>();
     for w in &st.workers {
         pipeline += w.drops();
         for p in &w.ports {
@@ -133,6 +141,16 @@ pub fn single_node_yaml(name: &str, net: u8, datapath: &str, pods: &[(&str, u8)]
         );
     }
     y
+}
+
+/// Let the kernel route between the pods of node namespace `ns` (the `kernel` rows):
+/// fastpath's guard rules go first — it leaves them when it stops, so that pods stay
+/// unreachable through the kernel while it is down (docs/operations.md), which is the
+/// opposite of what a kernel row measures — then `ip_forward=1`.
+pub fn kernel_forwarding(ns: &str) -> anyhow::Result<()> {
+    lab::in_ns(ns, &["ip", "rule", "flush", "protocol", "251"])?;
+    lab::in_ns(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    Ok(())
 }
 
 /// RPS on the first `queues` rx queues of `dev` in namespace `ns`: their receive softirq on

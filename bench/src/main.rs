@@ -4,6 +4,9 @@
 //!   native XDP get);
 //! - `fastpath-rt`: the same with `rt_priority: 10` (the worker under SCHED_FIFO: no normal
 //!   thread on its core preempts it);
+//! - `tc`: fastpath's in-kernel tc datapath on every device (`datapath.attach: tc`): the same
+//!   pipeline in C at the lxc's tc ingress, its softirq moved to the forwarder's core by RPS
+//!   as for `kernel`;
 //! - `bare`: fastpath's bare AF_XDP forwarding (`--bare`: no pipeline), the ceiling on these veths;
 //! - `kernel`: Linux's own IPv4 routing between the same pods (ip_forward=1, RPS moves the
 //!   forwarding softirq to the forwarder's core so it gets its own core too);
@@ -32,8 +35,8 @@ use control::config::Config;
 use control::maps::MacAddr;
 use fastpath::xsk::sys;
 use fastpath_bench::{
-    FLOWS, Fastpath, cpu_ticks, dev_counter, fastpath_drops, frames, generator, set_rps,
-    single_node_yaml, start_fastpath,
+    FLOWS, Fastpath, cpu_ticks, dev_counter, fastpath_drops, frames, generator, kernel_forwarding,
+    set_rps, single_node_yaml, start_fastpath,
 };
 use lab::{Lab, in_ns};
 
@@ -50,7 +53,7 @@ struct Args {
     gen_core: usize,
     #[arg(long, default_value_t = 0)]
     fwd_core: usize,
-    /// Modes to run, in order: fastpath, fastpath-generic, fastpath-rt, bare, kernel,
+    /// Modes to run, in order: fastpath, fastpath-generic, fastpath-rt, tc, bare, kernel,
     /// xdp-redirect.
     #[arg(long, value_delimiter = ',', default_value = "fastpath,bare,kernel")]
     modes: Vec<String>,
@@ -85,11 +88,16 @@ struct Args {
 /// kernel: `datapath.rt_priority` refuses it); the others busy-poll.
 fn config(name: &str, ring: u32, xdp_mode: &str, queues: u32, rt: u8) -> String {
     let poll = if rt > 0 { "adaptive" } else { "busy" };
+    // `xdp_mode: tc`: the tc datapath on every device (its workers only transmit, and idle).
+    let (xdp_mode, attach, poll) = match xdp_mode {
+        "tc" => ("auto", "tc", "adaptive"),
+        m => (m, "xdp", poll),
+    };
     single_node_yaml(
         name,
         250,
         &format!(
-            "  queues: {queues}\n  poll: {poll}\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\n  rt_priority: {rt}\n"
+            "  queues: {queues}\n  poll: {poll}\n  ring_size: {ring}\n  xdp_mode: {xdp_mode}\n  attach: {attach}\n  rt_priority: {rt}\n"
         ),
         &[("gen", 11), ("sink", 12)],
     )
@@ -99,6 +107,7 @@ fn config(name: &str, ring: u32, xdp_mode: &str, queues: u32, rt: u8) -> String 
 struct Ctx {
     cfg_path: PathBuf,
     cfg_generic: PathBuf,
+    cfg_tc: PathBuf,
     cfg_rt: PathBuf,
     node_name: String,
     node: String,
@@ -247,6 +256,19 @@ impl Ctx {
                 false,
                 Vec::new(),
             )?),
+            "tc" => {
+                // The tc program runs in the softirq of the pod's veth: RPS moves it to the
+                // forwarder's core(s), as for `kernel`.
+                let mask = self.fwd_cores.iter().fold(0u64, |m, c| m | 1 << c);
+                set_rps(&self.node, "lxc-gen", self.queues, mask)?;
+                Running::Fastpath(start_fastpath(
+                    &self.cfg_tc,
+                    &self.node_name,
+                    &self.fwd_cores,
+                    false,
+                    Vec::new(),
+                )?)
+            }
             "bare" => Running::Fastpath(start_fastpath(
                 &self.cfg_path,
                 &self.node_name,
@@ -255,7 +277,7 @@ impl Ctx {
                 Vec::new(),
             )?),
             "kernel" => {
-                in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+                kernel_forwarding(&self.node)?;
                 // RPS moves each rx queue's forwarding to the forwarder's core(s), as
                 // fastpath's workers have theirs.
                 let mask = self.fwd_cores.iter().fold(0u64, |m, c| m | 1 << c);
@@ -263,7 +285,7 @@ impl Ctx {
                 Running::Kernel
             }
             m => bail!(
-                "unknown mode {m} (fastpath, fastpath-generic, fastpath-rt, bare, kernel, xdp-redirect)"
+                "unknown mode {m} (fastpath, fastpath-generic, fastpath-rt, tc, bare, kernel, xdp-redirect)"
             ),
         })
     }
@@ -271,6 +293,8 @@ impl Ctx {
     fn stop(&self, mode: &str) -> anyhow::Result<()> {
         if mode == "kernel" {
             in_ns(&self.node, &["sysctl", "-qw", "net.ipv4.ip_forward=0"])?;
+        }
+        if mode == "kernel" || mode == "tc" {
             set_rps(&self.node, "lxc-gen", self.queues, 0)?;
         }
         Ok(())
@@ -396,6 +420,8 @@ fn main() -> anyhow::Result<()> {
         &cfg_generic,
         config(&name, a.ring_size, "generic", a.queues, 0),
     )?;
+    let cfg_tc = std::env::temp_dir().join(format!("{name}-tc.yaml"));
+    std::fs::write(&cfg_tc, config(&name, a.ring_size, "tc", a.queues, 0))?;
     let cfg_rt = std::env::temp_dir().join(format!("{name}-rt.yaml"));
     std::fs::write(&cfg_rt, config(&name, a.ring_size, "native", a.queues, 10))?;
     let node = cfg.node.netns.clone().unwrap();
@@ -442,6 +468,7 @@ fn main() -> anyhow::Result<()> {
     let ctx = Ctx {
         cfg_path: cfg_path.clone(),
         cfg_generic: cfg_generic.clone(),
+        cfg_tc: cfg_tc.clone(),
         cfg_rt: cfg_rt.clone(),
         node_name: cfg.node.name.clone(),
         node,
@@ -522,6 +549,7 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg_path);
     let _ = std::fs::remove_file(&cfg_generic);
     let _ = std::fs::remove_file(&cfg_rt);
+    let _ = std::fs::remove_file(&cfg_tc);
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let kernel = String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout)

@@ -1411,7 +1411,9 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Load `fp_sink` and attach it natively to `ifname` (generic if native fails).
+    /// Load `fp_sink` and attach it natively to `ifname` (generic if native fails), and
+    /// `fp_sink_tc` at its tc ingress for the frames that reach it without passing XDP (the
+    /// tc datapath's `bpf_redirect_peer`): both count on one counter.
     pub fn attach(ifname: &str) -> Result<Self, SteeringError> {
         let mut ebpf = EbpfLoader::new().load(FP_XDP_OBJ)?;
         let prog: &mut Xdp = program(&mut ebpf, "fp_sink")?;
@@ -1424,6 +1426,17 @@ impl Sink {
         if attach_one(prog, ifname, ifindex, AttachedMode::Native).is_err() {
             attach_one(prog, ifname, ifindex, AttachedMode::Generic)?;
         }
+        let tc: &mut aya::programs::SchedClassifier = program(&mut ebpf, "fp_sink_tc")?;
+        tc.load().map_err(|source| SteeringError::Program {
+            prog: "fp_sink_tc",
+            source,
+        })?;
+        tc.attach(ifname, aya::programs::TcAttachType::Ingress)
+            .map_err(|source| SteeringError::Attach {
+                dev: ifname.into(),
+                mode: "tc",
+                source,
+            })?;
         Ok(Sink { ebpf })
     }
 

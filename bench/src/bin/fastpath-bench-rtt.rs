@@ -321,7 +321,7 @@ fn main() -> anyhow::Result<()> {
                     a.fwd_core,
                 )?),
                 None => {
-                    in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+                    fastpath_bench::kernel_forwarding(&node)?;
                     None
                 }
             };

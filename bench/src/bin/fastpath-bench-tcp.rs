@@ -134,7 +134,7 @@ fn main() -> anyhow::Result<()> {
                     Vec::new(),
                 )?)
             } else {
-                in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+                fastpath_bench::kernel_forwarding(&node)?;
                 if mode == "kernel-gso" {
                     offloads(&pods, true)?;
                 }

@@ -12,6 +12,9 @@
 //! - `fastpath-txflush`: `fastpath` with `tx_flush_us: 50` (a TX kick for many frames);
 //! - `fastpath-rt`: `fastpath` with `rt_priority: 10` (the worker under SCHED_FIFO, so no
 //!   normal thread on its core preempts it: what loss below capacity comes from here);
+//! - `fastpath-tc`: `fastpath` with the tc datapath on every device (`attach: tc`): the same
+//!   pipeline in the kernel at the lxc's tc ingress, in its softirq, which RPS moves to the
+//!   forwarder core as for `kernel-vxlan`; `fastpath-tc-clusterip`: the same to the ClusterIP;
 //! - `kernel-vxlan`: the plain Linux VXLAN path on a node built as `fastpath lab` builds the
 //!   interop peer: IPv4 routing, an `external` VXLAN device with per-pod encap routes (VNI =
 //!   identity), RPS moving the softirq to the forwarder core.
@@ -43,7 +46,7 @@
 //!
 //! `fastpath-bench-xnode [--secs 4] [--reps 3] [--size 64] [--cpu-rate 100000]
 //! [--systems fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,
-//! fastpath-txflush,kernel-vxlan] [--direction send|receive]
+//! fastpath-txflush,fastpath-tc,fastpath-tc-clusterip,kernel-vxlan] [--direction send|receive]
 //! [--json FILE]`
 
 use std::path::PathBuf;
@@ -138,6 +141,9 @@ fn service() -> String {
 /// One system under test: its node, and what the generator sends there.
 struct System {
     name: String,
+    /// Its forwarding runs in a device's softirq (the kernel, or fastpath's tc datapath):
+    /// RPS moves that to the forwarder core.
+    softirq: bool,
     /// fastpath: its config; kernel: none.
     cfg: Option<PathBuf>,
     node_name: String,
@@ -218,6 +224,9 @@ struct Bed {
 
 impl Bed {
     fn start(&self, s: &System) -> anyhow::Result<Option<Fastpath>> {
+        if s.softirq {
+            self.rps(s, 1 << self.fwd_core)?;
+        }
         if let Some(cfg) = &s.cfg {
             return Ok(Some(start_fastpath(
                 cfg,
@@ -227,19 +236,18 @@ impl Bed {
                 Vec::new(),
             )?));
         }
-        self.rps(s, 1 << self.fwd_core)?;
         Ok(None)
     }
 
     fn stop(&self, s: &System) -> anyhow::Result<()> {
-        if s.cfg.is_none() {
+        if s.softirq {
             self.rps(s, 0)?;
         }
         Ok(())
     }
 
-    /// RPS on the kernel node's receiving device (the lxc when sending, the NIC when
-    /// receiving): its forwarding softirq on the forwarder's core.
+    /// RPS on the node's receiving device (the lxc when sending, the NIC when receiving):
+    /// its forwarding softirq (the kernel's, or the tc datapath's) on the forwarder's core.
     fn rps(&self, s: &System, mask: u64) -> anyhow::Result<()> {
         set_rps(
             &s.node_ns,
@@ -357,17 +365,19 @@ fn main() -> anyhow::Result<()> {
             "fastpath-generic",
             "fastpath-rt",
             "fastpath-txflush",
+            "fastpath-tc",
+            "fastpath-tc-clusterip",
             "kernel-vxlan",
         ]
         .contains(&s.as_str())
         {
             bail!(
-                "unknown system `{s}` (fastpath, fastpath-policy, fastpath-clusterip, fastpath-generic, fastpath-rt, fastpath-txflush, kernel-vxlan)"
+                "unknown system `{s}` (fastpath, fastpath-policy, fastpath-clusterip, fastpath-generic, fastpath-rt, fastpath-txflush, fastpath-tc, fastpath-tc-clusterip, kernel-vxlan)"
             );
         }
     }
     let receive = a.direction == "receive";
-    if receive && a.systems.iter().any(|s| s == "fastpath-clusterip") {
+    if receive && a.systems.iter().any(|s| s.ends_with("clusterip")) {
         bail!(
             "fastpath-clusterip measures the sending node only (drop it with --direction receive)"
         );
@@ -422,6 +432,11 @@ fn main() -> anyhow::Result<()> {
                 &fcfg,
                 Some(sender_yaml(&tag, "a", 1, "  tx_flush_us: 50\n", "")),
             ),
+            "fastpath-tc" => (&fcfg, Some(sender_yaml(&tag, "a", 1, "  attach: tc\n", ""))),
+            "fastpath-tc-clusterip" => (
+                &fcfg,
+                Some(sender_yaml(&tag, "a", 1, "  attach: tc\n", &service())),
+            ),
             _ => unreachable!("checked"),
         };
         let path = match yaml {
@@ -437,7 +452,7 @@ fn main() -> anyhow::Result<()> {
         let node_ns = cfg.node.netns.clone().unwrap();
         let pod_ns = cfg.pods[0].netns.clone().unwrap();
         let lxc = fastpath::daemon::link_info_in(&node_ns, "lxc-gen")?.mac;
-        let dst: std::net::Ipv4Addr = if name == "fastpath-clusterip" {
+        let dst: std::net::Ipv4Addr = if name.ends_with("clusterip") {
             VIP.parse()?
         } else {
             SINK_IP.parse()?
@@ -486,6 +501,7 @@ fn main() -> anyhow::Result<()> {
             };
             systems.push(System {
                 name: name.clone(),
+                softirq: path.is_none() || name.starts_with("fastpath-tc"),
                 cfg: path,
                 node_name: cfg.node.name.clone(),
                 node_ns,
@@ -499,6 +515,7 @@ fn main() -> anyhow::Result<()> {
         }
         systems.push(System {
             name: name.clone(),
+            softirq: path.is_none() || name.starts_with("fastpath-tc"),
             cfg: path,
             node_name: cfg.node.name.clone(),
             node_ns,

@@ -304,6 +304,22 @@ int fp_sink(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
+/* Bench sink, tc side: frames that reach the device without passing its XDP hook -- the
+ * tc datapath hands frames to a pod with bpf_redirect_peer, straight into the pod side's
+ * receive path -- are counted and dropped at its tc ingress, on the same counter. */
+SEC("classifier")
+int fp_sink_tc(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_ARP))
+		return 0; /* TC_ACT_OK */
+	count(FP_STAT_STEERED);
+	return 2; /* TC_ACT_SHOT */
+}
+
 /* Bench: in-kernel XDP forwarding to one local pod, the "in-kernel XDP redirect" row of
  * bench/: what an XDP program costs that only rewrites and redirects (TTL - 1 with the
  * header checksum fixed, both MACs rewritten, bpf_redirect to the pod's lxc) with no lookup,
