@@ -226,6 +226,13 @@ static __always_inline __be32 tunnel_v4(const struct remote_endpoint_info *i)
 	return i->tunnel_endpoint[0];
 }
 
+/* One's complement add of two 32-bit partial sums. */
+static __always_inline __u32 csum_add32(__u32 a, __u32 b)
+{
+	a += b;
+	return a + (a < b);
+}
+
 static __always_inline __u16 csum_fold(__u32 s)
 {
 	s = (s & 0xffff) + (s >> 16);
@@ -277,7 +284,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 	if (ip->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = data + l4;
 
-		if ((void *)(th + 1) > end || f->total_len - ihl < sizeof(*th))
+		if ((void *)(th + 1) > end || f->total_len - ihl < sizeof(*th) || th->doff < 5 ||
+		    f->total_len - ihl < th->doff * 4)
 			return DROP_CT_INVALID_HDR;
 		f->sport = th->source;
 		f->dport = th->dest;
@@ -765,11 +773,14 @@ static __always_inline int arp_respond(struct __sk_buff *skb)
 		return drop(skb, DROP_INVALID, DIR_EGRESS);
 	sip = arp->sip;
 	tip = arp->tip;
+	/* Address-conflict probing for the pod's own address: nobody else owns it, stay
+	 * silent (as bpf_lxc). */
+	ep = endpoint(tip);
+	if (tip == sip || (ep && ep->ifindex == skb->ifindex))
+		return drop(skb, DROP_UNKNOWN_TARGET, DIR_EGRESS);
 	ep = endpoint(sip);
 	if (!ep || (ep->flags & ENDPOINT_F_HOST) || ep->ifindex != skb->ifindex)
 		return drop(skb, DROP_UNKNOWN_SENDER, DIR_EGRESS);
-	if (tip == sip)
-		return drop(skb, DROP_UNKNOWN_TARGET, DIR_EGRESS);
 	__builtin_memcpy(lxc_mac, &ep->node_mac, ETH_ALEN);
 	__builtin_memcpy(req_mac, arp->sha, ETH_ALEN);
 	arp->op = bpf_htons(2);
@@ -906,6 +917,9 @@ int cil_from_container(struct __sk_buff *skb)
 		if ((void *)(arp + 1) <= end &&
 		    (arp->op != bpf_htons(1) || arp->sip == arp->tip || arp->sip == 0))
 			return pass();
+		/* A source MAC that is a group address is never a sender's (IEEE 802). */
+		if (eth->h_source[0] & 1)
+			return drop(skb, DROP_INVALID_SMAC, DIR_EGRESS);
 		return arp_respond(skb);
 	}
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
@@ -995,6 +1009,77 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vx_off, __u
 	return fp_local_delivery(skb, &f, vni, 0);
 }
 
+/* Does the UDP datagram of `ulen` bytes at `off` (IPv4 header just before it, 20 bytes)
+ * checksum to zero with its pseudo header? Summed in 64-byte chunks with bpf_csum_diff over
+ * the packet, the last 0-3 bytes by hand; at most 2048 bytes. */
+static __always_inline int udp_csum_ok(struct __sk_buff *skb, __u32 off, __u32 ulen)
+{
+	void *data, *end;
+	struct iphdr *ip;
+	__u32 done = 0, sum;
+	__s64 s;
+
+	if (ulen > 2048 || bpf_skb_pull_data(skb, off + ulen))
+		return 0;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > end)
+		return 0;
+	/* The pseudo header: addresses, protocol, UDP length. */
+	sum = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) + (ip->daddr >> 16) +
+	      bpf_htons(IPPROTO_UDP) + bpf_htons(ulen);
+	for (int i = 0; i < 32; i++) {
+		__u8 *p = data + off + done;
+
+		if (done + 64 > ulen)
+			break;
+		if ((void *)(p + 64) > end)
+			return 0;
+		s = bpf_csum_diff(0, 0, (__be32 *)p, 64, 0);
+		if (s < 0)
+			return 0;
+		sum = csum_add32(sum, s);
+		done += 64;
+	}
+	for (int i = 0; i < 16; i++) {
+		__u8 *p = data + off + done;
+
+		if (done + 4 > ulen)
+			break;
+		if ((void *)(p + 4) > end)
+			return 0;
+		s = bpf_csum_diff(0, 0, (__be32 *)p, 4, 0);
+		if (s < 0)
+			return 0;
+		sum = csum_add32(sum, s);
+		done += 4;
+	}
+	{
+		__u8 *p = data + off + done;
+		__u8 tail[4] = {};
+		__u32 left = ulen - done;
+
+		if (left >= 1) {
+			if ((void *)(p + 1) > end)
+				return 0;
+			tail[0] = p[0];
+		}
+		if (left >= 2) {
+			if ((void *)(p + 2) > end)
+				return 0;
+			tail[1] = p[1];
+		}
+		if (left >= 3) {
+			if ((void *)(p + 3) > end)
+				return 0;
+			tail[2] = p[2];
+		}
+		sum = csum_add32(sum, *(__u32 *)tail);
+	}
+	return csum_fold(sum) == 0;
+}
+
 /* cil_from_netdev: tc ingress of the node NIC. VXLAN to this node's tunnel port goes to
  * from-overlay; everything else is the kernel's (NodePort and native routing are the
  * workers' only, docs/tc.md). */
@@ -1035,9 +1120,9 @@ int cil_from_netdev(struct __sk_buff *skb)
 	ulen = bpf_ntohs(udp->len);
 	if (ulen < sizeof(*udp) + VXLAN_HLEN || ulen > bpf_ntohs(ip->tot_len) - ihl)
 		return drop(skb, DROP_INVALID, DIR_INGRESS);
-	/* A UDP checksum is not verified here: Linux senders (and the workers) send VXLAN
-	 * with none; one that has one is refused rather than trusted (docs/tc.md). */
-	if (udp->check)
+	/* A non-zero UDP checksum must verify, as udp_rcv checks it (Linux senders send
+	 * VXLAN with none). */
+	if (udp->check && !udp_csum_ok(skb, ETH_HLEN + ihl, ulen))
 		return drop(skb, DROP_INVALID, DIR_INGRESS);
 	return from_overlay(skb, ETH_HLEN + ihl + sizeof(*udp), ETH_HLEN + ihl + ulen);
 }
