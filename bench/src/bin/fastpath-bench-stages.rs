@@ -65,6 +65,14 @@ struct Args {
     /// what the file backing costs (docs/benchmarks.md).
     #[arg(long)]
     ct_dir: Option<std::path::PathBuf>,
+    /// Also time every row through the tc programs (`BPF_PROG_TEST_RUN` on the tiny
+    /// tables, written into real kernel maps; root and bpffs): the kernel's own run time
+    /// per frame, `--tc-iters` fresh frames per sample. Rows the tc datapath answers
+    /// differently (tests/tests/tc_fixtures.rs) show "—".
+    #[arg(long)]
+    tc: bool,
+    #[arg(long, default_value_t = 20_000)]
+    tc_iters: u32,
 }
 
 const HEADROOM: usize = 256;
@@ -205,6 +213,9 @@ struct Row {
     step: usize,
     tiny_ns: [f64; 3],
     large_ns: [f64; 3],
+    /// The same step through the tc programs (tiny tables), if asked and if it agrees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tc_ns: Option<[f64; 3]>,
 }
 
 fn stats(mut v: Vec<f64>) -> [f64; 3] {
@@ -227,6 +238,39 @@ fn prepared(f: &Fixture) -> Result<Tables, String> {
         }
     }
     Ok((*u.tables()).clone())
+}
+
+/// The tc column: each fixture on the tc programs, its steps run once and compared with
+/// the table (a row the tc datapath answers differently gets no figure), then each step
+/// timed, `--rounds` samples of `--tc-iters` fresh frames.
+fn tc_column(a: &Args, fixtures: &[Fixture], rows: &mut [Row]) -> anyhow::Result<()> {
+    use fastpath::fixtures::tc::Tc;
+    let mut b = Tc::new(&format!("fpst{}", std::process::id() % 100000));
+    for f in fixtures {
+        b.load(f.setup);
+        let rows_of = |m: &[(u8, control::maps::MetricDir, u64)]| {
+            let mut v: Vec<_> = m.iter().map(|m| (m.0, m.1.index(), m.2)).collect();
+            v.sort_unstable();
+            v
+        };
+        let agrees = f.steps.iter().all(|s| {
+            let r = b.run(s.port, &s.input);
+            r.tx == s.expect.tx && rows_of(&r.metrics) == rows_of(&s.expect.metrics)
+        });
+        if !agrees {
+            eprintln!("tc: {}: answered differently, not timed", f.name);
+            continue;
+        }
+        for (i, st) in f.steps.iter().enumerate() {
+            let v: Vec<f64> = (0..a.rounds)
+                .map(|_| b.time(st.port, &st.input, a.tc_iters))
+                .collect();
+            if let Some(r) = rows.iter_mut().find(|r| r.fixture == f.name && r.step == i) {
+                r.tc_ns = Some(stats(v));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -270,6 +314,7 @@ fn main() -> anyhow::Result<()> {
             step: 0,
             tiny_ns: s,
             large_ns: s,
+            tc_ns: None,
         });
     }
     for f in &fixtures {
@@ -297,6 +342,7 @@ fn main() -> anyhow::Result<()> {
                 step: i,
                 tiny_ns: stats(tv),
                 large_ns: stats(lv),
+                tc_ns: None,
             });
         }
     }
@@ -345,6 +391,7 @@ fn main() -> anyhow::Result<()> {
             step: 0,
             tiny_ns: c,
             large_ns: c,
+            tc_ns: None,
         });
         rows.push(Row {
             fixture: format!(
@@ -354,13 +401,22 @@ fn main() -> anyhow::Result<()> {
             step: 0,
             tiny_ns: if tv.is_empty() { [0.0; 3] } else { stats(tv) },
             large_ns: stats(lv),
+            tc_ns: None,
         });
     }
-    println!("| fixture | step | tiny ns/frame (min–max) | large ns/frame (min–max) |");
-    println!("|---|---|---|---|");
+    if a.tc {
+        tc_column(&a, &fixtures, &mut rows)?;
+    }
+    println!(
+        "| fixture | step | tiny ns/frame (min–max) | large ns/frame (min–max) | tc programs ns/frame, tiny (min–max) |"
+    );
+    println!("|---|---|---|---|---|");
     for r in &rows {
+        let tc = r.tc_ns.map_or("—".to_string(), |t| {
+            format!("{:.1} ({:.1}–{:.1})", t[0], t[1], t[2])
+        });
         println!(
-            "| {} | {} | {:.1} ({:.1}–{:.1}) | {:.1} ({:.1}–{:.1}) |",
+            "| {} | {} | {:.1} ({:.1}–{:.1}) | {:.1} ({:.1}–{:.1}) | {tc} |",
             r.fixture,
             r.step,
             r.tiny_ns[0],

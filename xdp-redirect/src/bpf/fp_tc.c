@@ -156,6 +156,13 @@ struct flow {
 	__be16 icmp_id;
 	/* The service a from-container packet went through (lb4_local), host order; 0: none. */
 	__u16 rev_nat;
+	/* from-container, after the service step: the destination's identity (a local
+	 * endpoint's, the ipcache's, or world) and, for another node's pod, its tunnel
+	 * endpoint; looked up once for policy and forwarding. */
+	__u32 dst_id;
+	__be32 tunnel_ep;
+	__u8 dst_local;
+	__u8 pad3[3];
 };
 
 static __always_inline void stat(__u32 slot)
@@ -856,7 +863,6 @@ static __always_inline int ours_from_pod(__be32 daddr, const struct fp_config *c
 __attribute__((noinline)) int fp_egress(const struct flow *f, __u32 src_id, __u32 src_lxc)
 {
 	struct fp_scratch *sc = scratch();
-	struct endpoint_info *dst_ep;
 	struct ct_req q = {};
 	__u32 now = ct_now(), dst_id;
 	int found = 0;
@@ -877,14 +883,7 @@ __attribute__((noinline)) int fp_egress(const struct flow *f, __u32 src_id, __u3
 			return 0;
 		}
 	}
-	dst_ep = endpoint(f->dst);
-	if (dst_ep) {
-		dst_id = dst_ep->sec_id;
-	} else {
-		struct remote_endpoint_info *ri = ipcache(f->dst);
-
-		dst_id = ri ? ri->sec_identity : IDENTITY_WORLD;
-	}
+	dst_id = f->dst_id;
 	sc->st.src_sec_id = src_id;
 	sc->st.rev_nat = f->rev_nat;
 	if (!f->tracked)
@@ -961,12 +960,26 @@ int cil_from_container(struct __sk_buff *skb)
 		if (r)
 			return drop(skb, r, DIR_EGRESS);
 	}
+	/* The destination, once: a local endpoint, or the ipcache's identity and tunnel. */
+	{
+		struct endpoint_info *dst_ep = endpoint(f.dst);
+
+		if (dst_ep) {
+			f.dst_id = dst_ep->sec_id;
+			f.dst_local = 1;
+		} else {
+			struct remote_endpoint_info *ri = ipcache(f.dst);
+
+			f.dst_id = ri ? ri->sec_identity : IDENTITY_WORLD;
+			f.tunnel_ep = tunnel_v4(ri);
+		}
+	}
 	r = fp_egress(&f, src_id, src_lxc);
 	if (r)
 		return drop(skb, r, DIR_EGRESS);
-	if (endpoint(f.dst))
+	if (f.dst_local)
 		return fp_local_delivery(skb, &f, src_id, 1);
-	tunnel_ep = tunnel_v4(ipcache(f.dst));
+	tunnel_ep = f.tunnel_ep;
 	if (!tunnel_ep)
 		return drop(skb, DROP_UNROUTABLE, DIR_EGRESS);
 	return fp_encap(skb, &f, tunnel_ep, src_id, lxc_mac);
