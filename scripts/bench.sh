@@ -2,18 +2,22 @@
 # The benchmark, one command (as root): builds everything, builds the testbed (namespaces and
 # veths it creates and deletes), and measures side by side, interleaved, in one run:
 #  1. the pipeline per fixture, ns/frame, tiny vs large tables (1M ipcache, 1M conntrack) and
-#     many flows (fastpath-bench-stages; no I/O, one pinned core);
+#     many flows, and every row through the tc programs (BPF_PROG_TEST_RUN's in-kernel run
+#     time) beside it (fastpath-bench-stages --tc; no I/O, one pinned core);
 #  2. same-node UDP throughput for 64, 512 and 1518-byte frames: fastpath (native XDP),
-#     fastpath (generic XDP), fastpath with SCHED_FIFO workers (rt_priority), bare AF_XDP
+#     fastpath (generic XDP), fastpath with SCHED_FIFO workers (rt_priority), fastpath's tc
+#     datapath (--datapath tc), bare AF_XDP
 #     forwarding on the same veths (the ceiling), kernel routing, an in-kernel XDP redirect
 #     (no lookups: the kernel's fastest path); offered vs received; then the no-drop rate of each, checked at 90 % (must
 #     lose nothing) and 120 % (every lost frame attributed to a stage) (fastpath-bench);
 #     and 64 B again with --queues 2 (two workers, two-queue veths) against --queues 1;
 #     cross-node, the sending node, 64 and 512 B: fastpath (plain, with a policy selecting
-#     the pod, to a ClusterIP, generic XDP) against the Linux VXLAN path, offered vs
+#     the pod, to a ClusterIP, generic XDP, the tc datapath plain and to the ClusterIP)
+#     against the Linux VXLAN path, offered vs
 #     received vs drops by stage, and CPU per packet over all cores at a paced rate
 #     (fastpath-bench-xnode); and the receiving node at 64 B: a remote node's VXLAN frames
-#     decapsulated and delivered to a pod, fastpath (plain, an ingress policy, generic XDP)
+#     decapsulated and delivered to a pod, fastpath (plain, an ingress policy, generic XDP,
+#     the tc datapath)
 #     against the Linux VXLAN path (--direction receive);
 #     TCP pod → pod with iperf3: fastpath, kernel routing with the same offloads, kernel
 #     routing with GSO/TSO (fastpath-bench-tcp);
@@ -22,7 +26,7 @@
 #     pauses a table reader sees against an idle baseline
 #     (fastpath-bench-churn);
 #  3. request/response RTT p50/p99/p99.9 with the forwarder's CPU: kernel routing, fastpath
-#     adaptive (default spin budget), fastpath busy, three times: apps sleeping in recv (the
+#     adaptive (default spin budget), fastpath busy, fastpath's tc datapath, three times: apps sleeping in recv (the
 #     usual case), apps polling (separates vCPU wake-up cost), and under a load of 100 kpps
 #     through the same forwarder (fastpath-bench-rtt);
 #  4. plots (throughput.svg, rtt.svg) and README.md with every table, in
@@ -76,10 +80,10 @@ s0=$(steal) t0=$(total) start=$(date -u +%FT%TZ)
 } > "$R/README.md"
 
 echo "== 1/3 pipeline per fixture" >&2
-$B/fastpath-bench-stages "${STAGES[@]}" --json "$R/stages.json" | tee "$R/stages.md"
+$B/fastpath-bench-stages --tc "${STAGES[@]}" --json "$R/stages.json" | tee "$R/stages.md"
 for size in 64 512 1518; do
   echo "== 2/3 same-node throughput, $size B" >&2
-  $B/fastpath-bench --modes fastpath,fastpath-generic,fastpath-rt,bare,kernel,xdp-redirect \
+  $B/fastpath-bench --modes fastpath,fastpath-generic,fastpath-rt,tc,bare,kernel,xdp-redirect \
     --size "$size" "${SAME[@]}" \
     --json "$R/same-node-$size.json" | tee "$R/same-node-$size.md"
 done
@@ -88,22 +92,24 @@ $B/fastpath-bench --modes fastpath,bare,kernel --size 64 --queues 2 "${Q2[@]}" \
   --json "$R/queues-2.json" | tee "$R/queues-2.md"
 for size in 64 512; do
   echo "== 2/3 cross-node (sending node), $size B" >&2
-  $B/fastpath-bench-xnode --size "$size" "${XNODE[@]}" --json "$R/cross-node-$size.json" \
+  $B/fastpath-bench-xnode --size "$size" "${XNODE[@]}" \
+    --systems fastpath,fastpath-policy,fastpath-clusterip,fastpath-generic,fastpath-rt,fastpath-txflush,fastpath-tc,fastpath-tc-clusterip,kernel-vxlan \
+    --json "$R/cross-node-$size.json" \
     | tee "$R/cross-node-$size.md"
 done
 echo "== 2/3 cross-node (receiving node), 64 B" >&2
 $B/fastpath-bench-xnode --direction receive --size 64 \
-  --systems fastpath,fastpath-policy,fastpath-generic,kernel-vxlan "${XNODE[@]}" \
+  --systems fastpath,fastpath-policy,fastpath-generic,fastpath-tc,kernel-vxlan "${XNODE[@]}" \
   --json "$R/cross-node-receive-64.json" | tee "$R/cross-node-receive-64.md"
 echo "== 2/3 TCP (iperf3)" >&2
 $B/fastpath-bench-tcp "${TCP[@]}" --json "$R/tcp.json" | tee "$R/tcp.md"
 echo "== 2/3 control-plane churn" >&2
 $B/fastpath-bench-churn "${CHURN[@]}" --json "$R/churn.json" | tee "$R/churn.md"
 echo "== 3/3 request/response latency" >&2
-$B/fastpath-bench-rtt --modes kernel,fastpath,busy "${RTT[@]}" --idle-secs "$IDLE" --json "$R/rtt.json" | tee "$R/rtt.md"
-$B/fastpath-bench-rtt --modes kernel,fastpath,busy --app-busy "${RTT[@]}" --idle-secs 0 \
+$B/fastpath-bench-rtt --modes kernel,fastpath,busy,tc "${RTT[@]}" --idle-secs "$IDLE" --json "$R/rtt.json" | tee "$R/rtt.md"
+$B/fastpath-bench-rtt --modes kernel,fastpath,busy,tc --app-busy "${RTT[@]}" --idle-secs 0 \
   --json "$R/rtt-apps-polling.json" | tee "$R/rtt-apps-polling.md"
-$B/fastpath-bench-rtt --modes kernel,fastpath,busy --load-pps 100000 "${RTT[@]}" --idle-secs 0 \
+$B/fastpath-bench-rtt --modes kernel,fastpath,busy,tc --load-pps 100000 "${RTT[@]}" --idle-secs 0 \
   --json "$R/rtt-under-load.json" | tee "$R/rtt-under-load.md"
 $B/fastpath-bench-plot "$R"
 

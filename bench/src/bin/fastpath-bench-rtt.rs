@@ -5,12 +5,14 @@
 //! - `spin=N`: the same with `datapath.poll_spin_us: N` (the budget sweep that chose the
 //!   default, docs/benchmarks.md "Choosing the spin budget");
 //! - `busy`: `poll: busy` (never sleeps; a full core whatever the load);
-//! - `flush=N`: adaptive with `datapath.tx_flush_us: N` (TX kicks held up to N µs).
+//! - `flush=N`: adaptive with `datapath.tx_flush_us: N` (TX kicks held up to N µs);
+//! - `tc`: fastpath's tc datapath on every device (`datapath.attach: tc`): the pipeline runs
+//!   in the kernel, in the sending pod's softirq, no worker in the path.
 //!
 //! Each request crosses the forwarder twice (request and answer). RTTs go into an
 //! hdrhistogram (ns); the table gives p50/p99/p99.9 and the CPU the forwarder used during the
 //! run (fastpath: its process, /proc/<pid>/stat; kernel: softirq of the whole machine,
-//! /proc/stat), plus, for fastpath, its CPU over `--idle-secs` with no traffic at all (an
+//! /proc/stat; tc: both), plus, for fastpath, its CPU over `--idle-secs` with no traffic at all (an
 //! idle worker must stay under 1 % of a core). Modes are interleaved A B C … per repetition;
 //! medians over repetitions are reported with min and max. Every loop is bounded: `--count`
 //! requests per run, each waiting at most 200 ms (a lost one is counted).
@@ -47,7 +49,7 @@ struct Args {
     /// Repetitions per mode (interleaved).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Modes, in order: kernel, fastpath, busy, spin=<µs> (`poll_spin_us`), flush=<µs>
+    /// Modes, in order: kernel, fastpath, busy, tc, spin=<µs> (`poll_spin_us`), flush=<µs>
     /// (`tx_flush_us`).
     #[arg(long, value_delimiter = ',', default_value = "kernel,fastpath,busy")]
     modes: Vec<String>,
@@ -239,6 +241,7 @@ fn mode_poll(mode: &str) -> anyhow::Result<Option<(&'static str, String)>> {
         "kernel" => None,
         "fastpath" => Some(("adaptive", String::new())),
         "busy" => Some(("busy", String::new())),
+        "tc" => Some(("adaptive", "  attach: tc\n".to_string())),
         m if m.starts_with("spin=") => Some((
             "adaptive",
             format!("  poll_spin_us: {}\n", m[5..].parse::<u32>()?),
@@ -247,7 +250,7 @@ fn mode_poll(mode: &str) -> anyhow::Result<Option<(&'static str, String)>> {
             "adaptive",
             format!("  tx_flush_us: {}\n", m[6..].parse::<u32>()?),
         )),
-        m => bail!("unknown mode {m} (kernel, fastpath, busy, spin=<µs>, flush=<µs>)"),
+        m => bail!("unknown mode {m} (kernel, fastpath, busy, tc, spin=<µs>, flush=<µs>)"),
     })
 }
 
@@ -335,9 +338,13 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => None,
             };
+            // The tc datapath works in softirq, as the kernel does; its process only
+            // serves the control socket.
+            let in_softirq = mode == "tc";
             let cpu = |fp: &Option<Fastpath>| -> anyhow::Result<f64> {
                 Ok(match fp {
-                    Some(f) => proc_cpu(f.pid())?,
+                    Some(f) if !in_softirq => proc_cpu(f.pid())?,
+                    Some(f) => proc_cpu(f.pid())? + softirq_and_steal()?.0,
                     None => softirq_and_steal()?.0,
                 })
             };
