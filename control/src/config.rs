@@ -611,6 +611,14 @@ impl Config {
                 }
             }
         }
+        let any_tc = d.attach == DatapathChoice::Tc
+            || d.attach_devices.values().any(|c| *c == DatapathChoice::Tc);
+        if any_tc && d.lb_algorithm == crate::lb::LbAlgorithm::Maglev {
+            bad(
+                "datapath.lb_algorithm".into(),
+                "maglev: the tc datapath chooses backends at random only (docs/tc.md); with attach: tc use random".into(),
+            );
+        }
         for dev in d.attach_devices.keys() {
             if dev.is_empty() || dev.len() > 15 || dev.contains(['/', ' ']) {
                 bad(

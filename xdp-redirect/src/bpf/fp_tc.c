@@ -598,8 +598,6 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, stru
 		return DROP_CT_CREATE_FAILED;
 	if (!m->count)
 		return DROP_NO_SERVICE;
-	if ((m->flags & SVC_FLAG_AFFINITY) || (m->backend_id >> 24) == ALG_MAGLEV)
-		return DROP_NO_SERVICE;
 	/* CtTuple4::service: daddr = frontend, saddr = client, dport = client port, sport =
 	 * frontend port. */
 	sk = ct_connection(f->dst, f->src, f->dport, f->sport, f->proto, TUPLE_F_SERVICE);
@@ -624,6 +622,11 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, stru
 	if (!be) {
 		struct lb4_key sk2 = *key;
 		struct lb4_service *slot;
+
+		/* A new choice: session affinity and Maglev are the workers' only (docs/tc.md);
+		 * connections they chose keep their backend above. */
+		if ((m->flags & SVC_FLAG_AFFINITY) || (m->backend_id >> 24) == ALG_MAGLEV)
+			return DROP_NO_SERVICE;
 
 		sk2.backend_slot = bpf_get_prandom_u32() % m->count + 1;
 		slot = bpf_map_lookup_elem(&cilium_lb4_services_v2, &sk2);
