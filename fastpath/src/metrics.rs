@@ -41,6 +41,21 @@ pub struct Sources<'a> {
     pub endpoints: &'a crate::endpoints::Endpoints,
 }
 
+/// One `cilium_metrics` row: reason 0 is "Forwarded", the others Cilium's names.
+fn metric(code: u8, direction: &str, packets: u64, bytes: u64) -> Metric {
+    Metric {
+        reason_code: code,
+        reason: if code == 0 {
+            "Forwarded".into()
+        } else {
+            DropReason::from_code(code).map_or(format!("unknown ({code})"), |r| r.name().into())
+        },
+        direction: direction.into(),
+        packets,
+        bytes,
+    }
+}
+
 /// Walk every source once.
 pub fn snapshot(src: &Sources<'_>) -> Status {
     let cfg: &Config = src.cfg;
@@ -106,18 +121,7 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
                 metrics: c
                     .metrics()
                     .into_iter()
-                    .map(|(code, dir, packets, bytes)| Metric {
-                        reason_code: code,
-                        reason: if code == 0 {
-                            "Forwarded".into()
-                        } else {
-                            DropReason::from_code(code)
-                                .map_or(format!("unknown ({code})"), |r| r.name().into())
-                        },
-                        direction: dir.name().into(),
-                        packets,
-                        bytes,
-                    })
+                    .map(|(code, dir, packets, bytes)| metric(code, dir.name(), packets, bytes))
                     .collect(),
                 arp_replies: c.arp_replies.get(),
                 loops: c.loops.get(),

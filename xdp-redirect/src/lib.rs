@@ -392,21 +392,13 @@ impl TcPrograms {
 
     /// Its counters, summed over CPUs.
     pub fn stats(&self) -> Result<TcStats, SteeringError> {
-        let m: aya::maps::PerCpuArray<&MapData, FpMetric> = self
-            .ebpf
-            .map("fp_tc_metrics")
-            .ok_or(SteeringError::Limit("fp_tc_metrics missing".into()))?
-            .try_into()
-            .map_err(|source| SteeringError::Map {
-                map: "fp_tc_metrics",
-                source,
-            })?;
+        let metrics: aya::maps::PerCpuArray<&MapData, FpMetric> =
+            map_ref(&self.ebpf, "fp_tc_metrics")?;
+        let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, "fp_tc_stats")?;
+        let read = |map, e| SteeringError::Map { map, source: e };
         let mut out = TcStats::default();
         for i in 0..256 * 4u32 {
-            let v = m.get(&i, 0).map_err(|source| SteeringError::Map {
-                map: "fp_tc_metrics",
-                source,
-            })?;
+            let v = metrics.get(&i, 0).map_err(|e| read("fp_tc_metrics", e))?;
             let (p, b) = v
                 .iter()
                 .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
@@ -414,22 +406,10 @@ impl TcPrograms {
                 out.metrics.push(((i / 4) as u8, (i % 4) as u8, p, b));
             }
         }
-        let c: aya::maps::PerCpuArray<&MapData, u64> = self
-            .ebpf
-            .map("fp_tc_stats")
-            .ok_or(SteeringError::Limit("fp_tc_stats missing".into()))?
-            .try_into()
-            .map_err(|source| SteeringError::Map {
-                map: "fp_tc_stats",
-                source,
-            })?;
         for (i, slot) in out.counters.iter_mut().enumerate() {
-            *slot = c
+            *slot = counters
                 .get(&(i as u32), 0)
-                .map_err(|source| SteeringError::Map {
-                    map: "fp_tc_stats",
-                    source,
-                })?
+                .map_err(|e| read("fp_tc_stats", e))?
                 .iter()
                 .sum();
         }
@@ -1121,23 +1101,25 @@ impl PolicyMaps for MapSet {
         k: &PolicyKey,
         v: &PolicyEntry,
     ) -> Result<(), MapWriteError> {
-        let err = |msg: String| MapWriteError {
-            map: "cilium_policy_v2",
-            op: "update",
-            key: format!("{} {k}", control::maps::policy::map_name(ep_id)),
-            msg,
-        };
-        let t = self
-            .policy
-            .get_mut(&ep_id)
-            .ok_or_else(|| err("no map for the endpoint".into()))?;
-        t.insert(&policy_lpm_key(k), *v, 0)
-            .map_err(|e| err(error_chain(&e)))
+        self.policy_write(ep_id, k, "update", |t, key| t.insert(key, *v, 0))
     }
     fn remove_policy(&mut self, ep_id: u16, k: &PolicyKey) -> Result<(), MapWriteError> {
+        self.policy_write(ep_id, k, "delete", |t, key| t.remove(key))
+    }
+}
+
+impl MapSet {
+    /// One write (`op`) of key `k` into endpoint `ep_id`'s policy map.
+    fn policy_write(
+        &mut self,
+        ep_id: u16,
+        k: &PolicyKey,
+        op: &'static str,
+        write: impl FnOnce(&mut PolicyTrie, &LpmKey<[u8; 8]>) -> Result<(), aya::maps::MapError>,
+    ) -> Result<(), MapWriteError> {
         let err = |msg: String| MapWriteError {
             map: "cilium_policy_v2",
-            op: "delete",
+            op,
             key: format!("{} {k}", control::maps::policy::map_name(ep_id)),
             msg,
         };
@@ -1145,8 +1127,7 @@ impl PolicyMaps for MapSet {
             .policy
             .get_mut(&ep_id)
             .ok_or_else(|| err("no map for the endpoint".into()))?;
-        t.remove(&policy_lpm_key(k))
-            .map_err(|e| err(error_chain(&e)))
+        write(t, &policy_lpm_key(k)).map_err(|e| err(error_chain(&e)))
     }
 }
 

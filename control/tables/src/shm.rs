@@ -68,28 +68,15 @@ impl Mapping {
     /// The file system has no room (`ENOSPC`), or the kernel refused the mapping (a length
     /// of 0, no memory, a file system without shared mappings).
     pub(crate) fn new(file: File, len: usize) -> std::io::Result<Mapping> {
-        use rustix::mm::{MapFlags, ProtFlags};
         rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len as u64)?;
         if file.metadata()?.len() < len as u64 {
             return Err(std::io::Error::other(
                 "the file is shorter than its mapping",
             ));
         }
-        // SAFETY: a fresh mapping at an address the kernel chooses (no existing memory is
-        // replaced); `file` is open read-write, at least `len` bytes long and allocated
-        // (checked above), so every byte of the mapping is backed by the file.
-        let p = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &file,
-                0,
-            )
-        }?;
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| std::io::Error::other("mmap returned a null address"))?;
+        // Every byte of the mapping is backed by the file: `file` is open read-write, at
+        // least `len` bytes long and allocated (checked above).
+        let ptr = map_shared(&file, len)?;
         Ok(Mapping {
             ptr,
             len,
@@ -105,23 +92,10 @@ impl Mapping {
     /// # Errors
     /// The kernel refused the mapping (the map is not `BPF_F_MMAPABLE`, or too small).
     pub(crate) fn of_map(map: OwnedFd, lock: File, len: usize) -> std::io::Result<Mapping> {
-        use rustix::mm::{MapFlags, ProtFlags};
-        // SAFETY: a fresh mapping at an address the kernel chooses (no existing memory is
-        // replaced) of an mmapable array map's values: the kernel allocated all of them
-        // when the map was made (vmalloc'd, zeroed, never paged out), and refuses a length
-        // beyond them, so every byte of the mapping is backed.
-        let p = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                &map,
-                0,
-            )
-        }?;
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| std::io::Error::other("mmap returned a null address"))?;
+        // Every byte of the mapping is backed: the kernel allocated all of an mmapable array
+        // map's values when the map was made (vmalloc'd, zeroed, never paged out), and
+        // refuses a length beyond them.
+        let ptr = map_shared(&map, len)?;
         Ok(Mapping {
             ptr,
             len,
@@ -146,6 +120,27 @@ impl Drop for Mapping {
         // mapping holds an `Arc` to it, so none is alive now.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// `len` bytes of `fd` from offset 0, mapped read-write and shared at an address the kernel
+/// chooses. The caller makes sure every byte is backed (a file allocated that far, a BPF
+/// array that large): a page that is not would kill the process that touches it.
+fn map_shared(fd: impl std::os::fd::AsFd, len: usize) -> std::io::Result<NonNull<u8>> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh mapping at an address the kernel chooses, so no existing memory is
+    // replaced; nothing is read or written through it here.
+    let p = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }?;
+    NonNull::new(p.cast::<u8>())
+        .ok_or_else(|| std::io::Error::other("mmap returned a null address"))
 }
 
 /// Open (or create) `path` for a mapping of `len` bytes, locked exclusively. Returns the

@@ -419,13 +419,16 @@ static __always_inline int ct_policy_forward(const struct ct_req *q, struct ct_h
 	return 0;
 }
 
-/* Rewrite the source address and port to `addr`:`port` (reverse NAT of a service reply,
- * wire/nat.rs rewrite Side::Src), fixing the IPv4 and L4 checksums. */
-static __always_inline int rev_nat_src(struct __sk_buff *skb, const struct flow *f,
-				       __be32 addr, __be16 port)
+/* Rewrite one side of the packet -- the source (`dst` 0: reverse NAT of a service reply)
+ * or the destination (`dst` 1: DNAT to a backend) -- to `addr`:`port`, fixing the IPv4 and
+ * L4 checksums (wire/nat.rs rewrite). A later fragment has no ports to rewrite. */
+static __always_inline int nat_rewrite(struct __sk_buff *skb, struct flow *f, int dst, __be32 addr,
+				       __be16 port)
 {
-	__u32 ip_off = ETH_HLEN;
-	__u32 csum_off = 0;
+	__be32 old_addr = dst ? f->dst : f->src;
+	__be16 old_port = dst ? f->dport : f->sport;
+	__u32 csum_off = 0, port_off = f->l4_off + (dst ? 2 : 0);
+	__u32 addr_off = ETH_HLEN + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
 	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(addr);
 
 	if (f->proto == IPPROTO_TCP)
@@ -435,16 +438,20 @@ static __always_inline int rev_nat_src(struct __sk_buff *skb, const struct flow 
 		flags |= BPF_F_MARK_MANGLED_0;
 	}
 	if (csum_off && !f->later_fragment) {
-		if (bpf_l4_csum_replace(skb, csum_off, f->src, addr, flags) ||
-		    bpf_l4_csum_replace(skb, csum_off, f->sport, port,
+		if (bpf_l4_csum_replace(skb, csum_off, old_addr, addr, flags) ||
+		    bpf_l4_csum_replace(skb, csum_off, old_port, port,
 					(flags & BPF_F_MARK_MANGLED_0) | sizeof(port)) ||
-		    bpf_skb_store_bytes(skb, f->l4_off, &port, sizeof(port), 0))
+		    bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0))
 			return -1;
 	}
-	if (bpf_l3_csum_replace(skb, ip_off + offsetof(struct iphdr, check), f->src, addr,
+	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old_addr, addr,
 				sizeof(addr)) ||
-	    bpf_skb_store_bytes(skb, ip_off + offsetof(struct iphdr, saddr), &addr, sizeof(addr), 0))
+	    bpf_skb_store_bytes(skb, addr_off, &addr, sizeof(addr), 0))
 		return -1;
+	if (dst) {
+		f->dst = addr;
+		f->dport = port;
+	}
 	return 0;
 }
 
@@ -514,7 +521,7 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 				struct lb4_reverse_nat *fe =
 					bpf_map_lookup_elem(&cilium_lb4_reverse_nat, &id);
 
-				if (fe && rev_nat_src(skb, f, fe->address, fe->port))
+				if (fe && nat_rewrite(skb, f, 0, fe->address, fe->port))
 					return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
 			}
 		} else {
@@ -546,35 +553,6 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 #define SVC_FLAG_AFFINITY 0x10
 #define ALG_MAGLEV 2
 #define BE_STATE_ACTIVE 0
-
-/* Rewrite the destination address and port to `addr`:`port` (DNAT to a backend,
- * wire/nat.rs rewrite Side::Dst), fixing the IPv4 and L4 checksums. */
-static __always_inline int dnat(struct __sk_buff *skb, struct flow *f, __be32 addr, __be16 port)
-{
-	__u32 csum_off = 0;
-	__u64 flags = BPF_F_PSEUDO_HDR | sizeof(addr);
-
-	if (f->proto == IPPROTO_TCP)
-		csum_off = f->l4_off + offsetof(struct tcphdr, check);
-	else if (f->proto == IPPROTO_UDP) {
-		csum_off = f->l4_off + offsetof(struct udphdr, check);
-		flags |= BPF_F_MARK_MANGLED_0;
-	}
-	if (csum_off && !f->later_fragment) {
-		if (bpf_l4_csum_replace(skb, csum_off, f->dst, addr, flags) ||
-		    bpf_l4_csum_replace(skb, csum_off, f->dport, port,
-					(flags & BPF_F_MARK_MANGLED_0) | sizeof(port)) ||
-		    bpf_skb_store_bytes(skb, f->l4_off + 2, &port, sizeof(port), 0))
-			return -1;
-	}
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), f->dst, addr,
-				sizeof(addr)) ||
-	    bpf_skb_store_bytes(skb, ETH_HLEN + offsetof(struct iphdr, daddr), &addr, sizeof(addr), 0))
-		return -1;
-	f->dst = addr;
-	f->dport = port;
-	return 0;
-}
 
 /* lb4_local (stage/lb.rs): a pod's packet to a service frontend `key`/`m`. The backend is
  * the one the connection's service entry pins, or -- for a new connection, or a new SYN on
@@ -642,7 +620,7 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, stru
 		if (fp_ct_new(&q, &sc->st, new_lifetime(f, now), &sc->fwd) == 1)
 			fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 1);
 	}
-	if (dnat(skb, f, be->address, be->port))
+	if (nat_rewrite(skb, f, 1, be->address, be->port))
 		return DROP_WRITE_ERROR;
 	f->rev_nat = rev;
 	return 0;
