@@ -450,6 +450,7 @@ impl<K: KernelMaps> Datapath<K> {
                 self.commit_policy(commit);
                 let e = self.runtime_ids.entry(sec_id).or_insert((0, !known));
                 e.0 += 1;
+                self.sync_identities(&cur.identities, &t.identities);
                 Ok(self.writer.publish(t))
             }
             Err(e) => {
@@ -561,6 +562,7 @@ impl<K: KernelMaps> Datapath<K> {
                 } else if let Some(n) = self.runtime_ids.get_mut(&sec) {
                     n.0 -= 1;
                 }
+                self.sync_identities(&cur.identities, &t.identities);
                 Ok((self.writer.publish(t), slot))
             }
             Err(e) => {
@@ -830,7 +832,25 @@ impl<K: KernelMaps> Datapath<K> {
         }
         next.routes = Arc::new(r);
         next.identities = identities.into_iter().collect();
+        self.sync_identities(&cur.identities, &next.identities);
         Ok(self.writer.publish(next))
+    }
+
+    /// The kernel's copy of the identities accepted from the overlay (`fp_identities`, what
+    /// the tc datapath checks a VNI against), moved from `old` to `new`. Best effort: a
+    /// write that fails is logged (the tc datapath then refuses that identity's VXLAN with
+    /// 183, or keeps accepting a gone one, until the next change), the workers' tables are
+    /// what they were asked to be.
+    fn sync_identities(&mut self, old: &hashbrown::HashSet<u32>, new: &hashbrown::HashSet<u32>) {
+        let changes = new
+            .difference(old)
+            .map(|id| (*id, true))
+            .chain(old.difference(new).map(|id| (*id, false)));
+        for (id, known) in changes {
+            if let Err(e) = self.kernel.set_identity(id, known) {
+                eprintln!("fastpath: identity {id}: {e}");
+            }
+        }
     }
 
     /// Everything a node config puts in the tables and kernel maps, in the order the
@@ -1505,6 +1525,9 @@ mod tests {
             _: [u8; 4],
             _: Option<(u32, &crate::tables::NextHop)>,
         ) -> Result<(), MapWriteError> {
+            Ok(())
+        }
+        fn set_identity(&mut self, _: u32, _: bool) -> Result<(), MapWriteError> {
             Ok(())
         }
     }

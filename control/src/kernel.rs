@@ -55,6 +55,8 @@ pub trait OverlayMap {
         ip: [u8; 4],
         nh: Option<(u32, &crate::tables::NextHop)>,
     ) -> Result<(), MapWriteError>;
+    /// `fp_identities`: whether the overlay may carry identity `id` (its VNI) to this node.
+    fn set_identity(&mut self, id: u32, known: bool) -> Result<(), MapWriteError>;
 }
 
 /// `cilium_lb4_services_v2`, `cilium_lb4_backends_v3`, `cilium_lb4_reverse_nat`.
@@ -129,6 +131,9 @@ impl OverlayMap for NoKernel {
         _: [u8; 4],
         _: Option<(u32, &crate::tables::NextHop)>,
     ) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn set_identity(&mut self, _: u32, _: bool) -> Result<(), MapWriteError> {
         Ok(())
     }
 }

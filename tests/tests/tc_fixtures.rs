@@ -53,10 +53,6 @@ const KNOWN: &[(&str, &str)] = &[
         "shorter than an IPv4 header: the test run makes no skb of it (on a device the program drops it as 134)",
     ),
     (
-        "overlay: a VNI that is no identity this node accepts",
-        "not yet: the tc program refuses only the reserved VNIs 0 and 1, not identities the node does not know (183)",
-    ),
-    (
         "services: a service without backends answers port unreachable",
         "not yet: dropped with 158 but no ICMP port unreachable is sent",
     ),

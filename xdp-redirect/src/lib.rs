@@ -168,6 +168,7 @@ pub const PINNED: &[&str] = &[
     "fp_xdp_stats",
     "fp_policy",
     "fp_nexthops",
+    "fp_identities",
 ];
 
 /// The maps whose pins outlive the process: the service and backend IDs a run gave out,
@@ -1007,6 +1008,25 @@ impl OverlayMap for MapSet {
             },
         }
     }
+    fn set_identity(&mut self, id: u32, known: bool) -> Result<(), MapWriteError> {
+        let err = |op: &'static str, e: String| MapWriteError {
+            map: "fp_identities",
+            op,
+            key: id.to_string(),
+            msg: e,
+        };
+        let mut m: BpfHashMap<&mut MapData, u32, u8> =
+            map(self, "fp_identities").map_err(|e| err("update", e.to_string()))?;
+        if known {
+            m.insert(id, 1, 0)
+                .map_err(|e| err("update", error_chain(&e)))
+        } else {
+            match m.remove(&id) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r.map_err(|e| err("delete", error_chain(&e))),
+            }
+        }
+    }
 }
 
 impl OverlayMap for Steering {
@@ -1019,6 +1039,9 @@ impl OverlayMap for Steering {
         nh: Option<(u32, &control::tables::NextHop)>,
     ) -> Result<(), MapWriteError> {
         self.maps.set_nexthop(ip, nh)
+    }
+    fn set_identity(&mut self, id: u32, known: bool) -> Result<(), MapWriteError> {
+        self.maps.set_identity(id, known)
     }
 }
 

@@ -308,6 +308,17 @@ struct {
 	FP_PIN
 } fp_nexthops SEC(".maps");
 
+/* The identities this node accepts from the overlay (a VNI that is none of them is 183,
+ * as the workers refuse it): identity -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u8);
+	FP_PIN
+} fp_identities SEC(".maps");
+
 /* The per-endpoint policy maps cilium_policy_v2_<id> (Cilium 1.19's layout, one LPM trie
  * per endpoint, each pinned under its own name), reached by endpoint ID: one program
  * serves every endpoint, where Cilium compiles each endpoint's program against its map.

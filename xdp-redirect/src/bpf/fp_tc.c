@@ -60,6 +60,7 @@
 #define DROP_INVALID_IDENTITY 171
 #define DROP_UNKNOWN_SENDER 172
 #define DROP_POLICY_DENY 181
+#define DROP_INVALID_VNI 183
 #define DROP_TTL_EXCEEDED 196
 
 /* Metric directions (cilium_metrics). */
@@ -984,6 +985,9 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vx_off, __u
 	vni = (__u32)vx[4] << 16 | (__u32)vx[5] << 8 | vx[6];
 	if (vni == IDENTITY_HOST || vni == IDENTITY_UNKNOWN)
 		return drop(skb, DROP_INVALID_IDENTITY, DIR_INGRESS);
+	/* An identity the cluster does not know is refused too. */
+	if (!bpf_map_lookup_elem(&fp_identities, &vni))
+		return drop(skb, DROP_INVALID_VNI, DIR_INGRESS);
 	/* Outer padding is not part of the inner frame; then the outer headers go (the
 	 * outer Ethernet header stays, rewritten below, and the inner one goes with them). */
 	if (skb->len > end_off && bpf_skb_change_tail(skb, end_off, 0))
