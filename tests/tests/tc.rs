@@ -90,6 +90,41 @@ fn moving_devices_between_xdp_and_tc_keeps_connections() {
     );
     set(&n0, "eth1", "xdp");
     set(&n0, "lxc-p0", "xdp");
+    // The tc programs are gone from both devices, not only overtaken by XDP: what XDP hands
+    // to the kernel (the pod's ping to its gateway, the other node's ping to this node's
+    // NIC) no longer meets them.
+    let passed = n0.status().tc_counter("passed");
+    let router = n0.cfg.node.router_ip.to_string();
+    assert!(n0.ping(0, &router, 2), "pod -> host");
+    let nic = n0
+        .cfg
+        .node
+        .underlay
+        .as_ref()
+        .unwrap()
+        .address
+        .addr
+        .to_string();
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            n1.node_ns(),
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            &nic,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "n1 -> n0's NIC");
+    assert_eq!(
+        n0.status().tc_counter("passed"),
+        passed,
+        "no tc program left on lxc-p0 or eth1"
+    );
     round("back on xdp", &mut same, &mut cross);
     assert!(n0.status().xdp_counter("steered") >= steered + 6);
     // The closed pod's policy was in force throughout: a new connection to it is refused.

@@ -120,11 +120,12 @@ impl AttachedMode {
 
 pub use control::config::DatapathChoice as Datapath;
 
-/// A device's attachment: an XDP link, or a tc (TCX) link.
+/// A device's attachment: an XDP link, or a tc (TCX) link of the named program (a link is
+/// detached through the program that made it).
 #[derive(Debug)]
 enum DevLink {
     Xdp(XdpLinkId),
-    Tc(SchedClassifierLinkId),
+    Tc(&'static str, SchedClassifierLinkId),
 }
 
 /// One attached device.
@@ -726,7 +727,7 @@ impl Steering {
                 mode: "tc",
                 source,
             })?;
-        Ok(DevLink::Tc(link))
+        Ok(DevLink::Tc(name, link))
     }
 
     fn unlink(&mut self, link: DevLink) -> Result<(), SteeringError> {
@@ -737,17 +738,14 @@ impl Steering {
                     prog: "fp_steer",
                     source,
                 }),
-            DevLink::Tc(l) => {
+            DevLink::Tc(prog, l) => {
                 let tc = self
                     .tc
                     .as_mut()
                     .ok_or_else(|| SteeringError::Limit("the tc datapath is not loaded".into()))?;
-                // Either program: links detach by ID.
-                let p = tc.program(TC_FROM_CONTAINER)?;
-                match p.detach(l) {
-                    Ok(()) => Ok(()),
-                    Err(_) => Ok(()),
-                }
+                tc.program(prog)?
+                    .detach(l)
+                    .map_err(|source| SteeringError::Program { prog, source })
             }
         }
     }
