@@ -325,6 +325,16 @@ impl DatapathConfig {
             .copied()
             .unwrap_or(self.attach)
     }
+
+    /// Does a device have to run the tc datapath (`attach` or an `attach_devices` entry is
+    /// `tc`)?
+    pub fn needs_tc(&self) -> bool {
+        self.attach == DatapathChoice::Tc
+            || self
+                .attach_devices
+                .values()
+                .any(|c| *c == DatapathChoice::Tc)
+    }
 }
 
 impl Default for DatapathConfig {
@@ -611,9 +621,7 @@ impl Config {
                 }
             }
         }
-        let any_tc = d.attach == DatapathChoice::Tc
-            || d.attach_devices.values().any(|c| *c == DatapathChoice::Tc);
-        if any_tc && d.lb_algorithm == crate::lb::LbAlgorithm::Maglev {
+        if d.needs_tc() && d.lb_algorithm == crate::lb::LbAlgorithm::Maglev {
             bad(
                 "datapath.lb_algorithm".into(),
                 "maglev: the tc datapath chooses backends at random only (docs/tc.md); with attach: tc use random".into(),

@@ -748,12 +748,7 @@ fn load_maps(
     )?;
     // The tc datapath over the pinned maps (docs/tc.md): loaded whenever it can be, so a
     // device can be moved to it at run time; a failure is fatal only where a device needs it.
-    let needs_tc = cfg.datapath.attach == control::config::DatapathChoice::Tc
-        || cfg
-            .datapath
-            .attach_devices
-            .values()
-            .any(|c| *c == control::config::DatapathChoice::Tc);
+    let needs_tc = cfg.datapath.needs_tc();
     match &pin_dir {
         Some(d) => {
             if let Err(e) = dp.kernel().enable_tc(d) {

@@ -261,16 +261,25 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
         name: &str,
         sizes: CtSizes,
     ) -> std::io::Result<(Self, [crate::shared_table::Opened; 2])> {
-        let (tcp, o1) = SharedTable::open_file(
-            &dir.join(format!("{name}_tcp.table")),
-            &format!("{name}_tcp"),
-            sizes.tcp,
-        )?;
-        let (any, o2) = SharedTable::open_file(
-            &dir.join(format!("{name}_any.table")),
-            &format!("{name}_any"),
-            sizes.any,
-        )?;
+        Self::open_both(sizes, |tcp, size| {
+            let t = format!("{name}_{}", if tcp { "tcp" } else { "any" });
+            SharedTable::open_file(&dir.join(format!("{t}.table")), &t, size)
+        })
+    }
+
+    /// Both maps, each opened by `one(tcp, size)`.
+    fn open_both(
+        sizes: CtSizes,
+        mut one: impl FnMut(
+            bool,
+            usize,
+        ) -> std::io::Result<(
+            SharedTable<W, K, CtHash<T>>,
+            crate::shared_table::Opened,
+        )>,
+    ) -> std::io::Result<(Self, [crate::shared_table::Opened; 2])> {
+        let (tcp, o1) = one(true, sizes.tcp)?;
+        let (any, o2) = one(false, sizes.any)?;
         Ok((
             Conntrack {
                 tcp,
@@ -296,7 +305,8 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
         sizes: CtSizes,
     ) -> std::io::Result<(Self, [crate::shared_table::Opened; 2])> {
         use crate::shared_table::Keep;
-        let one = |map: &str, size| {
+        Self::open_both(sizes, |tcp, size| {
+            let map = if tcp { T::TCP_MAP } else { T::ANY_MAP };
             SharedTable::open_kept(
                 Keep::Pinned {
                     pin: &pin_dir.join(map),
@@ -305,17 +315,7 @@ impl<T: CtKey<K>, const K: usize> Conntrack<T, K> {
                 map,
                 size,
             )
-        };
-        let (tcp, o1) = one(T::TCP_MAP, sizes.tcp)?;
-        let (any, o2) = one(T::ANY_MAP, sizes.any)?;
-        Ok((
-            Conntrack {
-                tcp,
-                any,
-                key: PhantomData,
-            },
-            [o1, o2],
-        ))
+        })
     }
 
     /// After a restart, before any worker reads the maps: drop expired entries, forget
