@@ -625,7 +625,7 @@ impl Status {
         self.workers.iter().map(|w| w.routed).sum()
     }
     pub fn icmp_errors(&self) -> u64 {
-        self.workers.iter().map(|w| w.icmp_errors).sum()
+        self.workers.iter().map(|w| w.icmp_errors).sum::<u64>() + self.tc_counter("icmp_errors")
     }
     pub fn xdp_counter(&self, name: &str) -> u64 {
         self.xdp

@@ -53,20 +53,12 @@ const KNOWN: &[(&str, &str)] = &[
         "shorter than an IPv4 header: the test run makes no skb of it (on a device the program drops it as 134)",
     ),
     (
-        "services: a service without backends answers port unreachable",
-        "not yet: dropped with 158 but no ICMP port unreachable is sent",
-    ),
-    (
         "nodeport: a SYN from outside for a remote backend is encapsulated to its node, counted as ingress",
         "not yet: NodePort/ExternalIP from outside is the workers' only (a tc NIC hands it to the kernel)",
     ),
     (
         "nodeport: a SYN from outside for a service without backends is answered unreachable, counted as an ingress drop",
         "not yet: NodePort on a tc NIC",
-    ),
-    (
-        "nodeport: a pod's SYN to the same empty service is answered unreachable, counted as an egress drop",
-        "not yet: no ICMP port unreachable from tc (dropped with 158)",
     ),
 ];
 

@@ -175,6 +175,8 @@ fn rust_layouts() -> Vec<Layout> {
                 ("native_mask", offset_of!(FpConfig, native_mask)),
                 ("node_ip", offset_of!(FpConfig, node_ip)),
                 ("underlay_mtu", offset_of!(FpConfig, underlay_mtu)),
+                ("router_ip", offset_of!(FpConfig, router_ip)),
+                ("pad2", offset_of!(FpConfig, pad2)),
             ],
         ),
         (

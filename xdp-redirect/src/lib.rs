@@ -323,12 +323,13 @@ pub const TC_FROM_NETDEV: &str = "cil_from_netdev";
 
 /// Counter slots of `fp_tc_stats` (fp_tc.c `TC_STAT_*`), with the names `fastpath status`
 /// prints.
-pub const TC_STAT_NAMES: [&str; 5] = [
+pub const TC_STAT_NAMES: [&str; 6] = [
     "passed",
     "delivered",
     "encapsulated",
     "decapsulated",
     "arp_replies",
+    "icmp_errors",
 ];
 
 /// What the tc datapath counted, summed over CPUs.
@@ -466,8 +467,11 @@ struct FpConfig {
     /// The node's underlay address, wire order.
     node_ip: [u8; 4],
     underlay_mtu: u32,
+    /// The pods' gateway, wire order: the source of ICMP errors to pods.
+    router_ip: [u8; 4],
+    pad2: u32,
 }
-const _: () = assert!(size_of::<FpConfig>() == 24);
+const _: () = assert!(size_of::<FpConfig>() == 32);
 
 /// `struct fp_nexthop`: how the tc datapath reaches a node address.
 #[repr(C)]
@@ -969,6 +973,8 @@ impl OverlayMap for MapSet {
             native_mask: mask,
             node_ip: o.node_ip,
             underlay_mtu: o.underlay_mtu,
+            router_ip: o.router_ip,
+            pad2: 0,
         };
         let mut m: Array<&mut MapData, FpConfig> =
             map(self, "fp_config").map_err(|e| err(e.to_string()))?;

@@ -188,6 +188,10 @@ struct fp_config {
 	 * device's MTU: what the tc datapath's encapsulation needs. */
 	__be32 node_ip;
 	__u32 underlay_mtu;
+	/* The pods' gateway address: the source of the ICMP errors the node sends them
+	 * (fragmentation needed). */
+	__be32 router_ip;
+	__u32 pad2;
 };
 
 /* fastpath's next hops (fp_nexthops), kept by the control plane in step with the kernel's

@@ -88,7 +88,8 @@ enum {
 	TC_STAT_ENCAPSULATED = 2,
 	TC_STAT_DECAPSULATED = 3,
 	TC_STAT_ARP_REPLIES = 4,
-	TC_STAT_MAX = 5,
+	TC_STAT_ICMP_ERRORS = 5, /* ICMP errors sent back (the originals count as drops) */
+	TC_STAT_MAX = 6,
 };
 
 /* One cilium_metrics row per (reason, direction): index reason * 4 + direction. */
@@ -153,7 +154,9 @@ struct flow {
 	__be16 sport; /* ICMP echo: the identifier as sport (request) or dport (reply) */
 	__be16 dport;
 	__u8 icmp_type;
-	__u8 pad[3];
+	__u8 dont_frag;
+	__u8 l4_hlen; /* the first fragment's TCP/UDP/ICMP header length, else 0 */
+	__u8 pad;
 	__be16 icmp_id;
 	/* The service a from-container packet went through (lb4_local), host order; 0: none. */
 	__u16 rev_nat;
@@ -164,6 +167,11 @@ struct flow {
 	__be32 tunnel_ep;
 	__u8 dst_local;
 	__u8 pad3[3];
+	/* The frontend a service DNAT replaced (stage/flow.rs orig_dst), 0: none. An ICMP
+	 * error about the packet quotes it as the sender sent it. */
+	__be32 orig_dst;
+	__be16 orig_dport;
+	__u16 pad4;
 };
 
 static __always_inline void stat(__u32 slot)
@@ -248,6 +256,70 @@ static __always_inline __u16 csum_fold(__u32 s)
 	return ~s;
 }
 
+/* The one's complement sum (unfolded) of the `len` bytes at `off`, added to `sum`: in
+ * 64-byte chunks with bpf_csum_diff over the packet, the last 0-3 bytes by hand; at most
+ * CSUM_MAX bytes, which the caller has pulled into the linear data. -1 if it cannot. */
+#define CSUM_MAX 2048
+static __always_inline __s64 csum_range(struct __sk_buff *skb, __u32 off, __u32 len, __u32 sum)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 done = 0;
+	__s64 s;
+
+	if (len > CSUM_MAX)
+		return -1;
+	for (int i = 0; i < CSUM_MAX / 64; i++) {
+		__u8 *p = data + off + done;
+
+		if (done + 64 > len)
+			break;
+		if ((void *)(p + 64) > end)
+			return -1;
+		s = bpf_csum_diff(0, 0, (__be32 *)p, 64, 0);
+		if (s < 0)
+			return -1;
+		sum = csum_add32(sum, s);
+		done += 64;
+	}
+	for (int i = 0; i < 16; i++) {
+		__u8 *p = data + off + done;
+
+		if (done + 4 > len)
+			break;
+		if ((void *)(p + 4) > end)
+			return -1;
+		s = bpf_csum_diff(0, 0, (__be32 *)p, 4, 0);
+		if (s < 0)
+			return -1;
+		sum = csum_add32(sum, s);
+		done += 4;
+	}
+	{
+		__u8 *p = data + off + done;
+		__u8 tail[4] = {};
+		__u32 left = len - done;
+
+		if (left >= 1) {
+			if ((void *)(p + 1) > end)
+				return -1;
+			tail[0] = p[0];
+		}
+		if (left >= 2) {
+			if ((void *)(p + 2) > end)
+				return -1;
+			tail[1] = p[1];
+		}
+		if (left >= 3) {
+			if ((void *)(p + 3) > end)
+				return -1;
+			tail[2] = p[2];
+		}
+		sum = csum_add32(sum, *(__u32 *)tail);
+	}
+	return sum;
+}
+
 /* check_ipv4 (stage/flow.rs): a whole, checksummed IPv4 header at `off`, and its L4 header
  * when it is the first fragment. Returns 0 or a drop reason. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct flow *f)
@@ -277,6 +349,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 	f->total_len = bpf_ntohs(ip->tot_len);
 	f->proto = ip->protocol;
 	f->later_fragment = (ip->frag_off & bpf_htons(0x1fff)) != 0;
+	f->dont_frag = (ip->frag_off & bpf_htons(0x4000)) != 0;
+	f->l4_hlen = 0;
 	f->tracked = 0;
 	f->tcp_flags = 0;
 	f->sport = 0;
@@ -298,6 +372,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 		f->sport = th->source;
 		f->dport = th->dest;
 		f->tcp_flags = ((__u8 *)th)[13];
+		f->l4_hlen = th->doff * 4;
 		f->tracked = 1;
 	} else if (ip->protocol == IPPROTO_UDP) {
 		struct udphdr *uh = data + l4;
@@ -306,6 +381,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 			return DROP_CT_INVALID_HDR;
 		f->sport = uh->source;
 		f->dport = uh->dest;
+		f->l4_hlen = sizeof(*uh);
 		f->tracked = 1;
 	} else if (ip->protocol == IPPROTO_ICMP) {
 		struct icmphdr *ih = data + l4;
@@ -314,6 +390,7 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, __u32 off, struct f
 			return DROP_CT_INVALID_HDR;
 		f->icmp_type = ih->type;
 		f->icmp_id = ih->un.echo.id;
+		f->l4_hlen = sizeof(*ih);
 		if (ih->type == ICMP_ECHO) {
 			f->sport = ih->un.echo.id;
 			f->tracked = 1;
@@ -479,6 +556,80 @@ static __always_inline int l3_forward(struct __sk_buff *skb, const __u8 *dmac, c
 	return 0;
 }
 
+/* RFC 1812 4.3.2.3: an ICMP error carries as much of the original as fits 576 bytes. */
+#define ICMP_ERROR_MAX 576
+#define ICMP_QUOTE_MAX (ICMP_ERROR_MAX - 20 - 8)
+#define ICMP_PORT_UNREACH_KIND (ICMP_DEST_UNREACH | ICMP_PORT_UNREACH << 8)
+#define ICMP_FRAG_NEEDED_KIND (ICMP_DEST_UNREACH | ICMP_FRAG_NEEDED << 8)
+
+/* icmp_error (stage/icmp.rs, wire/icmp.rs make_error): turn the frame into an ICMP error
+ * about it -- `kind` = type | code << 8, `info` the rest-of-header word (the next-hop MTU
+ * of fragmentation-needed) -- from `from` to the packet's sender, quoting its IPv4 header
+ * and as much payload as fits 576 bytes (as the sender sent it: a service DNAT is undone
+ * first), and send it back out of the device it came in on, to the MAC it came from. The
+ * caller counts the original as dropped. Returns the tc verdict. */
+__attribute__((noinline)) int fp_icmp_error(struct __sk_buff *skb, struct flow *f, __be32 from,
+					    __u32 kind, __u32 info)
+{
+	struct {
+		struct iphdr ip;
+		struct icmphdr ic;
+	} h = {};
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 quote, icmp_off = ETH_HLEN + sizeof(struct iphdr);
+	void *data, *end;
+	struct ethhdr *eth;
+	__be32 to;
+	__s64 sum;
+
+	if (!f)
+		return TC_ACT_SHOT;
+	if (f->orig_dst && nat_rewrite(skb, f, 1, f->orig_dst, f->orig_dport))
+		return TC_ACT_SHOT;
+	to = f->src;
+	quote = f->total_len < ICMP_QUOTE_MAX ? f->total_len : ICMP_QUOTE_MAX;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(dmac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
+	/* The quote stays where it is; the new IPv4 and ICMP headers go in front of it. */
+	if (bpf_skb_change_tail(skb, ETH_HLEN + quote, 0) ||
+	    bpf_skb_adjust_room(skb, sizeof(h), BPF_ADJ_ROOM_MAC, 0))
+		return TC_ACT_SHOT;
+	h.ip.version = 4;
+	h.ip.ihl = 5;
+	h.ip.tot_len = bpf_htons(sizeof(h) + quote);
+	h.ip.frag_off = bpf_htons(0x4000);
+	h.ip.ttl = 64;
+	h.ip.protocol = IPPROTO_ICMP;
+	h.ip.saddr = from;
+	h.ip.daddr = to;
+	sum = bpf_csum_diff(0, 0, (__be32 *)&h.ip, sizeof(h.ip), 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	h.ip.check = csum_fold(sum);
+	h.ic.type = kind & 0xff;
+	h.ic.code = kind >> 8;
+	h.ic.un.gateway = bpf_htonl(info);
+	if (bpf_skb_store_bytes(skb, ETH_HLEN, &h, sizeof(h), 0) ||
+	    bpf_skb_pull_data(skb, icmp_off + sizeof(h.ic) + quote))
+		return TC_ACT_SHOT;
+	sum = csum_range(skb, icmp_off, sizeof(h.ic) + quote, 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	h.ic.checksum = csum_fold(sum);
+	if (bpf_skb_store_bytes(skb, icmp_off + offsetof(struct icmphdr, checksum), &h.ic.checksum,
+				sizeof(h.ic.checksum), 0) ||
+	    bpf_skb_store_bytes(skb, 0, dmac, ETH_ALEN, 0) ||
+	    bpf_skb_store_bytes(skb, ETH_ALEN, smac, ETH_ALEN, 0))
+		return TC_ACT_SHOT;
+	stat(TC_STAT_ICMP_ERRORS);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /* local_delivery (stage/to_container.rs): to the pod `ep` from identity `src_id`. A reply
  * of a connection the pod made skips policy (and is reverse-NATed if it went through a
  * service); anything else must pass the pod's ingress policy, and a new connection gets an
@@ -551,6 +702,10 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 	return bpf_redirect_peer(ifindex, 0);
 }
 
+/* lb4_local's answer for a service without backends: ICMP port unreachable from the
+ * frontend (Cilium's service-no-backend-response: reject), counted as drop 158. */
+#define FP_REJECT 0x1000
+
 #define SVC_FLAG_AFFINITY 0x10
 #define ALG_MAGLEV 2
 #define BE_STATE_ACTIVE 0
@@ -576,7 +731,7 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, stru
 	if (!sc)
 		return DROP_CT_CREATE_FAILED;
 	if (!m->count)
-		return DROP_NO_SERVICE;
+		return FP_REJECT;
 	/* CtTuple4::service: daddr = frontend, saddr = client, dport = client port, sport =
 	 * frontend port. */
 	sk = ct_connection(f->dst, f->src, f->dport, f->sport, f->proto, TUPLE_F_SERVICE);
@@ -621,10 +776,23 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, stru
 		if (fp_ct_new(&q, &sc->st, new_lifetime(f, now), &sc->fwd) == 1)
 			fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 1);
 	}
+	f->orig_dst = f->dst;
+	f->orig_dport = f->dport;
 	if (nat_rewrite(skb, f, 1, be->address, be->port))
 		return DROP_WRITE_ERROR;
 	f->rev_nat = rev;
 	return 0;
+}
+
+/* Is the packet longer than `mtu` (IPv4 bytes)? A GSO packet (a pod with TSO on) is
+ * judged by the segments it will be cut into: IPv4 and L4 headers plus gso_size. */
+static __always_inline int too_big(struct __sk_buff *skb, const struct flow *f, __u32 mtu)
+{
+	__u32 len = f->total_len;
+
+	if (skb->gso_size)
+		len = f->l4_off - ETH_HLEN + f->l4_hlen + skb->gso_size;
+	return len > mtu;
 }
 
 /* vxlan::flow_hash: the inner flow's hash that picks the outer UDP source port. */
@@ -678,8 +846,15 @@ __attribute__((noinline)) int fp_encap(struct __sk_buff *skb, const struct flow 
 		return drop(skb, DROP_UNROUTABLE, dir);
 	if (!nh || !nh->ifindex)
 		return drop(skb, DROP_NO_FIB, dir);
-	if (f->total_len + ETH_HLEN + ENCAP_LEN > cfg->underlay_mtu + ETH_HLEN)
-		return drop(skb, DROP_FRAG_NEEDED, dir);
+	if (too_big(skb, f, cfg->underlay_mtu - ENCAP_LEN)) {
+		/* A pod's DF packet learns the path MTU from the gateway; anything else is a
+		 * counted drop (stage/icmp.rs too_big). */
+		metric(DROP_FRAG_NEEDED, dir, skb->len);
+		if (lxc_mac && f->dont_frag)
+			return fp_icmp_error(skb, (struct flow *)f, cfg->router_ip,
+					     ICMP_FRAG_NEEDED_KIND, cfg->underlay_mtu - ENCAP_LEN);
+		return TC_ACT_SHOT;
+	}
 	vni = src_id == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : src_id;
 	ifindex = nh->ifindex;
 	__builtin_memcpy(dmac, nh->dst_mac, ETH_ALEN);
@@ -939,6 +1114,10 @@ int cil_from_container(struct __sk_buff *skb)
 	 * looks at the destination. */
 	if (f.tracked && f.proto != IPPROTO_ICMP) {
 		r = fp_lb4_local(skb, &f, src_id);
+		if (r == FP_REJECT) {
+			metric(DROP_NO_SERVICE, DIR_EGRESS, skb->len);
+			return fp_icmp_error(skb, &f, f.dst, ICMP_PORT_UNREACH_KIND, 0);
+		}
 		if (r)
 			return drop(skb, r, DIR_EGRESS);
 	}
@@ -1008,16 +1187,15 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vx_off, __u
 }
 
 /* Does the UDP datagram of `ulen` bytes at `off` (IPv4 header just before it, 20 bytes)
- * checksum to zero with its pseudo header? Summed in 64-byte chunks with bpf_csum_diff over
- * the packet, the last 0-3 bytes by hand; at most 2048 bytes. */
+ * checksum to zero with its pseudo header? */
 static __always_inline int udp_csum_ok(struct __sk_buff *skb, __u32 off, __u32 ulen)
 {
 	void *data, *end;
 	struct iphdr *ip;
-	__u32 done = 0, sum;
-	__s64 s;
+	__u32 pseudo;
+	__s64 sum;
 
-	if (ulen > 2048 || bpf_skb_pull_data(skb, off + ulen))
+	if (ulen > CSUM_MAX || bpf_skb_pull_data(skb, off + ulen))
 		return 0;
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;
@@ -1025,57 +1203,10 @@ static __always_inline int udp_csum_ok(struct __sk_buff *skb, __u32 off, __u32 u
 	if ((void *)(ip + 1) > end)
 		return 0;
 	/* The pseudo header: addresses, protocol, UDP length. */
-	sum = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) + (ip->daddr >> 16) +
-	      bpf_htons(IPPROTO_UDP) + bpf_htons(ulen);
-	for (int i = 0; i < 32; i++) {
-		__u8 *p = data + off + done;
-
-		if (done + 64 > ulen)
-			break;
-		if ((void *)(p + 64) > end)
-			return 0;
-		s = bpf_csum_diff(0, 0, (__be32 *)p, 64, 0);
-		if (s < 0)
-			return 0;
-		sum = csum_add32(sum, s);
-		done += 64;
-	}
-	for (int i = 0; i < 16; i++) {
-		__u8 *p = data + off + done;
-
-		if (done + 4 > ulen)
-			break;
-		if ((void *)(p + 4) > end)
-			return 0;
-		s = bpf_csum_diff(0, 0, (__be32 *)p, 4, 0);
-		if (s < 0)
-			return 0;
-		sum = csum_add32(sum, s);
-		done += 4;
-	}
-	{
-		__u8 *p = data + off + done;
-		__u8 tail[4] = {};
-		__u32 left = ulen - done;
-
-		if (left >= 1) {
-			if ((void *)(p + 1) > end)
-				return 0;
-			tail[0] = p[0];
-		}
-		if (left >= 2) {
-			if ((void *)(p + 2) > end)
-				return 0;
-			tail[1] = p[1];
-		}
-		if (left >= 3) {
-			if ((void *)(p + 3) > end)
-				return 0;
-			tail[2] = p[2];
-		}
-		sum = csum_add32(sum, *(__u32 *)tail);
-	}
-	return csum_fold(sum) == 0;
+	pseudo = (ip->saddr & 0xffff) + (ip->saddr >> 16) + (ip->daddr & 0xffff) +
+		 (ip->daddr >> 16) + bpf_htons(IPPROTO_UDP) + bpf_htons(ulen);
+	sum = csum_range(skb, off, ulen, pseudo);
+	return sum >= 0 && csum_fold(sum) == 0;
 }
 
 /* cil_from_netdev: tc ingress of the node NIC. VXLAN to this node's tunnel port goes to
