@@ -1083,6 +1083,10 @@ fn attach_devices(
             cfg.datapath.xdp_mode,
             cfg.datapath.attach_for(&p.ifname),
         )?;
+        let d = d.clone();
+        dp.kernel()
+            .set_port(slot as u32, p.ifindex, role, p.mac.0)
+            .map_err(|e| anyhow::anyhow!("{}: {}", p.ifname, xdp_redirect::error_chain(&e)))?;
         let (what, failed) = match d.mode {
             xdp_redirect::AttachedMode::Tc => ("tc datapath".to_string(), "XDP"),
             m => (format!("xdp {}", m.name()), "native"),

@@ -1281,6 +1281,18 @@ impl Endpoints {
                 xdp_redirect::error_chain(&e)
             ));
         }
+        // Best effort: only a NodePort reply through the tc datapath needs it (it is then
+        // dropped with 169), and the pod works otherwise.
+        if let Err(e) =
+            dp.kernel()
+                .set_port(ep.slot as u32, ep.port.ifindex, ROLE_LXC, ep.port.mac.0)
+        {
+            eprintln!(
+                "fastpath: {}: {}",
+                ep.pod.lxc,
+                xdp_redirect::error_chain(&e)
+            );
+        }
         Ok(g)
     }
 

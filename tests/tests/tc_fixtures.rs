@@ -52,14 +52,6 @@ const KNOWN: &[(&str, &str)] = &[
         "truncated ipv4",
         "shorter than an IPv4 header: the test run makes no skb of it (on a device the program drops it as 134)",
     ),
-    (
-        "nodeport: a SYN from outside for a remote backend is encapsulated to its node, counted as ingress",
-        "not yet: NodePort/ExternalIP from outside is the workers' only (a tc NIC hands it to the kernel)",
-    ),
-    (
-        "nodeport: a SYN from outside for a service without backends is answered unreachable, counted as an ingress drop",
-        "not yet: NodePort on a tc NIC",
-    ),
 ];
 
 #[test]

@@ -9,7 +9,7 @@ use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 
 use control::maps::policy::{PolicyEntry, PolicyKey};
 
-use super::{FpBackendAddr, FpConfig, FpDev, FpNextHop};
+use super::{FpBackendAddr, FpConfig, FpDev, FpNextHop, FpPort};
 
 /// struct name → (size, member → byte offset), from `bpftool btf dump file F format raw`.
 fn btf_structs(obj: &[u8], name: &str) -> HashMap<String, (usize, HashMap<String, usize>)> {
@@ -177,6 +177,15 @@ fn rust_layouts() -> Vec<Layout> {
                 ("underlay_mtu", offset_of!(FpConfig, underlay_mtu)),
                 ("router_ip", offset_of!(FpConfig, router_ip)),
                 ("pad2", offset_of!(FpConfig, pad2)),
+            ],
+        ),
+        (
+            "fp_port",
+            size_of::<FpPort>(),
+            vec![
+                ("ifindex", offset_of!(FpPort, ifindex)),
+                ("mac", offset_of!(FpPort, mac)),
+                ("pad", offset_of!(FpPort, pad)),
             ],
         ),
         (

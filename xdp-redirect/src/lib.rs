@@ -170,6 +170,7 @@ pub const PINNED: &[&str] = &[
     "fp_policy",
     "fp_nexthops",
     "fp_identities",
+    "fp_ports",
 ];
 
 /// The maps whose pins outlive the process: the service and backend IDs a run gave out,
@@ -473,6 +474,16 @@ struct FpConfig {
 }
 const _: () = assert!(size_of::<FpConfig>() == 32);
 
+/// `struct fp_port`: a port's device and MAC, by port number (fp_dev.slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FpPort {
+    ifindex: u32,
+    mac: [u8; 6],
+    pad: u16,
+}
+const _: () = assert!(size_of::<FpPort>() == 12);
+
 /// `struct fp_nexthop`: how the tc datapath reaches a node address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -495,8 +506,15 @@ mod pod_nh {
 }
 
 #[allow(unsafe_code)]
+mod pod_port {
+    // SAFETY: repr(C), u32, [u8; 6], u16: 12 bytes, no implicit padding; every bit pattern
+    // is valid.
+    unsafe impl aya::Pod for super::FpPort {}
+}
+
+#[allow(unsafe_code)]
 mod pod_cfg {
-    // SAFETY: repr(C), u32, [u8; 2], u16, [u8; 4] x3, u32: 24 bytes, no implicit padding;
+    // SAFETY: repr(C), u32, [u8; 2], u16, [u8; 4] x4, u32 x2: 32 bytes, no implicit padding;
     // every bit pattern is valid.
     unsafe impl aya::Pod for super::FpConfig {}
 }
@@ -795,6 +813,41 @@ impl Steering {
         d.fallback_reason = why;
         self.unlink(old)?;
         Ok(&self.devices[i])
+    }
+
+    /// Record port `slot` (device `ifindex`, `role`, `mac`): its `fp_devs` entry, as
+    /// [`Steering::attach`] writes it, and its `fp_ports` entry, where the tc datapath finds
+    /// the device a conntrack entry names by port (a NodePort client's, for its replies).
+    /// The daemon calls it for every port it attaches; the fixture runner, which attaches
+    /// nothing, for every port of its node.
+    pub fn set_port(
+        &mut self,
+        slot: u32,
+        ifindex: u32,
+        role: u32,
+        mac: [u8; 6],
+    ) -> Result<(), SteeringError> {
+        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
+        devs.insert(ifindex, FpDev { slot, role }, 0)
+            .map_err(|source| SteeringError::Map {
+                map: "fp_devs",
+                source,
+            })?;
+        let mut ports: Array<&mut MapData, FpPort> = map(&mut self.maps, "fp_ports")?;
+        ports
+            .set(
+                slot,
+                FpPort {
+                    ifindex,
+                    mac,
+                    pad: 0,
+                },
+                0,
+            )
+            .map_err(|source| SteeringError::Map {
+                map: "fp_ports",
+                source,
+            })
     }
 
     /// Detach from one device (by ifindex) and forget its `fp_devs` entry. Frames it

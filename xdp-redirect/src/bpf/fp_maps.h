@@ -208,6 +208,15 @@ struct fp_nexthop {
 	__u8 pad;
 };
 
+/* fastpath's ports by slot (the workers' port number, fp_dev.slot): the device and its MAC.
+ * Conntrack entries name a device by port (the one a NodePort client's request came in
+ * on, where its replies go); this is how the tc datapath finds it. */
+struct fp_port {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u16 pad;
+};
+
 /* An ARP packet for IPv4 over Ethernet. */
 struct arp_fixed {
 	__be16 htype;
@@ -303,6 +312,14 @@ struct {
 	__type(value, struct fp_dev);
 	FP_PIN
 } fp_devs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FP_MAX_DEVS);
+	__type(key, __u32);
+	__type(value, struct fp_port);
+	FP_PIN
+} fp_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -56,10 +56,12 @@
 #define DROP_FRAG_NOSUPPORT 157
 #define DROP_NO_SERVICE 158
 #define DROP_HOST_UNREACH 164
+#define DROP_NAT_NO_MAPPING 167
 #define DROP_NO_FIB 169
 #define DROP_INVALID_IDENTITY 171
 #define DROP_UNKNOWN_SENDER 172
 #define DROP_POLICY_DENY 181
+#define DROP_IS_CLUSTER_IP 174
 #define DROP_INVALID_VNI 183
 #define DROP_TTL_EXCEEDED 196
 
@@ -89,7 +91,8 @@ enum {
 	TC_STAT_DECAPSULATED = 3,
 	TC_STAT_ARP_REPLIES = 4,
 	TC_STAT_ICMP_ERRORS = 5, /* ICMP errors sent back (the originals count as drops) */
-	TC_STAT_MAX = 6,
+	TC_STAT_ROUTED = 6,      /* NodePort replies back to their clients */
+	TC_STAT_MAX = 7,
 };
 
 /* One cilium_metrics row per (reason, direction): index reason * 4 + direction. */
@@ -122,6 +125,15 @@ struct fp_scratch {
 	struct ct_hit reply;
 	struct ct_hit fwd;
 	struct ct_state st;
+	/* A service connection's entry: its key (lb4_local, nodeport_lb4); then, in
+	 * nodeport_lb4, the SNATed connection's OUT key. */
+	struct ct_req svc_q;
+	/* nodeport_lb4's frontend and backend (off the stack the call chain shares). */
+	struct lb4_key key;
+	struct lb4_backend be;
+	/* Not cleared by scratch(): the state a NodePort delivery gives the IN entry, set by
+	 * fp_nodeport just before fp_local_delivery. */
+	struct ct_state np;
 };
 
 struct {
@@ -137,8 +149,16 @@ static __always_inline struct fp_scratch *scratch(void)
 	struct fp_scratch *s = bpf_map_lookup_elem(&fp_tc_scratch, &zero);
 
 	if (s)
-		__builtin_memset(s, 0, sizeof(*s));
+		__builtin_memset(s, 0, offsetof(struct fp_scratch, np));
 	return s;
+}
+
+/* The scratch value as the last user left it (a conntrack hit handed on). */
+static __always_inline struct fp_scratch *scratch_keep(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&fp_tc_scratch, &zero);
 }
 
 /* What a parsed IPv4 packet carries (stage/flow.rs Ip). */
@@ -172,7 +192,29 @@ struct flow {
 	__be32 orig_dst;
 	__be16 orig_dport;
 	__u16 pad4;
+	/* nodeport_lb4: the client's identity, for the local backend's ingress policy. */
+	__u32 src_id;
 };
+
+/* The node NIC's parsed packet, off the stack: the call chains from cil_from_netdev
+ * (nodeport_lb4, then delivery, then conntrack) would otherwise pass the 512 bytes the
+ * verifier allows them together. One per CPU, as the scratch value. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow);
+} fp_tc_flow SEC(".maps");
+
+static __always_inline struct flow *netdev_flow(void)
+{
+	__u32 zero = 0;
+	struct flow *f = bpf_map_lookup_elem(&fp_tc_flow, &zero);
+
+	if (f)
+		__builtin_memset(f, 0, sizeof(*f));
+	return f;
+}
 
 static __always_inline void stat(__u32 slot)
 {
@@ -529,6 +571,9 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, struct flow *f, in
 	if (dst) {
 		f->dst = addr;
 		f->dport = port;
+	} else {
+		f->src = addr;
+		f->sport = port;
 	}
 	return 0;
 }
@@ -634,9 +679,12 @@ __attribute__((noinline)) int fp_icmp_error(struct __sk_buff *skb, struct flow *
  * of a connection the pod made skips policy (and is reverse-NATed if it went through a
  * service); anything else must pass the pod's ingress policy, and a new connection gets an
  * IN entry. Then TTL - 1, the pod's MACs, and into the pod. */
+#define DELIVER_FROM_POD 1
+#define DELIVER_NODEPORT 2
 __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct flow *f,
-						__u32 src_id, __u32 from_pod)
+						__u32 src_id, __u32 how)
 {
+	__u32 from_pod = how & DELIVER_FROM_POD;
 	struct endpoint_info *ep;
 	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
 	__u32 ifindex, now = ct_now();
@@ -677,6 +725,9 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 					return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
 			}
 		} else {
+			/* A NodePort connection's IN entry says where the replies go. */
+			if (how & DELIVER_NODEPORT)
+				sc->st = sc->np;
 			sc->st.src_sec_id = src_id;
 			r = ct_policy_forward(&q, &sc->fwd, found & 2, &sc->st, lxc_id, POL_INGRESS,
 					      src_id, f);
@@ -695,6 +746,8 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 	 * other (ingress), as the workers count it. */
 	if (from_pod)
 		metric(0, DIR_EGRESS, skb->len);
+	/* What came in through the NIC and went into a pod is counted as routed in by the
+	 * workers; here as delivered. */
 	metric(0, DIR_INGRESS, skb->len);
 	stat(TC_STAT_DELIVERED);
 	/* Straight into the pod's namespace: the lxc's peer receives it (bpf_lxc's
@@ -705,38 +758,41 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 /* lb4_local's answer for a service without backends: ICMP port unreachable from the
  * frontend (Cilium's service-no-backend-response: reject), counted as drop 158. */
 #define FP_REJECT 0x1000
+/* fp_egress: the packet is the reply of a NodePort connection (stage/nodeport.rs). */
+#define FP_NODEPORT_REPLY 0x1001
+/* fp_nodeport: deliver to the local backend (f->src_id the client's identity), or
+ * encapsulate to the remote backend's node (f->tunnel_ep). The caller does either, so
+ * that the deepest call chain stays within the verifier's stack limit. */
+#define FP_DELIVER 0x1002
+#define FP_ENCAP 0x1003
 
 #define SVC_FLAG_AFFINITY 0x10
+#define SVC_FLAG_ROUTABLE 0x40
 #define ALG_MAGLEV 2
 #define BE_STATE_ACTIVE 0
 
-/* lb4_local (stage/lb.rs): a pod's packet to a service frontend `key`/`m`. The backend is
- * the one the connection's service entry pins, or -- for a new connection, or a new SYN on
- * a closed one or towards a backend going away -- a random slot of the service (a new
- * service entry pins it); then DNAT. Returns 0 with *rev_nat set (the service ID the OUT
- * entry records for the reverse translation), or a drop reason: 158 for a service without
- * backends, and for what the tc datapath does not do yet (session affinity, Maglev:
+/* svc_backend (stage/lb.rs): the backend of a service connection to frontend `key`/`m`
+ * -- the one its service entry pins, or, for a new connection (or a new SYN on a closed
+ * one, or towards a backend going away), a random slot of the service, recorded in a new
+ * service entry. On success *out is the backend, sc->st the service entry's state (its
+ * nat_port: a NodePort connection's SNAT port, 0 until one is chosen) and sc->svc_q its
+ * key. Returns 0 or a drop reason (158; Maglev and session affinity are the workers' only,
  * docs/tc.md). */
-static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, struct lb4_key *key,
-				     struct lb4_service *m, __u32 src_id, __u32 now)
+static __always_inline int svc_backend(struct fp_scratch *sc, const struct flow *f,
+				       const struct lb4_key *key, const struct lb4_service *m,
+				       __u32 src_id, __u32 now, struct lb4_backend *out)
 {
-	struct fp_scratch *sc = scratch();
 	struct lb4_backend *be = 0;
-	struct ct_key sk;
-	struct ct_req q;
 	int tcp = f->proto == IPPROTO_TCP, found;
 	__u16 rev = bpf_ntohs(m->rev_nat_index);
 	__u32 id;
 
-	if (!sc)
-		return DROP_CT_CREATE_FAILED;
-	if (!m->count)
-		return FP_REJECT;
 	/* CtTuple4::service: daddr = frontend, saddr = client, dport = client port, sport =
 	 * frontend port. */
-	sk = ct_connection(f->dst, f->src, f->dport, f->sport, f->proto, TUPLE_F_SERVICE);
-	q = ct_req(tcp, sk, now);
-	found = fp_ct_get(&q, &sc->fwd);
+	sc->svc_q = ct_req(tcp, ct_connection(f->dst, f->src, f->dport, f->sport, f->proto,
+					      TUPLE_F_SERVICE),
+			   now);
+	found = fp_ct_get(&sc->svc_q, &sc->fwd);
 	if (found < 0)
 		return DROP_CT_CREATE_FAILED;
 	if (found) {
@@ -747,10 +803,12 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, stru
 			int closing = (sc->fwd.st.flags & (CT_RX_CLOSING | CT_TX_CLOSING)) ==
 				      (CT_RX_CLOSING | CT_TX_CLOSING);
 
-			if (new_syn && (closing || be->flags != BE_STATE_ACTIVE))
+			if (new_syn && (closing || be->flags != BE_STATE_ACTIVE)) {
 				be = 0;
-			else
+			} else {
 				fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 1);
+				sc->st = sc->fwd.st;
+			}
 		}
 	}
 	if (!be) {
@@ -770,17 +828,45 @@ static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, stru
 		be = bpf_map_lookup_elem(&cilium_lb4_backends_v3, &id);
 		if (!be)
 			return DROP_NO_SERVICE;
+		__builtin_memset(&sc->st, 0, sizeof(sc->st));
 		sc->st.backend_id = id;
 		sc->st.rev_nat = rev;
 		sc->st.src_sec_id = src_id;
-		if (fp_ct_new(&q, &sc->st, new_lifetime(f, now), &sc->fwd) == 1)
+		if (fp_ct_new(&sc->svc_q, &sc->st, new_lifetime(f, now), &sc->fwd) == 1)
 			fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 1);
 	}
+	*out = *be;
+	return 0;
+}
+
+/* DNAT to backend `be`, remembering the frontend for an ICMP error's quote. */
+static __always_inline int dnat(struct __sk_buff *skb, struct flow *f, const struct lb4_backend *be)
+{
 	f->orig_dst = f->dst;
 	f->orig_dport = f->dport;
-	if (nat_rewrite(skb, f, 1, be->address, be->port))
+	return nat_rewrite(skb, f, 1, be->address, be->port);
+}
+
+/* lb4_local (stage/lb.rs): a pod's packet to a service frontend `key`/`m`: its backend,
+ * then DNAT. Returns 0 with f->rev_nat set (the service ID the OUT entry records for the
+ * reverse translation), FP_REJECT for a service without backends, or a drop reason. */
+static __always_inline int lb4_local(struct __sk_buff *skb, struct flow *f, struct lb4_key *key,
+				     struct lb4_service *m, __u32 src_id, __u32 now)
+{
+	struct fp_scratch *sc = scratch();
+	struct lb4_backend be;
+	int r;
+
+	if (!sc)
+		return DROP_CT_CREATE_FAILED;
+	if (!m->count)
+		return FP_REJECT;
+	r = svc_backend(sc, f, key, m, src_id, now, &be);
+	if (r)
+		return r;
+	if (dnat(skb, f, &be))
 		return DROP_WRITE_ERROR;
-	f->rev_nat = rev;
+	f->rev_nat = bpf_ntohs(m->rev_nat_index);
 	return 0;
 }
 
@@ -830,7 +916,8 @@ _Static_assert(sizeof(struct outer) == 36, "outer IPv4 + UDP + VXLAN");
 __attribute__((noinline)) int fp_encap(struct __sk_buff *skb, const struct flow *f, __u32 tunnel_ep,
 				       __u32 src_id, __u64 lxc_mac)
 {
-	const __u32 dir = DIR_EGRESS; /* a pod's packet: the only sender so far */
+	/* A pod's packet (lxc_mac set), else NodePort traffic from outside. */
+	const __u32 dir = lxc_mac ? DIR_EGRESS : DIR_INGRESS;
 	struct fp_nexthop *nh = bpf_map_lookup_elem(&fp_nexthops, &tunnel_ep);
 	__u32 zero = 0, vni, inner_len;
 	struct fp_config *cfg = bpf_map_lookup_elem(&fp_config, &zero);
@@ -960,8 +1047,10 @@ static __always_inline int arp_respond(struct __sk_buff *skb)
 
 /* The service frontend (master entry) an IPv4 TCP/UDP first fragment at `ETH_HLEN` is
  * addressed to, if any; `key` gets its key. */
-static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, struct lb4_key *key)
+static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, struct lb4_key *key,
+						       __be32 node_ip)
 {
+	struct lb4_service *m;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
@@ -978,9 +1067,15 @@ static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, st
 	k.address = ip->daddr;
 	k.dport = ports[1];
 	k.proto = ip->protocol;
+	m = bpf_map_lookup_elem(&cilium_lb4_services_v2, &k);
+	/* To this node's address: the NodePort surrogate frontend 0.0.0.0:port too. */
+	if (!m && node_ip && k.address == node_ip) {
+		k.address = 0;
+		m = bpf_map_lookup_elem(&cilium_lb4_services_v2, &k);
+	}
 	if (key)
 		*key = k;
-	return bpf_map_lookup_elem(&cilium_lb4_services_v2, &k);
+	return m;
 }
 
 /* The service step of from-container: a packet to a frontend is translated (lb4_local);
@@ -988,11 +1083,14 @@ static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, st
 __attribute__((noinline)) int fp_lb4_local(struct __sk_buff *skb, struct flow *f, __u32 src_id)
 {
 	struct lb4_service *m, master;
+	struct fp_config *cfg;
 	struct lb4_key key;
+	__u32 zero = 0;
 
-	if (!f)
+	cfg = bpf_map_lookup_elem(&fp_config, &zero);
+	if (!f || !cfg)
 		return DROP_INVALID;
-	m = frontend_of(skb, &key);
+	m = frontend_of(skb, &key, cfg->node_ip);
 	if (!m)
 		return 0;
 	master = *m;
@@ -1001,15 +1099,37 @@ __attribute__((noinline)) int fp_lb4_local(struct __sk_buff *skb, struct flow *f
 
 /* Would the XDP program steer this IPv4 frame from a pod to the workers (fp_steer)? The
  * tc datapath takes the same frames; the rest is the kernel's. */
-static __always_inline int ours_from_pod(__be32 daddr, const struct fp_config *cfg)
+static __always_inline int ours_from_pod(struct __sk_buff *skb, const struct fp_config *cfg)
 {
-	struct endpoint_info *ep = endpoint(daddr);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	struct endpoint_info *ep;
+	struct fp_backend_addr b = {};
+	__be16 *ports;
+	int host;
 
-	if (ep)
-		return !(ep->flags & ENDPOINT_F_HOST);
-	if (cfg->mode == FP_MODE_TUNNEL)
-		return tunnel_v4(ipcache(daddr)) != 0;
-	return 0;
+	if ((void *)(ip + 1) > end)
+		return 1;
+	ep = endpoint(ip->daddr);
+	host = ep && (ep->flags & ENDPOINT_F_HOST);
+	if (ep && !host)
+		return 1;
+	if (cfg->mode == FP_MODE_TUNNEL && tunnel_v4(ipcache(ip->daddr)))
+		return 1;
+	if (frontend_of(skb, 0, cfg->node_ip))
+		return 1;
+	/* A service backend's reply (a NodePort client's, outside the cluster). */
+	if (host || ip->ihl < 5 || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
+	    (ip->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	ports = (void *)ip + ip->ihl * 4;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	b.address = ip->saddr;
+	b.port = ports[0];
+	b.proto = ip->protocol;
+	return bpf_map_lookup_elem(&fp_lb_backend_addrs, &b) != 0;
 }
 
 /* Conntrack on from-container (ct_egress, then ct_policy_forward): one probe for both
@@ -1037,6 +1157,10 @@ __attribute__((noinline)) int fp_egress(const struct flow *f, __u32 src_id, __u3
 			return DROP_CT_CREATE_FAILED;
 		if (found & 1) {
 			fp_ct_touch(&sc->reply, 1, f->tcp_flags, now, 0);
+			/* A NodePort client's connection served by this pod: its reply goes back
+			 * the way the request came (sc->reply holds the entry). */
+			if (sc->reply.st.flags & CT_NODE_PORT)
+				return FP_NODEPORT_REPLY;
 			return 0;
 		}
 	}
@@ -1048,6 +1172,224 @@ __attribute__((noinline)) int fp_egress(const struct flow *f, __u32 src_id, __u3
 	return ct_policy_forward(&q, &sc->fwd, found & 2, &sc->st, src_lxc, POL_EGRESS, dst_id, f);
 }
 
+#define SNAT_PORT_MIN 32768
+#define SNAT_RETRIES 8
+
+/* forward_reply (stage/nodeport.rs): a NodePort reply -- destination back to the client
+ * when the request was SNATed (`snat`), source back to the frontend -- to the client's MAC
+ * out of the device the request came in on (the entry's reply port), as `dir`. */
+static __always_inline int forward_reply(struct __sk_buff *skb, struct flow *f,
+					 const struct ct_state *st, int snat, __u32 dir)
+{
+	__u16 id = bpf_htons(st->rev_nat);
+	struct lb4_reverse_nat *fe = bpf_map_lookup_elem(&cilium_lb4_reverse_nat, &id);
+	__u32 slot = st->reply_port - 1, ifindex;
+	struct fp_port *port;
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__be32 fe_addr, client = st->nat_addr;
+	__be16 fe_port, client_port = bpf_htons(st->nat_port);
+	int r;
+
+	if (!fe)
+		return drop(skb, DROP_NO_SERVICE, dir);
+	fe_addr = fe->address;
+	fe_port = fe->port;
+	port = st->reply_port ? bpf_map_lookup_elem(&fp_ports, &slot) : 0;
+	if (!port || !port->ifindex)
+		return drop(skb, DROP_NO_FIB, dir);
+	ifindex = port->ifindex;
+	__builtin_memcpy(smac, port->mac, ETH_ALEN);
+	__builtin_memcpy(dmac, st->reply_mac, ETH_ALEN);
+	if (snat && nat_rewrite(skb, f, 1, client, client_port))
+		return drop(skb, DROP_WRITE_ERROR, dir);
+	if (nat_rewrite(skb, f, 0, fe_addr, fe_port))
+		return drop(skb, DROP_WRITE_ERROR, dir);
+	/* What follows the datagram (padding) is not forwarded (forward.rs l3_forward). */
+	if (skb->len > ETH_HLEN + f->total_len &&
+	    bpf_skb_change_tail(skb, ETH_HLEN + f->total_len, 0))
+		return drop(skb, DROP_WRITE_ERROR, dir);
+	r = l3_forward(skb, dmac, smac);
+	if (r)
+		return drop(skb, r, dir);
+	metric(0, dir, skb->len);
+	stat(TC_STAT_ROUTED);
+	return bpf_redirect(ifindex, 0);
+}
+
+/* nodeport_reply (stage/nodeport.rs): a local backend's reply to a NodePort/ExternalIP
+ * client, found by fp_egress (the IN entry, left in the scratch value). */
+__attribute__((noinline)) int fp_nodeport_reply(struct __sk_buff *skb, struct flow *f)
+{
+	struct fp_scratch *sc = scratch_keep();
+
+	if (!sc || !f)
+		return drop(skb, DROP_CT_CREATE_FAILED, DIR_EGRESS);
+	return forward_reply(skb, f, &sc->reply.st, 0, DIR_EGRESS);
+}
+
+/* nodeport_snat_reply (stage/nodeport.rs): a packet from another node to this node's
+ * address: the reply of a SNATed NodePort connection (an OUT entry with the NodePort flag)
+ * goes back to the client; anything else has no way into the host from here (164). */
+__attribute__((noinline)) int fp_nodeport_snat_reply(struct __sk_buff *skb, struct flow *f)
+{
+	struct fp_scratch *sc = scratch();
+	__u32 now = ct_now();
+	struct ct_req q;
+	int found;
+
+	if (!sc || !f)
+		return drop(skb, DROP_CT_CREATE_FAILED, DIR_INGRESS);
+	q = ct_req(f->proto == IPPROTO_TCP,
+		   ct_connection(f->dst, f->src, f->dport, f->sport, f->proto, TUPLE_F_OUT), now);
+	found = fp_ct_get(&q, &sc->fwd);
+	if (found != 1 || !(sc->fwd.st.flags & CT_NODE_PORT))
+		return drop(skb, DROP_HOST_UNREACH, DIR_INGRESS);
+	fp_ct_touch(&sc->fwd, 1, f->tcp_flags, now, 0);
+	return forward_reply(skb, f, &sc->fwd.st, 1, DIR_INGRESS);
+}
+
+/* Is SNAT port `p` (network order) of this node free towards the backend -- no OUT entry,
+ * or the one of this very client? */
+static __always_inline int snat_free(struct fp_scratch *sc, const struct flow *f, __be32 node,
+				     __be16 p, __u32 now)
+{
+	struct ct_req q = ct_req(f->proto == IPPROTO_TCP,
+				 ct_connection(node, f->dst, p, f->dport, f->proto, TUPLE_F_OUT), now);
+	int found = fp_ct_get(&q, &sc->reply);
+
+	if (found < 0)
+		return 0;
+	return !found || (sc->reply.st.nat_addr == f->src &&
+			  sc->reply.st.nat_port == bpf_ntohs(f->sport));
+}
+
+/* nodeport_lb4 (stage/nodeport.rs): a packet from outside the cluster (in on the node NIC)
+ * to a NodePort or ExternalIP frontend. A local backend gets it DNATed; a remote one DNATed
+ * and SNATed to this node's address (Cilium's default SNAT mode), then encapsulated to the
+ * backend's node. The conntrack entry remembers the client's MAC and the device for the
+ * replies, as the workers' does, so either datapath can answer. */
+__attribute__((noinline)) int fp_nodeport(struct __sk_buff *skb, struct flow *f)
+{
+	struct fp_scratch *sc = scratch();
+	__u32 zero = 0, now = ct_now(), src_id, ifindex = skb->ifindex;
+	struct fp_config *cfg = bpf_map_lookup_elem(&fp_config, &zero);
+	struct lb4_service *m;
+	struct remote_endpoint_info *ri;
+	struct endpoint_info *ep;
+	struct fp_dev *dev;
+	struct ethhdr *eth;
+	__be32 node, client, tunnel;
+	__be16 client_port;
+	__u16 port = 0;
+	int r;
+
+	if (!f || !sc || !cfg)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
+	node = cfg->node_ip;
+	m = frontend_of(skb, &sc->key, node);
+	if (!m)
+		return drop(skb, DROP_NO_SERVICE, DIR_INGRESS);
+	if (!(m->flags & SVC_FLAG_ROUTABLE))
+		return drop(skb, DROP_IS_CLUSTER_IP, DIR_INGRESS);
+	if (!m->count)
+		return FP_REJECT;
+	dev = bpf_map_lookup_elem(&fp_devs, &ifindex);
+	if (!dev)
+		return drop(skb, DROP_UNKNOWN_SENDER, DIR_INGRESS);
+	ri = ipcache(f->src);
+	src_id = ri ? ri->sec_identity : IDENTITY_WORLD;
+	r = svc_backend(sc, f, &sc->key, m, src_id, now, &sc->be);
+	if (r)
+		return drop(skb, r, DIR_INGRESS);
+	/* The reply state: the service, the client's MAC and port of entry. */
+	__builtin_memset(&sc->np, 0, sizeof(sc->np));
+	{
+		void *data = (void *)(long)skb->data;
+		void *end = (void *)(long)skb->data_end;
+
+		eth = data;
+		if ((void *)(eth + 1) > end)
+			return drop(skb, DROP_INVALID, DIR_INGRESS);
+		__builtin_memcpy(sc->np.reply_mac, eth->h_source, ETH_ALEN);
+	}
+	sc->np.rev_nat = bpf_ntohs(m->rev_nat_index);
+	sc->np.flags = CT_NODE_PORT;
+	sc->np.src_sec_id = src_id;
+	sc->np.reply_port = dev->slot + 1;
+	client = f->src;
+	client_port = f->sport;
+	if (dnat(skb, f, &sc->be))
+		return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+	ep = endpoint(f->dst);
+	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
+		/* A local backend: no SNAT; its ingress policy judges the client. */
+		f->src_id = src_id;
+		return FP_DELIVER;
+	}
+	/* A remote backend: SNAT to the node, keeping the client's port when it is free. */
+	port = sc->st.nat_port;
+	if (!port) {
+		if (bpf_ntohs(client_port) >= SNAT_PORT_MIN && snat_free(sc, f, node, client_port, now))
+			port = bpf_ntohs(client_port);
+		for (int i = 0; i < SNAT_RETRIES && !port; i++) {
+			__u16 p = SNAT_PORT_MIN + bpf_get_prandom_u32() % (65536 - SNAT_PORT_MIN);
+
+			if (snat_free(sc, f, node, bpf_htons(p), now))
+				port = p;
+		}
+		if (!port)
+			return drop(skb, DROP_NAT_NO_MAPPING, DIR_INGRESS);
+		/* Later packets of the flow reuse it. */
+		sc->st.nat_port = port;
+		fp_ct_new(&sc->svc_q, &sc->st, new_lifetime(f, now), &sc->fwd);
+	}
+	sc->np.nat_addr = client;
+	sc->np.nat_port = bpf_ntohs(client_port);
+	sc->svc_q = ct_req(f->proto == IPPROTO_TCP,
+			   ct_connection(node, f->dst, bpf_htons(port), f->dport, f->proto,
+					 TUPLE_F_OUT),
+			   now);
+	r = fp_ct_get(&sc->svc_q, &sc->fwd);
+	if (r == 1 ||
+	    (r == 0 && fp_ct_new(&sc->svc_q, &sc->np, new_lifetime(f, now), &sc->fwd) == 1))
+		fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 0);
+	if (nat_rewrite(skb, f, 0, node, bpf_htons(port)))
+		return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
+	tunnel = cfg->mode == FP_MODE_TUNNEL ? tunnel_v4(ipcache(f->dst)) : 0;
+	if (!tunnel)
+		return drop(skb, DROP_UNROUTABLE, DIR_INGRESS);
+	f->tunnel_ep = tunnel;
+	return FP_ENCAP;
+}
+
+/* From the node NIC to a service frontend: validate, then nodeport_lb4 and what it asks
+ * for. Frames not addressed to this NIC are not ours to serve (131, as the workers refuse
+ * them). */
+static __always_inline int netdev_service(struct __sk_buff *skb)
+{
+	struct flow *f = netdev_flow();
+	int r;
+
+	if (!f)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
+	if (skb->pkt_type != PACKET_HOST)
+		return drop(skb, DROP_INVALID_DMAC, DIR_INGRESS);
+	r = parse_ipv4(skb, ETH_HLEN, f);
+	if (r)
+		return drop(skb, r, DIR_INGRESS);
+	r = fp_nodeport(skb, f);
+	switch (r) {
+	case FP_REJECT:
+		metric(DROP_NO_SERVICE, DIR_INGRESS, skb->len);
+		return fp_icmp_error(skb, f, f->dst, ICMP_PORT_UNREACH_KIND, 0);
+	case FP_DELIVER:
+		return fp_local_delivery(skb, f, f->src_id, DELIVER_NODEPORT);
+	case FP_ENCAP:
+		return fp_encap(skb, f, f->tunnel_ep, IDENTITY_HOST, 0);
+	}
+	return r;
+}
+
 /* cil_from_container: tc ingress of a pod's lxc device. */
 SEC("classifier")
 int cil_from_container(struct __sk_buff *skb)
@@ -1055,7 +1397,6 @@ int cil_from_container(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
 	struct endpoint_info *src_ep;
 	__u32 zero = 0, src_id, src_lxc;
 	__u64 lxc_mac = 0;
@@ -1083,7 +1424,7 @@ int cil_from_container(struct __sk_buff *skb)
 	cfg = bpf_map_lookup_elem(&fp_config, &zero);
 	if (!cfg)
 		return pass();
-	if ((void *)(ip + 1) <= end && !ours_from_pod(ip->daddr, cfg) && !frontend_of(skb, 0))
+	if (!ours_from_pod(skb, cfg))
 		return pass();
 	if (eth->h_source[0] & 1)
 		return drop(skb, DROP_INVALID_SMAC, DIR_EGRESS);
@@ -1136,10 +1477,12 @@ int cil_from_container(struct __sk_buff *skb)
 		}
 	}
 	r = fp_egress(&f, src_id, src_lxc);
+	if (r == FP_NODEPORT_REPLY)
+		return fp_nodeport_reply(skb, &f);
 	if (r)
 		return drop(skb, r, DIR_EGRESS);
 	if (f.dst_local)
-		return fp_local_delivery(skb, &f, src_id, 1);
+		return fp_local_delivery(skb, &f, src_id, DELIVER_FROM_POD);
 	tunnel_ep = f.tunnel_ep;
 	if (!tunnel_ep)
 		return drop(skb, DROP_UNROUTABLE, DIR_EGRESS);
@@ -1153,10 +1496,12 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vx_off, __u
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	__u8 *vx = data + vx_off;
-	struct flow f = {};
+	struct flow *f = netdev_flow();
 	__u32 vni;
 	int r;
 
+	if (!f)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
 	if ((void *)(vx + VXLAN_HLEN) > end)
 		return drop(skb, DROP_INVALID, DIR_INGRESS);
 	if (vx[0] != VXLAN_FLAG_VNI || vx[1] || vx[2] || vx[3] || vx[7])
@@ -1179,11 +1524,18 @@ static __always_inline int from_overlay(struct __sk_buff *skb, __u32 vx_off, __u
 	end = (void *)(long)skb->data_end;
 	if (data + ETH_HLEN > end)
 		return drop(skb, DROP_INVALID, DIR_INGRESS);
-	r = parse_ipv4(skb, ETH_HLEN, &f);
+	r = parse_ipv4(skb, ETH_HLEN, f);
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
+	/* To this node's own address: the reply of a SNATed NodePort connection, or nothing. */
+	{
+		struct endpoint_info *ep = endpoint(f->dst);
+
+		if (ep && (ep->flags & ENDPOINT_F_HOST) && f->tracked)
+			return fp_nodeport_snat_reply(skb, f);
+	}
 	stat(TC_STAT_DECAPSULATED);
-	return fp_local_delivery(skb, &f, vni, 0);
+	return fp_local_delivery(skb, f, vni, 0);
 }
 
 /* Does the UDP datagram of `ulen` bytes at `off` (IPv4 header just before it, 20 bytes)
@@ -1210,8 +1562,8 @@ static __always_inline int udp_csum_ok(struct __sk_buff *skb, __u32 off, __u32 u
 }
 
 /* cil_from_netdev: tc ingress of the node NIC. VXLAN to this node's tunnel port goes to
- * from-overlay; everything else is the kernel's (NodePort and native routing are the
- * workers' only, docs/tc.md). */
+ * from-overlay, a frontend's traffic to nodeport_lb4; everything else is the kernel's
+ * (native routing is the workers' only, docs/tc.md). */
 SEC("classifier")
 int cil_from_netdev(struct __sk_buff *skb)
 {
@@ -1226,13 +1578,18 @@ int cil_from_netdev(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return pass();
 	cfg = bpf_map_lookup_elem(&fp_config, &zero);
-	if (!cfg || cfg->mode != FP_MODE_TUNNEL || ip->protocol != IPPROTO_UDP ||
-	    (ip->frag_off & bpf_htons(0x1fff)) || ip->ihl < 5)
+	if (!cfg || ip->ihl < 5)
 		return pass();
 	ihl = ip->ihl * 4;
 	udp = (void *)ip + ihl;
-	if ((void *)(udp + 1) > end || udp->dest != cfg->tunnel_port)
+	if (cfg->mode != FP_MODE_TUNNEL || ip->protocol != IPPROTO_UDP ||
+	    (ip->frag_off & bpf_htons(0x1fff)) || (void *)(udp + 1) > end ||
+	    udp->dest != cfg->tunnel_port) {
+		/* NodePort / ExternalIP from outside the cluster (nodeport_lb4). */
+		if (frontend_of(skb, 0, cfg->node_ip))
+			return netdev_service(skb);
 		return pass();
+	}
 	/* VXLAN for some node: the outer headers Linux would accept (from_netdev.rs). */
 	if (skb->pkt_type != PACKET_HOST)
 		return drop(skb, DROP_INVALID_DMAC, DIR_INGRESS);
