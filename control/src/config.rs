@@ -621,12 +621,6 @@ impl Config {
                 }
             }
         }
-        if d.needs_tc() && d.lb_algorithm == crate::lb::LbAlgorithm::Maglev {
-            bad(
-                "datapath.lb_algorithm".into(),
-                "maglev: the tc datapath chooses backends at random only (docs/tc.md); with attach: tc use random".into(),
-            );
-        }
         for dev in d.attach_devices.keys() {
             if dev.is_empty() || dev.len() > 15 || dev.contains(['/', ' ']) {
                 bad(

@@ -132,7 +132,15 @@ impl<K: KernelMaps> Datapath<K> {
         settings: &LbSettings,
     ) -> Result<u64, DatapathError> {
         let plan = self.lb.plan_replace(services, settings)?;
-        let g = self.apply_lb(plan)?;
+        // The kernel programs' selection settings first: a table written below is read
+        // with the M and seed it was made for. Put back if the change fails.
+        let lb_config = |k: &mut K, s: &LbSettings| {
+            k.set_lb_config(s.maglev_m as u32, s.seeds.jhash0, s.algorithm.code())
+        };
+        lb_config(&mut self.kernel, settings)?;
+        let g = self.apply_lb(plan).inspect_err(|_| {
+            let _ = lb_config(&mut self.kernel, &self.lb_settings);
+        })?;
         self.lb_settings = settings.clone();
         Ok(g)
     }
@@ -154,9 +162,10 @@ impl<K: KernelMaps> Datapath<K> {
     /// publish. On a kernel failure everything written is put back and the old state stays
     /// in force. A plan holds only what changes, so this costs what the change touches.
     fn apply_lb(&mut self, plan: crate::lb::LbPlan) -> Result<u64, DatapathError> {
-        if let Err(e) = write_lb_delta(&mut self.kernel, &plan.delta, false) {
+        let old = self.lb.tables().clone();
+        if let Err(e) = write_lb_delta(&mut self.kernel, &plan.delta, &old, false) {
             // Put back the old contents (best effort: these writes succeeded before).
-            let _ = write_lb_delta(&mut self.kernel, &plan.delta, true);
+            let _ = write_lb_delta(&mut self.kernel, &plan.delta, &old, true);
             return Err(e.into());
         }
         self.lb.commit(plan);
@@ -933,10 +942,31 @@ impl<K: KernelMaps> Datapath<K> {
 fn write_lb_delta<K: KernelMaps>(
     k: &mut K,
     d: &crate::lb::LbDelta,
+    old: &crate::tables::lb::LbTables,
     undo: bool,
 ) -> Result<(), MapWriteError> {
     // A rollback tries every entry (some of the forward writes never happened).
     let go = |r: Result<(), MapWriteError>| if undo { Ok(()) } else { r };
+    // Maglev tables and affinity matches: a table or match a service gains before its
+    // entries point at it, one it loses after they stopped. `old` has the tables before
+    // the change (what a rollback puts back).
+    let maglev = |rev: u16, new: &Option<Arc<[u32]>>| -> Option<Arc<[u32]>> {
+        if undo {
+            old.maglev.get(&rev).cloned()
+        } else {
+            new.clone()
+        }
+    };
+    for (rev, new) in &d.maglev {
+        if let Some(t) = maglev(*rev, new) {
+            go(k.set_maglev(RevNat(*rev), Some(&t)))?;
+        }
+    }
+    for (key, add) in &d.affinity_match {
+        if *add != undo {
+            go(k.set_affinity_match(key, true))?;
+        }
+    }
     for (id, old, new) in &d.backends {
         if let Some(b) = if undo { old } else { new } {
             go(k.upsert_backend(*id, b))?;
@@ -959,8 +989,6 @@ fn write_lb_delta<K: KernelMaps>(
     for (key, v) in ups {
         go(k.upsert_service(key, v))?;
     }
-    // Maglev lookup tables stay in the workers' memory only (docs/decisions.md, "Kernel
-    // maps"): no kernel program reads cilium_lb4_maglev yet.
     let mut gone: Vec<&Lb4Key> = d
         .services
         .iter()
@@ -974,6 +1002,16 @@ fn write_lb_delta<K: KernelMaps>(
     for (id, old, new) in &d.revnat {
         if (if undo { old } else { new }).is_none() {
             go(k.remove_revnat(RevNat(*id)))?;
+        }
+    }
+    for (rev, new) in &d.maglev {
+        if maglev(*rev, new).is_none() {
+            go(k.set_maglev(RevNat(*rev), None))?;
+        }
+    }
+    for (key, add) in &d.affinity_match {
+        if *add == undo {
+            go(k.set_affinity_match(key, false))?;
         }
     }
     for (id, old, new) in &d.backends {
@@ -1396,6 +1434,7 @@ pub fn node_overlay(cfg: &Config, ports: &[Port]) -> Overlay {
 mod tests {
     use super::*;
     use crate::maps::MacAddr;
+    use crate::maps::lb::AffinityMatchKey;
     use crate::maps::lb::{Lb4Backend, RevNat4Value};
 
     /// Service `name` at ClusterIP 10.96.0.<vip>:80 → 8080 on backends 10.200.0.<b>.
@@ -1584,6 +1623,19 @@ mod tests {
         fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
             self.lb_write(format!("rev {}", id.0), None)
         }
+        fn set_maglev(&mut self, id: RevNat, t: Option<&[u32]>) -> Result<(), MapWriteError> {
+            self.lb_write(format!("mag {}", id.0), t.map(|t| format!("{t:?}")))
+        }
+        fn set_affinity_match(
+            &mut self,
+            k: &AffinityMatchKey,
+            on: bool,
+        ) -> Result<(), MapWriteError> {
+            self.lb_write(format!("aff {k:?}"), on.then(String::new))
+        }
+        fn set_lb_config(&mut self, m: u32, seed: u32, alg: u8) -> Result<(), MapWriteError> {
+            self.lb_write("lbcfg".into(), Some(format!("{m} {seed} {alg}")))
+        }
     }
 
     /// Conntrack and affinity kept from a run that numbered services and backends
@@ -1733,7 +1785,27 @@ mod tests {
             for (id, v) in t.lb.revnat.iter() {
                 want.insert(format!("rev {id}"), format!("{v:?}"));
             }
+            for (id, v) in t.lb.maglev.iter() {
+                want.insert(format!("mag {id}"), format!("{v:?}"));
+            }
+            for (k, _) in t.lb.affinity_match.iter() {
+                want.insert(format!("aff {k:?}"), String::new());
+            }
+            let s = LbSettings::default();
+            want.insert(
+                "lbcfg".into(),
+                format!("{} {} {}", s.maglev_m, s.seeds.jhash0, s.algorithm.code()),
+            );
             want
+        };
+        // Service a uses Maglev and session affinity, so their tables change too.
+        let svc = |name: &str, vip: u8, backends: &[u8]| {
+            let mut s = svc(name, vip, backends);
+            if name == "a" {
+                s.lb_algorithm = Some(crate::lb::LbAlgorithm::Maglev);
+                s.session_affinity = crate::lb::SessionAffinity::ClientIP;
+            }
+            s
         };
         let mut dp = Datapath::new(ports(), 1, Flaky::default());
         dp.set_services(
@@ -1741,10 +1813,12 @@ mod tests {
             &LbSettings::default(),
         )
         .unwrap();
+        assert!(dp.kernel_ref().lb.keys().any(|k| k.starts_with("mag ")));
+        assert!(dp.kernel_ref().lb.keys().any(|k| k.starts_with("aff ")));
         assert_eq!(dp.kernel_ref().lb, kernel_view(&dp));
         let (before, g) = (dp.kernel_ref().lb.clone(), dp.tables().generation);
         let writes = dp.kernel().writes;
-        for fail in 1..=6 {
+        for fail in 1..=12 {
             dp.kernel().fail_at = dp.kernel().writes + fail;
             let e = dp
                 .upsert_services(&[svc("a", 10, &[2, 5, 6]), svc("c", 12, &[7])])

@@ -622,7 +622,7 @@ impl Status {
         self.workers.iter().map(|w| w.decapsulated).sum::<u64>() + self.tc_counter("decapsulated")
     }
     pub fn routed(&self) -> u64 {
-        self.workers.iter().map(|w| w.routed).sum()
+        self.workers.iter().map(|w| w.routed).sum::<u64>() + self.tc_counter("routed")
     }
     pub fn icmp_errors(&self) -> u64 {
         self.workers.iter().map(|w| w.icmp_errors).sum::<u64>() + self.tc_counter("icmp_errors")

@@ -1,7 +1,8 @@
 //! Services through fastpath: ClusterIP from pods, NodePort and ExternalIP from an outside
 //! client, Maglev agreement between nodes, session affinity, backend removal under a live
 //! connection, and a service without backends. Real namespaces, real XDP + AF_XDP, real
-//! clients (curl, socat, python sockets).
+//! clients (curl, socat, python sockets). Every test runs twice: on the AF_XDP workers and
+//! on the in-kernel tc datapath (`_on_tc`), which must behave the same.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -56,17 +57,96 @@ fn services_yaml(net: &str, b0: &str, b1: &str) -> String {
     )
 }
 
-fn cluster(tag: &str) -> Cluster {
+/// The datapaths every test here runs on: the AF_XDP workers (XDP steering), and the
+/// in-kernel tc datapath on every device (`--datapath tc`, docs/tc.md) over the same maps.
+const WORKERS: &[&str] = &[];
+const TC: &[&str] = &["--datapath", "tc"];
+
+#[test]
+fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service() {
+    if require_root() {
+        clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on(WORKERS);
+    }
+}
+
+#[test]
+fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on_tc() {
+    if require_root() {
+        clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on(TC);
+    }
+}
+
+#[test]
+fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
+    if require_root() {
+        nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on(WORKERS);
+    }
+}
+
+#[test]
+fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on_tc() {
+    if require_root() {
+        nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on(TC);
+    }
+}
+
+#[test]
+fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
+    if require_root() {
+        affinity_pins_a_client_and_backend_removal_keeps_established_connections_on(WORKERS);
+    }
+}
+
+#[test]
+fn affinity_pins_a_client_and_backend_removal_keeps_established_connections_on_tc() {
+    if require_root() {
+        affinity_pins_a_client_and_backend_removal_keeps_established_connections_on(TC);
+    }
+}
+
+#[test]
+fn a_service_without_backends_refuses_at_once_and_counts_no_service() {
+    if require_root() {
+        a_service_without_backends_refuses_at_once_and_counts_no_service_on(WORKERS);
+    }
+}
+
+#[test]
+fn a_service_without_backends_refuses_at_once_and_counts_no_service_on_tc() {
+    if require_root() {
+        a_service_without_backends_refuses_at_once_and_counts_no_service_on(TC);
+    }
+}
+
+fn cluster(tag: &str, dp: &[&str]) -> Cluster {
     let y = cluster_yaml(&unique(tag), &[Kind::Fastpath, Kind::Fastpath], 3, "");
     let c0 = Config::parse(&y[0], "n0").unwrap();
     let b0 = c0.pods[1].ip.to_string();
     let b1 = c0.remote_nodes[0].pods[1].ip.to_string();
     let net = b0.split('.').nth(1).unwrap().to_string();
     let services = services_yaml(&net, &b0, &b1);
-    let n0 = TestNode::start(&format!("{}{services}", y[0]), 1, &["--cores", "0"]);
-    let n1 = TestNode::start(&format!("{}{services}", y[1]), 1, &["--cores", "1"]);
+    let n0 = TestNode::start(
+        &format!("{}{services}", y[0]),
+        1,
+        &[&["--cores", "0"], dp].concat(),
+    );
+    let n1 = TestNode::start(
+        &format!("{}{services}", y[1]),
+        1,
+        &[&["--cores", "1"], dp].concat(),
+    );
     n0.wait_overlay_ready();
     n1.wait_overlay_ready();
+    if dp == TC {
+        for n in [&n0, &n1] {
+            let st = n.status();
+            assert!(
+                st.devices.iter().all(|d| d.datapath == "tc") && st.tc.is_some(),
+                "every device on the tc datapath: {:?}",
+                st.devices
+            );
+        }
+    }
     Cluster {
         n: [n0, n1],
         net,
@@ -182,12 +262,8 @@ fn ct_rows(n: &TestNode) -> Vec<fastpath::api::CtRow> {
     fastpath::api::ct_list(&n.socket).expect("ct list").0
 }
 
-#[test]
-fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service() {
-    if !require_root() {
-        return;
-    }
-    let c = cluster("s");
+fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on(dp: &[&str]) {
+    let c = cluster("s", dp);
     let _srv = c.backends();
     let url = format!("http://{}/", c.vip(10));
     for (k, node) in c.n.iter().enumerate() {
@@ -241,12 +317,8 @@ fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_servi
     assert!(text.contains("TCP SVC "), "{text}");
 }
 
-#[test]
-fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
-    if !require_root() {
-        return;
-    }
-    let c = cluster("np");
+fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on(dp: &[&str]) {
+    let c = cluster("np", dp);
     let _srv = c.backends();
     let ext = outside(&c);
     let n0ip = format!("192.168.{}.1", c.net);
@@ -274,6 +346,16 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
             seen.len(),
             2,
             "NodePort via {ip} reaches both backends: {seen:?}"
+        );
+    }
+    // On the tc datapath, the kernel programs carried it: NodePort replies routed back to
+    // the client, SYNs encapsulated to the remote backend.
+    if dp == TC {
+        let st = c.n[0].status();
+        assert!(
+            st.tc_counter("routed") > 0 && st.tc_counter("encapsulated") > 0,
+            "{}",
+            fastpath::views::status(&st)
         );
     }
     // The SNATed flows are in conntrack with the client behind the node address.
@@ -340,12 +422,8 @@ fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
     assert!(c.n[0].status().drops_with(DropReason::IsClusterIp.code()) > before);
 }
 
-#[test]
-fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
-    if !require_root() {
-        return;
-    }
-    let c = cluster("af");
+fn affinity_pins_a_client_and_backend_removal_keeps_established_connections_on(dp: &[&str]) {
+    let c = cluster("af", dp);
     let _srv = c.backends();
     let n0 = &c.n[0];
     // Affinity: every connection of a client goes to one backend.
@@ -434,12 +512,8 @@ fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
     }
 }
 
-#[test]
-fn a_service_without_backends_refuses_at_once_and_counts_no_service() {
-    if !require_root() {
-        return;
-    }
-    let c = cluster("nb");
+fn a_service_without_backends_refuses_at_once_and_counts_no_service_on(dp: &[&str]) {
+    let c = cluster("nb", dp);
     let n0 = &c.n[0];
     let t = Instant::now();
     let out = n0.pod_cmd(

@@ -227,10 +227,6 @@ fn datapath_settings_are_checked() {
             "datapath:\n  attach_devices: { \"a/b\": tc }\n",
             "is not a device name",
         ),
-        (
-            "datapath:\n  attach_devices: { lxc-a: tc }\n  lb_algorithm: maglev\n",
-            "datapath.lb_algorithm: maglev: the tc datapath chooses backends at random only",
-        ),
     ];
     for (y, want) in bad {
         let text = format!("node: {{ name: cfgtest, router_ip: 10.9.0.1 }}\n{y}pods: []\n");

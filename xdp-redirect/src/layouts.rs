@@ -286,3 +286,16 @@ fn the_c_header_and_the_rust_layouts_agree() {
         assert!(checked >= must.len(), "{name}: {checked} structs checked");
     }
 }
+
+/// Every counter slot of `fp_tc_stats` has a name in `TC_STAT_NAMES` (a slot added in C
+/// without its name would be counted and never shown).
+#[test]
+fn every_tc_counter_has_a_name() {
+    let obj = aya_obj::Object::parse(super::FP_TC_OBJ).expect("the tc object parses");
+    let stats = obj.maps.get("fp_tc_stats").expect("fp_tc_stats");
+    assert_eq!(
+        stats.max_entries() as usize,
+        super::TC_STAT_NAMES.len(),
+        "fp_tc.c TC_STAT_MAX vs xdp-redirect TC_STAT_NAMES"
+    );
+}

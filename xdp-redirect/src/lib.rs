@@ -22,7 +22,8 @@ use control::config::RoutingMode;
 use control::config::XdpMode;
 use control::kernel::{EndpointMap, IpcacheMap, LbMaps, MapWriteError, OverlayMap, PolicyMaps};
 use control::maps::lb::{
-    BACKENDS_MAP, Lb4Backend, Lb4Key, Lb4Service, REVNAT_MAP, RevNat, RevNat4Value, SERVICES_MAP,
+    AFFINITY_MATCH_MAP, AffinityMatchKey, BACKENDS_MAP, Lb4Backend, Lb4Key, Lb4Service, REVNAT_MAP,
+    RevNat, RevNat4Value, SERVICES_MAP,
 };
 use control::maps::policy::{PolicyEntry, PolicyKey};
 use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
@@ -171,6 +172,9 @@ pub const PINNED: &[&str] = &[
     "fp_nexthops",
     "fp_identities",
     "fp_ports",
+    "cilium_lb4_maglev",
+    "cilium_lb_affinity_match",
+    "fp_lb_config",
 ];
 
 /// The maps whose pins outlive the process: the service and backend IDs a run gave out,
@@ -324,13 +328,14 @@ pub const TC_FROM_NETDEV: &str = "cil_from_netdev";
 
 /// Counter slots of `fp_tc_stats` (fp_tc.c `TC_STAT_*`), with the names `fastpath status`
 /// prints.
-pub const TC_STAT_NAMES: [&str; 6] = [
+pub const TC_STAT_NAMES: [&str; 7] = [
     "passed",
     "delivered",
     "encapsulated",
     "decapsulated",
     "arp_replies",
     "icmp_errors",
+    "routed",
 ];
 
 /// What the tc datapath counted, summed over CPUs.
@@ -1281,6 +1286,95 @@ impl LbMaps for MapSet {
             map(self, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
         m.remove(&id.be()).map_err(|e| err(error_chain(&e)))
     }
+    fn set_maglev(&mut self, id: RevNat, table: Option<&[u32]>) -> Result<(), MapWriteError> {
+        let op = if table.is_some() { "update" } else { "delete" };
+        let err = lb_err(MAGLEV_MAP, op, id.0.to_string());
+        let mut outer: HashOfMaps<&mut MapData, u16, Array<MapData, u32>> =
+            map(self, MAGLEV_MAP).map_err(|e| err(e.to_string()))?;
+        let Some(table) = table else {
+            return match outer.remove(&id.be()) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r.map_err(|e| err(error_chain(&e))),
+            };
+        };
+        // A new inner map per change, filled, then swapped in with one update of the outer
+        // map: a reader sees the old table or the new one, never a mix. The outer map holds
+        // the only reference once this fd is closed.
+        let obj = aya_obj::Map::new_from_params(
+            2, // BPF_MAP_TYPE_ARRAY
+            4,
+            4,
+            table.len() as u32,
+            BPF_F_INNER_MAP,
+        );
+        let data = MapData::create(obj, &format!("fp_maglev_{}", id.0), None)
+            .map_err(|e| err(format!("creating its table: {}", error_chain(&e))))?;
+        let mut inner: Array<MapData, u32> =
+            Array::try_from(aya::maps::Map::Array(data)).map_err(|e| err(error_chain(&e)))?;
+        for (i, backend) in table.iter().enumerate() {
+            inner
+                .set(i as u32, *backend, 0)
+                .map_err(|e| err(format!("slot {i}: {}", error_chain(&e))))?;
+        }
+        outer
+            .insert(id.be(), &inner, 0)
+            .map_err(|e| err(error_chain(&e)))
+    }
+    fn set_affinity_match(&mut self, k: &AffinityMatchKey, on: bool) -> Result<(), MapWriteError> {
+        let key = format!("{}/{}", k.backend_id, u16::from_be(k.rev_nat_id));
+        let err = lb_err(
+            AFFINITY_MATCH_MAP,
+            if on { "update" } else { "delete" },
+            key,
+        );
+        let mut m: BpfHashMap<&mut MapData, AffinityMatchKey, u8> =
+            map(self, AFFINITY_MATCH_MAP).map_err(|e| err(e.to_string()))?;
+        if on {
+            m.insert(*k, 0, 0).map_err(|e| err(error_chain(&e)))
+        } else {
+            match m.remove(k) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r.map_err(|e| err(error_chain(&e))),
+            }
+        }
+    }
+    fn set_lb_config(
+        &mut self,
+        maglev_m: u32,
+        seed: u32,
+        default_alg: u8,
+    ) -> Result<(), MapWriteError> {
+        let err = lb_err("fp_lb_config", "update", "0".into());
+        let mut m: Array<&mut MapData, FpLbConfig> =
+            map(self, "fp_lb_config").map_err(|e| err(e.to_string()))?;
+        let v = FpLbConfig {
+            maglev_m,
+            maglev_seed: seed,
+            default_alg: u32::from(default_alg),
+        };
+        m.set(0, v, 0).map_err(|e| err(error_chain(&e)))
+    }
+}
+
+/// `cilium_lb4_maglev`: service ID -> its Maglev table (a map of maps).
+const MAGLEV_MAP: &str = "cilium_lb4_maglev";
+/// Lets inner maps of one outer map differ in max_entries (the Maglev table size).
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+/// `struct fp_lb_config`: what backend selection in the kernel programs needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct FpLbConfig {
+    maglev_m: u32,
+    maglev_seed: u32,
+    default_alg: u32,
+}
+const _: () = assert!(size_of::<FpLbConfig>() == 12);
+
+#[allow(unsafe_code)]
+mod pod_lb {
+    // SAFETY: repr(C), three u32: 12 bytes, no padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::FpLbConfig {}
 }
 
 impl LbMaps for Steering {
@@ -1295,6 +1389,15 @@ impl LbMaps for Steering {
     }
     fn remove_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
         self.maps.remove_backend(id, v)
+    }
+    fn set_maglev(&mut self, id: RevNat, table: Option<&[u32]>) -> Result<(), MapWriteError> {
+        self.maps.set_maglev(id, table)
+    }
+    fn set_affinity_match(&mut self, k: &AffinityMatchKey, on: bool) -> Result<(), MapWriteError> {
+        self.maps.set_affinity_match(k, on)
+    }
+    fn set_lb_config(&mut self, m: u32, seed: u32, alg: u8) -> Result<(), MapWriteError> {
+        self.maps.set_lb_config(m, seed, alg)
     }
     fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError> {
         self.maps.upsert_revnat(id, v)

@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use super::ipcache::{IpcacheKey, RemoteEndpointInfo};
-use super::lb::{Lb4Backend, Lb4Key, Lb4Service, RevNat4Value};
+use super::lb::{AffinityMatchKey, Lb4Backend, Lb4Key, Lb4Service, RevNat4Value};
 use super::lxc::{EndpointInfo, EndpointKey};
 
 // SAFETY: repr(C), fields are u8/u16 and [u8; N] only, 20 bytes with no implicit padding
@@ -34,6 +34,10 @@ unsafe impl aya::Pod for Lb4Backend {}
 // SAFETY: repr(C), [u8; 4] and [u8; 2]: 6 bytes, alignment 1, no padding (asserted in
 // lb.rs); every bit pattern is a valid value.
 unsafe impl aya::Pod for RevNat4Value {}
+
+// SAFETY: repr(C), u32, u16, u16: 8 bytes with no implicit padding (asserted in lb.rs);
+// every bit pattern is a valid value.
+unsafe impl aya::Pod for AffinityMatchKey {}
 
 // SAFETY: repr(C), 12 bytes: u16-sized byte pair, two u8, two u32; no padding; any bits valid.
 unsafe impl aya::Pod for crate::policy::PolicyEntry {}

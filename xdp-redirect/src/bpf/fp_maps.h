@@ -128,6 +128,23 @@ struct lb4_reverse_nat {
 	__be16 port;
 } __attribute__((packed));
 
+/* cilium_lb_affinity_match key: struct lb_affinity_match (8 bytes): a backend a
+ * sessionAffinity service still offers. */
+struct lb_affinity_match {
+	__u32 backend_id;
+	__be16 rev_nat_id;
+	__u16 pad;
+};
+
+/* fastpath's load-balancer settings for the kernel programs (one entry): the Maglev table
+ * size M and the datapath's jhash seed (hash_init4_seed, from bpf-lb-maglev-hash-seed),
+ * and the node's default algorithm (1 random, 2 maglev) for services that name none. */
+struct fp_lb_config {
+	__u32 maglev_m;
+	__u32 maglev_seed;
+	__u32 default_alg;
+};
+
 /* cilium_ct4_global / cilium_ct_any4_global key: struct ipv4_ct_tuple (14 bytes, packed).
  * In fastpath's shared table the 14 bytes are the first two key words of a slot. */
 struct ipv4_ct_tuple {
@@ -231,6 +248,20 @@ struct arp_fixed {
 } __attribute__((packed));
 
 
+/* The inner maps of cilium_lb4_maglev: a service's Maglev lookup table, M backend IDs.
+ * Cilium's inner map holds the table as one 4*M-byte value; fastpath's holds it as M
+ * entries of one ID each (key = slot), because M is a run-time setting
+ * (datapath.maglev_table_size) and the kernel programs are compiled once: an array's
+ * max_entries may differ per inner map (BPF_F_INNER_MAP), its value size may not. The IDs,
+ * in order, are the same. docs/maps.md. */
+struct fp_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16381);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+};
+
 /* fastpath's own device table: which devices it owns and their XSKMAP slot. */
 struct fp_dev {
 	__u32 slot;
@@ -287,6 +318,32 @@ struct {
 	__type(value, struct lb4_reverse_nat);
 	FP_PIN
 } cilium_lb4_reverse_nat SEC(".maps");
+
+/* Key: the service ID, network order (as in lb4_service.rev_nat_index). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, LB_MAP_MAX);
+	__type(key, __u16);
+	FP_PIN
+	__array(values, struct fp_maglev_inner);
+} cilium_lb4_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAP_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_affinity_match);
+	__type(value, __u8);
+	FP_PIN
+} cilium_lb_affinity_match SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_lb_config);
+	FP_PIN
+} fp_lb_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

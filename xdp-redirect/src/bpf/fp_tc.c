@@ -768,16 +768,148 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 
 #define SVC_FLAG_AFFINITY 0x10
 #define SVC_FLAG_ROUTABLE 0x40
+#define ALG_RANDOM 1
 #define ALG_MAGLEV 2
 #define BE_STATE_ACTIVE 0
+
+/* cilium_lb4_affinity: fastpath's shared table (fp_table.h) of (client, service) -> the
+ * backend ID, lifetime = last use + the service's timeout; the workers use the same one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct fp_line);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_lb4_affinity SEC(".maps");
+
+/* The Linux/Cilium jhash_3words (maglev.rs). */
+static __always_inline __u32 rol32(__u32 w, __u32 s)
+{
+	return (w << s) | (w >> (32 - s));
+}
+
+static __always_inline __u32 jhash_3words(__u32 a, __u32 b, __u32 c, __u32 initval)
+{
+	__u32 iv = initval + 0xdeadbeef + (3 << 2);
+
+	a += iv;
+	b += iv;
+	c += iv;
+	c ^= b;
+	c -= rol32(b, 14);
+	a ^= c;
+	a -= rol32(c, 11);
+	b ^= a;
+	b -= rol32(a, 25);
+	c ^= b;
+	c -= rol32(b, 16);
+	a ^= c;
+	a -= rol32(c, 4);
+	b ^= a;
+	b -= rol32(a, 14);
+	c ^= b;
+	c -= rol32(b, 24);
+	return c;
+}
+
+/* The affinity entry of client/service key (k0, k1) (lb.rs affinity_words: the client's
+ * address, then the service ID in network order): 1 with *id when it is live and its
+ * backend still offered (cilium_lb_affinity_match), its lifetime pushed to now + timeout;
+ * 0 otherwise. Functions of their own: the table code is too big for the stack of the
+ * call chains it sits in. */
+__attribute__((noinline)) int fp_affinity_get(__u64 k0, __u64 k1, __u32 now, __u32 timeout,
+					      __u32 *id)
+{
+	struct lb_affinity_match mk = {};
+	struct fpt_ref ref = {};
+	struct fpt t = {};
+	__u64 v[1] = {};
+	__u32 life = 0;
+
+	if (!id || fpt_open(&t, &cilium_lb4_affinity, 1))
+		return 0;
+	fpt_lookup(&t, fpt_mix2(k0, k1), k0, k1, &ref);
+	if (!ref.found || !fpt_read(&t, &ref, v, 1, &life) || fpt_expired(life, now))
+		return 0;
+	mk.backend_id = v[0];
+	mk.rev_nat_id = (__u16)k1;
+	if (!bpf_map_lookup_elem(&cilium_lb_affinity_match, &mk))
+		return 0;
+	fpt_set_lifetime(&t, &ref, 1, now + timeout);
+	*id = v[0];
+	return 1;
+}
+
+/* Record backend `id` for client/service key (k0, k1) until `lifetime`. */
+__attribute__((noinline)) int fp_affinity_put(__u64 k0, __u64 k1, __u32 id, __u32 lifetime,
+					      __u32 now)
+{
+	struct fpt_ref ref = {};
+	struct fpt t = {};
+	__u64 v[1] = { id };
+
+	if (fpt_open(&t, &cilium_lb4_affinity, 1))
+		return 0;
+	return fpt_insert(&t, fpt_mix2(k0, k1), k0, k1, v, 1, 1, lifetime, now, &ref);
+}
+
+/* select_backend (stage/lb.rs): the backend for a new connection to `m` -- session
+ * affinity first (fp_affinity_get), then the service's algorithm: Maglev (the flow's slot
+ * of the service's table, hash_from_tuple_v4 over the source address and the ports, the
+ * destination deliberately left out so every node and VIP agrees) or a random slot. An
+ * affinity service records the choice. 0 with *id, or 158. */
+static __always_inline int select_backend(const struct flow *f, const struct lb4_key *key,
+					  const struct lb4_service *m, __u32 now, __u32 *id)
+{
+	__u32 zero = 0, alg = m->backend_id >> 24, timeout = m->backend_id & 0xffffff;
+	struct fp_lb_config *lb = bpf_map_lookup_elem(&fp_lb_config, &zero);
+	int aff = m->flags & SVC_FLAG_AFFINITY;
+	__u64 k0 = (__u32)f->src, k1 = (__u16)m->rev_nat_index;
+
+	if (!lb)
+		return DROP_NO_SERVICE;
+	if (aff && fp_affinity_get(k0, k1, now, timeout, id))
+		return 0;
+	if (!alg)
+		alg = lb->default_alg;
+	if (alg == ALG_MAGLEV) {
+		__be16 rev = m->rev_nat_index;
+		void *table = bpf_map_lookup_elem(&cilium_lb4_maglev, &rev);
+		__u32 slot, *p;
+
+		if (!table || !lb->maglev_m)
+			return DROP_NO_SERVICE;
+		slot = jhash_3words(f->src, (__u32)f->sport << 16 | f->dport, f->proto,
+				    lb->maglev_seed) %
+		       lb->maglev_m;
+		p = bpf_map_lookup_elem(table, &slot);
+		if (!p)
+			return DROP_NO_SERVICE;
+		*id = *p;
+	} else {
+		struct lb4_key sk = *key;
+		struct lb4_service *e;
+
+		if (!m->count)
+			return DROP_NO_SERVICE;
+		sk.backend_slot = bpf_get_prandom_u32() % m->count + 1;
+		e = bpf_map_lookup_elem(&cilium_lb4_services_v2, &sk);
+		if (!e)
+			return DROP_NO_SERVICE;
+		*id = e->backend_id;
+	}
+	if (aff)
+		fp_affinity_put(k0, k1, *id, now + timeout, now);
+	return 0;
+}
 
 /* svc_backend (stage/lb.rs): the backend of a service connection to frontend `key`/`m`
  * -- the one its service entry pins, or, for a new connection (or a new SYN on a closed
  * one, or towards a backend going away), a random slot of the service, recorded in a new
- * service entry. On success *out is the backend, sc->st the service entry's state (its
- * nat_port: a NodePort connection's SNAT port, 0 until one is chosen) and sc->svc_q its
- * key. Returns 0 or a drop reason (158; Maglev and session affinity are the workers' only,
- * docs/tc.md). */
+ * service entry (select_backend). On success *out is the backend, sc->st the service
+ * entry's state (its nat_port: a NodePort connection's SNAT port, 0 until one is chosen)
+ * and sc->svc_q its key. Returns 0 or a drop reason (158). */
 static __always_inline int svc_backend(struct fp_scratch *sc, const struct flow *f,
 				       const struct lb4_key *key, const struct lb4_service *m,
 				       __u32 src_id, __u32 now, struct lb4_backend *out)
@@ -812,19 +944,10 @@ static __always_inline int svc_backend(struct fp_scratch *sc, const struct flow 
 		}
 	}
 	if (!be) {
-		struct lb4_key sk2 = *key;
-		struct lb4_service *slot;
+		int r = select_backend(f, key, m, now, &id);
 
-		/* A new choice: session affinity and Maglev are the workers' only (docs/tc.md);
-		 * connections they chose keep their backend above. */
-		if ((m->flags & SVC_FLAG_AFFINITY) || (m->backend_id >> 24) == ALG_MAGLEV)
-			return DROP_NO_SERVICE;
-
-		sk2.backend_slot = bpf_get_prandom_u32() % m->count + 1;
-		slot = bpf_map_lookup_elem(&cilium_lb4_services_v2, &sk2);
-		if (!slot)
-			return DROP_NO_SERVICE;
-		id = slot->backend_id;
+		if (r)
+			return r;
 		be = bpf_map_lookup_elem(&cilium_lb4_backends_v3, &id);
 		if (!be)
 			return DROP_NO_SERVICE;
