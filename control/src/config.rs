@@ -603,24 +603,6 @@ impl Config {
                 ),
             );
         }
-        // The tc datapath carries tunnel (VXLAN) routing only (docs/tc.md).
-        if d.routing == RoutingMode::Native {
-            if d.attach == DatapathChoice::Tc {
-                bad(
-                    "datapath.attach".into(),
-                    "tc: the tc datapath carries tunnel routing only; with routing: native use xdp"
-                        .into(),
-                );
-            }
-            for (dev, c) in &d.attach_devices {
-                if *c == DatapathChoice::Tc {
-                    bad(
-                        format!("datapath.attach_devices.{dev}"),
-                        "tc: the tc datapath carries tunnel routing only; with routing: native use xdp".into(),
-                    );
-                }
-            }
-        }
         for dev in d.attach_devices.keys() {
             if dev.is_empty() || dev.len() > 15 || dev.contains(['/', ' ']) {
                 bad(

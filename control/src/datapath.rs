@@ -831,14 +831,42 @@ impl<K: KernelMaps> Datapath<K> {
         routes: &[(Ipv4Cidr, std::net::Ipv4Addr)],
         identities: impl IntoIterator<Item = u32>,
     ) -> Result<u64, DatapathError> {
-        self.kernel.set_overlay(&overlay, native_cidr)?;
         let cur = self.writer.current();
-        let mut next = (*cur).clone();
-        next.overlay = overlay;
         let mut r = Lpm4::new();
         for (p, gw) in routes {
             r.insert(*p, gw.octets());
         }
+        // The kernel's copy of the routes (the tc datapath's), all or nothing: what changed,
+        // then what is gone; on a failure what was written is put back.
+        // (prefix, gateway before, gateway after)
+        type RouteChange = (Ipv4Cidr, Option<[u8; 4]>, Option<[u8; 4]>);
+        let mut changes: Vec<RouteChange> = r
+            .iter()
+            .filter(|(p, gw)| cur.routes.get(*p) != Some(*gw))
+            .map(|(p, gw)| (p, cur.routes.get(p).copied(), Some(*gw)))
+            .collect();
+        changes.extend(
+            cur.routes
+                .iter()
+                .filter(|(p, _)| r.get(*p).is_none())
+                .map(|(p, gw)| (p, Some(*gw), None)),
+        );
+        for (i, (p, _, new)) in changes.iter().enumerate() {
+            if let Err(e) = self.kernel.set_route(*p, *new) {
+                for (p, old, _) in changes[..i].iter().rev() {
+                    let _ = self.kernel.set_route(*p, *old);
+                }
+                return Err(e.into());
+            }
+        }
+        if let Err(e) = self.kernel.set_overlay(&overlay, native_cidr) {
+            for (p, old, _) in changes.iter().rev() {
+                let _ = self.kernel.set_route(*p, *old);
+            }
+            return Err(e.into());
+        }
+        let mut next = (*cur).clone();
+        next.overlay = overlay;
         next.routes = Arc::new(r);
         next.identities = identities.into_iter().collect();
         self.sync_identities(&cur.identities, &next.identities);
@@ -1569,6 +1597,9 @@ mod tests {
         fn set_identity(&mut self, _: u32, _: bool) -> Result<(), MapWriteError> {
             Ok(())
         }
+        fn set_route(&mut self, p: Ipv4Cidr, gw: Option<[u8; 4]>) -> Result<(), MapWriteError> {
+            self.lb_write(format!("route {p}"), gw.map(|g| format!("{g:?}")))
+        }
     }
 
     /// Policy maps, in the LB maps' store (one write each; a map's entries go with it).
@@ -1766,6 +1797,60 @@ mod tests {
             .unwrap();
         let r = dp2.restore_datapath_maps(ct, crate::tables::AffinityMap::new(64), None, None, now);
         assert_eq!((r.ct_kept, r.ct_dropped), (1, 1));
+    }
+
+    /// A route change the kernel fails half-way (the tc datapath's `fp_routes`) leaves the
+    /// old routes in force, in the kernel and in the tables; the next change applies whole.
+    #[test]
+    fn a_route_change_the_kernel_fails_leaves_the_old_routes() {
+        let r = |p: &str, gw: &str| {
+            (
+                p.parse::<Ipv4Cidr>().unwrap(),
+                gw.parse::<std::net::Ipv4Addr>().unwrap(),
+            )
+        };
+        let routes = |dp: &Datapath<Flaky>| -> Vec<String> {
+            let mut v: Vec<String> = dp
+                .kernel_ref()
+                .lb
+                .iter()
+                .filter(|(k, _)| k.starts_with("route "))
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut dp = Datapath::new(ports(), 1, Flaky::default());
+        let o = dp.tables().overlay.clone();
+        let old = [
+            r("10.2.0.0/24", "192.168.0.2"),
+            r("10.3.0.0/24", "192.168.0.3"),
+        ];
+        let new = [
+            r("10.2.0.0/24", "192.168.0.9"),
+            r("10.4.0.0/24", "192.168.0.4"),
+        ];
+        dp.set_overlay(o.clone(), None, &old, []).unwrap();
+        let before = routes(&dp);
+        assert_eq!(before.len(), 2, "{before:?}");
+        for fail in 1..=3 {
+            dp.kernel().fail_at = dp.kernel().writes + fail;
+            assert!(dp.set_overlay(o.clone(), None, &new, []).is_err());
+            assert_eq!(routes(&dp), before, "write {fail} failed: kernel restored");
+            assert_eq!(
+                dp.tables().routes.get("10.3.0.0/24".parse().unwrap()),
+                Some(&[192, 168, 0, 3])
+            );
+        }
+        dp.kernel().fail_at = 0;
+        dp.set_overlay(o, None, &new, []).unwrap();
+        assert_eq!(
+            routes(&dp),
+            [
+                "route 10.2.0.0/24 [192, 168, 0, 9]",
+                "route 10.4.0.0/24 [192, 168, 0, 4]"
+            ]
+        );
     }
 
     /// A service change the kernel fails half-way is rolled back: the kernel maps hold what

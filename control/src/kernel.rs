@@ -57,6 +57,9 @@ pub trait OverlayMap {
     ) -> Result<(), MapWriteError>;
     /// `fp_identities`: whether the overlay may carry identity `id` (its VNI) to this node.
     fn set_identity(&mut self, id: u32, known: bool) -> Result<(), MapWriteError>;
+    /// `fp_routes`: native routing's route for `prefix` (another node's pod CIDR) via the
+    /// node address `gw`, or none.
+    fn set_route(&mut self, prefix: Ipv4Cidr, gw: Option<[u8; 4]>) -> Result<(), MapWriteError>;
 }
 
 /// `cilium_lb4_services_v2`, `cilium_lb4_backends_v3`, `cilium_lb4_reverse_nat`.
@@ -147,6 +150,9 @@ impl OverlayMap for NoKernel {
         Ok(())
     }
     fn set_identity(&mut self, _: u32, _: bool) -> Result<(), MapWriteError> {
+        Ok(())
+    }
+    fn set_route(&mut self, _: Ipv4Cidr, _: Option<[u8; 4]>) -> Result<(), MapWriteError> {
         Ok(())
     }
 }

@@ -1925,13 +1925,6 @@ fn set_datapath(
             message: format!("device `{device}` is not attached to fastpath"),
         };
     };
-    if to == control::config::DatapathChoice::Tc
-        && v.cfg.datapath.routing == control::config::RoutingMode::Native
-    {
-        return Response::Error {
-            message: "tc: the tc datapath carries tunnel routing only (routing: native)".into(),
-        };
-    }
     let socket_mode = v.socket_mode.to_string();
     match v
         .dp

@@ -504,13 +504,34 @@ fn ipcache_and_tunnel_lists() {
 /// Native routing: same scenario without encapsulation; the wire carries plain pod IPs.
 #[test]
 fn native_routing_between_nodes() {
-    if !require_root() {
-        return;
+    if require_root() {
+        native_routing("");
     }
+}
+
+/// The same on the in-kernel tc datapath (every device `attach: tc`, docs/tc.md).
+#[test]
+fn native_routing_between_nodes_on_tc() {
+    if require_root() {
+        native_routing("  attach: tc\n");
+    }
+}
+
+fn native_routing(attach: &str) {
     let (n0, n1) = two_nodes(
         "n",
-        "  routing: native\n  native_routing_cidr: 10.0.0.0/8\n",
+        &format!("  routing: native\n  native_routing_cidr: 10.0.0.0/8\n{attach}"),
     );
+    if !attach.is_empty() {
+        for n in [&n0, &n1] {
+            let st = n.status();
+            assert!(
+                st.devices.iter().all(|d| d.datapath == "tc"),
+                "{:?}",
+                st.devices
+            );
+        }
+    }
     assert_eq!(n0.pod_mtu(0), 1500, "no encapsulation overhead");
     let vx = capture_vxlan(&n0.fabric_ns(), || {
         for i in 0..2 {
@@ -531,6 +552,9 @@ fn native_routing_between_nodes() {
     eprintln!("iperf3 cross-node native: {:.0} Mbit/s", bps / 1e6);
     let s0 = n0.status();
     assert!(s0.routed() > 0, "{}", fastpath::views::status(&s0));
+    if !attach.is_empty() {
+        assert!(s0.tc_counter("routed") > 0, "routed by the tc programs");
+    }
     assert_eq!(s0.encapsulated(), 0);
     let s1 = n1.status();
     assert_eq!(s1.decapsulated(), 0, "native ingress is not decapsulation");

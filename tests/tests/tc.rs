@@ -220,10 +220,6 @@ fn datapath_settings_are_checked() {
     let bad = [
         ("datapath:\n  attach: tcx\n", "datapath.attach"),
         (
-            "datapath:\n  routing: native\n  native_routing_cidr: 10.0.0.0/8\n  attach: tc\n",
-            "tc: the tc datapath carries tunnel routing only",
-        ),
-        (
             "datapath:\n  attach_devices: { \"a/b\": tc }\n",
             "is not a device name",
         ),

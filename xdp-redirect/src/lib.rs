@@ -175,6 +175,7 @@ pub const PINNED: &[&str] = &[
     "cilium_lb4_maglev",
     "cilium_lb_affinity_match",
     "fp_lb_config",
+    "fp_routes",
 ];
 
 /// The maps whose pins outlive the process: the service and backend IDs a run gave out,
@@ -1009,6 +1010,27 @@ impl IpcacheMap for Steering {
     }
 }
 
+impl MapSet {
+    /// `fp_routes`: `prefix` via `gw`, or no route.
+    fn write_route(&mut self, p: Ipv4Cidr, gw: Option<[u8; 4]>) -> Result<(), MapWriteError> {
+        let err = lb_err(
+            "fp_routes",
+            if gw.is_some() { "update" } else { "delete" },
+            p.to_string(),
+        );
+        let mut m: LpmTrie<&mut MapData, [u8; 4], [u8; 4]> =
+            map(self, "fp_routes").map_err(|e| err(e.to_string()))?;
+        let key = LpmKey::new(u32::from(p.len), p.network().addr.octets());
+        match gw {
+            Some(g) => m.insert(&key, g, 0).map_err(|e| err(error_chain(&e))),
+            None => match m.remove(&key) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                r => r.map_err(|e| err(error_chain(&e))),
+            },
+        }
+    }
+}
+
 impl OverlayMap for MapSet {
     fn set_overlay(&mut self, o: &Overlay, native: Option<Ipv4Cidr>) -> Result<(), MapWriteError> {
         let err = |e: String| MapWriteError {
@@ -1070,6 +1092,9 @@ impl OverlayMap for MapSet {
             },
         }
     }
+    fn set_route(&mut self, p: Ipv4Cidr, gw: Option<[u8; 4]>) -> Result<(), MapWriteError> {
+        self.write_route(p, gw)
+    }
     fn set_identity(&mut self, id: u32, known: bool) -> Result<(), MapWriteError> {
         let err = |op: &'static str, e: String| MapWriteError {
             map: "fp_identities",
@@ -1104,6 +1129,9 @@ impl OverlayMap for Steering {
     }
     fn set_identity(&mut self, id: u32, known: bool) -> Result<(), MapWriteError> {
         self.maps.set_identity(id, known)
+    }
+    fn set_route(&mut self, p: Ipv4Cidr, gw: Option<[u8; 4]>) -> Result<(), MapWriteError> {
+        self.maps.set_route(p, gw)
     }
 }
 

@@ -128,6 +128,13 @@ struct lb4_reverse_nat {
 	__be16 port;
 } __attribute__((packed));
 
+/* fp_routes key (LPM): native routing's pod CIDRs of other nodes (node.remote_nodes'
+ * pod_cidr, the routes the workers use) -> the node's address, the next hop. */
+struct fp_route_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
 /* cilium_lb_affinity_match key: struct lb_affinity_match (8 bytes): a backend a
  * sessionAffinity service still offers. */
 struct lb_affinity_match {
@@ -369,6 +376,15 @@ struct {
 	__type(value, struct fp_dev);
 	FP_PIN
 } fp_devs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fp_route_key);
+	__type(value, __be32);
+	FP_PIN
+} fp_routes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

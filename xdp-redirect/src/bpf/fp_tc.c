@@ -765,6 +765,8 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
  * that the deepest call chain stays within the verifier's stack limit. */
 #define FP_DELIVER 0x1002
 #define FP_ENCAP 0x1003
+/* fp_nodeport, native routing: route to the remote backend's node (fp_route). */
+#define FP_ROUTE 0x1004
 
 #define SVC_FLAG_AFFINITY 0x10
 #define SVC_FLAG_ROUTABLE 0x40
@@ -1128,6 +1130,54 @@ __attribute__((noinline)) int fp_encap(struct __sk_buff *skb, const struct flow 
 	return bpf_redirect(ifindex, 0);
 }
 
+/* route_native (stage/forward.rs): natively routed to the node that owns the destination
+ * (fp_routes, the routes the workers use), unencapsulated: TTL - 1, the next hop's MACs
+ * (fp_nexthops), out of its device. A pod's DF packet too big for the underlay is answered
+ * with fragmentation needed. `from_pod`: a pod's packet (egress), else NodePort traffic
+ * from outside (ingress). */
+__attribute__((noinline)) int fp_route(struct __sk_buff *skb, struct flow *f, __u32 from_pod)
+{
+	const __u32 dir = from_pod ? DIR_EGRESS : DIR_INGRESS;
+	struct fp_config *cfg;
+	struct fp_route_key k = {};
+	struct fp_nexthop *nh;
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 zero = 0, ifindex;
+	__be32 *gw;
+	int r;
+
+	cfg = bpf_map_lookup_elem(&fp_config, &zero);
+	if (!f || !cfg)
+		return drop(skb, DROP_UNROUTABLE, dir);
+	k.prefixlen = 32;
+	k.addr = f->dst;
+	gw = bpf_map_lookup_elem(&fp_routes, &k);
+	if (!gw)
+		return drop(skb, DROP_UNROUTABLE, dir);
+	nh = bpf_map_lookup_elem(&fp_nexthops, gw);
+	if (!nh || !nh->ifindex)
+		return drop(skb, DROP_NO_FIB, dir);
+	ifindex = nh->ifindex;
+	__builtin_memcpy(dmac, nh->dst_mac, ETH_ALEN);
+	__builtin_memcpy(smac, nh->src_mac, ETH_ALEN);
+	if (too_big(skb, f, cfg->underlay_mtu)) {
+		metric(DROP_FRAG_NEEDED, dir, skb->len);
+		if (from_pod && f->dont_frag)
+			return fp_icmp_error(skb, f, cfg->router_ip, ICMP_FRAG_NEEDED_KIND,
+					     cfg->underlay_mtu);
+		return TC_ACT_SHOT;
+	}
+	if (skb->len > ETH_HLEN + f->total_len &&
+	    bpf_skb_change_tail(skb, ETH_HLEN + f->total_len, 0))
+		return drop(skb, DROP_WRITE_ERROR, dir);
+	r = l3_forward(skb, dmac, smac);
+	if (r)
+		return drop(skb, r, dir);
+	metric(0, dir, skb->len);
+	stat(TC_STAT_ROUTED);
+	return bpf_redirect(ifindex, 0);
+}
+
 /* bpf_lxc's ARP responder: a request for any address but the pod's own is answered with
  * the lxc MAC, back out of the device it came from. */
 static __always_inline int arp_respond(struct __sk_buff *skb)
@@ -1220,6 +1270,28 @@ __attribute__((noinline)) int fp_lb4_local(struct __sk_buff *skb, struct flow *f
 	return lb4_local(skb, f, &key, &master, src_id, ct_now());
 }
 
+/* Is this a frame from a service backend (address, port, protocol)? */
+static __always_inline int from_backend(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + ETH_HLEN;
+	struct fp_backend_addr b = {};
+	__be16 *ports;
+
+	if ((void *)(ip + 1) > end || ip->ihl < 5 ||
+	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
+	    (ip->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	ports = (void *)ip + ip->ihl * 4;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	b.address = ip->saddr;
+	b.port = ports[0];
+	b.proto = ip->protocol;
+	return bpf_map_lookup_elem(&fp_lb_backend_addrs, &b) != 0;
+}
+
 /* Would the XDP program steer this IPv4 frame from a pod to the workers (fp_steer)? The
  * tc datapath takes the same frames; the rest is the kernel's. */
 static __always_inline int ours_from_pod(struct __sk_buff *skb, const struct fp_config *cfg)
@@ -1228,8 +1300,6 @@ static __always_inline int ours_from_pod(struct __sk_buff *skb, const struct fp_
 	void *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
 	struct endpoint_info *ep;
-	struct fp_backend_addr b = {};
-	__be16 *ports;
 	int host;
 
 	if ((void *)(ip + 1) > end)
@@ -1240,19 +1310,14 @@ static __always_inline int ours_from_pod(struct __sk_buff *skb, const struct fp_
 		return 1;
 	if (cfg->mode == FP_MODE_TUNNEL && tunnel_v4(ipcache(ip->daddr)))
 		return 1;
+	/* Native routing: a pod of another node (fp_xdp.c remote_pod). */
+	if (cfg->mode == FP_MODE_NATIVE && cfg->native_mask &&
+	    (ip->daddr & cfg->native_mask) == cfg->native_net)
+		return 1;
 	if (frontend_of(skb, 0, cfg->node_ip))
 		return 1;
 	/* A service backend's reply (a NodePort client's, outside the cluster). */
-	if (host || ip->ihl < 5 || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
-	    (ip->frag_off & bpf_htons(0x1fff)))
-		return 0;
-	ports = (void *)ip + ip->ihl * 4;
-	if ((void *)(ports + 2) > end)
-		return 0;
-	b.address = ip->saddr;
-	b.port = ports[0];
-	b.proto = ip->protocol;
-	return bpf_map_lookup_elem(&fp_lb_backend_addrs, &b) != 0;
+	return !host && from_backend(skb);
 }
 
 /* Conntrack on from-container (ct_egress, then ct_policy_forward): one probe for both
@@ -1478,7 +1543,9 @@ __attribute__((noinline)) int fp_nodeport(struct __sk_buff *skb, struct flow *f)
 		fp_ct_touch(&sc->fwd, 0, f->tcp_flags, now, 0);
 	if (nat_rewrite(skb, f, 0, node, bpf_htons(port)))
 		return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
-	tunnel = cfg->mode == FP_MODE_TUNNEL ? tunnel_v4(ipcache(f->dst)) : 0;
+	if (cfg->mode != FP_MODE_TUNNEL)
+		return FP_ROUTE;
+	tunnel = tunnel_v4(ipcache(f->dst));
 	if (!tunnel)
 		return drop(skb, DROP_UNROUTABLE, DIR_INGRESS);
 	f->tunnel_ep = tunnel;
@@ -1509,9 +1576,35 @@ static __always_inline int netdev_service(struct __sk_buff *skb)
 		return fp_local_delivery(skb, f, f->src_id, DELIVER_NODEPORT);
 	case FP_ENCAP:
 		return fp_encap(skb, f, f->tunnel_ep, IDENTITY_HOST, 0);
+	case FP_ROUTE:
+		return fp_route(skb, f, 0);
 	}
 	return r;
 }
+
+/* Native routing, from the node NIC (from_netdev.rs, from_overlay.rs to_local_pod): a
+ * packet for a local pod is delivered, its source's identity from the ipcache (world when
+ * it has none); one to this node's own address from a service backend is the reply of a
+ * SNATed NodePort connection, or refused (164). */
+static __always_inline int netdev_native(struct __sk_buff *skb, int to_pod)
+{
+	struct flow *f = netdev_flow();
+	struct remote_endpoint_info *ri;
+	int r;
+
+	if (!f)
+		return drop(skb, DROP_INVALID, DIR_INGRESS);
+	if (skb->pkt_type != PACKET_HOST)
+		return drop(skb, DROP_INVALID_DMAC, DIR_INGRESS);
+	r = parse_ipv4(skb, ETH_HLEN, f);
+	if (r)
+		return drop(skb, r, DIR_INGRESS);
+	if (!to_pod)
+		return fp_nodeport_snat_reply(skb, f);
+	ri = ipcache(f->src);
+	return fp_local_delivery(skb, f, ri ? ri->sec_identity : IDENTITY_WORLD, 0);
+}
+
 
 /* cil_from_container: tc ingress of a pod's lxc device. */
 SEC("classifier")
@@ -1606,6 +1699,8 @@ int cil_from_container(struct __sk_buff *skb)
 		return drop(skb, r, DIR_EGRESS);
 	if (f.dst_local)
 		return fp_local_delivery(skb, &f, src_id, DELIVER_FROM_POD);
+	if (cfg->mode == FP_MODE_NATIVE)
+		return fp_route(skb, &f, 1);
 	tunnel_ep = f.tunnel_ep;
 	if (!tunnel_ep)
 		return drop(skb, DROP_UNROUTABLE, DIR_EGRESS);
@@ -1685,8 +1780,8 @@ static __always_inline int udp_csum_ok(struct __sk_buff *skb, __u32 off, __u32 u
 }
 
 /* cil_from_netdev: tc ingress of the node NIC. VXLAN to this node's tunnel port goes to
- * from-overlay, a frontend's traffic to nodeport_lb4; everything else is the kernel's
- * (native routing is the workers' only, docs/tc.md). */
+ * from-overlay, a frontend's traffic to nodeport_lb4, natively routed traffic for a local
+ * pod to delivery; everything else is the kernel's (as the XDP steering decides). */
 SEC("classifier")
 int cil_from_netdev(struct __sk_buff *skb)
 {
@@ -1711,6 +1806,15 @@ int cil_from_netdev(struct __sk_buff *skb)
 		/* NodePort / ExternalIP from outside the cluster (nodeport_lb4). */
 		if (frontend_of(skb, 0, cfg->node_ip))
 			return netdev_service(skb);
+		if (cfg->mode == FP_MODE_NATIVE) {
+			struct endpoint_info *ep = endpoint(ip->daddr);
+			int host = ep && (ep->flags & ENDPOINT_F_HOST);
+
+			if (ep && !host)
+				return netdev_native(skb, 1);
+			if (host && from_backend(skb))
+				return netdev_native(skb, 0);
+		}
 		return pass();
 	}
 	/* VXLAN for some node: the outer headers Linux would accept (from_netdev.rs). */
