@@ -1821,7 +1821,7 @@ mod tests {
             v
         };
         let mut dp = Datapath::new(ports(), 1, Flaky::default());
-        let o = dp.tables().overlay.clone();
+        let o = dp.tables().overlay;
         let old = [
             r("10.2.0.0/24", "192.168.0.2"),
             r("10.3.0.0/24", "192.168.0.3"),
@@ -1830,12 +1830,12 @@ mod tests {
             r("10.2.0.0/24", "192.168.0.9"),
             r("10.4.0.0/24", "192.168.0.4"),
         ];
-        dp.set_overlay(o.clone(), None, &old, []).unwrap();
+        dp.set_overlay(o, None, &old, []).unwrap();
         let before = routes(&dp);
         assert_eq!(before.len(), 2, "{before:?}");
         for fail in 1..=3 {
             dp.kernel().fail_at = dp.kernel().writes + fail;
-            assert!(dp.set_overlay(o.clone(), None, &new, []).is_err());
+            assert!(dp.set_overlay(o, None, &new, []).is_err());
             assert_eq!(routes(&dp), before, "write {fail} failed: kernel restored");
             assert_eq!(
                 dp.tables().routes.get("10.3.0.0/24".parse().unwrap()),
