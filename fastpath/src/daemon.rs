@@ -1512,10 +1512,12 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
             next.delete_policies(&removed, |o| in_config.contains(o));
             policy_applied(v, start, 1, next, |dp| dp.delete_policy(&id))
         }
-        Request::PolicyGet { endpoint } => now(match policy_dumps(v.dp, endpoint) {
-            Ok(endpoints) => Response::PolicyGet { endpoints },
-            Err(message) => Response::Error { message },
-        }),
+        Request::PolicyGet { endpoint } => {
+            now(match policy_dumps(v.dp, endpoint, &tc_policy(v.dp)) {
+                Ok(endpoints) => Response::PolicyGet { endpoints },
+                Err(message) => Response::Error { message },
+            })
+        }
         Request::PolicyList => now(Response::PolicyList {
             policies: policy_summaries(v.dp),
         }),
@@ -1826,9 +1828,20 @@ fn policy_applied(
 }
 
 /// `bpf policy get`: the endpoint's map with labels and counters.
+/// The tc datapath's per-entry policy counters (none while no device runs it).
+fn tc_policy(dp: &Datapath<Steering>) -> std::collections::HashMap<(u16, u32), (u64, u64)> {
+    match dp.kernel_ref().tc_stats() {
+        Some(Ok(s)) => crate::metrics::tc_policy_counts(&dp.tables(), &s.policy),
+        _ => Default::default(),
+    }
+}
+
+/// `bpf policy get`: each endpoint's entries with what they decided, in the workers and
+/// (`tc`, by endpoint and entry slot) in the tc datapath.
 fn policy_dumps<K: control::datapath::KernelMaps>(
     dp: &Datapath<K>,
     endpoint: Option<u16>,
+    tc: &std::collections::HashMap<(u16, u32), (u64, u64)>,
 ) -> Result<Vec<crate::api::PolicyDump>, String> {
     let t = dp.tables();
     let mut ids: Vec<u16> = match endpoint {
@@ -1857,6 +1870,8 @@ fn policy_dumps<K: control::datapath::KernelMaps>(
                     .iter()
                     .map(|e| {
                         let (packets, bytes) = t.policy_stats.get(e.slot);
+                        let (tp, tb) = tc.get(&(id, e.slot)).copied().unwrap_or_default();
+                        let (packets, bytes) = (packets + tp, bytes + tb);
                         crate::api::PolicyRow {
                             policy: if e.entry.is_deny() { "Deny" } else { "Allow" }.into(),
                             direction: e.key.direction().into(),

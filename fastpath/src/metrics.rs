@@ -57,6 +57,34 @@ fn metric(code: u8, direction: &str, packets: u64, bytes: u64) -> Metric {
 }
 
 /// Walk every source once.
+/// The tc datapath's `cilium_policystats` rows by policy entry: (endpoint, the entry's
+/// slot in the workers' per-entry counters) -> (packets, bytes). A row whose entry is gone
+/// (the policy changed since) is left out.
+pub fn tc_policy_counts(
+    t: &control::tables::Tables,
+    stats: &[xdp_redirect::TcPolicyStat],
+) -> std::collections::HashMap<(u16, u32), (u64, u64)> {
+    let mut out = std::collections::HashMap::new();
+    for s in stats {
+        let Some(ep) = t.policy.endpoints.get(&s.endpoint) else {
+            continue;
+        };
+        let hit = ep.entries.iter().find(|e| {
+            e.key.sec_label == s.identity
+                && e.key.egress == s.egress
+                && e.key.lpm_len() == s.prefix_len
+                && e.key.protocol == s.protocol
+                && e.key.port() == s.dport
+        });
+        if let Some(e) = hit {
+            let c = out.entry((s.endpoint, e.slot)).or_insert((0, 0));
+            c.0 += s.packets;
+            c.1 += s.bytes;
+        }
+    }
+    out
+}
+
 pub fn snapshot(src: &Sources<'_>) -> Status {
     let cfg: &Config = src.cfg;
     let dp: &Datapath<Steering> = src.dp;
@@ -207,14 +235,33 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
             let t = dp.tables();
             let st = &t.policy_stats;
             let eps = t.policy.endpoints.values();
+            // The tc datapath's verdicts: allowed ones from its per-entry counters, denied
+            // ones from its drop metrics (133 no entry allows, 181 a deny entry).
+            let (mut allowed, mut denied) = ([0u64; 2], [0u64; 2]);
+            if let Some(Ok(tc)) = steering.tc_stats() {
+                for ((ep, slot), (p, _)) in tc_policy_counts(&t, &tc.policy) {
+                    let e = t.policy.endpoints[&ep]
+                        .entries
+                        .iter()
+                        .find(|e| e.slot == slot);
+                    if let Some(e) = e.filter(|e| !e.entry.is_deny()) {
+                        allowed[usize::from(e.key.is_egress())] += p;
+                    }
+                }
+                for (code, dir, p, _) in tc.metrics {
+                    if (code == 133 || code == 181) && (dir == 1 || dir == 2) {
+                        denied[usize::from(dir == 2)] += p;
+                    }
+                }
+            }
             crate::api::PolicyStatus {
                 policies: dp.policies().len(),
                 enforced_ingress: eps.clone().filter(|e| e.enforced[0]).count(),
                 enforced_egress: eps.filter(|e| e.enforced[1]).count(),
-                allowed_ingress: st.get(STAT_ALLOWED_INGRESS).0,
-                allowed_egress: st.get(STAT_ALLOWED_EGRESS).0,
-                denied_ingress: st.get(STAT_DENIED_INGRESS).0,
-                denied_egress: st.get(STAT_DENIED_EGRESS).0,
+                allowed_ingress: st.get(STAT_ALLOWED_INGRESS).0 + allowed[0],
+                allowed_egress: st.get(STAT_ALLOWED_EGRESS).0 + allowed[1],
+                denied_ingress: st.get(STAT_DENIED_INGRESS).0 + denied[0],
+                denied_egress: st.get(STAT_DENIED_EGRESS).0 + denied[1],
             }
         },
         overlay: cfg.node.underlay.as_ref().map(|u| {

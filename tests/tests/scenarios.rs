@@ -375,10 +375,21 @@ spec:
     );
     let _srv = n0.echo_server(1, 7105);
     let denied0 = n0.status().drops_with(DropReason::Policy.code());
+    let allowed0 = n0.status().policy.allowed_ingress;
     assert_eq!(
         n0.echo(0, "TCP", &n0.pod_ip(1), 7105, "allowed\n"),
         "allowed\n"
     );
+    // The entry that admitted it counted it (`bpf policy get`: PACKETS), and so did the
+    // status line's verdicts, on either datapath.
+    let dump = fastpath::api::policy_get(&n0.socket, Some(2)).unwrap();
+    let row = dump[0]
+        .rows
+        .iter()
+        .find(|r| r.direction == "Ingress" && r.port_proto == "7105/TCP")
+        .unwrap_or_else(|| panic!("the 7105/TCP ingress entry: {dump:#?}"));
+    assert!(row.packets >= 2 && row.bytes > 0, "{row:?}");
+    assert!(n0.status().policy.allowed_ingress >= allowed0 + 2);
     assert!(!n1.ping(0, &n0.pod_ip(1), 1), "n1p0 is not admitted");
     assert!(
         !n0.ping(0, &n0.pod_ip(1), 1),

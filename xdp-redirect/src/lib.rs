@@ -346,6 +346,25 @@ pub struct TcStats {
     /// reason 0 = forwarded.
     pub metrics: Vec<(u8, u8, u64, u64)>,
     pub counters: [u64; TC_STAT_NAMES.len()],
+    /// `cilium_policystats`: what each policy entry decided, summed over CPUs.
+    pub policy: Vec<TcPolicyStat>,
+}
+
+/// One `cilium_policystats` row (Cilium 1.18's layout): a policy entry of `endpoint` — its
+/// identity (0 = any), direction, protocol and port masked to `prefix_len` bits of
+/// protocol+port — and the packets and bytes whose verdict it decided in the tc datapath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcPolicyStat {
+    pub endpoint: u16,
+    pub prefix_len: u8,
+    pub identity: u32,
+    /// 1 = egress.
+    pub egress: u8,
+    pub protocol: u8,
+    /// Host order.
+    pub dport: u16,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// `struct fp_metric` of fp_tc.c.
@@ -373,7 +392,7 @@ pub struct TcPrograms {
 }
 
 /// The maps only the tc object has (its counters): pinned while it runs, removed with it.
-const TC_OWN_MAPS: [&str; 2] = ["fp_tc_metrics", "fp_tc_stats"];
+const TC_OWN_MAPS: [&str; 3] = ["fp_tc_metrics", "fp_tc_stats", "cilium_policystats"];
 
 impl Drop for TcPrograms {
     fn drop(&mut self) {
@@ -422,6 +441,24 @@ impl TcPrograms {
                 .map_err(|e| read("fp_tc_stats", e))?
                 .iter()
                 .sum();
+        }
+        let policy: aya::maps::PerCpuHashMap<&MapData, [u8; 12], FpMetric> =
+            map_ref(&self.ebpf, "cilium_policystats")?;
+        for row in policy.iter() {
+            let (k, v) = row.map_err(|e| read("cilium_policystats", e))?;
+            let (packets, bytes) = v
+                .iter()
+                .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
+            out.policy.push(TcPolicyStat {
+                endpoint: u16::from_ne_bytes([k[0], k[1]]),
+                prefix_len: k[3],
+                identity: u32::from_ne_bytes([k[4], k[5], k[6], k[7]]),
+                egress: k[8],
+                protocol: k[9],
+                dport: u16::from_be_bytes([k[10], k[11]]),
+                packets,
+                bytes,
+            });
         }
         Ok(out)
     }

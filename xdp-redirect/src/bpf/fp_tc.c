@@ -117,6 +117,33 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fp_tc_stats SEC(".maps");
 
+/* cilium_policystats (Cilium 1.18+): per policy entry, the packets and bytes its verdict
+ * decided, per CPU. Key: the endpoint, the entry's protocol/port prefix length, and the
+ * entry's key (identity, direction, protocol and port masked to that prefix). */
+struct policy_stats_key {
+	__u16 endpoint_id;
+	__u8 pad1;
+	__u8 prefix_len;
+	__u32 sec_label;
+	__u8 egress;
+	__u8 protocol;
+	__be16 dport;
+};
+_Static_assert(sizeof(struct policy_stats_key) == 12, "cilium_policystats key");
+
+struct policy_stats_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct policy_stats_key);
+	__type(value, struct policy_stats_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cilium_policystats SEC(".maps");
+
 /* Conntrack results too big for the 512-byte stack that a program and the functions it
  * calls share: one per CPU. tc programs run with bottom halves off and do not nest on a
  * CPU, and each user below is done with it before the next one starts (service, then
@@ -473,7 +500,8 @@ static __always_inline struct policy_entry *policy_lpm(void *inner, __u32 id, __
  * endpoint `ep_id`, remote identity `id`, direction `dir`: 0 = allowed, or the drop reason
  * (133 nothing allows, 181 a deny entry, 157 a later fragment nothing allows). An endpoint
  * without a map has no policy computed: allowed. */
-__attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 port, __u32 what)
+__attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 port, __u32 what,
+					     __u32 len)
 {
 	__u32 key = ep_id & 0xffff;
 	__u8 dir = what & 1, proto = what >> 8;
@@ -499,6 +527,30 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 	}
 	if (!c)
 		return later_fragment ? DROP_FRAG_NOSUPPORT : DROP_POLICY;
+	/* The entry that decided counts the packet (cilium_policystats). */
+	{
+		struct policy_stats_key sk = {};
+		struct policy_stats_value *v, one = { 1, len };
+		__u8 plen = c->flags >> 3;
+
+		sk.endpoint_id = key;
+		sk.prefix_len = plen;
+		sk.sec_label = c == w ? 0 : id;
+		sk.egress = dir;
+		if (plen >= 8)
+			sk.protocol = proto;
+		if (plen >= 24)
+			sk.dport = port;
+		else if (plen > 8)
+			sk.dport = bpf_htons(bpf_ntohs(port) & (0xffff << (24 - plen)));
+		v = bpf_map_lookup_elem(&cilium_policystats, &sk);
+		if (v) {
+			v->packets += 1;
+			v->bytes += len;
+		} else {
+			bpf_map_update_elem(&cilium_policystats, &sk, &one, BPF_NOEXIST);
+		}
+	}
 	if (c->flags & 1)
 		return DROP_POLICY_DENY;
 	return 0;
@@ -506,9 +558,11 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 
 static __always_inline int policy_verdict(__u16 ep_id, __u8 dir, __u32 id, const struct flow *f)
 {
-	/* Direction, protocol and the later-fragment bit in one argument (five at most). */
+	/* Direction, protocol and the later-fragment bit in one argument (five at most); the
+	 * frame's length (Ethernet header and datagram) for the entry's byte count. */
 	return fp_policy_verdict(ep_id, id, policy_port(f),
-				 (dir & 1) | (__u32)f->proto << 8 | (__u32)f->later_fragment << 16);
+				 (dir & 1) | (__u32)f->proto << 8 | (__u32)f->later_fragment << 16,
+				 ETH_HLEN + f->total_len);
 }
 
 static __always_inline __u32 new_lifetime(const struct flow *f, __u32 now)
