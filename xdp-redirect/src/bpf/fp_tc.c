@@ -1879,8 +1879,14 @@ int cil_from_netdev(struct __sk_buff *skb)
 	if (ip->daddr != cfg->node_ip)
 		return drop(skb, DROP_UNKNOWN_TARGET, DIR_INGRESS);
 	{
-		__s64 sum = ihl == 20 ? bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0) : -1;
+		/* The header with its options, as ip_rcv checks it (the UDP header after the
+		 * options is in the linear data: checked above). */
+		__s64 sum = -1;
 
+		if (ihl == 20)
+			sum = bpf_csum_diff(0, 0, (__be32 *)ip, 20, 0);
+		else if ((void *)ip + 60 <= end)
+			sum = bpf_csum_diff(0, 0, (__be32 *)ip, ihl & 60, 0);
 		if (sum < 0 || csum_fold(sum) != 0)
 			return drop(skb, DROP_INVALID, DIR_INGRESS);
 	}
