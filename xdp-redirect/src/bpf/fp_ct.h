@@ -45,26 +45,9 @@
 #define FP_TCP_SYN 0x02
 #define FP_TCP_RST 0x04
 
-/* The conntrack tables: fastpath's shared tables in mmapable arrays, created and pinned
- * by the control plane (max_entries here is a placeholder: the pinned map's size is
- * used). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct fp_line);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cilium_ct4_global SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct fp_line);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cilium_ct_any4_global SEC(".maps");
+/* The conntrack tables: fastpath's shared tables (fp_table.h FP_SHARED_TABLE). */
+FP_SHARED_TABLE(cilium_ct4_global);
+FP_SHARED_TABLE(cilium_ct_any4_global);
 
 /* A tuple in the table's key form. */
 struct ct_key {

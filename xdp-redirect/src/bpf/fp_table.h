@@ -51,6 +51,19 @@
 #endif
 #define fpt_barrier() asm volatile("" ::: "memory")
 
+/* A shared table's map: an mmapable array of lines, created and pinned by the control plane
+ * and opened by its pin (max_entries here is a placeholder: the pinned map's size is
+ * used). */
+#define FP_SHARED_TABLE(name)                                                              \
+	struct {                                                                           \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                                          \
+		__uint(max_entries, 1);                                                    \
+		__uint(map_flags, BPF_F_MMAPABLE);                                         \
+		__type(key, __u32);                                                        \
+		__type(value, struct fp_line);                                             \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                                       \
+	} name SEC(".maps")
+
 /* One table: its map and geometry, read from its header. */
 struct fpt {
 	void *map;

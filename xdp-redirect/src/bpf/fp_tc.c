@@ -830,14 +830,7 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 
 /* cilium_lb4_affinity: fastpath's shared table (fp_table.h) of (client, service) -> the
  * backend ID, lifetime = last use + the service's timeout; the workers use the same one. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct fp_line);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} cilium_lb4_affinity SEC(".maps");
+FP_SHARED_TABLE(cilium_lb4_affinity);
 
 /* The Linux/Cilium jhash_3words (maglev.rs). */
 static __always_inline __u32 rol32(__u32 w, __u32 s)
@@ -1272,16 +1265,13 @@ static __always_inline int arp_respond(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* The service frontend (master entry) an IPv4 TCP/UDP first fragment at `ETH_HLEN` is
- * addressed to, if any; `key` gets its key. */
-static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, struct lb4_key *key,
-						       __be32 node_ip)
+/* The ports of an IPv4 TCP/UDP first fragment at `ETH_HLEN` (source, destination), with
+ * its IPv4 header in *ipp; 0 for anything else. */
+static __always_inline __be16 *l4_ports(struct __sk_buff *skb, struct iphdr **ipp)
 {
-	struct lb4_service *m;
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + ETH_HLEN;
-	struct lb4_key k = {};
 	__be16 *ports;
 
 	if ((void *)(ip + 1) > end || ip->ihl < 5 ||
@@ -1290,6 +1280,22 @@ static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, st
 		return 0;
 	ports = (void *)ip + ip->ihl * 4;
 	if ((void *)(ports + 2) > end)
+		return 0;
+	*ipp = ip;
+	return ports;
+}
+
+/* The service frontend (master entry) an IPv4 TCP/UDP first fragment is addressed to, if
+ * any; `key` gets its key. */
+static __always_inline struct lb4_service *frontend_of(struct __sk_buff *skb, struct lb4_key *key,
+						       __be32 node_ip)
+{
+	struct lb4_service *m;
+	struct iphdr *ip = 0;
+	struct lb4_key k = {};
+	__be16 *ports = l4_ports(skb, &ip);
+
+	if (!ports || !ip)
 		return 0;
 	k.address = ip->daddr;
 	k.dport = ports[1];
@@ -1327,18 +1333,11 @@ __attribute__((noinline)) int fp_lb4_local(struct __sk_buff *skb, struct flow *f
 /* Is this a frame from a service backend (address, port, protocol)? */
 static __always_inline int from_backend(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + ETH_HLEN;
 	struct fp_backend_addr b = {};
-	__be16 *ports;
+	struct iphdr *ip = 0;
+	__be16 *ports = l4_ports(skb, &ip);
 
-	if ((void *)(ip + 1) > end || ip->ihl < 5 ||
-	    (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
-	    (ip->frag_off & bpf_htons(0x1fff)))
-		return 0;
-	ports = (void *)ip + ip->ihl * 4;
-	if ((void *)(ports + 2) > end)
+	if (!ports || !ip)
 		return 0;
 	b.address = ip->saddr;
 	b.port = ports[0];
