@@ -163,12 +163,16 @@ struct fp_scratch {
 	struct ct_state np;
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct fp_scratch);
-} fp_tc_scratch SEC(".maps");
+/* One value of type `vtype` per CPU: room off the 512-byte stack. */
+#define FP_PERCPU_ONE(name, vtype)                                                         \
+	struct {                                                                           \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                                   \
+		__uint(max_entries, 1);                                                    \
+		__type(key, __u32);                                                        \
+		__type(value, vtype);                                                      \
+	} name SEC(".maps")
+
+FP_PERCPU_ONE(fp_tc_scratch, struct fp_scratch);
 
 static __always_inline struct fp_scratch *scratch(void)
 {
@@ -226,12 +230,7 @@ struct flow {
 /* The node NIC's parsed packet, off the stack: the call chains from cil_from_netdev
  * (nodeport_lb4, then delivery, then conntrack) would otherwise pass the 512 bytes the
  * verifier allows them together. One per CPU, as the scratch value. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct flow);
-} fp_tc_flow SEC(".maps");
+FP_PERCPU_ONE(fp_tc_flow, struct flow);
 
 static __always_inline struct flow *netdev_flow(void)
 {
