@@ -392,7 +392,7 @@ pub struct TcPrograms {
 }
 
 /// The maps only the tc object has (its counters): pinned while it runs, removed with it.
-const TC_OWN_MAPS: [&str; 3] = ["fp_tc_metrics", "fp_tc_stats", "cilium_policystats"];
+const TC_OWN_MAPS: [&str; 3] = ["cilium_metrics", "fp_tc_stats", "cilium_policystats"];
 
 impl Drop for TcPrograms {
     fn drop(&mut self) {
@@ -404,7 +404,7 @@ impl Drop for TcPrograms {
 
 impl TcPrograms {
     /// Load the object over the pins of `pin_dir`; no program is loaded into the kernel
-    /// yet ([`TcPrograms::program`]). Its own counters (`fp_tc_metrics`, `fp_tc_stats`)
+    /// yet ([`TcPrograms::program`]). Its own counters (`cilium_metrics`, `fp_tc_stats`)
     /// start from zero: a last run's pins of them are replaced.
     pub fn open(pin_dir: &Path) -> Result<Self, SteeringError> {
         for own in TC_OWN_MAPS {
@@ -421,20 +421,21 @@ impl TcPrograms {
 
     /// Its counters, summed over CPUs.
     pub fn stats(&self) -> Result<TcStats, SteeringError> {
-        let metrics: aya::maps::PerCpuArray<&MapData, FpMetric> =
-            map_ref(&self.ebpf, "fp_tc_metrics")?;
+        let metrics: aya::maps::PerCpuHashMap<&MapData, [u8; 8], FpMetric> =
+            map_ref(&self.ebpf, "cilium_metrics")?;
         let counters: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, "fp_tc_stats")?;
         let read = |map, e| SteeringError::Map { map, source: e };
         let mut out = TcStats::default();
-        for i in 0..256 * 4u32 {
-            let v = metrics.get(&i, 0).map_err(|e| read("fp_tc_metrics", e))?;
+        for row in metrics.iter() {
+            let (k, v) = row.map_err(|e| read("cilium_metrics", e))?;
             let (p, b) = v
                 .iter()
                 .fold((0, 0), |(p, b), x| (p + x.packets, b + x.bytes));
             if p > 0 {
-                out.metrics.push(((i / 4) as u8, (i % 4) as u8, p, b));
+                out.metrics.push((k[0], k[1] & 3, p, b));
             }
         }
+        out.metrics.sort_unstable();
         for (i, slot) in out.counters.iter_mut().enumerate() {
             *slot = counters
                 .get(&(i as u32), 0)

@@ -21,7 +21,7 @@
  * pod -> host or world, ARP replies, IPv6, other ethertypes) are passed to the kernel
  * here too (TC_ACT_OK), before any lookup.
  *
- * Every drop is counted in fp_tc_metrics with Cilium's reason code and direction, as the
+ * Every drop is counted in cilium_metrics with Cilium's reason code and direction, as the
  * workers count theirs; forwarded packets as reason 0.
  */
 #include <linux/bpf.h>
@@ -95,19 +95,47 @@ enum {
 	TC_STAT_MAX = 7,
 };
 
-/* One cilium_metrics row per (reason, direction): index reason * 4 + direction. */
+/* cilium_metrics, Cilium's layout: per (reason, direction), packets and bytes per CPU.
+ * Key: reason (0 forwarded, else the drop code), direction (1 ingress, 2 egress), then
+ * Cilium's source line and file, which fastpath leaves 0. */
+struct metrics_key {
+	__u8 reason;
+	__u8 dir;
+	__u16 line;
+	__u8 file;
+	__u8 reserved[3];
+};
+_Static_assert(sizeof(struct metrics_key) == 8, "cilium_metrics key");
+
 struct fp_metric {
 	__u64 packets;
 	__u64 bytes;
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 256 * 4);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct metrics_key);
 	__type(value, struct fp_metric);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fp_tc_metrics SEC(".maps");
+} cilium_metrics SEC(".maps");
+
+/* Count one packet of `len` bytes on this CPU's value of `key` in a per-CPU hash of
+ * {packets, bytes}, creating the entry; when another CPU created it first, count on the
+ * entry it made. */
+static __always_inline void percpu_count(void *map, const void *key, __u64 len)
+{
+	struct fp_metric *m = bpf_map_lookup_elem(map, key), one = { 1, len };
+
+	if (!m && bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
+		return;
+	if (!m)
+		m = bpf_map_lookup_elem(map, key);
+	if (m) {
+		m->packets += 1;
+		m->bytes += len;
+	}
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -131,16 +159,11 @@ struct policy_stats_key {
 };
 _Static_assert(sizeof(struct policy_stats_key) == 12, "cilium_policystats key");
 
-struct policy_stats_value {
-	__u64 packets;
-	__u64 bytes;
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct policy_stats_key);
-	__type(value, struct policy_stats_value);
+	__type(value, struct fp_metric);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cilium_policystats SEC(".maps");
 
@@ -252,13 +275,11 @@ static __always_inline void stat(__u32 slot)
 
 static __always_inline void metric(__u32 reason, __u32 dir, __u32 len)
 {
-	__u32 k = (reason & 0xff) * 4 + (dir & 3);
-	struct fp_metric *m = bpf_map_lookup_elem(&fp_tc_metrics, &k);
+	struct metrics_key k = {};
 
-	if (m) {
-		m->packets += 1;
-		m->bytes += len;
-	}
+	k.reason = reason;
+	k.dir = dir & 3;
+	percpu_count(&cilium_metrics, &k, len);
 }
 
 static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
@@ -529,7 +550,6 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 	/* The entry that decided counts the packet (cilium_policystats). */
 	{
 		struct policy_stats_key sk = {};
-		struct policy_stats_value *v, one = { 1, len };
 		__u8 plen = c->flags >> 3;
 
 		sk.endpoint_id = key;
@@ -542,13 +562,7 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 			sk.dport = port;
 		else if (plen > 8)
 			sk.dport = bpf_htons(bpf_ntohs(port) & (0xffff << (24 - plen)));
-		v = bpf_map_lookup_elem(&cilium_policystats, &sk);
-		if (v) {
-			v->packets += 1;
-			v->bytes += len;
-		} else {
-			bpf_map_update_elem(&cilium_policystats, &sk, &one, BPF_NOEXIST);
-		}
+		percpu_count(&cilium_policystats, &sk, len);
 	}
 	if (c->flags & 1)
 		return DROP_POLICY_DENY;
