@@ -132,11 +132,9 @@ impl<K: KernelMaps> Datapath<K> {
         settings: &LbSettings,
     ) -> Result<u64, DatapathError> {
         let plan = self.lb.plan_replace(services, settings)?;
-        // The kernel programs' selection settings first: a table written below is read
-        // with the M and seed it was made for. Put back if the change fails.
-        let lb_config = |k: &mut K, s: &LbSettings| {
-            k.set_lb_config(s.maglev_m as u32, s.seeds.jhash0, s.algorithm.code())
-        };
+        // The kernel programs' node-wide selection settings (the default algorithm; each
+        // Maglev table carries its own size and seed). Put back if the change fails.
+        let lb_config = |k: &mut K, s: &LbSettings| k.set_lb_config(s.algorithm.code());
         lb_config(&mut self.kernel, settings)?;
         let g = self.apply_lb(plan).inspect_err(|_| {
             let _ = lb_config(&mut self.kernel, &self.lb_settings);
@@ -900,7 +898,7 @@ impl<K: KernelMaps> Datapath<K> {
         self.set_overlay(
             node_overlay(cfg, &ports),
             cfg.datapath.native_routing_cidr,
-            &node_routes(cfg),
+            &datapath_routes(cfg),
             accepted_identities(cfg),
         )?;
         self.upsert_ipcache(&node_ipcache(cfg))?;
@@ -985,9 +983,14 @@ fn write_lb_delta<K: KernelMaps>(
             new.clone()
         }
     };
+    let seed = if undo {
+        old.seeds.jhash0
+    } else {
+        d.maglev_seed
+    };
     for (rev, new) in &d.maglev {
         if let Some(t) = maglev(*rev, new) {
-            go(k.set_maglev(RevNat(*rev), Some(&t)))?;
+            go(k.set_maglev(RevNat(*rev), Some((&t, seed))))?;
         }
     }
     for (key, add) in &d.affinity_match {
@@ -1379,6 +1382,23 @@ pub fn node_routes(cfg: &Config) -> Vec<(Ipv4Cidr, std::net::Ipv4Addr)> {
         .collect()
 }
 
+/// The datapath's native routes: [`node_routes`], and each remote node's own address via
+/// itself, so that what a pod sends to another node's address — a service backend's reply
+/// to a NodePort connection that node SNATed — is routed there too (the kernel has its own
+/// route to the node on the underlay; the XDP program hands pods' other traffic to nodes
+/// to the kernel).
+pub fn datapath_routes(cfg: &Config) -> Vec<(Ipv4Cidr, std::net::Ipv4Addr)> {
+    let mut r = node_routes(cfg);
+    if cfg.datapath.routing == RoutingMode::Native {
+        r.extend(
+            cfg.remote_nodes
+                .iter()
+                .map(|n| (Ipv4Cidr::host(n.ip), n.ip)),
+        );
+    }
+    r
+}
+
 /// The service and backend IDs of a previous run (from its pinned LB maps): each
 /// frontend's master key with its service ID, and each backend ID with its backend.
 #[derive(Debug, Clone, Default)]
@@ -1654,7 +1674,11 @@ mod tests {
         fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
             self.lb_write(format!("rev {}", id.0), None)
         }
-        fn set_maglev(&mut self, id: RevNat, t: Option<&[u32]>) -> Result<(), MapWriteError> {
+        fn set_maglev(
+            &mut self,
+            id: RevNat,
+            t: Option<(&[u32], u32)>,
+        ) -> Result<(), MapWriteError> {
             self.lb_write(format!("mag {}", id.0), t.map(|t| format!("{t:?}")))
         }
         fn set_affinity_match(
@@ -1664,8 +1688,8 @@ mod tests {
         ) -> Result<(), MapWriteError> {
             self.lb_write(format!("aff {k:?}"), on.then(String::new))
         }
-        fn set_lb_config(&mut self, m: u32, seed: u32, alg: u8) -> Result<(), MapWriteError> {
-            self.lb_write("lbcfg".into(), Some(format!("{m} {seed} {alg}")))
+        fn set_lb_config(&mut self, alg: u8) -> Result<(), MapWriteError> {
+            self.lb_write("lbcfg".into(), Some(format!("{alg}")))
         }
     }
 
@@ -1871,16 +1895,14 @@ mod tests {
                 want.insert(format!("rev {id}"), format!("{v:?}"));
             }
             for (id, v) in t.lb.maglev.iter() {
-                want.insert(format!("mag {id}"), format!("{v:?}"));
+                let v: &[u32] = v;
+                want.insert(format!("mag {id}"), format!("{:?}", (v, t.lb.seeds.jhash0)));
             }
             for (k, _) in t.lb.affinity_match.iter() {
                 want.insert(format!("aff {k:?}"), String::new());
             }
             let s = LbSettings::default();
-            want.insert(
-                "lbcfg".into(),
-                format!("{} {} {}", s.maglev_m, s.seeds.jhash0, s.algorithm.code()),
-            );
+            want.insert("lbcfg".into(), format!("{}", s.algorithm.code()));
             want
         };
         // Service a uses Maglev and session affinity, so their tables change too.

@@ -6,7 +6,7 @@
 //!
 //! Conntrack and affinity are not written through a trait: the workers and the tc datapath
 //! share those tables' memory (pinned mmapable arrays, `control/tables/src/shm.rs`). Maglev
-//! stays in the workers' memory (docs/decisions.md, "Kernel maps").
+//! tables are written to `cilium_lb4_maglev` for the tc datapath ([`LbMaps::set_maglev`]).
 
 use crate::maps::lb::{AffinityMatchKey, Lb4Backend, Lb4Key, Lb4Service, RevNat, RevNat4Value};
 use crate::maps::policy::{PolicyEntry, PolicyKey};
@@ -72,19 +72,16 @@ pub trait LbMaps {
     /// Key: the host-order service ID; stored network order.
     fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError>;
     fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError>;
-    /// `cilium_lb4_maglev`: service `id`'s Maglev lookup table (`None`: it has none), put in
-    /// place whole (readers see the old table or the new one).
-    fn set_maglev(&mut self, id: RevNat, table: Option<&[u32]>) -> Result<(), MapWriteError>;
+    /// `cilium_lb4_maglev`: service `id`'s Maglev lookup table (`None`: it has none) and the
+    /// datapath hash seed it goes with, put in place whole (readers see the old table or the
+    /// new one, each with its own size and seed).
+    fn set_maglev(&mut self, id: RevNat, table: Option<(&[u32], u32)>)
+    -> Result<(), MapWriteError>;
     /// `cilium_lb_affinity_match`: whether a sessionAffinity service still offers a backend.
     fn set_affinity_match(&mut self, k: &AffinityMatchKey, on: bool) -> Result<(), MapWriteError>;
-    /// `fp_lb_config`: the Maglev table size, the datapath's Maglev hash seed and the node's
-    /// default algorithm code, for the kernel programs' backend selection.
-    fn set_lb_config(
-        &mut self,
-        maglev_m: u32,
-        seed: u32,
-        default_alg: u8,
-    ) -> Result<(), MapWriteError>;
+    /// `fp_lb_config`: the node's default algorithm code, for the kernel programs' backend
+    /// selection (each Maglev table carries its own size and seed).
+    fn set_lb_config(&mut self, default_alg: u8) -> Result<(), MapWriteError>;
 }
 
 /// The per-endpoint policy maps `cilium_policy_v2_<id>`, reached by the kernel programs
@@ -200,13 +197,13 @@ impl LbMaps for NoKernel {
     fn remove_revnat(&mut self, _: RevNat) -> Result<(), MapWriteError> {
         Ok(())
     }
-    fn set_maglev(&mut self, _: RevNat, _: Option<&[u32]>) -> Result<(), MapWriteError> {
+    fn set_maglev(&mut self, _: RevNat, _: Option<(&[u32], u32)>) -> Result<(), MapWriteError> {
         Ok(())
     }
     fn set_affinity_match(&mut self, _: &AffinityMatchKey, _: bool) -> Result<(), MapWriteError> {
         Ok(())
     }
-    fn set_lb_config(&mut self, _: u32, _: u32, _: u8) -> Result<(), MapWriteError> {
+    fn set_lb_config(&mut self, _: u8) -> Result<(), MapWriteError> {
         Ok(())
     }
 }

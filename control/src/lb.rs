@@ -579,6 +579,8 @@ pub struct LbDelta {
     pub services: Vec<(Lb4Key, Option<Lb4Service>, Option<Lb4Service>)>,
     pub revnat: Vec<(u16, Option<RevNat4Value>, Option<RevNat4Value>)>,
     pub maglev: Vec<(u16, Option<Arc<[u32]>>)>,
+    /// The datapath's Maglev hash seed (`Seeds::jhash0`) the new tables go with.
+    pub maglev_seed: u32,
     pub affinity_match: Vec<(AffinityMatchKey, bool)>,
 }
 
@@ -1172,7 +1174,10 @@ impl LbState {
         let mut new_rev: HashMap<u16, RevNat4Value> = HashMap::new();
         let mut new_aff: HashSet<AffinityMatchKey> = HashSet::new();
         let mut maglev_cache: Vec<(u16, Option<MaglevEntry>)> = Vec::new();
-        let mut delta = LbDelta::default();
+        let mut delta = LbDelta {
+            maglev_seed: s.seeds.jhash0,
+            ..Default::default()
+        };
         // A cached Maglev table is the same table only under the same seeds.
         let same_seeds = self.settings.as_ref().is_none_or(|o| o.seeds == s.seeds);
         for (_, c, comp) in &upserts {

@@ -1827,7 +1827,6 @@ fn policy_applied(
     }
 }
 
-/// `bpf policy get`: the endpoint's map with labels and counters.
 /// The tc datapath's per-entry policy counters (none while no device runs it).
 fn tc_policy(dp: &Datapath<Steering>) -> std::collections::HashMap<(u16, u32), (u64, u64)> {
     match dp.kernel_ref().tc_stats() {

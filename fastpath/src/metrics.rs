@@ -56,7 +56,6 @@ fn metric(code: u8, direction: &str, packets: u64, bytes: u64) -> Metric {
     }
 }
 
-/// Walk every source once.
 /// The tc datapath's `cilium_policystats` rows by policy entry: (endpoint, the entry's
 /// slot in the workers' per-entry counters) -> (packets, bytes). A row whose entry is gone
 /// (the policy changed since) is left out.
@@ -85,6 +84,7 @@ pub fn tc_policy_counts(
     out
 }
 
+/// Walk every source once.
 pub fn snapshot(src: &Sources<'_>) -> Status {
     let cfg: &Config = src.cfg;
     let dp: &Datapath<Steering> = src.dp;

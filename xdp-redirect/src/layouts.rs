@@ -9,7 +9,7 @@ use control::maps::{EndpointInfo, EndpointKey, IpcacheKey, RemoteEndpointInfo};
 
 use control::maps::policy::{PolicyEntry, PolicyKey};
 
-use super::{FpBackendAddr, FpConfig, FpDev, FpNextHop, FpPort};
+use super::{FpBackendAddr, FpConfig, FpDev, FpLbConfig, FpNextHop, FpPort};
 
 /// struct name → (size, member → byte offset), from `bpftool btf dump file F format raw`.
 fn btf_structs(obj: &[u8], name: &str) -> HashMap<String, (usize, HashMap<String, usize>)> {
@@ -178,6 +178,11 @@ fn rust_layouts() -> Vec<Layout> {
                 ("router_ip", offset_of!(FpConfig, router_ip)),
                 ("pad2", offset_of!(FpConfig, pad2)),
             ],
+        ),
+        (
+            "fp_lb_config",
+            size_of::<FpLbConfig>(),
+            vec![("default_alg", offset_of!(FpLbConfig, default_alg))],
         ),
         (
             "fp_port",

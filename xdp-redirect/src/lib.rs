@@ -1062,7 +1062,7 @@ impl MapSet {
         match gw {
             Some(g) => m.insert(&key, g, 0).map_err(|e| err(error_chain(&e))),
             None => match m.remove(&key) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) if absent(&e) => Ok(()),
                 r => r.map_err(|e| err(error_chain(&e))),
             },
         }
@@ -1125,7 +1125,7 @@ impl OverlayMap for MapSet {
                     .map_err(|e| err("update", error_chain(&e)))
             }
             None => match m.remove(&ip) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) if absent(&e) => Ok(()),
                 r => r.map_err(|e| err("delete", error_chain(&e))),
             },
         }
@@ -1147,7 +1147,7 @@ impl OverlayMap for MapSet {
                 .map_err(|e| err("update", error_chain(&e)))
         } else {
             match m.remove(&id) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) if absent(&e) => Ok(()),
                 r => r.map_err(|e| err("delete", error_chain(&e))),
             }
         }
@@ -1352,35 +1352,43 @@ impl LbMaps for MapSet {
             map(self, REVNAT_MAP).map_err(|e| err(e.to_string()))?;
         m.remove(&id.be()).map_err(|e| err(error_chain(&e)))
     }
-    fn set_maglev(&mut self, id: RevNat, table: Option<&[u32]>) -> Result<(), MapWriteError> {
+    fn set_maglev(
+        &mut self,
+        id: RevNat,
+        table: Option<(&[u32], u32)>,
+    ) -> Result<(), MapWriteError> {
         let op = if table.is_some() { "update" } else { "delete" };
         let err = lb_err(MAGLEV_MAP, op, id.0.to_string());
         let mut outer: HashOfMaps<&mut MapData, u16, Array<MapData, u32>> =
             map(self, MAGLEV_MAP).map_err(|e| err(e.to_string()))?;
-        let Some(table) = table else {
+        let Some((table, seed)) = table else {
             return match outer.remove(&id.be()) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) if absent(&e) => Ok(()),
                 r => r.map_err(|e| err(error_chain(&e))),
             };
         };
         // A new inner map per change, filled, then swapped in with one update of the outer
-        // map: a reader sees the old table or the new one, never a mix. The outer map holds
-        // the only reference once this fd is closed.
+        // map: a reader sees the old table or the new one, never a mix. Entry 0 holds the
+        // table's size M, entry 1 the hash seed it goes with, entries 2.. the M slots: a
+        // reader never pairs one table with another's size or seed, even while a change of
+        // `maglev_table_size` or the seed rewrites the tables one by one. The outer map
+        // holds the only reference once this fd is closed.
         let obj = aya_obj::Map::new_from_params(
             2, // BPF_MAP_TYPE_ARRAY
             4,
             4,
-            table.len() as u32,
+            table.len() as u32 + MAGLEV_HEADER,
             BPF_F_INNER_MAP,
         );
         let data = MapData::create(obj, &format!("fp_maglev_{}", id.0), None)
             .map_err(|e| err(format!("creating its table: {}", error_chain(&e))))?;
         let mut inner: Array<MapData, u32> =
             Array::try_from(aya::maps::Map::Array(data)).map_err(|e| err(error_chain(&e)))?;
-        for (i, backend) in table.iter().enumerate() {
+        let header = [table.len() as u32, seed];
+        for (i, v) in header.iter().chain(table).enumerate() {
             inner
-                .set(i as u32, *backend, 0)
-                .map_err(|e| err(format!("slot {i}: {}", error_chain(&e))))?;
+                .set(i as u32, *v, 0)
+                .map_err(|e| err(format!("entry {i}: {}", error_chain(&e))))?;
         }
         outer
             .insert(id.be(), &inner, 0)
@@ -1399,23 +1407,16 @@ impl LbMaps for MapSet {
             m.insert(*k, 0, 0).map_err(|e| err(error_chain(&e)))
         } else {
             match m.remove(k) {
-                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) if absent(&e) => Ok(()),
                 r => r.map_err(|e| err(error_chain(&e))),
             }
         }
     }
-    fn set_lb_config(
-        &mut self,
-        maglev_m: u32,
-        seed: u32,
-        default_alg: u8,
-    ) -> Result<(), MapWriteError> {
+    fn set_lb_config(&mut self, default_alg: u8) -> Result<(), MapWriteError> {
         let err = lb_err("fp_lb_config", "update", "0".into());
         let mut m: Array<&mut MapData, FpLbConfig> =
             map(self, "fp_lb_config").map_err(|e| err(e.to_string()))?;
         let v = FpLbConfig {
-            maglev_m,
-            maglev_seed: seed,
             default_alg: u32::from(default_alg),
         };
         m.set(0, v, 0).map_err(|e| err(error_chain(&e)))
@@ -1426,20 +1427,21 @@ impl LbMaps for MapSet {
 const MAGLEV_MAP: &str = "cilium_lb4_maglev";
 /// Lets inner maps of one outer map differ in max_entries (the Maglev table size).
 const BPF_F_INNER_MAP: u32 = 1 << 12;
+/// Entries in front of a Maglev table's slots in its inner map: M, then the seed.
+const MAGLEV_HEADER: u32 = 2;
 
-/// `struct fp_lb_config`: what backend selection in the kernel programs needs.
+/// `struct fp_lb_config`: the node's default algorithm, for backend selection in the
+/// kernel programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 struct FpLbConfig {
-    maglev_m: u32,
-    maglev_seed: u32,
     default_alg: u32,
 }
-const _: () = assert!(size_of::<FpLbConfig>() == 12);
+const _: () = assert!(size_of::<FpLbConfig>() == 4);
 
 #[allow(unsafe_code)]
 mod pod_lb {
-    // SAFETY: repr(C), three u32: 12 bytes, no padding; every bit pattern is valid.
+    // SAFETY: repr(C), one u32: 4 bytes, no padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::FpLbConfig {}
 }
 
@@ -1456,20 +1458,36 @@ impl LbMaps for Steering {
     fn remove_backend(&mut self, id: u32, v: &Lb4Backend) -> Result<(), MapWriteError> {
         self.maps.remove_backend(id, v)
     }
-    fn set_maglev(&mut self, id: RevNat, table: Option<&[u32]>) -> Result<(), MapWriteError> {
+    fn set_maglev(
+        &mut self,
+        id: RevNat,
+        table: Option<(&[u32], u32)>,
+    ) -> Result<(), MapWriteError> {
         self.maps.set_maglev(id, table)
     }
     fn set_affinity_match(&mut self, k: &AffinityMatchKey, on: bool) -> Result<(), MapWriteError> {
         self.maps.set_affinity_match(k, on)
     }
-    fn set_lb_config(&mut self, m: u32, seed: u32, alg: u8) -> Result<(), MapWriteError> {
-        self.maps.set_lb_config(m, seed, alg)
+    fn set_lb_config(&mut self, alg: u8) -> Result<(), MapWriteError> {
+        self.maps.set_lb_config(alg)
     }
     fn upsert_revnat(&mut self, id: RevNat, v: &RevNat4Value) -> Result<(), MapWriteError> {
         self.maps.upsert_revnat(id, v)
     }
     fn remove_revnat(&mut self, id: RevNat) -> Result<(), MapWriteError> {
         self.maps.remove_revnat(id)
+    }
+}
+
+/// Did a delete fail only because the key was not there (ENOENT from
+/// `bpf_map_delete_elem`, which aya reports as a syscall error)? Deleting what is already
+/// gone is success: a kernel map that drifted from the tables must not make every later
+/// change that deletes the key fail and roll back.
+fn absent(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 
@@ -1498,6 +1516,27 @@ impl Steering {
 }
 
 impl Steering {
+    /// Read service `id`'s Maglev table back from `cilium_lb4_maglev`: (M, seed, slots).
+    pub fn kernel_maglev(&self, id: RevNat) -> Result<Option<(u32, u32, Vec<u32>)>, SteeringError> {
+        let outer: HashOfMaps<&MapData, u16, Array<MapData, u32>> =
+            map_ref(&self.maps, MAGLEV_MAP)?;
+        let read = |source| SteeringError::Map {
+            map: MAGLEV_MAP,
+            source,
+        };
+        let inner = match outer.get(&id.be(), 0) {
+            Ok(m) => m,
+            Err(e) if absent(&e) => return Ok(None),
+            Err(e) => return Err(read(e)),
+        };
+        let n = inner.len();
+        let v: Vec<u32> = (0..n)
+            .map(|i| inner.get(&i, 0))
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        Ok(Some((v[0], v[1], v[2..].to_vec())))
+    }
+
     /// Read `cilium_lxc` back from the kernel (what `bpftool map dump` would show).
     pub fn kernel_endpoints(&self) -> Result<Vec<(EndpointKey, EndpointInfo)>, SteeringError> {
         let m: BpfHashMap<&MapData, EndpointKey, EndpointInfo> = map_ref(&self.maps, "cilium_lxc")?;

@@ -143,12 +143,10 @@ struct lb_affinity_match {
 	__u16 pad;
 };
 
-/* fastpath's load-balancer settings for the kernel programs (one entry): the Maglev table
- * size M and the datapath's jhash seed (hash_init4_seed, from bpf-lb-maglev-hash-seed),
- * and the node's default algorithm (1 random, 2 maglev) for services that name none. */
+/* fastpath's load-balancer settings for the kernel programs (one entry): the node's
+ * default algorithm (1 random, 2 maglev) for services that name none. (A Maglev table
+ * carries its own size and seed: cilium_lb4_maglev.) */
 struct fp_lb_config {
-	__u32 maglev_m;
-	__u32 maglev_seed;
 	__u32 default_alg;
 };
 
@@ -255,12 +253,14 @@ struct arp_fixed {
 } __attribute__((packed));
 
 
-/* The inner maps of cilium_lb4_maglev: a service's Maglev lookup table, M backend IDs.
- * Cilium's inner map holds the table as one 4*M-byte value; fastpath's holds it as M
- * entries of one ID each (key = slot), because M is a run-time setting
+/* The inner maps of cilium_lb4_maglev: a service's Maglev lookup table. Cilium's inner
+ * map holds the table as one 4*M-byte value; fastpath's holds it as entries of one u32
+ * each: entry 0 the table's size M, entry 1 the datapath hash seed it goes with, entries
+ * 2..M+1 the backend IDs of slots 0..M-1 -- because M is a run-time setting
  * (datapath.maglev_table_size) and the kernel programs are compiled once: an array's
- * max_entries may differ per inner map (BPF_F_INNER_MAP), its value size may not. The IDs,
- * in order, are the same. docs/maps.md. */
+ * max_entries may differ per inner map (BPF_F_INNER_MAP), its value size may not; and a
+ * table read with another table's size or seed would pick other backends than the
+ * workers. The IDs, in order, are Cilium's. docs/maps.md. */
 struct fp_maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 16381);

@@ -182,8 +182,9 @@ struct fp_scratch {
 	struct lb4_key key;
 	struct lb4_backend be;
 	/* Not cleared by scratch(): the state a NodePort delivery gives the IN entry, set by
-	 * fp_nodeport just before fp_local_delivery. */
+	 * fp_nodeport just before fp_local_delivery; the frame's length on arrival. */
 	struct ct_state np;
+	__u32 rx_len;
 };
 
 /* One value of type `vtype` per CPU: room off the 512-byte stack. */
@@ -273,18 +274,36 @@ static __always_inline void stat(__u32 slot)
 		*v += 1;
 }
 
-static __always_inline void metric(__u32 reason, __u32 dir, __u32 len)
+/* The frame's length as it arrived (what the workers count, whatever the program did to
+ * it since: encapsulated, decapsulated, trimmed), recorded by each program on entry. */
+static __always_inline __u32 rx_len(void)
+{
+	struct fp_scratch *s = scratch_keep();
+
+	return s ? s->rx_len : 0;
+}
+
+static __always_inline void set_rx_len(struct __sk_buff *skb)
+{
+	struct fp_scratch *s = scratch_keep();
+
+	if (s)
+		s->rx_len = skb->len;
+}
+
+/* Count the packet in cilium_metrics: `reason` (0 forwarded) in direction `dir`. */
+static __always_inline void metric(__u32 reason, __u32 dir)
 {
 	struct metrics_key k = {};
 
 	k.reason = reason;
 	k.dir = dir & 3;
-	percpu_count(&cilium_metrics, &k, len);
+	percpu_count(&cilium_metrics, &k, rx_len());
 }
 
 static __always_inline int drop(struct __sk_buff *skb, __u32 reason, __u32 dir)
 {
-	metric(reason, dir, skb->len);
+	metric(reason, dir);
 	return TC_ACT_SHOT;
 }
 
@@ -572,10 +591,10 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 static __always_inline int policy_verdict(__u16 ep_id, __u8 dir, __u32 id, const struct flow *f)
 {
 	/* Direction, protocol and the later-fragment bit in one argument (five at most); the
-	 * frame's length (Ethernet header and datagram) for the entry's byte count. */
+	 * datagram's length for the entry's byte count (as the workers count it). */
 	return fp_policy_verdict(ep_id, id, policy_port(f),
 				 (dir & 1) | (__u32)f->proto << 8 | (__u32)f->later_fragment << 16,
-				 ETH_HLEN + f->total_len);
+				 f->total_len);
 }
 
 static __always_inline __u32 new_lifetime(const struct flow *f, __u32 now)
@@ -806,16 +825,20 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 		if (r)
 			return drop(skb, r, DIR_INGRESS);
 	}
+	/* What follows the datagram (Ethernet padding) is not delivered (forward.rs). */
+	if (skb->len > ETH_HLEN + f->total_len &&
+	    bpf_skb_change_tail(skb, ETH_HLEN + f->total_len, 0))
+		return drop(skb, DROP_WRITE_ERROR, DIR_INGRESS);
 	r = l3_forward(skb, dmac, smac);
 	if (r)
 		return drop(skb, r, DIR_INGRESS);
 	/* A pod's packet to a pod of this node is counted out of one (egress) and into the
 	 * other (ingress), as the workers count it. */
 	if (from_pod)
-		metric(0, DIR_EGRESS, skb->len);
+		metric(0, DIR_EGRESS);
 	/* What came in through the NIC and went into a pod is counted as routed in by the
 	 * workers; here as delivered. */
-	metric(0, DIR_INGRESS, skb->len);
+	metric(0, DIR_INGRESS);
 	stat(TC_STAT_DELIVERED);
 	/* Straight into the pod's namespace: the lxc's peer receives it (bpf_lxc's
 	 * redirect_ep with the peer flag). */
@@ -839,6 +862,8 @@ __attribute__((noinline)) int fp_local_delivery(struct __sk_buff *skb, struct fl
 #define SVC_FLAG_ROUTABLE 0x40
 #define ALG_RANDOM 1
 #define ALG_MAGLEV 2
+/* Entries in front of a Maglev table's slots in its inner map: M, then the seed. */
+#define MAGLEV_HEADER 2
 #define BE_STATE_ACTIVE 0
 
 /* cilium_lb4_affinity: fastpath's shared table (fp_table.h) of (client, service) -> the
@@ -940,11 +965,16 @@ static __always_inline int select_backend(const struct flow *f, const struct lb4
 		void *table = bpf_map_lookup_elem(&cilium_lb4_maglev, &rev);
 		__u32 slot, *p;
 
-		if (!table || !lb->maglev_m)
+		__u32 m_at = 0, seed_at = 1, *m, *seed;
+
+		/* The table's own size M and seed (entries 0 and 1), then its slots. */
+		m = table ? bpf_map_lookup_elem(table, &m_at) : 0;
+		seed = table ? bpf_map_lookup_elem(table, &seed_at) : 0;
+		if (!m || !seed || !*m)
 			return DROP_NO_SERVICE;
-		slot = jhash_3words(f->src, (__u32)f->sport << 16 | f->dport, f->proto,
-				    lb->maglev_seed) %
-		       lb->maglev_m;
+		slot = jhash_3words(f->src, (__u32)f->sport << 16 | f->dport, f->proto, *seed) %
+			       *m +
+		       MAGLEV_HEADER;
 		p = bpf_map_lookup_elem(table, &slot);
 		if (!p)
 			return DROP_NO_SERVICE;
@@ -1121,7 +1151,7 @@ __attribute__((noinline)) int fp_encap(struct __sk_buff *skb, const struct flow 
 	if (too_big(skb, f, cfg->underlay_mtu - ENCAP_LEN)) {
 		/* A pod's DF packet learns the path MTU from the gateway; anything else is a
 		 * counted drop (stage/icmp.rs too_big). */
-		metric(DROP_FRAG_NEEDED, dir, skb->len);
+		metric(DROP_FRAG_NEEDED, dir);
 		if (lxc_mac && f->dont_frag)
 			return fp_icmp_error(skb, (struct flow *)f, cfg->router_ip,
 					     ICMP_FRAG_NEEDED_KIND, cfg->underlay_mtu - ENCAP_LEN);
@@ -1185,7 +1215,7 @@ __attribute__((noinline)) int fp_encap(struct __sk_buff *skb, const struct flow 
 	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
 	eth->h_proto = bpf_htons(ETH_P_IP);
-	metric(0, dir, skb->len);
+	metric(0, dir);
 	stat(TC_STAT_ENCAPSULATED);
 	return bpf_redirect(ifindex, 0);
 }
@@ -1221,7 +1251,7 @@ __attribute__((noinline)) int fp_route(struct __sk_buff *skb, struct flow *f, __
 	__builtin_memcpy(dmac, nh->dst_mac, ETH_ALEN);
 	__builtin_memcpy(smac, nh->src_mac, ETH_ALEN);
 	if (too_big(skb, f, cfg->underlay_mtu)) {
-		metric(DROP_FRAG_NEEDED, dir, skb->len);
+		metric(DROP_FRAG_NEEDED, dir);
 		if (from_pod && f->dont_frag)
 			return fp_icmp_error(skb, f, cfg->router_ip, ICMP_FRAG_NEEDED_KIND,
 					     cfg->underlay_mtu);
@@ -1233,7 +1263,7 @@ __attribute__((noinline)) int fp_route(struct __sk_buff *skb, struct flow *f, __
 	r = l3_forward(skb, dmac, smac);
 	if (r)
 		return drop(skb, r, dir);
-	metric(0, dir, skb->len);
+	metric(0, dir);
 	stat(TC_STAT_ROUTED);
 	return bpf_redirect(ifindex, 0);
 }
@@ -1465,7 +1495,7 @@ static __always_inline int forward_reply(struct __sk_buff *skb, struct flow *f,
 	r = l3_forward(skb, dmac, smac);
 	if (r)
 		return drop(skb, r, dir);
-	metric(0, dir, skb->len);
+	metric(0, dir);
 	stat(TC_STAT_ROUTED);
 	return bpf_redirect(ifindex, 0);
 }
@@ -1636,7 +1666,7 @@ static __always_inline int netdev_service(struct __sk_buff *skb)
 	r = fp_nodeport(skb, f);
 	switch (r) {
 	case FP_REJECT:
-		metric(DROP_NO_SERVICE, DIR_INGRESS, skb->len);
+		metric(DROP_NO_SERVICE, DIR_INGRESS);
 		return fp_icmp_error(skb, f, f->dst, ICMP_PORT_UNREACH_KIND, 0);
 	case FP_DELIVER:
 		return fp_local_delivery(skb, f, f->src_id, DELIVER_NODEPORT);
@@ -1648,10 +1678,10 @@ static __always_inline int netdev_service(struct __sk_buff *skb)
 	return r;
 }
 
-/* Native routing, from the node NIC (from_netdev.rs, from_overlay.rs to_local_pod): a
- * packet for a local pod is delivered, its source's identity from the ipcache (world when
- * it has none); one to this node's own address from a service backend is the reply of a
- * SNATed NodePort connection, or refused (164). */
+/* Routed, not encapsulated, from the node NIC (from_netdev.rs, from_overlay.rs
+ * to_local_pod): a packet for a local pod is delivered, its source's identity from the
+ * ipcache (world when it has none); one to this node's own address from a service backend
+ * is the reply of a SNATed NodePort connection, or refused (164). */
 static __always_inline int netdev_native(struct __sk_buff *skb, int to_pod)
 {
 	struct flow *f = netdev_flow();
@@ -1687,6 +1717,7 @@ int cil_from_container(struct __sk_buff *skb)
 	__be32 tunnel_ep = 0;
 	int r;
 
+	set_rx_len(skb);
 	if ((void *)(eth + 1) > end)
 		return drop(skb, DROP_INVALID, DIR_EGRESS);
 	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
@@ -1738,7 +1769,7 @@ int cil_from_container(struct __sk_buff *skb)
 	if (f.tracked && f.proto != IPPROTO_ICMP) {
 		r = fp_lb4_local(skb, &f, src_id);
 		if (r == FP_REJECT) {
-			metric(DROP_NO_SERVICE, DIR_EGRESS, skb->len);
+			metric(DROP_NO_SERVICE, DIR_EGRESS);
 			return fp_icmp_error(skb, &f, f.dst, ICMP_PORT_UNREACH_KIND, 0);
 		}
 		if (r)
@@ -1859,6 +1890,7 @@ int cil_from_netdev(struct __sk_buff *skb)
 	struct fp_config *cfg;
 	__u32 zero = 0, ihl, ulen;
 
+	set_rx_len(skb);
 	if ((void *)(ip + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return pass();
 	cfg = bpf_map_lookup_elem(&fp_config, &zero);
@@ -1866,21 +1898,22 @@ int cil_from_netdev(struct __sk_buff *skb)
 		return pass();
 	ihl = ip->ihl * 4;
 	udp = (void *)ip + ihl;
-	if (cfg->mode != FP_MODE_TUNNEL || ip->protocol != IPPROTO_UDP ||
-	    (ip->frag_off & bpf_htons(0x1fff)) || (void *)(udp + 1) > end ||
-	    udp->dest != cfg->tunnel_port) {
+	if (ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(0x1fff)) ||
+	    (void *)(udp + 1) > end || udp->dest != cfg->tunnel_port) {
+		struct endpoint_info *ep;
+		int host;
+
 		/* NodePort / ExternalIP from outside the cluster (nodeport_lb4). */
 		if (frontend_of(skb, 0, cfg->node_ip))
 			return netdev_service(skb);
-		if (cfg->mode == FP_MODE_NATIVE) {
-			struct endpoint_info *ep = endpoint(ip->daddr);
-			int host = ep && (ep->flags & ENDPOINT_F_HOST);
-
-			if (ep && !host)
-				return netdev_native(skb, 1);
-			if (host && from_backend(skb))
-				return netdev_native(skb, 0);
-		}
+		/* For a local pod (natively routed, or any routed frame: the steering takes it
+		 * in either mode), and in native mode a backend's NodePort reply to this node. */
+		ep = endpoint(ip->daddr);
+		host = ep && (ep->flags & ENDPOINT_F_HOST);
+		if (ep && !host)
+			return netdev_native(skb, 1);
+		if (cfg->mode == FP_MODE_NATIVE && host && from_backend(skb))
+			return netdev_native(skb, 0);
 		return pass();
 	}
 	/* VXLAN for some node: the outer headers Linux would accept (from_netdev.rs). */
