@@ -1130,7 +1130,7 @@ fn pairs(p: &EndpointPolicy) -> Vec<(PolicyKey, PolicyEntry)> {
     p.entries.iter().map(|e| (e.key, e.entry)).collect()
 }
 
-/// Make the kernel's policy maps (`cilium_policy_v2_<id>`) hold `new` where they held `old`:
+/// Make the kernel's policy maps (`cilium_policy_v3_<id>`) hold `new` where they held `old`:
 /// a map per endpoint that has a compiled policy, written entry by entry where an endpoint
 /// had one already (only the entries that changed), made whole and then published where it
 /// is new, withdrawn where the endpoint is gone. All or nothing: on a failed write the
@@ -2322,7 +2322,7 @@ remote_nodes:
         ]
     }
 
-    /// The policy maps the kernel holds (`cilium_policy_v2_<id>` in Flaky's store).
+    /// The policy maps the kernel holds (`cilium_policy_v3_<id>` in Flaky's store).
     fn kernel_policy(dp: &mut Datapath<Flaky>) -> std::collections::BTreeMap<String, String> {
         dp.kernel()
             .lb

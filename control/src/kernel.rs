@@ -84,7 +84,7 @@ pub trait LbMaps {
     fn set_lb_config(&mut self, default_alg: u8) -> Result<(), MapWriteError>;
 }
 
-/// The per-endpoint policy maps `cilium_policy_v2_<id>`, reached by the kernel programs
+/// The per-endpoint policy maps `cilium_policy_v3_<id>`, reached by the kernel programs
 /// through the endpoint ID (`fp_policy`, a hash of maps).
 pub trait PolicyMaps {
     /// Make endpoint `ep_id`'s map holding `entries` and publish it: a kernel program sees

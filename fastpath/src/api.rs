@@ -45,7 +45,7 @@ pub enum Request {
     PolicyDelete {
         id: String,
     },
-    /// Dump `cilium_policy_v2_<endpoint>` (all local endpoints when `None`).
+    /// Dump `cilium_policy_v3_<endpoint>` (all local endpoints when `None`).
     PolicyGet {
         endpoint: Option<u16>,
     },

@@ -76,7 +76,7 @@ impl Source {
 /// One endpoint, as `fastpath endpoint list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointRow {
-    /// Cilium endpoint ID (`cilium_lxc` lxc_id, `cilium_policy_v2_<id>`).
+    /// Cilium endpoint ID (`cilium_lxc` lxc_id, `cilium_policy_v3_<id>`).
     pub id: u16,
     pub namespace: String,
     pub name: String,

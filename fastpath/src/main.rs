@@ -189,7 +189,7 @@ enum BpfCmd {
         #[command(subcommand)]
         what: CtCmd,
     },
-    /// An endpoint's `cilium_policy_v2_<id>`, as `cilium-dbg bpf policy get` prints it.
+    /// An endpoint's `cilium_policy_v3_<id>`, as `cilium-dbg bpf policy get` prints it.
     Policy {
         #[command(subcommand)]
         what: BpfPolicyCmd,

@@ -236,13 +236,13 @@ pub struct MapSet {
     pins: Vec<PathBuf>,
     /// `fp_xsks` keys set.
     xsks: std::collections::BTreeSet<u32>,
-    /// The per-endpoint policy maps (`cilium_policy_v2_<id>`), by endpoint ID: also in
+    /// The per-endpoint policy maps (`cilium_policy_v3_<id>`), by endpoint ID: also in
     /// `fp_policy`, and pinned under `pin_dir` when there is one.
     policy: std::collections::HashMap<u16, PolicyTrie>,
     pin_dir: Option<PathBuf>,
 }
 
-/// One endpoint's `cilium_policy_v2_<id>`: aya's LPM key is the prefix length, then the
+/// One endpoint's `cilium_policy_v3_<id>`: aya's LPM key is the prefix length, then the
 /// key's other 8 bytes (identity, direction, protocol, port).
 type PolicyTrie = LpmTrie<MapData, [u8; 8], PolicyEntry>;
 
@@ -279,6 +279,19 @@ impl MapSet {
     pub fn pin(&mut self, dir: &Path) -> Result<(), SteeringError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| SteeringError::Limit(format!("creating {}: {e}", dir.display())))?;
+        // Per-endpoint policy maps a crashed run left pinned, under this release's name or
+        // the one before 1.20's rename (`cilium_policy_v2_`): this run makes its own.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with(control::maps::policy::POLICY_MAP_PREFIX)
+                    || n.starts_with("cilium_policy_v2_")
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         for name in PINNED {
             let path = dir.join(name);
             let _ = std::fs::remove_file(&path); // a stale pin from a crashed run
@@ -1195,7 +1208,7 @@ impl PolicyMaps for MapSet {
             1, // BPF_F_NO_PREALLOC
         );
         let data = MapData::create(obj, &name, None).map_err(|e| err("create", error_chain(&e)))?;
-        // Pinned as Cilium names it, so `bpftool map dump pinned …/cilium_policy_v2_<id>`
+        // Pinned as Cilium names it, so `bpftool map dump pinned …/cilium_policy_v3_<id>`
         // shows it; unpinned again if anything below fails.
         let pin = self.pin_dir.as_ref().map(|d| d.join(&name));
         if let Some(p) = &pin {
@@ -1269,7 +1282,7 @@ impl MapSet {
         write: impl FnOnce(&mut PolicyTrie, &LpmKey<[u8; 8]>) -> Result<(), aya::maps::MapError>,
     ) -> Result<(), MapWriteError> {
         let err = |msg: String| MapWriteError {
-            map: "cilium_policy_v2",
+            map: "cilium_policy_v3",
             op,
             key: format!("{} {k}", control::maps::policy::map_name(ep_id)),
             msg,

@@ -1,4 +1,4 @@
-//! Policy cost (no I/O): the per-packet verdict lookup in a compiled `cilium_policy_v2`
+//! Policy cost (no I/O): the per-packet verdict lookup in a compiled `cilium_policy_v3`
 //! map, and the control-plane time to compile and publish a policy change, at growing sizes.
 //!
 //! `fastpath-bench-policy [--identities 2000] [--lookups 10000000] [--json FILE]`

@@ -1,12 +1,16 @@
-//! Per-endpoint policy maps `cilium_policy_v2_<endpoint id>`, Cilium 1.19 layout
-//! (reference §7.3): an LPM over (remote identity, direction, protocol, destination port).
+//! Per-endpoint policy maps `cilium_policy_v3_<endpoint id>`, Cilium 1.20's (1.20.2): the
+//! key and value of 1.19's `cilium_policy_v2_` (reference §7.3), renamed because the
+//! semantics changed (cilium#47080): the second lookup is under the remote identity's
+//! aggregate ([`crate::identity::policy_aggregate`], cilium#46438), not always 0. An LPM
+//! over (remote identity, direction, protocol, destination port).
 //!
 //! - The identity and the direction byte are always matched in full (40 fixed bits); the
 //!   protocol and port are the prefix: 0 bits = any protocol and port, 8 = this protocol,
 //!   8 + N = the protocol and the top N bits of the port. Port ranges are written as
 //!   power-of-two-aligned prefixes ([`port_prefixes`]).
-//! - Identity 0 is "any identity": a separate entry, never a prefix.
-//! - `precedence` decides between the identity's hit and the any-identity hit: a deny is
+//! - Identity 0 is "any identity", 2 "any of the world's", 6 "any remote node's": separate
+//!   entries, never a prefix; an any-identity rule is written under all three.
+//! - `precedence` decides between the identity's hit and the aggregate's hit: a deny is
 //!   `0xFFFFFFFF`, a plain allow at the default priority `0xFFFFFF01`.
 //! - `dport` is network order; everything else host order.
 
@@ -14,8 +18,9 @@ use std::fmt;
 
 use super::lb::proto_name;
 
-/// Map name prefix (1.17+); the endpoint ID follows as five zero-padded digits.
-pub const POLICY_MAP_PREFIX: &str = "cilium_policy_v2_";
+/// Map name prefix (1.20+; `cilium_policy_v2_` in 1.17–1.19); the endpoint ID follows as
+/// five zero-padded digits.
+pub const POLICY_MAP_PREFIX: &str = "cilium_policy_v3_";
 /// `bpf-policy-map-max`.
 pub const POLICY_MAP_MAX: usize = 16384;
 /// Bits of the key that are always matched: identity (32) + direction byte (8).
@@ -285,7 +290,7 @@ mod tests {
         let r = PolicyKey::new(5, 0, 6, 64, 10);
         assert!(tcp.covers(&p80) && r.covers(&p80) && !p80.covers(&r));
         assert!(!PolicyKey::new(5, 0, 17, 0, 0).covers(&p80));
-        assert_eq!(map_name(42), "cilium_policy_v2_00042");
+        assert_eq!(map_name(42), "cilium_policy_v3_00042");
     }
 
     #[test]

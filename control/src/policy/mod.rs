@@ -7,7 +7,7 @@
 //!   ingress/egress [`Rule`]s; a rule is a set of peers ([`Peer`]: endpoints, CIDRs,
 //!   entities) times a set of L4 ports, allow or deny.
 //! - [`PolicyState::compile`] turns the policies into every local endpoint's
-//!   `cilium_policy_v2_<id>` contents ([`table::EndpointPolicy`]) and the CIDR identities the
+//!   `cilium_policy_v3_<id>` contents ([`table::EndpointPolicy`]) and the CIDR identities the
 //!   ipcache needs, the way Cilium's agent does: identities are resolved at compile time,
 //!   port ranges become aligned prefixes, deny wins over allow, an endpoint selected by no
 //!   policy in a direction gets the allow-all entry, and an endpoint with ingress enforced
@@ -52,7 +52,7 @@ pub enum CompileError {
     )]
     PolicyTooLarge { policy: String },
     #[error(
-        "endpoint {ep} would need {need} policy entries; cilium_policy_v2_{ep:05} holds {POLICY_MAP_MAX} (Cilium's bpf-policy-map-max)"
+        "endpoint {ep} would need {need} policy entries; cilium_policy_v3_{ep:05} holds {POLICY_MAP_MAX} (Cilium's bpf-policy-map-max)"
     )]
     EndpointMapFull { ep: u16, need: usize },
     #[error(
@@ -414,11 +414,8 @@ impl Universe {
                     .map(|(id, _)| *id)
                     .collect(),
             ),
-            Peer::Entity(Entity::World) => Some(
-                std::iter::once(identity::RESERVED_WORLD)
-                    .chain(self.cidrs.keys().copied())
-                    .collect(),
-            ),
+            // The world's aggregate covers every CIDR identity (Cilium 1.20).
+            Peer::Entity(Entity::World) => reserved(&[identity::RESERVED_WORLD]),
             Peer::Entity(Entity::Cluster) => Some(
                 self.ids
                     .keys()
@@ -693,7 +690,8 @@ pub fn resolve(p: &Policy, universe: &Universe) -> Result<Resolved, CompileError
                 acc
             };
             let ids: Vec<u32> = match ids {
-                None => vec![0],
+                // Any identity: 0 and the aggregates (Cilium 1.20).
+                None => identity::ANY_IDENTITY_KEYS.to_vec(),
                 Some(s) => s.into_iter().collect(),
             };
             let l4: Vec<(u8, u16, u8)> = if r.ports.is_empty() {
@@ -767,10 +765,13 @@ pub fn endpoint_entries(selecting: &[&Resolved]) -> ([bool; 2], Vec<(PolicyKey, 
             false,
         );
     }
-    // Not enforced: the allow-all entry (deny entries still win over it).
+    // Not enforced: the allow-all entries (deny entries still win over them): any identity,
+    // under 0 and the aggregates.
     for dir in [DIR_INGRESS, DIR_EGRESS] {
         if !enforced[dir as usize] {
-            put(PolicyKey::new(0, dir, 0, 0, 0), false);
+            for id in identity::ANY_IDENTITY_KEYS {
+                put(PolicyKey::new(id, dir, 0, 0, 0), false);
+            }
         }
     }
     // A deny covers the narrower allows of the same identity: the LPM would find the allow

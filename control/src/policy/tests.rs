@@ -67,7 +67,18 @@ fn unselected_endpoint_allows_everything_and_shows_allow_all() {
     let ep = &c.tables.endpoints[&1];
     assert_eq!(ep.enforced, [false, false]);
     let keys: Vec<String> = ep.entries.iter().map(|e| e.key.to_string()).collect();
-    assert_eq!(keys, ["Ingress ANY ANY", "Egress ANY ANY"]);
+    // Any identity: under 0 and the aggregates world (2) and remote-node (6), Cilium 1.20.
+    assert_eq!(
+        keys,
+        [
+            "Ingress ANY ANY",
+            "Egress ANY ANY",
+            "Ingress 2 ANY",
+            "Egress 2 ANY",
+            "Ingress 6 ANY",
+            "Egress 6 ANY"
+        ]
+    );
 }
 
 #[test]
@@ -213,6 +224,15 @@ spec:
         c.universe.labels(inner),
         ["cidr:192.168.5.0/24", "reserved:world"]
     );
+    // Cilium 1.20: `toEntities: [world]` is one entry under the world's aggregate (2), not
+    // one per CIDR identity; a CIDR identity's second lookup reaches it.
+    let world_53: Vec<String> = c.tables.endpoints[&1]
+        .entries
+        .iter()
+        .filter(|e| e.key.egress == EG && e.key.port() == 53)
+        .map(|e| format!("{} {}", e.key.sec_label, e.key.protocol))
+        .collect();
+    assert_eq!(world_53, ["2 17"]);
 }
 
 #[test]
@@ -501,18 +521,18 @@ mod bounds {
 
     #[test]
     fn an_endpoint_map_past_its_size_is_refused() {
-        // 6 001 CIDR identities × TCP/UDP/SCTP + ingress allow-all = 18 004 keys: under the
-        // resolve bound, over one endpoint map.
+        // 6 001 CIDR identities × TCP/UDP/SCTP + egress allow-all (any identity: 0, 2, 6) =
+        // 18 006 keys: under the resolve bound, over one endpoint map.
         let e = compile_err(&cidr_policy(6000, "{ port: \"80\" }"), &eps()[..1]);
         assert_eq!(
             e,
             CompileError::EndpointMapFull {
                 ep: 1,
-                need: 18_004
+                need: 18_006
             }
         );
         assert!(
-            e.to_string().contains("cilium_policy_v2_00001 holds 16384"),
+            e.to_string().contains("cilium_policy_v3_00001 holds 16384"),
             "{e}"
         );
     }

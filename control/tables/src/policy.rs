@@ -1,5 +1,5 @@
 //! What the workers read: each local endpoint's compiled policy map (the contents of
-//! `cilium_policy_v2_<id>`), with Cilium 1.19's lookup, and the verdict counters.
+//! `cilium_policy_v3_<id>`), with Cilium 1.20's lookup, and the verdict counters.
 //!
 //! Lookup cost: one hash probe per distinct protocol/port prefix length present in the
 //! direction (typically 1-3), for the remote identity and then for identity 0 ("any"), unless
@@ -57,9 +57,10 @@ pub struct EndpointPolicy {
     index: HashMap<u64, u32>,
     /// Distinct protocol/port prefix lengths per direction, longest first.
     lens: [Vec<u8>; 2],
-    /// `Some(slot)`: the direction holds nothing but the allow-all entry; allow without a
-    /// lookup and count on `slot`.
-    allow_all: [Option<u32>; 2],
+    /// `Some(slots)`: the direction holds nothing but the allow-all entries (under 0, 2 and
+    /// 6: any identity and the two aggregates); allow without a lookup and count on the
+    /// slot of the entry the lookup would have found (the identity's aggregate's).
+    allow_all: [Option<[u32; 3]>; 2],
 }
 
 #[inline]
@@ -102,12 +103,17 @@ impl EndpointPolicy {
                 .iter()
                 .filter(|e| (e.key.egress & 1) as usize == dir)
                 .collect();
-            if let [only] = mine.as_slice()
-                && only.key.sec_label == 0
-                && only.key.lpm_len() == 0
-                && !only.entry.is_deny()
+            let any = crate::maps::identity::ANY_IDENTITY_KEYS;
+            let slot_of = |id: u32| {
+                mine.iter()
+                    .find(|e| e.key.sec_label == id && e.key.lpm_len() == 0 && !e.entry.is_deny())
+                    .map(|e| e.slot)
+            };
+            if mine.len() == any.len()
+                && let (Some(a), Some(w), Some(r)) =
+                    (slot_of(any[0]), slot_of(any[1]), slot_of(any[2]))
             {
-                allow_all[dir] = Some(only.slot);
+                allow_all[dir] = Some([a, w, r]);
             }
         }
         EndpointPolicy {
@@ -147,15 +153,23 @@ impl EndpointPolicy {
     /// (0 ingress, 1 egress), protocol `proto`, destination port (ICMP: type) `port`.
     #[inline]
     pub fn verdict(&self, dir: u8, id: u32, proto: u8, port: u16) -> PolicyVerdict {
-        if let Some(slot) = self.allow_all[dir as usize] {
+        if let Some([any, world, remote_node]) = self.allow_all[dir as usize] {
+            let slot = match crate::maps::identity::policy_aggregate(id) {
+                crate::maps::identity::RESERVED_WORLD => world,
+                crate::maps::identity::RESERVED_REMOTE_NODE => remote_node,
+                _ => any,
+            };
             return PolicyVerdict::Allow { slot };
         }
         let exact = self.lpm(id, dir, proto, port);
         let chosen = match exact {
             Some(e) if e.entry.precedence == PRECEDENCE_DENY => Some(e),
             _ => {
-                let any = if id != 0 {
-                    self.lpm(0, dir, proto, port)
+                // Cilium 1.20: the second lookup is under the identity's aggregate (0, or
+                // world's 2, or remote-node's 6).
+                let agg = crate::maps::identity::policy_aggregate(id);
+                let any = if id != agg {
+                    self.lpm(agg, dir, proto, port)
                 } else {
                     None
                 };

@@ -177,7 +177,7 @@ pub struct Tables {
     /// `cilium_ct4_global` + `cilium_ct_any4_global`.
     pub ct: Arc<Conntrack>,
     pub affinity: Arc<AffinityMap>,
-    /// Every local endpoint's `cilium_policy_v2_<id>` contents.
+    /// Every local endpoint's `cilium_policy_v3_<id>` contents.
     pub policy: Arc<PolicyTables>,
     /// Per-entry and per-verdict policy counters (shared by every version, like `ct`).
     pub policy_stats: Arc<PolicyStats>,

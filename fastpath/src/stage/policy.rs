@@ -1,5 +1,5 @@
 //! The policy verdict (`policy_can_egress4` / `policy_can_access_ingress`): one lookup in the
-//! endpoint's `cilium_policy_v2_<id>` contents, counted per entry and per verdict.
+//! endpoint's `cilium_policy_v3_<id>` contents, counted per entry and per verdict.
 
 use abi::policy::DIR_EGRESS;
 use abi::{DropReason, MetricDir};

@@ -162,7 +162,7 @@ struct ipv4_ct_tuple {
 } __attribute__((packed));
 _Static_assert(sizeof(struct ipv4_ct_tuple) == 14, "ipv4_ct_tuple is 14 bytes");
 
-/* cilium_policy_v2_<endpoint> key: struct policy_key (12 bytes, LPM: prefixlen = 40 fixed
+/* cilium_policy_v3_<endpoint> key: struct policy_key (12 bytes, LPM: prefixlen = 40 fixed
  * bits of identity and direction + the protocol/port prefix). */
 struct policy_key {
 	__u32 prefixlen;
@@ -177,7 +177,7 @@ struct policy_key {
 _Static_assert(sizeof(struct policy_key) == 12 && __builtin_offsetof(struct policy_key, dport) == 10,
 	       "policy_key as control/abi/src/policy.rs");
 
-/* cilium_policy_v2_<endpoint> value: struct policy_entry (12 bytes). Flags: bit 0 deny,
+/* cilium_policy_v3_<endpoint> value: struct policy_entry (12 bytes). Flags: bit 0 deny,
  * bits 3-7 the entry's protocol/port prefix length. */
 struct policy_entry {
 	__be16 proxy_port;
@@ -413,7 +413,7 @@ struct {
 	FP_PIN
 } fp_identities SEC(".maps");
 
-/* The per-endpoint policy maps cilium_policy_v2_<id> (Cilium 1.19's layout, one LPM trie
+/* The per-endpoint policy maps cilium_policy_v3_<id> (Cilium 1.19's layout, one LPM trie
  * per endpoint, each pinned under its own name), reached by endpoint ID: one program
  * serves every endpoint, where Cilium compiles each endpoint's program against its map.
  * An endpoint without a map has no policy computed (everything allowed). */

@@ -12,7 +12,7 @@
  * (stage/to_container.rs) and VXLAN encapsulation to another node (stage/forward.rs).
  *
  * Everything it reads and writes is what the workers read and write: cilium_lxc,
- * cilium_ipcache_v2, the per-endpoint policy maps (fp_policy -> cilium_policy_v2_<id>),
+ * cilium_ipcache_v2, the per-endpoint policy maps (fp_policy -> cilium_policy_v3_<id>),
  * cilium_lb4_reverse_nat, fastpath's next hops, and conntrack -- the very table the
  * workers use (fp_table.h, fp_ct.h) -- so a connection one datapath saw is known to the
  * other, and a device can move between them without breaking it. Built from the same map
@@ -535,7 +535,24 @@ static __always_inline struct policy_entry *policy_lpm(void *inner, __u32 id, __
 	return bpf_map_lookup_elem(inner, &k);
 }
 
-/* Cilium 1.19's verdict (control/tables/src/policy.rs EndpointPolicy::verdict) for
+/* Cilium 1.20's policy identity aggregation (control/abi/src/identity.rs
+ * policy_aggregate): the identity of the second policy lookup -- world's (2) for the
+ * world's identities and node-local CIDR identities, remote-node's (6) for remote nodes',
+ * else 0 (any identity). */
+#define ID_SCOPE_MASK 0xff000000U
+#define ID_SCOPE_LOCAL_CIDR (1U << 24)
+#define ID_SCOPE_REMOTE_NODE (2U << 24)
+static __always_inline __u32 policy_aggregate(__u32 id)
+{
+	if (id == IDENTITY_WORLD || id == 9 || id == 10 ||
+	    (id & ID_SCOPE_MASK) == ID_SCOPE_LOCAL_CIDR)
+		return IDENTITY_WORLD;
+	if (id == IDENTITY_REMOTE_NODE || (id & ID_SCOPE_MASK) == ID_SCOPE_REMOTE_NODE)
+		return IDENTITY_REMOTE_NODE;
+	return 0;
+}
+
+/* Cilium 1.20's verdict (control/tables/src/policy.rs EndpointPolicy::verdict) for
  * endpoint `ep_id`, remote identity `id`, direction `dir`: 0 = allowed, or the drop reason
  * (133 nothing allows, 181 a deny entry, 157 a later fragment nothing allows). An endpoint
  * without a map has no policy computed: allowed. */
@@ -547,6 +564,7 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 	int later_fragment = (what >> 16) & 1;
 	void *inner = bpf_map_lookup_elem(&fp_policy, &key);
 	struct policy_entry *e, *w = 0, *c;
+	__u32 agg = policy_aggregate(id);
 
 	if (!inner)
 		return 0;
@@ -554,8 +572,9 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 	if (e && e->precedence == PRECEDENCE_DENY) {
 		c = e;
 	} else {
-		if (id != 0)
-			w = policy_lpm(inner, 0, dir, proto, port);
+		/* Cilium 1.20: the second lookup is under the identity's aggregate. */
+		if (id != agg)
+			w = policy_lpm(inner, agg, dir, proto, port);
 		if (e && w)
 			c = (w->precedence > e->precedence ||
 			     (w->precedence == e->precedence && (w->flags >> 3) > (e->flags >> 3)))
@@ -573,7 +592,7 @@ __attribute__((noinline)) int fp_policy_verdict(__u32 ep_id, __u32 id, __u32 por
 
 		sk.endpoint_id = key;
 		sk.prefix_len = plen;
-		sk.sec_label = c == w ? 0 : id;
+		sk.sec_label = c == w ? agg : id;
 		sk.egress = dir;
 		if (plen >= 8)
 			sk.protocol = proto;
