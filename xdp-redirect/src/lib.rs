@@ -790,7 +790,7 @@ impl Steering {
     fn attach_tc(&mut self, ifname: &str, role: u32) -> Result<DevLink, SteeringError> {
         let tc = self.tc.as_mut().ok_or_else(|| {
             SteeringError::Limit(
-                "the tc datapath is not loaded: it opens the maps by their pins, and bpffs is not mounted at /sys/fs/bpf".into(),
+                "the tc datapath is not loaded: bpffs is not mounted at /sys/fs/bpf (the tc programs open the maps by their pins), or the kernel refused the programs (the start log says why)".into(),
             )
         })?;
         let name = if role == ROLE_UNDERLAY {
