@@ -205,6 +205,24 @@ impl<K: KernelMaps> Datapath<K> {
         &self.universe
     }
 
+    /// Every identity this node knows now, with its labels (`source:key=value`), by number:
+    /// the reserved ones, the pods' (local and of the other nodes, as set by
+    /// [`Datapath::set_identity_labels`]), and the CIDR identities the policies in force
+    /// made. What `fastpath identity list` shows, as `cilium-dbg identity list` does.
+    pub fn identities(&self) -> std::collections::BTreeMap<u32, Vec<String>> {
+        let mut out: std::collections::BTreeMap<u32, Vec<String>> = crate::policy::RESERVED
+            .iter()
+            .map(|(id, name)| (*id, vec![format!("reserved:{name}")]))
+            .collect();
+        for (id, ls) in &self.pod_labels {
+            out.insert(*id, ls.clone());
+        }
+        for id in self.universe.cidrs.keys() {
+            out.insert(*id, self.universe.labels(*id));
+        }
+        out
+    }
+
     /// Tell policy which identities exist in the cluster and their labels (`source:key=value`).
     /// Takes effect with the next policy change.
     pub fn set_identity_labels(&mut self, pods: std::collections::BTreeMap<u32, Vec<String>>) {

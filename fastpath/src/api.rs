@@ -51,6 +51,12 @@ pub enum Request {
     },
     /// The policies in force and whom they select.
     PolicyList,
+    /// Every identity the node knows, with its labels (`identity list`).
+    IdentityList,
+    /// One identity (`identity get <id>`).
+    IdentityGet {
+        id: u32,
+    },
     /// Serve a pod on this node from now on (what a CNI plugin's ADD sends): the
     /// `pods:` fields of the node config. Answered once it is in force on every worker.
     EndpointAdd {
@@ -243,6 +249,9 @@ pub enum Response {
     PolicyGet {
         endpoints: Vec<PolicyDump>,
     },
+    Identities {
+        identities: Vec<IdentityRow>,
+    },
     PolicyList {
         policies: Vec<PolicySummary>,
     },
@@ -351,6 +360,24 @@ pub fn policy_delete(path: &Path, id: &str) -> Result<PolicyChange, ClientError>
 pub fn policy_get(path: &Path, endpoint: Option<u16>) -> Result<Vec<PolicyDump>, ClientError> {
     match call(path, &Request::PolicyGet { endpoint })? {
         Response::PolicyGet { endpoints } => Ok(endpoints),
+        other => Err(ClientError::Protocol(format!("{other:?}"))),
+    }
+}
+
+/// One security identity and its labels (`cilium-dbg identity list` prints the same).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdentityRow {
+    pub id: u32,
+    pub labels: Vec<String>,
+}
+
+pub fn identities(path: &Path, id: Option<u32>) -> Result<Vec<IdentityRow>, ClientError> {
+    let req = match id {
+        Some(id) => Request::IdentityGet { id },
+        None => Request::IdentityList,
+    };
+    match call(path, &req)? {
+        Response::Identities { identities } => Ok(identities),
         other => Err(ClientError::Protocol(format!("{other:?}"))),
     }
 }

@@ -1521,6 +1521,24 @@ fn handle(req: Request, v: &mut NodeView<'_>) -> Reply {
         Request::PolicyList => now(Response::PolicyList {
             policies: policy_summaries(v.dp),
         }),
+        Request::IdentityList => now(Response::Identities {
+            identities: v
+                .dp
+                .identities()
+                .into_iter()
+                .map(|(id, labels)| crate::api::IdentityRow { id, labels })
+                .collect(),
+        }),
+        Request::IdentityGet { id } => now(match v.dp.identities().remove(&id) {
+            Some(labels) => Response::Identities {
+                identities: vec![crate::api::IdentityRow { id, labels }],
+            },
+            None => Response::Error {
+                message: format!(
+                    "identity {id} is not known on this node (`fastpath identity list` shows those that are)"
+                ),
+            },
+        }),
         Request::Text { of, numeric } => {
             let inner = (*of).clone();
             match handle(*of, v) {

@@ -118,6 +118,13 @@ enum Cmd {
         #[command(subcommand)]
         what: EndpointCmd,
     },
+    /// The security identities the node knows, with their labels, as `cilium-dbg identity
+    /// list|get` prints them: the reserved ones, every pod's (this node's and the other
+    /// nodes' of the config), and the CIDR identities the policies in force made.
+    Identity {
+        #[command(subcommand)]
+        what: IdentityCmd,
+    },
     /// Move a device between the datapaths at run time (docs/tc.md): `xdp` steers its
     /// frames to the AF_XDP workers, `tc` hands them to the in-kernel tc datapath; both use
     /// the same conntrack, policy and service maps, so established connections carry on.
@@ -193,6 +200,19 @@ enum BpfCmd {
     Policy {
         #[command(subcommand)]
         what: BpfPolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityCmd {
+    /// Every identity, by number.
+    List(Target),
+    /// One identity.
+    Get {
+        /// The numeric identity.
+        id: u32,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -759,6 +779,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     serde_json::to_string_pretty(&api::policy_list(&sock)?)?
                 ),
                 Output::Text => out!("{}", api::text(&sock, api::Request::PolicyList, false)?),
+            }
+            Ok(())
+        }
+        Cmd::Identity { what } => {
+            let (id, target) = match what {
+                IdentityCmd::List(t) => (None, t),
+                IdentityCmd::Get { id, target } => (Some(id), target),
+            };
+            let sock = socket_of(&target)?;
+            match target.output {
+                Output::Json => outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&api::identities(&sock, id)?)?
+                ),
+                Output::Text => {
+                    let req = match id {
+                        Some(id) => api::Request::IdentityGet { id },
+                        None => api::Request::IdentityList,
+                    };
+                    out!("{}", api::text(&sock, req, false)?)
+                }
             }
             Ok(())
         }

@@ -47,6 +47,14 @@ pub fn render(req: &Request, resp: &Response, numeric: bool) -> Option<String> {
             }
             s
         }
+        (_, Response::Identities { identities }) => {
+            // `cilium-dbg identity list`: ID, then one label per row.
+            let e: Vec<(String, String)> = identities
+                .iter()
+                .flat_map(|i| i.labels.iter().map(move |l| (i.id.to_string(), l.clone())))
+                .collect();
+            render_table("ID", "LABELS", &e)
+        }
         (_, Response::PolicyList { policies }) => {
             let e: Vec<(String, String)> = policies
                 .iter()

@@ -230,6 +230,8 @@ fn request_seeds() -> &'static [String] {
             },
             Request::PolicyGet { endpoint: Some(3) },
             Request::PolicyList,
+            Request::IdentityList,
+            Request::IdentityGet { id: 2 },
         ];
         reqs.iter()
             .map(|r| serde_json::to_string_pretty(r).unwrap())

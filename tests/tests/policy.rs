@@ -419,4 +419,27 @@ fn world_and_cidr_with_except_from_outside_the_cluster() {
         !get.contains(&format!("cidr:192.168.{}.60/32", c.net)),
         "{get}"
     );
+    // `fastpath identity list|get`, as cilium-dbg prints them: the reserved identities, the
+    // pods', and the CIDR identities this policy made (in the local scope, 0x01000000+).
+    let out = c.n[0].cli(&["identity", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{list}");
+    assert!(list.starts_with("ID "), "{list}");
+    assert!(list.contains("reserved:world"), "{list}");
+    assert!(list.contains("k8s:app=n0p1"), "{list}");
+    let rows = fastpath::api::identities(&c.n[0].socket, None).unwrap();
+    let cidr = rows
+        .iter()
+        .find(|r| r.labels.contains(&format!("cidr:192.168.{}.0/24", c.net)))
+        .unwrap_or_else(|| panic!("the CIDR identity: {rows:?}"));
+    assert_eq!(cidr.id >> 24, 1, "local scope: {}", cidr.id);
+    let one = fastpath::api::identities(&c.n[0].socket, Some(cidr.id)).unwrap();
+    assert_eq!(one, vec![cidr.clone()]);
+    let out = c.n[0].cli(&["identity", "get", "999999"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("identity 999999 is not known on this node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
