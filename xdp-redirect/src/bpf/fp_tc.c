@@ -364,45 +364,45 @@ static __always_inline __u16 csum_fold(__u32 s)
 	return ~s;
 }
 
+/* Add the `len` bytes at `off` to `*sum` in whole chunks of `step` bytes (a constant: the
+ * verifier needs bpf_csum_diff's size known), at most `max` chunks, advancing `*done`.
+ * -1 if a chunk is not in the linear data. */
+static __always_inline int csum_chunks(void *data, void *end, __u32 off, __u32 len, __u32 *done,
+				       __u32 *sum, const __u32 step, const int max)
+{
+	for (int i = 0; i < max; i++) {
+		__u8 *p = data + off + *done;
+		__s64 s;
+
+		if (*done + step > len)
+			break;
+		if ((void *)(p + step) > end)
+			return -1;
+		s = bpf_csum_diff(0, 0, (__be32 *)p, step, 0);
+		if (s < 0)
+			return -1;
+		*sum = csum_add32(*sum, s);
+		*done += step;
+	}
+	return 0;
+}
+
 /* The one's complement sum (unfolded) of the `len` bytes at `off`, added to `sum`: in
- * 64-byte chunks with bpf_csum_diff over the packet, the last 0-3 bytes by hand; at most
- * CSUM_MAX bytes, which the caller has pulled into the linear data. -1 if it cannot. */
+ * 64-byte chunks with bpf_csum_diff over the packet, then 4-byte ones, the last 0-3 bytes
+ * by hand; at most CSUM_MAX bytes, which the caller has pulled into the linear data. -1 if
+ * it cannot. */
 #define CSUM_MAX 2048
 static __always_inline __s64 csum_range(struct __sk_buff *skb, __u32 off, __u32 len, __u32 sum)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	__u32 done = 0;
-	__s64 s;
 
 	if (len > CSUM_MAX)
 		return -1;
-	for (int i = 0; i < CSUM_MAX / 64; i++) {
-		__u8 *p = data + off + done;
-
-		if (done + 64 > len)
-			break;
-		if ((void *)(p + 64) > end)
-			return -1;
-		s = bpf_csum_diff(0, 0, (__be32 *)p, 64, 0);
-		if (s < 0)
-			return -1;
-		sum = csum_add32(sum, s);
-		done += 64;
-	}
-	for (int i = 0; i < 16; i++) {
-		__u8 *p = data + off + done;
-
-		if (done + 4 > len)
-			break;
-		if ((void *)(p + 4) > end)
-			return -1;
-		s = bpf_csum_diff(0, 0, (__be32 *)p, 4, 0);
-		if (s < 0)
-			return -1;
-		sum = csum_add32(sum, s);
-		done += 4;
-	}
+	if (csum_chunks(data, end, off, len, &done, &sum, 64, CSUM_MAX / 64) ||
+	    csum_chunks(data, end, off, len, &done, &sum, 4, 16))
+		return -1;
 	{
 		__u8 *p = data + off + done;
 		__u8 tail[4] = {};
