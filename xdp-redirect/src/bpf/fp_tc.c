@@ -178,13 +178,14 @@ struct fp_scratch {
 	/* A service connection's entry: its key (lb4_local, nodeport_lb4); then, in
 	 * nodeport_lb4, the SNATed connection's OUT key. */
 	struct ct_req svc_q;
-	/* nodeport_lb4's frontend and backend (off the stack the call chain shares). */
-	struct lb4_key key;
+	/* nodeport_lb4's backend (off the stack the call chain shares). */
 	struct lb4_backend be;
 	/* Not cleared by scratch(): the state a NodePort delivery gives the IN entry, set by
-	 * fp_nodeport just before fp_local_delivery; the frame's length on arrival. */
+	 * fp_nodeport just before fp_local_delivery; the frame's length on arrival; the
+	 * frontend key cil_from_netdev found, which fp_nodeport serves (looked up once). */
 	struct ct_state np;
 	__u32 rx_len;
+	struct lb4_key key;
 };
 
 /* One value of type `vtype` per CPU: room off the 512-byte stack. */
@@ -1589,7 +1590,8 @@ __attribute__((noinline)) int fp_nodeport(struct __sk_buff *skb, struct flow *f)
 	if (!f || !sc || !cfg)
 		return drop(skb, DROP_INVALID, DIR_INGRESS);
 	node = cfg->node_ip;
-	m = frontend_of(skb, &sc->key, node);
+	/* The frontend cil_from_netdev found for this frame (sc->key). */
+	m = bpf_map_lookup_elem(&cilium_lb4_services_v2, &sc->key);
 	if (!m)
 		return drop(skb, DROP_NO_SERVICE, DIR_INGRESS);
 	if (!(m->flags & SVC_FLAG_ROUTABLE))
@@ -1922,8 +1924,11 @@ int cil_from_netdev(struct __sk_buff *skb)
 		struct endpoint_info *ep;
 		int host;
 
-		/* NodePort / ExternalIP from outside the cluster (nodeport_lb4). */
-		if (frontend_of(skb, 0, cfg->node_ip))
+		struct fp_scratch *sc = scratch_keep();
+
+		/* NodePort / ExternalIP from outside the cluster (nodeport_lb4), its frontend's
+		 * key kept for it. */
+		if (sc && frontend_of(skb, &sc->key, cfg->node_ip))
 			return netdev_service(skb);
 		/* For a local pod (natively routed, or any routed frame: the steering takes it
 		 * in either mode), and in native mode a backend's NodePort reply to this node. */
