@@ -62,61 +62,32 @@ fn services_yaml(net: &str, b0: &str, b1: &str) -> String {
 const WORKERS: &[&str] = &[];
 const TC: &[&str] = &["--datapath", "tc"];
 
-#[test]
-fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service() {
-    if require_root() {
-        clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on(WORKERS);
-    }
+/// Two tests running `$body`: `$workers` on the AF_XDP workers, `$tc` on the tc datapath.
+macro_rules! on_both_datapaths {
+    ($body:ident: $workers:ident, $tc:ident) => {
+        #[test]
+        fn $workers() {
+            if require_root() {
+                $body(WORKERS);
+            }
+        }
+
+        #[test]
+        fn $tc() {
+            if require_root() {
+                $body(TC);
+            }
+        }
+    };
 }
 
-#[test]
-fn clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on_tc() {
-    if require_root() {
-        clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on(TC);
-    }
-}
+on_both_datapaths!(clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on: clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service, clusterip_http_reaches_backends_on_both_nodes_and_replies_come_from_the_service_on_tc);
 
-#[test]
-fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement() {
-    if require_root() {
-        nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on(WORKERS);
-    }
-}
+on_both_datapaths!(nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on: nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement, nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on_tc);
 
-#[test]
-fn nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on_tc() {
-    if require_root() {
-        nodeport_and_external_ip_from_an_outside_client_with_maglev_agreement_on(TC);
-    }
-}
+on_both_datapaths!(affinity_pins_a_client_and_backend_removal_keeps_established_connections_on: affinity_pins_a_client_and_backend_removal_keeps_established_connections, affinity_pins_a_client_and_backend_removal_keeps_established_connections_on_tc);
 
-#[test]
-fn affinity_pins_a_client_and_backend_removal_keeps_established_connections() {
-    if require_root() {
-        affinity_pins_a_client_and_backend_removal_keeps_established_connections_on(WORKERS);
-    }
-}
-
-#[test]
-fn affinity_pins_a_client_and_backend_removal_keeps_established_connections_on_tc() {
-    if require_root() {
-        affinity_pins_a_client_and_backend_removal_keeps_established_connections_on(TC);
-    }
-}
-
-#[test]
-fn a_service_without_backends_refuses_at_once_and_counts_no_service() {
-    if require_root() {
-        a_service_without_backends_refuses_at_once_and_counts_no_service_on(WORKERS);
-    }
-}
-
-#[test]
-fn a_service_without_backends_refuses_at_once_and_counts_no_service_on_tc() {
-    if require_root() {
-        a_service_without_backends_refuses_at_once_and_counts_no_service_on(TC);
-    }
-}
+on_both_datapaths!(a_service_without_backends_refuses_at_once_and_counts_no_service_on: a_service_without_backends_refuses_at_once_and_counts_no_service, a_service_without_backends_refuses_at_once_and_counts_no_service_on_tc);
 
 fn cluster(tag: &str, dp: &[&str]) -> Cluster {
     let y = cluster_yaml(&unique(tag), &[Kind::Fastpath, Kind::Fastpath], 3, "");
