@@ -1848,7 +1848,15 @@ fn policy_applied(
 /// The tc datapath's per-entry policy counters (none while no device runs it).
 fn tc_policy(dp: &Datapath<Steering>) -> std::collections::HashMap<(u16, u32), (u64, u64)> {
     match dp.kernel_ref().tc_stats() {
-        Some(Ok(s)) => crate::metrics::tc_policy_counts(&dp.tables(), &s.policy),
+        Some(Ok(s)) => {
+            let t = dp.tables();
+            let mut out = std::collections::HashMap::new();
+            for (ep, e, p, b) in crate::metrics::tc_policy_entries(&t, &s.policy) {
+                let c = out.entry((ep, e.slot)).or_insert((0, 0));
+                *c = (c.0 + p, c.1 + b);
+            }
+            out
+        }
         _ => Default::default(),
     }
 }

@@ -56,32 +56,21 @@ fn metric(code: u8, direction: &str, packets: u64, bytes: u64) -> Metric {
     }
 }
 
-/// The tc datapath's `cilium_policystats` rows by policy entry: (endpoint, the entry's
-/// slot in the workers' per-entry counters) -> (packets, bytes). A row whose entry is gone
-/// (the policy changed since) is left out.
-pub fn tc_policy_counts(
-    t: &control::tables::Tables,
+/// The tc datapath's `cilium_policystats` rows with the policy entry each names (found
+/// through the endpoint's key index). A row whose entry is gone (the policy changed since)
+/// is left out.
+pub fn tc_policy_entries<'t>(
+    t: &'t control::tables::Tables,
     stats: &[xdp_redirect::TcPolicyStat],
-) -> std::collections::HashMap<(u16, u32), (u64, u64)> {
-    let mut out = std::collections::HashMap::new();
-    for s in stats {
-        let Some(ep) = t.policy.endpoints.get(&s.endpoint) else {
-            continue;
-        };
-        let hit = ep.entries.iter().find(|e| {
-            e.key.sec_label == s.identity
-                && e.key.egress == s.egress
-                && e.key.lpm_len() == s.prefix_len
-                && e.key.protocol == s.protocol
-                && e.key.port() == s.dport
-        });
-        if let Some(e) = hit {
-            let c = out.entry((s.endpoint, e.slot)).or_insert((0, 0));
-            c.0 += s.packets;
-            c.1 += s.bytes;
-        }
-    }
-    out
+) -> Vec<(u16, &'t control::policy::table::MapEntry, u64, u64)> {
+    stats
+        .iter()
+        .filter_map(|s| {
+            let ep = t.policy.endpoints.get(&s.endpoint)?;
+            let e = ep.entry(s.identity, s.egress, s.prefix_len, s.protocol, s.dport)?;
+            Some((s.endpoint, e, s.packets, s.bytes))
+        })
+        .collect()
 }
 
 /// Walk every source once.
@@ -239,12 +228,8 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
             // ones from its drop metrics (133 no entry allows, 181 a deny entry).
             let (mut allowed, mut denied) = ([0u64; 2], [0u64; 2]);
             if let Some(Ok(tc)) = steering.tc_stats() {
-                for ((ep, slot), (p, _)) in tc_policy_counts(&t, &tc.policy) {
-                    let e = t.policy.endpoints[&ep]
-                        .entries
-                        .iter()
-                        .find(|e| e.slot == slot);
-                    if let Some(e) = e.filter(|e| !e.entry.is_deny()) {
+                for (_, e, p, _) in tc_policy_entries(&t, &tc.policy) {
+                    if !e.entry.is_deny() {
                         allowed[usize::from(e.key.is_egress())] += p;
                     }
                 }

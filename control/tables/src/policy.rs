@@ -127,6 +127,14 @@ impl EndpointPolicy {
         }
     }
 
+    /// The entry stored under exactly this key: identity, direction, protocol/port prefix
+    /// length, protocol and (masked) port — what a `cilium_policystats` key names.
+    pub fn entry(&self, id: u32, dir: u8, len: u8, proto: u8, port: u16) -> Option<&MapEntry> {
+        self.index
+            .get(&packed(id, dir & 1, len, proto, port))
+            .map(|&i| &self.entries[i as usize])
+    }
+
     /// The LPM hit for `id`.
     #[inline]
     fn lpm(&self, id: u32, dir: u8, proto: u8, port: u16) -> Option<&MapEntry> {
