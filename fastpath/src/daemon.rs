@@ -1076,17 +1076,16 @@ fn attach_devices(
             PortRole::Underlay => ROLE_UNDERLAY,
         };
         let d = dp.kernel().attach(
-            &p.ifname,
-            p.ifindex,
-            slot as u32,
-            role,
+            xdp_redirect::PortSpec {
+                ifname: &p.ifname,
+                ifindex: p.ifindex,
+                slot: slot as u32,
+                role,
+                mac: p.mac.0,
+            },
             cfg.datapath.xdp_mode,
             cfg.datapath.attach_for(&p.ifname),
         )?;
-        let d = d.clone();
-        dp.kernel()
-            .set_port(slot as u32, p.ifindex, role, p.mac.0)
-            .map_err(|e| anyhow::anyhow!("{}: {}", p.ifname, xdp_redirect::error_chain(&e)))?;
         let (what, failed) = match d.mode {
             xdp_redirect::AttachedMode::Tc => ("tc datapath".to_string(), "XDP"),
             m => (format!("xdp {}", m.name()), "native"),

@@ -1266,10 +1266,13 @@ impl Endpoints {
             return Err(e);
         }
         if let Err(e) = dp.kernel().attach(
-            &ep.pod.lxc,
-            ep.port.ifindex,
-            ep.slot as u32,
-            ROLE_LXC,
+            xdp_redirect::PortSpec {
+                ifname: &ep.pod.lxc,
+                ifindex: ep.port.ifindex,
+                slot: ep.slot as u32,
+                role: ROLE_LXC,
+                mac: ep.port.mac.0,
+            },
             self.xdp_mode,
             self.attach.attach_for(&ep.pod.lxc),
         ) {
@@ -1280,18 +1283,6 @@ impl Endpoints {
                 ep.pod.lxc,
                 xdp_redirect::error_chain(&e)
             ));
-        }
-        // Best effort: only a NodePort reply through the tc datapath needs it (it is then
-        // dropped with 169), and the pod works otherwise.
-        if let Err(e) =
-            dp.kernel()
-                .set_port(ep.slot as u32, ep.port.ifindex, ROLE_LXC, ep.port.mac.0)
-        {
-            eprintln!(
-                "fastpath: {}: {}",
-                ep.pod.lxc,
-                xdp_redirect::error_chain(&e)
-            );
         }
         Ok(g)
     }

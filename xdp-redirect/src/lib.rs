@@ -129,6 +129,17 @@ enum DevLink {
     Tc(&'static str, SchedClassifierLinkId),
 }
 
+/// A device to attach: its name, index, port number (`slot`: the workers' port, its XSKMAP
+/// slot), role ([`ROLE_LXC`], [`ROLE_UNDERLAY`]) and MAC.
+#[derive(Debug, Clone, Copy)]
+pub struct PortSpec<'a> {
+    pub ifname: &'a str,
+    pub ifindex: u32,
+    pub slot: u32,
+    pub role: u32,
+    pub mac: [u8; 6],
+}
+
 /// One attached device.
 #[derive(Debug, Clone)]
 pub struct AttachedDevice {
@@ -685,21 +696,26 @@ impl Steering {
         self.tc.as_ref().map(TcPrograms::stats)
     }
 
-    /// Attach to `ifname` (which has `ifindex`) and register it in `fp_devs` with XSKMAP
-    /// slot `slot` (its port) and role. `datapath` chooses what handles the frames it
+    /// Attach to `port.ifname` (which has `port.ifindex`) and register it as port
+    /// `port.slot` ([`Steering::set_port`]: `fp_devs` with its XSKMAP slot and role,
+    /// `fp_ports` with its device and MAC). `datapath` chooses what handles the frames it
     /// receives: XDP steering to the workers in `mode` (with [`XdpMode::Auto`], native is
     /// tried first and the reason for falling back to generic is recorded), the tc datapath
     /// (its role's program at tc ingress; [`Steering::enable_tc`] first), or `auto`: XDP,
     /// and the tc datapath when XDP cannot be attached, with the reason recorded.
     pub fn attach(
         &mut self,
-        ifname: &str,
-        ifindex: u32,
-        slot: u32,
-        role: u32,
+        port: PortSpec<'_>,
         mode: XdpMode,
         datapath: Datapath,
     ) -> Result<&AttachedDevice, SteeringError> {
+        let PortSpec {
+            ifname,
+            ifindex,
+            slot,
+            role,
+            mac,
+        } = port;
         if slot >= MAX_DEVS {
             return Err(SteeringError::Limit(format!(
                 "device slot {slot}: at most {MAX_DEVS} devices can be attached"
@@ -732,13 +748,9 @@ impl Steering {
                 }
             },
         };
-        let mut devs: BpfHashMap<&mut MapData, u32, FpDev> = map(&mut self.maps, "fp_devs")?;
-        if let Err(source) = devs.insert(ifindex, FpDev { slot, role }, 0) {
+        if let Err(e) = self.set_port(slot, ifindex, role, mac) {
             let _ = self.unlink(link);
-            return Err(SteeringError::Map {
-                map: "fp_devs",
-                source,
-            });
+            return Err(e);
         }
         self.devices.push(AttachedDevice {
             ifname: ifname.into(),
@@ -872,11 +884,11 @@ impl Steering {
         Ok(&self.devices[i])
     }
 
-    /// Record port `slot` (device `ifindex`, `role`, `mac`): its `fp_devs` entry, as
-    /// [`Steering::attach`] writes it, and its `fp_ports` entry, where the tc datapath finds
-    /// the device a conntrack entry names by port (a NodePort client's, for its replies).
-    /// The daemon calls it for every port it attaches; the fixture runner, which attaches
-    /// nothing, for every port of its node.
+    /// Record port `slot` (device `ifindex`, `role`, `mac`): its `fp_devs` entry (what the
+    /// XDP program steers by) and its `fp_ports` entry, where the tc datapath finds the
+    /// device a conntrack entry names by port (a NodePort client's, for its replies).
+    /// [`Steering::attach`] calls it for every port it attaches; the fixture runner, which
+    /// attaches nothing, for every port of its node.
     pub fn set_port(
         &mut self,
         slot: u32,
