@@ -1703,7 +1703,7 @@ static __always_inline int netdev_service(struct __sk_buff *skb)
  * to_local_pod): a packet for a local pod is delivered, its source's identity from the
  * ipcache (world when it has none); one to this node's own address from a service backend
  * is the reply of a SNATed NodePort connection, or refused (164). */
-static __always_inline int netdev_native(struct __sk_buff *skb, int to_pod)
+static __always_inline int netdev_routed(struct __sk_buff *skb, int to_pod)
 {
 	struct flow *f = netdev_flow();
 	struct remote_endpoint_info *ri;
@@ -1935,9 +1935,9 @@ int cil_from_netdev(struct __sk_buff *skb)
 		ep = endpoint(ip->daddr);
 		host = ep && (ep->flags & ENDPOINT_F_HOST);
 		if (ep && !host)
-			return netdev_native(skb, 1);
+			return netdev_routed(skb, 1);
 		if (cfg->mode == FP_MODE_NATIVE && host && from_backend(skb))
-			return netdev_native(skb, 0);
+			return netdev_routed(skb, 0);
 		return pass();
 	}
 	/* VXLAN for some node: the outer headers Linux would accept (from_netdev.rs). */
