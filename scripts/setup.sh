@@ -10,6 +10,8 @@ PKGS=(
   tcpdump tshark                       # captures and decodes in tests/docs
   podman containernetworking-plugins   # a real container runtime driving fastpath-cni (CNI backend)
   runc busybox-static                  # podman's OCI runtime here; the containers' root filesystem
+  etcd-server etcd-client              # the kvstore (source: kvstore) the tests start on loopback; etcdctl
+  protobuf-compiler libprotobuf-dev    # protoc and its well-known types: the etcd client crate compiles etcd's gRPC API
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -59,10 +59,83 @@ pub struct Config {
     /// time (`fastpath policy apply`).
     #[serde(default)]
     pub policies: Vec<serde_json::Value>,
+    /// Where the rest of the cluster comes from: this file (`file`, the default) or the
+    /// etcd kvstore (`kvstore`, see `docs/kvstore.md`). Fixed while the node runs.
+    #[serde(default)]
+    pub source: SourceMode,
+    /// The etcd kvstore (`source: kvstore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kvstore: Option<KvstoreConfig>,
+    /// Identities fixed by a cluster-wide allocator (the kvstore's), by label set: these
+    /// label sets get these numbers, every other one its label hash probed around them.
+    /// Never read from the file.
+    #[serde(skip)]
+    pub allocated: BTreeMap<Vec<String>, u32>,
 }
 
+/// Where a node learns the rest of its cluster (`source:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    /// `remote_nodes:` of this file; identities from label hashes.
+    #[default]
+    File,
+    /// The etcd kvstore: nodes, pods and services published by every node, identities
+    /// allocated cluster-wide (`kvstore:`).
+    Kvstore,
+    /// The Kubernetes API (not built yet: refused by `validate`).
+    Kubernetes,
+}
+
+impl SourceMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceMode::File => "file",
+            SourceMode::Kvstore => "kvstore",
+            SourceMode::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// The etcd cluster a `source: kvstore` node publishes to and watches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvstoreConfig {
+    /// etcd client URLs, `http://host:port` (no TLS): tried in turn.
+    pub endpoints: Vec<String>,
+    /// The cluster name in every key (`cilium/state/nodes/v1/<cluster>/<node>`).
+    #[serde(default = "default_cluster")]
+    pub cluster: String,
+    /// Seconds: the TTL of this node's lease. Its keys outlive a dead agent by at most this
+    /// long (plus etcd's own check period).
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: u32,
+    /// Seconds the agent waits at start for etcd (and for its pods' identities).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: u32,
+    /// Seconds between identity garbage collections (unused master keys deleted).
+    #[serde(default = "default_identity_gc")]
+    pub identity_gc_interval: u32,
+}
+
+fn default_cluster() -> String {
+    "default".into()
+}
+fn default_lease_ttl() -> u32 {
+    15
+}
+fn default_connect_timeout() -> u32 {
+    30
+}
+fn default_identity_gc() -> u32 {
+    60
+}
+
+/// The longest accepted `kvstore.lease_ttl` (seconds, one day).
+pub const MAX_LEASE_TTL: u32 = 86_400;
+
 /// Another node: where its pods live and how to reach it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteNodeConfig {
     pub name: String,
@@ -84,7 +157,7 @@ pub struct RemoteNodeConfig {
 }
 
 /// A pod on another node: its address and labels (its identity follows from the labels).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemotePodConfig {
     pub name: String,
@@ -405,6 +478,41 @@ pub struct CniAttachment {
     pub ifname: String,
 }
 
+/// An etcd client URL: `http://host:port` (a name or an IPv4 address, a port).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_etcd_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(format!(
+            "`{url}`: TLS is not supported; use http:// (on loopback or a trusted network)"
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("`{url}`: expected http://host:port"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(format!(
+            "`{url}`: no port (etcd's client port is usually 2379)"
+        ));
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !host_ok {
+        return Err(format!(
+            "`{url}`: `{host}` is not a host name or IPv4 address"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("`{url}`: `{port}` is not a port")),
+    }
+}
+
 /// A node name: 1-63 characters of a-z, 0-9 and '-' (it names the control socket
 /// `/run/fastpath/<node>.sock`, the state, run and pin directories).
 ///
@@ -511,6 +619,8 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         let mut bad = |field: String, msg: String| p.push(Problem { field, msg });
+
+        self.validate_source(&mut bad);
 
         let n = &self.node;
         if let Err(msg) = check_node_name(&n.name) {
@@ -1060,7 +1170,7 @@ impl Config {
             .chain(remote.iter().flatten())
             .cloned()
             .collect();
-        let ids = identity::allocate(&all);
+        let ids = identity::allocate_with(&all, &self.allocated);
         let (l, mut rest) = ids.split_at(local.len());
         let mut out = Vec::new();
         for r in &remote {
@@ -1069,6 +1179,91 @@ impl Config {
             rest = b;
         }
         (l.to_vec(), out)
+    }
+
+    /// `source:` and `kvstore:`.
+    fn validate_source(&self, bad: &mut impl FnMut(String, String)) {
+        match (self.source, &self.kvstore) {
+            (SourceMode::Kubernetes, _) => bad(
+                "source".into(),
+                "`kubernetes` is not built yet; use `file` or `kvstore`".into(),
+            ),
+            (SourceMode::Kvstore, None) => bad(
+                "kvstore".into(),
+                "`source: kvstore` needs a `kvstore:` section with `endpoints`".into(),
+            ),
+            (SourceMode::File, Some(_)) => bad(
+                "kvstore".into(),
+                "only read with `source: kvstore` (this config has `source: file`)".into(),
+            ),
+            _ => {}
+        }
+        if self.source == SourceMode::Kvstore {
+            if !self.remote_nodes.is_empty() {
+                bad(
+                    "remote_nodes".into(),
+                    "with `source: kvstore` the other nodes come from the kvstore: leave it empty"
+                        .into(),
+                );
+            }
+            if self.node.underlay.is_none() {
+                bad(
+                    "node.underlay".into(),
+                    "`source: kvstore` is for a node of a cluster: it needs an underlay".into(),
+                );
+            }
+            if self.node.pod_cidr.is_none() {
+                bad(
+                    "node.pod_cidr".into(),
+                    "`source: kvstore` publishes the node's pod CIDR: set it".into(),
+                );
+            }
+        }
+        let Some(k) = &self.kvstore else { return };
+        if k.endpoints.is_empty() {
+            bad("kvstore.endpoints".into(), "at least one etcd URL".into());
+        }
+        for (i, e) in k.endpoints.iter().enumerate() {
+            if let Err(msg) = check_etcd_url(e) {
+                bad(format!("kvstore.endpoints[{i}]"), msg);
+            }
+        }
+        if k.endpoints.len() > 16 {
+            bad("kvstore.endpoints".into(), "at most 16 URLs".into());
+        }
+        let name_ok = |c: &str| {
+            !c.is_empty()
+                && c.len() <= 32
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if !name_ok(&k.cluster) {
+            bad(
+                "kvstore.cluster".into(),
+                format!(
+                    "`{}`: 1-32 characters of a-z, 0-9 and '-' (it is part of every key)",
+                    k.cluster
+                ),
+            );
+        }
+        if !(2..=MAX_LEASE_TTL).contains(&k.lease_ttl) {
+            bad(
+                "kvstore.lease_ttl".into(),
+                format!("{} s: between 2 and {MAX_LEASE_TTL}", k.lease_ttl),
+            );
+        }
+        if !(1..=3600).contains(&k.connect_timeout) {
+            bad(
+                "kvstore.connect_timeout".into(),
+                format!("{} s: between 1 and 3600", k.connect_timeout),
+            );
+        }
+        if !(1..=86_400).contains(&k.identity_gc_interval) {
+            bad(
+                "kvstore.identity_gc_interval".into(),
+                format!("{} s: between 1 and 86400", k.identity_gc_interval),
+            );
+        }
     }
 
     /// The policies of the config, parsed.
@@ -1298,6 +1493,62 @@ pods:
 
     fn err(text: &str) -> String {
         Config::parse(text, "bad.yaml").unwrap_err().to_string()
+    }
+
+    /// `source:` and `kvstore:` are checked with the rest: every problem named.
+    #[test]
+    fn kvstore_settings_are_checked() {
+        let node = "node: { name: n, router_ip: 10.1.1.1, pod_cidr: 10.1.1.0/24, underlay: { device: eth1, address: 192.168.0.1/24 } }\n";
+        let ok = format!(
+            "{node}source: kvstore\nkvstore: {{ endpoints: ['http://192.168.0.250:2379'] }}\n"
+        );
+        let c = Config::parse(&ok, "t").unwrap();
+        let k = c.kvstore.unwrap();
+        assert_eq!(
+            (k.cluster.as_str(), k.lease_ttl, k.connect_timeout),
+            ("default", 15, 30)
+        );
+        let e = err(&format!(
+            "{node}source: kvstore\nkvstore: {{ endpoints: ['https://e:2379', 'http://e', 'http://e:99999', 'e:2379'], cluster: Big, lease_ttl: 1, connect_timeout: 0, identity_gc_interval: 0 }}\nremote_nodes: [{{ name: m, ip: 192.168.0.2, pod_cidr: 10.1.2.0/24 }}]\n"
+        ));
+        for want in [
+            "kvstore.endpoints[0]: `https://e:2379`: TLS is not supported",
+            "kvstore.endpoints[1]: `http://e`: no port",
+            "kvstore.endpoints[2]: `http://e:99999`: `99999` is not a port",
+            "kvstore.endpoints[3]: `e:2379`: expected http://host:port",
+            "kvstore.cluster: `Big`",
+            "kvstore.lease_ttl: 1 s: between 2 and 86400",
+            "kvstore.connect_timeout: 0 s",
+            "kvstore.identity_gc_interval: 0 s",
+            "remote_nodes: with `source: kvstore` the other nodes come from the kvstore",
+        ] {
+            assert!(e.contains(want), "{want}\n{e}");
+        }
+        let e = err(&format!("{node}source: kvstore\n"));
+        assert!(
+            e.contains("kvstore: `source: kvstore` needs a `kvstore:` section"),
+            "{e}"
+        );
+        let e = err(&format!("{node}source: kubernetes\n"));
+        assert!(e.contains("source: `kubernetes` is not built yet"), "{e}");
+        let e = err(&format!(
+            "{node}kvstore: {{ endpoints: ['http://e:2379'] }}\n"
+        ));
+        assert!(
+            e.contains("kvstore: only read with `source: kvstore`"),
+            "{e}"
+        );
+        let e = err(
+            "node: { name: n, router_ip: 10.1.1.1 }\nsource: kvstore\nkvstore: { endpoints: ['http://e:2379'] }\n",
+        );
+        assert!(
+            e.contains("node.underlay: `source: kvstore` is for a node of a cluster"),
+            "{e}"
+        );
+        assert!(
+            e.contains("node.pod_cidr: `source: kvstore` publishes"),
+            "{e}"
+        );
     }
 
     #[test]

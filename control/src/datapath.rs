@@ -75,6 +75,9 @@ pub struct Datapath<K: KernelMaps> {
     /// whether the identity came with them (false: a config or remote pod has it too, so it
     /// stays when the last runtime pod with it goes).
     runtime_ids: std::collections::BTreeMap<u32, (usize, bool)>,
+    /// The cluster-wide allocator pods' identities come from (kvstore mode); the label hash
+    /// when none.
+    allocator: Option<Box<dyn identity::Allocator>>,
 }
 
 /// What a policy compilation leaves to remember once its tables are published.
@@ -103,6 +106,26 @@ impl<K: KernelMaps> Datapath<K> {
             universe: Universe::default(),
             policy_ipcache: Default::default(),
             runtime_ids: Default::default(),
+            allocator: None,
+        }
+    }
+
+    /// Take pods' identities from a cluster-wide allocator from now on.
+    pub fn set_allocator(&mut self, a: Box<dyn identity::Allocator>) {
+        self.allocator = Some(a);
+    }
+
+    /// The identity a new pod with `labels` gets: the cluster-wide allocator's when there
+    /// is one, else [`Datapath::identity_for`]'s.
+    ///
+    /// # Errors
+    /// The allocator's reason, or that the identity range is full.
+    pub fn allocate_identity(&mut self, labels: &[String]) -> Result<u32, String> {
+        match &mut self.allocator {
+            Some(a) => a.allocate(labels),
+            None => self
+                .identity_for(labels)
+                .ok_or_else(|| "no security identity left in 256-65535".to_string()),
         }
     }
 
@@ -227,6 +250,21 @@ impl<K: KernelMaps> Datapath<K> {
     /// Takes effect with the next policy change.
     pub fn set_identity_labels(&mut self, pods: std::collections::BTreeMap<u32, Vec<String>>) {
         self.pod_labels = pods;
+    }
+
+    /// [`Datapath::set_identity_labels`] for a new view of the cluster: the identities of
+    /// pods added at run time keep their labels.
+    pub fn set_cluster_identity_labels(
+        &mut self,
+        pods: std::collections::BTreeMap<u32, Vec<String>>,
+    ) {
+        let mut next = pods;
+        for id in self.runtime_ids.keys() {
+            if let Some(l) = self.pod_labels.get(id) {
+                next.entry(*id).or_insert_with(|| l.clone());
+            }
+        }
+        self.pod_labels = next;
     }
 
     /// Replace every policy. All or nothing.
@@ -692,7 +730,15 @@ impl<K: KernelMaps> Datapath<K> {
     /// The identity for a restored endpoint that had `had` before the restart: `had` again
     /// when it is free or already these labels' (so a restart renumbers nothing), else
     /// what [`Datapath::identity_for`] gives.
-    pub fn identity_for_restored(&self, labels: &[String], had: Option<u32>) -> Option<u32> {
+    pub fn identity_for_restored(
+        &mut self,
+        labels: &[String],
+        had: Option<u32>,
+    ) -> Result<u32, String> {
+        if self.allocator.is_some() {
+            // Cluster-wide: the store's number for these labels, whatever this node had.
+            return self.allocate_identity(labels);
+        }
         match had {
             Some(id)
                 if (identity::MIN_ALLOCATED..=identity::MAX_ALLOCATED).contains(&id)
@@ -705,9 +751,9 @@ impl<K: KernelMaps> Datapath<K> {
                         .iter()
                         .all(|(i, l)| *i == id || l.as_slice() != labels) =>
             {
-                Some(id)
+                Ok(id)
             }
-            _ => self.identity_for(labels),
+            _ => self.allocate_identity(labels),
         }
     }
 

@@ -12,6 +12,18 @@ use std::collections::BTreeMap;
 
 pub use abi::identity::*;
 
+/// A cluster-wide identity allocator (the kvstore's): the number of a label set, the same on
+/// every node. Called on the control loop when a pod arrives; bounded in time by the
+/// implementation.
+pub trait Allocator: Send + std::fmt::Debug {
+    /// The identity for `labels` (sorted `source:key=value` strings), allocating one when
+    /// the cluster has none.
+    ///
+    /// # Errors
+    /// Why none could be had (the store unreachable, the range full), for the caller's error.
+    fn allocate(&mut self, labels: &[String]) -> Result<u32, String>;
+}
+
 /// The label strings Cilium would show for a pod: `k8s:key=value` plus the namespace label.
 pub fn pod_labels(namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
     let mut out: Vec<String> = labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
@@ -41,11 +53,29 @@ pub const CAPACITY: usize = (MAX_ALLOCATED - MIN_ALLOCATED + 1) as usize;
 /// [`CAPACITY`] distinct sets get one (`Config::validate` refuses more); any beyond get
 /// [`RESERVED_UNKNOWN`] instead of probing forever.
 pub fn allocate(sets: &[Vec<String>]) -> Vec<u32> {
+    allocate_with(sets, &BTreeMap::new())
+}
+
+/// [`allocate`], with the label sets of `fixed` given their numbers there (a cluster-wide
+/// allocator's, e.g. the kvstore's): the others are probed around them.
+pub fn allocate_with(sets: &[Vec<String>], fixed: &BTreeMap<Vec<String>, u32>) -> Vec<u32> {
     let unique: std::collections::BTreeSet<&[String]> = sets.iter().map(|s| s.as_slice()).collect();
     let mut by_set: BTreeMap<&[String], u32> = BTreeMap::new();
     let mut used = vec![false; MAX_ALLOCATED as usize + 1];
     let mut taken = 0usize;
+    for id in fixed.values() {
+        if let Some(u) = used.get_mut(*id as usize)
+            && !*u
+        {
+            *u = true;
+            taken += 1;
+        }
+    }
     for s in unique {
+        if let Some(id) = fixed.get(s) {
+            by_set.insert(s, *id);
+            continue;
+        }
         if taken == CAPACITY {
             by_set.insert(s, RESERVED_UNKNOWN);
             continue;
@@ -88,6 +118,33 @@ mod tests {
             ids.iter().copied().filter(|&i| i != 0).collect();
         assert_eq!(given.len(), CAPACITY, "every number of the range used once");
         assert_eq!(ids.iter().filter(|&&i| i == 0).count(), 3);
+    }
+
+    /// Label sets a cluster-wide allocator numbered keep those numbers; the others are
+    /// probed past them.
+    #[test]
+    fn fixed_identities_are_kept_and_avoided() {
+        let a = vec!["k8s:app=a".to_string()];
+        let b = vec!["k8s:app=b".to_string()];
+        let hb = identity_of(&b);
+        let fixed = BTreeMap::from([
+            (a.clone(), 70_000u32.min(MAX_ALLOCATED)),
+            (vec!["k8s:x=y".into()], hb),
+        ]);
+        let ids = allocate_with(&[a.clone(), b.clone()], &fixed);
+        assert_eq!(ids[0], MAX_ALLOCATED);
+        assert_ne!(
+            ids[1], hb,
+            "b's hash is taken by a fixed set: probed past it"
+        );
+        assert_eq!(
+            ids[1],
+            if hb == MAX_ALLOCATED {
+                MIN_ALLOCATED
+            } else {
+                hb + 1
+            }
+        );
     }
 
     #[test]

@@ -416,6 +416,25 @@ pub struct Status {
     pub control_socket: crate::server::ServerStats,
     #[serde(default)]
     pub endpoints: EndpointsStatus,
+    /// Where the rest of the cluster comes from (`source:`), and the kvstore's state.
+    #[serde(default)]
+    pub source: SourceStatus,
+}
+
+/// `source:` in force and, with `source: kvstore`, the agent and the views applied.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStatus {
+    /// `file` or `kvstore`.
+    pub mode: String,
+    pub kvstore: Option<crate::kvstore::KvStatus>,
+    /// Views of the cluster applied, and those that failed (retried every second).
+    pub views_applied: u64,
+    pub views_failed: u64,
+    pub last_error: Option<String>,
+    /// Other nodes in force.
+    pub remote_nodes: usize,
+    /// Nodes of the last view left out, each with why.
+    pub skipped: Vec<String>,
 }
 
 /// Endpoints served, and the run-time changes seen.

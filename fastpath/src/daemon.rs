@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+
 use control::config::{Config, XdpMode};
 use control::datapath::{Datapath, node_routes};
 use control::maps::{IpcacheKey, MacAddr};
@@ -249,10 +251,15 @@ struct Sizing {
 /// Run a node until SIGINT/SIGTERM: the steps below, in order.
 pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     // 1. The settings, with the command line applied, valid before anything is touched.
-    let cfg = settle_config(&mut opts)?;
+    let mut cfg = settle_config(&mut opts)?;
     // 2. Root, cores, the node's network namespace (before any thread exists).
     let cores = enter_node(&cfg)?;
     check_rt_priority(cfg.datapath.rt_priority)?;
+    // Sources of intent: the config file (SIGHUP) and, with `source: kvstore`, the kvstore,
+    // whose view of the cluster (other nodes, identities) is waited for here: it is part
+    // of what the node serves from its first packet.
+    let (intent_tx, intents) = crate::sources::channel();
+    let kvstore = start_kvstore(&mut cfg, &intent_tx)?;
     // The runtime state: services, policies and endpoints applied at run time.
     let state_dir = opts
         .state_dir
@@ -267,10 +274,18 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     let _sock_guard = RemoveOnDrop(sock_path.clone());
     // 5. The program, the maps and their contents: the config, then what was applied at
     //    run time (nothing is served without the policies it had).
-    let mut dp = load_maps(&opts, &cfg, &devs, &mut state)?;
+    let mut dp = load_maps(
+        &opts,
+        &cfg,
+        &devs,
+        &mut state,
+        kvstore
+            .as_ref()
+            .map(|k| Box::new(crate::kvstore::KvAllocator(k.clone())) as _),
+    )?;
     // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
     // host-originated traffic to remote pods takes the same path.
-    let _routes_guard = KernelRoutes::install(
+    let mut kernel_routes = KernelRoutes::install(
         &node_routes(&cfg),
         cfg.node.underlay.as_ref().map(|u| u.device.as_str()),
     )?;
@@ -359,6 +374,12 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         &socket_mode,
         &mut state,
         &mut endpoints,
+        Intake {
+            tx: intent_tx,
+            rx: intents,
+            kvstore: kvstore.as_ref(),
+            routes: &mut kernel_routes,
+        },
     );
 
     // 8. Teardown: workers first, then XDP (bpf_link drop) and the pins.
@@ -697,6 +718,7 @@ fn load_maps(
     cfg: &Config,
     devs: &Devices,
     state: &mut crate::state::StateFile,
+    allocator: Option<Box<dyn control::identity::Allocator>>,
 ) -> anyhow::Result<Datapath<Steering>> {
     let mut steering = Steering::load_sized(cfg.datapath.lb_map_max)
         .context("loading the XDP steering program")?;
@@ -733,6 +755,9 @@ fn load_maps(
         cfg.datapath.queues as usize,
         steering,
     );
+    if let Some(a) = allocator {
+        dp.set_allocator(a);
+    }
     let ct_sizes = control::ct::CtSizes {
         tcp: cfg.datapath.ct_tcp_max as usize,
         any: cfg.datapath.ct_any_max as usize,
@@ -794,7 +819,7 @@ fn load_maps(
                 .copied();
             let id = dp
                 .identity_for_restored(&labels, had)
-                .context("no security identity left in 256-65535")
+                .map_err(anyhow::Error::msg)
                 .with_context(fix)?;
             dp.add_local_endpoint(
                 *slot,
@@ -1151,7 +1176,14 @@ fn serve(
     socket_mode: &str,
     state: &mut crate::state::StateFile,
     endpoints: &mut crate::endpoints::Endpoints,
+    intake: Intake<'_>,
 ) -> anyhow::Result<()> {
+    let Intake {
+        tx: intent_tx,
+        rx: intents,
+        kvstore,
+        routes,
+    } = intake;
     let term = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
@@ -1161,12 +1193,13 @@ fn serve(
     let mut server = Server::new(listener, poll.registry())?;
     let mut events = mio::Events::with_capacity(64);
     let mut next_ticket = 1u64;
-    // Sources of intent: the config file today (SIGHUP).
-    let (intent_tx, intents) = crate::sources::channel();
     if let Some(path) = &opts.config_path {
         crate::sources::config_file(path.clone(), intent_tx.clone())?;
     }
+    drop(intent_tx);
     let mut cfg = cfg.clone();
+    let mut cluster = ClusterState::default();
+    let mut last_publish = Instant::now();
     while !term.load(Ordering::Relaxed) {
         let wait = if endpoints.pending() > 0 {
             Duration::from_millis(1)
@@ -1189,6 +1222,8 @@ fn serve(
                 dp,
                 handles,
                 nexthops: &devs.nexthops,
+                kvstore,
+                cluster: &cluster,
                 socket_mode,
                 opts,
                 started,
@@ -1202,7 +1237,24 @@ fn serve(
             });
         }
         while let Ok(batch) = intents.try_recv() {
-            apply_batch(opts, &mut cfg, dp, state, batch);
+            let mut cx = ClusterCx {
+                devs: &mut *devs,
+                endpoints: &*endpoints,
+                routes: &mut *routes,
+                state: &mut cluster,
+            };
+            apply_batch(opts, &mut cfg, dp, state, batch, &mut cx);
+        }
+        if let Some(view) = cluster.pending.take()
+            && cluster.retry_at.is_some_and(|t| Instant::now() >= t)
+        {
+            let mut cx = ClusterCx {
+                devs: &mut *devs,
+                endpoints: &*endpoints,
+                routes: &mut *routes,
+                state: &mut cluster,
+            };
+            apply_cluster(&mut cfg, dp, state, view, &mut cx);
         }
         endpoints.tick(dp, &mut |eps| {
             let mut next = state.state.clone();
@@ -1219,8 +1271,23 @@ fn serve(
             }
             state.save(next)
         });
+        let mut changed = false;
         for (ticket, outcome) in endpoints.finished() {
             server.finish(ticket, endpoint_response(outcome), poll.registry());
+            changed = true;
+        }
+        // What this node publishes, when an endpoint changed and at least every second
+        // (services applied at run time, a reload).
+        if let Some(k) = kvstore
+            && (changed || last_publish.elapsed() >= Duration::from_secs(1))
+        {
+            last_publish = Instant::now();
+            let own =
+                crate::cluster::own(&cfg, &endpoints.runtime(), &state.state.services_over(&cfg));
+            if cluster.published.as_ref() != Some(&own) {
+                k.publish(own.clone());
+                cluster.published = Some(own);
+            }
         }
         server.tick(poll.registry(), &mut |g| dp.writer().is_applied(g));
         dp.writer().reclaim();
@@ -1248,14 +1315,16 @@ fn apply_batch(
     dp: &mut Datapath<Steering>,
     state: &crate::state::StateFile,
     batch: crate::sources::Batch,
+    cx: &mut ClusterCx<'_>,
 ) {
     use crate::sources::Intent;
     for intent in batch.intents {
         match intent {
+            Intent::Cluster(view) => apply_cluster(cfg, dp, state, *view, cx),
             Intent::ConfigServicesAndPolicies(new) => {
                 let mut new = *new;
                 overrides(opts, &mut new);
-                match reload(cfg, new, dp, state) {
+                match reload(cfg, new, dp, state, cx.state.view.as_ref()) {
                     Ok((s, p)) => eprintln!(
                         "fastpath: {}: reloaded, {s} service(s) and {p} policy object(s) in force",
                         batch.source
@@ -1275,23 +1344,33 @@ fn apply_batch(
 /// whose node, datapath, pods or remote nodes differ is refused whole.
 fn reload(
     cfg: &mut Config,
-    new: Config,
+    mut new: Config,
     dp: &mut Datapath<Steering>,
     state: &crate::state::StateFile,
+    view: Option<&crate::kvstore::schema::View>,
 ) -> anyhow::Result<(usize, usize)> {
     check(&new)?;
     let same = |a: &Config, b: &Config| -> bool {
+        // With `source: kvstore` the running config's remote nodes are the store's.
+        let remote = |c: &Config| match c.source {
+            control::config::SourceMode::File => serde_json::json!(c.remote_nodes),
+            _ => serde_json::Value::Null,
+        };
         let j = |c: &Config| {
-            serde_json::json!([c.node, c.datapath, c.pods, c.remote_nodes]).to_string()
+            serde_json::json!([c.node, c.datapath, c.pods, remote(c), c.source, c.kvstore])
+                .to_string()
         };
         j(a) == j(b)
     };
     if !same(cfg, &new) {
         bail!(
-            "only services and policies are reloaded; node, datapath, pods or remote_nodes changed (restart fastpath to apply them; pods can be added live with `fastpath endpoint add`)"
+            "only services and policies are reloaded; node, datapath, pods, remote_nodes, source or kvstore changed (restart fastpath to apply them; pods can be added live with `fastpath endpoint add`)"
         );
     }
-    let services = state.state.services_over(&new);
+    // What the kvstore brought stays.
+    new.remote_nodes = cfg.remote_nodes.clone();
+    new.allocated = cfg.allocated.clone();
+    let services = crate::cluster::services(state.state.services_over(&new), view);
     let policies = state.state.policies_over(&new)?;
     let (before_s, settings) = (dp.services(), cfg.lb_settings());
     dp.set_services(&services, &new.lb_settings())
@@ -1394,6 +1473,8 @@ struct NodeView<'a> {
     dp: &'a mut Datapath<Steering>,
     handles: &'a [WorkerHandle],
     nexthops: &'a NextHops,
+    kvstore: Option<&'a crate::kvstore::Kvstore>,
+    cluster: &'a ClusterState,
     socket_mode: &'a str,
     opts: &'a RunOptions,
     started: Instant,
@@ -1991,7 +2072,7 @@ fn set_datapath(
 }
 
 fn status(v: &NodeView<'_>) -> Status {
-    crate::metrics::snapshot(&crate::metrics::Sources {
+    let mut s = crate::metrics::snapshot(&crate::metrics::Sources {
         cfg: v.cfg,
         dp: v.dp,
         workers: v
@@ -2010,13 +2091,278 @@ fn status(v: &NodeView<'_>) -> Status {
         uptime_secs: v.started.elapsed().as_secs(),
         server: v.server,
         endpoints: v.endpoints,
-    })
+    });
+    s.source = crate::api::SourceStatus {
+        mode: v.cfg.source.name().to_string(),
+        kvstore: v.kvstore.map(|k| k.status()),
+        views_applied: v.cluster.applied,
+        views_failed: v.cluster.failed,
+        last_error: v.cluster.last_error.clone(),
+        remote_nodes: v.cfg.remote_nodes.len(),
+        skipped: v.cluster.skipped.clone(),
+    };
+    s
+}
+
+/// The intent channel and what applying the kvstore's views needs, handed to `serve`.
+struct Intake<'a> {
+    tx: crossbeam_channel::Sender<crate::sources::Batch>,
+    rx: crossbeam_channel::Receiver<crate::sources::Batch>,
+    kvstore: Option<&'a crate::kvstore::Kvstore>,
+    routes: &'a mut KernelRoutes,
+}
+
+/// The kvstore's view as the control loop holds it.
+#[derive(Debug, Default)]
+struct ClusterState {
+    /// The view in force.
+    view: Option<crate::kvstore::schema::View>,
+    /// A view that could not be applied whole, retried at `retry_at`.
+    pending: Option<crate::kvstore::schema::View>,
+    retry_at: Option<Instant>,
+    applied: u64,
+    failed: u64,
+    last_error: Option<String>,
+    /// Nodes of the view left out, each with why.
+    skipped: Vec<String>,
+    /// What this node last handed the kvstore to publish.
+    published: Option<crate::kvstore::Own>,
+}
+
+/// What applying a view touches besides the config and the datapath.
+struct ClusterCx<'a> {
+    devs: &'a mut Devices,
+    endpoints: &'a crate::endpoints::Endpoints,
+    routes: &'a mut KernelRoutes,
+    state: &'a mut ClusterState,
+}
+
+/// `source: kvstore`: start the agent, wait for the store (`kvstore.connect_timeout`),
+/// allocate the config pods' identities there, and take the other nodes the store has
+/// into `cfg` (those that pass the checks; the others are reported).
+fn start_kvstore(
+    cfg: &mut Config,
+    tx: &crossbeam_channel::Sender<crate::sources::Batch>,
+) -> anyhow::Result<Option<crate::kvstore::Kvstore>> {
+    let Some(k) = cfg
+        .kvstore
+        .clone()
+        .filter(|_| cfg.source == control::config::SourceMode::Kvstore)
+    else {
+        return Ok(None);
+    };
+    let kv = crate::kvstore::Kvstore::start(&k, &cfg.node.name, tx.clone())
+        .context("starting the kvstore thread")?;
+    let timeout = Duration::from_secs(u64::from(k.connect_timeout));
+    let view = kv.wait_synced(timeout)?;
+    let mut sets: Vec<Vec<String>> = cfg
+        .pods
+        .iter()
+        .map(|p| control::identity::pod_labels(&p.namespace, &p.labels))
+        .collect();
+    sets.sort();
+    sets.dedup();
+    for labels in sets {
+        let id = kv
+            .allocate(&labels)
+            .map_err(|e| anyhow::anyhow!("pods: identity of {labels:?}: {e}"))?;
+        cfg.allocated.insert(labels, id);
+    }
+    let checked = crate::cluster::check(cfg, &view, &|ip| neigh::route_get(ip));
+    for p in &checked.problems {
+        eprintln!("fastpath: kvstore: skipped {p}");
+    }
+    *cfg = crate::cluster::candidate(
+        cfg,
+        &view,
+        checked.nodes.into_iter().map(|(n, _)| n).collect(),
+    );
+    eprintln!(
+        "fastpath: kvstore: {} other node(s), {} identities at revision {}",
+        cfg.remote_nodes.len(),
+        view.allocated.len(),
+        view.revision
+    );
+    Ok(Some(kv))
+}
+
+/// Apply the kvstore's view of the rest of the cluster (see `crate::cluster`). On a
+/// failure the view is kept and tried again in a second.
+fn apply_cluster(
+    cfg: &mut Config,
+    dp: &mut Datapath<Steering>,
+    state: &crate::state::StateFile,
+    view: crate::kvstore::schema::View,
+    cx: &mut ClusterCx<'_>,
+) {
+    let checked = crate::cluster::check(cfg, &view, &|ip| neigh::route_get(ip));
+    let skipped = checked.problems.clone();
+    for p in skipped.iter().filter(|p| !cx.state.skipped.contains(p)) {
+        eprintln!("fastpath: kvstore: skipped {p}");
+    }
+    cx.state.skipped = skipped;
+    let next = crate::cluster::candidate(
+        cfg,
+        &view,
+        checked.nodes.iter().map(|(n, _)| n.clone()).collect(),
+    );
+    match apply_cluster_steps(cfg, &next, &checked, dp, state, &view, cx) {
+        Ok(()) => {
+            let n = next.remote_nodes.len();
+            let pods: usize = next.remote_nodes.iter().map(|r| r.pods.len()).sum();
+            if cx.state.view.as_ref().is_none_or(|v| v.nodes != view.nodes) {
+                eprintln!(
+                    "fastpath: kvstore: {n} other node(s), {pods} remote pod(s) in force (revision {})",
+                    view.revision
+                );
+            }
+            *cfg = next;
+            cx.state.view = Some(view);
+            cx.state.pending = None;
+            cx.state.retry_at = None;
+            cx.state.applied += 1;
+        }
+        Err(e) => {
+            eprintln!(
+                "fastpath: kvstore: revision {} not (fully) applied, retried in 1 s: {e:#}",
+                view.revision
+            );
+            cx.state.failed += 1;
+            cx.state.last_error = Some(format!("{e:#}"));
+            cx.state.pending = Some(view);
+            cx.state.retry_at = Some(Instant::now() + Duration::from_secs(1));
+        }
+    }
+}
+
+fn apply_cluster_steps(
+    cfg: &Config,
+    next: &Config,
+    checked: &crate::cluster::Checked,
+    dp: &mut Datapath<Steering>,
+    state: &crate::state::StateFile,
+    view: &crate::kvstore::schema::View,
+    cx: &mut ClusterCx<'_>,
+) -> anyhow::Result<()> {
+    use control::datapath as d;
+    // 1. Pods' and nodes' addresses: what is new or changed, then what is gone.
+    let old4: BTreeMap<_, _> = d::node_ipcache(cfg).into_iter().collect();
+    let new4: BTreeMap<_, _> = d::node_ipcache(next).into_iter().collect();
+    let up4: Vec<_> = new4
+        .iter()
+        .filter(|(p, e)| old4.get(*p) != Some(*e))
+        .map(|(p, e)| (*p, *e))
+        .collect();
+    // 2. The identities accepted from the overlay and the routes first, so that a new
+    //    pod's identity is accepted before its address is known.
+    let ports: Vec<control::tables::Port> = dp.tables().ports.iter().flatten().cloned().collect();
+    // The new config's, and those run-time pods brought (not the old config's).
+    let was = d::accepted_identities(cfg);
+    let mut accepted = d::accepted_identities(next);
+    accepted.extend(
+        dp.tables()
+            .identities
+            .iter()
+            .filter(|id| was.binary_search(id).is_err()),
+    );
+    dp.set_overlay(
+        d::node_overlay(next, &ports),
+        next.datapath.native_routing_cidr,
+        &d::datapath_routes(next),
+        accepted,
+    )
+    .context("forwarding settings")?;
+    if !up4.is_empty() {
+        dp.upsert_ipcache(&up4).context("cilium_ipcache_v2")?;
+    }
+    for p in old4.keys().filter(|p| !new4.contains_key(*p)) {
+        dp.remove_ipcache(*p).context("cilium_ipcache_v2")?;
+    }
+    let old6: BTreeMap<_, _> = d::node_ipcache6(cfg).into_iter().collect();
+    let new6: BTreeMap<_, _> = d::node_ipcache6(next).into_iter().collect();
+    let up6: Vec<_> = new6
+        .iter()
+        .filter(|(p, e)| old6.get(*p) != Some(*e))
+        .map(|(p, e)| (*p, *e))
+        .collect();
+    if !up6.is_empty() {
+        dp.upsert_ipcache_of::<control::net::V6>(&up6)
+            .context("cilium_ipcache_v2 (IPv6)")?;
+    }
+    for p in old6.keys().filter(|p| !new6.contains_key(*p)) {
+        dp.remove_ipcache_of::<control::net::V6>(*p)
+            .context("cilium_ipcache_v2 (IPv6)")?;
+    }
+    // 3. Policy, recompiled for the cluster's identities (this node's run-time pods'
+    //    labels are kept by the datapath).
+    if next.identity_labels() != cfg.identity_labels() {
+        dp.set_cluster_identity_labels(next.identity_labels());
+        let ps = dp.policies();
+        dp.set_policies(&ps).context("policy")?;
+    }
+    // 4. Services: this node's own, then the store's.
+    let want = crate::cluster::services(state.state.services_over(next), Some(view));
+    let have = dp.services();
+    if serde_json::to_string(&want).ok() != serde_json::to_string(&have).ok()
+        && let Err(e) = dp.set_services(&want, &next.lb_settings())
+    {
+        // The store's services conflict with each other or with this node's (each one
+        // alone passed its checks when the view was made): this node's own stay in
+        // force, and the conflict is reported until the store changes.
+        let own = state.state.services_over(next);
+        dp.set_services(&own, &next.lb_settings())
+            .context("services")?;
+        eprintln!(
+            "fastpath: kvstore: the store's services are not in force, only this node's: {e}"
+        );
+        cx.state.last_error = Some(format!("the store's services: {e}"));
+    }
+    // 5. Next hops, guard rules, kernel routes (native routing).
+    cx.devs.nexthops.set_nodes(
+        &checked
+            .nodes
+            .iter()
+            .map(|(n, via)| (n.ip, *via, n.overlay_mac))
+            .collect::<Vec<_>>(),
+        dp,
+    );
+    let runtime = cx.endpoints.runtime();
+    crate::guard::sync(&crate::guard::wanted(
+        next,
+        next.pods.iter().chain(runtime.iter().map(|(p, _)| p)),
+    ))
+    .context("guard rules")?;
+    cx.routes
+        .sync(
+            &d::node_routes(next),
+            next.node.underlay.as_ref().map(|u| u.device.as_str()),
+        )
+        .context("kernel routes")?;
+    Ok(())
 }
 
 /// Kernel routes fastpath installed (native routing), removed again on exit.
 struct KernelRoutes(Vec<String>);
 
 impl KernelRoutes {
+    /// Make the installed routes `routes`: new ones added (or replaced), gone ones deleted.
+    fn sync(
+        &mut self,
+        routes: &[(control::net::Ipv4Cidr, std::net::Ipv4Addr)],
+        dev: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let added = KernelRoutes::install(routes, dev)?;
+        let keep: Vec<String> = added.0.clone();
+        for p in self.0.iter().filter(|p| !keep.contains(p)) {
+            let _ = std::process::Command::new("ip")
+                .args(["route", "del", p])
+                .output();
+        }
+        self.0 = keep;
+        std::mem::forget(added);
+        Ok(())
+    }
+
     fn install(
         routes: &[(control::net::Ipv4Cidr, std::net::Ipv4Addr)],
         dev: Option<&str>,
@@ -2117,6 +2463,56 @@ impl NextHops {
             table: None,
             read_failing: false,
             probes: Vec::new(),
+        }
+    }
+
+    /// The targets become `nodes` (address, next hop, inner MAC): new ones are asked for,
+    /// gone ones forgotten (their entry removed from the workers' table), then the
+    /// neighbour table is read.
+    fn set_nodes(
+        &mut self,
+        nodes: &[(std::net::Ipv4Addr, std::net::Ipv4Addr, Option<MacAddr>)],
+        dp: &mut Datapath<Steering>,
+    ) {
+        let Some(dev) = self.underlay.as_ref().map(|u| u.dev.clone()) else {
+            return;
+        };
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < self.targets.len() {
+            let t = &self.targets[i];
+            if nodes
+                .iter()
+                .any(|(ip, via, m)| *ip == t.ip && *via == t.via && *m == t.inner_dst_mac)
+            {
+                i += 1;
+                continue;
+            }
+            gone.push((t.ip.octets(), None));
+            self.targets.remove(i);
+            self.seen.remove(i);
+            self.probes.remove(i);
+        }
+        let mut added = false;
+        for (ip, via, m) in nodes {
+            if self.targets.iter().any(|t| t.ip == *ip) {
+                continue;
+            }
+            if let Err(e) = neigh::ensure_managed(*via, &dev) {
+                eprintln!("fastpath: next hop {via} (for {ip}): {e:#}");
+            }
+            self.add(*ip, *via, *m);
+            added = true;
+        }
+        gone.retain(|(ip, _)| !self.targets.iter().any(|t| t.ip.octets() == *ip));
+        if !gone.is_empty() {
+            dp.set_nexthops(&gone);
+        }
+        if added {
+            if self.table.is_none() {
+                self.table = neigh::NeighTable::open().ok();
+            }
+            self.refresh(dp);
         }
     }
 

@@ -682,7 +682,11 @@ impl Endpoints {
     }
 
     /// Everything about an add that can be checked before anything is made.
-    fn check_add(&mut self, mut pod: PodConfig, dp: &Datapath<Steering>) -> anyhow::Result<Served> {
+    fn check_add(
+        &mut self,
+        mut pod: PodConfig,
+        dp: &mut Datapath<Steering>,
+    ) -> anyhow::Result<Served> {
         let id = pod_id(&pod);
         check_pod_fields(&pod)?;
         self.check_attachment_free(&pod)?;
@@ -796,8 +800,8 @@ impl Endpoints {
         pod.id = Some(ep_id);
         let labels = control::identity::pod_labels(&pod.namespace, &pod.labels);
         let identity = dp
-            .identity_for(&labels)
-            .context("labels: no security identity left in 256-65535")?;
+            .allocate_identity(&labels)
+            .map_err(|e| anyhow::anyhow!("labels: {e}"))?;
         let slot = self
             .slots
             .iter()

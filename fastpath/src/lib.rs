@@ -9,12 +9,14 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod daemon;
 pub mod endpoints;
 /// Test fixtures (unit tests; `bench/` and other datapaths with the `fixtures` feature).
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod guard;
+pub mod kvstore;
 pub mod metrics;
 pub mod neigh;
 pub mod server;

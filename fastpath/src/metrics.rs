@@ -261,5 +261,6 @@ pub fn snapshot(src: &Sources<'_>) -> Status {
                 nexthops: src.nexthops.clone(),
             }
         }),
+        source: Default::default(),
     }
 }

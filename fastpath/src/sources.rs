@@ -22,6 +22,9 @@ pub enum Intent {
     /// The config file's services and policies, as of now (re-read on SIGHUP): they
     /// replace the config's previous ones, under what was applied at run time.
     ConfigServicesAndPolicies(Box<Config>),
+    /// The rest of the cluster as the kvstore has it now (`source: kvstore`): it replaces
+    /// the previous view whole.
+    Cluster(Box<crate::kvstore::schema::View>),
 }
 
 /// Intents from one source, applied together.

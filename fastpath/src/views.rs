@@ -82,6 +82,58 @@ pub fn render(req: &Request, resp: &Response, numeric: bool) -> Option<String> {
 }
 
 /// `fastpath status` as text.
+/// The `Source:` lines of `fastpath status`: `file`, or the kvstore's state.
+pub fn source_lines(src: &crate::api::SourceStatus) -> String {
+    let mut s = String::new();
+    let Some(k) = &src.kvstore else {
+        if !src.mode.is_empty() {
+            s += &format!(
+                "Source:    {} (remote nodes from the config file)\n",
+                src.mode
+            );
+        }
+        return s;
+    };
+    s += &format!(
+        "Source:    kvstore etcd {} cluster {}: {}, revision {}, lease {:x} ({} s), session {}\n",
+        k.endpoints.join(","),
+        k.cluster,
+        if k.connected {
+            "connected"
+        } else {
+            "DISCONNECTED"
+        },
+        k.revision,
+        k.lease_id,
+        k.lease_ttl,
+        k.sessions
+    );
+    s += &format!(
+        "  store:   {} keys, {} published by this node; {} other node(s) with {} pod(s), {} identities, {} service(s)\n",
+        k.keys, k.published, k.nodes, k.remote_pods, k.identities, k.services
+    );
+    s += &format!(
+        "  applied: {} view(s), {} failed; {} remote node(s) in force; {} watch events, {} resyncs, {} allocations, {} identities collected\n",
+        src.views_applied,
+        src.views_failed,
+        src.remote_nodes,
+        k.watch_events,
+        k.resyncs,
+        k.allocations,
+        k.identities_collected
+    );
+    if let Some(e) = &k.last_error {
+        s += &format!("  last etcd error ({} in all): {e}\n", k.errors);
+    }
+    if let Some(e) = &src.last_error {
+        s += &format!("  last apply error: {e}\n");
+    }
+    for p in k.problems.iter().chain(&src.skipped) {
+        s += &format!("  skipped: {p}\n");
+    }
+    s
+}
+
 pub fn status(st: &Status) -> String {
     let this = st;
     let mut s = String::new();
@@ -94,6 +146,7 @@ pub fn status(st: &Status) -> String {
         "Node:      {}{ns}, pid {}, up {}s\n",
         this.node, this.pid, this.uptime_secs
     );
+    s += &source_lines(&this.source);
     s += &format!(
         "Workers:   {} (poll {}{}), tables generation {}\n",
         this.workers.len(),

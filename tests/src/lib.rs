@@ -21,6 +21,7 @@ use fastpath::api::{self, Status};
 use fastpath::daemon::link_info_in;
 use lab::{Lab, in_ns};
 
+pub mod etcd;
 pub mod podman;
 
 /// True (and a message) when the test cannot run here.
@@ -198,6 +199,13 @@ pub struct TestNode {
 impl TestNode {
     /// Build the topology for `yaml` and start fastpath with `args`.
     pub fn start(yaml: &str, queues: u32, args: &[&str]) -> TestNode {
+        let mut n = TestNode::prepare(yaml, queues);
+        n.launch(args);
+        n
+    }
+
+    /// Build the topology for `yaml`; fastpath is started later ([`TestNode::launch`]).
+    pub fn prepare(yaml: &str, queues: u32) -> TestNode {
         let cfg = Config::parse(yaml, "test").expect("test config");
         let lab = Lab::up(&cfg, queues).expect("lab topology");
         let config_path = std::env::temp_dir().join(format!("{}.yaml", cfg.node.name));
@@ -208,7 +216,7 @@ impl TestNode {
         // On tmpfs, as /run is on a node (this machine's /tmp is not).
         let run_dir = PathBuf::from(format!("/dev/shm/{}-run", cfg.node.name));
         let _ = std::fs::remove_dir_all(&run_dir);
-        let mut n = TestNode {
+        TestNode {
             cfg,
             config_path,
             socket,
@@ -216,9 +224,7 @@ impl TestNode {
             run_dir,
             child: None,
             _lab: lab,
-        };
-        n.launch(args);
-        n
+        }
     }
 
     /// Start (or restart) the fastpath process and wait for its control socket.

@@ -30,7 +30,8 @@ use anyhow::{Context, bail};
 use control::config::{Config, RoutingMode};
 
 /// The bridge in the fabric namespace.
-const FABRIC_BRIDGE: &str = "br0";
+/// The bridge in the fabric namespace every node's underlay is plugged into.
+pub const FABRIC_BRIDGE: &str = "br0";
 /// VXLAN overhead: outer Ethernet + IPv4 + UDP + VXLAN.
 const VXLAN_OVERHEAD: u32 = 50;
 /// MTU of the lab's underlay links.
