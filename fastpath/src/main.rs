@@ -120,7 +120,8 @@ enum Cmd {
     },
     /// The security identities the node knows, with their labels, as `cilium-dbg identity
     /// list|get` prints them: the reserved ones, every pod's (this node's and the other
-    /// nodes' of the config), and the CIDR identities the policies in force made.
+    /// nodes', from the config or the kvstore), and the CIDR identities the policies in
+    /// force made.
     Identity {
         #[command(subcommand)]
         what: IdentityCmd,
