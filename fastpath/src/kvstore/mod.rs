@@ -438,7 +438,16 @@ impl Agent {
                 _ = ka_tick.tick() => {
                     keeper.keep_alive().await.map_err(e("lease keep-alive"))?;
                 },
-                _ = gc_tick.tick() => self.collect_identities(c).await?,
+                _ = gc_tick.tick() => {
+                    // Allocations whose pod never came (or went at once) stop holding
+                    // their slave key once their grace is over.
+                    let before = self.recent.len();
+                    self.recent.retain(|(_, _, t)| t.elapsed() < ALLOCATION_GRACE);
+                    if self.recent.len() != before {
+                        self.reconcile(c).await?;
+                    }
+                    self.collect_identities(c).await?;
+                }
                 _ = retry.tick(), if self.dirty => self.flush(),
                 _ = flush_at => self.flush(),
             }
