@@ -71,6 +71,29 @@ pub struct Config {
     /// Never read from the file.
     #[serde(skip)]
     pub allocated: BTreeMap<Vec<String>, u32>,
+    /// The Kubernetes API server (`source: kubernetes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
+    /// Policy objects from the cluster's source (the Kubernetes API), in force after the
+    /// file's (an object of the same kind, namespace and name replaces the file's). Never
+    /// read from the file.
+    #[serde(skip)]
+    pub cluster_policies: Vec<serde_json::Value>,
+}
+
+/// The Kubernetes API server a `source: kubernetes` node lists and watches.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The API server's URL, `http://host:port` (no TLS; a `kubectl proxy` or a local
+    /// API endpoint).
+    pub api_server: String,
+    /// A file holding a bearer token sent with every request (a service account's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// Seconds the agent waits at start for every list to complete.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: u32,
 }
 
 /// Where a node learns the rest of its cluster (`source:`).
@@ -83,7 +106,8 @@ pub enum SourceMode {
     /// The etcd kvstore: nodes, pods and services published by every node, identities
     /// allocated cluster-wide (`kvstore:`).
     Kvstore,
-    /// The Kubernetes API (not built yet: refused by `validate`).
+    /// The Kubernetes API: Nodes, Pods, Services and EndpointSlices, NetworkPolicies and
+    /// Cilium's policies, listed and watched (`kubernetes:`).
     Kubernetes,
 }
 
@@ -1184,38 +1208,70 @@ impl Config {
     /// `source:` and `kvstore:`.
     fn validate_source(&self, bad: &mut impl FnMut(String, String)) {
         match (self.source, &self.kvstore) {
-            (SourceMode::Kubernetes, _) => bad(
-                "source".into(),
-                "`kubernetes` is not built yet; use `file` or `kvstore`".into(),
-            ),
             (SourceMode::Kvstore, None) => bad(
                 "kvstore".into(),
                 "`source: kvstore` needs a `kvstore:` section with `endpoints`".into(),
             ),
-            (SourceMode::File, Some(_)) => bad(
+            (SourceMode::File | SourceMode::Kubernetes, Some(_)) => bad(
                 "kvstore".into(),
-                "only read with `source: kvstore` (this config has `source: file`)".into(),
+                format!(
+                    "only read with `source: kvstore` (this config has `source: {}`)",
+                    self.source.name()
+                ),
             ),
             _ => {}
         }
-        if self.source == SourceMode::Kvstore {
+        match (self.source, &self.kubernetes) {
+            (SourceMode::Kubernetes, None) => bad(
+                "kubernetes".into(),
+                "`source: kubernetes` needs a `kubernetes:` section with `api_server`".into(),
+            ),
+            (SourceMode::File | SourceMode::Kvstore, Some(_)) => bad(
+                "kubernetes".into(),
+                format!(
+                    "only read with `source: kubernetes` (this config has `source: {}`)",
+                    self.source.name()
+                ),
+            ),
+            (_, Some(k)) => {
+                if let Err(msg) = check_etcd_url(&k.api_server) {
+                    bad(
+                        "kubernetes.api_server".into(),
+                        msg.replace(
+                            "etcd's client port is usually 2379",
+                            "e.g. 8001 for kubectl proxy",
+                        ),
+                    );
+                }
+                if !(1..=3600).contains(&k.connect_timeout) {
+                    bad(
+                        "kubernetes.connect_timeout".into(),
+                        format!("{} s: between 1 and 3600", k.connect_timeout),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if self.source != SourceMode::File {
+            let s = self.source.name();
             if !self.remote_nodes.is_empty() {
                 bad(
                     "remote_nodes".into(),
-                    "with `source: kvstore` the other nodes come from the kvstore: leave it empty"
-                        .into(),
+                    format!(
+                        "with `source: {s}` the other nodes come from the {s} source: leave it empty"
+                    ),
                 );
             }
             if self.node.underlay.is_none() {
                 bad(
                     "node.underlay".into(),
-                    "`source: kvstore` is for a node of a cluster: it needs an underlay".into(),
+                    format!("`source: {s}` is for a node of a cluster: it needs an underlay"),
                 );
             }
             if self.node.pod_cidr.is_none() {
                 bad(
                     "node.pod_cidr".into(),
-                    "`source: kvstore` publishes the node's pod CIDR: set it".into(),
+                    format!("`source: {s}` needs the node's pod CIDR: set it"),
                 );
             }
         }
@@ -1270,7 +1326,15 @@ impl Config {
     pub fn policies(
         &self,
     ) -> Result<Vec<crate::policy::Policy>, crate::policy::parse::PolicyError> {
-        crate::policy::parse::parse_values(&self.policies, "config")
+        let mut out = crate::policy::parse::parse_values(&self.policies, "config")?;
+        if !self.cluster_policies.is_empty() {
+            let cluster = crate::policy::parse::parse_values(&self.cluster_policies, "cluster")?;
+            let ids: std::collections::BTreeSet<String> =
+                cluster.iter().map(|p| p.id.object().to_string()).collect();
+            out.retain(|p| !ids.contains(&p.id.object().to_string()));
+            out.extend(cluster);
+        }
+        Ok(out)
     }
 
     /// Every pod identity of the cluster with its labels (what policy selectors match).
@@ -1520,7 +1584,7 @@ pods:
             "kvstore.lease_ttl: 1 s: between 2 and 86400",
             "kvstore.connect_timeout: 0 s",
             "kvstore.identity_gc_interval: 0 s",
-            "remote_nodes: with `source: kvstore` the other nodes come from the kvstore",
+            "remote_nodes: with `source: kvstore` the other nodes come from the kvstore source",
         ] {
             assert!(e.contains(want), "{want}\n{e}");
         }
@@ -1530,7 +1594,23 @@ pods:
             "{e}"
         );
         let e = err(&format!("{node}source: kubernetes\n"));
-        assert!(e.contains("source: `kubernetes` is not built yet"), "{e}");
+        assert!(
+            e.contains("kubernetes: `source: kubernetes` needs a `kubernetes:` section"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{node}source: kubernetes\nkubernetes: {{ api_server: 'https://k:6443' }}\nkvstore: {{ endpoints: ['http://e:2379'] }}\n"
+        ));
+        assert!(
+            e.contains("kubernetes.api_server: `https://k:6443`: TLS is not supported"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "kvstore: only read with `source: kvstore` (this config has `source: kubernetes`)"
+            ),
+            "{e}"
+        );
         let e = err(&format!(
             "{node}kvstore: {{ endpoints: ['http://e:2379'] }}\n"
         ));
@@ -1546,7 +1626,7 @@ pods:
             "{e}"
         );
         assert!(
-            e.contains("node.pod_cidr: `source: kvstore` publishes"),
+            e.contains("node.pod_cidr: `source: kvstore` needs the node's pod CIDR"),
             "{e}"
         );
     }

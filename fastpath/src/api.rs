@@ -427,6 +427,8 @@ pub struct SourceStatus {
     /// `file` or `kvstore`.
     pub mode: String,
     pub kvstore: Option<crate::kvstore::KvStatus>,
+    #[serde(default)]
+    pub kubernetes: Option<crate::k8s::K8sStatus>,
     /// Views of the cluster applied, and those that failed (retried every second).
     pub views_applied: u64,
     pub views_failed: u64,

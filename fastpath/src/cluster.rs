@@ -96,6 +96,9 @@ pub fn candidate(cfg: &Config, view: &View, nodes: Vec<RemoteNodeConfig>) -> Con
         allocated.insert(l.clone(), *id);
     }
     c.allocated = allocated;
+    if let Some(p) = &view.policies {
+        c.cluster_policies = p.clone();
+    }
     c
 }
 

@@ -260,6 +260,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
     // of what the node serves from its first packet.
     let (intent_tx, intents) = crate::sources::channel();
     let kvstore = start_kvstore(&mut cfg, &intent_tx)?;
+    let k8s = start_kubernetes(&mut cfg, &intent_tx)?;
     // The runtime state: services, policies and endpoints applied at run time.
     let state_dir = opts
         .state_dir
@@ -279,9 +280,11 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
         &cfg,
         &devs,
         &mut state,
-        kvstore
-            .as_ref()
-            .map(|k| Box::new(crate::kvstore::KvAllocator(k.clone())) as _),
+        match (&kvstore, &k8s) {
+            (Some(k), _) => Some(Box::new(crate::kvstore::KvAllocator(k.clone())) as _),
+            (_, Some(k)) => Some(Box::new(crate::k8s::K8sAllocator(k.clone())) as _),
+            _ => None,
+        },
     )?;
     // Native routing: the kernel gets the same routes (Cilium's auto-direct-node-routes), so
     // host-originated traffic to remote pods takes the same path.
@@ -378,6 +381,7 @@ pub fn run(mut opts: RunOptions) -> anyhow::Result<()> {
             tx: intent_tx,
             rx: intents,
             kvstore: kvstore.as_ref(),
+            k8s: k8s.as_ref(),
             routes: &mut kernel_routes,
         },
     );
@@ -1182,6 +1186,7 @@ fn serve(
         tx: intent_tx,
         rx: intents,
         kvstore,
+        k8s,
         routes,
     } = intake;
     let term = Arc::new(AtomicBool::new(false));
@@ -1223,6 +1228,7 @@ fn serve(
                 handles,
                 nexthops: &devs.nexthops,
                 kvstore,
+                k8s,
                 cluster: &cluster,
                 socket_mode,
                 opts,
@@ -1357,8 +1363,16 @@ fn reload(
             _ => serde_json::Value::Null,
         };
         let j = |c: &Config| {
-            serde_json::json!([c.node, c.datapath, c.pods, remote(c), c.source, c.kvstore])
-                .to_string()
+            serde_json::json!([
+                c.node,
+                c.datapath,
+                c.pods,
+                remote(c),
+                c.source,
+                c.kvstore,
+                c.kubernetes
+            ])
+            .to_string()
         };
         j(a) == j(b)
     };
@@ -1370,6 +1384,7 @@ fn reload(
     // What the kvstore brought stays.
     new.remote_nodes = cfg.remote_nodes.clone();
     new.allocated = cfg.allocated.clone();
+    new.cluster_policies = cfg.cluster_policies.clone();
     let services = crate::cluster::services(state.state.services_over(&new), view);
     let policies = state.state.policies_over(&new)?;
     let (before_s, settings) = (dp.services(), cfg.lb_settings());
@@ -1474,6 +1489,7 @@ struct NodeView<'a> {
     handles: &'a [WorkerHandle],
     nexthops: &'a NextHops,
     kvstore: Option<&'a crate::kvstore::Kvstore>,
+    k8s: Option<&'a crate::k8s::Kubernetes>,
     cluster: &'a ClusterState,
     socket_mode: &'a str,
     opts: &'a RunOptions,
@@ -2095,6 +2111,7 @@ fn status(v: &NodeView<'_>) -> Status {
     s.source = crate::api::SourceStatus {
         mode: v.cfg.source.name().to_string(),
         kvstore: v.kvstore.map(|k| k.status()),
+        kubernetes: v.k8s.map(|k| k.status()),
         views_applied: v.cluster.applied,
         views_failed: v.cluster.failed,
         last_error: v.cluster.last_error.clone(),
@@ -2109,6 +2126,7 @@ struct Intake<'a> {
     tx: crossbeam_channel::Sender<crate::sources::Batch>,
     rx: crossbeam_channel::Receiver<crate::sources::Batch>,
     kvstore: Option<&'a crate::kvstore::Kvstore>,
+    k8s: Option<&'a crate::k8s::Kubernetes>,
     routes: &'a mut KernelRoutes,
 }
 
@@ -2186,6 +2204,41 @@ fn start_kvstore(
     Ok(Some(kv))
 }
 
+/// `source: kubernetes`: start the watch, wait until every kind is listed
+/// (`kubernetes.connect_timeout`), and take the other nodes, identities and policies the
+/// API has into `cfg` (nodes that fail the checks are reported and left out).
+fn start_kubernetes(
+    cfg: &mut Config,
+    tx: &crossbeam_channel::Sender<crate::sources::Batch>,
+) -> anyhow::Result<Option<crate::k8s::Kubernetes>> {
+    let Some(k) = cfg
+        .kubernetes
+        .clone()
+        .filter(|_| cfg.source == control::config::SourceMode::Kubernetes)
+    else {
+        return Ok(None);
+    };
+    let kube = crate::k8s::Kubernetes::start(&k, &cfg.node.name, tx.clone())?;
+    let view = kube.wait_synced(Duration::from_secs(u64::from(k.connect_timeout)))?;
+    let checked = crate::cluster::check(cfg, &view, &|ip| neigh::route_get(ip));
+    for p in checked.problems.iter().chain(&view.problems) {
+        eprintln!("fastpath: kubernetes: skipped {p}");
+    }
+    *cfg = crate::cluster::candidate(
+        cfg,
+        &view,
+        checked.nodes.into_iter().map(|(n, _)| n).collect(),
+    );
+    eprintln!(
+        "fastpath: kubernetes: {} other node(s), {} service(s), {} policy object(s) from {}",
+        cfg.remote_nodes.len(),
+        view.services.len(),
+        cfg.cluster_policies.len(),
+        k.api_server
+    );
+    Ok(Some(kube))
+}
+
 /// Apply the kvstore's view of the rest of the cluster (see `crate::cluster`). On a
 /// failure the view is kept and tried again in a second.
 fn apply_cluster(
@@ -2195,10 +2248,11 @@ fn apply_cluster(
     view: crate::kvstore::schema::View,
     cx: &mut ClusterCx<'_>,
 ) {
+    let src = cfg.source.name();
     let checked = crate::cluster::check(cfg, &view, &|ip| neigh::route_get(ip));
     let skipped = checked.problems.clone();
     for p in skipped.iter().filter(|p| !cx.state.skipped.contains(p)) {
-        eprintln!("fastpath: kvstore: skipped {p}");
+        eprintln!("fastpath: {src}: skipped {p}");
     }
     cx.state.skipped = skipped;
     let next = crate::cluster::candidate(
@@ -2212,7 +2266,7 @@ fn apply_cluster(
             let pods: usize = next.remote_nodes.iter().map(|r| r.pods.len()).sum();
             if cx.state.view.as_ref().is_none_or(|v| v.nodes != view.nodes) {
                 eprintln!(
-                    "fastpath: kvstore: {n} other node(s), {pods} remote pod(s) in force (revision {})",
+                    "fastpath: {src}: {n} other node(s), {pods} remote pod(s) in force (revision {})",
                     view.revision
                 );
             }
@@ -2224,7 +2278,7 @@ fn apply_cluster(
         }
         Err(e) => {
             eprintln!(
-                "fastpath: kvstore: revision {} not (fully) applied, retried in 1 s: {e:#}",
+                "fastpath: {src}: revision {} not (fully) applied, retried in 1 s: {e:#}",
                 view.revision
             );
             cx.state.failed += 1;
@@ -2295,9 +2349,11 @@ fn apply_cluster_steps(
     }
     // 3. Policy, recompiled for the cluster's identities (this node's run-time pods'
     //    labels are kept by the datapath).
-    if next.identity_labels() != cfg.identity_labels() {
+    if next.identity_labels() != cfg.identity_labels()
+        || next.cluster_policies != cfg.cluster_policies
+    {
         dp.set_cluster_identity_labels(next.identity_labels());
-        let ps = dp.policies();
+        let ps = state.state.policies_over(next).context("policy")?;
         dp.set_policies(&ps).context("policy")?;
     }
     // 4. Services: this node's own, then the store's.
@@ -2313,9 +2369,10 @@ fn apply_cluster_steps(
         dp.set_services(&own, &next.lb_settings())
             .context("services")?;
         eprintln!(
-            "fastpath: kvstore: the store's services are not in force, only this node's: {e}"
+            "fastpath: {}: the cluster's services are not in force, only this node's: {e}",
+            next.source.name()
         );
-        cx.state.last_error = Some(format!("the store's services: {e}"));
+        cx.state.last_error = Some(format!("the cluster's services: {e}"));
     }
     // 5. Next hops, guard rules, kernel routes (native routing).
     cx.devs.nexthops.set_nodes(

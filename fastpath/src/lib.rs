@@ -16,6 +16,7 @@ pub mod endpoints;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod guard;
+pub mod k8s;
 pub mod kvstore;
 pub mod metrics;
 pub mod neigh;

@@ -85,6 +85,59 @@ pub fn render(req: &Request, resp: &Response, numeric: bool) -> Option<String> {
 /// The `Source:` lines of `fastpath status`: `file`, or the kvstore's state.
 pub fn source_lines(src: &crate::api::SourceStatus) -> String {
     let mut s = String::new();
+    if let Some(k) = &src.kubernetes {
+        s += &format!(
+            "Source:    kubernetes {}: {}; {} other node(s) with {} pod(s), {} service(s), {} policy object(s)\n",
+            k.api_server,
+            if k.connected {
+                "listed and watching"
+            } else {
+                "NOT SYNCED"
+            },
+            k.nodes,
+            k.remote_pods,
+            k.services,
+            k.policies
+        );
+        let kinds: Vec<String> = k
+            .kinds
+            .iter()
+            .map(|w| {
+                format!(
+                    "{} {}{}{}",
+                    w.kind,
+                    w.objects,
+                    if w.not_served {
+                        " (not served)"
+                    } else if w.synced {
+                        ""
+                    } else {
+                        " (listing)"
+                    },
+                    if w.relists > 0 {
+                        format!(" {} relists", w.relists)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        s += &format!("  objects: {}\n", kinds.join(", "));
+        s += &format!(
+            "  applied: {} view(s), {} failed; {} remote node(s) in force\n",
+            src.views_applied, src.views_failed, src.remote_nodes
+        );
+        if let Some(e) = &k.last_error {
+            s += &format!("  last API error ({} in all): {e}\n", k.errors);
+        }
+        if let Some(e) = &src.last_error {
+            s += &format!("  last apply error: {e}\n");
+        }
+        for p in k.problems.iter().chain(&src.skipped) {
+            s += &format!("  skipped: {p}\n");
+        }
+        return s;
+    }
     let Some(k) = &src.kvstore else {
         if !src.mode.is_empty() {
             s += &format!(

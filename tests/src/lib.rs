@@ -22,6 +22,7 @@ use fastpath::daemon::link_info_in;
 use lab::{Lab, in_ns};
 
 pub mod etcd;
+pub mod fakeapi;
 pub mod podman;
 
 /// True (and a message) when the test cannot run here.

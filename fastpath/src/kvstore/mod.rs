@@ -151,6 +151,7 @@ impl Kvstore {
             lease: 0,
             last_sent: None,
             dirty: false,
+            logged: Vec::new(),
         };
         std::thread::Builder::new()
             .name("fp-kvstore".into())
@@ -254,6 +255,8 @@ struct Agent {
     last_sent: Option<schema::View>,
     /// The cache changed since the last view was sent.
     dirty: bool,
+    /// The problems already said in the log (each is said once while it lasts).
+    logged: Vec<String>,
 }
 
 type Res<T> = Result<T, String>;
@@ -547,18 +550,13 @@ impl Agent {
             st.problems = v.problems.iter().take(16).cloned().collect();
         }
         *self.shared.synced.lock().expect("not poisoned") = Some(v.clone());
+        for p in v.problems.iter().filter(|p| !self.logged.contains(p)) {
+            eprintln!("fastpath: kvstore: skipped {p}");
+        }
+        self.logged = v.problems.clone();
         if self.last_sent.as_ref().is_some_and(|l| same_view(l, &v)) {
             self.dirty = false;
             return;
-        }
-        for p in &v.problems {
-            if !self
-                .last_sent
-                .as_ref()
-                .is_some_and(|l| l.problems.contains(p))
-            {
-                eprintln!("fastpath: kvstore: skipped {p}");
-            }
         }
         let b = Batch {
             source: format!("kvstore {}", self.cfg.endpoints.join(",")),
@@ -801,9 +799,10 @@ impl Agent {
 }
 
 /// Views equal in what the node applies (the revision and problems aside).
-fn same_view(a: &schema::View, b: &schema::View) -> bool {
+pub(crate) fn same_view(a: &schema::View, b: &schema::View) -> bool {
     a.nodes.len() == b.nodes.len()
         && serde_json::to_string(&a.nodes).ok() == serde_json::to_string(&b.nodes).ok()
         && a.allocated == b.allocated
         && serde_json::to_string(&a.services).ok() == serde_json::to_string(&b.services).ok()
+        && a.policies == b.policies
 }

@@ -235,6 +235,9 @@ pub struct View {
     pub allocated: BTreeMap<Vec<String>, u32>,
     /// Every service in the store, by `ns/name`.
     pub services: Vec<ServiceConfig>,
+    /// Policy objects (the Kubernetes source's; `None`: the source has none and the
+    /// node's own stay as they are).
+    pub policies: Option<Vec<serde_json::Value>>,
     /// What was skipped, each with its key and why.
     pub problems: Vec<String>,
     /// The store revision this view is of.
