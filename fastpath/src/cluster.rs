@@ -38,8 +38,15 @@ pub fn check(
     let mut problems = Vec::new();
     let underlay = cfg.node.underlay.as_ref().map(|u| u.device.clone());
     let mut nodes: Vec<(RemoteNodeConfig, std::net::Ipv4Addr)> = Vec::new();
+    let native = cfg.datapath.routing == control::config::RoutingMode::Native;
     for n in &view.nodes {
         match route(n.ip) {
+            Ok(r) if native && r.gateway.is_some() => problems.push(format!(
+                "node {} ({}): reached through the gateway {}; native routing needs it on the underlay's link",
+                n.name,
+                n.ip,
+                r.gateway.map(|g| g.to_string()).unwrap_or_default()
+            )),
             Ok(r) if Some(&r.dev) == underlay.as_ref() => {
                 nodes.push((n.clone(), r.neighbour(n.ip)))
             }
@@ -50,37 +57,53 @@ pub fn check(
             Err(e) => problems.push(format!("node {} ({}): {e:#}", n.name, n.ip)),
         }
     }
-    // The config's own checks, with the nodes as `remote_nodes`: a node any problem
-    // names is left out, and the rest checked again (a problem between two nodes drops
-    // the later one first).
-    for _ in 0..=nodes.len() {
+    // The config's own checks, with the nodes as `remote_nodes`: a pod a problem names is
+    // left out, a node a problem names (not one of its pods) is left out whole, and the
+    // rest checked again (a problem between two nodes drops the later one first).
+    for _ in 0..=nodes.iter().map(|(n, _)| n.pods.len() + 1).sum::<usize>() {
         let mut c = candidate(cfg, view, nodes.iter().map(|(n, _)| n.clone()).collect());
         c.source = control::config::SourceMode::File;
         c.kvstore = None;
-        let bad: Vec<(usize, String)> = c
+        c.kubernetes = None;
+        // (node, pod if the problem is one pod's, message)
+        let bad: Vec<(usize, Option<usize>, String)> = c
             .validate()
             .into_iter()
             .filter_map(|p| {
-                let i = p
-                    .field
-                    .strip_prefix("remote_nodes[")?
-                    .split(']')
-                    .next()?
-                    .parse::<usize>()
-                    .ok()?;
-                Some((i, format!("{}: {}", p.field, p.msg)))
+                let rest = p.field.strip_prefix("remote_nodes[")?;
+                let (i, rest) = rest.split_once(']')?;
+                let i = i.parse::<usize>().ok()?;
+                let j = rest
+                    .strip_prefix(".pods[")
+                    .and_then(|r| r.split_once(']'))
+                    .and_then(|(j, _)| j.parse::<usize>().ok());
+                Some((i, j, format!("{}: {}", p.field, p.msg)))
             })
             .collect();
-        let Some(worst) = bad.iter().map(|(i, _)| *i).max() else {
+        let Some(worst) = bad.iter().map(|(i, _, _)| *i).max() else {
             break;
         };
-        let (n, _) = nodes.remove(worst);
-        for (_, msg) in bad.iter().filter(|(i, _)| *i == worst) {
+        let here: Vec<&(usize, Option<usize>, String)> =
+            bad.iter().filter(|(i, _, _)| *i == worst).collect();
+        let name = nodes[worst].0.name.clone();
+        for (_, _, msg) in &here {
             problems.push(format!(
-                "node {}: {}",
-                n.name,
+                "node {name}: {}",
                 msg.replacen(&format!("remote_nodes[{worst}]"), "", 1)
             ));
+        }
+        if here.iter().all(|(_, j, _)| j.is_some()) {
+            // Only some of its pods are wrong: those are left out, the node stays.
+            let mut js: Vec<usize> = here.iter().filter_map(|(_, j, _)| *j).collect();
+            js.sort_unstable();
+            js.dedup();
+            for j in js.into_iter().rev() {
+                if j < nodes[worst].0.pods.len() {
+                    nodes[worst].0.pods.remove(j);
+                }
+            }
+        } else {
+            nodes.remove(worst);
         }
     }
     Checked { nodes, problems }
@@ -90,10 +113,15 @@ pub fn check(
 pub fn candidate(cfg: &Config, view: &View, nodes: Vec<RemoteNodeConfig>) -> Config {
     let mut c = cfg.clone();
     c.remote_nodes = nodes;
-    // The store's numbers; this node's own pods' sets keep theirs (they hold slave keys).
+    // The source's numbers; the label sets of this node's config pods keep theirs (given
+    // at start, held by this node's slave keys). Nothing else of the old view is kept: a
+    // number the source no longer has is gone.
     let mut allocated = view.allocated.clone();
-    for (l, id) in &cfg.allocated {
-        allocated.insert(l.clone(), *id);
+    for p in &cfg.pods {
+        let l = control::identity::pod_labels(&p.namespace, &p.labels);
+        if let Some(id) = cfg.allocated.get(&l) {
+            allocated.insert(l, *id);
+        }
     }
     c.allocated = allocated;
     if let Some(p) = &view.policies {
@@ -253,6 +281,36 @@ mod tests {
         let c = check(&cfg(), &v, &off);
         assert!(c.nodes.is_empty());
         assert!(c.problems.iter().all(|p| p.contains("not the underlay")));
+    }
+
+    /// A remote pod outside its node's pod CIDR is left out, named; its node and its
+    /// other pods stay.
+    #[test]
+    fn a_bad_pod_is_left_out_not_its_node() {
+        let mut b = node("b", "192.168.0.2", "10.1.2.0/24");
+        for (n, ip) in [("ok", "10.1.2.11"), ("stray", "10.9.9.9")] {
+            b.pods.push(control::config::RemotePodConfig {
+                name: n.into(),
+                namespace: "default".into(),
+                ip: ip.parse().unwrap(),
+                ipv6: None,
+                labels: Default::default(),
+            });
+        }
+        let v = View {
+            nodes: vec![b],
+            ..Default::default()
+        };
+        let c = check(&cfg(), &v, &on_underlay);
+        assert_eq!(c.nodes.len(), 1, "{:?}", c.problems);
+        let pods: Vec<&str> = c.nodes[0].0.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(pods, ["ok"]);
+        assert_eq!(c.problems.len(), 1, "{:?}", c.problems);
+        assert!(
+            c.problems[0].starts_with("node b: .pods[1]"),
+            "{:?}",
+            c.problems
+        );
     }
 
     /// What a node publishes: its record (addresses, pod CIDR), its pod's address record

@@ -1251,8 +1251,8 @@ fn serve(
             };
             apply_batch(opts, &mut cfg, dp, state, batch, &mut cx);
         }
-        if let Some(view) = cluster.pending.take()
-            && cluster.retry_at.is_some_and(|t| Instant::now() >= t)
+        if cluster.retry_at.is_some_and(|t| Instant::now() >= t)
+            && let Some(view) = cluster.pending.take()
         {
             let mut cx = ClusterCx {
                 devs: &mut *devs,
@@ -2141,6 +2141,8 @@ struct ClusterState {
     applied: u64,
     failed: u64,
     last_error: Option<String>,
+    /// The error the view in `pending` failed with (said once in the log).
+    failing: Option<String>,
     /// Nodes of the view left out, each with why.
     skipped: Vec<String>,
     /// What this node last handed the kvstore to publish.
@@ -2274,15 +2276,21 @@ fn apply_cluster(
             cx.state.view = Some(view);
             cx.state.pending = None;
             cx.state.retry_at = None;
+            cx.state.failing = None;
             cx.state.applied += 1;
         }
         Err(e) => {
-            eprintln!(
-                "fastpath: {src}: revision {} not (fully) applied, retried in 1 s: {e:#}",
-                view.revision
-            );
+            let msg = format!("{e:#}");
+            // Said once per distinct error, not every second it is retried.
+            if cx.state.failing.as_deref() != Some(msg.as_str()) {
+                eprintln!(
+                    "fastpath: {src}: revision {} not (fully) applied, retried every second: {msg}",
+                    view.revision
+                );
+            }
             cx.state.failed += 1;
-            cx.state.last_error = Some(format!("{e:#}"));
+            cx.state.failing = Some(msg.clone());
+            cx.state.last_error = Some(msg);
             cx.state.pending = Some(view);
             cx.state.retry_at = Some(Instant::now() + Duration::from_secs(1));
         }
@@ -2329,8 +2337,11 @@ fn apply_cluster_steps(
     if !up4.is_empty() {
         dp.upsert_ipcache(&up4).context("cilium_ipcache_v2")?;
     }
+    // (A prefix already gone — removed by an earlier try of this view — is done.)
     for p in old4.keys().filter(|p| !new4.contains_key(*p)) {
-        dp.remove_ipcache(*p).context("cilium_ipcache_v2")?;
+        if dp.tables().ipcache.get(*p).is_some() {
+            dp.remove_ipcache(*p).context("cilium_ipcache_v2")?;
+        }
     }
     let old6: BTreeMap<_, _> = d::node_ipcache6(cfg).into_iter().collect();
     let new6: BTreeMap<_, _> = d::node_ipcache6(next).into_iter().collect();
@@ -2344,8 +2355,10 @@ fn apply_cluster_steps(
             .context("cilium_ipcache_v2 (IPv6)")?;
     }
     for p in old6.keys().filter(|p| !new6.contains_key(*p)) {
-        dp.remove_ipcache_of::<control::net::V6>(*p)
-            .context("cilium_ipcache_v2 (IPv6)")?;
+        if dp.tables().ipcache6.get(*p).is_some() {
+            dp.remove_ipcache_of::<control::net::V6>(*p)
+                .context("cilium_ipcache_v2 (IPv6)")?;
+        }
     }
     // 3. Policy, recompiled for the cluster's identities (this node's run-time pods'
     //    labels are kept by the datapath).
@@ -2398,8 +2411,9 @@ fn apply_cluster_steps(
     Ok(())
 }
 
-/// Kernel routes fastpath installed (native routing), removed again on exit.
-struct KernelRoutes(Vec<String>);
+/// Kernel routes fastpath installed (native routing): (prefix, gateway), removed again on
+/// exit.
+struct KernelRoutes(Vec<(String, String)>);
 
 impl KernelRoutes {
     /// Make the installed routes `routes`: new ones added (or replaced), gone ones deleted.
@@ -2408,27 +2422,16 @@ impl KernelRoutes {
         routes: &[(control::net::Ipv4Cidr, std::net::Ipv4Addr)],
         dev: Option<&str>,
     ) -> anyhow::Result<()> {
-        let added = KernelRoutes::install(routes, dev)?;
-        let keep: Vec<String> = added.0.clone();
-        for p in self.0.iter().filter(|p| !keep.contains(p)) {
-            let _ = std::process::Command::new("ip")
-                .args(["route", "del", p])
-                .output();
-        }
-        self.0 = keep;
-        std::mem::forget(added);
-        Ok(())
-    }
-
-    fn install(
-        routes: &[(control::net::Ipv4Cidr, std::net::Ipv4Addr)],
-        dev: Option<&str>,
-    ) -> anyhow::Result<KernelRoutes> {
-        let mut done = KernelRoutes(Vec::new());
         let Some(dev) = dev else {
-            return Ok(done);
+            return Ok(());
         };
+        // New or changed routes, one at a time: each that succeeds is recorded (so a
+        // failure half-way removes nothing that is in place), then the gone ones.
         for (p, gw) in routes {
+            let entry = (p.to_string(), gw.to_string());
+            if self.0.contains(&entry) {
+                continue;
+            }
             let out = std::process::Command::new("ip")
                 .args([
                     "route",
@@ -2447,15 +2450,36 @@ impl KernelRoutes {
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            done.0.push(p.to_string());
+            self.0.retain(|(q, _)| *q != entry.0);
+            self.0.push(entry);
         }
+        let want: Vec<(String, String)> = routes
+            .iter()
+            .map(|(p, gw)| (p.to_string(), gw.to_string()))
+            .collect();
+        for (p, _) in self.0.iter().filter(|e| !want.contains(e)) {
+            let _ = std::process::Command::new("ip")
+                .args(["route", "del", p])
+                .output();
+        }
+        self.0 = want;
+        Ok(())
+    }
+
+    /// Install `routes` (at start): on a failure, those installed are removed again.
+    fn install(
+        routes: &[(control::net::Ipv4Cidr, std::net::Ipv4Addr)],
+        dev: Option<&str>,
+    ) -> anyhow::Result<KernelRoutes> {
+        let mut done = KernelRoutes(Vec::new());
+        done.sync(routes, dev)?;
         Ok(done)
     }
 }
 
 impl Drop for KernelRoutes {
     fn drop(&mut self) {
-        for p in &self.0 {
+        for (p, _) in &self.0 {
             let _ = std::process::Command::new("ip")
                 .args(["route", "del", p])
                 .output();

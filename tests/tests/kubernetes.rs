@@ -192,6 +192,16 @@ impl Cluster {
             .collect()
     }
 
+    /// `fastpath bpf lb list` of node `i`.
+    fn lb_list(&self, i: usize) -> String {
+        String::from_utf8_lossy(&self.n[i].cli(&["bpf", "lb", "list"]).stdout).into_owned()
+    }
+
+    /// `fastpath policy list` of node `i`.
+    fn policy_list(&self, i: usize) -> String {
+        String::from_utf8_lossy(&self.n[i].cli(&["policy", "list"]).stdout).into_owned()
+    }
+
     fn tcp(&self, a: usize, from: usize, ip: &str, port: u16) -> bool {
         self.n[a].echo(from, "TCP", ip, port, "k8s\n") == "k8s\n"
     }
@@ -274,11 +284,13 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
             ..Default::default()
         }]),
     });
+    // In force: the backend (the slice's, on its named port) in every node's LB map.
+    let backend = format!("{}:7007", c.n[2].pod_ip(0));
     wait(
         &c,
         Duration::from_secs(10),
         "the service on every node",
-        || (0..3).all(|i| c.n[i].status().source.kubernetes.unwrap().services == 1),
+        || (0..3).all(|i| c.lb_list(i).contains(&backend)),
     );
     assert!(c.tcp(0, 0, &vip, 80), "service from node 0\n{}", c.diag());
     assert!(c.tcp(1, 1, &vip, 80), "service from node 1");
@@ -290,9 +302,15 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
         "spec": {"endpointSelector": {"matchLabels": {"app": "n2p1"}},
                  "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "n0p0"}}]}]}
     }));
-    wait(&c, Duration::from_secs(10), "the policy on node 2", || {
-        c.n[2].status().source.kubernetes.unwrap().policies == 1
-    });
+    wait(
+        &c,
+        Duration::from_secs(10),
+        "the policy in force on node 2",
+        || {
+            c.policy_list(2)
+                .contains("CiliumNetworkPolicy/default/only-n0p0")
+        },
+    );
     let n2p1 = c.n[2].pod_ip(1);
     assert!(c.tcp(0, 0, &n2p1, 7008), "n0p0 admitted");
     assert!(!c.tcp(1, 0, &n2p1, 7008), "n1p0 denied");

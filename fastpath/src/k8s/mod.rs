@@ -37,6 +37,9 @@ use crate::sources::{Batch, Intent};
 
 /// Changes seen within this long are sent as one view.
 const COALESCE: Duration = Duration::from_millis(20);
+/// The most objects of the watched kinds held together; past it no view is sent (the last
+/// stays in force) and the error is shown.
+pub const MAX_OBJECTS: usize = 1 << 20;
 
 /// The kinds watched, in the order `fastpath status` lists them.
 pub const KINDS: [&str; 7] = [
@@ -229,17 +232,22 @@ async fn run(kc: kube::Config, node: String, views: Sender<Batch>, shared: Arc<S
     let mut all = futures::stream::select_all(streams);
     let mut caches = objects::Caches::default();
     let mut init: BTreeMap<usize, Vec<DynamicObject>> = BTreeMap::new();
-    let mut dirty = false;
+    // The first change not yet in a sent view: a view goes at most COALESCE after it,
+    // however busy the watchers are.
+    let mut dirty: Option<Instant> = None;
     let mut last_sent: Option<View> = None;
     let mut revision: i64 = 0;
     loop {
-        let next = if dirty {
-            match tokio::time::timeout(COALESCE, all.next()).await {
+        let next = if let Some(since) = dirty {
+            let left = COALESCE.saturating_sub(since.elapsed());
+            match tokio::time::timeout(left, all.next()).await {
                 Ok(n) => n,
                 Err(_) => {
-                    // Quiet for COALESCE: send the view if every kind is listed.
-                    dirty = !flush(&caches, &node, revision, &views, &shared, &mut last_sent);
-                    if dirty {
+                    // COALESCE after the first unsent change: send the view (if every
+                    // kind is listed); a full channel is tried again in 100 ms.
+                    if flush(&caches, &node, revision, &views, &shared, &mut last_sent) {
+                        dirty = None;
+                    } else {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     continue;
@@ -268,15 +276,15 @@ async fn run(kc: kube::Config, node: String, views: Sender<Batch>, shared: Arc<S
                 let mut st = shared.status.lock().expect("not poisoned");
                 st.kinds[i].synced = true;
                 st.kinds[i].not_served = false;
-                dirty = true;
+                dirty.get_or_insert_with(Instant::now);
             }
             Ok(watcher::Event::Apply(o)) => {
                 apply(&mut caches, kind, o, false);
-                dirty = true;
+                dirty.get_or_insert_with(Instant::now);
             }
             Ok(watcher::Event::Delete(o)) => {
                 apply(&mut caches, kind, o, true);
-                dirty = true;
+                dirty.get_or_insert_with(Instant::now);
             }
             Err(e) => {
                 let not_served = matches!(
@@ -294,7 +302,7 @@ async fn run(kc: kube::Config, node: String, views: Sender<Batch>, shared: Arc<S
                     }
                     st.kinds[i].not_served = true;
                     st.kinds[i].synced = true;
-                    dirty = true;
+                    dirty.get_or_insert_with(Instant::now);
                 } else {
                     let msg = format!("{kind}: {e}");
                     if st.last_error.as_deref() != Some(&msg) {
@@ -420,6 +428,22 @@ fn flush(
         if !st.kinds.iter().all(|k| k.synced) {
             return true; // not yet: the first view waits for every list
         }
+    }
+    let total = caches.nodes.len()
+        + caches.pods.len()
+        + caches.services.len()
+        + caches.slices.len()
+        + caches.policies.len();
+    if total > MAX_OBJECTS {
+        let mut st = shared.status.lock().expect("not poisoned");
+        let msg = format!(
+            "{total} objects, more than the {MAX_OBJECTS} this node holds: the last view stays in force"
+        );
+        if st.last_error.as_deref() != Some(&msg) {
+            eprintln!("fastpath: kubernetes: {msg}");
+        }
+        st.last_error = Some(msg);
+        return true;
     }
     let v = objects::view(caches, node, revision);
     {

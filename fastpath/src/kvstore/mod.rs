@@ -46,6 +46,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Changes seen within this long are sent to the control loop as one view.
 const COALESCE: Duration = Duration::from_millis(20);
+/// Keys per page of a full list (a page stays far below gRPC's 4 MiB message limit).
+const LIST_PAGE: i64 = 500;
+/// Identity master keys garbage-collected per GC tick at most (each takes a lock).
+const GC_PER_TICK: usize = 64;
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 /// What this node publishes (leased keys) and the identities its pods use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -274,13 +280,14 @@ impl Agent {
                 .with_connect_timeout(REQUEST_TIMEOUT)
                 .with_timeout(REQUEST_TIMEOUT)
                 .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5));
+            let began = Instant::now();
             let res = match Client::connect(&self.cfg.endpoints, Some(opts)).await {
-                Ok(mut c) => {
-                    backoff = Duration::from_millis(500);
-                    self.session(&mut c, &mut rx, &mut old_lease).await
-                }
+                Ok(mut c) => self.session(&mut c, &mut rx, &mut old_lease).await,
                 Err(err) => Err(format!("connecting: {err}")),
             };
+            if began.elapsed() >= STABLE_SESSION {
+                backoff = Duration::from_millis(500);
+            }
             let Err(why) = res else { return };
             {
                 let mut st = self.status();
@@ -327,6 +334,26 @@ impl Agent {
             .lease_keep_alive(self.lease)
             .await
             .map_err(e("keeping the lease alive"))?;
+        // Keep-alives on a task of their own: a slow allocation, lock wait or GC on this
+        // task must not let the lease run out. It says why it stopped on `lost`.
+        let (lost_tx, mut lost) = tokio::sync::oneshot::channel::<String>();
+        let every = Duration::from_millis(u64::from(self.cfg.lease_ttl) * 1000 / 3);
+        let lease_id = self.lease;
+        let keep = AbortOnDrop(tokio::spawn(async move {
+            let why = loop {
+                tokio::time::sleep(every).await;
+                if let Err(err) = keeper.keep_alive().await {
+                    break format!("lease keep-alive: {err}");
+                }
+                match alive.message().await {
+                    Ok(Some(r)) if r.ttl() > 0 => {}
+                    Ok(Some(_)) => break format!("lease {lease_id:x} expired"),
+                    Ok(None) => break "the lease keep-alive stream ended".to_string(),
+                    Err(err) => break format!("lease keep-alive: {err}"),
+                }
+            };
+            let _ = lost_tx.send(why);
+        }));
         let mut rev = self.list(c).await?;
         // Everything this node holds, under the new lease; then the old lease's keys go.
         self.recreate_masters(c).await?;
@@ -350,8 +377,7 @@ impl Agent {
         );
         self.flush();
         let mut watch = self.watch(c, rev).await?;
-        let ka_every = Duration::from_millis(u64::from(self.cfg.lease_ttl) * 1000 / 3);
-        let mut ka_tick = tokio::time::interval(ka_every);
+        let _keep = keep;
         let mut gc_tick = tokio::time::interval(Duration::from_secs(u64::from(
             self.cfg.identity_gc_interval,
         )));
@@ -369,15 +395,9 @@ impl Agent {
                     Some(Cmd::Allocate { labels, reply }) => {
                         let r = tokio::time::timeout(ALLOCATE_TIMEOUT, self.allocate(c, &labels)).await
                             .unwrap_or_else(|_| Err("timed out".into()));
-                        let failed = r.as_ref().err().cloned();
+                        // A failed allocation fails that pod's add alone; trouble with the
+                        // store itself ends the session through the watch or the lease.
                         let _ = reply.send(r);
-                        // Anything but a full range or a too-long label set is the store's
-                        // trouble: a new session.
-                        if let Some(f) = failed
-                            .filter(|f| !f.starts_with("no identity") && !f.starts_with("a label set"))
-                        {
-                            return Err(f);
-                        }
                     }
                     Some(Cmd::Publish(o)) => {
                         self.own = *o;
@@ -432,14 +452,8 @@ impl Agent {
                         self.reconcile(c).await?;
                     }
                 },
-                ka = alive.message() => match ka {
-                    Ok(Some(r)) if r.ttl() > 0 => {}
-                    Ok(Some(_)) => return Err(format!("lease {:x} expired", self.lease)),
-                    Ok(None) => return Err("the lease keep-alive stream ended".into()),
-                    Err(err) => return Err(format!("lease keep-alive: {err}")),
-                },
-                _ = ka_tick.tick() => {
-                    keeper.keep_alive().await.map_err(e("lease keep-alive"))?;
+                why = &mut lost => {
+                    return Err(why.unwrap_or_else(|_| "the lease keep-alive task ended".into()));
                 },
                 _ = gc_tick.tick() => {
                     // Allocations whose pod never came (or went at once) stop holding
@@ -470,29 +484,67 @@ impl Agent {
         .map_err(e("watching"))
     }
 
-    /// List everything (resync): the cache becomes the store; returns its revision.
+    /// List everything (resync), in pages of [`LIST_PAGE`] keys at one revision: the
+    /// cache becomes the store; returns its revision. Keys this node wrote that the store
+    /// no longer has as written (deleted while the watch was behind) are put again by the
+    /// next [`Agent::reconcile`].
     async fn list(&mut self, c: &mut Client) -> Res<i64> {
-        let r = c
-            .get(schema::PREFIX, Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(e("listing"))?;
-        let rev = r.header().map_or(0, |h| h.revision());
-        if r.kvs().len() > schema::MAX_KEYS {
-            return Err(format!(
-                "{} keys under {}: more than the {} this node holds",
-                r.kvs().len(),
-                schema::PREFIX,
-                schema::MAX_KEYS
-            ));
-        }
-        self.cache.clear();
-        self.master_revs.clear();
-        self.status().revision = rev;
-        for kv in r.kvs() {
-            if let Ok(k) = kv.key_str() {
-                self.put_cached(k, kv.value(), kv.mod_revision());
+        // The end of the prefix range: `cilium/state/` with its last byte + 1.
+        let mut end = schema::PREFIX.as_bytes().to_vec();
+        *end.last_mut().expect("non-empty prefix") += 1;
+        let mut from = schema::PREFIX.as_bytes().to_vec();
+        let mut rev = 0i64;
+        let mut cache = BTreeMap::new();
+        let mut revs = HashMap::new();
+        loop {
+            let mut o = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if rev > 0 {
+                o = o.with_revision(rev);
+            }
+            let r = c.get(from.clone(), Some(o)).await.map_err(e("listing"))?;
+            if rev == 0 {
+                rev = r.header().map_or(0, |h| h.revision());
+            }
+            for kv in r.kvs() {
+                let Ok(k) = kv.key_str() else { continue };
+                if kv.value().len() > schema::MAX_VALUE {
+                    eprintln!(
+                        "fastpath: kvstore: {k}: {} bytes, more than {}: ignored",
+                        kv.value().len(),
+                        schema::MAX_VALUE
+                    );
+                    continue;
+                }
+                if let Some(id) = k
+                    .strip_prefix(schema::ID_PREFIX)
+                    .and_then(|i| i.parse().ok())
+                {
+                    revs.insert(id, kv.mod_revision());
+                }
+                cache.insert(k.to_string(), kv.value().to_vec());
+            }
+            if cache.len() > schema::MAX_KEYS {
+                return Err(format!(
+                    "more than {} keys under {}: more than this node holds",
+                    schema::MAX_KEYS,
+                    schema::PREFIX
+                ));
+            }
+            match r.kvs().last() {
+                Some(last) if r.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
             }
         }
+        self.cache = cache;
+        self.master_revs = revs;
+        self.written
+            .retain(|k, v| self.cache.get(k).map(Vec::as_slice) == Some(v.as_bytes()));
+        self.status().revision = rev;
         self.dirty = true;
         Ok(rev)
     }
@@ -645,6 +697,19 @@ impl Agent {
             let r = c.txn(t).await.map_err(e("recreating an identity"))?;
             if r.succeeded() {
                 eprintln!("fastpath: kvstore: identity {id} was missing from the store: recreated");
+            } else {
+                let m = c
+                    .get(schema::master_key(id), None)
+                    .await
+                    .map_err(e("etcd get"))?;
+                if let Some(kv) = m.kvs().first()
+                    && kv.value() != lk.as_bytes()
+                {
+                    eprintln!(
+                        "fastpath: kvstore: identity {id} of this node's pods ({lk}) names `{}` in the store now: those pods keep {id} until they are added again",
+                        String::from_utf8_lossy(kv.value())
+                    );
+                }
             }
         }
         Ok(())
@@ -663,11 +728,17 @@ impl Agent {
             )
             .await
             .map_err(e("etcd lock"))?;
-        let r = self.allocate_locked(c, &lk, labels).await;
+        // This node's slave key is written before the lock is released: a GC that takes
+        // the lock next sees the number in use.
+        let r = match self.allocate_locked(c, &lk, labels).await {
+            Ok(id) => {
+                self.recent.push((labels.to_vec(), id, Instant::now()));
+                self.reconcile(c).await.map(|()| id)
+            }
+            Err(err) => Err(err),
+        };
         let _ = c.unlock(lock.key()).await;
         let id = r?;
-        self.recent.push((labels.to_vec(), id, Instant::now()));
-        self.reconcile(c).await?;
         self.status().allocations += 1;
         Ok(id)
     }
@@ -746,6 +817,7 @@ impl Agent {
         let stale: Vec<(u32, String)> = schema::masters(&self.cache)
             .into_iter()
             .filter(|(id, _)| !used.contains(id) && !mine.contains(id))
+            .take(GC_PER_TICK)
             .collect();
         for (id, lk) in stale {
             let Some(&mod_rev) = self.master_revs.get(&id) else {
@@ -795,6 +867,15 @@ impl Agent {
             .copied()
             .chain(self.recent.iter().map(|(_, id, _)| *id))
             .collect()
+    }
+}
+
+/// Aborts its task when dropped (the keep-alive task ends with its session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -141,6 +141,9 @@ impl GoIpNet {
     /// The prefix length of the mask (contiguous ones only).
     fn len(&self) -> Option<u8> {
         let b = unbase64(&self.mask)?;
+        if b.len() != 4 && b.len() != 16 {
+            return None;
+        }
         let ones: u32 = b.iter().map(|x| x.count_ones()).sum();
         let contiguous = b
             .iter()
