@@ -90,9 +90,14 @@ pub fn source_lines(src: &crate::api::SourceStatus) -> String {
             "Source:    kubernetes {}: {}; {} other node(s) with {} pod(s), {} service(s), {} policy object(s)\n",
             k.api_server,
             if k.connected {
-                "listed and watching"
+                "listed and watching".to_string()
+            } else if k.kinds.iter().all(|w| w.synced) {
+                format!(
+                    "RETRYING since an error {} s ago (what is in force stays)",
+                    k.last_error_secs.unwrap_or(0)
+                )
             } else {
-                "NOT SYNCED"
+                "NOT SYNCED".to_string()
             },
             k.nodes,
             k.remote_pods,

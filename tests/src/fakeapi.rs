@@ -72,6 +72,9 @@ struct Inner {
 pub struct FakeApi {
     pub url: String,
     inner: Arc<Inner>,
+    netns: String,
+    addr: String,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 fn path_of(kind: &str) -> &'static str {
@@ -93,12 +96,24 @@ fn key_of(o: &serde_json::Value) -> String {
 impl FakeApi {
     /// Serve on `ip:port` inside network namespace `netns`.
     pub fn start(netns: &str, ip: &str, port: u16) -> FakeApi {
-        let inner = Arc::new(Inner::default());
+        let mut f = FakeApi {
+            url: format!("http://{ip}:{port}"),
+            inner: Arc::new(Inner::default()),
+            netns: netns.to_string(),
+            addr: format!("{ip}:{port}"),
+            thread: None,
+        };
+        f.listen();
+        f
+    }
+
+    /// Start accepting on the address (a thread that entered the namespace).
+    fn listen(&mut self) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let ns = netns.to_string();
-        let addr = format!("{ip}:{port}");
-        let i2 = inner.clone();
-        std::thread::spawn(move || {
+        let ns = self.netns.clone();
+        let addr = self.addr.clone();
+        let i2 = self.inner.clone();
+        self.thread = Some(std::thread::spawn(move || {
             fastpath::xsk::sys::enter_netns(&ns).expect("enter the fabric namespace");
             let l = TcpListener::bind(&addr).expect("bind the fake API server");
             l.set_nonblocking(true).unwrap();
@@ -114,13 +129,27 @@ impl FakeApi {
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
             }
-        });
+        }));
         rx.recv_timeout(Duration::from_secs(5))
             .expect("fake API server listening");
-        FakeApi {
-            url: format!("http://{ip}:{port}"),
-            inner,
+    }
+
+    /// The server goes away (listener closed, every watch ended: clients get connection
+    /// refused) while its store stays, as when an API server restarts over its etcd.
+    pub fn stop(&mut self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
+        // Watches still inside their wait see `stop` within 250 ms.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+
+    /// Serve again on the same address, over the same store.
+    pub fn resume(&mut self) {
+        self.inner.stop.store(false, Ordering::Relaxed);
+        self.listen();
     }
 
     /// Add or replace an object (any serializable k8s-openapi object, or JSON with

@@ -212,7 +212,7 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
     if !require_root() {
         return;
     }
-    let c = Cluster::up("k8");
+    let mut c = Cluster::up("k8");
     let net = c.net;
 
     // 1. Every node learns the two others and their four pods from Node and Pod objects.
@@ -384,7 +384,41 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
     assert!(c.tcp(1, 0, &vip, 80), "the service after the relist");
     assert!(!c.tcp(1, 0, &n2p1, 7008), "the policy after the relist");
 
-    // 9. Node 2's Node object is deleted: the others drop it and its pods.
+    // 9. The API server goes away and comes back over the same store; a Pod created while
+    //    it was away is seen when the watches resume, nothing else changes.
+    c.api.stop();
+    wait(&c, Duration::from_secs(15), "node 0 notices", || {
+        c.n[0]
+            .status()
+            .source
+            .kubernetes
+            .unwrap()
+            .last_error
+            .is_some_and(|e| e.contains("error") || e.contains("Connect") || e.contains("connect"))
+            && !c.n[0].status().source.kubernetes.unwrap().connected
+    });
+    assert!(
+        c.n[0].ping(1, &c.n[1].pod_ip(0), 2),
+        "n0 -> n1 without the API"
+    );
+    assert!(fastpath::views::status(&c.n[0].status()).contains("RETRYING since an error"));
+    c.api
+        .put(pod("while-away", &c.n[1].cfg.node.name, &late_ip, "late"));
+    c.api.resume();
+    wait(
+        &c,
+        Duration::from_secs(30),
+        "the Pod made while away, everywhere",
+        || c.sees(0, 2, 5) && c.sees(2, 2, 5),
+    );
+    // (Nodes 0 and 2 see it as a remote pod; node 1 serves no endpoint for it.)
+    assert_eq!(c.identities(0), c.identities(2));
+    c.api.delete("Pod", "default/while-away");
+    wait(&c, Duration::from_secs(10), "and its deletion", || {
+        c.sees(0, 2, 4) && c.sees(2, 2, 4)
+    });
+
+    // 10. Node 2's Node object is deleted: the others drop it and its pods.
     c.api.delete("Node", &c.n[2].cfg.node.name);
     wait(&c, Duration::from_secs(10), "node 2 dropped", || {
         c.sees(0, 1, 2) && c.sees(1, 1, 2)

@@ -71,9 +71,13 @@ pub struct KindStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct K8sStatus {
     pub api_server: String,
-    /// Every kind listed, and the last request answered.
+    /// Every kind listed, and no error since the last event (a watch that resumes after
+    /// an error shows it at its next event).
     pub connected: bool,
     pub last_error: Option<String>,
+    /// Seconds since `last_error`.
+    #[serde(default)]
+    pub last_error_secs: Option<u64>,
     pub errors: u64,
     pub kinds: Vec<KindStatus>,
     pub views: u64,
@@ -90,6 +94,7 @@ pub struct K8sStatus {
 struct Shared {
     status: Mutex<K8sStatus>,
     synced: Mutex<Option<View>>,
+    last_error_at: Mutex<Option<Instant>>,
     /// The problems already said in the log (each is said once while it lasts).
     logged: Mutex<Vec<String>>,
 }
@@ -187,7 +192,14 @@ impl Kubernetes {
     }
 
     pub fn status(&self) -> K8sStatus {
-        self.shared.status.lock().expect("not poisoned").clone()
+        let mut s = self.shared.status.lock().expect("not poisoned").clone();
+        s.last_error_secs = self
+            .shared
+            .last_error_at
+            .lock()
+            .expect("not poisoned")
+            .map(|t| t.elapsed().as_secs());
+        s
     }
 }
 
@@ -310,12 +322,14 @@ async fn run(kc: kube::Config, node: String, views: Sender<Batch>, shared: Arc<S
                     }
                     st.last_error = Some(msg);
                     st.connected = false;
+                    *shared.last_error_at.lock().expect("not poisoned") = Some(Instant::now());
                 }
                 continue;
             }
         }
         revision += 1;
         let mut st = shared.status.lock().expect("not poisoned");
+        st.connected = st.kinds.iter().all(|k| k.synced);
         st.kinds[i].events += 1;
         st.kinds[i].objects = count(&caches, kind);
     }
