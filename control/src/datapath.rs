@@ -110,6 +110,16 @@ impl<K: KernelMaps> Datapath<K> {
         }
     }
 
+    /// The labels the cluster's source has for this node's pod `namespace/name` (see
+    /// [`identity::Allocator::pod_labels`]).
+    pub fn cluster_pod_labels(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        self.allocator.as_ref()?.pod_labels(namespace, name)
+    }
+
     /// Take pods' identities from a cluster-wide allocator from now on.
     pub fn set_allocator(&mut self, a: Box<dyn identity::Allocator>) {
         self.allocator = Some(a);

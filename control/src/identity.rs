@@ -22,6 +22,13 @@ pub trait Allocator: Send + std::fmt::Debug {
     /// # Errors
     /// Why none could be had (the store unreachable, the range full), for the caller's error.
     fn allocate(&mut self, labels: &[String]) -> Result<u32, String>;
+
+    /// The labels the cluster's source has for this node's pod `namespace/name` (the
+    /// Kubernetes API's Pod object), which win over those it is added with; `None` when the
+    /// source has no such pod (or keeps no labels).
+    fn pod_labels(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, String>> {
+        None
+    }
 }
 
 /// The label strings Cilium would show for a pod: `k8s:key=value` plus the namespace label.

@@ -1356,6 +1356,14 @@ fn reload(
     view: Option<&crate::kvstore::schema::View>,
 ) -> anyhow::Result<(usize, usize)> {
     check(&new)?;
+    // (Kubernetes) this node's pods carry the labels of their Pod objects, as at start.
+    if let Some(v) = view {
+        for p in &mut new.pods {
+            if let Some(l) = v.local_labels.get(&format!("{}/{}", p.namespace, p.name)) {
+                p.labels = l.clone();
+            }
+        }
+    }
     let same = |a: &Config, b: &Config| -> bool {
         // With `source: kvstore` the running config's remote nodes are the store's.
         let remote = |c: &Config| match c.source {
@@ -1381,7 +1389,7 @@ fn reload(
             "only services and policies are reloaded; node, datapath, pods, remote_nodes, source or kvstore changed (restart fastpath to apply them; pods can be added live with `fastpath endpoint add`)"
         );
     }
-    // What the kvstore brought stays.
+    // What the cluster's source brought stays: the other nodes, identities, policies.
     new.remote_nodes = cfg.remote_nodes.clone();
     new.allocated = cfg.allocated.clone();
     new.cluster_policies = cfg.cluster_policies.clone();
@@ -2222,6 +2230,20 @@ fn start_kubernetes(
     };
     let kube = crate::k8s::Kubernetes::start(&k, &cfg.node.name, tx.clone())?;
     let view = kube.wait_synced(Duration::from_secs(u64::from(k.connect_timeout)))?;
+    // The config's pods take the labels of their Pod objects.
+    for p in &mut cfg.pods {
+        if let Some(l) = view
+            .local_labels
+            .get(&format!("{}/{}", p.namespace, p.name))
+            && *l != p.labels
+        {
+            eprintln!(
+                "fastpath: kubernetes: pod {}/{} takes the labels of its Pod object: {l:?}",
+                p.namespace, p.name
+            );
+            p.labels = l.clone();
+        }
+    }
     let checked = crate::cluster::check(cfg, &view, &|ip| neigh::route_get(ip));
     for p in checked.problems.iter().chain(&view.problems) {
         eprintln!("fastpath: kubernetes: skipped {p}");

@@ -798,6 +798,10 @@ impl Endpoints {
                 .context("no endpoint ID left: all of 1-4095 are taken")?,
         };
         pod.id = Some(ep_id);
+        // The cluster's labels for this pod (its Pod object) win over the request's.
+        if let Some(l) = dp.cluster_pod_labels(&pod.namespace, &pod.name) {
+            pod.labels = l;
+        }
         let labels = control::identity::pod_labels(&pod.namespace, &pod.labels);
         let identity = dp
             .allocate_identity(&labels)

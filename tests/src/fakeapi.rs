@@ -17,8 +17,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The collections served: path, list kind, apiVersion.
-pub const COLLECTIONS: [(&str, &str, &str); 7] = [
+pub const COLLECTIONS: [(&str, &str, &str); 8] = [
     ("/api/v1/nodes", "NodeList", "v1"),
+    (
+        "/apis/cilium.io/v2/ciliumnodes",
+        "CiliumNodeList",
+        "cilium.io/v2",
+    ),
     ("/api/v1/pods", "PodList", "v1"),
     ("/api/v1/services", "ServiceList", "v1"),
     (

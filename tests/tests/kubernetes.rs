@@ -44,12 +44,12 @@ fn meta(ns: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
     }
 }
 
-fn node(name: &str, ip: &str, cidr: &str) -> Node {
+fn node(name: &str, ip: &str, cidr: Option<&str>) -> Node {
     Node {
         metadata: meta(None, name, &[]),
         spec: Some(NodeSpec {
-            pod_cidr: Some(cidr.into()),
-            pod_cidrs: Some(vec![cidr.into()]),
+            pod_cidr: cidr.map(Into::into),
+            pod_cidrs: cidr.map(|c| vec![c.into()]),
             ..Default::default()
         }),
         status: Some(NodeStatus {
@@ -63,8 +63,12 @@ fn node(name: &str, ip: &str, cidr: &str) -> Node {
 }
 
 fn pod(name: &str, on: &str, ip: &str, app: &str) -> Pod {
+    labelled_pod(name, on, ip, &[("app", app)])
+}
+
+fn labelled_pod(name: &str, on: &str, ip: &str, labels: &[(&str, &str)]) -> Pod {
     Pod {
-        metadata: meta(Some("default"), name, &[("app", app)]),
+        metadata: meta(Some("default"), name, labels),
         spec: Some(PodSpec {
             node_name: Some(on.into()),
             ..Default::default()
@@ -131,18 +135,31 @@ impl Cluster {
         .unwrap();
         let api = FakeApi::start(&fabric, &format!("192.168.{net}.250"), 8001);
         // What kubelets and the control plane would have made: the Nodes and every pod.
+        // Node 2's pod CIDR is only in its CiliumNode (Cilium's cluster-pool IPAM), and its
+        // pod p1 has a label its node's config does not give it (`role: guarded`).
         for (k, c) in cfgs.iter().enumerate() {
-            api.put(node(
-                &c.node.name,
-                &c.node.underlay.as_ref().unwrap().address.addr.to_string(),
-                &c.node.pod_cidr.unwrap().to_string(),
-            ));
+            let cidr = c.node.pod_cidr.unwrap().to_string();
+            let ip = c.node.underlay.as_ref().unwrap().address.addr.to_string();
+            api.put(node(&c.node.name, &ip, (k != 2).then_some(cidr.as_str())));
+            if k == 2 {
+                api.put(serde_json::json!({
+                    "apiVersion": "cilium.io/v2", "kind": "CiliumNode",
+                    "metadata": {"name": c.node.name},
+                    "spec": {"addresses": [{"type": "InternalIP", "ip": ip}],
+                             "ipam": {"podCIDRs": [cidr]}}
+                }));
+            }
             for (i, p) in c.pods.iter().enumerate() {
-                api.put(pod(
+                let app = format!("n{k}p{i}");
+                let mut labels = vec![("app", app.as_str())];
+                if (k, i) == (2, 1) {
+                    labels.push(("role", "guarded"));
+                }
+                api.put(labelled_pod(
                     &p.name,
                     &c.node.name,
                     &p.ip.to_string(),
-                    &format!("n{k}p{i}"),
+                    &labels,
                 ));
             }
         }
@@ -227,9 +244,18 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
     assert!(text.contains("Source:    kubernetes http://"), "{text}");
     assert!(text.contains("CiliumNetworkPolicy 0"), "{text}");
 
-    // 2. Identities agree on every node.
+    // 2. Identities agree on every node — node 2's own pod p1 with the labels of its Pod
+    //    object, not its config's.
     let ids: Vec<_> = (0..3).map(|i| c.identities(i)).collect();
     assert_eq!(ids[0].len(), 6, "{:?}", ids[0]);
+    assert!(
+        ids[2]
+            .keys()
+            .any(|l| l.contains(&"k8s:role=guarded".to_string())),
+        "{:?}",
+        ids[2]
+    );
+    assert!(c.n[2].log().contains("takes the labels of its Pod object"));
     assert_eq!(ids[0], ids[1]);
     assert_eq!(ids[0], ids[2]);
 
@@ -295,11 +321,12 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
     assert!(c.tcp(0, 0, &vip, 80), "service from node 0\n{}", c.diag());
     assert!(c.tcp(1, 1, &vip, 80), "service from node 1");
 
-    // 5. A CiliumNetworkPolicy from the API: n2p1 admits only n0p0.
+    // 5. A CiliumNetworkPolicy from the API: the pods labelled `role: guarded` (n2p1, by
+    //    its Pod object alone) admit only n0p0.
     c.api.put(serde_json::json!({
         "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
         "metadata": {"name": "only-n0p0", "namespace": "default"},
-        "spec": {"endpointSelector": {"matchLabels": {"app": "n2p1"}},
+        "spec": {"endpointSelector": {"matchLabels": {"role": "guarded"}},
                  "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "n0p0"}}]}]}
     }));
     wait(
@@ -363,8 +390,8 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
         "every watcher relisted",
         || {
             let (lists, _, gone, _) = c.api.counts();
-            gone >= 21
-                && lists >= lists0 + 21
+            gone >= 24
+                && lists >= lists0 + 24
                 && (0..3).all(|i| {
                     let k = c.n[i].status().source.kubernetes.unwrap();
                     k.connected && k.kinds.iter().all(|w| w.relists >= 1)
@@ -419,7 +446,9 @@ fn three_nodes_driven_by_the_kubernetes_watch() {
     });
 
     // 10. Node 2's Node object is deleted: the others drop it and its pods.
+    // (With its CiliumNode, as Cilium's operator deletes it with the Node.)
     c.api.delete("Node", &c.n[2].cfg.node.name);
+    c.api.delete("CiliumNode", &c.n[2].cfg.node.name);
     wait(&c, Duration::from_secs(10), "node 2 dropped", || {
         c.sees(0, 1, 2) && c.sees(1, 1, 2)
     });
@@ -446,7 +475,7 @@ fn no_api_server_at_start_is_a_clear_error() {
         .try_launch(&[])
         .expect_err("fastpath must not serve without the API");
     assert!(
-        err.contains("kubernetes: Node, Pod, Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy not listed from http://127.0.0.1:9 within 2 s (kubernetes.connect_timeout)"),
+        err.contains("kubernetes: Node, CiliumNode, Pod, Service, EndpointSlice, NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy not listed from http://127.0.0.1:9 within 2 s (kubernetes.connect_timeout)"),
         "{err}"
     );
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());

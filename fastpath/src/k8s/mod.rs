@@ -2,8 +2,8 @@
 //! informers on it.
 //!
 //! One thread (`fp-k8s`, a single-threaded tokio runtime for kube-rs) runs one watcher per
-//! kind — Nodes, Pods, Services, EndpointSlices, NetworkPolicies, CiliumNetworkPolicies,
-//! CiliumClusterwideNetworkPolicies — with kube-rs's informer semantics: list, then watch
+//! kind — Nodes, CiliumNodes, Pods, Services, EndpointSlices, NetworkPolicies,
+//! CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies — with kube-rs's informer semantics: list, then watch
 //! from the list's `resourceVersion` with bookmarks; a watch that ends is resumed from the
 //! last version seen; `410 Gone` (the version is too old) relists. Objects are received
 //! untyped and decoded one by one, so an object that does not decode is reported with its
@@ -42,8 +42,9 @@ const COALESCE: Duration = Duration::from_millis(20);
 pub const MAX_OBJECTS: usize = 1 << 20;
 
 /// The kinds watched, in the order `fastpath status` lists them.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "Node",
+    "CiliumNode",
     "Pod",
     "Service",
     "EndpointSlice",
@@ -217,6 +218,7 @@ fn resource(kind: &str) -> ApiResource {
             api_version: "cilium.io/v2".into(),
             kind: crd.into(),
             plural: match crd {
+                "CiliumNode" => "ciliumnodes".into(),
                 "CiliumNetworkPolicy" => "ciliumnetworkpolicies".into(),
                 _ => "ciliumclusterwidenetworkpolicies".into(),
             },
@@ -341,6 +343,7 @@ fn count(c: &objects::Caches, kind: &str) -> usize {
         "Pod" => c.pods.len(),
         "Service" => c.services.len(),
         "EndpointSlice" => c.slices.len(),
+        "CiliumNode" => c.cilium_nodes.len(),
         k => c
             .policies
             .keys()
@@ -357,6 +360,7 @@ fn clear_kind(c: &mut objects::Caches, kind: &str) {
         "Pod" => c.pods.clear(),
         "Service" => c.services.clear(),
         "EndpointSlice" => c.slices.clear(),
+        "CiliumNode" => c.cilium_nodes.clear(),
         _ => c.policies.retain(|k, _| !k.starts_with(&pre)),
     }
 }
@@ -417,6 +421,13 @@ fn apply(c: &mut objects::Caches, kind: &str, o: DynamicObject, delete: bool) {
             delete,
         ),
         "EndpointSlice" => put(&mut c.slices, &mut c.undecodable, full, name, value, delete),
+        "CiliumNode" => {
+            if delete {
+                c.cilium_nodes.remove(&name);
+            } else {
+                c.cilium_nodes.insert(name, value);
+            }
+        }
         _ => {
             if delete {
                 c.policies.remove(&full);
@@ -444,6 +455,7 @@ fn flush(
         }
     }
     let total = caches.nodes.len()
+        + caches.cilium_nodes.len()
         + caches.pods.len()
         + caches.services.len()
         + caches.slices.len()
@@ -504,6 +516,18 @@ fn flush(
 pub struct K8sAllocator(pub Kubernetes);
 
 impl control::identity::Allocator for K8sAllocator {
+    fn pod_labels(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<std::collections::BTreeMap<String, String>> {
+        let v = self.0.shared.synced.lock().expect("not poisoned");
+        v.as_ref()?
+            .local_labels
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
     fn allocate(&mut self, labels: &[String]) -> Result<u32, String> {
         let v = self.0.shared.synced.lock().expect("not poisoned");
         let allocated = v.as_ref().map(|v| &v.allocated);

@@ -5,7 +5,8 @@
 //! | object | becomes |
 //! |---|---|
 //! | Node (not this one) | a remote node: `status.addresses` InternalIP, `spec.podCIDRs` |
-//! | Pod (`spec.nodeName`, `status.podIPs`, labels) | a remote pod on its node; every pod's labels feed identity allocation |
+//! | CiliumNode | its `spec.ipam.podCIDRs` and InternalIP win over its Node's; alone, a node |
+//! | Pod (`spec.nodeName`, `status.podIPs`, labels) | a remote pod on its node; on this node, the labels of the endpoint of that name; every pod's labels feed identity allocation |
 //! | Service + its EndpointSlices | a service: ClusterIP / NodePort, `externalIPs`, `sessionAffinity`, ready backends, terminating ones kept for their connections |
 //! | NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy | policy objects, compiled as the file's |
 //!
@@ -39,6 +40,8 @@ pub struct Caches {
     pub pods: BTreeMap<String, Pod>,
     pub services: BTreeMap<String, Service>,
     pub slices: BTreeMap<String, EndpointSlice>,
+    /// CiliumNode objects (`cilium.io/v2`, JSON), by name.
+    pub cilium_nodes: BTreeMap<String, serde_json::Value>,
     /// NetworkPolicy, CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy objects as the
     /// API server returned them (JSON), by `Kind/namespace/name`.
     pub policies: BTreeMap<String, serde_json::Value>,
@@ -61,18 +64,31 @@ pub fn view(c: &Caches, me: &str, revision: i64) -> View {
     };
     v.problems
         .extend(c.undecodable.iter().map(|(k, why)| format!("{k}: {why}")));
-    // Nodes.
+    // Nodes: a Node object, with its CiliumNode's pod CIDRs and addresses where there is
+    // one (Cilium's cluster-pool IPAM writes them there); a CiliumNode alone is a node too.
     let mut nodes: BTreeMap<String, RemoteNodeConfig> = BTreeMap::new();
-    for n in c.nodes.values() {
-        let name = n.metadata.name.clone().unwrap_or_default();
+    let names: BTreeSet<&String> = c.nodes.keys().chain(c.cilium_nodes.keys()).collect();
+    for name in names {
         if name == me {
             continue;
         }
-        match node(n) {
+        let r = match (c.nodes.get(name), c.cilium_nodes.get(name)) {
+            (Some(n), cn) => node_with(n, cn),
+            (None, Some(cn)) => cilium_node(name, cn),
+            (None, None) => continue,
+        };
+        match r {
             Ok(r) => {
-                nodes.insert(name, r);
+                nodes.insert(name.clone(), r);
             }
-            Err(why) => v.problems.push(format!("Node/{name}: {why}")),
+            Err(why) => {
+                let kind = if c.nodes.contains_key(name) {
+                    "Node"
+                } else {
+                    "CiliumNode"
+                };
+                v.problems.push(format!("{kind}/{name}: {why}"));
+            }
         }
     }
     // Pods: every pod's label set gets an identity (the same numbers on every node: each
@@ -98,6 +114,8 @@ pub fn view(c: &Caches, me: &str, revision: i64) -> View {
             continue; // not scheduled yet
         };
         if on == me {
+            v.local_labels
+                .insert(k.clone(), p.metadata.labels.clone().unwrap_or_default());
             continue;
         }
         let Some(node) = nodes.get_mut(on) else {
@@ -186,6 +204,78 @@ pub fn view(c: &Caches, me: &str, revision: i64) -> View {
     }
     v.policies = Some(ps);
     v
+}
+
+/// A CiliumNode's IPv4 InternalIP (`spec.addresses`) and pod CIDRs (`spec.ipam.podCIDRs`).
+fn cilium_node_parts(cn: &serde_json::Value) -> (Option<Ipv4Addr>, Vec<String>) {
+    let ip = cn["spec"]["addresses"].as_array().and_then(|a| {
+        a.iter()
+            .filter(|x| x["type"] == "InternalIP")
+            .find_map(|x| x["ip"].as_str()?.parse::<Ipv4Addr>().ok())
+    });
+    let cidrs = cn["spec"]["ipam"]["podCIDRs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    (ip, cidrs)
+}
+
+/// A node from a CiliumNode alone.
+///
+/// # Errors
+/// What it lacks.
+pub fn cilium_node(name: &str, cn: &serde_json::Value) -> Result<RemoteNodeConfig, String> {
+    let (ip, cidrs) = cilium_node_parts(cn);
+    let ip = ip.ok_or("no IPv4 InternalIP in spec.addresses")?;
+    let pod_cidr = cidrs
+        .iter()
+        .find_map(|c| c.parse::<control::net::Ipv4Cidr>().ok())
+        .ok_or("no IPv4 spec.ipam.podCIDRs")?;
+    Ok(RemoteNodeConfig {
+        name: name.to_string(),
+        ip,
+        pod_cidr,
+        pod_cidr_v6: cidrs
+            .iter()
+            .find_map(|c| c.parse::<control::net::Ipv6Cidr>().ok()),
+        overlay_mac: None,
+        pods: Vec::new(),
+    })
+}
+
+/// A Node, completed by its CiliumNode's pod CIDRs and InternalIP when it has one (they
+/// win: Cilium allocates pod CIDRs there).
+fn node_with(n: &Node, cn: Option<&serde_json::Value>) -> Result<RemoteNodeConfig, String> {
+    let Some(cn) = cn else {
+        return node(n);
+    };
+    let (ip, cidrs) = cilium_node_parts(cn);
+    let mut n = n.clone();
+    let spec = n.spec.get_or_insert_with(Default::default);
+    if !cidrs.is_empty() {
+        spec.pod_cidrs = Some(cidrs);
+        spec.pod_cidr = None;
+    }
+    if let Some(ip) = ip {
+        let st = n.status.get_or_insert_with(Default::default);
+        let mut a = vec![k8s_openapi::api::core::v1::NodeAddress {
+            type_: "InternalIP".into(),
+            address: ip.to_string(),
+        }];
+        a.extend(
+            st.addresses
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|x| x.type_ != "InternalIP"),
+        );
+        st.addresses = Some(a);
+    }
+    node(&n)
 }
 
 /// A Node as a remote node.
@@ -473,9 +563,21 @@ mod tests {
             knode("a", "192.168.0.1", Some("10.1.1.0/24")),
             knode("b", "192.168.0.2", Some("10.1.2.0/24")),
             knode("nocidr", "192.168.0.3", None),
+            knode("cn", "192.168.0.4", None),
         ] {
             c.nodes.insert(n.metadata.name.clone().unwrap(), n);
         }
+        // Node `cn` has its pod CIDR only in its CiliumNode; `only-cn` has no Node at all.
+        c.cilium_nodes.insert(
+            "cn".into(),
+            serde_json::json!({"apiVersion":"cilium.io/v2","kind":"CiliumNode","metadata":{"name":"cn"},
+                "spec":{"ipam":{"podCIDRs":["10.1.4.0/24"]}}}),
+        );
+        c.cilium_nodes.insert(
+            "only-cn".into(),
+            serde_json::json!({"apiVersion":"cilium.io/v2","kind":"CiliumNode","metadata":{"name":"only-cn"},
+                "spec":{"addresses":[{"type":"InternalIP","ip":"192.168.0.5"}],"ipam":{"podCIDRs":["10.1.5.0/24"]}}}),
+        );
         for p in [
             kpod("web-a", "a", "10.1.1.11", "web"),
             kpod("web-b", "b", "10.1.2.11", "web"),
@@ -565,7 +667,18 @@ mod tests {
     #[test]
     fn a_clusters_objects_make_the_view() {
         let v = view(&caches(), "a", 3);
-        assert_eq!(v.nodes.len(), 1, "{:?}", v.problems);
+        let names: Vec<&str> = v.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["b", "cn", "only-cn"], "{:?}", v.problems);
+        assert_eq!(
+            v.nodes[1].pod_cidr,
+            "10.1.4.0/24".parse().unwrap(),
+            "from its CiliumNode"
+        );
+        assert_eq!(v.nodes[2].ip.to_string(), "192.168.0.5");
+        assert_eq!(
+            v.local_labels["default/web-a"]["app"], "web",
+            "this node's own pod's labels, for its endpoint"
+        );
         let b = &v.nodes[0];
         assert_eq!(
             (b.name.as_str(), b.ip.to_string()),

@@ -238,6 +238,9 @@ pub struct View {
     pub allocated: BTreeMap<Vec<String>, u32>,
     /// Every service in the store, by `ns/name`.
     pub services: Vec<ServiceConfig>,
+    /// Labels of this node's own pods by `namespace/name`, where the source has them (the
+    /// Kubernetes API's Pod objects): they win over the labels an endpoint is added with.
+    pub local_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// Policy objects (the Kubernetes source's; `None`: the source has none and the
     /// node's own stay as they are).
     pub policies: Option<Vec<serde_json::Value>>,
