@@ -2196,15 +2196,7 @@ fn start_kvstore(
             .map_err(|e| anyhow::anyhow!("pods: identity of {labels:?}: {e}"))?;
         cfg.allocated.insert(labels, id);
     }
-    let checked = crate::cluster::check(cfg, &view, &|ip| neigh::route_get(ip));
-    for p in &checked.problems {
-        eprintln!("fastpath: kvstore: skipped {p}");
-    }
-    *cfg = crate::cluster::candidate(
-        cfg,
-        &view,
-        checked.nodes.into_iter().map(|(n, _)| n).collect(),
-    );
+    take_first_view(cfg, &view);
     eprintln!(
         "fastpath: kvstore: {} other node(s), {} identities at revision {}",
         cfg.remote_nodes.len(),
@@ -2212,6 +2204,22 @@ fn start_kvstore(
         view.revision
     );
     Ok(Some(kv))
+}
+
+/// At start: the nodes of a source's first view that pass the checks (the others are
+/// reported; the source's agent has reported its skipped records), with its identities and
+/// policies, into `cfg`.
+fn take_first_view(cfg: &mut Config, view: &crate::kvstore::schema::View) {
+    let src = cfg.source.name();
+    let checked = crate::cluster::check(cfg, view, &|ip| neigh::route_get(ip));
+    for p in &checked.problems {
+        eprintln!("fastpath: {src}: skipped {p}");
+    }
+    *cfg = crate::cluster::candidate(
+        cfg,
+        view,
+        checked.nodes.into_iter().map(|(n, _)| n).collect(),
+    );
 }
 
 /// `source: kubernetes`: start the watch, wait until every kind is listed
@@ -2244,15 +2252,7 @@ fn start_kubernetes(
             p.labels = l.clone();
         }
     }
-    let checked = crate::cluster::check(cfg, &view, &|ip| neigh::route_get(ip));
-    for p in checked.problems.iter().chain(&view.problems) {
-        eprintln!("fastpath: kubernetes: skipped {p}");
-    }
-    *cfg = crate::cluster::candidate(
-        cfg,
-        &view,
-        checked.nodes.into_iter().map(|(n, _)| n).collect(),
-    );
+    take_first_view(cfg, &view);
     eprintln!(
         "fastpath: kubernetes: {} other node(s), {} service(s), {} policy object(s) from {}",
         cfg.remote_nodes.len(),

@@ -1,9 +1,9 @@
 //! Where intent comes from: sources turn what they watch into batches of intent on one
-//! channel, which the control loop drains on every pass ([`crate::daemon`]). The config
-//! file is the source today (re-read on SIGHUP); a CNI plugin, etcd and Kubernetes are the
-//! next ones — each a producer on the same channel, none able to block the loop (the
-//! channel is bounded; a source that finds it full drops its batch and says so, and sends
-//! the next).
+//! channel, which the control loop drains on every pass ([`crate::daemon`]): the config
+//! file (re-read on SIGHUP), and with `source: kvstore` or `kubernetes` the cluster's
+//! agent ([`crate::kvstore`], [`crate::k8s`]), which sends whole views of the cluster.
+//! None can block the loop: the channel is bounded; the config source drops a reload that
+//! finds it full and says so, the cluster agents send their newest view again.
 //!
 //! The control socket is not a source: its requests are answered by the loop itself
 //! (`crate::daemon`'s `handle`), with the same `Datapath` calls.
@@ -33,6 +33,28 @@ pub struct Batch {
     /// Who sent it (for the log): `config file /etc/fastpath/node.yaml`.
     pub source: String,
     pub intents: Vec<Intent>,
+}
+
+/// Run the future `f` makes on a thread of its own named `name`, with a single-threaded
+/// tokio runtime (the etcd and Kubernetes clients'): only such threads run async code, and
+/// the control loop never waits on them.
+pub fn spawn_async<F, Fut>(name: &str, f: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let name = name.to_string();
+    let who = name.clone();
+    std::thread::Builder::new().name(name).spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(f()),
+            Err(e) => eprintln!("fastpath: {who}: no async runtime: {e}"),
+        }
+    })?;
+    Ok(())
 }
 
 /// The channel the loop drains.

@@ -62,6 +62,26 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
+/// Wait up to `limit` for `f`; how long it took, or a panic naming `what` with `diag()`
+/// (what the nodes say).
+pub fn wait_until(
+    limit: Duration,
+    what: &str,
+    diag: impl Fn() -> String,
+    mut f: impl FnMut() -> bool,
+) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < limit,
+            "{what}: not within {limit:?}\n{}",
+            diag()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
 /// The YAML of a node with `pods` pods (10.<net>.1.<11+i>), queues and options.
 pub fn node_yaml(name: &str, pods: usize, queues: u32, extra_datapath: &str) -> String {
     let net = 100 + (SEQ.fetch_add(1, Ordering::Relaxed) % 100);

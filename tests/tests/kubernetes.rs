@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use fastpath::api;
 use fastpath_tests::fakeapi::FakeApi;
-use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, require_root, unique};
+use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, require_root, unique, wait_until};
 use k8s_openapi::api::core::v1::{
     Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort,
     ServiceSpec,
@@ -82,18 +82,9 @@ fn labelled_pod(name: &str, on: &str, ip: &str, labels: &[(&str, &str)]) -> Pod 
     }
 }
 
-/// Wait up to `limit` for `f`; how long it took, or a panic with `what` and the nodes' state.
-fn wait(c: &Cluster, limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < limit,
-            "{what}: not within {limit:?}\n{}",
-            c.diag()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t.elapsed()
+/// [`wait_until`] with what the cluster's nodes say.
+fn wait(c: &Cluster, limit: Duration, what: &str, f: impl FnMut() -> bool) -> Duration {
+    wait_until(limit, what, || c.diag(), f)
 }
 
 impl Cluster {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use control::config::PodConfig;
 use fastpath::api;
 use fastpath_tests::etcd::Etcd;
-use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, require_root, unique};
+use fastpath_tests::{Kind, Pods, TestNode, cluster_yaml, require_root, unique, wait_until};
 use lab::{PodNs, in_ns};
 
 const LEASE_TTL: u64 = 4;
@@ -31,19 +31,9 @@ fn kv_yaml(y: &str, url: &str, extra: &str) -> String {
     )
 }
 
-/// Wait up to `limit` for `f`; how long it took, or a panic with `what` and what the
-/// nodes that run say.
-fn wait(c: &Cluster, limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < limit,
-            "{what}: not within {limit:?}\n{}",
-            c.diag()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t.elapsed()
+/// [`wait_until`] with what the cluster's nodes say.
+fn wait(c: &Cluster, limit: Duration, what: &str, f: impl FnMut() -> bool) -> Duration {
+    wait_until(limit, what, || c.diag(), f)
 }
 
 impl Cluster {

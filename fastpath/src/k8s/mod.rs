@@ -144,21 +144,7 @@ impl Kubernetes {
         }
         let sh = shared.clone();
         let node = node.to_string();
-        std::thread::Builder::new()
-            .name("fp-k8s".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("fastpath: kubernetes: no runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(run(kc, node, views, sh));
-            })?;
+        crate::sources::spawn_async("fp-k8s", move || run(kc, node, views, sh))?;
         Ok(Kubernetes { shared })
     }
 

@@ -159,21 +159,7 @@ impl Kvstore {
             dirty: false,
             logged: Vec::new(),
         };
-        std::thread::Builder::new()
-            .name("fp-kvstore".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        eprintln!("fastpath: kvstore: no runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(agent.run(rx));
-            })?;
+        crate::sources::spawn_async("fp-kvstore", move || agent.run(rx))?;
         Ok(Kvstore { tx, shared })
     }
 
@@ -721,13 +707,7 @@ impl Agent {
         if lk.len() > 4096 {
             return Err(format!("a label set of {} bytes (at most 4096)", lk.len()));
         }
-        let lock = c
-            .lock(
-                schema::lock_key(&lk),
-                Some(LockOptions::new().with_lease(self.lease)),
-            )
-            .await
-            .map_err(e("etcd lock"))?;
+        let lock = self.lock(c, &lk).await?;
         // This node's slave key is written before the lock is released: a GC that takes
         // the lock next sees the number in use.
         let r = match self.allocate_locked(c, &lk, labels).await {
@@ -737,10 +717,23 @@ impl Agent {
             }
             Err(err) => Err(err),
         };
-        let _ = c.unlock(lock.key()).await;
+        let _ = c.unlock(lock).await;
         let id = r?;
         self.status().allocations += 1;
         Ok(id)
+    }
+
+    /// Take the etcd lock of label set `lk` (held under this node's lease: released if the
+    /// node dies holding it); its key, for `unlock`.
+    async fn lock(&self, c: &mut Client, lk: &str) -> Res<Vec<u8>> {
+        let l = c
+            .lock(
+                schema::lock_key(lk),
+                Some(LockOptions::new().with_lease(self.lease)),
+            )
+            .await
+            .map_err(e("etcd lock"))?;
+        Ok(l.key().to_vec())
     }
 
     async fn allocate_locked(&mut self, c: &mut Client, lk: &str, labels: &[String]) -> Res<u32> {
@@ -823,13 +816,7 @@ impl Agent {
             let Some(&mod_rev) = self.master_revs.get(&id) else {
                 continue;
             };
-            let lock = c
-                .lock(
-                    schema::lock_key(&lk),
-                    Some(LockOptions::new().with_lease(self.lease)),
-                )
-                .await
-                .map_err(e("etcd lock"))?;
+            let lock = self.lock(c, &lk).await?;
             let slaves = c
                 .get(
                     schema::slave_prefix(&lk),
@@ -851,7 +838,7 @@ impl Agent {
                 Ok(_) => Ok(false),
                 Err(err) => Err(err),
             };
-            let _ = c.unlock(lock.key()).await;
+            let _ = c.unlock(lock).await;
             if res? {
                 self.status().identities_collected += 1;
                 eprintln!("fastpath: kvstore: identity {id} ({lk}) unused: deleted");
