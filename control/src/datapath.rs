@@ -659,18 +659,7 @@ impl<K: KernelMaps> Datapath<K> {
         if let Some((id, _)) = self.pod_labels.iter().find(|(_, l)| l.as_slice() == labels) {
             return Some(*id);
         }
-        let mut id = identity::identity_of(labels);
-        for _ in 0..identity::CAPACITY {
-            if !self.pod_labels.contains_key(&id) {
-                return Some(id);
-            }
-            id = if id == identity::MAX_ALLOCATED {
-                identity::MIN_ALLOCATED
-            } else {
-                id + 1
-            };
-        }
-        None
+        identity::candidates(labels).find(|id| !self.pod_labels.contains_key(id))
     }
 
     /// After a restart, before any worker reads them: take the conntrack and affinity maps

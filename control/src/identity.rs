@@ -51,6 +51,17 @@ pub fn identity_of(labels: &[String]) -> u32 {
     MIN_ALLOCATED + h % (MAX_ALLOCATED - MIN_ALLOCATED + 1)
 }
 
+/// The numbers a label set may get, in the order they are tried: its label hash, then
+/// upward through the cluster-local range, wrapping once around it. Every allocator
+/// (label hash, kvstore, Kubernetes) probes this one sequence, so a set gets the same
+/// number from each whenever nothing collides.
+pub fn candidates(labels: &[String]) -> impl Iterator<Item = u32> {
+    let first = identity_of(labels);
+    (0..CAPACITY as u32).map(move |i| {
+        MIN_ALLOCATED + (first - MIN_ALLOCATED + i) % (MAX_ALLOCATED - MIN_ALLOCATED + 1)
+    })
+}
+
 /// How many distinct label sets the cluster-local range holds.
 pub const CAPACITY: usize = (MAX_ALLOCATED - MIN_ALLOCATED + 1) as usize;
 
@@ -87,14 +98,9 @@ pub fn allocate_with(sets: &[Vec<String>], fixed: &BTreeMap<Vec<String>, u32>) -
             by_set.insert(s, RESERVED_UNKNOWN);
             continue;
         }
-        let mut id = identity_of(s);
-        while used[id as usize] {
-            id = if id == MAX_ALLOCATED {
-                MIN_ALLOCATED
-            } else {
-                id + 1
-            };
-        }
+        let id = candidates(s)
+            .find(|id| !used[*id as usize])
+            .expect("fewer than CAPACITY numbers are taken");
         used[id as usize] = true;
         taken += 1;
         by_set.insert(s, id);
@@ -125,6 +131,21 @@ mod tests {
             ids.iter().copied().filter(|&i| i != 0).collect();
         assert_eq!(given.len(), CAPACITY, "every number of the range used once");
         assert_eq!(ids.iter().filter(|&&i| i == 0).count(), 3);
+    }
+
+    /// The probe sequence starts at the label hash, covers the range once and wraps.
+    #[test]
+    fn candidates_cover_the_range_once_from_the_hash() {
+        let l = vec!["k8s:app=web".to_string()];
+        let c: Vec<u32> = candidates(&l).collect();
+        assert_eq!(c.len(), CAPACITY);
+        assert_eq!(c[0], identity_of(&l));
+        let at = c.iter().position(|&i| i == MAX_ALLOCATED).unwrap();
+        if at + 1 < c.len() {
+            assert_eq!(c[at + 1], MIN_ALLOCATED, "wraps");
+        }
+        let set: std::collections::BTreeSet<u32> = c.into_iter().collect();
+        assert_eq!(set.len(), CAPACITY);
     }
 
     /// Label sets a cluster-wide allocator numbered keep those numbers; the others are

@@ -2384,10 +2384,9 @@ fn apply_cluster_steps(
     }
     // 3. Policy, recompiled for the cluster's identities (this node's run-time pods'
     //    labels are kept by the datapath).
-    if next.identity_labels() != cfg.identity_labels()
-        || next.cluster_policies != cfg.cluster_policies
-    {
-        dp.set_cluster_identity_labels(next.identity_labels());
+    let labels = next.identity_labels();
+    if labels != cfg.identity_labels() || next.cluster_policies != cfg.cluster_policies {
+        dp.set_cluster_identity_labels(labels);
         let ps = state.state.policies_over(next).context("policy")?;
         dp.set_policies(&ps).context("policy")?;
     }

@@ -523,17 +523,8 @@ impl control::identity::Allocator for K8sAllocator {
         let used: std::collections::BTreeSet<u32> = allocated
             .map(|a| a.values().copied().collect())
             .unwrap_or_default();
-        let mut id = control::identity::identity_of(labels);
-        for _ in 0..control::identity::CAPACITY {
-            if !used.contains(&id) {
-                return Ok(id);
-            }
-            id = if id == control::identity::MAX_ALLOCATED {
-                control::identity::MIN_ALLOCATED
-            } else {
-                id + 1
-            };
-        }
-        Err("no security identity left in 256-65535".into())
+        control::identity::candidates(labels)
+            .find(|id| !used.contains(id))
+            .ok_or_else(|| "no security identity left in 256-65535".into())
     }
 }

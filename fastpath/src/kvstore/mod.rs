@@ -774,16 +774,10 @@ impl Agent {
             }
         }
         // 3. A new number: the label hash, probed past every number in the store.
-        let mut id = control::identity::identity_of(labels);
-        for _ in 0..control::identity::CAPACITY {
+        for id in control::identity::candidates(labels) {
             if !masters.contains_key(&id) && self.create_master(c, id, lk).await? {
                 return Ok(id);
             }
-            id = if id == control::identity::MAX_ALLOCATED {
-                control::identity::MIN_ALLOCATED
-            } else {
-                id + 1
-            };
         }
         Err("no identity left in 256-65535".into())
     }
